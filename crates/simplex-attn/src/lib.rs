@@ -1,0 +1,25 @@
+//! 2-simplicial (trilinear) attention for candle: a query attends to pairs of keys.
+//!
+//! ```text
+//! A[i,j,k] = scale * sum_l q[i,l] k1[j,l] k2[k,l]      (or the determinant form)
+//! O[i]     = sum_{j,k} softmax_{(j,k)}(A[i])[j,k] * v1[j] ∘ v2[k]
+//! ```
+//! over `j`, `k` in two windows of query `i` (causal sliding windows or bidirectional), with
+//! grouped-query attention (several query heads per K/V head).
+//!
+//! * [`simplicial_attn`]: the candle op (CPU; CUDA behind the `cuda` feature), with backward.
+//! * [`reference`]: the float64 oracle every kernel is tested against.
+//! * [`cpu`]: the fast multi-threaded CPU kernels on plain slices.
+//! * [`AttnSpec`]: windows, variant, scale and biases, validated with the shapes in one place.
+
+pub mod cpu;
+pub mod determinant;
+mod error;
+mod op;
+pub mod reference;
+pub mod slow;
+mod spec;
+
+pub use error::AttnError;
+pub use op::{simplicial_attn, SimplicialOutput};
+pub use spec::{AttnSpec, Dims, Variant, Windows};
