@@ -95,11 +95,26 @@ pub fn simplicial_attn(
 }
 
 /// The custom op on `(q, K, V)`; see the module doc.
-struct SimplicialOp {
-    dims: Dims,
-    win: Windows,
-    scale: f64,
-    lse: Arc<Mutex<Option<Tensor>>>,
+pub(crate) struct SimplicialOp {
+    /// Dimensions as the kernel sees them (D doubled by the determinant lift).
+    pub(crate) dims: Dims,
+    /// Key ranges per query.
+    pub(crate) win: Windows,
+    /// Softmax scale.
+    pub(crate) scale: f64,
+    /// The forward's log-sum-exp `[B,N,Hq]` (f32, or f64 for f64 inputs), for the backward.
+    pub(crate) lse: Arc<Mutex<Option<Tensor>>>,
+}
+
+impl SimplicialOp {
+    /// Stores the forward's log-sum-exp.
+    pub(crate) fn save_lse(&self, lse: Tensor) -> candle_core::Result<()> {
+        *self
+            .lse
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))? = Some(lse);
+        Ok(())
+    }
 }
 
 /// The contiguous data of a CPU storage as `&[T]`.
@@ -136,8 +151,7 @@ impl SimplicialOp {
         let (q, k, v) = (cpu_slice::<T>(q, lq, "q")?, cpu_slice::<T>(k, lk, "k")?, cpu_slice::<T>(v, lv, "v")?);
         let (o, lse) = cpu::forward(&self.problem(q, k, v));
         let Dims { batch, seq, heads_q, dv, .. } = self.dims;
-        let lse = Tensor::from_vec(lse, (batch, seq, heads_q), &Device::Cpu)?;
-        *self.lse.lock().map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))? = Some(lse);
+        self.save_lse(Tensor::from_vec(lse, (batch, seq, heads_q), &Device::Cpu)?)?;
         Ok((T::to_cpu_storage_owned(o), Shape::from((batch, seq, heads_q, dv))))
     }
 
@@ -186,6 +200,19 @@ impl CustomOp3 for SimplicialOp {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::forward(self, (s1, l1), (s2, l2), (s3, l3))
+    }
+
     fn bwd(
         &self,
         q: &Tensor,
@@ -205,6 +232,8 @@ impl CustomOp3 for SimplicialOp {
         let (dq, dk, dv) = match (q.device(), q.dtype()) {
             (Device::Cpu, DType::F32) => self.cpu_bwd_typed::<f32>(args)?,
             (Device::Cpu, DType::F64) => self.cpu_bwd_typed::<f64>(args)?,
+            #[cfg(feature = "cuda")]
+            (Device::Cuda(_), _) => crate::cuda::backward(self, args)?,
             (dev, dt) => candle_core::bail!(
                 "simplicial attention backward: no kernel for {dt:?} on {:?}",
                 dev.location()
