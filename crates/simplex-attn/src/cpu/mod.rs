@@ -10,8 +10,8 @@
 
 mod backward;
 mod forward;
-mod matmul;
-mod real;
+pub(crate) mod matmul;
+pub(crate) mod real;
 
 pub use backward::{Grads, Saved};
 pub use real::Real;
