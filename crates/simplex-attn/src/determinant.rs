@@ -44,7 +44,8 @@ mod tests {
     #[test]
     fn lifted_trilinear_form_is_the_sum_of_chunk_determinants() -> Result<()> {
         let dev = Device::Cpu;
-        let v = |seed: f64| -> Vec<f64> { (0..6).map(|t| ((t as f64 + 1.0) * seed).sin()).collect() };
+        let v =
+            |seed: f64| -> Vec<f64> { (0..6).map(|t| ((t as f64 + 1.0) * seed).sin()).collect() };
         let (a, b, c) = (v(0.7), v(1.3), v(2.9));
         let t = |x: &Vec<f64>| Tensor::from_vec(x.clone(), 6, &dev);
         let (q, k1, k2) = lift(&t(&a)?, &t(&b)?, &t(&c)?)?;

@@ -12,14 +12,22 @@
 //! * [`cpu`]: the fast multi-threaded CPU kernels on plain slices.
 //! * [`AttnSpec`]: windows, variant, scale and biases, validated with the shapes in one place.
 
+// Kernels and the oracle loop over indices the way the einsum is written.
+#![allow(clippy::needless_range_loop)]
+
+pub mod bench;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod determinant;
+pub mod dot;
 mod error;
 mod op;
 pub mod reference;
 pub mod slow;
 mod spec;
 
+pub use dot::{dot_attn, DotOutput, DotSpec};
 pub use error::AttnError;
 pub use op::{simplicial_attn, SimplicialOutput};
 pub use spec::{AttnSpec, Dims, Variant, Windows};

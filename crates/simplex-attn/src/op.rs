@@ -70,8 +70,16 @@ pub fn simplicial_attn(
     };
     let up = |t: &Tensor| t.to_dtype(compute);
     let (q, k1, k2, v1, v2) = (up(q)?, up(k1)?, up(k2)?, up(v1)?, up(v2)?);
-    let k2 = if spec.k2_bias != 0.0 { (k2 + spec.k2_bias)? } else { k2 };
-    let v2 = if spec.v2_bias != 0.0 { (v2 + spec.v2_bias)? } else { v2 };
+    let k2 = if spec.k2_bias != 0.0 {
+        (k2 + spec.k2_bias)?
+    } else {
+        k2
+    };
+    let v2 = if spec.v2_bias != 0.0 {
+        (v2 + spec.v2_bias)?
+    } else {
+        v2
+    };
     let (q, k1, k2) = match spec.variant {
         Variant::Trilinear => (q, k1, k2),
         Variant::Determinant => determinant::lift(&q, &k1, &k2)?,
@@ -118,7 +126,11 @@ impl SimplicialOp {
 }
 
 /// The contiguous data of a CPU storage as `&[T]`.
-fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, name: &str) -> candle_core::Result<&'a [T]> {
+fn cpu_slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    name: &str,
+) -> candle_core::Result<&'a [T]> {
     let data = s.as_slice::<T>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -148,11 +160,24 @@ impl SimplicialOp {
         (k, lk): (&CpuStorage, &Layout),
         (v, lv): (&CpuStorage, &Layout),
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (cpu_slice::<T>(q, lq, "q")?, cpu_slice::<T>(k, lk, "k")?, cpu_slice::<T>(v, lv, "v")?);
+        let (q, k, v) = (
+            cpu_slice::<T>(q, lq, "q")?,
+            cpu_slice::<T>(k, lk, "k")?,
+            cpu_slice::<T>(v, lv, "v")?,
+        );
         let (o, lse) = cpu::forward(&self.problem(q, k, v));
-        let Dims { batch, seq, heads_q, dv, .. } = self.dims;
+        let Dims {
+            batch,
+            seq,
+            heads_q,
+            dv,
+            ..
+        } = self.dims;
         self.save_lse(Tensor::from_vec(lse, (batch, seq, heads_q), &Device::Cpu)?)?;
-        Ok((T::to_cpu_storage_owned(o), Shape::from((batch, seq, heads_q, dv))))
+        Ok((
+            T::to_cpu_storage_owned(o),
+            Shape::from((batch, seq, heads_q, dv)),
+        ))
     }
 
     fn cpu_bwd_typed<T: Real + WithDType>(
@@ -169,7 +194,11 @@ impl SimplicialOp {
             }
         }
         let p = self.problem(slices[0], slices[1], slices[2]);
-        let saved = Saved { o: slices[3], lse: slices[5], dout: slices[4] };
+        let saved = Saved {
+            o: slices[3],
+            lse: slices[5],
+            dout: slices[4],
+        };
         let g = cpu::backward(&p, &saved);
         let dev = Device::Cpu;
         let dq = Tensor::from_vec(g.dq, q.shape(), &dev)?;
@@ -196,7 +225,9 @@ impl CustomOp3 for SimplicialOp {
         match s1.dtype() {
             DType::F32 => self.cpu_fwd_typed::<f32>((s1, l1), (s2, l2), (s3, l3)),
             DType::F64 => self.cpu_fwd_typed::<f64>((s1, l1), (s2, l2), (s3, l3)),
-            other => candle_core::bail!("simplicial attention on the CPU computes in f32 or f64, got {other:?}"),
+            other => candle_core::bail!(
+                "simplicial attention on the CPU computes in f32 or f64, got {other:?}"
+            ),
         }
     }
 

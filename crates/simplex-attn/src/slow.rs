@@ -48,7 +48,10 @@ pub fn simplicial_attn_slow(
     };
     let keys = pairs(&k1, &k2, d)?;
     let values = pairs(&v1, &v2, dv)?;
-    let logits = (q.contiguous()?.matmul(&keys.transpose(2, 3)?.contiguous()?)? * scale)?;
+    let logits = (q
+        .contiguous()?
+        .matmul(&keys.transpose(2, 3)?.contiguous()?)?
+        * scale)?;
     let win = spec.windows(n);
     let mask: Vec<f64> = (0..n)
         .flat_map(|i| {
@@ -65,10 +68,19 @@ pub fn simplicial_attn_slow(
     let mask = Tensor::from_vec(mask, (n, n * n), q.device())?.to_dtype(q.dtype())?;
     let logits = logits.broadcast_add(&mask)?;
     let m = logits.max_keepdim(D::Minus1)?.detach();
-    let lse = (logits.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()? + m)?;
+    let lse = (logits
+        .broadcast_sub(&m)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + m)?;
     let p = logits.broadcast_sub(&lse)?.exp()?;
     let o = p.matmul(&values.contiguous()?)?.transpose(1, 2)?;
     let lse = lse.squeeze(3)?.transpose(1, 2)?;
-    let lse = if lse.dtype() == DType::F64 { lse } else { lse.to_dtype(DType::F32)? };
+    let lse = if lse.dtype() == DType::F64 {
+        lse
+    } else {
+        lse.to_dtype(DType::F32)?
+    };
     Ok((o, lse))
 }

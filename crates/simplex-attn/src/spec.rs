@@ -363,12 +363,24 @@ mod tests {
         assert!(e.contains("not a multiple"), "{e}");
         let e = AttnSpec::causal(2, 2)
             .with_variant(Variant::Determinant)
-            .dims(&s, &[1, 4, 2, 8], &[1, 4, 2, 8], &[1, 4, 2, 8], &[1, 4, 2, 8])
+            .dims(
+                &s,
+                &[1, 4, 2, 8],
+                &[1, 4, 2, 8],
+                &[1, 4, 2, 8],
+                &[1, 4, 2, 8],
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("divisible by 3"), "{e}");
         let e = AttnSpec::causal(2, 2)
-            .dims(&s, &[1, 5, 2, 8], &[1, 4, 2, 8], &[1, 4, 2, 8], &[1, 4, 2, 8])
+            .dims(
+                &s,
+                &[1, 5, 2, 8],
+                &[1, 4, 2, 8],
+                &[1, 4, 2, 8],
+                &[1, 4, 2, 8],
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("sequence lengths differ"), "{e}");

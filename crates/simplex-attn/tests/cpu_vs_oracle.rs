@@ -18,7 +18,9 @@ struct Run {
 fn run_op(c: &Case, x: &Data, dout: &[f64], dtype: DType) -> anyhow::Result<Run> {
     let dev = Device::Cpu;
     let t = |v: &Vec<f64>, s: [usize; 4]| -> anyhow::Result<candle_core::Var> {
-        Ok(candle_core::Var::from_tensor(&Tensor::from_vec(v.clone(), s.to_vec(), &dev)?.to_dtype(dtype)?)?)
+        Ok(candle_core::Var::from_tensor(
+            &Tensor::from_vec(v.clone(), s.to_vec(), &dev)?.to_dtype(dtype)?,
+        )?)
     };
     let q = t(&x.q, c.q_shape())?;
     let k1 = t(&x.k1, c.k_shape())?;
@@ -45,7 +47,11 @@ fn check_case(c: &Case, seed: u64, dtype: DType) -> anyhow::Result<()> {
     let x = Data::new(c, seed);
     let dims = c.dims();
     let want = simplicial_attn_reference(&c.spec, &dims, &x.inputs());
-    let dout = common::random(want.o.len(), 1.0, &mut rand::SeedableRng::seed_from_u64(seed + 1));
+    let dout = common::random(
+        want.o.len(),
+        1.0,
+        &mut rand::SeedableRng::seed_from_u64(seed + 1),
+    );
     let wg = simplicial_attn_backward_reference(&c.spec, &dims, &x.inputs(), &dout);
     let got = run_op(c, &x, &dout, dtype)?;
     let (rtol, atol) = match dtype {
@@ -113,8 +119,17 @@ fn window_orientation_does_not_change_results() -> anyhow::Result<()> {
     // picks its orientation by the window sizes, so both orientations are exercised here.
     let c = Case::new(1, 23, 2, 1, 16, AttnSpec::causal(2, 17));
     let x = Data::new(&c, 9);
-    let swapped = Case { spec: AttnSpec::causal(17, 2), ..c };
-    let xs = Data { q: x.q.clone(), k1: x.k2.clone(), k2: x.k1.clone(), v1: x.v2.clone(), v2: x.v1.clone() };
+    let swapped = Case {
+        spec: AttnSpec::causal(17, 2),
+        ..c
+    };
+    let xs = Data {
+        q: x.q.clone(),
+        k1: x.k2.clone(),
+        k2: x.k1.clone(),
+        v1: x.v2.clone(),
+        v2: x.v1.clone(),
+    };
     let dout = vec![1.0; c.b * c.n * c.hq * c.dv];
     let a = run_op(&c, &x, &dout, DType::F64)?;
     let b = run_op(&swapped, &xs, &dout, DType::F64)?;

@@ -64,7 +64,14 @@ fn query_block(p: &Problem<impl Real>) -> usize {
 pub fn backward<T: Real>(p: &Problem<T>, saved: &Saved<T>) -> Grads<T> {
     use rayon::prelude::*;
     let Problem { dims, .. } = *p;
-    let (b, n, hq, hkv, d, dv) = (dims.batch, dims.seq, dims.heads_q, dims.heads_kv, dims.d, dims.dv);
+    let (b, n, hq, hkv, d, dv) = (
+        dims.batch,
+        dims.seq,
+        dims.heads_q,
+        dims.heads_kv,
+        dims.d,
+        dims.dv,
+    );
     let tiles = Tiles::choose(&dims, &p.win);
     let qb = query_block(p);
     let blocks_per_batch = n.div_ceil(qb);
@@ -136,8 +143,17 @@ fn backward_block<T: Real>(
     queries: std::ops::Range<usize>,
     dq: &mut [T],
 ) -> Partial<T> {
-    let Problem { dims, win, scale, .. } = *p;
-    let (n, hq, hkv, d, dv, g) = (dims.seq, dims.heads_q, dims.heads_kv, dims.d, dims.dv, dims.group());
+    let Problem {
+        dims, win, scale, ..
+    } = *p;
+    let (n, hq, hkv, d, dv, g) = (
+        dims.seq,
+        dims.heads_q,
+        dims.heads_kv,
+        dims.d,
+        dims.dv,
+        dims.group(),
+    );
     let (i0, last) = (queries.start, queries.end - 1);
     let (lo1, hi1) = (win.range1(i0).start, win.range1(last).end);
     let (lo2, hi2) = (win.range2(i0).start, win.range2(last).end);
@@ -198,7 +214,13 @@ fn backward_block<T: Real>(
                     let a = Mat::rows(&sc.a, m_rows, d, d);
                     let bm = Mat::rows(&sc.bm, m_rows, dv, dv);
                     matmul(&mut sc.s, tk, a, Mat::transposed(k2, d, tk, hkv * d), false);
-                    matmul(&mut sc.dp, tk, bm, Mat::transposed(v2, dv, tk, hkv * dv), false);
+                    matmul(
+                        &mut sc.dp,
+                        tk,
+                        bm,
+                        Mat::transposed(v2, dv, tk, hkv * dv),
+                        false,
+                    );
                     for h in 0..g {
                         let span = h * tj * tk..(h + 1) * tj * tk;
                         T::exp_sub(&mut sc.s[span.clone()], lse[h]);
@@ -210,9 +232,21 @@ fn backward_block<T: Real>(
                     let pm = Mat::rows(&sc.s, m_rows, tk, tk);
                     let ds = Mat::rows(&sc.dp, m_rows, tk, tk);
                     let dv2 = &mut part.dv2[part_row(k0, lo2, dv)..];
-                    matmul(dv2, hkv * dv, Mat::transposed(&sc.s, tk, m_rows, tk), bm, true);
+                    matmul(
+                        dv2,
+                        hkv * dv,
+                        Mat::transposed(&sc.s, tk, m_rows, tk),
+                        bm,
+                        true,
+                    );
                     let dk2 = &mut part.dk2[part_row(k0, lo2, d)..];
-                    matmul(dk2, hkv * d, Mat::transposed(&sc.dp, tk, m_rows, tk), a, true);
+                    matmul(
+                        dk2,
+                        hkv * d,
+                        Mat::transposed(&sc.dp, tk, m_rows, tk),
+                        a,
+                        true,
+                    );
                     matmul(&mut sc.c, dv, pm, Mat::rows(v2, tk, dv, hkv * dv), false);
                     matmul(&mut sc.e, d, ds, Mat::rows(k2, tk, d, hkv * d), false);
                     for h in 0..g {

@@ -80,8 +80,17 @@ fn forward_rows<T: Real>(
     o: &mut [T],
     lse: &mut [T],
 ) {
-    let Problem { dims, win, scale, .. } = *p;
-    let (n, hq, hkv, d, dv, g) = (dims.seq, dims.heads_q, dims.heads_kv, dims.d, dims.dv, dims.group());
+    let Problem {
+        dims, win, scale, ..
+    } = *p;
+    let (n, hq, hkv, d, dv, g) = (
+        dims.seq,
+        dims.heads_q,
+        dims.heads_kv,
+        dims.d,
+        dims.dv,
+        dims.group(),
+    );
     let mut sc = Scratch::new(p, t);
     let first = rows.start;
     for row in rows {
@@ -102,7 +111,11 @@ fn forward_rows<T: Real>(
                 for h in 0..g {
                     for jj in 0..tj {
                         let k1j = &p.k1[kv_row(j0 + jj, d)..][..d];
-                        product(&mut sc.a[(h * tj + jj) * d..][..d], &sc.qs[h * d..][..d], k1j);
+                        product(
+                            &mut sc.a[(h * tj + jj) * d..][..d],
+                            &sc.qs[h * d..][..d],
+                            k1j,
+                        );
                     }
                 }
                 for k0 in r2.clone().step_by(t.tk) {
@@ -121,7 +134,11 @@ fn forward_rows<T: Real>(
                         let block = &mut sc.s[h * tj * tk..(h + 1) * tj * tk];
                         let m_new = {
                             let mt = max_of(block);
-                            if mt > sc.m[h] { mt } else { sc.m[h] }
+                            if mt > sc.m[h] {
+                                mt
+                            } else {
+                                sc.m[h]
+                            }
                         };
                         let corr = (sc.m[h] - m_new).exp();
                         let sum = T::exp_sub_sum(block, m_new);

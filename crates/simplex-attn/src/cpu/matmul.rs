@@ -21,12 +21,24 @@ pub struct Mat<'a, T> {
 impl<'a, T> Mat<'a, T> {
     /// Row-major `rows x cols` with row stride `rs`.
     pub fn rows(data: &'a [T], rows: usize, cols: usize, rs: usize) -> Self {
-        Mat { data, rows, cols, rs, cs: 1 }
+        Mat {
+            data,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
     }
 
     /// The transpose of row-major `cols x rows` with row stride `rs`.
     pub fn transposed(data: &'a [T], rows: usize, cols: usize, rs: usize) -> Self {
-        Mat { data, rows, cols, rs: 1, cs: rs }
+        Mat {
+            data,
+            rows,
+            cols,
+            rs: 1,
+            cs: rs,
+        }
     }
 
     fn extent(&self) -> usize {
@@ -47,7 +59,14 @@ pub fn matmul<T: Real>(dst: &mut [T], dst_rs: usize, lhs: Mat<T>, rhs: Mat<T>, a
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "matmul: inner dims differ");
     assert!(lhs.extent() <= lhs.data.len() && rhs.extent() <= rhs.data.len());
-    let dst_extent = Mat { data: &[] as &[T], rows: m, cols: n, rs: dst_rs, cs: 1 }.extent();
+    let dst_extent = Mat {
+        data: &[] as &[T],
+        rows: m,
+        cols: n,
+        rs: dst_rs,
+        cs: 1,
+    }
+    .extent();
     assert!(dst_extent <= dst.len(), "matmul: destination too small");
     if m == 0 || n == 0 {
         return;
@@ -99,10 +118,19 @@ mod tests {
         // rhs given as the transpose of a row-major n x k matrix with row stride k + 2
         let bt: Vec<f64> = (0..n * (k + 2)).map(|t| (t as f64 * 0.11).cos()).collect();
         let mut c = vec![1.0; m * n];
-        matmul(&mut c, n, Mat::rows(&a, m, k, k), Mat::transposed(&bt, k, n, k + 2), true);
+        matmul(
+            &mut c,
+            n,
+            Mat::rows(&a, m, k, k),
+            Mat::transposed(&bt, k, n, k + 2),
+            true,
+        );
         for r in 0..m {
             for col in 0..n {
-                let want: f64 = 1.0 + (0..k).map(|l| a[r * k + l] * bt[col * (k + 2) + l]).sum::<f64>();
+                let want: f64 = 1.0
+                    + (0..k)
+                        .map(|l| a[r * k + l] * bt[col * (k + 2) + l])
+                        .sum::<f64>();
                 assert!((c[r * n + col] - want).abs() < 1e-12);
             }
         }

@@ -66,7 +66,14 @@ impl Tiles {
 impl<'a, T: Real> Problem<'a, T> {
     /// Checks that every slice has the length its dims say.
     fn check(&self) {
-        let Dims { batch, seq, heads_q, heads_kv, d, dv } = self.dims;
+        let Dims {
+            batch,
+            seq,
+            heads_q,
+            heads_kv,
+            d,
+            dv,
+        } = self.dims;
         let rows = batch * seq;
         assert_eq!(self.q.len(), rows * heads_q * d, "q length");
         for x in [self.k1, self.k2] {

@@ -226,13 +226,17 @@ mod tests {
 
     #[test]
     fn row_primitives_match_plain_loops() {
-        let xs: Vec<f32> = (0..37).map(|t| ((t * 7919) % 23) as f32 * 0.3 - 3.0).collect();
+        let xs: Vec<f32> = (0..37)
+            .map(|t| ((t * 7919) % 23) as f32 * 0.3 - 3.0)
+            .collect();
         let m = xs.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         assert_eq!(max_of(&xs), m);
         let mut ys = xs.clone();
         let s = f32::exp_sub_sum(&mut ys, m);
         let want: f64 = xs.iter().map(|&x| ((x - m) as f64).exp()).sum();
         assert!((s as f64 - want).abs() < 1e-5 * want);
-        assert!((dot(&xs, &xs) as f64 - xs.iter().map(|x| (x * x) as f64).sum::<f64>()).abs() < 1e-3);
+        assert!(
+            (dot(&xs, &xs) as f64 - xs.iter().map(|x| (x * x) as f64).sum::<f64>()).abs() < 1e-3
+        );
     }
 }

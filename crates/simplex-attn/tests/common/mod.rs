@@ -18,11 +18,25 @@ pub struct Case {
 
 impl Case {
     pub fn new(b: usize, n: usize, hq: usize, hkv: usize, d: usize, spec: AttnSpec) -> Case {
-        Case { b, n, hq, hkv, d, dv: d, spec }
+        Case {
+            b,
+            n,
+            hq,
+            hkv,
+            d,
+            dv: d,
+            spec,
+        }
     }
     pub fn dims(&self) -> Dims {
         self.spec
-            .dims(&self.q_shape(), &self.k_shape(), &self.k_shape(), &self.v_shape(), &self.v_shape())
+            .dims(
+                &self.q_shape(),
+                &self.k_shape(),
+                &self.k_shape(),
+                &self.v_shape(),
+                &self.v_shape(),
+            )
             .expect("valid case")
     }
     pub fn q_shape(&self) -> [usize; 4] {
@@ -66,7 +80,13 @@ impl Data {
         }
     }
     pub fn inputs(&self) -> simplex_attn::reference::Inputs<'_> {
-        simplex_attn::reference::Inputs { q: &self.q, k1: &self.k1, k2: &self.k2, v1: &self.v1, v2: &self.v2 }
+        simplex_attn::reference::Inputs {
+            q: &self.q,
+            k1: &self.k1,
+            k2: &self.k2,
+            v1: &self.v1,
+            v2: &self.v2,
+        }
     }
 }
 
@@ -76,7 +96,10 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64)
     let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     let mut worst = (0usize, 0.0f64);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite(), "{what}: element {i} is {g} (want {w}): not written or overflowed");
+        assert!(
+            g.is_finite(),
+            "{what}: element {i} is {g} (want {w}): not written or overflowed"
+        );
         let e = (g - w).abs();
         if e > worst.1 {
             worst = (i, e);
@@ -119,7 +142,15 @@ pub fn cases() -> Vec<Case> {
         Case::new(1, 9, 3, 1, 3, bi().with_variant(det)),
         Case::new(1, 14, 2, 1, 16, causal(5, 7).with_biases(1.0 / 16.0, 1.0)),
         Case::new(1, 11, 2, 2, 16, causal(3, 3).with_scale(0.7)),
-        Case { b: 1, n: 10, hq: 4, hkv: 2, d: 16, dv: 5, spec: causal(4, 6) },
+        Case {
+            b: 1,
+            n: 10,
+            hq: 4,
+            hkv: 2,
+            d: 16,
+            dv: 5,
+            spec: causal(4, 6),
+        },
         // more rows than one tile (G * tj > 256) and more keys than one tile (tk > 128)
         Case::new(1, 300, 8, 1, 6, causal(40, 150)),
     ]

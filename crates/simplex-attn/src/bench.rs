@@ -1,0 +1,343 @@
+//! Benchmark harness behind `simplex bench attn`: shapes, the FLOP convention, timing.
+//!
+//! FLOP convention (spec section 4, Meta's count): the forward does two matrix products per
+//! query head and (j, k) pair, `2 * D` FLOPs for the logits and `2 * Dv` for `P @ V2`, so a
+//! forward is `2 * (D + Dv) * pairs * heads_q * batch` FLOPs = `4 n w1 w2 d` per head when
+//! D = Dv and no causal ramp. Pairs are counted exactly (the ramp at the sequence start is not
+//! rounded up). The determinant variant counts the lifted head dim 2D it really computes.
+//! Backward = 2.5x forward (FlashAttention's convention), so forward+backward = 3.5x.
+//! Timings are wall-clock medians of whole op calls through candle (the stacking of K and V and
+//! the dtype conversions included), after one warm-up call.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::{simplicial_attn, AttnError, AttnSpec, Variant};
+
+/// One benchmark configuration.
+#[derive(Debug, Clone)]
+pub struct BenchShape {
+    /// Short label for the report.
+    pub name: String,
+    /// Batch.
+    pub b: usize,
+    /// Sequence length.
+    pub n: usize,
+    /// Query heads.
+    pub hq: usize,
+    /// Key/value heads.
+    pub hkv: usize,
+    /// Head dim (q, k, v).
+    pub d: usize,
+    /// Windows, variant, direction.
+    pub spec: AttnSpec,
+    /// Input dtype.
+    pub dtype: DType,
+}
+
+impl BenchShape {
+    /// Forward FLOPs under the convention of the module doc.
+    pub fn forward_flops(&self) -> f64 {
+        let d_kernel = match self.spec.variant {
+            Variant::Trilinear => self.d,
+            Variant::Determinant => 2 * self.d,
+        };
+        let pairs = self.spec.windows(self.n).pairs() as f64;
+        2.0 * (d_kernel + self.d) as f64 * pairs * (self.hq * self.b) as f64
+    }
+
+    /// One line describing the configuration.
+    pub fn describe(&self) -> String {
+        let w = |w: Option<usize>| w.map_or("all".to_string(), |w| w.to_string());
+        format!(
+            "b={} n={} hq={} hkv={} d={} (w1,w2)=({},{}) {} {} {:?}",
+            self.b,
+            self.n,
+            self.hq,
+            self.hkv,
+            self.d,
+            w(self.spec.w1),
+            w(self.spec.w2),
+            if self.spec.causal {
+                "causal"
+            } else {
+                "bidirectional"
+            },
+            self.spec.variant,
+            self.dtype
+        )
+    }
+}
+
+fn shape(
+    name: &str,
+    (b, n, hq, hkv, d): (usize, usize, usize, usize, usize),
+    spec: AttnSpec,
+    dtype: DType,
+) -> BenchShape {
+    BenchShape {
+        name: name.to_string(),
+        b,
+        n,
+        hq,
+        hkv,
+        d,
+        spec,
+        dtype,
+    }
+}
+
+/// The CPU shapes of `simplex bench attn --device cpu`; the first is the issue's target.
+pub fn cpu_shapes() -> Vec<BenchShape> {
+    let f32 = DType::F32;
+    vec![
+        shape("target", (1, 2048, 8, 1, 64), AttnSpec::causal(64, 32), f32),
+        shape(
+            "swapped",
+            (1, 2048, 8, 1, 64),
+            AttnSpec::causal(32, 64),
+            f32,
+        ),
+        shape("mha", (1, 1024, 8, 8, 64), AttnSpec::causal(32, 32), f32),
+        shape(
+            "long-w2",
+            (1, 1024, 8, 1, 64),
+            AttnSpec::causal(16, 256),
+            f32,
+        ),
+        shape(
+            "det",
+            (1, 1024, 8, 1, 48),
+            AttnSpec::causal(64, 32).with_variant(Variant::Determinant),
+            f32,
+        ),
+        shape("bidir", (8, 64, 4, 4, 32), AttnSpec::bidirectional(), f32),
+        shape(
+            "bf16",
+            (1, 2048, 8, 1, 64),
+            AttnSpec::causal(64, 32),
+            DType::BF16,
+        ),
+    ]
+}
+
+/// The CUDA shapes of `simplex bench attn --device cuda` (the anchors of spec section 6 and the
+/// small LM layer of issue 5).
+pub fn cuda_shapes() -> Vec<BenchShape> {
+    let bf = DType::BF16;
+    vec![
+        shape(
+            "anchor-64-32x512",
+            (2, 8192, 64, 1, 128),
+            AttnSpec::causal(32, 512),
+            bf,
+        ),
+        shape(
+            "anchor-64-512x32",
+            (2, 8192, 64, 1, 128),
+            AttnSpec::causal(512, 32),
+            bf,
+        ),
+        shape(
+            "anchor-128-32x512",
+            (2, 8192, 128, 1, 128),
+            AttnSpec::causal(32, 512),
+            bf,
+        ),
+        shape(
+            "anchor-128-512x32",
+            (2, 8192, 128, 1, 128),
+            AttnSpec::causal(512, 32),
+            bf,
+        ),
+        shape(
+            "b4-d64-512x32",
+            (4, 4096, 64, 1, 64),
+            AttnSpec::causal(512, 32),
+            bf,
+        ),
+        shape(
+            "lm-layer",
+            (32, 1024, 8, 8, 64),
+            AttnSpec::causal(512, 32),
+            bf,
+        ),
+    ]
+}
+
+/// Timings of one shape.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    /// The configuration.
+    pub shape: BenchShape,
+    /// Median forward time, seconds.
+    pub forward_s: f64,
+    /// Median forward+backward time, seconds.
+    pub forward_backward_s: f64,
+    /// Timed repetitions of each.
+    pub reps: usize,
+}
+
+impl BenchResult {
+    /// Forward rate in FLOP/s.
+    pub fn forward_rate(&self) -> f64 {
+        self.shape.forward_flops() / self.forward_s
+    }
+    /// Forward+backward rate in FLOP/s (3.5x forward FLOPs).
+    pub fn forward_backward_rate(&self) -> f64 {
+        3.5 * self.shape.forward_flops() / self.forward_backward_s
+    }
+}
+
+/// Median of the samples.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        0.5 * (xs[n / 2 - 1] + xs[n / 2])
+    }
+}
+
+/// Times `f` (after one warm-up call) until `min_reps` calls and `min_seconds` have passed;
+/// returns the median and the count. `sync` is called after each call (device synchronize).
+pub fn time_it(
+    min_reps: usize,
+    min_seconds: f64,
+    mut f: impl FnMut() -> Result<(), AttnError>,
+    sync: &dyn Fn() -> Result<(), AttnError>,
+) -> Result<(f64, usize), AttnError> {
+    f()?;
+    sync()?;
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while samples.len() < min_reps || start.elapsed().as_secs_f64() < min_seconds {
+        let t = Instant::now();
+        f()?;
+        sync()?;
+        samples.push(t.elapsed().as_secs_f64());
+        if samples.len() >= 1000 {
+            break;
+        }
+    }
+    let n = samples.len();
+    Ok((median(samples), n))
+}
+
+/// Runs one shape on `device`: forward alone, then forward+backward through autograd.
+pub fn run_shape(
+    s: &BenchShape,
+    device: &Device,
+    min_reps: usize,
+    min_seconds: f64,
+) -> Result<BenchResult, AttnError> {
+    let rand = |h: usize, scale: f64| -> Result<Var, AttnError> {
+        let t = Tensor::randn(0f32, scale as f32, (s.b, s.n, h, s.d), device)?.to_dtype(s.dtype)?;
+        Ok(Var::from_tensor(&t)?)
+    };
+    let amp = (1.0 / s.d as f64).powf(1.0 / 6.0);
+    let (q, k1, k2) = (rand(s.hq, amp)?, rand(s.hkv, amp)?, rand(s.hkv, amp)?);
+    let (v1, v2) = (rand(s.hkv, 1.0)?, rand(s.hkv, 1.0)?);
+    let dout = Tensor::randn(0f32, 1.0, (s.b, s.n, s.hq, s.d), device)?.to_dtype(s.dtype)?;
+    let sync = || -> Result<(), AttnError> { Ok(device.synchronize()?) };
+    let (forward_s, reps) = time_it(
+        min_reps,
+        min_seconds,
+        || simplicial_attn(&q, &k1, &k2, &v1, &v2, &s.spec).map(|_| ()),
+        &sync,
+    )?;
+    let (forward_backward_s, _) = time_it(
+        min_reps,
+        min_seconds,
+        || {
+            let o = simplicial_attn(&q, &k1, &k2, &v1, &v2, &s.spec)?.o;
+            (o * &dout)?.sum_all()?.backward()?;
+            Ok(())
+        },
+        &sync,
+    )?;
+    Ok(BenchResult {
+        shape: s.clone(),
+        forward_s,
+        forward_backward_s,
+        reps,
+    })
+}
+
+/// FLOP/s of an `n x n x n` f32 matrix product on the CPU through `gemm` (the library the
+/// kernels use), with `threads` threads (1: single core).
+pub fn cpu_gemm_rate(n: usize, threads: usize, min_seconds: f64) -> Result<f64, AttnError> {
+    let a: Vec<f32> = (0..n * n)
+        .map(|t| ((t * 7 % 13) as f32 - 6.0) * 0.1)
+        .collect();
+    let b: Vec<f32> = (0..n * n)
+        .map(|t| ((t * 5 % 11) as f32 - 5.0) * 0.1)
+        .collect();
+    let mut c = vec![0f32; n * n];
+    let par = if threads <= 1 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    };
+    let (s, _) = time_it(
+        3,
+        min_seconds,
+        || {
+            // SAFETY: a, b, c are n*n row-major matrices (column stride 1, row stride n), so every
+            // index gemm reaches is inside them; c does not alias a or b.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    n,
+                    n,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    n as isize,
+                    b.as_ptr(),
+                    1,
+                    n as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+            Ok(())
+        },
+        &|| Ok(()),
+    )?;
+    Ok(2.0 * (n as f64).powi(3) / s)
+}
+
+/// FLOP/s of an `n x n x n` matrix product through candle on `device` (cuBLAS on CUDA): the
+/// ceiling the CUDA report compares against. Random inputs (zeros run faster on some GPUs).
+pub fn candle_matmul_rate(
+    device: &Device,
+    dtype: DType,
+    n: usize,
+    min_seconds: f64,
+) -> Result<f64, AttnError> {
+    let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let sync = || -> Result<(), AttnError> { Ok(device.synchronize()?) };
+    let (s, _) = time_it(
+        5,
+        min_seconds,
+        || {
+            a.matmul(&b)?;
+            Ok(())
+        },
+        &sync,
+    )?;
+    Ok(2.0 * (n as f64).powi(3) / s)
+}

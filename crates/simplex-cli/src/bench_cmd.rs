@@ -1,0 +1,102 @@
+//! `simplex bench attn`: forward and forward+backward rates of the op, beside the matrix-product
+//! rate of the same machine measured in the same run.
+
+use anyhow::Result;
+use candle_core::DType;
+use clap::{Args, Subcommand};
+use simplex_attn::bench::{
+    candle_matmul_rate, cpu_gemm_rate, cpu_shapes, cuda_shapes, run_shape, BenchShape,
+};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// 2-simplicial attention: forward and forward+backward time and FLOP rate.
+    Attn(AttnBenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AttnBenchArgs {
+    /// cpu or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Only the shapes whose name contains this (see the report for names).
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Minimum seconds of timing per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Minimum timed repetitions per measurement.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Also write the results as JSON lines to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Attn(a) => attn(&a),
+    }
+}
+
+fn attn(a: &AttnBenchArgs) -> Result<()> {
+    let device = crate::device::parse(&a.device)?;
+    let cuda = !device.is_cpu();
+    let shapes: Vec<BenchShape> = if cuda { cuda_shapes() } else { cpu_shapes() }
+        .into_iter()
+        .filter(|s| a.only.as_ref().is_none_or(|o| s.name.contains(o.as_str())))
+        .collect();
+    let (unit, div) = if cuda {
+        ("TFLOP/s", 1e12)
+    } else {
+        ("GFLOP/s", 1e9)
+    };
+    println!("# simplex bench attn --device {}", a.device);
+    println!("# FLOPs: forward = 2*(D+Dv)*pairs*Hq*B (Meta's 4*n*w1*w2*d per head, causal ramps counted exactly); fwd+bwd = 3.5x forward");
+    let ceiling = if cuda {
+        let r = candle_matmul_rate(&device, DType::BF16, 8192, a.seconds.min(2.0))?;
+        println!(
+            "# bf16 matmul 8192^3 through candle (cuBLAS): {:.1} TFLOP/s",
+            r / 1e12
+        );
+        r
+    } else {
+        let threads = rayon::current_num_threads();
+        let one = cpu_gemm_rate(1024, 1, a.seconds.min(2.0))?;
+        let all = cpu_gemm_rate(1024, threads, a.seconds.min(2.0))?;
+        println!("# f32 gemm 1024^3 through `gemm`: 1 thread {:.1} GFLOP/s, {threads} threads {:.1} GFLOP/s", one / 1e9, all / 1e9);
+        all
+    };
+    println!(
+        "{:<18} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}  config",
+        "name", "fwd ms", unit, "f+b ms", unit, "fwd/mm", "f+b/mm"
+    );
+    let mut json = Vec::new();
+    for s in &shapes {
+        let r = run_shape(s, &device, a.reps, a.seconds)?;
+        let (fr, fbr) = (r.forward_rate(), r.forward_backward_rate());
+        println!(
+            "{:<18} {:>10.3} {:>10.2} {:>10.3} {:>10.2} {:>7.1}% {:>7.1}%  {}",
+            s.name,
+            r.forward_s * 1e3,
+            fr / div,
+            r.forward_backward_s * 1e3,
+            fbr / div,
+            100.0 * fr / ceiling,
+            100.0 * fbr / ceiling,
+            s.describe()
+        );
+        json.push(serde_json::json!({
+            "name": s.name, "config": s.describe(), "device": a.device,
+            "forward_s": r.forward_s, "forward_backward_s": r.forward_backward_s,
+            "forward_flops": s.forward_flops(), "forward_rate": fr, "forward_backward_rate": fbr,
+            "matmul_rate": ceiling, "reps": r.reps,
+        }));
+    }
+    println!("# fwd/mm, f+b/mm: rate over the matrix-product rate measured above");
+    if let Some(path) = &a.json {
+        let text: String = json.iter().map(|j| format!("{j}\n")).collect();
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}
