@@ -11,6 +11,7 @@
 //! * [`reference`]: the float64 oracle every kernel is tested against.
 //! * [`cpu`]: the fast multi-threaded CPU kernels on plain slices.
 //! * [`AttnSpec`]: windows, variant, scale and biases, validated with the shapes in one place.
+//! * [`dot`]: dot-product attention laid out the same way (oracle, CPU kernels, op [`dot_attn`]).
 
 // Kernels and the oracle loop over indices the way the einsum is written.
 #![allow(clippy::needless_range_loop)]

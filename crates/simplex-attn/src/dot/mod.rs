@@ -1,0 +1,22 @@
+//! Dot-product attention with a real backward, laid out like the 2-simplicial op:
+//!
+//! ```text
+//! S[i,j] = scale * q_i . k_j,   O[i] = sum_j softmax_j(S[i]) v_j
+//! ```
+//! over the keys `j` of query `i` (causal, optionally a sliding window of `w` keys, or
+//! bidirectional), with grouped-query attention (query head `h` reads K/V head `h / G`).
+//!
+//! * [`dot_attn`]: the candle op (CPU; CUDA returns an error until a kernel exists), backward
+//!   through autograd.
+//! * [`reference`]: the float64 oracle, forward and backward.
+//! * [`cpu`]: the flash-style fused CPU kernels on plain slices.
+//! * [`DotSpec`]: causality, window and scale, validated with the shapes in one place.
+
+pub mod cpu;
+mod op;
+pub mod reference;
+mod spec;
+
+pub use op::{dot_attn, DotOutput};
+pub use reference::{dot_attn_backward_reference, dot_attn_reference, DotGrads, DotInputs};
+pub use spec::{DotDims, DotSpec, KeyRanges};

@@ -1,0 +1,243 @@
+//! The candle op of dot-product attention: validation, dtype handling, autograd.
+//!
+//! q, k, v are exactly the three inputs of a `CustomOp3`, so no packing is needed. The
+//! log-sum-exp the backward needs is kept by the op instance (it is not a differentiable
+//! output) and also returned to the caller.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor,
+    WithDType,
+};
+
+use super::cpu::{self, DotProblem, DotSaved};
+use super::spec::{DotDims, DotSpec, KeyRanges};
+use crate::cpu::Real;
+use crate::AttnError;
+
+/// Output of [`dot_attn`].
+#[derive(Debug, Clone)]
+pub struct DotOutput {
+    /// `[B,Nq,Hq,Dv]`, the dtype of the inputs; differentiable.
+    pub o: Tensor,
+    /// `[B,Nq,Hq]`, natural-log log-sum-exp of the scaled logits, f32 (f64 for f64 inputs);
+    /// not differentiable.
+    pub lse: Tensor,
+}
+
+/// Dot-product attention of `q [B,Nq,Hq,D]` over `k [B,Nk,Hkv,D]`, `v [B,Nk,Hkv,Dv]`
+/// (`Nk >= Nq`, the queries being the last `Nq` positions).
+///
+/// Inputs: f32, f64, bf16 or f16 (bf16/f16 are computed in f32 on the CPU), one device, any
+/// strides. Gradients flow to q, k and v through candle's autograd. Errors name the offending
+/// shape, option or dtype. CPU only for now: a CUDA tensor gets an error from the op.
+pub fn dot_attn(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    spec: &DotSpec,
+) -> Result<DotOutput, AttnError> {
+    let dims = spec.dims(q.dims(), k.dims(), v.dims())?;
+    let dtype = q.dtype();
+    for (name, t) in [("k", k), ("v", v)] {
+        if t.dtype() != dtype {
+            return Err(AttnError::Input(format!(
+                "{name} is {:?} but q is {dtype:?}: q, k and v must have one dtype",
+                t.dtype()
+            )));
+        }
+        if !t.device().same_device(q.device()) {
+            return Err(AttnError::Input(format!(
+                "{name} is on {:?} but q is on {:?}",
+                t.device().location(),
+                q.device().location()
+            )));
+        }
+    }
+    let compute = match (dtype, q.device()) {
+        (DType::F32 | DType::F64, _) => dtype,
+        (DType::BF16 | DType::F16, Device::Cpu) => DType::F32,
+        (DType::BF16 | DType::F16, _) => dtype,
+        (other, _) => {
+            return Err(AttnError::Input(format!(
+                "q is {other:?}: expected f32, f64, bf16 or f16"
+            )))
+        }
+    };
+    let up = |t: &Tensor| t.to_dtype(compute)?.contiguous();
+    let (q, k, v) = (up(q)?, up(k)?, up(v)?);
+    let lse = Arc::new(Mutex::new(None));
+    let op = DotOp {
+        dims,
+        keys: spec.keys(&dims),
+        scale: spec.scale_for(dims.d),
+        lse: lse.clone(),
+    };
+    let o = q.apply_op3(&k, &v, op)?.to_dtype(dtype)?;
+    let lse = lse
+        .lock()
+        .map_err(|_| AttnError::Input("lse slot poisoned by a panic".into()))?
+        .clone()
+        .ok_or_else(|| AttnError::Input("the forward kernel did not produce lse".into()))?;
+    Ok(DotOutput { o, lse })
+}
+
+/// The custom op on `(q, k, v)`.
+struct DotOp {
+    dims: DotDims,
+    keys: KeyRanges,
+    scale: f64,
+    /// The forward's log-sum-exp `[B,Nq,Hq]`, for the backward.
+    lse: Arc<Mutex<Option<Tensor>>>,
+}
+
+/// The contiguous data of a CPU storage as `&[T]`.
+fn cpu_slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    name: &str,
+) -> candle_core::Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("dot attention: {name} must be contiguous"),
+    }
+}
+
+impl DotOp {
+    fn problem<'a, T: Real>(&self, q: &'a [T], k: &'a [T], v: &'a [T]) -> DotProblem<'a, T> {
+        DotProblem {
+            dims: self.dims,
+            keys: self.keys,
+            scale: T::from_f64(self.scale),
+            q,
+            k,
+            v,
+        }
+    }
+
+    fn cpu_fwd_typed<T: Real + WithDType>(
+        &self,
+        (q, lq): (&CpuStorage, &Layout),
+        (k, lk): (&CpuStorage, &Layout),
+        (v, lv): (&CpuStorage, &Layout),
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            cpu_slice::<T>(q, lq, "q")?,
+            cpu_slice::<T>(k, lk, "k")?,
+            cpu_slice::<T>(v, lv, "v")?,
+        );
+        let (o, lse) = cpu::forward(&self.problem(q, k, v));
+        let DotDims {
+            batch,
+            seq_q,
+            heads_q,
+            dv,
+            ..
+        } = self.dims;
+        let lse = Tensor::from_vec(lse, (batch, seq_q, heads_q), &Device::Cpu)?;
+        *self
+            .lse
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))? = Some(lse);
+        Ok((
+            T::to_cpu_storage_owned(o),
+            Shape::from((batch, seq_q, heads_q, dv)),
+        ))
+    }
+
+    fn cpu_bwd_typed<T: Real + WithDType>(
+        &self,
+        [q, k, v, o, dout, lse]: [&Tensor; 6],
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let guards = [q, k, v, o, dout, lse].map(|t| t.storage_and_layout());
+        let names = ["q", "k", "v", "o", "dout", "lse"];
+        let mut slices: Vec<&[T]> = Vec::with_capacity(6);
+        for ((guard, layout), name) in guards.iter().zip(names) {
+            match &**guard {
+                Storage::Cpu(s) => slices.push(cpu_slice::<T>(s, layout, name)?),
+                _ => candle_core::bail!("dot attention backward: {name} is not on the CPU"),
+            }
+        }
+        let p = self.problem(slices[0], slices[1], slices[2]);
+        let saved = DotSaved {
+            o: slices[3],
+            lse: slices[5],
+            dout: slices[4],
+        };
+        let g = cpu::backward(&p, &saved);
+        let dev = Device::Cpu;
+        Ok((
+            Tensor::from_vec(g.dq, q.shape(), &dev)?,
+            Tensor::from_vec(g.dk, k.shape(), &dev)?,
+            Tensor::from_vec(g.dv, v.shape(), &dev)?,
+        ))
+    }
+}
+
+impl CustomOp3 for DotOp {
+    fn name(&self) -> &'static str {
+        "dot-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        match s1.dtype() {
+            DType::F32 => self.cpu_fwd_typed::<f32>((s1, l1), (s2, l2), (s3, l3)),
+            DType::F64 => self.cpu_fwd_typed::<f64>((s1, l1), (s2, l2), (s3, l3)),
+            other => {
+                candle_core::bail!("dot attention on the CPU computes in f32 or f64, got {other:?}")
+            }
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        candle_core::bail!("dot attention has no CUDA kernel yet: run it on the CPU")
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        dout: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let lse = self
+            .lse
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))?
+            .clone()
+            .ok_or_else(|| {
+                candle_core::Error::Msg("dot attention: backward before forward".into())
+            })?;
+        let dout = dout.contiguous()?;
+        let args = [q, k, v, o, &dout, &lse];
+        let (dq, dk, dv) = match (q.device(), q.dtype()) {
+            (Device::Cpu, DType::F32) => self.cpu_bwd_typed::<f32>(args)?,
+            (Device::Cpu, DType::F64) => self.cpu_bwd_typed::<f64>(args)?,
+            (dev, dt) => candle_core::bail!(
+                "dot attention backward: no kernel for {dt:?} on {:?}",
+                dev.location()
+            ),
+        };
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
