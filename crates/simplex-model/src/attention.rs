@@ -1,0 +1,87 @@
+//! Dot-product attention blocks (D: causal, L: causal sliding window), with RoPE:
+//!
+//! ```text
+//! x [B, N, C] -> q [B, N, Hq, Dh], k, v [B, N, Hkv, Dh]     (Wq, Wk, Wv; RoPE on q and k)
+//! o = dot_attn(q, k, v)   [B, N, Hq, Dh]  -> [B, N, Hq*Dh] -> Wo -> [B, N, C]
+//! ```
+//! With a cache, the keys and values of earlier positions are read from ring buffers and the
+//! new queries sit at the end of the key sequence (the op's `Nk > Nq` case).
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use simplex_attn::{dot_attn, DotSpec};
+
+use crate::cache::LayerCache;
+use crate::config::{Config, Heads, LayerKind};
+use crate::error::{ModelError, Result};
+use crate::init::{linear, residual_std, STD};
+use crate::rope::Rope;
+
+/// One D or L attention sublayer.
+#[derive(Debug, Clone)]
+pub struct DotAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: Heads,
+    spec: DotSpec,
+    rope: Rope,
+}
+
+impl DotAttention {
+    /// Projections `q [Hq*Dh, C]`, `k, v [Hkv*Dh, C]`, `o [C, Hq*Dh]` under `vb`.
+    pub fn new(cfg: &Config, kind: LayerKind, rope: Rope, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.dot_heads();
+        let c = cfg.d_model;
+        let spec = match kind {
+            LayerKind::Local => DotSpec::sliding(cfg.window),
+            _ => DotSpec::causal(),
+        };
+        Ok(DotAttention {
+            q: linear(c, h.q * h.dim, STD, vb.pp("q"))?,
+            k: linear(c, h.kv * h.dim, STD, vb.pp("k"))?,
+            v: linear(c, h.kv * h.dim, STD, vb.pp("v"))?,
+            o: linear(h.q * h.dim, c, residual_std(cfg.n_layers()), vb.pp("o"))?,
+            heads: h,
+            spec,
+            rope,
+        })
+    }
+
+    /// `x [B, N, C]` at positions `pos..pos+N`; with a cache, attends to the cached positions
+    /// too and appends the new keys and values.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        pos: usize,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let Heads {
+            q: hq,
+            kv: hkv,
+            dim,
+        } = self.heads;
+        let q = self
+            .rope
+            .apply(&self.q.forward(x)?.reshape((b, n, hq, dim))?, pos)?;
+        let k = self
+            .rope
+            .apply(&self.k.forward(x)?.reshape((b, n, hkv, dim))?, pos)?;
+        let v = self.v.forward(x)?.reshape((b, n, hkv, dim))?;
+        let o = match cache {
+            None => dot_attn(&q, &k, &v, &self.spec)?.o,
+            Some(LayerCache::Dot { k: kc, v: vc }) => {
+                let (k, v) = (kc.extend(&k)?, vc.extend(&v)?);
+                dot_attn(&q, &k, &v, &self.spec)?.o
+            }
+            Some(_) => {
+                return Err(ModelError::Input(
+                    "a dot-product layer got a 2-simplicial cache".into(),
+                ))
+            }
+        };
+        Ok(self.o.forward(&o.reshape((b, n, hq * dim))?)?)
+    }
+}

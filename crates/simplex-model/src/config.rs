@@ -1,0 +1,456 @@
+//! The model configuration: TOML in and out, presets, validation with errors that name the key.
+//!
+//! ```toml
+//! vocab_size = 256
+//! d_model = 128
+//! pattern = "DDDS"          # one letter per layer, bottom to top: D, L or S
+//! heads_q = 4
+//! heads_kv = 4              # optional, default heads_q
+//! head_dim = 32             # optional, default d_model / heads_q
+//! window = 64               # L layers: causal sliding window
+//! mlp_hidden = 384
+//! rope_theta = 10000.0
+//! tie_embeddings = true
+//! norm_eps = 1e-5
+//! max_seq_len = 256
+//!
+//! [simplicial]              # S layers
+//! heads_q = 4               # optional, default: the top-level heads_q
+//! heads_kv = 1              # optional, default: simplicial heads_q
+//! head_dim = 33             # optional, default d_model / heads_q
+//! w1 = 64
+//! w2 = 8
+//! variant = "determinant"   # or "trilinear" (default)
+//! rotate = false            # determinant only: rotate 3-chunks by position (relative positions)
+//! ```
+//! Keys that do not exist are rejected.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// What one layer's attention is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerKind {
+    /// `D`: causal dot-product attention over the whole prefix, with RoPE.
+    Dot,
+    /// `L`: causal sliding-window dot-product attention (`window`), with RoPE.
+    Local,
+    /// `S`: 2-simplicial attention over the windows `(w1, w2)`.
+    Simplicial,
+}
+
+impl LayerKind {
+    /// The pattern letter.
+    pub fn letter(self) -> char {
+        match self {
+            LayerKind::Dot => 'D',
+            LayerKind::Local => 'L',
+            LayerKind::Simplicial => 'S',
+        }
+    }
+
+    /// A short human name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerKind::Dot => "dot-product (causal)",
+            LayerKind::Local => "dot-product (sliding window)",
+            LayerKind::Simplicial => "2-simplicial",
+        }
+    }
+}
+
+/// Logits of the 2-simplicial layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SimplicialVariant {
+    /// `sum_l q_l k1_l k2_l`
+    #[default]
+    Trilinear,
+    /// Sum of 3x3 determinants over chunks of three coordinates (rotation invariant).
+    Determinant,
+}
+
+impl From<SimplicialVariant> for simplex_attn::Variant {
+    fn from(v: SimplicialVariant) -> Self {
+        match v {
+            SimplicialVariant::Trilinear => simplex_attn::Variant::Trilinear,
+            SimplicialVariant::Determinant => simplex_attn::Variant::Determinant,
+        }
+    }
+}
+
+/// The `[simplicial]` section: the 2-simplicial (S) layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimplicialConfig {
+    /// Query heads; default: the top-level `heads_q`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads_q: Option<usize>,
+    /// Key/value heads (k1, v1, k2, v2 each); default: `simplicial.heads_q`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads_kv: Option<usize>,
+    /// Head dim; default `d_model / simplicial.heads_q`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// First window (k1, v1).
+    pub w1: usize,
+    /// Second window (k2, v2).
+    pub w2: usize,
+    /// Trilinear or determinant logits.
+    #[serde(default)]
+    pub variant: SimplicialVariant,
+    /// Determinant variant only: rotate every 3-chunk of q, k1, k2 about a fixed axis by an
+    /// angle proportional to the position, so the logits depend on relative positions only
+    /// (section 2 of the spec). Off by default: S layers then have no position signal of
+    /// their own and rely on the D/L layers' RoPE.
+    #[serde(default)]
+    pub rotate: bool,
+}
+
+impl Default for SimplicialConfig {
+    fn default() -> Self {
+        SimplicialConfig {
+            heads_q: None,
+            heads_kv: None,
+            head_dim: None,
+            w1: 512,
+            w2: 32,
+            variant: SimplicialVariant::Trilinear,
+            rotate: false,
+        }
+    }
+}
+
+fn default_window() -> usize {
+    256
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_true() -> bool {
+    true
+}
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+
+/// A decoder-only language model (see the module doc for the TOML form).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// One letter per layer, bottom to top: `D`, `L` or `S`.
+    pub pattern: String,
+    /// Query heads of the dot-product (D, L) layers.
+    pub heads_q: usize,
+    /// Key/value heads of the D/L layers; default `heads_q`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads_kv: Option<usize>,
+    /// Head dim of the D/L layers; default `d_model / heads_q`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// Causal sliding window of the L layers.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    /// The 2-simplicial (S) layers.
+    #[serde(default)]
+    pub simplicial: SimplicialConfig,
+    /// Hidden width of the SwiGLU MLP.
+    pub mlp_hidden: usize,
+    /// RoPE base of the D/L layers (and of the S layers' chunk rotation).
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// The output head is the transposed token embedding.
+    #[serde(default = "default_true")]
+    pub tie_embeddings: bool,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    /// Longest sequence (RoPE tables, KV cache of D layers).
+    pub max_seq_len: usize,
+}
+
+/// Resolved head layout of one attention kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    /// Query heads.
+    pub q: usize,
+    /// Key/value heads.
+    pub kv: usize,
+    /// Head dim.
+    pub dim: usize,
+}
+
+/// The preset names, smallest first.
+pub const PRESETS: [&str; 5] = ["tiny", "small", "25m", "100m", "300m"];
+
+fn invalid(
+    key: &'static str,
+    value: impl std::fmt::Display,
+    reason: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// A named preset (see [`PRESETS`]); the name in the error lists the valid ones.
+    ///
+    /// Sizes are non-embedding parameters: `tiny` 0.9M (trains on 2 CPU cores), `small` 6.7M,
+    /// `25m` 26.7M (`DDDS` x2, d_model 512: the spec's reference model), `100m` 103M,
+    /// `300m` 321M. The byte-level vocabulary (256) is the default; a trainer with another
+    /// tokenizer sets `vocab_size`.
+    pub fn preset(name: &str) -> Result<Config, ConfigError> {
+        let base =
+            |d_model: usize, pattern: &str, heads: usize, mlp_hidden: usize, max_seq_len: usize| {
+                Config {
+                    vocab_size: 256,
+                    d_model,
+                    pattern: pattern.to_string(),
+                    heads_q: heads,
+                    heads_kv: None,
+                    head_dim: None,
+                    window: 256,
+                    simplicial: SimplicialConfig::default(),
+                    mlp_hidden,
+                    rope_theta: 10_000.0,
+                    tie_embeddings: true,
+                    norm_eps: 1e-5,
+                    max_seq_len,
+                }
+            };
+        let cfg = match name {
+            "tiny" => Config {
+                window: 64,
+                simplicial: SimplicialConfig {
+                    w1: 64,
+                    w2: 8,
+                    ..SimplicialConfig::default()
+                },
+                ..base(128, "DDDS", 4, 384, 256)
+            },
+            "small" => Config {
+                window: 128,
+                simplicial: SimplicialConfig {
+                    w1: 128,
+                    w2: 16,
+                    ..SimplicialConfig::default()
+                },
+                ..base(256, "DDDSDDDS", 8, 704, 512)
+            },
+            "25m" => base(512, "DDDSDDDS", 8, 1408, 1024),
+            "100m" => base(768, "DDDSDDDSDDDS", 12, 2560, 2048),
+            "300m" => base(1024, &"DDDS".repeat(6), 16, 2816, 2048),
+            other => {
+                return Err(ConfigError::UnknownPreset {
+                    name: other.to_string(),
+                    known: PRESETS.join(", "),
+                })
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses and validates a TOML config; unknown keys are errors.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config as TOML (what `from_toml_str` reads back).
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// The layer kinds, bottom to top (call after `validate`; unknown letters are skipped).
+    pub fn layers(&self) -> Vec<LayerKind> {
+        self.pattern
+            .chars()
+            .filter_map(|c| match c {
+                'D' => Some(LayerKind::Dot),
+                'L' => Some(LayerKind::Local),
+                'S' => Some(LayerKind::Simplicial),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Number of layers.
+    pub fn n_layers(&self) -> usize {
+        self.pattern.chars().count()
+    }
+
+    /// Head layout of the D/L layers.
+    pub fn dot_heads(&self) -> Heads {
+        let q = self.heads_q;
+        Heads {
+            q,
+            kv: self.heads_kv.unwrap_or(q),
+            dim: self
+                .head_dim
+                .unwrap_or(self.d_model.checked_div(q).unwrap_or(0)),
+        }
+    }
+
+    /// Head layout of the S layers.
+    pub fn simplicial_heads(&self) -> Heads {
+        let q = self.simplicial.heads_q.unwrap_or(self.heads_q);
+        Heads {
+            q,
+            kv: self.simplicial.heads_kv.unwrap_or(q),
+            dim: self
+                .simplicial
+                .head_dim
+                .unwrap_or(self.d_model.checked_div(q).unwrap_or(0)),
+        }
+    }
+
+    /// Checks every key; the error names the key and its value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("mlp_hidden", self.mlp_hidden),
+            ("max_seq_len", self.max_seq_len),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, v, "must be at least 1"));
+            }
+        }
+        if self.pattern.is_empty() {
+            return Err(invalid(
+                "pattern",
+                "\"\"",
+                "needs at least one layer letter (D, L or S)",
+            ));
+        }
+        if let Some((pos, c)) = self
+            .pattern
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !matches!(c, 'D' | 'L' | 'S'))
+        {
+            return Err(invalid(
+                "pattern",
+                format!("\"{}\"", self.pattern),
+                format!("letter `{c}` at position {pos} is not a layer kind (D = dot-product, L = sliding window, S = 2-simplicial)"),
+            ));
+        }
+        let layers = self.layers();
+        let has = |k: LayerKind| layers.contains(&k);
+        if has(LayerKind::Dot) || has(LayerKind::Local) {
+            self.check_heads("", self.dot_heads(), self.heads_kv, self.head_dim)?;
+            if !self.dot_heads().dim.is_multiple_of(2) {
+                return Err(invalid(
+                    "head_dim",
+                    self.dot_heads().dim,
+                    "RoPE needs an even head dim",
+                ));
+            }
+            if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+                return Err(invalid(
+                    "rope_theta",
+                    self.rope_theta,
+                    "must be finite and positive",
+                ));
+            }
+        }
+        if has(LayerKind::Local) && self.window == 0 {
+            return Err(invalid("window", 0, "a window must be at least 1"));
+        }
+        if has(LayerKind::Simplicial) {
+            let s = &self.simplicial;
+            let h = self.simplicial_heads();
+            if s.heads_q == Some(0) {
+                return Err(invalid("simplicial.heads_q", 0, "must be at least 1"));
+            }
+            self.check_heads("simplicial.", h, s.heads_kv, s.head_dim)?;
+            for (key, w) in [("simplicial.w1", s.w1), ("simplicial.w2", s.w2)] {
+                if w == 0 {
+                    return Err(invalid(key, 0, "a window must be at least 1"));
+                }
+            }
+            if s.variant == SimplicialVariant::Determinant && !h.dim.is_multiple_of(3) {
+                return Err(invalid(
+                    "simplicial.head_dim",
+                    h.dim,
+                    "the determinant variant needs a multiple of 3 (chunks of three coordinates)",
+                ));
+            }
+            if s.rotate && s.variant != SimplicialVariant::Determinant {
+                return Err(invalid(
+                    "simplicial.rotate",
+                    true,
+                    "only the determinant variant is rotation invariant; set variant = \"determinant\"",
+                ));
+            }
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return Err(invalid(
+                "norm_eps",
+                self.norm_eps,
+                "must be finite and positive",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Heads of one kind: `prefix` is `""` or `"simplicial."`, for the key names.
+    fn check_heads(
+        &self,
+        prefix: &'static str,
+        h: Heads,
+        kv_given: Option<usize>,
+        dim_given: Option<usize>,
+    ) -> Result<(), ConfigError> {
+        let key = |k: &'static str| -> &'static str {
+            match (prefix, k) {
+                ("", k) => k,
+                (_, "heads_q") => "simplicial.heads_q",
+                (_, "heads_kv") => "simplicial.heads_kv",
+                _ => "simplicial.head_dim",
+            }
+        };
+        if h.q == 0 {
+            return Err(invalid(key("heads_q"), 0, "must be at least 1"));
+        }
+        if kv_given == Some(0) {
+            return Err(invalid(key("heads_kv"), 0, "must be at least 1"));
+        }
+        if !h.q.is_multiple_of(h.kv) {
+            return Err(invalid(
+                key("heads_q"),
+                h.q,
+                format!(
+                    "not a multiple of {} = {} (grouped-query attention)",
+                    key("heads_kv"),
+                    h.kv
+                ),
+            ));
+        }
+        match dim_given {
+            Some(0) => Err(invalid(key("head_dim"), 0, "must be at least 1")),
+            Some(_) => Ok(()),
+            None if !self.d_model.is_multiple_of(h.q) => Err(invalid(
+                "d_model",
+                self.d_model,
+                format!(
+                    "not divisible by {} = {} (set {} to choose the head dim)",
+                    key("heads_q"),
+                    h.q,
+                    key("head_dim")
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+}

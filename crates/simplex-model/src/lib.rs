@@ -1,0 +1,36 @@
+//! Decoder-only language models whose layers are dot-product (D), sliding-window dot-product (L)
+//! or 2-simplicial (S) attention, for candle.
+//!
+//! ```text
+//! tokens -> embedding -> [ x += attn(RMSNorm x); x += SwiGLU(RMSNorm x) ] per pattern letter
+//!        -> RMSNorm -> head (tied or untied) -> logits
+//! ```
+//! * [`Config`]: TOML config, presets ([`PRESETS`]), validation that names the key.
+//! * [`Model`]: `new(&cfg, VarBuilder)`, `forward(tokens)` (training, fused ops with backward),
+//!   `forward_step(tokens, &mut Cache)` (KV-cache prefill and decode), `generate`.
+//! * [`ModelInfo`]: parameter counts and FLOPs per token per layer kind.
+//! * [`Sampler`]: temperature, top-k, top-p, seeded.
+//!
+//! This crate knows nothing of files or training loops: the trainer owns the `VarMap`, the
+//! optimizer and checkpoints.
+
+pub mod attention;
+pub mod block;
+pub mod cache;
+pub mod config;
+mod error;
+pub mod info;
+mod init;
+pub mod mlp;
+mod model;
+pub mod norm;
+pub mod rope;
+pub mod sample;
+pub mod simplicial;
+
+pub use cache::Cache;
+pub use config::{Config, LayerKind, SimplicialConfig, SimplicialVariant, PRESETS};
+pub use error::{ConfigError, ModelError, Result};
+pub use info::{LayerInfo, ModelInfo};
+pub use model::Model;
+pub use sample::{Sampler, SamplingConfig};

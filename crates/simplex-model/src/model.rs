@@ -1,0 +1,191 @@
+//! The decoder-only language model:
+//!
+//! ```text
+//! tokens [B, N] -> embed [B, N, C] -> blocks (pattern, bottom to top) -> RMSNorm -> head [B, N, V]
+//! ```
+//! The head is the transposed embedding when `tie_embeddings`. Weight names: `embed.weight`,
+//! `layers.{i}.{attn_norm, attn.*, mlp_norm, mlp.*}`, `norm.weight`, `lm_head.weight` (untied).
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{Embedding, Init, Linear, VarBuilder};
+
+use crate::block::Block;
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::error::{ModelError, Result};
+use crate::info::ModelInfo;
+use crate::init::{linear, STD};
+use crate::norm::RmsNorm;
+use crate::rope::Rope;
+use crate::sample::Sampler;
+
+/// A decoder-only LM with D, L and S layers.
+#[derive(Debug, Clone)]
+pub struct Model {
+    cfg: Config,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    head: Linear,
+    dtype: DType,
+}
+
+impl Model {
+    /// Builds (or loads, depending on `vb`) the model; validates the config first.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let (v, c) = (cfg.vocab_size, cfg.d_model);
+        let ew = vb.get_with_hints(
+            (v, c),
+            "embed.weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: STD,
+            },
+        )?;
+        let embed = Embedding::new(ew.clone(), c);
+        let h = cfg.dot_heads();
+        // RoPE tables only matter for D/L layers; a head dim of 0 (S-only) gives empty tables
+        let rope = Rope::new(
+            h.dim,
+            cfg.max_seq_len,
+            cfg.rope_theta,
+            vb.dtype(),
+            vb.device(),
+        )?;
+        let blocks = cfg
+            .layers()
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| Block::new(cfg, kind, &rope, vb.pp(format!("layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let head = if cfg.tie_embeddings {
+            Linear::new(ew, None)
+        } else {
+            linear(c, v, STD, vb.pp("lm_head"))?
+        };
+        Ok(Model {
+            cfg: cfg.clone(),
+            embed,
+            blocks,
+            norm: RmsNorm::new(c, cfg.norm_eps, vb.pp("norm"))?,
+            head,
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// The config it was built from.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Parameter counts and FLOPs per token at sequence length `seq`.
+    pub fn info(&self, seq: usize) -> ModelInfo {
+        ModelInfo::new(&self.cfg, seq)
+    }
+
+    /// Checks `tokens` (`[B, N]`, integer) against the vocabulary and the positions.
+    fn check_tokens(&self, tokens: &Tensor, pos: usize) -> Result<(usize, usize)> {
+        let (b, n) = tokens.dims2().map_err(|_| {
+            ModelError::Input(format!("tokens {:?}: expected [batch, seq]", tokens.dims()))
+        })?;
+        if !matches!(tokens.dtype(), DType::U32 | DType::U8 | DType::I64) {
+            return Err(ModelError::Input(format!(
+                "tokens are {:?}: expected u32 (or u8, i64)",
+                tokens.dtype()
+            )));
+        }
+        if n == 0 || b == 0 {
+            return Err(ModelError::Input(format!(
+                "tokens {:?}: empty",
+                tokens.dims()
+            )));
+        }
+        if pos + n > self.cfg.max_seq_len {
+            return Err(ModelError::Input(format!(
+                "positions {pos}..{} exceed max_seq_len = {}",
+                pos + n,
+                self.cfg.max_seq_len
+            )));
+        }
+        let max = tokens.to_dtype(DType::F64)?.max_all()?.to_scalar::<f64>()?;
+        let min = tokens.to_dtype(DType::F64)?.min_all()?.to_scalar::<f64>()?;
+        if min < 0.0 || max >= self.cfg.vocab_size as f64 {
+            return Err(ModelError::Input(format!(
+                "token id {} is outside the vocabulary (vocab_size = {})",
+                if min < 0.0 { min } else { max },
+                self.cfg.vocab_size
+            )));
+        }
+        Ok((b, n))
+    }
+
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.head.forward(&self.norm.forward(x)?)?)
+    }
+
+    /// Logits `[B, N, V]` of `tokens [B, N]` (positions `0..N`, the fused attention ops;
+    /// differentiable).
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.check_tokens(tokens, 0)?;
+        let mut x = self.embed.forward(tokens)?;
+        for block in &self.blocks {
+            x = block.forward(&x, 0, None)?;
+        }
+        self.logits(&x)
+    }
+
+    /// Logits `[B, n, V]` of `n` new tokens `[B, n]` that follow what `cache` has seen; appends
+    /// them to the cache. Use for the prompt (prefill) and then one token at a time.
+    pub fn forward_step(&self, tokens: &Tensor, cache: &mut Cache) -> Result<Tensor> {
+        let pos = cache.pos;
+        let (_, n) = self.check_tokens(tokens, pos)?;
+        if cache.layers.len() != self.blocks.len() {
+            return Err(ModelError::Input(format!(
+                "the cache has {} layers, the model {}: build it with Cache::new(model.config())",
+                cache.layers.len(),
+                self.blocks.len()
+            )));
+        }
+        cache.check_dtype(self.dtype)?;
+        let mut x = self.embed.forward(tokens)?;
+        for (block, lc) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            x = block.forward(&x, pos, Some(lc))?;
+        }
+        cache.pos += n;
+        self.logits(&x)
+    }
+
+    /// Continues `prompt` by `max_new` tokens drawn by `sampler` (batch 1, KV cache).
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        sampler: &mut Sampler,
+    ) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(ModelError::Input(
+                "empty prompt: generation needs at least one token".into(),
+            ));
+        }
+        if prompt.len() + max_new > self.cfg.max_seq_len {
+            return Err(ModelError::Input(format!(
+                "prompt of {} tokens + {max_new} new ones exceeds max_seq_len = {}",
+                prompt.len(),
+                self.cfg.max_seq_len
+            )));
+        }
+        let dev = self.embed.embeddings().device();
+        let mut cache = Cache::new(&self.cfg);
+        let mut out = Vec::with_capacity(max_new);
+        let mut input = Tensor::new(prompt, dev)?.unsqueeze(0)?;
+        for _ in 0..max_new {
+            let logits = self.forward_step(&input, &mut cache)?;
+            let last = logits.squeeze(0)?.get(logits.dim(1)? - 1)?;
+            let next = sampler.sample(&last)?;
+            out.push(next);
+            input = Tensor::new(&[next], dev)?.unsqueeze(0)?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,192 @@
+//! 2-simplicial attention blocks (S layers):
+//!
+//! ```text
+//! x [B, N, C] -> q [B, N, Hq, Dh], k1, k2, v1, v2 [B, N, Hkv, Dh]     (five projections)
+//! o = simplicial_attn(q, k1, k2, v1, v2; w1, w2)  [B, N, Hq, Dh] -> Wo -> [B, N, C]
+//! ```
+//! No RoPE (the trilinear form is not rotation invariant); the determinant variant can rotate
+//! 3-chunks by position instead (`simplicial.rotate`, see `rope.rs`).
+//!
+//! Cached decoding keeps ring buffers of the last w1 (k1, v1) and w2 (k2, v2) positions. The
+//! first call on an empty cache runs the fused op on the whole prompt; later calls compute the
+//! pair attention of their few queries with plain tensor ops over the cached windows
+//! ([`simplicial_step`]).
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+use simplex_attn::{determinant, simplicial_attn, AttnSpec, Variant};
+
+use crate::cache::LayerCache;
+use crate::config::{Config, Heads, SimplicialVariant};
+use crate::error::{ModelError, Result};
+use crate::init::{linear, residual_std, STD};
+use crate::rope::ChunkRotation;
+
+/// One S attention sublayer.
+#[derive(Debug, Clone)]
+pub struct SimplicialAttention {
+    q: Linear,
+    k1: Linear,
+    k2: Linear,
+    v1: Linear,
+    v2: Linear,
+    o: Linear,
+    heads: Heads,
+    spec: AttnSpec,
+    rotation: Option<ChunkRotation>,
+}
+
+impl SimplicialAttention {
+    /// Projections `q [Hq*Dh, C]`, `k1, k2, v1, v2 [Hkv*Dh, C]`, `o [C, Hq*Dh]` under `vb`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.simplicial_heads();
+        let s = &cfg.simplicial;
+        let c = cfg.d_model;
+        let rotation = if s.rotate && s.variant == SimplicialVariant::Determinant {
+            Some(ChunkRotation::new(
+                h.dim,
+                cfg.max_seq_len,
+                cfg.rope_theta,
+                vb.dtype(),
+                vb.device(),
+            )?)
+        } else {
+            None
+        };
+        let kv = |name: &str| linear(c, h.kv * h.dim, STD, vb.pp(name));
+        Ok(SimplicialAttention {
+            q: linear(c, h.q * h.dim, STD, vb.pp("q"))?,
+            k1: kv("k1")?,
+            k2: kv("k2")?,
+            v1: kv("v1")?,
+            v2: kv("v2")?,
+            o: linear(h.q * h.dim, c, residual_std(cfg.n_layers()), vb.pp("o"))?,
+            heads: h,
+            spec: AttnSpec::causal(s.w1, s.w2).with_variant(s.variant.into()),
+            rotation,
+        })
+    }
+
+    /// `x [B, N, C]` at positions `pos..pos+N`; with a cache, attends to the cached windows too
+    /// and appends the new keys and values.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        pos: usize,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let Heads {
+            q: hq,
+            kv: hkv,
+            dim,
+        } = self.heads;
+        let project =
+            |l: &Linear, h: usize| -> Result<Tensor> { Ok(l.forward(x)?.reshape((b, n, h, dim))?) };
+        let (mut q, mut k1, mut k2) = (
+            project(&self.q, hq)?,
+            project(&self.k1, hkv)?,
+            project(&self.k2, hkv)?,
+        );
+        let (v1, v2) = (project(&self.v1, hkv)?, project(&self.v2, hkv)?);
+        if let Some(rot) = &self.rotation {
+            (q, k1, k2) = (
+                rot.apply(&q, pos)?,
+                rot.apply(&k1, pos)?,
+                rot.apply(&k2, pos)?,
+            );
+        }
+        let o = match cache {
+            None => simplicial_attn(&q, &k1, &k2, &v1, &v2, &self.spec)?.o,
+            Some(LayerCache::Simplicial {
+                k1: c1,
+                v1: cv1,
+                k2: c2,
+                v2: cv2,
+            }) => {
+                if c1.is_empty() {
+                    let o = simplicial_attn(&q, &k1, &k2, &v1, &v2, &self.spec)?.o;
+                    for (ring, x) in [(c1, &k1), (cv1, &v1), (c2, &k2), (cv2, &v2)] {
+                        ring.push(x)?;
+                    }
+                    o
+                } else {
+                    let (k1, v1) = (c1.extend(&k1)?, cv1.extend(&v1)?);
+                    let (k2, v2) = (c2.extend(&k2)?, cv2.extend(&v2)?);
+                    simplicial_step(&q, &k1, &k2, &v1, &v2, &self.spec)?
+                }
+            }
+            Some(_) => {
+                return Err(ModelError::Input(
+                    "a 2-simplicial layer got a dot-product cache".into(),
+                ))
+            }
+        };
+        Ok(self.o.forward(&o.reshape((b, n, hq * dim))?)?)
+    }
+}
+
+/// `[B, L, Hkv, X]` to `[B, Hq, L, X]`, query head `h` reading K/V head `h / G`.
+fn to_query_heads(x: &Tensor, group: usize) -> Result<Tensor> {
+    let (b, l, hkv, w) = x.dims4()?;
+    Ok(x.transpose(1, 2)?
+        .unsqueeze(2)?
+        .expand((b, hkv, group, l, w))?
+        .reshape((b, hkv * group, l, w))?)
+}
+
+/// 2-simplicial attention of the last `n` positions with plain tensor ops: `q [B, n, Hq, D]`,
+/// `k1, v1 [B, L1, Hkv, .]`, `k2, v2 [B, L2, Hkv, .]`, the queries being the last `n`
+/// positions of both key sequences (causal windows of `spec`). Materializes the `[n, L1, L2]`
+/// pair logits per head: for decode steps and short chunks.
+pub fn simplicial_step(
+    q: &Tensor,
+    k1: &Tensor,
+    k2: &Tensor,
+    v1: &Tensor,
+    v2: &Tensor,
+    spec: &AttnSpec,
+) -> Result<Tensor> {
+    let (b, n, hq, d) = q.dims4()?;
+    let (l1, l2, hkv, dv) = (k1.dim(1)?, k2.dim(1)?, k1.dim(2)?, v1.dim(3)?);
+    let g = hq / hkv;
+    let scale = spec.scale_for(d);
+    let (q, k1, k2) = match spec.variant {
+        Variant::Trilinear => (q.clone(), k1.clone(), k2.clone()),
+        Variant::Determinant => determinant::lift(q, k1, k2)?,
+    };
+    let dk = q.dim(3)?;
+    let q = q.transpose(1, 2)?.contiguous()?; // [B, Hq, n, D']
+    let (k1, k2) = (to_query_heads(&k1, g)?, to_query_heads(&k2, g)?);
+    let (v1, v2) = (to_query_heads(v1, g)?, to_query_heads(v2, g)?);
+    // logits[b, h, i, j, k] = scale * sum_l q[i,l] k1[j,l] k2[k,l], as [B, Hq, n*L1, L2]
+    let qk1 = q
+        .unsqueeze(3)?
+        .broadcast_mul(&k1.unsqueeze(2)?)?
+        .reshape((b, hq, n * l1, dk))?;
+    let logits = (qk1.matmul(&k2.transpose(2, 3)?.contiguous()?)? * scale)?;
+    // query i sits at position (L - n + i) of each key sequence
+    let win = |w: Option<usize>, l: usize, i: usize, j: usize| {
+        let p = l - n + i;
+        j <= p && p - j < w.unwrap_or(usize::MAX)
+    };
+    let mask: Vec<f64> = (0..n)
+        .flat_map(|i| {
+            (0..l1 * l2).map(move |jk| {
+                let (j, k) = (jk / l2, jk % l2);
+                if win(spec.w1, l1, i, j) && win(spec.w2, l2, i, k) {
+                    0.0
+                } else {
+                    f64::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (n, l1 * l2), q.device())?.to_dtype(logits.dtype())?;
+    let logits = logits.reshape((b, hq, n, l1 * l2))?.broadcast_add(&mask)?;
+    let p = candle_nn::ops::softmax_last_dim(&logits)?.reshape((b, hq, n * l1, l2))?;
+    // O[i] = sum_j v1_j ∘ (sum_k P[i,j,k] v2_k)
+    let pv2 = p.matmul(&v2.contiguous()?)?.reshape((b, hq, n, l1, dv))?;
+    let o = pv2.broadcast_mul(&v1.unsqueeze(2)?)?.sum(3)?; // [B, Hq, n, Dv]
+    Ok(o.transpose(1, 2)?.contiguous()?)
+}

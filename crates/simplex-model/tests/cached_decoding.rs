@@ -1,0 +1,101 @@
+//! KV-cache decoding gives the logits of the full forward: prefill, single tokens and chunks,
+//! with windows shorter than the sequence so every ring buffer wraps.
+
+mod common;
+
+use candle_core::{DType, IndexOp, Tensor};
+use common::{assert_close, build, flat, small_cfg, tokens};
+use simplex_model::{Cache, Model, Sampler, SamplingConfig, SimplicialVariant};
+
+/// Feeds `toks [B, N]` in the chunks `steps` (summing to N) and compares each chunk's logits
+/// with the matching rows of the full forward.
+fn check(model: &Model, toks: &Tensor, steps: &[usize], tol: f64) -> anyhow::Result<()> {
+    let full = model.forward(toks)?;
+    let mut cache = Cache::new(model.config());
+    let mut pos = 0;
+    for &n in steps {
+        let got = model.forward_step(&toks.narrow(1, pos, n)?, &mut cache)?;
+        let want = full.narrow(1, pos, n)?;
+        assert_close(
+            &format!("logits of positions {pos}..{}", pos + n),
+            &flat(&got)?,
+            &flat(&want)?,
+            tol,
+            tol,
+        );
+        pos += n;
+    }
+    assert_eq!(cache.pos(), toks.dim(1)?);
+    Ok(())
+}
+
+#[test]
+fn cache_matches_full_forward_trilinear() -> anyhow::Result<()> {
+    let cfg = small_cfg("DLS", SimplicialVariant::Trilinear, false);
+    let (_vm, model) = build(&cfg, DType::F64, 0.3, 1)?;
+    let toks = tokens(2, 15, cfg.vocab_size, 2)?;
+    check(&model, &toks, &[5, 1, 1, 1, 3, 1, 2, 1], 1e-10)
+}
+
+#[test]
+fn cache_matches_full_forward_determinant_rotated() -> anyhow::Result<()> {
+    let cfg = small_cfg("SLDS", SimplicialVariant::Determinant, true);
+    let (_vm, model) = build(&cfg, DType::F64, 0.3, 3)?;
+    let toks = tokens(2, 14, cfg.vocab_size, 4)?;
+    check(&model, &toks, &[4, 1, 1, 2, 1, 5], 1e-10)
+}
+
+#[test]
+fn cache_matches_full_forward_determinant_one_token_prefill_f32() -> anyhow::Result<()> {
+    let cfg = small_cfg("LSD", SimplicialVariant::Determinant, false);
+    let (_vm, model) = build(&cfg, DType::F32, 0.3, 5)?;
+    let toks = tokens(1, 11, cfg.vocab_size, 6)?;
+    check(&model, &toks, &[1; 11], 2e-5)
+}
+
+#[test]
+fn greedy_generation_with_cache_equals_recomputing_the_prefix() -> anyhow::Result<()> {
+    let cfg = small_cfg("DLS", SimplicialVariant::Trilinear, false);
+    let (_vm, model) = build(&cfg, DType::F64, 0.5, 7)?;
+    let prompt = [3u32, 1, 4, 1, 5];
+    let mut sampler = Sampler::new(SamplingConfig {
+        temperature: 0.0,
+        ..Default::default()
+    })?;
+    let got = model.generate(&prompt, 8, &mut sampler)?;
+    let mut seq = prompt.to_vec();
+    for _ in 0..8 {
+        let logits = model
+            .forward(&Tensor::new(seq.as_slice(), &candle_core::Device::Cpu)?.unsqueeze(0)?)?;
+        let last = logits.i((0, seq.len() - 1))?;
+        seq.push(last.argmax(0)?.to_scalar::<u32>()?);
+    }
+    assert_eq!(got, seq[prompt.len()..]);
+    Ok(())
+}
+
+#[test]
+fn cache_misuse_is_an_error() -> anyhow::Result<()> {
+    let cfg = small_cfg("DLS", SimplicialVariant::Trilinear, false);
+    let (_vm, model) = build(&cfg, DType::F32, 0.3, 8)?;
+    let other = small_cfg("DS", SimplicialVariant::Trilinear, false);
+    let mut cache = Cache::new(&other);
+    let e = model
+        .forward_step(&tokens(1, 3, 19, 1)?, &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the cache has 2 layers"), "{e}");
+    let mut cache = Cache::new(&cfg);
+    model.forward_step(&tokens(1, 30, 19, 1)?, &mut cache)?;
+    let e = model
+        .forward_step(&tokens(1, 3, 19, 1)?, &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_seq_len = 32"), "{e}");
+    let e = model
+        .forward_step(&tokens(2, 1, 19, 1)?, &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fresh cache"), "{e}");
+    Ok(())
+}
