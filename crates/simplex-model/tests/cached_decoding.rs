@@ -99,3 +99,36 @@ fn cache_misuse_is_an_error() -> anyhow::Result<()> {
     assert!(e.contains("fresh cache"), "{e}");
     Ok(())
 }
+
+#[test]
+fn step_twin_matches_the_fused_op_on_whole_sequences() -> anyhow::Result<()> {
+    use simplex_attn::{simplicial_attn, AttnSpec, Variant};
+    use simplex_model::simplicial::simplicial_step;
+    let dev = candle_core::Device::Cpu;
+    for variant in [Variant::Trilinear, Variant::Determinant] {
+        let spec = AttnSpec::causal(4, 3).with_variant(variant);
+        let r = |h: usize, seed: u64| -> anyhow::Result<Tensor> {
+            Ok(Tensor::randn(0.0f64, 1.0, (2, 9, h, 6), &dev)?.affine(1.0, seed as f64 * 1e-3)?)
+        };
+        let (q, k1, k2, v1, v2) = (r(4, 1)?, r(2, 2)?, r(2, 3)?, r(2, 4)?, r(2, 5)?);
+        let want = simplicial_attn(&q, &k1, &k2, &v1, &v2, &spec)?.o;
+        let got = simplicial_step(&q, &k1, &k2, &v1, &v2, &spec)?;
+        assert_close(
+            &format!("{variant}"),
+            &flat(&got)?,
+            &flat(&want)?,
+            1e-12,
+            1e-12,
+        );
+        // the last 3 queries alone, over the whole key sequences
+        let got = simplicial_step(&q.narrow(1, 6, 3)?, &k1, &k2, &v1, &v2, &spec)?;
+        assert_close(
+            &format!("{variant} tail"),
+            &flat(&got)?,
+            &flat(&want.narrow(1, 6, 3)?)?,
+            1e-12,
+            1e-12,
+        );
+    }
+    Ok(())
+}
