@@ -216,6 +216,49 @@ fn fwd_and_bwd_match_oracle_f32_on_all_cases() -> anyhow::Result<()> {
 }
 
 #[test]
+fn slow_twin_matches_oracle_through_autograd() -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    for (t, c) in cases().iter().enumerate().filter(|(_, c)| c.nq < 100) {
+        let x = Data::new(c, 400 + t as u64);
+        let dims = c.dims();
+        let want = dot_attn_reference(&c.spec, &dims, &x.inputs());
+        let dout = random(want.o.len(), 1.0, &mut StdRng::seed_from_u64(t as u64));
+        let wg = dot_attn_backward_reference(&c.spec, &dims, &x.inputs(), &dout);
+        let [qs, ks, vs] = c.shapes();
+        let var = |v: &[f64], s: [usize; 4]| -> anyhow::Result<Var> {
+            Ok(Var::from_tensor(&Tensor::from_vec(
+                v.to_vec(),
+                s.to_vec(),
+                &dev,
+            )?)?)
+        };
+        let (q, k, v) = (var(&x.q, qs)?, var(&x.k, ks)?, var(&x.v, vs)?);
+        let (o, lse) = simplex_attn::dot::dot_attn_slow(&q, &k, &v, &c.spec)?;
+        let dout_t = Tensor::from_vec(dout.clone(), o.shape(), &dev)?;
+        let grads = (o.clone() * dout_t)?.sum_all()?.backward()?;
+        let flat = |t: &Tensor| -> anyhow::Result<Vec<f64>> { Ok(t.flatten_all()?.to_vec1()?) };
+        assert_close(&format!("slow o {c:?}"), &flat(&o)?, &want.o, 1e-12, 1e-12);
+        assert_close(
+            &format!("slow lse {c:?}"),
+            &flat(&lse)?,
+            &want.lse,
+            1e-12,
+            1e-12,
+        );
+        for ((name, var), w) in [("dq", &q), ("dk", &k), ("dv", &v)]
+            .into_iter()
+            .zip([&wg.dq, &wg.dk, &wg.dv])
+        {
+            let g = grads
+                .get(var)
+                .ok_or_else(|| anyhow::anyhow!("no gradient for {name}"))?;
+            assert_close(&format!("slow {name} {c:?}"), &flat(g)?, w, 1e-11, 1e-12);
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn gqa_ratios_one_to_eight() -> anyhow::Result<()> {
     for g in 1..=8 {
         check_case(

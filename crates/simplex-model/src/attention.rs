@@ -9,6 +9,7 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
+use simplex_attn::dot::dot_attn_slow;
 use simplex_attn::{dot_attn, DotSpec};
 
 use crate::cache::LayerCache;
@@ -71,10 +72,10 @@ impl DotAttention {
             .apply(&self.k.forward(x)?.reshape((b, n, hkv, dim))?, pos)?;
         let v = self.v.forward(x)?.reshape((b, n, hkv, dim))?;
         let o = match cache {
-            None => dot_attn(&q, &k, &v, &self.spec)?.o,
+            None => attend(&q, &k, &v, &self.spec)?,
             Some(LayerCache::Dot { k: kc, v: vc }) => {
                 let (k, v) = (kc.extend(&k)?, vc.extend(&v)?);
-                dot_attn(&q, &k, &v, &self.spec)?.o
+                attend(&q, &k, &v, &self.spec)?
             }
             Some(_) => {
                 return Err(ModelError::Input(
@@ -83,5 +84,15 @@ impl DotAttention {
             }
         };
         Ok(self.o.forward(&o.reshape((b, n, hq * dim))?)?)
+    }
+}
+
+/// The fused op where it has a kernel (CPU); elsewhere (CUDA, until its dot-product kernel
+/// lands) the op's slow twin, which materializes the `[B, Hq, N, N]` scores.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, spec: &DotSpec) -> Result<Tensor> {
+    if q.device().is_cpu() {
+        Ok(dot_attn(q, k, v, spec)?.o)
+    } else {
+        Ok(dot_attn_slow(q, k, v, spec)?.0)
     }
 }

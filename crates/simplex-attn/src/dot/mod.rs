@@ -10,13 +10,16 @@
 //!   through autograd.
 //! * [`reference`]: the float64 oracle, forward and backward.
 //! * [`cpu`]: the flash-style fused CPU kernels on plain slices.
+//! * [`slow`]: the twin built from candle tensor ops (tests; devices without a fused kernel).
 //! * [`DotSpec`]: causality, window and scale, validated with the shapes in one place.
 
 pub mod cpu;
 mod op;
 pub mod reference;
+pub mod slow;
 mod spec;
 
 pub use op::{dot_attn, DotOutput};
 pub use reference::{dot_attn_backward_reference, dot_attn_reference, DotGrads, DotInputs};
+pub use slow::dot_attn_slow;
 pub use spec::{DotDims, DotSpec, KeyRanges};
