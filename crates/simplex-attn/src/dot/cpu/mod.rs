@@ -10,6 +10,10 @@
 //! passes are compiled per CPU level by `cpu::multiversion!`. Parallel over tasks (rayon);
 //! deterministic for any thread count (no atomics: dk/dv and dq are computed by separate passes
 //! that each own their output rows).
+//!
+//! Measured (2-core Xeon with AVX-512, f32, B=4 N=1024 Hq=Hkv=8 D=64, FLOPs = 4 * D * pairs per
+//! head, backward counted as 2.5x the forward): causal forward 58 GFLOP/s (75 ms), backward
+//! 41 GFLOP/s; sliding window 128 forward 30 GFLOP/s (the block's key span is `w + tq - 1`).
 
 mod backward;
 mod forward;
