@@ -1,0 +1,63 @@
+// Shared pieces of the 2-simplicial attention kernels: the launch shape, windows, conversions.
+//
+// Shapes (as in src/spec.rs): q [B,N,Hq,D], k1 k2 [B,N,Hkv,D], v1 v2 [B,N,Hkv,Dv],
+// o [B,N,Hq,Dv], lse [B,N,Hq] (f32, natural log). Query head h reads K/V head h / G, G = Hq/Hkv.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+namespace simplex {
+
+constexpr int WARP = 32;
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr float LN2 = 0.6931471805599453f;
+
+// Mirrored field by field by `KernelShape` in src/cuda/mod.rs (#[repr(C)], all 4-byte fields).
+struct Shape {
+  int batch, seq, heads_q, heads_kv, d, dv;
+  int causal;  // 1: i-w < j <= i; 0: |i-j| < w
+  int w1, w2;  // windows clamped to [1, seq], as spec.rs `Windows`
+  float scale; // softmax scale (1/sqrt(D) by default)
+};
+
+// Half-open range [lo, hi) of the keys that query i sees through a window of width w
+// (spec.rs `Windows::range`).
+struct Range {
+  int lo, hi;
+};
+__device__ __forceinline__ Range window(int i, int w, int n, int causal) {
+  if (causal) return {max(i + 1 - w, 0), i + 1};
+  return {max(i - (w - 1), 0), min(i + w, n)};
+}
+// The queries that see key k through a window of width w (the inverse of `window`).
+__device__ __forceinline__ Range seen_by(int k, int w, int n, int causal) {
+  if (causal) return {k, min(k + w, n)};
+  return {max(k - (w - 1), 0), min(k + w, n)};
+}
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = WARP / 2; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = WARP / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// exp2 that maps -inf to 0 without a NaN when both arguments are -inf.
+__device__ __forceinline__ float exp2_diff(float a, float b) {
+  return a == -INFINITY ? 0.0f : exp2f(a - b);
+}
+
+}  // namespace simplex

@@ -1,0 +1,204 @@
+//! Launches of the backward: `kernels/simplicial_bwd_dq.cu` (delta pre-pass, dq) and
+//! `kernels/simplicial_bwd_dkv.cu` (dk, dv of one key/value set), the latter once per set.
+//!
+//! ```text
+//! delta [B,N,Hq]  = sum_c o * dout                       pre-pass
+//! dq    [B,N,Hq,D]                                       one launch, rows as in the forward
+//! dK    [2,B,N,Hkv,D], dV [2,B,N,Hkv,Dv]                 dkv launched for (k2,v2) owning, then
+//!                                                        with the sets exchanged for (k1,v1)
+//! ```
+//! Deterministic: no atomics; every block owns the gradient rows it writes.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::CudaStorage;
+use candle_core::op::BackpropOp;
+use candle_core::{Layout, Result, Storage, Tensor};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::module::{self, Family};
+use super::{
+    blocks, check_smem, cuda_err, output, variant, view, width, Elem, Element, KernelShape,
+};
+use crate::op::SimplicialOp;
+
+const THREADS: u32 = 256;
+/// Rows per block of the delta pre-pass (one warp each).
+const DELTA_ROWS: usize = 8;
+/// Rows per block and keys per tile of the dq kernel; must match `RB`, `TK` in
+/// simplicial_bwd_dq.cu.
+const DQ_ROWS: usize = 16;
+const DQ_KEYS: usize = 64;
+/// Owned keys per block and streamed rows per batch of the dkv kernel; must match `KB`, `RS` in
+/// simplicial_bwd_dkv.cu.
+const DKV_KEYS: usize = 32;
+const DKV_ROWS: usize = 32;
+
+fn dq_smem_bytes(d: usize, dv: usize) -> usize {
+    4 * (DQ_KEYS * (d | 1)
+        + DQ_KEYS * (dv | 1)
+        + 2 * DQ_ROWS * d
+        + 2 * DQ_ROWS * dv
+        + DQ_ROWS * DQ_KEYS)
+}
+
+fn dkv_smem_bytes(d: usize, dv: usize) -> usize {
+    let floats = DKV_KEYS * (d | 1)
+        + DKV_KEYS * (dv | 1)
+        + DKV_ROWS * (d + dv)
+        + 2 * DKV_ROWS * (DKV_KEYS + 1)
+        + 2 * DKV_ROWS;
+    4 * floats + DKV_ROWS * (8 + 3 * 4)
+}
+
+/// The backward on CUDA: (dq like q, dK like K, dV like V) in the input dtype.
+pub(crate) fn backward(op: &SimplicialOp, ts: [&Tensor; 6]) -> Result<(Tensor, Tensor, Tensor)> {
+    match Elem::of(ts[0].dtype())? {
+        Elem::Bf16 => backward_typed::<half::bf16>(op, ts),
+        Elem::F32 => backward_typed::<f32>(op, ts),
+    }
+}
+
+fn backward_typed<T: Element>(
+    op: &SimplicialOp,
+    [q, k, v, o, dout, lse]: [&Tensor; 6],
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dims = op.dims;
+    let (b, n, hq, hkv, d, dv) = (
+        dims.batch,
+        dims.seq,
+        dims.heads_q,
+        dims.heads_kv,
+        dims.d,
+        dims.dv,
+    );
+    let shape = KernelShape::new(&dims, &op.win, op.scale)?;
+    let names = ["q", "K", "V", "o", "dout", "lse"];
+    let guards = [q, k, v, o, dout, lse].map(|t| t.storage_and_layout());
+    let mut st: Vec<(&CudaStorage, &Layout)> = Vec::with_capacity(6);
+    for ((g, l), name) in guards.iter().zip(names) {
+        match &**g {
+            Storage::Cuda(s) => st.push((s, l)),
+            _ => candle_core::bail!(
+                "simplicial attention backward: {name} is not on the CUDA device"
+            ),
+        }
+    }
+    let (nq, nk, nv, no) = (
+        b * n * hq * d,
+        b * n * hkv * d,
+        b * n * hkv * dv,
+        b * n * hq * dv,
+    );
+    let qv = view::<T>(st[0].0, st[0].1, "q", nq)?;
+    let kv = view::<T>(st[1].0, st[1].1, "K", 2 * nk)?;
+    let vv = view::<T>(st[2].0, st[2].1, "V", 2 * nv)?;
+    let ov = view::<T>(st[3].0, st[3].1, "o", no)?;
+    let dov = view::<T>(st[4].0, st[4].1, "dout", no)?;
+    let lsev = view::<f32>(st[5].0, st[5].1, "lse", b * n * hq)?;
+    let (k1, k2) = (kv.slice(..nk), kv.slice(nk..));
+    let (v1, v2) = (vv.slice(..nv), vv.slice(nv..));
+
+    let dev = st[0].0.device().clone();
+    let stream = dev.cuda_stream();
+    let dt = T::NAME;
+
+    // delta = rowsum(o * dout)
+    let name = format!("simplicial_bwd_delta_{dt}");
+    let kernel = module::kernel(&dev, Family::BackwardQuery, &name)?;
+    let mut delta = output::<f32>(&stream, b * n * hq, "delta")?;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(b * n * hq, DELTA_ROWS)?, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = stream.launch_builder(&kernel.func);
+    launch.arg(&ov).arg(&dov).arg(&mut delta).arg(&shape);
+    // SAFETY: (const T* o, const T* dout, float* delta, Shape) as the kernel declares; o and dout
+    // hold B*N*Hq*Dv elements, delta B*N*Hq, and the grid covers every row.
+    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
+
+    // dq
+    let name = variant("simplicial_bwd_dq", dt, "d", width(d, "D")?);
+    width(dv, "Dv")?;
+    let kernel = module::kernel(&dev, Family::BackwardQuery, &name)?;
+    let smem = dq_smem_bytes(d, dv);
+    check_smem(&name, smem, kernel.max_smem, d, dv)?;
+    let mut dq = output::<T>(&stream, nq, "dq")?;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(n * (hq / hkv), DQ_ROWS)?, hkv as u32, b as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let mut launch = stream.launch_builder(&kernel.func);
+    launch
+        .arg(&qv)
+        .arg(&k1)
+        .arg(&k2)
+        .arg(&v1)
+        .arg(&v2)
+        .arg(&dov)
+        .arg(&lsev)
+        .arg(&delta);
+    launch.arg(&mut dq).arg(&shape);
+    // SAFETY: the arguments follow the kernel's signature; the views hold the counts it indexes
+    // (checked by `view`) and its grid covers all B * N * Hq rows of dq.
+    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
+
+    // dk, dv: the dkv kernel owns its "k2" argument; run it for (k2, v2) and for (k1, v1).
+    let name = variant(
+        "simplicial_bwd_dkv",
+        dt,
+        "d",
+        width(d.max(dv), "max(D, Dv)")?,
+    );
+    let kernel = module::kernel(&dev, Family::BackwardKey, &name)?;
+    let smem = dkv_smem_bytes(d, dv);
+    check_smem(&name, smem, kernel.max_smem, d, dv)?;
+    let mut dk = output::<T>(&stream, 2 * nk, "dK")?;
+    let mut dvs = output::<T>(&stream, 2 * nv, "dV")?;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(n, DKV_KEYS)?, hkv as u32, b as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    for own_second in [true, false] {
+        let (kp, ko, vp, vo, sh) = if own_second {
+            (&k1, &k2, &v1, &v2, shape)
+        } else {
+            (&k2, &k1, &v2, &v1, shape.swapped())
+        };
+        let (mut dko, mut dvo) = if own_second {
+            (dk.slice_mut(nk..), dvs.slice_mut(nv..))
+        } else {
+            (dk.slice_mut(..nk), dvs.slice_mut(..nv))
+        };
+        let mut launch = stream.launch_builder(&kernel.func);
+        launch
+            .arg(&qv)
+            .arg(kp)
+            .arg(ko)
+            .arg(vp)
+            .arg(vo)
+            .arg(&dov)
+            .arg(&lsev)
+            .arg(&delta);
+        launch.arg(&mut dko).arg(&mut dvo).arg(&sh);
+        // SAFETY: the arguments follow the kernel's signature; every view holds the counts it
+        // indexes, and the grid covers all N keys of every (batch, K/V head) of the owned set.
+        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
+    }
+
+    let wrap = |s, shape: &candle_core::Shape| {
+        Tensor::from_storage(
+            Storage::Cuda(CudaStorage::wrap_cuda_slice::<T>(s, dev.clone())),
+            shape.clone(),
+            BackpropOp::none(),
+            false,
+        )
+    };
+    Ok((
+        wrap(dq, q.shape()),
+        wrap(dk, k.shape()),
+        wrap(dvs, v.shape()),
+    ))
+}

@@ -1,0 +1,112 @@
+//! Launch of `kernels/simplicial_fwd.cu`: o `[B,N,Hq,Dv]` and lse `[B,N,Hq]` from q, K, V.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::CudaStorage;
+use candle_core::op::BackpropOp;
+use candle_core::{Layout, Result, Shape, Storage, Tensor};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::module::{self, Family};
+use super::{
+    blocks, check_smem, cuda_err, output, variant, view, width, Elem, Element, KernelShape,
+};
+use crate::op::SimplicialOp;
+
+/// Rows (query, head) per block; must match `RB` in simplicial_fwd.cu.
+const ROWS_PER_BLOCK: usize = 16;
+/// Window-2 keys per shared-memory tile; must match `TK` in simplicial_fwd.cu.
+const KEYS_PER_TILE: usize = 64;
+const THREADS: u32 = 256;
+
+/// Dynamic shared memory of one block, in bytes (the layout in simplicial_fwd.cu's header).
+fn smem_bytes(d: usize, dv: usize) -> usize {
+    let floats = KEYS_PER_TILE * (d | 1)
+        + KEYS_PER_TILE * dv
+        + 2 * ROWS_PER_BLOCK * d
+        + ROWS_PER_BLOCK * KEYS_PER_TILE;
+    4 * floats
+}
+
+/// The forward on CUDA: returns o in the input dtype and saves lse (f32) in the op.
+pub(crate) fn forward(
+    op: &SimplicialOp,
+    q: (&CudaStorage, &Layout),
+    k: (&CudaStorage, &Layout),
+    v: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    match Elem::of(q.0.dtype())? {
+        Elem::Bf16 => forward_typed::<half::bf16>(op, q, k, v),
+        Elem::F32 => forward_typed::<f32>(op, q, k, v),
+    }
+}
+
+fn forward_typed<T: Element>(
+    op: &SimplicialOp,
+    (q, lq): (&CudaStorage, &Layout),
+    (k, lk): (&CudaStorage, &Layout),
+    (v, lv): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dims = op.dims;
+    let (b, n, hq, hkv, d, dv) = (
+        dims.batch,
+        dims.seq,
+        dims.heads_q,
+        dims.heads_kv,
+        dims.d,
+        dims.dv,
+    );
+    let shape = KernelShape::new(&dims, &op.win, op.scale)?;
+    let name = variant("simplicial_fwd", T::NAME, "dv", width(dv, "Dv")?);
+    width(d, "D")?;
+    let dev = q.device().clone();
+    let stream = dev.cuda_stream();
+    let kernel = module::kernel(&dev, Family::Forward, &name)?;
+    let smem = smem_bytes(d, dv);
+    check_smem(&name, smem, kernel.max_smem, d, dv)?;
+
+    let nk = b * n * hkv * d;
+    let nv = b * n * hkv * dv;
+    let qv = view::<T>(q, lq, "q", b * n * hq * d)?;
+    let kv = view::<T>(k, lk, "K", 2 * nk)?;
+    let vv = view::<T>(v, lv, "V", 2 * nv)?;
+    let (k1, k2) = (kv.slice(..nk), kv.slice(nk..));
+    let (v1, v2) = (vv.slice(..nv), vv.slice(nv..));
+    let mut o = output::<T>(&stream, b * n * hq * dv, "o")?;
+    let mut lse = output::<f32>(&stream, b * n * hq, "lse")?;
+
+    let cfg = LaunchConfig {
+        grid_dim: (
+            blocks(n * (hq / hkv), ROWS_PER_BLOCK)?,
+            hkv as u32,
+            b as u32,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let mut launch = stream.launch_builder(&kernel.func);
+    launch
+        .arg(&qv)
+        .arg(&k1)
+        .arg(&k2)
+        .arg(&v1)
+        .arg(&v2)
+        .arg(&mut o)
+        .arg(&mut lse)
+        .arg(&shape);
+    // SAFETY: the argument list matches the kernel's signature (pointers of T = its element
+    // type, then float* lse, then Shape by value); every view holds the element counts the
+    // kernel indexes (checked by `view`), and the grid covers all B * N * Hq rows.
+    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
+
+    let lse = Tensor::from_storage(
+        Storage::Cuda(CudaStorage::wrap_cuda_slice(lse, dev.clone())),
+        (b, n, hq),
+        BackpropOp::none(),
+        false,
+    );
+    op.save_lse(lse)?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(o, dev),
+        Shape::from((b, n, hq, dv)),
+    ))
+}

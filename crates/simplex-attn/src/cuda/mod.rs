@@ -1,0 +1,241 @@
+//! CUDA kernels for 2-simplicial attention (feature `cuda`): launch code and dispatch.
+//!
+//! Shapes as in [`crate::spec`]: `q [B,N,Hq,D]`, `K = stack[k1,k2] [2,B,N,Hkv,D]`,
+//! `V = stack[v1,v2] [2,B,N,Hkv,Dv]`, `o [B,N,Hq,Dv]`, `lse [B,N,Hq]` (f32, natural log).
+//!
+//! * [`forward`](forward::forward): `kernels/simplicial_fwd.cu`, o and lse.
+//! * [`backward`](backward::backward): `kernels/simplicial_bwd_dq.cu` (delta, dq) and
+//!   `kernels/simplicial_bwd_dkv.cu` (dk, dv of one key/value set, launched for each set).
+//!
+//! The kernels take bf16 or f32 inputs and accumulate in f32; D and Dv up to 256. Which compiled
+//! variant runs is chosen in one place, [`variant`]. Kernels are sm_90a cubins (Hopper), loaded
+//! by [`module`]. Every CUDA call's error becomes a candle error naming the kernel.
+
+mod backward;
+mod forward;
+mod module;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::cuda_backend::CudaStorage;
+use candle_core::{DType, Layout, Result};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut, DeviceRepr};
+
+pub(crate) use backward::backward;
+pub(crate) use forward::forward;
+
+use crate::spec::{Dims, Windows};
+
+/// The largest head dim (D of q/k, Dv of v) the kernels are compiled for.
+pub const MAX_HEAD_DIM: usize = 256;
+
+static POISON: AtomicBool = AtomicBool::new(cfg!(debug_assertions));
+
+/// Fill every output buffer with NaN before the kernel that writes it runs (on by default in
+/// debug builds), so a test sees any element a kernel leaves unwritten. Costs one memset per
+/// output.
+pub fn set_poison_outputs(on: bool) {
+    POISON.store(on, Ordering::Relaxed);
+}
+
+/// The element types the kernels are compiled for.
+pub(crate) trait Element:
+    candle_core::cuda_backend::CudaDType + DeviceRepr + candle_core::WithDType
+{
+    /// The dtype part of kernel symbols (`simplicial_fwd_bf16_dv128`).
+    const NAME: &'static str;
+}
+
+impl Element for half::bf16 {
+    const NAME: &'static str = "bf16";
+}
+
+impl Element for f32 {
+    const NAME: &'static str = "f32";
+}
+
+/// The input dtypes the kernels take; anything else is a clear error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Elem {
+    Bf16,
+    F32,
+}
+
+impl Elem {
+    pub(crate) fn of(dtype: DType) -> Result<Elem> {
+        match dtype {
+            DType::BF16 => Ok(Elem::Bf16),
+            DType::F32 => Ok(Elem::F32),
+            other => candle_core::bail!(
+                "simplicial attention on CUDA: inputs are {other:?}, but the CUDA kernels take \
+                 bf16 or f32 (convert with .to_dtype(DType::BF16) or DType::F32)"
+            ),
+        }
+    }
+}
+
+/// The compiled width class for a head dim: kernels keep `width / 32` columns per lane in
+/// registers, so each is compiled for 32, 64, 128 and 256.
+pub(crate) fn width(dim: usize, what: &str) -> Result<usize> {
+    match dim {
+        0 => candle_core::bail!("simplicial attention on CUDA: {what} = 0"),
+        1..=32 => Ok(32),
+        33..=64 => Ok(64),
+        65..=128 => Ok(128),
+        129..=MAX_HEAD_DIM => Ok(256),
+        _ => candle_core::bail!(
+            "simplicial attention on CUDA: {what} = {dim}, but the CUDA kernels take head dims up \
+             to {MAX_HEAD_DIM}"
+        ),
+    }
+}
+
+/// The kernel symbol for a family prefix, dtype and width (the one place variants are chosen):
+/// `variant("simplicial_fwd", "bf16", "dv", 128)` is `simplicial_fwd_bf16_dv128`.
+pub(crate) fn variant(prefix: &str, dtype: &str, dim_tag: &str, width: usize) -> String {
+    format!("{prefix}_{dtype}_{dim_tag}{width}")
+}
+
+/// The launch shape every kernel takes by value; mirrors `struct Shape` in
+/// `kernels/common.cuh` field by field.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KernelShape {
+    batch: i32,
+    seq: i32,
+    heads_q: i32,
+    heads_kv: i32,
+    d: i32,
+    dv: i32,
+    causal: i32,
+    w1: i32,
+    w2: i32,
+    scale: f32,
+}
+
+// SAFETY: a #[repr(C)] struct of 4-byte plain values, the layout of `Shape` in common.cuh.
+unsafe impl DeviceRepr for KernelShape {}
+
+impl KernelShape {
+    pub(crate) fn new(dims: &Dims, win: &Windows, scale: f64) -> Result<KernelShape> {
+        let Dims {
+            batch,
+            seq,
+            heads_q,
+            heads_kv,
+            d,
+            dv,
+        } = *dims;
+        // The kernels index rows (b * N + i) * Hq + h in 32-bit ints and elements in 64-bit.
+        if batch
+            .checked_mul(seq)
+            .and_then(|x| x.checked_mul(heads_q))
+            .is_none_or(|x| x > i32::MAX as usize)
+        {
+            candle_core::bail!(
+                "simplicial attention on CUDA: B * N * Hq = {batch} * {seq} * {heads_q} is over 2^31"
+            );
+        }
+        if batch > 65535 || heads_kv > 65535 {
+            candle_core::bail!(
+                "simplicial attention on CUDA: batch {batch} and heads_kv {heads_kv} must be at most 65535"
+            );
+        }
+        let i = |x: usize| x as i32; // in range: all are at most B * N * Hq or 256
+        Ok(KernelShape {
+            batch: i(batch),
+            seq: i(seq),
+            heads_q: i(heads_q),
+            heads_kv: i(heads_kv),
+            d: i(d),
+            dv: i(dv),
+            causal: i32::from(win.causal),
+            w1: i(win.w1),
+            w2: i(win.w2),
+            scale: scale as f32,
+        })
+    }
+
+    /// The same shape with the two key/value sets' windows exchanged.
+    pub(crate) fn swapped(self) -> KernelShape {
+        KernelShape {
+            w1: self.w2,
+            w2: self.w1,
+            ..self
+        }
+    }
+}
+
+/// A candle error for a failed CUDA call, naming what was being done.
+pub(crate) fn cuda_err(
+    what: impl std::fmt::Display,
+    e: impl std::fmt::Display,
+) -> candle_core::Error {
+    candle_core::Error::Msg(format!("simplicial attention CUDA: {what}: {e}"))
+}
+
+/// The contiguous data of a CUDA storage as a typed view of `len` elements.
+pub(crate) fn view<'a, T: Element>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    name: &str,
+    len: usize,
+) -> Result<CudaView<'a, T>> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!(
+            "simplicial attention on CUDA: {name} {:?} must be contiguous",
+            l.shape()
+        )
+    };
+    if end - start != len {
+        candle_core::bail!(
+            "simplicial attention on CUDA: {name} has {} elements, expected {len}",
+            end - start
+        );
+    }
+    let slice = s.as_cuda_slice::<T>()?;
+    slice.try_slice(start..end).ok_or_else(|| {
+        candle_core::Error::Msg(format!("simplicial attention: {name} is out of its buffer"))
+    })
+}
+
+/// A fresh device buffer for an output; NaN-filled when poisoning is on.
+pub(crate) fn output<T: Element>(
+    stream: &Arc<CudaStream>,
+    len: usize,
+    name: &str,
+) -> Result<CudaSlice<T>> {
+    // SAFETY: the kernels write every element of their outputs (the grids cover all rows and
+    // keys); with poisoning on, the tests check that no NaN fill survives.
+    let mut s =
+        unsafe { stream.alloc::<T>(len) }.map_err(|e| cuda_err(format!("allocating {name}"), e))?;
+    if POISON.load(Ordering::Relaxed) && len > 0 {
+        let bytes = s.num_bytes();
+        let (ptr, _sync) = s.device_ptr_mut(stream);
+        // SAFETY: ptr is the start of this allocation of exactly `bytes` bytes; 0xFF bytes are a
+        // NaN in f32 and bf16.
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, stream.cu_stream()) }
+            .map_err(|e| cuda_err(format!("poisoning {name}"), e))?;
+    }
+    Ok(s)
+}
+
+/// Grid size along one axis: ceil(n / per).
+pub(crate) fn blocks(n: usize, per: usize) -> Result<u32> {
+    u32::try_from(n.div_ceil(per)).map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "simplicial attention on CUDA: {n} rows need too many blocks"
+        ))
+    })
+}
+
+/// An error when a kernel would need more shared memory than the device gives one block.
+pub(crate) fn check_smem(name: &str, smem: usize, max: usize, d: usize, dv: usize) -> Result<()> {
+    if smem > max {
+        candle_core::bail!(
+            "{name}: D = {d}, Dv = {dv} need {smem} bytes of shared memory, the device allows {max}"
+        );
+    }
+    Ok(())
+}

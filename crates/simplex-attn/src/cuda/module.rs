@@ -1,0 +1,109 @@
+//! Our cubins, embedded at build time and loaded once per candle CUDA device.
+//!
+//! build.rs compiles each `kernels/NAME.cu` to `$OUT_DIR/NAME.cubin` (sm_90a). candle's own
+//! module cache takes PTX text only, so this is a second cache: per device, each kernel family's
+//! module is loaded on first use, and each function's dynamic shared-memory limit is raised to
+//! what the device allows one block.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::cuda_backend::{CudaDevice, DeviceId};
+use candle_core::Result;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{CudaFunction, CudaModule};
+use cudarc::nvrtc::Ptx;
+
+use super::cuda_err;
+
+/// One `kernels/*.cu` file: one cubin, one module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Family {
+    /// `kernels/simplicial_fwd.cu`
+    Forward,
+    /// `kernels/simplicial_bwd_dq.cu` (delta pre-pass and dq)
+    BackwardQuery,
+    /// `kernels/simplicial_bwd_dkv.cu` (dk, dv of one key/value set)
+    BackwardKey,
+}
+
+impl Family {
+    fn cubin(self) -> &'static [u8] {
+        match self {
+            Family::Forward => include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_fwd.cubin")),
+            Family::BackwardQuery => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_dq.cubin"))
+            }
+            Family::BackwardKey => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_dkv.cubin"))
+            }
+        }
+    }
+
+    fn file(self) -> &'static str {
+        match self {
+            Family::Forward => "kernels/simplicial_fwd.cu",
+            Family::BackwardQuery => "kernels/simplicial_bwd_dq.cu",
+            Family::BackwardKey => "kernels/simplicial_bwd_dkv.cu",
+        }
+    }
+}
+
+/// A loaded kernel and the most dynamic shared memory one block of it may use.
+#[derive(Clone)]
+pub(crate) struct Kernel {
+    pub(crate) func: CudaFunction,
+    pub(crate) max_smem: usize,
+}
+
+#[derive(Default)]
+struct Loaded {
+    modules: HashMap<Family, Arc<CudaModule>>,
+    kernels: HashMap<String, Kernel>,
+}
+
+static CACHE: OnceLock<Mutex<HashMap<DeviceId, Loaded>>> = OnceLock::new();
+
+/// The kernel `name` of `family` on `dev`, loading its module on first use.
+pub(crate) fn kernel(dev: &CudaDevice, family: Family, name: &str) -> Result<Kernel> {
+    let mut cache = CACHE.get_or_init(Default::default).lock().map_err(|_| {
+        candle_core::Error::Msg("simplicial attention: module cache poisoned".into())
+    })?;
+    let loaded = cache.entry(dev.id()).or_default();
+    if let Some(k) = loaded.kernels.get(name) {
+        return Ok(k.clone());
+    }
+    let ctx = dev.cuda_stream().context().clone();
+    let module = match loaded.modules.get(&family) {
+        Some(m) => m.clone(),
+        None => {
+            let m = ctx
+                .load_module(Ptx::from_binary(family.cubin().to_vec()))
+                .map_err(|e| cuda_err(format!("loading the cubin of {}", family.file()), e))?;
+            loaded.modules.insert(family, m.clone());
+            m
+        }
+    };
+    let func = module
+        .load_function(name)
+        .map_err(|e| cuda_err(format!("{name} (in {})", family.file()), e))?;
+    let optin = ctx
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(|e| cuda_err("reading the shared-memory limit", e))?;
+    func.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        optin,
+    )
+    .map_err(|e| {
+        cuda_err(
+            format!("{name}: raising the shared-memory limit to {optin}"),
+            e,
+        )
+    })?;
+    let k = Kernel {
+        func,
+        max_smem: optin.max(0) as usize,
+    };
+    loaded.kernels.insert(name.to_string(), k.clone());
+    Ok(k)
+}
