@@ -3,6 +3,10 @@
 mod attn_cmd;
 mod bench_cmd;
 mod device;
+mod generate_cmd;
+mod model_cmd;
+mod plot_cmd;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +33,17 @@ enum Command {
         #[command(subcommand)]
         command: bench_cmd::BenchCommand,
     },
+    /// Train a language model on text files (new or --resume).
+    Train(Box<train_cmd::TrainArgs>),
+    /// Sample text from a trained checkpoint.
+    Generate(generate_cmd::GenerateArgs),
+    /// Model configs: parameter counts and FLOPs.
+    Model {
+        #[command(subcommand)]
+        command: model_cmd::ModelCommand,
+    },
+    /// Draw the loss curves of runs (PNG and SVG).
+    Plot(plot_cmd::PlotArgs),
 }
 
 fn main() {
@@ -42,6 +57,10 @@ fn main() {
     let result = match cli.command {
         Command::Attn { command } => attn_cmd::run(command),
         Command::Bench { command } => bench_cmd::run(command),
+        Command::Train(a) => train_cmd::run(*a),
+        Command::Generate(a) => generate_cmd::run(a),
+        Command::Model { command } => model_cmd::run(command),
+        Command::Plot(a) => plot_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,211 @@
+//! `simplex train`: flags -> `simplex_train::RunOptions`, a progress bar, a closing summary.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use simplex_train::{
+    ModelChoice, Observer, Precision, Record, RunOptions, StartInfo, TrainOverrides,
+};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Text files or folders (recursive); optional with --resume (the stored shards are used).
+    #[arg(long, num_args = 1.., required_unless_present = "resume")]
+    pub data: Vec<PathBuf>,
+    /// The run folder: config.toml, train.toml, data/, metrics.jsonl|csv, checkpoint/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A model preset: tiny (default), small, 25m, 100m, 300m.
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+    /// A model config TOML file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in --out from its checkpoint (same losses as an uninterrupted run).
+    #[arg(long)]
+    pub resume: bool,
+    /// cpu or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Total optimizer updates [default: 1000].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Stop (with a checkpoint) after this step; --resume continues the same schedule.
+    #[arg(long)]
+    pub until: Option<usize>,
+    /// Sequences per micro-batch [default: 16].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Tokens per sequence [default: the model's max_seq_len].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Micro-batches per update [default: 1].
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Peak learning rate [default: 4e-3].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Cosine floor as a fraction of the peak [default: 0.01].
+    #[arg(long)]
+    pub min_lr_frac: Option<f64>,
+    /// Linear warmup updates [default: 5% of --steps].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// AdamW weight decay [default: 0.0125].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip the global gradient norm (0: off) [default: 1.0].
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    /// Seed of weight init and data order [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Held-out eval every N updates and at the end (0: only at the end) [default: 100].
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Batches of held-out windows per eval [default: 8].
+    #[arg(long)]
+    pub eval_batches: Option<usize>,
+    /// Checkpoint every N updates and at the end (0: only at the end) [default: 100].
+    #[arg(long)]
+    pub ckpt_every: Option<usize>,
+    /// A metrics row every N updates [default: 10].
+    #[arg(long)]
+    pub log_every: Option<usize>,
+    /// f32 or bf16 compute (master weights stay f32) [default: bf16 on CUDA, f32 on CPU].
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// bytes, bpe:VOCAB (trained on the training documents) or a tokenizers JSON file [default: bytes].
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Splits files into documents; "" makes each file one document [default: <|endoftext|>].
+    #[arg(long)]
+    pub doc_sep: Option<String>,
+    /// Fraction of documents held out for eval [default: 0.01].
+    #[arg(long)]
+    pub val_frac: Option<f64>,
+    /// Seed of the held-out draw [default: 0].
+    #[arg(long)]
+    pub split_seed: Option<u64>,
+    /// Peak TFLOP/s for MFU [default: 989.4 on CUDA (H100/H200 dense bf16); none on CPU].
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal) and one line per eval.
+struct Progress {
+    bar: ProgressBar,
+}
+
+impl Observer for Progress {
+    fn start(&mut self, i: &StartInfo) {
+        self.bar.set_length(i.end_step);
+        self.bar.set_position(i.start_step);
+        self.bar.reset_eta();
+        eprintln!(
+            "training {}: {:.2}M parameters ({:.2}M non-embedding), {} tokens per update, {} train / {} held-out tokens, steps {} -> {} of {}",
+            i.run_dir.display(),
+            i.params_total as f64 / 1e6,
+            i.params_non_embedding as f64 / 1e6,
+            i.tokens_per_step,
+            i.train_tokens,
+            i.val_tokens,
+            i.start_step,
+            i.end_step,
+            i.steps
+        );
+    }
+    fn step(&mut self, step: u64, loss: f64, lr: f64) {
+        self.bar.set_position(step);
+        self.bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+    }
+    fn record(&mut self, r: &Record) {
+        if let (Some(vl), Some(vb)) = (r.val_loss, r.val_bpb) {
+            let mfu = r
+                .mfu
+                .map_or(String::new(), |m| format!(", MFU {:.1}%", 100.0 * m));
+            self.bar.println(format!(
+                "step {:>6}: train_loss {:.4}  val_loss {vl:.4}  val_bpb {vb:.4}  {:.0} tokens/s{mfu}",
+                r.step, r.train_loss, r.tokens_per_s
+            ));
+        }
+    }
+    fn checkpoint(&mut self, _step: u64, _dir: &Path) {}
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let device = crate::device::parse(&a.device)?;
+    let model = match (&a.preset, &a.config) {
+        (Some(p), _) => Some(ModelChoice::Preset(p.clone())),
+        (None, Some(c)) => Some(ModelChoice::File(c.clone())),
+        (None, None) => None,
+    };
+    let precision = a
+        .precision
+        .as_deref()
+        .map(str::parse::<Precision>)
+        .transpose()?;
+    let overrides = TrainOverrides {
+        steps: a.steps,
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        grad_accum: a.grad_accum,
+        lr: a.lr,
+        min_lr_frac: a.min_lr_frac,
+        warmup: a.warmup,
+        weight_decay: a.weight_decay,
+        grad_clip: a.grad_clip,
+        seed: a.seed,
+        eval_every: a.eval_every,
+        eval_batches: a.eval_batches,
+        ckpt_every: a.ckpt_every,
+        log_every: a.log_every,
+        precision,
+        tokenizer: a.tokenizer,
+        doc_sep: a.doc_sep,
+        val_frac: a.val_frac,
+        split_seed: a.split_seed,
+    };
+    let mut opts = RunOptions::new(a.out, a.data, device);
+    opts.model = model;
+    opts.overrides = overrides;
+    opts.resume = a.resume;
+    opts.until = a.until;
+    opts.peak_flops = a.peak_tflops.map(|t| t * 1e12);
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(None, target);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+    )?);
+    let mut progress = Progress { bar };
+    let summary = simplex_train::train(&opts, &mut progress)?;
+    progress.bar.finish_and_clear();
+    match &summary.last {
+        Some(r) => println!(
+            "{}: step {}, train_loss {:.4}{}, {:.0} tokens/s; checkpoint {}",
+            summary.run_dir.display(),
+            summary.step,
+            r.train_loss,
+            r.val_loss
+                .map_or(String::new(), |v| format!(", val_loss {v:.4}")),
+            r.tokens_per_s,
+            summary
+                .checkpoint
+                .as_deref()
+                .map_or("(none)".into(), |p| p.display().to_string())
+        ),
+        None => println!(
+            "{}: already at step {}; nothing to do",
+            summary.run_dir.display(),
+            summary.step
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! Checkpoints: written whole or not at all.
+//!
+//! ```text
+//! RUN_DIR/checkpoint/model.safetensors       f32 master weights, the model's variable names
+//!                    optimizer.safetensors   AdamW moments m.NAME, v.NAME and `step`
+//!                    state.json              step, data position, tokens seen, metrics summary
+//!                    config.toml             the model config
+//!                    train.toml              the training settings
+//!                    tokenizer.json          BPE runs only
+//! ```
+//! Save: write everything into `checkpoint.tmp/` (each file fsynced, state.json last, then the
+//! folder), rename `checkpoint/` to `checkpoint.old/`, rename `checkpoint.tmp/` to
+//! `checkpoint/`, fsync RUN_DIR, delete `checkpoint.old/`. A crash at any point leaves a
+//! complete checkpoint in `checkpoint/` or (between the two renames) in `checkpoint.old/`,
+//! which [`locate`] falls back to; `checkpoint.tmp/` is never read.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::data::DataPosition;
+use crate::error::{IoContext, Result, TrainError};
+
+/// The checkpoint folder's name inside a run folder.
+pub const CHECKPOINT: &str = "checkpoint";
+const TMP: &str = "checkpoint.tmp";
+const OLD: &str = "checkpoint.old";
+
+/// Losses at the time of a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSummary {
+    /// Mean training loss of the last logged interval.
+    pub train_loss: Option<f64>,
+    /// Last held-out loss.
+    pub val_loss: Option<f64>,
+    /// Last held-out bits per byte.
+    pub val_bpb: Option<f64>,
+    /// Lowest held-out loss so far.
+    pub best_val_loss: Option<f64>,
+}
+
+/// `state.json`: where training stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainState {
+    /// Layout version.
+    pub format: u32,
+    /// Updates done.
+    pub step: u64,
+    /// Training tokens consumed (inputs, all micro-batches).
+    pub tokens_seen: u64,
+    /// Data order position.
+    pub data: DataPosition,
+    /// Seconds spent training so far (all sessions).
+    pub elapsed_s: f64,
+    /// `bytes`, or `tokenizer.json` (a file beside it).
+    pub tokenizer: String,
+    /// Losses at this point.
+    pub metrics: MetricsSummary,
+}
+
+/// Writes `bytes` to `path` and fsyncs it.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).at(path)?;
+    f.write_all(bytes).at(path)?;
+    f.sync_all().at(path)
+}
+
+/// Fsyncs a folder (makes renames and new names in it durable).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).at(dir)?.sync_all().at(dir)
+}
+
+fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    candle_core::safetensors::save(tensors, path)
+        .map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))?;
+    File::open(path).at(path)?.sync_all().at(path)
+}
+
+/// What a checkpoint holds besides tensors.
+pub struct CheckpointFiles<'a> {
+    /// The model config as TOML.
+    pub config_toml: &'a str,
+    /// The training settings as TOML.
+    pub train_toml: &'a str,
+    /// The tokenizer file to copy (BPE runs).
+    pub tokenizer_json: Option<&'a Path>,
+}
+
+/// Saves a checkpoint into `run_dir/checkpoint/` atomically (see the module doc).
+pub fn save(
+    run_dir: &Path,
+    params: &[(String, Var)],
+    optimizer: &HashMap<String, Tensor>,
+    state: &TrainState,
+    files: &CheckpointFiles,
+) -> Result<PathBuf> {
+    let (tmp, dst, old) = (
+        run_dir.join(TMP),
+        run_dir.join(CHECKPOINT),
+        run_dir.join(OLD),
+    );
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).at(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp).at(&tmp)?;
+    let weights: HashMap<String, Tensor> = params
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    save_tensors(&tmp.join("model.safetensors"), &weights)?;
+    save_tensors(&tmp.join("optimizer.safetensors"), optimizer)?;
+    write_synced(&tmp.join("config.toml"), files.config_toml.as_bytes())?;
+    write_synced(&tmp.join("train.toml"), files.train_toml.as_bytes())?;
+    if let Some(src) = files.tokenizer_json {
+        let bytes = std::fs::read(src).at(src)?;
+        write_synced(&tmp.join("tokenizer.json"), &bytes)?;
+    }
+    let json = serde_json::to_string_pretty(state)
+        .map_err(|e| TrainError::io(tmp.join("state.json"), std::io::Error::other(e)))?;
+    write_synced(&tmp.join("state.json"), json.as_bytes())?;
+    sync_dir(&tmp)?;
+    if dst.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).at(&old)?;
+        }
+        std::fs::rename(&dst, &old).at(&dst)?;
+    }
+    std::fs::rename(&tmp, &dst).at(&dst)?;
+    sync_dir(run_dir)?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).at(&old)?;
+    }
+    Ok(dst)
+}
+
+/// The complete checkpoint of a run folder: `checkpoint/`, else `checkpoint.old/` (a save
+/// interrupted between its two renames); `path` may also be a checkpoint folder itself.
+pub fn locate(path: &Path) -> Option<PathBuf> {
+    if path.join("state.json").is_file() && path.join("model.safetensors").is_file() {
+        return Some(path.to_path_buf());
+    }
+    [CHECKPOINT, OLD]
+        .iter()
+        .map(|n| path.join(n))
+        .find(|d| d.is_dir())
+}
+
+/// A checkpoint read from disk (tensors on `device`).
+pub struct Checkpoint {
+    /// Its folder.
+    pub dir: PathBuf,
+    /// state.json.
+    pub state: TrainState,
+    /// config.toml, as text.
+    pub config_toml: String,
+    /// train.toml, as text.
+    pub train_toml: String,
+    /// model.safetensors.
+    pub weights: HashMap<String, Tensor>,
+}
+
+fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    if !path.is_file() {
+        return Err(TrainError::checkpoint(path, "missing"));
+    }
+    candle_core::safetensors::load(path, device).map_err(|e| {
+        TrainError::checkpoint(
+            path,
+            format!("not a readable safetensors file ({e}): corrupted or truncated"),
+        )
+    })
+}
+
+fn read_string(path: &Path) -> Result<String> {
+    if !path.is_file() {
+        return Err(TrainError::checkpoint(path, "missing"));
+    }
+    std::fs::read_to_string(path).at(path)
+}
+
+impl Checkpoint {
+    /// Reads the checkpoint in `dir` (a checkpoint folder); each error names the file.
+    pub fn read(dir: &Path, device: &Device) -> Result<Checkpoint> {
+        let state_path = dir.join("state.json");
+        let state: TrainState = serde_json::from_str(&read_string(&state_path)?).map_err(|e| {
+            TrainError::checkpoint(&state_path, format!("not a readable state: {e}"))
+        })?;
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            state,
+            config_toml: read_string(&dir.join("config.toml"))?,
+            train_toml: read_string(&dir.join("train.toml"))?,
+            weights: read_tensors(&dir.join("model.safetensors"), device)?,
+        })
+    }
+
+    /// The optimizer state (`optimizer.safetensors`).
+    pub fn optimizer(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
+        read_tensors(&self.dir.join("optimizer.safetensors"), device)
+    }
+
+    /// Copies the weights into `params`: every parameter must be present with its shape, and
+    /// no other tensor may be (the error names model.safetensors and the tensor).
+    pub fn load_weights(&self, params: &[(String, Var)]) -> Result<()> {
+        let path = self.dir.join("model.safetensors");
+        for (name, var) in params {
+            let t = self.weights.get(name).ok_or_else(|| {
+                TrainError::checkpoint(
+                    &path,
+                    format!("no tensor `{name}`, which the model of config.toml has"),
+                )
+            })?;
+            if t.dims() != var.dims() {
+                return Err(TrainError::checkpoint(
+                    &path,
+                    format!(
+                        "tensor `{name}` is {:?}, the model of config.toml needs {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
+                ));
+            }
+            if t.dtype() != DType::F32 {
+                return Err(TrainError::checkpoint(
+                    &path,
+                    format!(
+                        "tensor `{name}` is {:?}; checkpoints hold f32 weights",
+                        t.dtype()
+                    ),
+                ));
+            }
+            var.set(&t.to_device(var.device())?)?;
+        }
+        let known: std::collections::HashSet<&str> =
+            params.iter().map(|(n, _)| n.as_str()).collect();
+        if let Some(extra) = self
+            .weights
+            .keys()
+            .filter(|k| !known.contains(k.as_str()))
+            .min()
+        {
+            return Err(TrainError::checkpoint(
+                &path,
+                format!(
+                    "unexpected tensor `{extra}`: the model of config.toml has no such parameter"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

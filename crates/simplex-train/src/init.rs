@@ -1,0 +1,129 @@
+//! Seeded weight init: a candle `VarBuilder` backend that creates each variable from the
+//! model's own init hints (normal with its std, constants for norms) with draws seeded by
+//! `(seed, variable name)`, so the same seed gives the same model on any device and in any
+//! build order (candle's CPU random generator cannot be seeded).
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::init::NormalOrUniform;
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarMap};
+
+use crate::rng::{fnv1a, SplitMix64, FNV_OFFSET};
+
+/// Creates missing variables in a `VarMap` with seeded draws, returns existing ones.
+pub struct SeededInit {
+    /// Where the variables live.
+    pub vars: VarMap,
+    /// The init seed.
+    pub seed: u64,
+}
+
+fn draws(init: &candle_nn::Init, shape: &Shape, rng: &mut SplitMix64) -> Vec<f32> {
+    let n = shape.elem_count();
+    let uniform = |rng: &mut SplitMix64, lo: f64, up: f64| lo + (up - lo) * rng.next_f64();
+    match *init {
+        Init::Const(c) => vec![c as f32; n],
+        Init::Randn { mean, stdev } => (0..n)
+            .map(|_| (mean + stdev * rng.normal()) as f32)
+            .collect(),
+        Init::Uniform { lo, up } => (0..n).map(|_| uniform(rng, lo, up) as f32).collect(),
+        Init::Kaiming {
+            dist,
+            fan,
+            non_linearity,
+        } => {
+            let std = non_linearity.gain() / (fan.for_shape(shape) as f64).sqrt();
+            match dist {
+                NormalOrUniform::Normal => (0..n).map(|_| (std * rng.normal()) as f32).collect(),
+                NormalOrUniform::Uniform => {
+                    let b = 3f64.sqrt() * std;
+                    (0..n).map(|_| uniform(rng, -b, b) as f32).collect()
+                }
+            }
+        }
+    }
+}
+
+impl SimpleBackend for SeededInit {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut data = self
+            .vars
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?;
+        if let Some(v) = data.get(name) {
+            if v.shape() != &s {
+                candle_core::bail!("variable `{name}`: shape {:?} vs {s:?}", v.shape())
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        let mut rng = SplitMix64::derived(self.seed, fnv1a(name.as_bytes(), FNV_OFFSET));
+        let t = Tensor::from_vec(draws(&h, &s, &mut rng), s, dev)?.to_dtype(dtype)?;
+        let var = Var::from_tensor(&t)?;
+        data.insert(name.to_string(), var.clone());
+        Ok(var.as_tensor().clone())
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let data = self
+            .vars
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?;
+        match data.get(name) {
+            Some(v) => v.as_tensor().to_dtype(dtype)?.to_device(dev),
+            None => candle_core::bail!("no variable `{name}`"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.vars.data().lock().is_ok_and(|d| d.contains_key(name))
+    }
+}
+
+/// Serves the f32 master variables of a `VarMap` cast to the builder's dtype (bf16 autocast):
+/// the cast is part of the autograd graph, so gradients reach the masters.
+pub struct CastFrom {
+    /// The f32 masters.
+    pub vars: VarMap,
+}
+
+impl SimpleBackend for CastFrom {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!("variable `{name}`: shape {:?} vs {s:?}", t.shape())
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let data = self
+            .vars
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?;
+        match data.get(name) {
+            Some(v) => v.as_tensor().to_dtype(dtype)?.to_device(dev),
+            None => candle_core::bail!("no master variable `{name}`"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.vars.data().lock().is_ok_and(|d| d.contains_key(name))
+    }
+}

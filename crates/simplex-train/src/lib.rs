@@ -1,0 +1,34 @@
+//! Training simplex language models: data, trainer, checkpoints, eval, metrics, generation,
+//! plots. The `simplex` command (`train`, `generate`, `plot`) is a thin layer over this crate.
+//!
+//! ```text
+//! text files -> Corpus (documents, held-out split) -> Tokenizer -> u16/u32 shards (mmap)
+//!   -> Batcher (seeded order per epoch) -> Model::forward -> cross-entropy -> backward
+//!   -> global-norm clip -> AdamW (warmup + cosine) -> metrics.jsonl/csv, eval, checkpoint/
+//! ```
+//! * [`train`] runs a new or resumed run ([`RunOptions`]); [`Observer`] receives progress.
+//! * [`checkpoint`]: atomic save, [`checkpoint::locate`], loading with checks that name the file.
+//! * [`Generator`] samples from a checkpoint with the KV cache.
+//! * [`plot_runs`] draws loss curves.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+mod error;
+pub mod generate;
+pub mod init;
+pub mod metrics;
+pub mod optim;
+pub mod plot;
+pub mod rng;
+pub mod run;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{Precision, TrainConfig, TrainOverrides};
+pub use error::{Result, TrainError};
+pub use generate::{Generated, Generator};
+pub use metrics::Record;
+pub use plot::plot_runs;
+pub use run::{ModelChoice, RunOptions};
+pub use trainer::{train, Observer, Quiet, StartInfo, Summary, H100_BF16_PEAK};

@@ -1,0 +1,142 @@
+//! Metrics files: `RUN_DIR/metrics.jsonl` (one JSON object per logged step) and
+//! `RUN_DIR/metrics.csv` (the same rows, fixed columns, empty cells when absent).
+//!
+//! * `train_loss`: mean cross-entropy (nats per token) of the updates since the previous row.
+//! * `tokens_per_s`: training tokens of those updates over their wall time (evals and
+//!   checkpoints excluded).
+//! * `val_loss`: mean nats per token over the fixed held-out windows; `val_bpb`: total nats /
+//!   total UTF-8 bytes of the predicted tokens / ln 2 (end-of-text tokens add nats, no bytes).
+//! * `mfu`: tokens/s * 3 * forward FLOPs per token (simplex-model's count) / the stated peak.
+//!
+//! A resumed run first drops the rows after its checkpoint's step, so each step appears once.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, Result, TrainError};
+
+/// One logged step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Updates done.
+    pub step: u64,
+    /// Mean training loss since the previous row (nats per token).
+    pub train_loss: f64,
+    /// Learning rate of the last update.
+    pub lr: f64,
+    /// Global gradient norm of the last update, before clipping.
+    pub grad_norm: f64,
+    /// Training tokens per second since the previous row.
+    pub tokens_per_s: f64,
+    /// Training tokens consumed so far.
+    pub tokens_seen: u64,
+    /// Training seconds so far (all sessions).
+    pub elapsed_s: f64,
+    /// Held-out loss (nats per token), when evaluated at this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Held-out bits per byte, when evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_bpb: Option<f64>,
+    /// Model FLOP utilization, when a peak is known (CUDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfu: Option<f64>,
+}
+
+const CSV_HEADER: &str =
+    "step,train_loss,lr,grad_norm,tokens_per_s,tokens_seen,elapsed_s,val_loss,val_bpb,mfu";
+
+fn opt(x: Option<f64>) -> String {
+    x.map_or(String::new(), |v| format!("{v}"))
+}
+
+impl Record {
+    fn csv_row(&self) -> String {
+        format!(
+            "{},{},{},{},{},{},{},{},{},{}",
+            self.step,
+            self.train_loss,
+            self.lr,
+            self.grad_norm,
+            self.tokens_per_s,
+            self.tokens_seen,
+            self.elapsed_s,
+            opt(self.val_loss),
+            opt(self.val_bpb),
+            opt(self.mfu)
+        )
+    }
+}
+
+/// Reads `metrics.jsonl` (the error names the file and line).
+pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
+    let f = File::open(path).at(path)?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line.at(path)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r: Record = serde_json::from_str(&line).map_err(|e| {
+            TrainError::data(path, format!("line {}: not a metrics record: {e}", i + 1))
+        })?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Appends records to metrics.jsonl and metrics.csv.
+pub struct MetricsLog {
+    jsonl: (PathBuf, File),
+    csv: (PathBuf, File),
+}
+
+impl MetricsLog {
+    /// Opens the files of `run_dir`. `keep_until`: resuming from that step; rows after it are
+    /// dropped (both files rewritten). `None`: a new run; the files are created empty.
+    pub fn open(run_dir: &Path, keep_until: Option<u64>) -> Result<Self> {
+        let jp = run_dir.join("metrics.jsonl");
+        let cp = run_dir.join("metrics.csv");
+        let kept = match keep_until {
+            Some(step) if jp.exists() => read_jsonl(&jp)?
+                .into_iter()
+                .filter(|r| r.step <= step)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut jtext = String::new();
+        let mut ctext = format!("{CSV_HEADER}\n");
+        for r in &kept {
+            jtext.push_str(
+                &serde_json::to_string(r)
+                    .map_err(|e| TrainError::io(&jp, std::io::Error::other(e)))?,
+            );
+            jtext.push('\n');
+            ctext.push_str(&r.csv_row());
+            ctext.push('\n');
+        }
+        for (path, text) in [(&jp, &jtext), (&cp, &ctext)] {
+            let tmp = path.with_extension("tmp");
+            crate::checkpoint::write_synced(&tmp, text.as_bytes())?;
+            std::fs::rename(&tmp, path).at(path)?;
+        }
+        let append = |p: &PathBuf| OpenOptions::new().append(true).open(p).at(p);
+        Ok(MetricsLog {
+            jsonl: (jp.clone(), append(&jp)?),
+            csv: (cp.clone(), append(&cp)?),
+        })
+    }
+
+    /// Appends one record to both files (flushed).
+    pub fn append(&mut self, r: &Record) -> Result<()> {
+        let line = serde_json::to_string(r)
+            .map_err(|e| TrainError::io(&self.jsonl.0, std::io::Error::other(e)))?;
+        writeln!(self.jsonl.1, "{line}").at(&self.jsonl.0)?;
+        writeln!(self.csv.1, "{}", r.csv_row()).at(&self.csv.0)?;
+        self.jsonl.1.flush().at(&self.jsonl.0)?;
+        self.csv.1.flush().at(&self.csv.0)
+    }
+}
