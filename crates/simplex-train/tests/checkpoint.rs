@@ -1,0 +1,125 @@
+//! Checkpoints: a crash mid-write leaves the previous checkpoint loadable, and a corrupted or
+//! mismatched checkpoint is an error that names the file.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::Device;
+use common::{assert_mentions, tiny_run};
+use simplex_train::checkpoint::{locate, Checkpoint};
+use simplex_train::{train, Quiet, RunOptions};
+
+/// A run of 2 steps with its checkpoint, and the options that resume it to step 4.
+fn two_steps(dir: &Path) -> anyhow::Result<RunOptions> {
+    let mut o = tiny_run(dir, 4);
+    o.until = Some(2);
+    train(&o, &mut Quiet)?;
+    o.until = None;
+    o.resume = true;
+    Ok(o)
+}
+
+fn step_of(dir: &Path) -> anyhow::Result<u64> {
+    let ck = locate(dir).ok_or_else(|| anyhow::anyhow!("no checkpoint in {}", dir.display()))?;
+    Ok(Checkpoint::read(&ck, &Device::Cpu)?.state.step)
+}
+
+#[test]
+fn crash_while_writing_keeps_the_previous_checkpoint() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let run = tmp.path().join("run");
+    let resume = two_steps(&run)?;
+    // a save that died half way: garbage in the temporary folder
+    let partial = run.join("checkpoint.tmp");
+    std::fs::create_dir_all(&partial)?;
+    std::fs::write(partial.join("model.safetensors"), b"\x10\x00\x00garbage")?;
+    std::fs::write(partial.join("state.json"), b"{\"step\": 99")?;
+    assert_eq!(locate(&run), Some(run.join("checkpoint")));
+    assert_eq!(step_of(&run)?, 2);
+    let s = train(&resume, &mut Quiet)?;
+    assert_eq!((s.losses.first().map(|l| l.0), s.step), (Some(3), 4));
+    assert!(!partial.exists(), "the next save clears the leftover");
+    assert_eq!(step_of(&run)?, 4);
+    Ok(())
+}
+
+#[test]
+fn crash_between_the_renames_falls_back_to_the_old_checkpoint() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let run = tmp.path().join("run");
+    let resume = two_steps(&run)?;
+    std::fs::rename(run.join("checkpoint"), run.join("checkpoint.old"))?;
+    assert_eq!(locate(&run), Some(run.join("checkpoint.old")));
+    let s = train(&resume, &mut Quiet)?;
+    assert_eq!(s.losses.first().map(|l| l.0), Some(3));
+    assert!(run.join("checkpoint").is_dir() && !run.join("checkpoint.old").exists());
+    Ok(())
+}
+
+#[test]
+fn corrupted_or_mismatched_checkpoints_name_the_file() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let run = tmp.path().join("run");
+    let resume = two_steps(&run)?;
+    let ck = run.join("checkpoint");
+    let backup = tmp.path().join("backup");
+    std::fs::create_dir_all(&backup)?;
+    for f in std::fs::read_dir(&ck)? {
+        let f = f?;
+        std::fs::copy(f.path(), backup.join(f.file_name()))?;
+    }
+    let restore = || -> anyhow::Result<()> {
+        for f in std::fs::read_dir(&backup)? {
+            let f = f?;
+            std::fs::copy(f.path(), ck.join(f.file_name()))?;
+        }
+        Ok(())
+    };
+    let fails = |parts: &[&str]| -> anyhow::Result<()> {
+        match train(&resume, &mut Quiet) {
+            Ok(_) => anyhow::bail!("resume succeeded; expected an error mentioning {parts:?}"),
+            Err(e) => {
+                assert_mentions(&e, parts);
+                Ok(())
+            }
+        }
+    };
+
+    // truncated weights
+    let w = std::fs::read(ck.join("model.safetensors"))?;
+    std::fs::write(ck.join("model.safetensors"), &w[..w.len() / 2])?;
+    fails(&["checkpoint/model.safetensors", "corrupted or truncated"])?;
+    restore()?;
+
+    // a tensor missing
+    let mut t = candle_core::safetensors::load(ck.join("model.safetensors"), &Device::Cpu)?;
+    t.remove("norm.weight");
+    candle_core::safetensors::save(&t, ck.join("model.safetensors"))?;
+    fails(&["checkpoint/model.safetensors", "no tensor `norm.weight`"])?;
+    restore()?;
+
+    // optimizer state gone
+    std::fs::remove_file(ck.join("optimizer.safetensors"))?;
+    fails(&["checkpoint/optimizer.safetensors", "missing"])?;
+    restore()?;
+
+    // another model's config
+    let cfg = std::fs::read_to_string(ck.join("config.toml"))?;
+    std::fs::write(
+        ck.join("config.toml"),
+        cfg.replace("d_model = 128", "d_model = 64"),
+    )?;
+    fails(&["checkpoint/config.toml", "d_model = 64", "another model"])?;
+    restore()?;
+
+    // state.json unreadable
+    std::fs::write(ck.join("state.json"), "{ not json")?;
+    fails(&["checkpoint/state.json", "not a readable state"])?;
+    restore()?;
+
+    // after all that, the restored checkpoint still resumes
+    let s = train(&resume, &mut Quiet)?;
+    assert_eq!(s.step, 4);
+    Ok(())
+}
