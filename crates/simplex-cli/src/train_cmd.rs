@@ -95,9 +95,11 @@ pub struct TrainArgs {
     pub peak_tflops: Option<f64>,
 }
 
-/// A progress bar on stderr (hidden when stderr is not a terminal) and one line per eval.
+/// A progress bar on stderr with one line per eval; when stderr is not a terminal (a log
+/// file, CI), no bar but one line per metrics row instead.
 struct Progress {
     bar: ProgressBar,
+    tty: bool,
 }
 
 impl Observer for Progress {
@@ -105,7 +107,7 @@ impl Observer for Progress {
         self.bar.set_length(i.end_step);
         self.bar.set_position(i.start_step);
         self.bar.reset_eta();
-        eprintln!(
+        let line = format!(
             "training {}: {:.2}M parameters ({:.2}M non-embedding), {} tokens per update, {} train / {} held-out tokens, steps {} -> {} of {}",
             i.run_dir.display(),
             i.params_total as f64 / 1e6,
@@ -117,20 +119,33 @@ impl Observer for Progress {
             i.end_step,
             i.steps
         );
+        if self.tty {
+            self.bar.println(line);
+        } else {
+            eprintln!("{line}");
+        }
     }
     fn step(&mut self, step: u64, loss: f64, lr: f64) {
         self.bar.set_position(step);
         self.bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
     }
     fn record(&mut self, r: &Record) {
-        if let (Some(vl), Some(vb)) = (r.val_loss, r.val_bpb) {
-            let mfu = r
-                .mfu
-                .map_or(String::new(), |m| format!(", MFU {:.1}%", 100.0 * m));
-            self.bar.println(format!(
-                "step {:>6}: train_loss {:.4}  val_loss {vl:.4}  val_bpb {vb:.4}  {:.0} tokens/s{mfu}",
-                r.step, r.train_loss, r.tokens_per_s
-            ));
+        let val = match (r.val_loss, r.val_bpb) {
+            (Some(vl), Some(vb)) => format!("  val_loss {vl:.4}  val_bpb {vb:.4}"),
+            _ if self.tty => return,
+            _ => String::new(),
+        };
+        let mfu = r
+            .mfu
+            .map_or(String::new(), |m| format!("  MFU {:.1}%", 100.0 * m));
+        let line = format!(
+            "step {:>6}: train_loss {:.4}{val}  lr {:.2e}  {:.0} tokens/s{mfu}",
+            r.step, r.train_loss, r.lr, r.tokens_per_s
+        );
+        if self.tty {
+            self.bar.println(line);
+        } else {
+            eprintln!("{line}");
         }
     }
     fn checkpoint(&mut self, _step: u64, _dir: &Path) {}
@@ -175,7 +190,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     opts.resume = a.resume;
     opts.until = a.until;
     opts.peak_flops = a.peak_tflops.map(|t| t * 1e12);
-    let target = if std::io::stderr().is_terminal() {
+    let tty = std::io::stderr().is_terminal();
+    let target = if tty {
         ProgressDrawTarget::stderr()
     } else {
         ProgressDrawTarget::hidden()
@@ -184,7 +200,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     bar.set_style(ProgressStyle::with_template(
         "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
     )?);
-    let mut progress = Progress { bar };
+    let mut progress = Progress { bar, tty };
     let summary = simplex_train::train(&opts, &mut progress)?;
     progress.bar.finish_and_clear();
     match &summary.last {

@@ -93,6 +93,7 @@ fn draw<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("step")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("cross-entropy (nats/token)")
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 17))
