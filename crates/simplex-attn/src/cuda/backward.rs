@@ -129,17 +129,20 @@ fn backward_typed<T: Element>(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: smem as u32,
     };
+    // Like the forward, the dq kernel tiles its window 2: give it the larger window there.
+    let (qk1, qk2, qv1, qv2, qshape) = if op.win.w1 > op.win.w2 {
+        (&k2, &k1, &v2, &v1, shape.swapped())
+    } else {
+        (&k1, &k2, &v1, &v2, shape)
+    };
     let mut launch = stream.launch_builder(&kernel.func);
+    launch.arg(&qv).arg(qk1).arg(qk2).arg(qv1).arg(qv2);
     launch
-        .arg(&qv)
-        .arg(&k1)
-        .arg(&k2)
-        .arg(&v1)
-        .arg(&v2)
         .arg(&dov)
         .arg(&lsev)
-        .arg(&delta);
-    launch.arg(&mut dq).arg(&shape);
+        .arg(&delta)
+        .arg(&mut dq)
+        .arg(&qshape);
     // SAFETY: the arguments follow the kernel's signature; the views hold the counts it indexes
     // (checked by `view`) and its grid covers all B * N * Hq rows of dq.
     unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;

@@ -69,8 +69,17 @@ fn forward_typed<T: Element>(
     let qv = view::<T>(q, lq, "q", b * n * hq * d)?;
     let kv = view::<T>(k, lk, "K", 2 * nk)?;
     let vv = view::<T>(v, lv, "V", 2 * nv)?;
-    let (k1, k2) = (kv.slice(..nk), kv.slice(nk..));
-    let (v1, v2) = (vv.slice(..nv), vv.slice(nv..));
+    let (mut k1, mut k2) = (kv.slice(..nk), kv.slice(nk..));
+    let (mut v1, mut v2) = (vv.slice(..nv), vv.slice(nv..));
+    // The kernel walks window 1 one key at a time and tiles window 2 (64 keys a tile): give it
+    // the larger window as window 2. The layer is symmetric in the two key/value sets.
+    let shape = if op.win.w1 > op.win.w2 {
+        std::mem::swap(&mut k1, &mut k2);
+        std::mem::swap(&mut v1, &mut v2);
+        shape.swapped()
+    } else {
+        shape
+    };
     let mut o = output::<T>(&stream, b * n * hq * dv, "o")?;
     let mut lse = output::<f32>(&stream, b * n * hq, "lse")?;
 
