@@ -11,6 +11,8 @@
 //! * [`Generator`] samples from a checkpoint with the KV cache.
 //! * [`plot_runs`] draws loss curves.
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -162,6 +162,29 @@ impl AdamW {
     }
 }
 
+/// The global L2 norm of all gradients: `sqrt(sum_i sum(g_i^2))`, summed in f32 on the device
+/// (one host sync).
+pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
+    if grads.is_empty() {
+        return Ok(0.0);
+    }
+    let sq: Vec<Tensor> = grads
+        .iter()
+        .map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all())
+        .collect::<candle_core::Result<_>>()?;
+    Ok((Tensor::stack(&sq, 0)?.sum_all()?.to_scalar::<f32>()? as f64).sqrt())
+}
+
+/// The factor that brings a gradient of global norm `norm` down to `clip` (1 when it is
+/// already within, or when `clip` is 0: no clipping).
+pub fn clip_scale(norm: f64, clip: f64) -> f64 {
+    if clip > 0.0 && norm > clip {
+        clip / (norm + 1e-6)
+    } else {
+        1.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +253,14 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert_eq!(diff, 0.0);
+        // clipping: the norm of [3, 4] and [12] is 13
+        let gs = [
+            Tensor::new(&[3f32, 4.0], &dev)?,
+            Tensor::new(&[12f32], &dev)?,
+        ];
+        assert!((global_norm(&gs)? - 13.0).abs() < 1e-6);
+        assert!((clip_scale(13.0, 1.0) * 13.0 - 1.0).abs() < 1e-6);
+        assert_eq!((clip_scale(0.5, 1.0), clip_scale(13.0, 0.0)), (1.0, 1.0));
         // a 1-d parameter (a norm gain) is not decayed: zero gradient leaves it unchanged
         let n = Var::from_tensor(&Tensor::ones(4, DType::F32, &dev)?)?;
         let mut o = AdamW::new(vec![("norm.weight".into(), n.clone())], hp)?;

@@ -28,7 +28,7 @@ use crate::data::{eval_windows, Batcher, DataPosition, Dataset};
 use crate::error::{Result, TrainError};
 use crate::init::{CastFrom, SeededInit};
 use crate::metrics::{MetricsLog, Record};
-use crate::optim::{AdamW, AdamWParams};
+use crate::optim::{clip_scale, global_norm, AdamW, AdamWParams};
 use crate::run::{self, RunOptions};
 use crate::schedule::Schedule;
 
@@ -120,7 +120,6 @@ fn build_model(
 
 /// Held-out loss (nats per token) and bits per byte over fixed windows.
 struct Evaluator {
-    seq: usize,
     batches: Vec<(Tensor, Tensor)>,
     tokens: usize,
     bytes: u64,
@@ -155,7 +154,6 @@ impl Evaluator {
             ));
         }
         Ok(Evaluator {
-            seq,
             tokens: starts.len() * seq,
             batches,
             bytes,
@@ -177,7 +175,6 @@ impl Evaluator {
         }
         let loss = nats / self.tokens as f64;
         let bpb = nats / self.bytes.max(1) as f64 / std::f64::consts::LN_2;
-        let _ = self.seq;
         Ok(Some((loss, bpb)))
     }
 }
@@ -351,16 +348,8 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
             .zip(opt.params())
             .map(|(g, (_, p))| g.map_or_else(|| p.as_tensor().zeros_like(), Ok))
             .collect::<candle_core::Result<_>>()?;
-        let sq: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.sqr()?.sum_all())
-            .collect::<candle_core::Result<_>>()?;
-        let norm = (Tensor::stack(&sq, 0)?.sum_all()?.to_scalar::<f32>()? as f64).sqrt();
-        let scale = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
-            cfg.grad_clip / (norm + 1e-6)
-        } else {
-            1.0
-        };
+        let norm = global_norm(&grads)?;
+        let scale = clip_scale(norm, cfg.grad_clip);
         opt.step(&grads, lr, scale)?;
         state.step += 1;
         state.tokens_seen += tokens_per_step;

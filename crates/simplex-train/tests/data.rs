@@ -91,7 +91,14 @@ fn bpe_data_round_trips() -> anyhow::Result<()> {
     }
     assert_eq!(seen, 12);
     // the stored tokenizer reads back; byte tokenizer round trip of arbitrary text
-    let t = Tokenizer::from_file(&tmp.path().join("bpe/tokenizer.json"))?;
+    let json = tmp.path().join("bpe/tokenizer.json");
+    let t = Tokenizer::from_file(&json)?;
+    // a run that loads that file tokenizes the same way
+    let mut again = opts.clone();
+    again.tokenizer = TokenizerSpec::File(json.clone());
+    let loaded = prepare(&again, &tmp.path().join("file"))?;
+    assert_eq!(decoded_docs(&loaded, true)?, decoded_docs(&reopened, true)?);
+    assert_eq!(loaded.meta.train.tokens, reopened.meta.train.tokens);
     let text = "Grüße aus 世界 🐈 — tabs\tand\nnewlines";
     assert_eq!(t.decode(&t.encode(text)?)?, text);
     assert_eq!(

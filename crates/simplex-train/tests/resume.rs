@@ -122,3 +122,22 @@ fn loss_decreases_and_seeds_reproduce() -> anyhow::Result<()> {
     assert_ne!(s3.losses[1].1.to_bits(), s.losses[1].1.to_bits());
     Ok(())
 }
+
+/// Accumulating 2 micro-batches of 2 sequences is one batch of 4 (the batcher draws the same
+/// windows in the same order), up to float summation order.
+#[test]
+fn grad_accum_equals_the_bigger_batch() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let big = train(&tiny_run(&tmp.path().join("big"), 5), &mut Quiet)?;
+    let mut o = tiny_run(&tmp.path().join("acc"), 5);
+    o.overrides.batch_size = Some(2);
+    o.overrides.grad_accum = Some(2);
+    let acc = train(&o, &mut Quiet)?;
+    for ((s, a), (_, b)) in big.losses.iter().zip(&acc.losses) {
+        assert!(
+            (a - b).abs() < 1e-4 * a.abs(),
+            "step {s}: batch 4 loss {a}, 2 x 2 accumulated {b}"
+        );
+    }
+    Ok(())
+}
