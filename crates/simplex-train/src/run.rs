@@ -247,8 +247,17 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
         opts.device.is_cuda(),
     )?;
     if data_dir.exists() {
-        // a run killed after tokenizing but before writing its settings: ours, incomplete
-        std::fs::remove_dir_all(&data_dir).at(&data_dir)?;
+        // a run killed after tokenizing but before writing its settings left its own data/
+        // (it has our meta.json): start that over; anything else there is not ours to delete
+        if Dataset::open(&data_dir).is_ok() {
+            std::fs::remove_dir_all(&data_dir).at(&data_dir)?;
+        } else {
+            return Err(TrainError::RunDir {
+                path: run.clone(),
+                reason: "has a data/ folder that simplex did not write: choose another --out"
+                    .into(),
+            });
+        }
     }
     let data = data::prepare(
         &data_options(&opts.data, &train_cfg, opts.shard_tokens)?,

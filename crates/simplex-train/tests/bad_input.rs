@@ -101,6 +101,15 @@ fn settings_and_run_folders_are_checked() -> anyhow::Result<()> {
     o3.resume = true;
     o3.model = Some(ModelChoice::Preset("small".into()));
     expect(&o3, &["config.toml", "d_model", "keeps its model"]);
+    // someone's own data/ folder in --out is never deleted
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir_all(theirs.join("data"))?;
+    std::fs::write(theirs.join("data/notes.txt"), "mine")?;
+    expect(
+        &tiny_run(&theirs, 2),
+        &["theirs", "data/ folder that simplex did not write"],
+    );
+    assert!(theirs.join("data/notes.txt").is_file());
     // resuming with more steps extends the run
     let mut o4 = o.clone();
     o4.resume = true;
