@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "simplex",
     version,
-    about = "2-simplicial attention: run, check, benchmark"
+    about = "2-simplicial attention and language models: run, check, benchmark, train, sample"
 )]
 struct Cli {
     #[command(subcommand)]
