@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 mod error;
+pub mod eval;
 pub mod generate;
 pub mod init;
 pub mod metrics;
@@ -25,6 +26,7 @@ pub mod plot;
 pub mod rng;
 pub mod run;
 pub mod schedule;
+pub mod step;
 pub mod trainer;
 
 pub use config::{Precision, TrainConfig, TrainOverrides};
