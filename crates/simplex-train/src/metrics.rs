@@ -100,23 +100,35 @@ impl MetricsLog {
     pub fn open(run_dir: &Path, keep_until: Option<u64>) -> Result<Self> {
         let jp = run_dir.join("metrics.jsonl");
         let cp = run_dir.join("metrics.csv");
-        let kept = match keep_until {
-            Some(step) if jp.exists() => read_jsonl(&jp)?
-                .into_iter()
-                .filter(|r| r.step <= step)
-                .collect(),
-            _ => Vec::new(),
-        };
+        // kept rows: the JSON lines verbatim (no re-serialization can change a digit), the
+        // CSV rows from the parsed records
         let mut jtext = String::new();
         let mut ctext = format!("{CSV_HEADER}\n");
-        for r in &kept {
-            jtext.push_str(
-                &serde_json::to_string(r)
-                    .map_err(|e| TrainError::io(&jp, std::io::Error::other(e)))?,
-            );
-            jtext.push('\n');
-            ctext.push_str(&r.csv_row());
-            ctext.push('\n');
+        if let (Some(step), true) = (keep_until, jp.exists()) {
+            let text = std::fs::read_to_string(&jp).at(&jp)?;
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            for (i, line) in lines.iter().enumerate() {
+                let r: Record = match serde_json::from_str(line) {
+                    Ok(r) => r,
+                    // a run killed while writing its last row leaves half a line
+                    Err(_) if i + 1 == lines.len() => {
+                        tracing::warn!("{}: dropping a cut last line", jp.display());
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(TrainError::data(
+                            &jp,
+                            format!("line {}: not a metrics record: {e}", i + 1),
+                        ))
+                    }
+                };
+                if r.step <= step {
+                    jtext.push_str(line);
+                    jtext.push('\n');
+                    ctext.push_str(&r.csv_row());
+                    ctext.push('\n');
+                }
+            }
         }
         for (path, text) in [(&jp, &jtext), (&cp, &ctext)] {
             let tmp = path.with_extension("tmp");

@@ -123,3 +123,21 @@ fn corrupted_or_mismatched_checkpoints_name_the_file() -> anyhow::Result<()> {
     assert_eq!(s.step, 4);
     Ok(())
 }
+
+#[test]
+fn a_cut_last_metrics_line_is_dropped_on_resume() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let run = tmp.path().join("run");
+    let resume = two_steps(&run)?;
+    let path = run.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&path)?;
+    text.push_str("{\"step\":3,\"train_lo");
+    std::fs::write(&path, text)?;
+    train(&resume, &mut Quiet)?;
+    let steps: Vec<u64> = simplex_train::metrics::read_jsonl(&path)?
+        .iter()
+        .map(|r| r.step)
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4]);
+    Ok(())
+}

@@ -68,6 +68,28 @@ fn resume_matches(tweak: impl Fn(&mut RunOptions)) -> anyhow::Result<()> {
         assert_eq!(x.tokens_seen, y.tokens_seen);
     }
     assert!(ra[2].val_loss.is_some() && ra[7].val_loss.is_some());
+    // and the same digits: the rows kept across the resume are not re-serialized
+    let field = |line: &str, key: &str| -> String {
+        let rest = line.split(&format!("\"{key}\":")).nth(1).unwrap_or("");
+        rest.split([',', '}']).next().unwrap_or("").to_string()
+    };
+    let (ta, tb) = (
+        std::fs::read_to_string(a.join("metrics.jsonl"))?,
+        std::fs::read_to_string(b.join("metrics.jsonl"))?,
+    );
+    for (la, lb) in ta.lines().zip(tb.lines()) {
+        for key in [
+            "step",
+            "train_loss",
+            "lr",
+            "grad_norm",
+            "tokens_seen",
+            "val_loss",
+            "val_bpb",
+        ] {
+            assert_eq!(field(la, key), field(lb, key), "{key}: {la} vs {lb}");
+        }
+    }
     let (wa, wb) = (weights(&a)?, weights(&b)?);
     assert_eq!(wa.len(), wb.len());
     for (name, t) in &wa {
