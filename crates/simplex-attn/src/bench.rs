@@ -173,7 +173,7 @@ pub struct BenchResult {
     pub shape: BenchShape,
     /// Median forward time, seconds.
     pub forward_s: f64,
-    /// Median forward+backward time, seconds.
+    /// Median forward+backward time, seconds (NaN when not measured).
     pub forward_backward_s: f64,
     /// Timed repetitions of each.
     pub reps: usize,
@@ -228,12 +228,14 @@ pub fn time_it(
     Ok((median(samples), n))
 }
 
-/// Runs one shape on `device`: forward alone, then forward+backward through autograd.
+/// Runs one shape on `device`: forward alone, then (unless `forward_only`) forward+backward
+/// through autograd.
 pub fn run_shape(
     s: &BenchShape,
     device: &Device,
     min_reps: usize,
     min_seconds: f64,
+    forward_only: bool,
 ) -> Result<BenchResult, AttnError> {
     let rand = |h: usize, scale: f64| -> Result<Var, AttnError> {
         let t = Tensor::randn(0f32, scale as f32, (s.b, s.n, h, s.d), device)?.to_dtype(s.dtype)?;
@@ -250,6 +252,14 @@ pub fn run_shape(
         || simplicial_attn(&q, &k1, &k2, &v1, &v2, &s.spec).map(|_| ()),
         &sync,
     )?;
+    if forward_only {
+        return Ok(BenchResult {
+            shape: s.clone(),
+            forward_s,
+            forward_backward_s: f64::NAN,
+            reps,
+        });
+    }
     let (forward_backward_s, _) = time_it(
         min_reps,
         min_seconds,

@@ -28,6 +28,9 @@ pub struct AttnBenchArgs {
     /// Minimum timed repetitions per measurement.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Time the forward only.
+    #[arg(long)]
+    pub forward_only: bool,
     /// Also write the results as JSON lines to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -73,7 +76,7 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
     );
     let mut json = Vec::new();
     for s in &shapes {
-        let r = run_shape(s, &device, a.reps, a.seconds)?;
+        let r = run_shape(s, &device, a.reps, a.seconds, a.forward_only)?;
         let (fr, fbr) = (r.forward_rate(), r.forward_backward_rate());
         println!(
             "{:<18} {:>10.3} {:>10.2} {:>10.3} {:>10.2} {:>7.1}% {:>7.1}%  {}",

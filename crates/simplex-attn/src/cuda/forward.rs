@@ -34,6 +34,9 @@ pub(crate) fn forward(
     k: (&CudaStorage, &Layout),
     v: (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
+    if super::forward_wgmma::covers(op, q.0.dtype()) && super::tensor_core_kernels() {
+        return super::forward_wgmma::forward(op, q, k, v);
+    }
     match Elem::of(q.0.dtype())? {
         Elem::Bf16 => forward_typed::<half::bf16>(op, q, k, v),
         Elem::F32 => forward_typed::<f32>(op, q, k, v),

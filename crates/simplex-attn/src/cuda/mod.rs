@@ -13,6 +13,7 @@
 
 mod backward;
 mod forward;
+mod forward_wgmma;
 mod module;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,20 @@ static POISON: AtomicBool = AtomicBool::new(cfg!(debug_assertions));
 /// output.
 pub fn set_poison_outputs(on: bool) {
     POISON.store(on, Ordering::Relaxed);
+}
+
+static TENSOR_CORES: AtomicBool = AtomicBool::new(true);
+
+/// Use the tensor-core (wgmma) kernels where they cover the call (the default). Off: every
+/// call runs the CUDA-core kernels (tests compare the two). `SIMPLEX_TENSOR_CORES=0` in the
+/// environment also turns them off.
+pub fn set_tensor_core_kernels(on: bool) {
+    TENSOR_CORES.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn tensor_core_kernels() -> bool {
+    TENSOR_CORES.load(Ordering::Relaxed)
+        && std::env::var("SIMPLEX_TENSOR_CORES").map_or(true, |v| v != "0")
 }
 
 /// The element types the kernels are compiled for.

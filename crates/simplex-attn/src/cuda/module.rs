@@ -21,6 +21,8 @@ use super::cuda_err;
 pub(crate) enum Family {
     /// `kernels/simplicial_fwd.cu`
     Forward,
+    /// `kernels/simplicial_fwd_wgmma.cu` (tensor-core forward, bf16, D = Dv in {64, 128})
+    ForwardWgmma,
     /// `kernels/simplicial_bwd_dq.cu` (delta pre-pass and dq)
     BackwardQuery,
     /// `kernels/simplicial_bwd_dkv.cu` (dk, dv of one key/value set)
@@ -31,6 +33,9 @@ impl Family {
     fn cubin(self) -> &'static [u8] {
         match self {
             Family::Forward => include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_fwd.cubin")),
+            Family::ForwardWgmma => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_fwd_wgmma.cubin"))
+            }
             Family::BackwardQuery => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_dq.cubin"))
             }
@@ -43,6 +48,7 @@ impl Family {
     fn file(self) -> &'static str {
         match self {
             Family::Forward => "kernels/simplicial_fwd.cu",
+            Family::ForwardWgmma => "kernels/simplicial_fwd_wgmma.cu",
             Family::BackwardQuery => "kernels/simplicial_bwd_dq.cu",
             Family::BackwardKey => "kernels/simplicial_bwd_dkv.cu",
         }

@@ -1,0 +1,479 @@
+// 2-simplicial attention forward on Hopper tensor cores (wgmma), bf16 in, f32 accumulation.
+//
+//   S[r,j,k] = scale * sum_l q[r,l] k1[j,l] k2[k,l]        r = (query i, head h): the CTA's rows
+//   o[r]     = sum_{j,k} softmax_{(j,k)}(S[r]) v1[j] ∘ v2[k],   lse[r] = log sum exp S[r]
+// in the kernel's orientation: window 1 (k1, v1) is the SMALL window, walked one j at a time;
+// window 2 (k2, v2) the large one, in tensor-core tiles of TK keys (the launcher swaps the two
+// key/value sets when needed; the layer is symmetric in them). Reference: src/reference.rs;
+// tests: tests/cuda_vs_oracle.rs; speed and history: kernels/NOTES.md.
+//
+// Rows. For one (batch, K/V head), rows r = i * G + h (G = Hq / Hkv query heads per K/V head)
+// in blocks of ROWS = 64 = wgmma M: 64 heads of one query when G = 64, both halves of a query
+// when G = 128, 64 / G whole queries when G < 64. Each row keeps its own windows (masking);
+// the CTA walks the union windows of its first and last query.
+// Grid: x = row blocks, y = K/V head, z = batch. Block: two warpgroups.
+//   WG0 "logits": A_j = Q ∘ k1_j in registers (bf16x2 products), S = A_j @ K2_tile^T by wgmma
+//     (B = K2 tile, 128B-swizzled smem), mask, online softmax per row in registers (exp2,
+//     scale*log2e applied in f32), P (bf16) and the rescale factors alpha to smem.
+//   WG1 "values": O^T[c, h] += (V2_tile^T ∘ v1_j)[c, k] @ P^T[k, h] by wgmma, with A = V2^T
+//     from registers (ldmatrix.trans once per tile, scaled by v1_j per row c: bf16x2 products)
+//     and B = P from smem; alpha rescales its accumulator columns first. Folding v1_j into the A
+//     operand this way avoids a second accumulator for (P_j @ V2) ∘ v1_j.
+// Schedule per key tile: both warpgroups walk all j of window 1; P is double-buffered and
+// handed over with named barriers (FULL/EMPTY per buffer), so WG0's softmax of j+1 overlaps
+// WG1's product of j. The next K2/V2 tile is fetched by cp.async during the current one.
+// Shared memory (D = Dv = 128): K2 tiles 2 x 16 KB, V2 tiles 2 x 17 KB (rows padded by 16 B:
+// ldmatrix without bank conflicts), P 2 x 8 KB, window-1 rows (k1, v1) 2 x 32 KB (JC = 128 rows;
+// longer windows are restaged per tile), alpha/l 1 KB: about 150 KB, one CTA per SM.
+// TJ window-1 positions per hand-over (1 or 2; 2 by default): one softmax update, one barrier
+// pair and one rescale per TJ positions.
+// Registers (ptxas, D = 128): TJ = 1: 204; TJ = 2: 255 with 20 bytes of spills. WG0 holds
+// Q (32) + A_j (32 TJ) + S (32 TJ); WG1 O^T (64) + V^T (32) + scaled V^T (32 TJ).
+// Measured (H200, 2026-11-28, B=2 N=8192 Hq=64 D=128 (32,512), exact-pair FLOPs): TJ = 2
+// 271-274 TFLOP/s, TJ = 1 251; history and next steps in kernels/NOTES.md.
+#include "common.cuh"
+
+using namespace simplex;
+typedef __nv_bfloat16 bf16;
+
+namespace {
+
+constexpr int ROWS = 64;      // CTA rows (query, head) = wgmma M of the logits
+constexpr int TK = 64;        // window-2 keys per tile = wgmma N of the logits, K of the values
+constexpr int JC = 128;       // window-1 rows staged in shared memory at once
+constexpr int THREADS = 256;  // two warpgroups
+constexpr int BAR_FULL = 1;   // + buffer: P[buffer] written (WG0 arrives, WG1 waits)
+constexpr int BAR_EMPTY = 3;  // + buffer: P[buffer] consumed (WG1 arrives, WG0 waits)
+constexpr int BAR_WG1 = 5;    // WG1 alone (epilogue staging)
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Descriptor of a K-major operand tile in 128-byte-swizzled shared memory: rows of 128 bytes,
+// 8-row groups 1024 bytes apart (SBO); the leading offset is unused in this mode.
+__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(1) << 16) |
+         (static_cast<uint64_t>(1024 >> 4) << 32) | (static_cast<uint64_t>(1) << 62);
+}
+
+// Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128B-swizzled atom.
+__device__ __forceinline__ uint32_t sw128(int row, int chunk) {
+  return row * 128 + ((chunk ^ (row & 7)) << 4);
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Keeps the compiler from moving accumulator reads/writes across wgmma issue/wait.
+__device__ __forceinline__ void reg_fence(float& x) { asm volatile("" : "+f"(x)::"memory"); }
+__device__ __forceinline__ void reg_fence(uint32_t& x) { asm volatile("" : "+r"(x)::"memory"); }
+
+__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
+}
+
+__device__ __forceinline__ void bar_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void fence_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// 2^x; -inf gives +0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t bf2_mul(uint32_t a, uint32_t b) {
+  __nv_bfloat162 x = *reinterpret_cast<__nv_bfloat162*>(&a);
+  __nv_bfloat162 y = *reinterpret_cast<__nv_bfloat162*>(&b);
+  __nv_bfloat162 z = __hmul2(x, y);
+  return *reinterpret_cast<uint32_t*>(&z);
+}
+__device__ __forceinline__ uint32_t bf2_pack(float lo, float hi) {
+  __nv_bfloat162 z = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&z);
+}
+__device__ __forceinline__ uint32_t bf2_splat(bf16 x) {
+  __nv_bfloat162 z = __halves2bfloat162(x, x);
+  return *reinterpret_cast<uint32_t*>(&z);
+}
+
+// Shared-memory carve-up for head dim D (= Dv) and TJ window-1 positions per hand-over, from
+// a 1024-byte aligned base.
+template <int D, int TJ>
+struct Smem {
+  static constexpr int KT = TK * D * 2;          // one K2 tile: D/64 swizzled atoms of TK x 128 B
+  static constexpr int PA = ROWS * TK * 2;       // one P atom (one j): 64 x 128 B
+  static constexpr int PT = TJ * PA;             // one P hand-over: TJ atoms
+  static constexpr int VROW = D + 8;             // padded V2 row, elements
+  static constexpr int VT = TK * VROW * 2;       // one V2 tile
+  static constexpr int JR = JC * D * 2;          // window-1 rows of k1 (or v1)
+  static constexpr int K_OFF = 0;
+  static constexpr int P_OFF = K_OFF + 2 * KT;
+  static constexpr int V_OFF = P_OFF + 2 * PT;
+  static constexpr int J1_OFF = V_OFF + 2 * VT;
+  static constexpr int JV_OFF = J1_OFF + JR;
+  static constexpr int ALPHA_OFF = JV_OFF + JR;  // float [2][ROWS]
+  static constexpr int L_OFF = ALPHA_OFF + 2 * ROWS * 4;  // float [ROWS]
+  static constexpr int BYTES = L_OFF + ROWS * 4 + 1024;   // + alignment slack
+};
+
+template <int D, int TJ>
+__device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,Hq,D]
+                                          const bf16* __restrict__ k1,  // [B,N,Hkv,D] small window
+                                          const bf16* __restrict__ k2,  // [B,N,Hkv,D] large window
+                                          const bf16* __restrict__ v1,  // [B,N,Hkv,D]
+                                          const bf16* __restrict__ v2,  // [B,N,Hkv,D]
+                                          bf16* __restrict__ o,         // [B,N,Hq,D]
+                                          float* __restrict__ lse,      // [B,N,Hq]
+                                          const Shape s) {
+  using L = Smem<D, TJ>;
+  constexpr int KS = D / 16;  // k-steps of the logits product
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  float* alpha_s = reinterpret_cast<float*>(sm + L::ALPHA_OFF);
+  float* l_s = reinterpret_cast<float*>(sm + L::L_OFF);
+  const bf16* j1_s = reinterpret_cast<const bf16*>(sm + L::J1_OFF);
+  const bf16* jv_s = reinterpret_cast<const bf16*>(sm + L::JV_OFF);
+
+  const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
+  const int b = blockIdx.z, kv = blockIdx.y;
+  const int row0 = blockIdx.x * ROWS, nrows = N * G;
+  const int row_last = min(row0 + ROWS, nrows) - 1;
+  const int i_first = row0 / G, i_last = row_last / G;
+  const Range JU = {window(i_first, s.w1, N, s.causal).lo, window(i_last, s.w1, N, s.causal).hi};
+  const Range KU = {window(i_first, s.w2, N, s.causal).lo, window(i_last, s.w2, N, s.causal).hi};
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
+  auto q_off = [&](int r) -> long long {
+    return ((long long)(b * N + r / G) * Hq + kv * G + r % G) * D;
+  };
+
+  // cooperative loads (all 256 threads)
+  auto load_tile = [&](int k0, int buf) {
+    const uint32_t ks = smem_u32(sm + L::K_OFF + buf * L::KT);
+    const uint32_t vs = smem_u32(sm + L::V_OFF + buf * L::VT);
+    for (int c = tid; c < TK * D / 8; c += THREADS) {
+      const int kk = c / (D / 8), c16 = c % (D / 8);
+      const int pos = k0 + kk;
+      const bool ok = pos < KU.hi;
+      const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
+      cp_async16(ks + (c16 / 8) * (TK * 128) + sw128(kk, c16 % 8), k2 + src, ok);
+      cp_async16(vs + kk * L::VROW * 2 + c16 * 16, v2 + src, ok);
+    }
+  };
+  auto load_j = [&](int j0) {
+    const uint32_t a = smem_u32(sm + L::J1_OFF), v = smem_u32(sm + L::JV_OFF);
+    for (int c = tid; c < JC * D / 8; c += THREADS) {
+      const int jj = c / (D / 8), c16 = c % (D / 8);
+      const int pos = j0 + jj;
+      const bool ok = pos < JU.hi;
+      const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
+      cp_async16(a + jj * D * 2 + c16 * 16, k1 + src, ok);
+      cp_async16(v + jj * D * 2 + c16 * 16, v1 + src, ok);
+    }
+  };
+
+  const int nkt = (KU.hi - KU.lo + TK - 1) / TK;
+  const int njc = (JU.hi - JU.lo + JC - 1) / JC;
+  load_j(JU.lo);
+  load_tile(KU.lo, 0);
+  cp_async_commit();
+
+  const float sl2 = s.scale * LOG2E;
+
+  // Both warpgroups walk the same (key tile, window-1 chunk, hand-over) sequence with the same
+  // block-wide barriers; each runs its own copy of the walk (so each keeps only its own state
+  // in registers): on_tile(buf, k0) once a tile has landed, on_step(buf, k0, j0, jj, jn, pb)
+  // for each hand-over of TJ window-1 positions. Returns the number of hand-overs.
+  auto walk = [&](auto&& on_tile, auto&& on_step) -> int {
+    int uses = 0;
+    for (int kt = 0; kt < nkt; ++kt) {
+      const int buf = kt & 1, k0 = KU.lo + kt * TK;
+      cp_async_wait_all();
+      fence_async_smem();
+      __syncthreads();
+      if (kt + 1 < nkt) {
+        load_tile(k0 + TK, buf ^ 1);
+        cp_async_commit();
+      }
+      on_tile(buf);
+      for (int jc = 0; jc < njc; ++jc) {
+        const int j0 = JU.lo + jc * JC;
+        if (njc > 1 && (kt > 0 || jc > 0)) {  // restage window-1 rows (long windows only)
+          __syncthreads();
+          load_j(j0);
+          cp_async_commit();
+          cp_async_wait_all();
+          __syncthreads();
+        }
+        const int jn = min(JC, JU.hi - j0);
+        for (int jj = 0; jj < jn; jj += TJ, ++uses) on_step(buf, k0, j0, jj, jn, uses & 1, uses);
+      }
+    }
+    return uses;
+  };
+
+  if (wg == 0) {
+    // Q fragments, per-row windows and online-softmax statistics of rows g and g + 8.
+    uint32_t qf[KS][4];
+    float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
+    Range jr[2], kr[2];
+    bool row_ok[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int r = row0 + warp * 16 + g + 8 * e;
+      row_ok[e] = r < nrows;
+      const int i = row_ok[e] ? r / G : 0;
+      jr[e] = window(i, s.w1, N, s.causal);
+      kr[e] = window(i, s.w2, N, s.causal);
+      if (!row_ok[e]) jr[e] = {0, 0};
+    }
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int e = x & 1, col = 16 * ks + 2 * t + 8 * (x >> 1);
+        const int r = row0 + warp * 16 + g + 8 * e;
+        qf[ks][x] = row_ok[e] ? *reinterpret_cast<const uint32_t*>(q + q_off(r) + col) : 0u;
+      }
+    }
+    const int uses = walk([&](int) {}, [&](int buf, int k0, int j0, int jj, int jn, int pb, int use) {
+      uint8_t* ps = sm + L::P_OFF + pb * L::PT;
+      // A_j = Q ∘ k1_j for the TJ positions j = j0 + jj + u (zero past the chunk's end)
+      uint32_t af[TJ][KS][4];
+#pragma unroll
+      for (int u = 0; u < TJ; ++u) {
+        const bool in = jj + u < jn;
+        const bf16* k1j = j1_s + min(jj + u, JC - 1) * D;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+          const uint32_t lo = in ? *reinterpret_cast<const uint32_t*>(k1j + 16 * ks + 2 * t) : 0u;
+          const uint32_t hi = in ? *reinterpret_cast<const uint32_t*>(k1j + 16 * ks + 2 * t + 8) : 0u;
+          af[u][ks][0] = bf2_mul(qf[ks][0], lo);
+          af[u][ks][1] = bf2_mul(qf[ks][1], lo);
+          af[u][ks][2] = bf2_mul(qf[ks][2], hi);
+          af[u][ks][3] = bf2_mul(qf[ks][3], hi);
+        }
+      }
+      float sacc[TJ][32];
+      const uint32_t kbase = smem_u32(sm + L::K_OFF + buf * L::KT);
+      wg_fence();
+#pragma unroll
+      for (int u = 0; u < TJ; ++u)
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks)
+          wgmma_m64n64k16_rs(sacc[u], af[u][ks], desc_sw128(kbase + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+      wg_commit();
+      wg_wait0();
+#pragma unroll
+      for (int u = 0; u < TJ; ++u)
+#pragma unroll
+        for (int x = 0; x < 32; ++x) reg_fence(sacc[u][x]);
+      // mask, online softmax (base 2) for rows g (e = 0) and g + 8 (e = 1)
+      float alpha[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < TJ; ++u) {
+          const int j = j0 + jj + u;
+          const bool jok = jj + u < jn && j >= jr[e].lo && j < jr[e].hi;
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int key = k0 + 8 * n + 2 * t + c;
+              const bool ok = jok && key >= kr[e].lo && key < kr[e].hi;
+              const float x = ok ? sacc[u][4 * n + 2 * e + c] * sl2 : -INFINITY;
+              sacc[u][4 * n + 2 * e + c] = x;
+              mx = fmaxf(mx, x);
+            }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m_row[e], mx);
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        alpha[e] = fast_exp2(m_row[e] - m_use);
+        float sum = 0.0f;
+#pragma unroll
+        for (int u = 0; u < TJ; ++u)
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const float p = fast_exp2(sacc[u][4 * n + 2 * e + c] - m_use);
+              sacc[u][4 * n + 2 * e + c] = p;
+              sum += p;
+            }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        l_row[e] = l_row[e] * alpha[e] + sum;
+        m_row[e] = m_new;
+      }
+      if (use >= 2) bar_sync(BAR_EMPTY + pb, THREADS);  // WG1 done with this buffer
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int rr = warp * 16 + g + 8 * e;
+#pragma unroll
+        for (int u = 0; u < TJ; ++u)
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+            *reinterpret_cast<uint32_t*>(ps + u * L::PA + sw128(rr, n) + 4 * t) =
+                bf2_pack(sacc[u][4 * n + 2 * e], sacc[u][4 * n + 2 * e + 1]);
+        if (t == 0) alpha_s[pb * ROWS + rr] = alpha[e];
+      }
+      fence_async_smem();
+      bar_arrive(BAR_FULL + pb, THREADS);
+    });
+    // Balance the EMPTY barriers: WG1 arrived once per hand-over, WG0 waited for all but the
+    // last use of each buffer.
+    for (int pb = 0; pb < 2; ++pb)
+      if (uses > pb) bar_sync(BAR_EMPTY + pb, THREADS);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int rr = warp * 16 + g + 8 * e, r = row0 + rr;
+      if (t == 0) l_s[rr] = l_row[e];
+      if (t == 0 && row_ok[e])
+        lse[(long long)(b * N + r / G) * Hq + kv * G + r % G] = (m_row[e] + log2f(l_row[e])) * LN2;
+    }
+    __syncthreads();
+  } else {
+    // O^T accumulators for c in [64 mt, 64 mt + 64), V2^T fragments of the current tile.
+    float acc[D / 64][32];
+    uint32_t vf[D / 64][TK / 16][4];
+#pragma unroll
+    for (int mt = 0; mt < D / 64; ++mt)
+#pragma unroll
+      for (int x = 0; x < 32; ++x) acc[mt][x] = 0.0f;
+    auto on_tile = [&](int buf) {
+      const uint32_t vs = smem_u32(sm + L::V_OFF + buf * L::VT);
+      const int mat = lane / 8, rr = lane % 8;
+#pragma unroll
+      for (int mt = 0; mt < D / 64; ++mt)
+#pragma unroll
+        for (int st = 0; st < TK / 16; ++st) {
+          const int krow = 16 * st + (mat / 2) * 8 + rr;
+          const int ccol = 64 * mt + 16 * warp + (mat % 2) * 8;
+          ldmatrix_x4_trans(vf[mt][st], vs + krow * L::VROW * 2 + ccol * 2);
+        }
+    };
+    walk(on_tile, [&](int, int, int, int jj, int jn, int pb, int) {
+      bar_sync(BAR_FULL + pb, THREADS);
+      const float* al = alpha_s + pb * ROWS;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const float2 a2 = *reinterpret_cast<const float2*>(al + 8 * n + 2 * t);
+#pragma unroll
+        for (int mt = 0; mt < D / 64; ++mt) {
+          acc[mt][4 * n + 0] *= a2.x;
+          acc[mt][4 * n + 1] *= a2.y;
+          acc[mt][4 * n + 2] *= a2.x;
+          acc[mt][4 * n + 3] *= a2.y;
+        }
+      }
+      const uint32_t pbase = smem_u32(sm + L::P_OFF + pb * L::PT);
+      uint32_t va[TJ][D / 64][TK / 16][4];
+#pragma unroll
+      for (int u = 0; u < TJ; ++u) {
+        const bool in = jj + u < jn;
+        const bf16* v1j = jv_s + min(jj + u, JC - 1) * D;
+#pragma unroll
+        for (int mt = 0; mt < D / 64; ++mt) {
+          const uint32_t s0 = in ? bf2_splat(v1j[64 * mt + 16 * warp + g]) : 0u;
+          const uint32_t s1 = in ? bf2_splat(v1j[64 * mt + 16 * warp + g + 8]) : 0u;
+#pragma unroll
+          for (int st = 0; st < TK / 16; ++st) {
+            va[u][mt][st][0] = bf2_mul(vf[mt][st][0], s0);
+            va[u][mt][st][1] = bf2_mul(vf[mt][st][1], s1);
+            va[u][mt][st][2] = bf2_mul(vf[mt][st][2], s0);
+            va[u][mt][st][3] = bf2_mul(vf[mt][st][3], s1);
+          }
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < D / 64; ++mt)
+#pragma unroll
+        for (int x = 0; x < 32; ++x) reg_fence(acc[mt][x]);
+      wg_fence();
+#pragma unroll
+      for (int u = 0; u < TJ; ++u)
+#pragma unroll
+        for (int mt = 0; mt < D / 64; ++mt)
+#pragma unroll
+          for (int st = 0; st < TK / 16; ++st)
+            wgmma_m64n64k16_rs(acc[mt], va[u][mt][st], desc_sw128(pbase + u * L::PA + st * 32), 1);
+      wg_commit();
+      wg_wait0();
+#pragma unroll
+      for (int mt = 0; mt < D / 64; ++mt)
+#pragma unroll
+        for (int x = 0; x < 32; ++x) reg_fence(acc[mt][x]);
+      bar_arrive(BAR_EMPTY + pb, THREADS);
+    });
+    __syncthreads();  // WG0 has written l
+    // O[h, c] = O^T[c, h] / l[h], staged through shared memory for coalesced stores
+    bf16* stage = reinterpret_cast<bf16*>(sm + L::K_OFF);  // [ROWS][D]
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int h = 8 * n + 2 * t + c;
+        const float inv = 1.0f / l_s[h];
+#pragma unroll
+        for (int mt = 0; mt < D / 64; ++mt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            stage[h * D + 64 * mt + 16 * warp + g + 8 * e] = __float2bfloat16_rn(acc[mt][4 * n + 2 * e + c] * inv);
+      }
+    bar_sync(BAR_WG1, 128);
+    for (int c = tid - 128; c < ROWS * D / 8; c += 128) {
+      const int rr = c / (D / 8), c16 = c % (D / 8), r = row0 + rr;
+      if (r < nrows)
+        *reinterpret_cast<uint4*>(o + q_off(r) + c16 * 8) = *reinterpret_cast<const uint4*>(stage + rr * D + c16 * 8);
+    }
+  }
+}
+
+}  // namespace
+
+// simplicial_fwd_wgmma_tj{TJ}_bf16_d{D}: TJ window-1 positions per hand-over between the
+// warpgroups (one softmax update, one barrier pair, one rescale per TJ positions).
+#define SIMPLICIAL_FWD_WGMMA(TJ, D)                                                                    \
+  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_fwd_wgmma_tj##TJ##_bf16_d##D( \
+      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, bf16* o,          \
+      float* lse, const Shape s) {                                                                     \
+    fwd_wgmma<D, TJ>(q, k1, k2, v1, v2, o, lse, s);                                                    \
+  }
+
+SIMPLICIAL_FWD_WGMMA(1, 64)
+SIMPLICIAL_FWD_WGMMA(1, 128)
+SIMPLICIAL_FWD_WGMMA(2, 64)
+SIMPLICIAL_FWD_WGMMA(2, 128)
