@@ -12,27 +12,10 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::{cases, Case, Data};
+use common::{cases, cuda, Case, Data};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use simplex_attn::reference::{simplicial_attn_backward_reference, simplicial_attn_reference};
 use simplex_attn::{simplicial_attn, AttnSpec, Variant};
-
-/// The CUDA device, or None (test skipped) where there is none and none is required.
-fn cuda() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(dev) => {
-            simplex_attn::cuda::set_poison_outputs(true);
-            Some(dev)
-        }
-        Err(e) if std::env::var("SIMPLEX_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
-            panic!("SIMPLEX_REQUIRE_CUDA=1 but no CUDA device: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
 
 /// Rounds every value to what `dtype` stores, so the oracle sees the kernel's inputs.
 fn round_to(v: &mut [f64], dtype: DType) {

@@ -6,24 +6,11 @@
 //! D = 64/128 cases through this kernel too.) Built only with `--features cuda`.
 #![cfg(feature = "cuda")]
 
-use candle_core::{DType, Device, Tensor};
-use simplex_attn::{simplicial_attn, AttnSpec};
+mod common;
 
-fn cuda() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(dev) => {
-            simplex_attn::cuda::set_poison_outputs(true);
-            Some(dev)
-        }
-        Err(e) if std::env::var("SIMPLEX_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
-            panic!("SIMPLEX_REQUIRE_CUDA=1 but no CUDA device: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
+use candle_core::{DType, Tensor};
+use common::cuda;
+use simplex_attn::{simplicial_attn, AttnSpec};
 
 fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
     let a = a.to_dtype(DType::F64)?.flatten_all()?;

@@ -2,8 +2,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
-use candle_core::op::BackpropOp;
-use candle_core::{Layout, Result, Shape, Storage, Tensor};
+use candle_core::{Layout, Result, Shape};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::module::{self, Family};
@@ -110,15 +109,5 @@ fn forward_typed<T: Element>(
     // kernel indexes (checked by `view`), and the grid covers all B * N * Hq rows.
     unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
 
-    let lse = Tensor::from_storage(
-        Storage::Cuda(CudaStorage::wrap_cuda_slice(lse, dev.clone())),
-        (b, n, hq),
-        BackpropOp::none(),
-        false,
-    );
-    op.save_lse(lse)?;
-    Ok((
-        CudaStorage::wrap_cuda_slice(o, dev),
-        Shape::from((b, n, hq, dv)),
-    ))
+    super::forward_outputs(op, &dev, o, lse)
 }

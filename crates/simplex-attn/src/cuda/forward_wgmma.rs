@@ -7,8 +7,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
-use candle_core::op::BackpropOp;
-use candle_core::{DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{DType, Layout, Result, Shape};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::module::{self, Family};
@@ -96,15 +95,5 @@ pub(crate) fn forward(
     // the grid covers all N * G rows of every (batch, K/V head), so o and lse are fully written.
     unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
 
-    let lse = Tensor::from_storage(
-        Storage::Cuda(CudaStorage::wrap_cuda_slice(lse, dev.clone())),
-        (b, n, hq),
-        BackpropOp::none(),
-        false,
-    );
-    op.save_lse(lse)?;
-    Ok((
-        CudaStorage::wrap_cuda_slice(o, dev),
-        Shape::from((b, n, hq, d)),
-    ))
+    super::forward_outputs(op, &dev, o, lse)
 }

@@ -236,6 +236,34 @@ pub(crate) fn output<T: Element>(
     Ok(s)
 }
 
+/// Finishes a forward launch: saves `lse [B,N,Hq]` (f32) in the op for the backward and
+/// returns `o [B,N,Hq,Dv]` as candle storage.
+pub(crate) fn forward_outputs<T: Element>(
+    op: &crate::op::SimplicialOp,
+    dev: &candle_core::cuda_backend::CudaDevice,
+    o: CudaSlice<T>,
+    lse: CudaSlice<f32>,
+) -> Result<(CudaStorage, candle_core::Shape)> {
+    let Dims {
+        batch,
+        seq,
+        heads_q,
+        dv,
+        ..
+    } = op.dims;
+    let lse = candle_core::Tensor::from_storage(
+        candle_core::Storage::Cuda(CudaStorage::wrap_cuda_slice(lse, dev.clone())),
+        (batch, seq, heads_q),
+        candle_core::op::BackpropOp::none(),
+        false,
+    );
+    op.save_lse(lse)?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(o, dev.clone()),
+        candle_core::Shape::from((batch, seq, heads_q, dv)),
+    ))
+}
+
 /// Grid size along one axis: ceil(n / per).
 pub(crate) fn blocks(n: usize, per: usize) -> Result<u32> {
     u32::try_from(n.div_ceil(per)).map_err(|_| {

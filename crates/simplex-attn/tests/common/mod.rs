@@ -155,3 +155,22 @@ pub fn cases() -> Vec<Case> {
         Case::new(1, 300, 8, 1, 6, causal(40, 150)),
     ]
 }
+
+/// The CUDA device for the GPU tests, with outputs poisoned (NaN) before every kernel; None (the
+/// test is skipped) where there is none, unless `SIMPLEX_REQUIRE_CUDA=1` (gpu-bundle/run.sh).
+#[cfg(feature = "cuda")]
+pub fn cuda() -> Option<candle_core::Device> {
+    match candle_core::Device::new_cuda(0) {
+        Ok(dev) => {
+            simplex_attn::cuda::set_poison_outputs(true);
+            Some(dev)
+        }
+        Err(e) if std::env::var("SIMPLEX_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
+            panic!("SIMPLEX_REQUIRE_CUDA=1 but no CUDA device: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
