@@ -27,6 +27,7 @@ pub mod rng;
 pub mod run;
 pub mod schedule;
 pub mod step;
+pub mod tasks;
 pub mod trainer;
 
 pub use config::{Precision, TrainConfig, TrainOverrides};
