@@ -18,6 +18,7 @@
 
 pub mod bench;
 pub mod cpu;
+mod cpu_data;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod determinant;

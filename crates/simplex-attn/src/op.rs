@@ -10,11 +10,11 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor,
-    WithDType,
+    backend::BackendStorage, CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, WithDType,
 };
 
 use crate::cpu::{self, Problem, Real, Saved};
+use crate::cpu_data::{cpu_slice, with_cpu_slices};
 use crate::spec::{AttnSpec, Dims, Variant, Windows};
 use crate::{determinant, AttnError};
 
@@ -125,19 +125,6 @@ impl SimplicialOp {
     }
 }
 
-/// The contiguous data of a CPU storage as `&[T]`.
-fn cpu_slice<'a, T: WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    name: &str,
-) -> candle_core::Result<&'a [T]> {
-    let data = s.as_slice::<T>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("simplicial attention: {name} must be contiguous"),
-    }
-}
-
 impl SimplicialOp {
     fn problem<'a, T: Real>(&self, q: &'a [T], k: &'a [T], v: &'a [T]) -> Problem<'a, T> {
         let (k1, k2) = k.split_at(k.len() / 2);
@@ -161,9 +148,9 @@ impl SimplicialOp {
         (v, lv): (&CpuStorage, &Layout),
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (q, k, v) = (
-            cpu_slice::<T>(q, lq, "q")?,
-            cpu_slice::<T>(k, lk, "k")?,
-            cpu_slice::<T>(v, lv, "v")?,
+            cpu_slice::<T>(q, lq, "simplicial attention", "q")?,
+            cpu_slice::<T>(k, lk, "simplicial attention", "k")?,
+            cpu_slice::<T>(v, lv, "simplicial attention", "v")?,
         );
         let (o, lse) = cpu::forward(&self.problem(q, k, v));
         let Dims {
@@ -184,27 +171,26 @@ impl SimplicialOp {
         &self,
         [q, k, v, o, dout, lse]: [&Tensor; 6],
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let guards = [q, k, v, o, dout, lse].map(|t| t.storage_and_layout());
         let names = ["q", "k", "v", "o", "dout", "lse"];
-        let mut slices: Vec<&[T]> = Vec::with_capacity(6);
-        for ((guard, layout), name) in guards.iter().zip(names) {
-            match &**guard {
-                Storage::Cpu(s) => slices.push(cpu_slice::<T>(s, layout, name)?),
-                _ => candle_core::bail!("simplicial attention backward: {name} is not on the CPU"),
-            }
-        }
-        let p = self.problem(slices[0], slices[1], slices[2]);
-        let saved = Saved {
-            o: slices[3],
-            lse: slices[5],
-            dout: slices[4],
-        };
-        let g = cpu::backward(&p, &saved);
-        let dev = Device::Cpu;
-        let dq = Tensor::from_vec(g.dq, q.shape(), &dev)?;
-        let dk = Tensor::from_vec([g.dk1, g.dk2].concat(), k.shape(), &dev)?;
-        let dv = Tensor::from_vec([g.dv1, g.dv2].concat(), v.shape(), &dev)?;
-        Ok((dq, dk, dv))
+        with_cpu_slices::<T, _>(
+            "simplicial attention",
+            [q, k, v, o, dout, lse],
+            names,
+            |slices| {
+                let p = self.problem(slices[0], slices[1], slices[2]);
+                let saved = Saved {
+                    o: slices[3],
+                    lse: slices[5],
+                    dout: slices[4],
+                };
+                let g = cpu::backward(&p, &saved);
+                let dev = Device::Cpu;
+                let dq = Tensor::from_vec(g.dq, q.shape(), &dev)?;
+                let dk = Tensor::from_vec([g.dk1, g.dk2].concat(), k.shape(), &dev)?;
+                let dv = Tensor::from_vec([g.dv1, g.dv2].concat(), v.shape(), &dev)?;
+                Ok((dq, dk, dv))
+            },
+        )
     }
 }
 

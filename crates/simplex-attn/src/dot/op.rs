@@ -7,13 +7,13 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor,
-    WithDType,
+    backend::BackendStorage, CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, WithDType,
 };
 
 use super::cpu::{self, DotProblem, DotSaved};
 use super::spec::{DotDims, DotSpec, KeyRanges};
 use crate::cpu::Real;
+use crate::cpu_data::{cpu_slice, with_cpu_slices};
 use crate::AttnError;
 
 /// Output of [`dot_attn`].
@@ -92,19 +92,6 @@ struct DotOp {
     lse: Arc<Mutex<Option<Tensor>>>,
 }
 
-/// The contiguous data of a CPU storage as `&[T]`.
-fn cpu_slice<'a, T: WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    name: &str,
-) -> candle_core::Result<&'a [T]> {
-    let data = s.as_slice::<T>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("dot attention: {name} must be contiguous"),
-    }
-}
-
 impl DotOp {
     fn problem<'a, T: Real>(&self, q: &'a [T], k: &'a [T], v: &'a [T]) -> DotProblem<'a, T> {
         DotProblem {
@@ -124,9 +111,9 @@ impl DotOp {
         (v, lv): (&CpuStorage, &Layout),
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (q, k, v) = (
-            cpu_slice::<T>(q, lq, "q")?,
-            cpu_slice::<T>(k, lk, "k")?,
-            cpu_slice::<T>(v, lv, "v")?,
+            cpu_slice::<T>(q, lq, "dot attention", "q")?,
+            cpu_slice::<T>(k, lk, "dot attention", "k")?,
+            cpu_slice::<T>(v, lv, "dot attention", "v")?,
         );
         let (o, lse) = cpu::forward(&self.problem(q, k, v));
         let DotDims {
@@ -151,28 +138,22 @@ impl DotOp {
         &self,
         [q, k, v, o, dout, lse]: [&Tensor; 6],
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let guards = [q, k, v, o, dout, lse].map(|t| t.storage_and_layout());
         let names = ["q", "k", "v", "o", "dout", "lse"];
-        let mut slices: Vec<&[T]> = Vec::with_capacity(6);
-        for ((guard, layout), name) in guards.iter().zip(names) {
-            match &**guard {
-                Storage::Cpu(s) => slices.push(cpu_slice::<T>(s, layout, name)?),
-                _ => candle_core::bail!("dot attention backward: {name} is not on the CPU"),
-            }
-        }
-        let p = self.problem(slices[0], slices[1], slices[2]);
-        let saved = DotSaved {
-            o: slices[3],
-            lse: slices[5],
-            dout: slices[4],
-        };
-        let g = cpu::backward(&p, &saved);
-        let dev = Device::Cpu;
-        Ok((
-            Tensor::from_vec(g.dq, q.shape(), &dev)?,
-            Tensor::from_vec(g.dk, k.shape(), &dev)?,
-            Tensor::from_vec(g.dv, v.shape(), &dev)?,
-        ))
+        with_cpu_slices::<T, _>("dot attention", [q, k, v, o, dout, lse], names, |slices| {
+            let p = self.problem(slices[0], slices[1], slices[2]);
+            let saved = DotSaved {
+                o: slices[3],
+                lse: slices[5],
+                dout: slices[4],
+            };
+            let g = cpu::backward(&p, &saved);
+            let dev = Device::Cpu;
+            Ok((
+                Tensor::from_vec(g.dq, q.shape(), &dev)?,
+                Tensor::from_vec(g.dk, k.shape(), &dev)?,
+                Tensor::from_vec(g.dv, v.shape(), &dev)?,
+            ))
+        })
     }
 }
 
