@@ -24,6 +24,7 @@ pub mod cuda;
 pub mod determinant;
 pub mod dot;
 mod error;
+mod inputs;
 mod op;
 pub mod reference;
 pub mod slow;

@@ -15,6 +15,7 @@ use candle_core::{
 
 use crate::cpu::{self, Problem, Real, Saved};
 use crate::cpu_data::{cpu_slice, with_cpu_slices};
+use crate::inputs::{compute_dtype, saved_lse, LseSlot};
 use crate::spec::{AttnSpec, Dims, Variant, Windows};
 use crate::{determinant, AttnError};
 
@@ -43,31 +44,7 @@ pub fn simplicial_attn(
 ) -> Result<SimplicialOutput, AttnError> {
     let dims = spec.dims(q.dims(), k1.dims(), k2.dims(), v1.dims(), v2.dims())?;
     let dtype = q.dtype();
-    for (name, t) in [("k1", k1), ("k2", k2), ("v1", v1), ("v2", v2)] {
-        if t.dtype() != dtype {
-            return Err(AttnError::Input(format!(
-                "{name} is {:?} but q is {dtype:?}: all five inputs must have one dtype",
-                t.dtype()
-            )));
-        }
-        if !t.device().same_device(q.device()) {
-            return Err(AttnError::Input(format!(
-                "{name} is on {:?} but q is on {:?}",
-                t.device().location(),
-                q.device().location()
-            )));
-        }
-    }
-    let compute = match (dtype, q.device()) {
-        (DType::F32 | DType::F64, _) => dtype,
-        (DType::BF16 | DType::F16, Device::Cpu) => DType::F32,
-        (DType::BF16 | DType::F16, _) => dtype,
-        (other, _) => {
-            return Err(AttnError::Input(format!(
-                "q is {other:?}: expected f32, f64, bf16 or f16"
-            )))
-        }
-    };
+    let compute = compute_dtype(q, &[("k1", k1), ("k2", k2), ("v1", v1), ("v2", v2)])?;
     let up = |t: &Tensor| t.to_dtype(compute);
     let (q, k1, k2, v1, v2) = (up(q)?, up(k1)?, up(k2)?, up(v1)?, up(v2)?);
     let k2 = if spec.k2_bias != 0.0 {
@@ -94,11 +71,7 @@ pub fn simplicial_attn(
         lse: lse.clone(),
     };
     let o = q.contiguous()?.apply_op3(&k, &v, op)?.to_dtype(dtype)?;
-    let lse = lse
-        .lock()
-        .map_err(|_| AttnError::Input("lse slot poisoned by a panic".into()))?
-        .clone()
-        .ok_or_else(|| AttnError::Input("the forward kernel did not produce lse".into()))?;
+    let lse = saved_lse(&lse)?;
     Ok(SimplicialOutput { o, lse })
 }
 
@@ -111,7 +84,7 @@ pub(crate) struct SimplicialOp {
     /// Softmax scale.
     pub(crate) scale: f64,
     /// The forward's log-sum-exp `[B,N,Hq]` (f32, or f64 for f64 inputs), for the backward.
-    pub(crate) lse: Arc<Mutex<Option<Tensor>>>,
+    pub(crate) lse: LseSlot,
 }
 
 impl SimplicialOp {

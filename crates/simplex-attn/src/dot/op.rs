@@ -14,6 +14,7 @@ use super::cpu::{self, DotProblem, DotSaved};
 use super::spec::{DotDims, DotSpec, KeyRanges};
 use crate::cpu::Real;
 use crate::cpu_data::{cpu_slice, with_cpu_slices};
+use crate::inputs::{compute_dtype, saved_lse, LseSlot};
 use crate::AttnError;
 
 /// Output of [`dot_attn`].
@@ -40,31 +41,7 @@ pub fn dot_attn(
 ) -> Result<DotOutput, AttnError> {
     let dims = spec.dims(q.dims(), k.dims(), v.dims())?;
     let dtype = q.dtype();
-    for (name, t) in [("k", k), ("v", v)] {
-        if t.dtype() != dtype {
-            return Err(AttnError::Input(format!(
-                "{name} is {:?} but q is {dtype:?}: q, k and v must have one dtype",
-                t.dtype()
-            )));
-        }
-        if !t.device().same_device(q.device()) {
-            return Err(AttnError::Input(format!(
-                "{name} is on {:?} but q is on {:?}",
-                t.device().location(),
-                q.device().location()
-            )));
-        }
-    }
-    let compute = match (dtype, q.device()) {
-        (DType::F32 | DType::F64, _) => dtype,
-        (DType::BF16 | DType::F16, Device::Cpu) => DType::F32,
-        (DType::BF16 | DType::F16, _) => dtype,
-        (other, _) => {
-            return Err(AttnError::Input(format!(
-                "q is {other:?}: expected f32, f64, bf16 or f16"
-            )))
-        }
-    };
+    let compute = compute_dtype(q, &[("k", k), ("v", v)])?;
     let up = |t: &Tensor| t.to_dtype(compute)?.contiguous();
     let (q, k, v) = (up(q)?, up(k)?, up(v)?);
     let lse = Arc::new(Mutex::new(None));
@@ -75,11 +52,7 @@ pub fn dot_attn(
         lse: lse.clone(),
     };
     let o = q.apply_op3(&k, &v, op)?.to_dtype(dtype)?;
-    let lse = lse
-        .lock()
-        .map_err(|_| AttnError::Input("lse slot poisoned by a panic".into()))?
-        .clone()
-        .ok_or_else(|| AttnError::Input("the forward kernel did not produce lse".into()))?;
+    let lse = saved_lse(&lse)?;
     Ok(DotOutput { o, lse })
 }
 
@@ -89,7 +62,7 @@ struct DotOp {
     keys: KeyRanges,
     scale: f64,
     /// The forward's log-sum-exp `[B,Nq,Hq]`, for the backward.
-    lse: Arc<Mutex<Option<Tensor>>>,
+    lse: LseSlot,
 }
 
 impl DotOp {

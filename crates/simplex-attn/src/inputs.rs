@@ -1,0 +1,48 @@
+//! Checks and plumbing shared by both attention ops: one dtype and device for all inputs, the
+//! dtype the kernels compute in, and the slot through which a forward hands its lse out.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::AttnError;
+
+/// Where a forward kernel leaves its log-sum-exp, for the backward and for the caller.
+pub(crate) type LseSlot = Arc<Mutex<Option<Tensor>>>;
+
+/// Checks that `others` share q's dtype and device and returns the dtype the kernels compute in:
+/// f32 and f64 as given, bf16 and f16 in f32 on the CPU and as given elsewhere.
+pub(crate) fn compute_dtype(q: &Tensor, others: &[(&str, &Tensor)]) -> Result<DType, AttnError> {
+    let dtype = q.dtype();
+    for (name, t) in others {
+        if t.dtype() != dtype {
+            return Err(AttnError::Input(format!(
+                "{name} is {:?} but q is {dtype:?}: all inputs must have one dtype",
+                t.dtype()
+            )));
+        }
+        if !t.device().same_device(q.device()) {
+            return Err(AttnError::Input(format!(
+                "{name} is on {:?} but q is on {:?}",
+                t.device().location(),
+                q.device().location()
+            )));
+        }
+    }
+    match (dtype, q.device()) {
+        (DType::F32 | DType::F64, _) => Ok(dtype),
+        (DType::BF16 | DType::F16, Device::Cpu) => Ok(DType::F32),
+        (DType::BF16 | DType::F16, _) => Ok(dtype),
+        (other, _) => Err(AttnError::Input(format!(
+            "q is {other:?}: expected f32, f64, bf16 or f16"
+        ))),
+    }
+}
+
+/// The lse a forward left in `slot`.
+pub(crate) fn saved_lse(slot: &LseSlot) -> Result<Tensor, AttnError> {
+    slot.lock()
+        .map_err(|_| AttnError::Input("lse slot poisoned by a panic".into()))?
+        .clone()
+        .ok_or_else(|| AttnError::Input("the forward kernel did not produce lse".into()))
+}
