@@ -8,7 +8,8 @@
 #                            test, the timings, then `simplex bench attn --device cuda` if the
 #                            binary has it; logs to $OUT
 # SIMPLEX_GPU_TESTS="cuda_vs_oracle cuda_timing" bundles only those test targets (default: every
-# tests/cuda_*.rs).
+# tests/cuda_*.rs). SIMPLEX_BUNDLE_DIR=gpu-bundle-x writes the bundle to another (ignored) folder,
+# so that two people can keep bundles at once.
 # Then, with the device tool: carry ["gpu-bundle"], command `bash gpu-bundle/run.sh` (docs/gpu.md).
 # Uses target-cuda/ (not target/) so it never invalidates the CPU build; the first build takes
 # ~10 minutes on 2 cores (candle's own CUDA kernels), later ones seconds.
@@ -20,7 +21,7 @@ scripts/cuda-toolchain.sh >/dev/null
 # shellcheck disable=SC1091
 source .toolchain/env.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target-cuda}
-bundle=$root/gpu-bundle
+bundle=$root/${SIMPLEX_BUNDLE_DIR:-gpu-bundle}
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/tests"
@@ -69,4 +70,5 @@ if [ "$size" -gt 56 ]; then
   echo "gpu-bundle/ is $size MiB: over the device tool's budget (64 MiB with the repo)" >&2
   exit 1
 fi
-echo "ready: run with the device tool, carry [\"gpu-bundle\"], command: bash gpu-bundle/run.sh"
+b=${SIMPLEX_BUNDLE_DIR:-gpu-bundle}
+echo "ready: run with the device tool, carry [\"$b\"], command: bash $b/run.sh"
