@@ -17,9 +17,13 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-scripts/cuda-toolchain.sh >/dev/null
-# shellcheck disable=SC1091
-source .toolchain/env.sh
+# A toolchain already in the environment (NVCC set, e.g. a git worktree sourcing the main
+# checkout's .toolchain/env.sh) is used as is; otherwise this checkout's is installed.
+if [ -z "${NVCC:-}" ] || [ ! -x "$NVCC" ]; then
+  scripts/cuda-toolchain.sh >/dev/null
+  # shellcheck disable=SC1091
+  source .toolchain/env.sh
+fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target-cuda}
 bundle=$root/${SIMPLEX_BUNDLE_DIR:-gpu-bundle}
 stage=$(mktemp -d)

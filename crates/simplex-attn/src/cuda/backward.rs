@@ -7,13 +7,14 @@
 //! dK    [2,B,N,Hkv,D], dV [2,B,N,Hkv,Dv]                 dkv launched for (k2,v2) owning, then
 //!                                                        with the sets exchanged for (k1,v1)
 //! ```
-//! Deterministic: no atomics; every block owns the gradient rows it writes.
+//! Deterministic: no atomics; every block owns the gradient rows it writes. bf16 calls that
+//! `backward_mma` covers run the tensor-core kernels instead (unless SIMPLEX_DETERMINISTIC=1).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::CudaStorage;
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{Layout, Result, Storage, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 use super::module::{self, Family};
 use super::{
@@ -52,6 +53,9 @@ fn dkv_smem_bytes(d: usize, dv: usize) -> usize {
 
 /// The backward on CUDA: (dq like q, dK like K, dV like V) in the input dtype.
 pub(crate) fn backward(op: &SimplicialOp, ts: [&Tensor; 6]) -> Result<(Tensor, Tensor, Tensor)> {
+    if super::backward_mma::covers(op, ts[0].dtype()) {
+        return super::backward_mma::backward(op, ts);
+    }
     match Elem::of(ts[0].dtype())? {
         Elem::Bf16 => backward_typed::<half::bf16>(op, ts),
         Elem::F32 => backward_typed::<f32>(op, ts),
@@ -102,20 +106,7 @@ fn backward_typed<T: Element>(
     let stream = dev.cuda_stream();
     let dt = T::NAME;
 
-    // delta = rowsum(o * dout)
-    let name = format!("simplicial_bwd_delta_{dt}");
-    let kernel = module::kernel(&dev, Family::BackwardQuery, &name)?;
-    let mut delta = output::<f32>(&stream, b * n * hq, "delta")?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(b * n * hq, DELTA_ROWS)?, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let mut launch = stream.launch_builder(&kernel.func);
-    launch.arg(&ov).arg(&dov).arg(&mut delta).arg(&shape);
-    // SAFETY: (const T* o, const T* dout, float* delta, Shape) as the kernel declares; o and dout
-    // hold B*N*Hq*Dv elements, delta B*N*Hq, and the grid covers every row.
-    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
+    let delta = delta::<T>(&dev, &shape, &ov, &dov, b * n * hq)?;
 
     // dq
     let name = variant("simplicial_bwd_dq", dt, "d", width(d, "D")?);
@@ -204,4 +195,29 @@ fn backward_typed<T: Element>(
         wrap(dk, k.shape()),
         wrap(dvs, v.shape()),
     ))
+}
+
+/// The pre-pass `delta [B,N,Hq] = sum_c o * dout` (f32), shared by both backwards.
+pub(super) fn delta<T: Element>(
+    dev: &CudaDevice,
+    shape: &KernelShape,
+    o: &CudaView<'_, T>,
+    dout: &CudaView<'_, T>,
+    rows: usize,
+) -> Result<CudaSlice<f32>> {
+    let name = format!("simplicial_bwd_delta_{}", T::NAME);
+    let stream = dev.cuda_stream();
+    let kernel = module::kernel(dev, Family::BackwardQuery, &name)?;
+    let mut delta = output::<f32>(&stream, rows, "delta")?;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(rows, DELTA_ROWS)?, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut launch = stream.launch_builder(&kernel.func);
+    launch.arg(o).arg(dout).arg(&mut delta).arg(shape);
+    // SAFETY: (const T* o, const T* dout, float* delta, Shape) as the kernel declares; o and dout
+    // hold B*N*Hq*Dv elements, delta B*N*Hq, and the grid covers every row.
+    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
+    Ok(delta)
 }

@@ -5,13 +5,16 @@
 //!
 //! * [`forward`](forward::forward): `kernels/simplicial_fwd.cu`, o and lse.
 //! * [`backward`](backward::backward): `kernels/simplicial_bwd_dq.cu` (delta, dq) and
-//!   `kernels/simplicial_bwd_dkv.cu` (dk, dv of one key/value set, launched for each set).
+//!   `kernels/simplicial_bwd_dkv.cu` (dk, dv of one key/value set, launched for each set);
+//!   for bf16 with D = Dv in {32, 64, 96, 128} the tensor-core kernels of
+//!   `kernels/simplicial_bwd_mma.cu` (`backward_mma.rs`).
 //!
 //! The kernels take bf16 or f32 inputs and accumulate in f32; D and Dv up to 256. Which compiled
 //! variant runs is chosen in one place, [`variant`]. Kernels are sm_90a cubins (Hopper), loaded
 //! by [`module`]. Every CUDA call's error becomes a candle error naming the kernel.
 
 mod backward;
+mod backward_mma;
 mod forward;
 mod forward_wgmma;
 mod module;
@@ -47,6 +50,21 @@ static TENSOR_CORES: AtomicBool = AtomicBool::new(true);
 /// environment also turns them off.
 pub fn set_tensor_core_kernels(on: bool) {
     TENSOR_CORES.store(on, Ordering::Relaxed);
+}
+
+static DETERMINISTIC: AtomicBool = AtomicBool::new(false);
+
+/// Run the deterministic backward (the CUDA-core kernels, no atomics, bitwise-equal results run
+/// to run) even where the tensor-core backward covers the call; off by default. The tensor-core
+/// backward adds dk1 and dv1 (the small window's set) with f32 atomics, so their last bits may
+/// differ between runs. `SIMPLEX_DETERMINISTIC=1` in the environment also turns this on.
+pub fn set_deterministic(on: bool) {
+    DETERMINISTIC.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn deterministic() -> bool {
+    DETERMINISTIC.load(Ordering::Relaxed)
+        || std::env::var("SIMPLEX_DETERMINISTIC").is_ok_and(|v| v == "1")
 }
 
 pub(crate) fn tensor_core_kernels() -> bool {

@@ -27,6 +27,8 @@ pub(crate) enum Family {
     BackwardQuery,
     /// `kernels/simplicial_bwd_dkv.cu` (dk, dv of one key/value set)
     BackwardKey,
+    /// `kernels/simplicial_bwd_mma.cu` (tensor-core backward, bf16, D = Dv in {32, 64, 96, 128})
+    BackwardMma,
 }
 
 impl Family {
@@ -42,6 +44,9 @@ impl Family {
             Family::BackwardKey => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_dkv.cubin"))
             }
+            Family::BackwardMma => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_mma.cubin"))
+            }
         }
     }
 
@@ -51,6 +56,7 @@ impl Family {
             Family::ForwardWgmma => "kernels/simplicial_fwd_wgmma.cu",
             Family::BackwardQuery => "kernels/simplicial_bwd_dq.cu",
             Family::BackwardKey => "kernels/simplicial_bwd_dkv.cu",
+            Family::BackwardMma => "kernels/simplicial_bwd_mma.cu",
         }
     }
 }

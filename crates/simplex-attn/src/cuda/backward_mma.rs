@@ -1,0 +1,232 @@
+//! Launches of `kernels/simplicial_bwd_mma.cu`: the tensor-core backward for bf16 with
+//! D = Dv in {32, 64, 96, 128}. Other calls run the CUDA-core kernels of `backward.rs`.
+//!
+//! ```text
+//! delta [B,N,Hq]          pre-pass (backward.rs)
+//! q kernel:  dq (bf16), dk1 and dv1 added into zeroed f32 buffers (atomics), then rounded
+//! k kernel:  dk2, dv2 (bf16), each block owning 64 keys
+//! ```
+//! As for the forward, the kernels want the small window as their window 1: when `w1 > w2` the
+//! key/value sets are exchanged here and the gradients land in the exchanged slots.
+//! dq, dk2 and dv2 are deterministic; dk1 and dv1 are sums of f32 atomics (their last bits may
+//! change run to run). `SIMPLEX_DETERMINISTIC=1` selects the deterministic CUDA-core backward.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::CudaStorage;
+use candle_core::op::BackpropOp;
+use candle_core::{DType, Result, Storage, Tensor};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::module::{self, Family};
+use super::{blocks, check_smem, cuda_err, output, view, KernelShape};
+use crate::op::SimplicialOp;
+
+const THREADS: u32 = 128;
+/// Rows per block of the q kernel and keys per block of the k kernel (`RB`, `TK`).
+const BLOCK: usize = 64;
+/// Window-1 rows per chunk in the q and k kernels (`JC`, `JK`).
+const Q_CHUNK: usize = 32;
+const K_CHUNK: usize = 64;
+
+/// `QSmem<D>::BYTES`: two padded 64-row tiles, the chunk's k1 and v1 rows, two f32 accumulators.
+fn q_smem_bytes(d: usize) -> usize {
+    2 * BLOCK * (d + 8) * 2 + 2 * Q_CHUNK * d * 2 + 2 * Q_CHUNK * d * 4
+}
+
+/// `KSmem<D>::BYTES`: four padded 64-row tiles (k2, v2, q, dout), the chunk's k1 and v1 rows,
+/// the rows' (lse, delta) and query index.
+fn k_smem_bytes(d: usize) -> usize {
+    4 * BLOCK * (d + 8) * 2 + 2 * K_CHUNK * d * 2 + BLOCK * 8 + BLOCK * 4
+}
+
+/// Whether the tensor-core backward covers this call.
+pub(crate) fn covers(op: &SimplicialOp, dtype: DType) -> bool {
+    dtype == DType::BF16
+        && op.dims.d == op.dims.dv
+        && matches!(op.dims.d, 32 | 64 | 96 | 128)
+        && super::tensor_core_kernels()
+        && !super::deterministic()
+}
+
+/// The backward on tensor cores: (dq like q, dK like K, dV like V), bf16.
+pub(crate) fn backward(
+    op: &SimplicialOp,
+    [q, k, v, o, dout, lse]: [&Tensor; 6],
+) -> Result<(Tensor, Tensor, Tensor)> {
+    type T = half::bf16;
+    let dims = op.dims;
+    let (b, n, hq, hkv, d) = (dims.batch, dims.seq, dims.heads_q, dims.heads_kv, dims.d);
+    let swap = op.win.w1 > op.win.w2;
+    let shape = KernelShape::new(&dims, &op.win, op.scale)?;
+    let kshape = if swap { shape.swapped() } else { shape };
+
+    let names = ["q", "K", "V", "o", "dout", "lse"];
+    let guards = [q, k, v, o, dout, lse].map(|t| t.storage_and_layout());
+    let mut st = Vec::with_capacity(6);
+    for ((g, l), name) in guards.iter().zip(names) {
+        match &**g {
+            Storage::Cuda(s) => st.push((s, *l)),
+            _ => candle_core::bail!(
+                "simplicial attention backward: {name} is not on the CUDA device"
+            ),
+        }
+    }
+    let (nq, nk) = (b * n * hq * d, b * n * hkv * d);
+    let qv = view::<T>(st[0].0, st[0].1, "q", nq)?;
+    let kv = view::<T>(st[1].0, st[1].1, "K", 2 * nk)?;
+    let vv = view::<T>(st[2].0, st[2].1, "V", 2 * nk)?;
+    let ov = view::<T>(st[3].0, st[3].1, "o", nq)?;
+    let dov = view::<T>(st[4].0, st[4].1, "dout", nq)?;
+    let lsev = view::<f32>(st[5].0, st[5].1, "lse", b * n * hq)?;
+    // (first, second) in the kernels' orientation: first = the small window
+    let (first, second) = if swap {
+        (nk..2 * nk, 0..nk)
+    } else {
+        (0..nk, nk..2 * nk)
+    };
+    let (k1, k2) = (kv.slice(first.clone()), kv.slice(second.clone()));
+    let (v1, v2) = (vv.slice(first.clone()), vv.slice(second.clone()));
+
+    let dev = st[0].0.device().clone();
+    let stream = dev.cuda_stream();
+    let mut clock = KernelClock::new(&stream)?;
+    let delta = super::backward::delta::<T>(&dev, &shape, &ov, &dov, b * n * hq)?;
+    clock.lap("delta")?;
+
+    // q kernel: dq, and dk1 / dv1 into zeroed f32 buffers
+    let name = format!("simplicial_bwd_q_mma_d{d}");
+    let kernel = module::kernel(&dev, Family::BackwardMma, &name)?;
+    let smem = q_smem_bytes(d);
+    check_smem(&name, smem, kernel.max_smem, d, d)?;
+    let mut dq = output::<T>(&stream, nq, "dq")?;
+    let mut dk1 = stream
+        .alloc_zeros::<f32>(nk)
+        .map_err(|e| cuda_err("allocating the dk1 accumulator", e))?;
+    let mut dv1 = stream
+        .alloc_zeros::<f32>(nk)
+        .map_err(|e| cuda_err("allocating the dv1 accumulator", e))?;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks(n * (hq / hkv), BLOCK)?, hkv as u32, b as u32),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: smem as u32,
+    };
+    let mut launch = stream.launch_builder(&kernel.func);
+    launch
+        .arg(&qv)
+        .arg(&k1)
+        .arg(&k2)
+        .arg(&v1)
+        .arg(&v2)
+        .arg(&dov);
+    launch
+        .arg(&lsev)
+        .arg(&delta)
+        .arg(&mut dq)
+        .arg(&mut dk1)
+        .arg(&mut dv1);
+    launch.arg(&kshape);
+    // SAFETY: the arguments follow the kernel's signature (six const bf16*, two const float*,
+    // bf16* dq, float* dk1, float* dv1, Shape); every view holds the count the kernel indexes
+    // (checked by `view`), the grid covers all N * G rows of every (batch, K/V head).
+    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
+    clock.lap(&name)?;
+
+    // k kernel: dk2, dv2 straight into their slots of dK, dV
+    let name = format!("simplicial_bwd_k_mma_d{d}");
+    let kernel = module::kernel(&dev, Family::BackwardMma, &name)?;
+    let smem = k_smem_bytes(d);
+    check_smem(&name, smem, kernel.max_smem, d, d)?;
+    let mut dk = output::<T>(&stream, 2 * nk, "dK")?;
+    let mut dvs = output::<T>(&stream, 2 * nk, "dV")?;
+    {
+        let mut dk2 = dk.slice_mut(second.clone());
+        let mut dv2 = dvs.slice_mut(second);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(n, BLOCK)?, hkv as u32, b as u32),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let mut launch = stream.launch_builder(&kernel.func);
+        launch
+            .arg(&qv)
+            .arg(&k1)
+            .arg(&k2)
+            .arg(&v1)
+            .arg(&v2)
+            .arg(&dov);
+        launch.arg(&lsev).arg(&delta).arg(&mut dk2).arg(&mut dv2);
+        launch.arg(&kshape);
+        // SAFETY: the arguments follow the kernel's signature (six const bf16*, two const
+        // float*, bf16* dk2, bf16* dv2, Shape); dk2 and dv2 hold B*N*Hkv*D elements and the
+        // grid covers all N keys of every (batch, K/V head).
+        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
+        clock.lap(&name)?;
+    }
+
+    // dk1, dv1: f32 accumulators to bf16, into the other slots
+    let name = "simplicial_bwd_f32_to_bf16";
+    let kernel = module::kernel(&dev, Family::BackwardMma, name)?;
+    for (src, dst) in [(&dk1, &mut dk), (&dv1, &mut dvs)] {
+        let mut dst = dst.slice_mut(first.clone());
+        let cfg = LaunchConfig {
+            grid_dim: (blocks(nk, 4 * 256)?.min(65535), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let count = nk as i64;
+        let mut launch = stream.launch_builder(&kernel.func);
+        launch.arg(src).arg(&mut dst).arg(&count);
+        // SAFETY: (const float* x, bf16* y, long long n): both hold n = B*N*Hkv*D elements; the
+        // kernel strides over all of them.
+        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
+    }
+    clock.lap("dk1, dv1 to bf16")?;
+
+    let wrap = |s, shape: &candle_core::Shape| {
+        Tensor::from_storage(
+            Storage::Cuda(CudaStorage::wrap_cuda_slice::<T>(s, dev.clone())),
+            shape.clone(),
+            BackpropOp::none(),
+            false,
+        )
+    };
+    Ok((
+        wrap(dq, q.shape()),
+        wrap(dk, k.shape()),
+        wrap(dvs, v.shape()),
+    ))
+}
+
+/// With `SIMPLEX_BWD_TIMING=1`, prints the time of each launch to stderr (the stream is
+/// synchronized around each, so use it for breakdowns, not for totals); otherwise does nothing.
+struct KernelClock<'a> {
+    stream: &'a std::sync::Arc<cudarc::driver::CudaStream>,
+    last: Option<std::time::Instant>,
+}
+
+impl<'a> KernelClock<'a> {
+    fn new(stream: &'a std::sync::Arc<cudarc::driver::CudaStream>) -> Result<Self> {
+        let on = std::env::var("SIMPLEX_BWD_TIMING").is_ok_and(|v| v == "1");
+        let mut clock = KernelClock { stream, last: None };
+        if on {
+            clock.sync()?;
+            clock.last = Some(std::time::Instant::now());
+        }
+        Ok(clock)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| cuda_err("synchronizing for SIMPLEX_BWD_TIMING", e))
+    }
+
+    fn lap(&mut self, what: &str) -> Result<()> {
+        if let Some(t) = self.last {
+            self.sync()?;
+            eprintln!("backward {what}: {:.3} ms", t.elapsed().as_secs_f64() * 1e3);
+            self.last = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+}
