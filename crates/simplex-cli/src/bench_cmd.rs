@@ -8,10 +8,15 @@ use simplex_attn::bench::{
     candle_matmul_rate, cpu_gemm_rate, cpu_shapes, cuda_shapes, run_shape, BenchShape,
 };
 
+mod train;
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// 2-simplicial attention: forward and forward+backward time and FLOP rate.
     Attn(AttnBenchArgs),
+    /// Training throughput (tokens/s, median update time) and peak device memory of a model
+    /// on random tokens, through the trainer's update (no data files).
+    Train(train::TrainBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -39,6 +44,7 @@ pub struct AttnBenchArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Attn(a) => attn(&a),
+        BenchCommand::Train(a) => train::run(&a),
     }
 }
 
