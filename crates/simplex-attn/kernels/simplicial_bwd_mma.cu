@@ -23,11 +23,13 @@
 //   the column sums of q ∘ X and dout ∘ Y over the warp's 16 rows (a halving butterfly of
 //   shuffles) go to per-j f32 accumulators in smem, added to global f32 dk1, dv1 with atomics
 //   once per chunk. Registers: q, dout fragments 2 x 2D/16 x 4, dq 4D/8, S and dP 2 x 32.
-//   Smem (D = 128): 2 tiles x 17 KB + k1, v1 rows 2 x 8 KB + accumulators 2 x 16 KB = 82 KB,
-//   two blocks per SM.
+//   Smem (D = 128, JC = 48): 2 tiles x 17 KB + k1, v1 rows 2 x 12 KB + accumulators 2 x 24 KB
+//   = 106 KB, two blocks per SM (JC per head dim: `q_chunk`).
 //
-// simplicial_bwd_k_mma_d{D}: owns 64 keys of window 2 (grid x = key tiles); 4 warps x 16 keys.
-//   Walks the rows that see the tile in blocks of 64 (q, dout in smem) and their window-1 rows
+// simplicial_bwd_k_mma_d{D} (and _r32_d{D}): owns 64 keys of window 2 (grid x = key tiles); 4
+//   warps x 16 keys. Walks the rows that see the tile in blocks of 64 (32 in the r32 variant,
+//   launched when G < 64: its blocks span fewer queries, so less of their window-1 union is
+//   masked) (q, dout in smem) and their window-1 rows
 //   (k1, v1 in smem, chunks of JK): S^T and dP^T (A = K2, V2 of the warp's keys by ldmatrix;
 //   B = q ∘ k1_j, dout ∘ v1_j: ldmatrix then bf16x2 products), P^T and dS^T, then
 //   dv2 += P^T @ (dout ∘ v1_j) and dk2 += dS^T @ (q ∘ k1_j) (B by ldmatrix.trans, scaled per
@@ -38,6 +40,7 @@
 // across row blocks (order not fixed: bits may differ run to run). The CUDA-core backward is
 // deterministic (SIMPLEX_DETERMINISTIC=1 selects it).
 #include "common.cuh"
+#include "tensor_core.cuh"
 
 using namespace simplex;
 typedef __nv_bfloat16 bf16;
@@ -47,22 +50,12 @@ namespace {
 constexpr int THREADS = 128;  // 4 warps
 constexpr int RB = 64;        // rows per block (Q kernel: owned; K kernel: per step)
 constexpr int TK = 64;        // window-2 keys per tile (Q kernel) / owned per block (K kernel)
-constexpr int JC = 32;        // window-1 rows per chunk, Q kernel
+// Window-1 rows per chunk of the Q kernel: as many as keep its smem under 113 KB (two blocks
+// per SM). With G < 64 a block's union of window 1 is wider than the window (w1 + 64/G - 1), and
+// every chunk walks all key tiles again, so fewer chunks means fewer tile loads.
+__host__ __device__ constexpr int q_chunk(int d) { return d <= 64 ? 96 : (d <= 96 ? 64 : 48); }
 constexpr int JK = 64;        // window-1 rows per chunk, K kernel
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
 // d += a @ b for one 16x8x16 tile: a rows (g, g+8) x cols (2t, 2t+8), b cols (g) x rows (2t, 2t+8).
 __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -71,33 +64,8 @@ __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint3
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_all;\n" ::: "memory");
-}
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ uint32_t bf2_mul(uint32_t a, uint32_t b) {
-  __nv_bfloat162 z = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
-  return *reinterpret_cast<uint32_t*>(&z);
-}
-__device__ __forceinline__ uint32_t bf2_pack(float lo, float hi) {
-  __nv_bfloat162 z = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&z);
-}
-__device__ __forceinline__ uint32_t bf2_splat(bf16 x) {
-  __nv_bfloat162 z = __halves2bfloat162(x, x);
-  return *reinterpret_cast<uint32_t*>(&z);
-}
-__device__ __forceinline__ float2 bf2_float2(uint32_t x) {
-  return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
 }
 __device__ __forceinline__ uint32_t ld_u32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 // Whether position x is in the window of width w of query i (spec.rs `Windows::range`).
@@ -133,10 +101,11 @@ __device__ __forceinline__ void a_times_tile(float (&acc)[4][4], const uint32_t 
     }
 }
 
-// Packs a [16 x 64] f32 accumulator (8 n-tiles) into the A fragments of 4 k-steps.
-__device__ __forceinline__ void pack_a(uint32_t (&a)[4][4], const float (&c)[8][4]) {
+// Packs a [16 x 16 KK] f32 accumulator (2 KK n-tiles) into the A fragments of KK k-steps.
+template <int KK>
+__device__ __forceinline__ void pack_a(uint32_t (&a)[KK][4], const float (&c)[2 * KK][4]) {
 #pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
+  for (int kk = 0; kk < KK; ++kk) {
     a[kk][0] = bf2_pack(c[2 * kk][0], c[2 * kk][1]);
     a[kk][1] = bf2_pack(c[2 * kk][2], c[2 * kk][3]);
     a[kk][2] = bf2_pack(c[2 * kk + 1][0], c[2 * kk + 1][1]);
@@ -168,6 +137,7 @@ __device__ __forceinline__ int butterfly_index(int i, int lane) {
 
 template <int D>
 struct QSmem {
+  static constexpr int JC = q_chunk(D);
   static constexpr int ROW = D + 8;  // padded tile row, elements
   static constexpr int K2_OFF = 0;
   static constexpr int V2_OFF = K2_OFF + TK * ROW * 2;
@@ -178,7 +148,9 @@ struct QSmem {
   static constexpr int BYTES = DV_OFF + JC * D * 4;
 };
 // two blocks per SM (228 KB of shared memory each, 1 KB of it reserved per block)
-static_assert(QSmem<128>::BYTES <= 113 * 1024, "Q kernel: two blocks per SM");
+static_assert(QSmem<32>::BYTES <= 113 * 1024 && QSmem<64>::BYTES <= 113 * 1024 &&
+                  QSmem<96>::BYTES <= 113 * 1024 && QSmem<128>::BYTES <= 113 * 1024,
+              "Q kernel: two blocks per SM");
 
 template <int D>
 __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __restrict__ k1,
@@ -236,12 +208,12 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
     for (int x = 0; x < 4; ++x) dqa[n][x] = 0.0f;
   const float sl2 = s.scale * LOG2E;
 
-  for (int j0 = JU.lo; j0 < JU.hi; j0 += JC) {
-    const int jn = min(JC, JU.hi - j0);
+  for (int j0 = JU.lo; j0 < JU.hi; j0 += L::JC) {
+    const int jn = min(L::JC, JU.hi - j0);
     __syncthreads();  // the previous chunk's flush is done
     stage_rows<D>(k1s, D, k1, kv_off, j0, jn, JU.hi);
     stage_rows<D>(v1s, D, v1, kv_off, j0, jn, JU.hi);
-    for (int x = threadIdx.x; x < JC * D; x += THREADS) dks[x] = dvs[x] = 0.0f;
+    for (int x = threadIdx.x; x < L::JC * D; x += THREADS) dks[x] = dvs[x] = 0.0f;
     for (int k0 = KU.lo; k0 < KU.hi; k0 += TK) {
       __syncthreads();  // everyone is done with the previous tile
       stage_rows<D>(k2s, L::ROW, k2, kv_off, k0, TK, KU.hi);
@@ -300,8 +272,8 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
               sa[n][2 * e + c] = p;
             }
         uint32_t pA[4][4], dA[4][4];
-        pack_a(pA, sa);
-        pack_a(dA, pa);
+        pack_a<4>(pA, sa);
+        pack_a<4>(dA, pa);
         // X = dS @ K2, Y = P @ V2 in 32-column slices: dq += k1_j ∘ X; the column sums of
         // q ∘ X and dout ∘ Y over the warp's rows go to the chunk's accumulators in smem
 #pragma unroll
@@ -356,28 +328,31 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
   }
 }
 
-template <int D>
+template <int D, int R>
 struct KSmem {
   static constexpr int ROW = D + 8;
   static constexpr int K2_OFF = 0;
   static constexpr int V2_OFF = K2_OFF + TK * ROW * 2;
   static constexpr int Q_OFF = V2_OFF + TK * ROW * 2;
-  static constexpr int O_OFF = Q_OFF + RB * ROW * 2;
-  static constexpr int K1_OFF = O_OFF + RB * ROW * 2;
+  static constexpr int O_OFF = Q_OFF + R * ROW * 2;
+  static constexpr int K1_OFF = O_OFF + R * ROW * 2;
   static constexpr int V1_OFF = K1_OFF + JK * D * 2;
-  static constexpr int META_OFF = V1_OFF + JK * D * 2;  // float2 [RB] (lse log2e, delta)
-  static constexpr int I_OFF = META_OFF + RB * 8;       // int [RB] query of the row
-  static constexpr int BYTES = I_OFF + RB * 4;
+  static constexpr int META_OFF = V1_OFF + JK * D * 2;  // float2 [R] (lse log2e, delta)
+  static constexpr int I_OFF = META_OFF + R * 8;       // int [R] query of the row
+  static constexpr int BYTES = I_OFF + R * 4;
 };
-static_assert(KSmem<128>::BYTES <= 113 * 1024, "K kernel: two blocks per SM");
+static_assert(KSmem<128, 64>::BYTES <= 113 * 1024, "K kernel: two blocks per SM");
 
-template <int D>
+// R rows (query, head) per step of the walk: 64, or 32 when G < 64 packs several queries into
+// a step (each step walks the union of its queries' window 1: fewer queries, less waste).
+template <int D, int R>
 __device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __restrict__ k1,
                                       const bf16* __restrict__ k2, const bf16* __restrict__ v1,
                                       const bf16* __restrict__ v2, const bf16* __restrict__ dout,
                                       const float* __restrict__ lse, const float* __restrict__ dlt,
                                       bf16* __restrict__ dk2, bf16* __restrict__ dv2, const Shape s) {
-  using L = KSmem<D>;
+  using L = KSmem<D, R>;
+  constexpr int NP = R / 16;  // 16-row groups per step
   constexpr int KS = D / 16, NT = D / 8;
   extern __shared__ __align__(16) uint8_t smem_raw[];
   bf16* k2s = reinterpret_cast<bf16*>(smem_raw + L::K2_OFF);
@@ -412,13 +387,13 @@ __device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __
     for (int x = 0; x < 4; ++x) dka[n][x] = dva[n][x] = 0.0f;
   const float sl2 = s.scale * LOG2E;
 
-  for (int rb0 = r_lo; rb0 < r_hi; rb0 += RB) {
-    const int rend = min(rb0 + RB, r_hi);
+  for (int rb0 = r_lo; rb0 < r_hi; rb0 += R) {
+    const int rend = min(rb0 + R, r_hi);
     const Range JU = {window(rb0 / G, s.w1, N, s.causal).lo, window((rend - 1) / G, s.w1, N, s.causal).hi};
     __syncthreads();  // the previous row block is done
-    stage_rows<D>(qs, L::ROW, q, q_off, rb0, RB, rend);
-    stage_rows<D>(os, L::ROW, dout, q_off, rb0, RB, rend);
-    for (int rr = threadIdx.x; rr < RB; rr += THREADS) {
+    stage_rows<D>(qs, L::ROW, q, q_off, rb0, R, rend);
+    stage_rows<D>(os, L::ROW, dout, q_off, rb0, R, rend);
+    for (int rr = threadIdx.x; rr < R; rr += THREADS) {
       const int r = rb0 + rr;
       const bool ok = r < rend;
       irow[rr] = ok ? r / G : -(1 << 29);
@@ -435,10 +410,10 @@ __device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __
         const int j = j0 + jj;
         const bf16* k1j = k1s + jj * D;
         const bf16* v1j = v1s + jj * D;
-        // S^T = K2 @ (q ∘ k1_j)^T and dP^T = V2 @ (dout ∘ v1_j)^T: 16 keys x 64 rows
-        float sa[8][4], pa[8][4];
+        // S^T = K2 @ (q ∘ k1_j)^T and dP^T = V2 @ (dout ∘ v1_j)^T: 16 keys x R rows
+        float sa[2 * NP][4], pa[2 * NP][4];
 #pragma unroll
-        for (int n = 0; n < 8; ++n)
+        for (int n = 0; n < 2 * NP; ++n)
 #pragma unroll
           for (int x = 0; x < 4; ++x) sa[n][x] = pa[n][x] = 0.0f;
 #pragma unroll
@@ -452,7 +427,7 @@ __device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __
           const uint32_t kl = ld_u32(k1j + 16 * ks + 2 * t), kh = ld_u32(k1j + 16 * ks + 2 * t + 8);
           const uint32_t vl = ld_u32(v1j + 16 * ks + 2 * t), vh = ld_u32(v1j + 16 * ks + 2 * t + 8);
 #pragma unroll
-          for (int np = 0; np < 4; ++np) {
+          for (int np = 0; np < NP; ++np) {
             const int row = 16 * np + (lane % 8) + 8 * (lane / 16), col = 16 * ks + 8 * ((lane / 8) % 2);
             uint32_t bq[4], bo[4];
             ldsm_x4(bq, qa + (row * L::ROW + col) * 2);
@@ -465,7 +440,7 @@ __device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __
         }
         // P^T, dS^T (zero outside the windows of the column's row)
 #pragma unroll
-        for (int n = 0; n < 8; ++n) {
+        for (int n = 0; n < 2 * NP; ++n) {
           const int rr = 8 * n + 2 * t;
           const float4 m = *reinterpret_cast<const float4*>(meta + rr);  // rows rr, rr + 1
           const int2 iq = *reinterpret_cast<const int2*>(irow + rr);
@@ -483,16 +458,16 @@ __device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __
             }
           }
         }
-        uint32_t pA[4][4], dA[4][4];
-        pack_a(pA, sa);
-        pack_a(dA, pa);
+        uint32_t pA[NP][4], dA[NP][4];
+        pack_a<NP>(pA, sa);
+        pack_a<NP>(dA, pa);
         // dv2 += P^T @ (dout ∘ v1_j), dk2 += dS^T @ (q ∘ k1_j): B by ldmatrix.trans, per column
 #pragma unroll
         for (int np = 0; np < NT / 2; ++np) {
           const uint32_t sv0 = bf2_splat(v1j[16 * np + g]), sv1 = bf2_splat(v1j[16 * np + 8 + g]);
           const uint32_t sk0 = bf2_splat(k1j[16 * np + g]), sk1 = bf2_splat(k1j[16 * np + 8 + g]);
 #pragma unroll
-          for (int kk = 0; kk < 4; ++kk) {
+          for (int kk = 0; kk < NP; ++kk) {
             const int row = 16 * kk + (lane % 8) + 8 * ((lane / 8) % 2), col = 16 * np + 8 * (lane / 16);
             uint32_t bo[4], bq[4];
             ldsm_x4_t(bo, oa + (row * L::ROW + col) * 2);
@@ -531,7 +506,12 @@ __device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __
   extern "C" __global__ void __launch_bounds__(THREADS, 2) simplicial_bwd_k_mma_d##D(               \
       const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2,                 \
       const bf16* dout, const float* lse, const float* dlt, bf16* dk2, bf16* dv2, const Shape s) {   \
-    bwd_k<D>(q, k1, k2, v1, v2, dout, lse, dlt, dk2, dv2, s);                                        \
+    bwd_k<D, 64>(q, k1, k2, v1, v2, dout, lse, dlt, dk2, dv2, s);                                    \
+  }                                                                                                  \
+  extern "C" __global__ void __launch_bounds__(THREADS, 2) simplicial_bwd_k_mma_r32_d##D(           \
+      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2,                 \
+      const bf16* dout, const float* lse, const float* dlt, bf16* dk2, bf16* dv2, const Shape s) {   \
+    bwd_k<D, 32>(q, k1, k2, v1, v2, dout, lse, dlt, dk2, dv2, s);                                    \
   }
 
 SIMPLICIAL_BWD_MMA(32)

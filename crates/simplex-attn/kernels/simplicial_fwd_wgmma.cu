@@ -32,6 +32,7 @@
 // Measured (H200, 2026-11-28, B=2 N=8192 Hq=64 D=128 (32,512), exact-pair FLOPs): TJ = 2
 // 271-274 TFLOP/s, TJ = 1 251; history and next steps in kernels/NOTES.md.
 #include "common.cuh"
+#include "tensor_core.cuh"
 
 using namespace simplex;
 typedef __nv_bfloat16 bf16;
@@ -46,9 +47,6 @@ constexpr int BAR_FULL = 1;   // + buffer: P[buffer] written (WG0 arrives, WG1 w
 constexpr int BAR_EMPTY = 3;  // + buffer: P[buffer] consumed (WG1 arrives, WG0 waits)
 constexpr int BAR_WG1 = 5;    // WG1 alone (epilogue staging)
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 // Descriptor of a K-major operand tile in 128-byte-swizzled shared memory: rows of 128 bytes,
 // 8-row groups 1024 bytes apart (SBO); the leading offset is unused in this mode.
@@ -88,41 +86,11 @@ __device__ __forceinline__ void fence_async_smem() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
 
-// 2^x; -inf gives +0.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
 
-__device__ __forceinline__ uint32_t bf2_mul(uint32_t a, uint32_t b) {
-  __nv_bfloat162 x = *reinterpret_cast<__nv_bfloat162*>(&a);
-  __nv_bfloat162 y = *reinterpret_cast<__nv_bfloat162*>(&b);
-  __nv_bfloat162 z = __hmul2(x, y);
-  return *reinterpret_cast<uint32_t*>(&z);
-}
-__device__ __forceinline__ uint32_t bf2_pack(float lo, float hi) {
-  __nv_bfloat162 z = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&z);
-}
-__device__ __forceinline__ uint32_t bf2_splat(bf16 x) {
-  __nv_bfloat162 z = __halves2bfloat162(x, x);
-  return *reinterpret_cast<uint32_t*>(&z);
-}
 
 // Shared-memory carve-up for head dim D (= Dv) and TJ window-1 positions per hand-over, from
 // a 1024-byte aligned base.
@@ -382,7 +350,7 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
         for (int st = 0; st < TK / 16; ++st) {
           const int krow = 16 * st + (mat / 2) * 8 + rr;
           const int ccol = 64 * mt + 16 * warp + (mat % 2) * 8;
-          ldmatrix_x4_trans(vf[mt][st], vs + krow * L::VROW * 2 + ccol * 2);
+          ldsm_x4_t(vf[mt][st], vs + krow * L::VROW * 2 + ccol * 2);
         }
     };
     walk(on_tile, [&](int, int, int, int jj, int jn, int pb, int) {

@@ -29,6 +29,28 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
     Ok(num / den)
 }
 
+/// Random bf16 q, k1, k2, v1, v2 `[B,N,H,D]`, q and k scaled so that the logits are O(1).
+fn bf16_inputs(
+    dev: &candle_core::Device,
+    b: usize,
+    n: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+) -> anyhow::Result<[Tensor; 5]> {
+    let amp = (1.0 / d as f64).powf(1.0 / 6.0) as f32;
+    let r = |h: usize, a: f32| -> anyhow::Result<Tensor> {
+        Ok(Tensor::randn(0f32, a, (b, n, h, d), dev)?.to_dtype(DType::BF16)?)
+    };
+    Ok([
+        r(hq, amp)?,
+        r(hkv, amp)?,
+        r(hkv, amp)?,
+        r(hkv, 1.0)?,
+        r(hkv, 1.0)?,
+    ])
+}
+
 #[test]
 fn wgmma_forward_matches_the_f32_kernel() -> anyhow::Result<()> {
     let Some(dev) = cuda() else { return Ok(()) };
@@ -47,12 +69,7 @@ fn wgmma_forward_matches_the_f32_kernel() -> anyhow::Result<()> {
     ];
     let mut failures = vec![];
     for (t, &(b, n, hq, hkv, d, spec)) in cases.iter().enumerate() {
-        let amp = (1.0 / d as f64).powf(1.0 / 6.0) as f32;
-        let r = |h: usize, a: f32| -> anyhow::Result<Tensor> {
-            Ok(Tensor::randn(0f32, a, (b, n, h, d), &dev)?.to_dtype(DType::BF16)?)
-        };
-        let (q, k1, k2) = (r(hq, amp)?, r(hkv, amp)?, r(hkv, amp)?);
-        let (v1, v2) = (r(hkv, 1.0)?, r(hkv, 1.0)?);
+        let [q, k1, k2, v1, v2] = bf16_inputs(&dev, b, n, hq, hkv, d)?;
         let fast = simplicial_attn(&q, &k1, &k2, &v1, &v2, &spec)?;
         let f = |x: &Tensor| x.to_dtype(DType::F32);
         let slow = simplicial_attn(&f(&q)?, &f(&k1)?, &f(&k2)?, &f(&v1)?, &f(&v2)?, &spec)?;
@@ -87,18 +104,8 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
     ];
     let mut failures = vec![];
     for (t, &(b, n, hq, hkv, d, spec)) in cases.iter().enumerate() {
-        let amp = (1.0 / d as f64).powf(1.0 / 6.0) as f32;
-        let r = |h: usize, a: f32| -> anyhow::Result<Tensor> {
-            Ok(Tensor::randn(0f32, a, (b, n, h, d), &dev)?.to_dtype(DType::BF16)?)
-        };
-        let x = [
-            r(hq, amp)?,
-            r(hkv, amp)?,
-            r(hkv, amp)?,
-            r(hkv, 1.0)?,
-            r(hkv, 1.0)?,
-        ];
-        let dout = r(hq, 1.0)?;
+        let x = bf16_inputs(&dev, b, n, hq, hkv, d)?;
+        let dout = Tensor::randn(0f32, 1.0, (b, n, hq, d), &dev)?.to_dtype(DType::BF16)?;
         let grads = |x: &[Tensor; 5]| -> anyhow::Result<Vec<Tensor>> {
             let vars = x
                 .iter()

@@ -12,13 +12,13 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
-use candle_core::op::BackpropOp;
 use candle_core::{Layout, Result, Storage, Tensor};
 use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 
 use super::module::{self, Family};
 use super::{
-    blocks, check_smem, cuda_err, output, variant, view, width, Elem, Element, KernelShape,
+    blocks, check_smem, cuda_err, output, variant, view, width, wrap_tensor, Elem, Element,
+    KernelShape,
 };
 use crate::op::SimplicialOp;
 
@@ -182,18 +182,10 @@ fn backward_typed<T: Element>(
         unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
     }
 
-    let wrap = |s, shape: &candle_core::Shape| {
-        Tensor::from_storage(
-            Storage::Cuda(CudaStorage::wrap_cuda_slice::<T>(s, dev.clone())),
-            shape.clone(),
-            BackpropOp::none(),
-            false,
-        )
-    };
     Ok((
-        wrap(dq, q.shape()),
-        wrap(dk, k.shape()),
-        wrap(dvs, v.shape()),
+        wrap_tensor(dq, &dev, q.shape()),
+        wrap_tensor(dk, &dev, k.shape()),
+        wrap_tensor(dvs, &dev, v.shape()),
     ))
 }
 

@@ -4,7 +4,7 @@
 //! ```text
 //! delta [B,N,Hq]          pre-pass (backward.rs)
 //! q kernel:  dq (bf16), dk1 and dv1 added into zeroed f32 buffers (atomics), then rounded
-//! k kernel:  dk2, dv2 (bf16), each block owning 64 keys
+//! k kernel:  dk2, dv2 (bf16), each block owning 64 keys (rows in steps of 64, or 32 if G < 64)
 //! ```
 //! As for the forward, the kernels want the small window as their window 1: when `w1 > w2` the
 //! key/value sets are exchanged here and the gradients land in the exchanged slots.
@@ -12,31 +12,50 @@
 //! change run to run). `SIMPLEX_DETERMINISTIC=1` selects the deterministic CUDA-core backward.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::CudaStorage;
-use candle_core::op::BackpropOp;
+
 use candle_core::{DType, Result, Storage, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::module::{self, Family};
-use super::{blocks, check_smem, cuda_err, output, view, KernelShape};
+use super::{blocks, check_smem, cuda_err, output, view, wrap_tensor, KernelShape};
 use crate::op::SimplicialOp;
 
 const THREADS: u32 = 128;
 /// Rows per block of the q kernel and keys per block of the k kernel (`RB`, `TK`).
 const BLOCK: usize = 64;
-/// Window-1 rows per chunk in the q and k kernels (`JC`, `JK`).
-const Q_CHUNK: usize = 32;
+/// Window-1 rows per chunk in the k kernel (`JK`).
 const K_CHUNK: usize = 64;
+
+/// Window-1 rows per chunk in the q kernel (`q_chunk` in the kernel): the most that keep two
+/// blocks per SM.
+fn q_chunk(d: usize) -> usize {
+    match d {
+        0..=64 => 96,
+        65..=96 => 64,
+        _ => 48,
+    }
+}
 
 /// `QSmem<D>::BYTES`: two padded 64-row tiles, the chunk's k1 and v1 rows, two f32 accumulators.
 fn q_smem_bytes(d: usize) -> usize {
-    2 * BLOCK * (d + 8) * 2 + 2 * Q_CHUNK * d * 2 + 2 * Q_CHUNK * d * 4
+    let jc = q_chunk(d);
+    2 * BLOCK * (d + 8) * 2 + 2 * jc * d * 2 + 2 * jc * d * 4
 }
 
-/// `KSmem<D>::BYTES`: four padded 64-row tiles (k2, v2, q, dout), the chunk's k1 and v1 rows,
-/// the rows' (lse, delta) and query index.
-fn k_smem_bytes(d: usize) -> usize {
-    4 * BLOCK * (d + 8) * 2 + 2 * K_CHUNK * d * 2 + BLOCK * 8 + BLOCK * 4
+/// `KSmem<D, R>::BYTES`: two padded 64-key tiles (k2, v2), two padded R-row tiles (q, dout),
+/// the chunk's k1 and v1 rows, the rows' (lse, delta) and query index.
+fn k_smem_bytes(d: usize, rows: usize) -> usize {
+    2 * BLOCK * (d + 8) * 2 + 2 * rows * (d + 8) * 2 + 2 * K_CHUNK * d * 2 + rows * 8 + rows * 4
+}
+
+/// Rows per step of the k kernel: 64, or 32 when G < 64 packs several queries into a step
+/// (a step walks the union of its queries' window 1, so fewer queries waste less).
+fn k_rows(group: usize) -> usize {
+    if group < 64 {
+        32
+    } else {
+        64
+    }
 }
 
 /// Whether the tensor-core backward covers this call.
@@ -132,9 +151,14 @@ pub(crate) fn backward(
     clock.lap(&name)?;
 
     // k kernel: dk2, dv2 straight into their slots of dK, dV
-    let name = format!("simplicial_bwd_k_mma_d{d}");
+    let rows = k_rows(hq / hkv);
+    let name = if rows == 64 {
+        format!("simplicial_bwd_k_mma_d{d}")
+    } else {
+        format!("simplicial_bwd_k_mma_r{rows}_d{d}")
+    };
     let kernel = module::kernel(&dev, Family::BackwardMma, &name)?;
-    let smem = k_smem_bytes(d);
+    let smem = k_smem_bytes(d, rows);
     check_smem(&name, smem, kernel.max_smem, d, d)?;
     let mut dk = output::<T>(&stream, 2 * nk, "dK")?;
     let mut dvs = output::<T>(&stream, 2 * nk, "dV")?;
@@ -182,18 +206,10 @@ pub(crate) fn backward(
     }
     clock.lap("dk1, dv1 to bf16")?;
 
-    let wrap = |s, shape: &candle_core::Shape| {
-        Tensor::from_storage(
-            Storage::Cuda(CudaStorage::wrap_cuda_slice::<T>(s, dev.clone())),
-            shape.clone(),
-            BackpropOp::none(),
-            false,
-        )
-    };
     Ok((
-        wrap(dq, q.shape()),
-        wrap(dk, k.shape()),
-        wrap(dvs, v.shape()),
+        wrap_tensor(dq, &dev, q.shape()),
+        wrap_tensor(dk, &dev, k.shape()),
+        wrap_tensor(dvs, &dev, v.shape()),
     ))
 }
 

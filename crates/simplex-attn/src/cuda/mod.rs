@@ -282,6 +282,21 @@ pub(crate) fn forward_outputs<T: Element>(
     ))
 }
 
+/// A device buffer as a (non-differentiable) candle tensor of `shape`: the gradients the
+/// backward hands to autograd.
+pub(crate) fn wrap_tensor<T: Element>(
+    s: CudaSlice<T>,
+    dev: &candle_core::cuda_backend::CudaDevice,
+    shape: &candle_core::Shape,
+) -> candle_core::Tensor {
+    candle_core::Tensor::from_storage(
+        candle_core::Storage::Cuda(CudaStorage::wrap_cuda_slice::<T>(s, dev.clone())),
+        shape.clone(),
+        candle_core::op::BackpropOp::none(),
+        false,
+    )
+}
+
 /// Grid size along one axis: ceil(n / per).
 pub(crate) fn blocks(n: usize, per: usize) -> Result<u32> {
     u32::try_from(n.div_ceil(per)).map_err(|_| {
