@@ -1,4 +1,5 @@
-//! Dot-product attention blocks (D: causal, L: causal sliding window), with RoPE:
+//! Dot-product attention blocks (D: whole prefix, L: sliding window; causal, or bidirectional
+//! in an encoder), with RoPE unless the config turns it off:
 //!
 //! ```text
 //! x [B, N, C] -> q [B, N, Hq, Dh], k, v [B, N, Hkv, Dh]     (Wq, Wk, Wv; RoPE on q and k)
@@ -27,7 +28,7 @@ pub struct DotAttention {
     o: Linear,
     heads: Heads,
     spec: DotSpec,
-    rope: Rope,
+    rope: Option<Rope>,
 }
 
 impl DotAttention {
@@ -35,9 +36,14 @@ impl DotAttention {
     pub fn new(cfg: &Config, kind: LayerKind, rope: Rope, vb: VarBuilder) -> Result<Self> {
         let h = cfg.dot_heads();
         let c = cfg.d_model;
+        let base = if cfg.bidirectional {
+            DotSpec::bidirectional()
+        } else {
+            DotSpec::causal()
+        };
         let spec = match kind {
-            LayerKind::Local => DotSpec::sliding(cfg.window),
-            _ => DotSpec::causal(),
+            LayerKind::Local => base.with_window(Some(cfg.window)),
+            _ => base,
         };
         Ok(DotAttention {
             q: linear(c, h.q * h.dim, STD, vb.pp("q"))?,
@@ -46,7 +52,7 @@ impl DotAttention {
             o: linear(h.q * h.dim, c, residual_std(cfg.n_layers()), vb.pp("o"))?,
             heads: h,
             spec,
-            rope,
+            rope: cfg.rope.then_some(rope),
         })
     }
 
@@ -64,12 +70,11 @@ impl DotAttention {
             kv: hkv,
             dim,
         } = self.heads;
-        let q = self
-            .rope
-            .apply(&self.q.forward(x)?.reshape((b, n, hq, dim))?, pos)?;
-        let k = self
-            .rope
-            .apply(&self.k.forward(x)?.reshape((b, n, hkv, dim))?, pos)?;
+        let mut q = self.q.forward(x)?.reshape((b, n, hq, dim))?;
+        let mut k = self.k.forward(x)?.reshape((b, n, hkv, dim))?;
+        if let Some(rope) = &self.rope {
+            (q, k) = (rope.apply(&q, pos)?, rope.apply(&k, pos)?);
+        }
         let v = self.v.forward(x)?.reshape((b, n, hkv, dim))?;
         let o = match cache {
             None => attend(&q, &k, &v, &self.spec)?,

@@ -88,3 +88,20 @@ impl Block {
         Ok((&x + self.mlp.forward(&self.mlp_norm.forward(&x)?)?)?)
     }
 }
+
+/// The blocks of `cfg.pattern`, bottom to top, under `vb.pp("layers.{i}")` (with the RoPE
+/// tables of the D/L layers; a head dim of 0 in an S-only model gives empty tables).
+pub fn build_blocks(cfg: &Config, vb: &VarBuilder) -> Result<Vec<Block>> {
+    let rope = Rope::new(
+        cfg.dot_heads().dim,
+        cfg.max_seq_len,
+        cfg.rope_theta,
+        vb.dtype(),
+        vb.device(),
+    )?;
+    cfg.layers()
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| Block::new(cfg, kind, &rope, vb.pp(format!("layers.{i}"))))
+        .collect()
+}

@@ -13,6 +13,8 @@
 //! tie_embeddings = true
 //! norm_eps = 1e-5
 //! max_seq_len = 256
+//! bidirectional = false     # optional: true for an encoder (TaskModel); a language model is causal
+//! rope = true               # optional: false drops RoPE (no position signal in D/L layers)
 //!
 //! [simplicial]              # S layers
 //! heads_q = 4               # optional, default: the top-level heads_q
@@ -134,6 +136,12 @@ fn default_true() -> bool {
 fn default_norm_eps() -> f64 {
     1e-5
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
 
 /// A decoder-only language model (see the module doc for the TOML form).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,6 +180,15 @@ pub struct Config {
     pub norm_eps: f64,
     /// Longest sequence (RoPE tables, KV cache of D layers).
     pub max_seq_len: usize,
+    /// Every layer sees the whole sequence (an encoder, for [`crate::TaskModel`]): D layers all
+    /// keys, L layers `|i - j| < window`, S layers `|i - j| < w1` and `|i - k| < w2`. A language
+    /// model ([`crate::Model`]) must be causal.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub bidirectional: bool,
+    /// RoPE on the queries and keys of the D/L layers. Off, no layer sees positions at all: the
+    /// model is then permutation-equivariant, which suits tasks whose labels ignore positions.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub rope: bool,
 }
 
 /// Resolved head layout of one attention kind.
@@ -224,6 +241,8 @@ impl Config {
                     tie_embeddings: true,
                     norm_eps: 1e-5,
                     max_seq_len,
+                    bidirectional: false,
+                    rope: true,
                 }
             };
         let cfg = match name {
@@ -349,7 +368,7 @@ impl Config {
         let has = |k: LayerKind| layers.contains(&k);
         if has(LayerKind::Dot) || has(LayerKind::Local) {
             self.check_heads("", self.dot_heads(), self.heads_kv, self.head_dim)?;
-            if !self.dot_heads().dim.is_multiple_of(2) {
+            if self.rope && !self.dot_heads().dim.is_multiple_of(2) {
                 return Err(invalid(
                     "head_dim",
                     self.dot_heads().dim,
@@ -384,6 +403,13 @@ impl Config {
                     "simplicial.head_dim",
                     h.dim,
                     "the determinant variant needs a multiple of 3 (chunks of three coordinates)",
+                ));
+            }
+            if s.rotate && !self.rope {
+                return Err(invalid(
+                    "simplicial.rotate",
+                    true,
+                    "rope = false asks for no position signal; the chunk rotation is one",
                 ));
             }
             if s.rotate && s.variant != SimplicialVariant::Determinant {

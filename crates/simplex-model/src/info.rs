@@ -1,7 +1,8 @@
 //! Parameter counts and FLOPs per token, from the config alone (what `simplex model info` prints).
 //!
 //! FLOP convention: forward pass, 2 FLOPs per multiply-add, per token, averaged over the
-//! positions `0..seq` of one sequence (causal ramps counted exactly).
+//! positions `0..seq` of one sequence (causal ramps and bidirectional window edges counted
+//! exactly).
 //! * Projections and MLP: `2 * weights`.
 //! * D/L attention: `4 * Hq * Dh * keys` (`q.k` and `p.v`), `keys` the mean number of keys a
 //!   query sees.
@@ -50,10 +51,21 @@ pub struct ModelInfo {
     pub flops_per_token: f64,
 }
 
-/// Mean over queries `i < seq` of `min(i+1, w1) * min(i+1, w2)` (`w = usize::MAX`: unbounded).
-fn mean_pairs(seq: usize, w1: usize, w2: usize) -> f64 {
+/// Keys query `i` of a sequence of `seq` sees in a window `w` (`usize::MAX`: unbounded):
+/// causal `i - w < j <= i`, bidirectional `|i - j| < w`.
+fn keys(seq: usize, w: usize, i: usize, bidirectional: bool) -> usize {
+    let before = (i + 1).min(w);
+    if bidirectional {
+        before + (seq - 1 - i).min(w - 1)
+    } else {
+        before
+    }
+}
+
+/// Mean over queries `i < seq` of `keys(w1) * keys(w2)`: the (j, k) pairs of an S layer.
+fn mean_pairs(seq: usize, w1: usize, w2: usize, bidirectional: bool) -> f64 {
     let total: f64 = (0..seq)
-        .map(|i| ((i + 1).min(w1) * (i + 1).min(w2)) as f64)
+        .map(|i| (keys(seq, w1, i, bidirectional) * keys(seq, w2, i, bidirectional)) as f64)
         .sum();
     total / seq.max(1) as f64
 }
@@ -74,7 +86,11 @@ impl ModelInfo {
                     } else {
                         usize::MAX
                     };
-                    (p, 4.0 * (h.q * h.dim) as f64 * mean_pairs(seq, w, 1))
+                    let keys = (0..seq)
+                        .map(|i| keys(seq, w, i, cfg.bidirectional) as f64)
+                        .sum::<f64>()
+                        / seq.max(1) as f64;
+                    (p, 4.0 * (h.q * h.dim) as f64 * keys)
                 }
                 LayerKind::Simplicial => {
                     let h = cfg.simplicial_heads();
@@ -83,7 +99,8 @@ impl ModelInfo {
                         SimplicialVariant::Trilinear => h.dim,
                         SimplicialVariant::Determinant => 2 * h.dim,
                     };
-                    let pairs = mean_pairs(seq, cfg.simplicial.w1, cfg.simplicial.w2);
+                    let pairs =
+                        mean_pairs(seq, cfg.simplicial.w1, cfg.simplicial.w2, cfg.bidirectional);
                     (p, 4.0 * (h.q * dk) as f64 * pairs)
                 }
             };

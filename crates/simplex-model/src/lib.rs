@@ -8,6 +8,8 @@
 //! * [`Config`]: TOML config, presets ([`PRESETS`]), validation that names the key.
 //! * [`Model`]: `new(&cfg, VarBuilder)`, `forward(tokens)` (training, fused ops with backward),
 //!   `forward_step(tokens, &mut Cache)` (KV-cache prefill and decode), `generate`.
+//! * [`TaskModel`]: the same blocks (bidirectional with `bidirectional = true`) under a per-token
+//!   classification head, and [`classification_loss`] (mean cross-entropy over labeled positions).
 //! * [`ModelInfo`]: parameter counts and FLOPs per token per layer kind.
 //! * [`Sampler`]: temperature, top-k, top-p, seeded.
 //!
@@ -27,6 +29,7 @@ pub mod norm;
 pub mod rope;
 pub mod sample;
 pub mod simplicial;
+pub mod task;
 
 pub use cache::Cache;
 pub use config::{Config, LayerKind, SimplicialConfig, SimplicialVariant, PRESETS};
@@ -34,3 +37,4 @@ pub use error::{ConfigError, ModelError, Result};
 pub use info::{LayerInfo, ModelInfo};
 pub use model::Model;
 pub use sample::{Sampler, SamplingConfig};
+pub use task::{classification_loss, TaskModel, IGNORE};

@@ -9,14 +9,13 @@
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{Embedding, Init, Linear, VarBuilder};
 
-use crate::block::Block;
+use crate::block::{build_blocks, Block};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::info::ModelInfo;
 use crate::init::{linear, STD};
 use crate::norm::RmsNorm;
-use crate::rope::Rope;
 use crate::sample::Sampler;
 
 /// A decoder-only LM with D, L and S layers.
@@ -34,6 +33,13 @@ impl Model {
     /// Builds (or loads, depending on `vb`) the model; validates the config first.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
+        if cfg.bidirectional {
+            return Err(ModelError::Input(
+                "config bidirectional = true: a language model is causal (its KV cache and \
+                 next-token loss need it); a bidirectional encoder is a TaskModel"
+                    .into(),
+            ));
+        }
         let (v, c) = (cfg.vocab_size, cfg.d_model);
         let ew = vb.get_with_hints(
             (v, c),
@@ -44,21 +50,7 @@ impl Model {
             },
         )?;
         let embed = Embedding::new(ew.clone(), c);
-        let h = cfg.dot_heads();
-        // RoPE tables only matter for D/L layers; a head dim of 0 (S-only) gives empty tables
-        let rope = Rope::new(
-            h.dim,
-            cfg.max_seq_len,
-            cfg.rope_theta,
-            vb.dtype(),
-            vb.device(),
-        )?;
-        let blocks = cfg
-            .layers()
-            .into_iter()
-            .enumerate()
-            .map(|(i, kind)| Block::new(cfg, kind, &rope, vb.pp(format!("layers.{i}"))))
-            .collect::<Result<Vec<_>>>()?;
+        let blocks = build_blocks(cfg, &vb)?;
         let head = if cfg.tie_embeddings {
             Linear::new(ew, None)
         } else {
@@ -84,42 +76,6 @@ impl Model {
         ModelInfo::new(&self.cfg, seq)
     }
 
-    /// Checks `tokens` (`[B, N]`, integer) against the vocabulary and the positions.
-    fn check_tokens(&self, tokens: &Tensor, pos: usize) -> Result<(usize, usize)> {
-        let (b, n) = tokens.dims2().map_err(|_| {
-            ModelError::Input(format!("tokens {:?}: expected [batch, seq]", tokens.dims()))
-        })?;
-        if !matches!(tokens.dtype(), DType::U32 | DType::U8 | DType::I64) {
-            return Err(ModelError::Input(format!(
-                "tokens are {:?}: expected u32 (or u8, i64)",
-                tokens.dtype()
-            )));
-        }
-        if n == 0 || b == 0 {
-            return Err(ModelError::Input(format!(
-                "tokens {:?}: empty",
-                tokens.dims()
-            )));
-        }
-        if pos + n > self.cfg.max_seq_len {
-            return Err(ModelError::Input(format!(
-                "positions {pos}..{} exceed max_seq_len = {}",
-                pos + n,
-                self.cfg.max_seq_len
-            )));
-        }
-        let max = tokens.to_dtype(DType::F64)?.max_all()?.to_scalar::<f64>()?;
-        let min = tokens.to_dtype(DType::F64)?.min_all()?.to_scalar::<f64>()?;
-        if min < 0.0 || max >= self.cfg.vocab_size as f64 {
-            return Err(ModelError::Input(format!(
-                "token id {} is outside the vocabulary (vocab_size = {})",
-                if min < 0.0 { min } else { max },
-                self.cfg.vocab_size
-            )));
-        }
-        Ok((b, n))
-    }
-
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.head.forward(&self.norm.forward(x)?)?)
     }
@@ -127,7 +83,7 @@ impl Model {
     /// Logits `[B, N, V]` of `tokens [B, N]` (positions `0..N`, the fused attention ops;
     /// differentiable).
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
-        self.check_tokens(tokens, 0)?;
+        check_tokens(tokens, 0, &self.cfg)?;
         let mut x = self.embed.forward(tokens)?;
         for block in &self.blocks {
             x = block.forward(&x, 0, None)?;
@@ -139,7 +95,7 @@ impl Model {
     /// them to the cache. Use for the prompt (prefill) and then one token at a time.
     pub fn forward_step(&self, tokens: &Tensor, cache: &mut Cache) -> Result<Tensor> {
         let pos = cache.pos;
-        let (_, n) = self.check_tokens(tokens, pos)?;
+        let (_, n) = check_tokens(tokens, pos, &self.cfg)?;
         if cache.layers.len() != self.blocks.len() {
             return Err(ModelError::Input(format!(
                 "the cache has {} layers, the model {}: build it with Cache::new(model.config())",
@@ -188,4 +144,40 @@ impl Model {
         }
         Ok(out)
     }
+}
+
+/// Checks `tokens` (`[B, N]`, integer) against the vocabulary and the positions `pos..pos+N`.
+pub(crate) fn check_tokens(tokens: &Tensor, pos: usize, cfg: &Config) -> Result<(usize, usize)> {
+    let (b, n) = tokens.dims2().map_err(|_| {
+        ModelError::Input(format!("tokens {:?}: expected [batch, seq]", tokens.dims()))
+    })?;
+    if !matches!(tokens.dtype(), DType::U32 | DType::U8 | DType::I64) {
+        return Err(ModelError::Input(format!(
+            "tokens are {:?}: expected u32 (or u8, i64)",
+            tokens.dtype()
+        )));
+    }
+    if n == 0 || b == 0 {
+        return Err(ModelError::Input(format!(
+            "tokens {:?}: empty",
+            tokens.dims()
+        )));
+    }
+    if pos + n > cfg.max_seq_len {
+        return Err(ModelError::Input(format!(
+            "positions {pos}..{} exceed max_seq_len = {}",
+            pos + n,
+            cfg.max_seq_len
+        )));
+    }
+    let max = tokens.to_dtype(DType::F64)?.max_all()?.to_scalar::<f64>()?;
+    let min = tokens.to_dtype(DType::F64)?.min_all()?.to_scalar::<f64>()?;
+    if min < 0.0 || max >= cfg.vocab_size as f64 {
+        return Err(ModelError::Input(format!(
+            "token id {} is outside the vocabulary (vocab_size = {})",
+            if min < 0.0 { min } else { max },
+            cfg.vocab_size
+        )));
+    }
+    Ok((b, n))
 }

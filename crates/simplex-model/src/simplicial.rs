@@ -1,4 +1,5 @@
-//! 2-simplicial attention blocks (S layers):
+//! 2-simplicial attention blocks (S layers; causal windows, or `|i - j| < w1, |i - k| < w2` in a
+//! bidirectional encoder):
 //!
 //! ```text
 //! x [B, N, C] -> q [B, N, Hq, Dh], k1, k2, v1, v2 [B, N, Hkv, Dh]     (five projections)
@@ -62,7 +63,12 @@ impl SimplicialAttention {
             v2: kv("v2")?,
             o: linear(h.q * h.dim, c, residual_std(cfg.n_layers()), vb.pp("o"))?,
             heads: h,
-            spec: AttnSpec::causal(s.w1, s.w2).with_variant(s.variant.into()),
+            spec: if cfg.bidirectional {
+                AttnSpec::bidirectional().with_windows(Some(s.w1), Some(s.w2))
+            } else {
+                AttnSpec::causal(s.w1, s.w2)
+            }
+            .with_variant(s.variant.into()),
             rotation,
         })
     }

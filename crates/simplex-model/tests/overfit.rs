@@ -31,6 +31,8 @@ fn tiny_model_overfits_one_batch() -> anyhow::Result<()> {
         tie_embeddings: true,
         norm_eps: 1e-5,
         max_seq_len: 32,
+        bidirectional: false,
+        rope: true,
     };
     let vm = VarMap::new();
     let model = Model::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;

@@ -30,6 +30,8 @@ pub fn small_cfg(pattern: &str, variant: SimplicialVariant, rotate: bool) -> Con
         tie_embeddings: false,
         norm_eps: 1e-5,
         max_seq_len: 32,
+        bidirectional: false,
+        rope: true,
     }
 }
 
