@@ -75,7 +75,8 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).at(dir)?.sync_all().at(dir)
 }
 
-fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+/// Writes `tensors` as safetensors to `path` and fsyncs it.
+pub fn save_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     candle_core::safetensors::save(tensors, path)
         .map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))?;
     File::open(path).at(path)?.sync_all().at(path)
@@ -99,6 +100,38 @@ pub fn save(
     state: &TrainState,
     files: &CheckpointFiles,
 ) -> Result<PathBuf> {
+    save_atomic(run_dir, |tmp| {
+        save_tensors(&tmp.join("model.safetensors"), &weights_of(params))?;
+        save_tensors(&tmp.join("optimizer.safetensors"), optimizer)?;
+        write_synced(&tmp.join("config.toml"), files.config_toml.as_bytes())?;
+        write_synced(&tmp.join("train.toml"), files.train_toml.as_bytes())?;
+        if let Some(src) = files.tokenizer_json {
+            let bytes = std::fs::read(src).at(src)?;
+            write_synced(&tmp.join("tokenizer.json"), &bytes)?;
+        }
+        write_json(&tmp.join("state.json"), state)
+    })
+}
+
+/// The tensors of named variables, for `model.safetensors`.
+pub fn weights_of(params: &[(String, Var)]) -> HashMap<String, Tensor> {
+    params
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+/// Writes `value` as pretty JSON to `path` and fsyncs it.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let json = serde_json::to_string_pretty(value)
+        .map_err(|e| TrainError::io(path, std::io::Error::other(e)))?;
+    write_synced(path, json.as_bytes())
+}
+
+/// The atomic protocol of the module doc for any set of files: `write` fills the fresh
+/// `checkpoint.tmp/` (each file fsynced; `state.json` last, it marks a complete checkpoint),
+/// which then replaces `run_dir/checkpoint/`. Returns the checkpoint folder.
+pub fn save_atomic(run_dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
     let (tmp, dst, old) = (
         run_dir.join(TMP),
         run_dir.join(CHECKPOINT),
@@ -108,21 +141,7 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).at(&tmp)?;
     }
     std::fs::create_dir_all(&tmp).at(&tmp)?;
-    let weights: HashMap<String, Tensor> = params
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    save_tensors(&tmp.join("model.safetensors"), &weights)?;
-    save_tensors(&tmp.join("optimizer.safetensors"), optimizer)?;
-    write_synced(&tmp.join("config.toml"), files.config_toml.as_bytes())?;
-    write_synced(&tmp.join("train.toml"), files.train_toml.as_bytes())?;
-    if let Some(src) = files.tokenizer_json {
-        let bytes = std::fs::read(src).at(src)?;
-        write_synced(&tmp.join("tokenizer.json"), &bytes)?;
-    }
-    let json = serde_json::to_string_pretty(state)
-        .map_err(|e| TrainError::io(tmp.join("state.json"), std::io::Error::other(e)))?;
-    write_synced(&tmp.join("state.json"), json.as_bytes())?;
+    write(&tmp)?;
     sync_dir(&tmp)?;
     if dst.exists() {
         if old.exists() {
@@ -164,7 +183,8 @@ pub struct Checkpoint {
     pub weights: HashMap<String, Tensor>,
 }
 
-fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+/// Reads a safetensors file of a checkpoint (errors name the file: missing, corrupted).
+pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
         return Err(TrainError::checkpoint(path, "missing"));
     }
@@ -176,7 +196,8 @@ fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>>
     })
 }
 
-fn read_string(path: &Path) -> Result<String> {
+/// Reads a text file of a checkpoint (an error naming the file when it is missing).
+pub fn read_string(path: &Path) -> Result<String> {
     if !path.is_file() {
         return Err(TrainError::checkpoint(path, "missing"));
     }
@@ -207,50 +228,51 @@ impl Checkpoint {
     /// Copies the weights into `params`: every parameter must be present with its shape, and
     /// no other tensor may be (the error names model.safetensors and the tensor).
     pub fn load_weights(&self, params: &[(String, Var)]) -> Result<()> {
-        let path = self.dir.join("model.safetensors");
-        for (name, var) in params {
-            let t = self.weights.get(name).ok_or_else(|| {
-                TrainError::checkpoint(
-                    &path,
-                    format!("no tensor `{name}`, which the model of config.toml has"),
-                )
-            })?;
-            if t.dims() != var.dims() {
-                return Err(TrainError::checkpoint(
-                    &path,
-                    format!(
-                        "tensor `{name}` is {:?}, the model of config.toml needs {:?}",
-                        t.dims(),
-                        var.dims()
-                    ),
-                ));
-            }
-            if t.dtype() != DType::F32 {
-                return Err(TrainError::checkpoint(
-                    &path,
-                    format!(
-                        "tensor `{name}` is {:?}; checkpoints hold f32 weights",
-                        t.dtype()
-                    ),
-                ));
-            }
-            var.set(&t.to_device(var.device())?)?;
-        }
-        let known: std::collections::HashSet<&str> =
-            params.iter().map(|(n, _)| n.as_str()).collect();
-        if let Some(extra) = self
-            .weights
-            .keys()
-            .filter(|k| !known.contains(k.as_str()))
-            .min()
-        {
+        load_weights(&self.dir.join("model.safetensors"), &self.weights, params)
+    }
+}
+
+/// Copies `weights` (read from `path`, named in errors) into `params`: every parameter must be
+/// present with its shape in f32, and no other tensor may be.
+pub fn load_weights(
+    path: &Path,
+    weights: &HashMap<String, Tensor>,
+    params: &[(String, Var)],
+) -> Result<()> {
+    for (name, var) in params {
+        let t = weights.get(name).ok_or_else(|| {
+            TrainError::checkpoint(
+                path,
+                format!("no tensor `{name}`, which the model of config.toml has"),
+            )
+        })?;
+        if t.dims() != var.dims() {
             return Err(TrainError::checkpoint(
-                &path,
+                path,
                 format!(
-                    "unexpected tensor `{extra}`: the model of config.toml has no such parameter"
+                    "tensor `{name}` is {:?}, the model of config.toml needs {:?}",
+                    t.dims(),
+                    var.dims()
                 ),
             ));
         }
-        Ok(())
+        if t.dtype() != DType::F32 {
+            return Err(TrainError::checkpoint(
+                path,
+                format!(
+                    "tensor `{name}` is {:?}; checkpoints hold f32 weights",
+                    t.dtype()
+                ),
+            ));
+        }
+        var.set(&t.to_device(var.device())?)?;
     }
+    let known: std::collections::HashSet<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+    if let Some(extra) = weights.keys().filter(|k| !known.contains(k.as_str())).min() {
+        return Err(TrainError::checkpoint(
+            path,
+            format!("unexpected tensor `{extra}`: the model of config.toml has no such parameter"),
+        ));
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod classify;
 pub mod config;
 pub mod data;
 mod error;

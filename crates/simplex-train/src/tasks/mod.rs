@@ -41,8 +41,9 @@ pub use relation::Relation;
 
 /// The padding token: id 0 in every task, never part of a generated example.
 pub const PAD: u32 = 0;
-/// The label of a position that is not scored (table entries, relation edges, padding).
-pub const IGNORE: u32 = u32::MAX;
+/// The label of a position that is not scored (table entries, relation edges, padding); the
+/// same value as [`simplex_model::IGNORE`], which the classification loss skips.
+pub const IGNORE: u32 = simplex_model::IGNORE;
 /// Draws [`sample`] makes for one example before it gives up on a bin (an unreachable bin).
 pub const MAX_TRIES: usize = 100_000;
 /// The names [`by_name`] knows.
