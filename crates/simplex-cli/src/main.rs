@@ -2,7 +2,9 @@
 
 mod attn_cmd;
 mod bench_cmd;
+mod compare_cmd;
 mod device;
+mod eval_task_cmd;
 mod generate_cmd;
 mod model_cmd;
 mod plot_cmd;
@@ -14,7 +16,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "simplex",
     version,
-    about = "2-simplicial attention and language models: run, check, benchmark, train, sample"
+    about = "2-simplicial attention and language models: compare attention kinds on reasoning tasks, run, check, benchmark, train, sample"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,6 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train dot-product, trilinear and determinant attention models of equal size on a
+    /// reasoning task over several seeds; print the table, plot the curves (no flags: the
+    /// match3 demo on the CPU).
+    Compare(Box<compare_cmd::CompareArgs>),
+    /// Score a task model saved by `simplex compare` (per-token accuracy, exact match).
+    EvalTask(eval_task_cmd::EvalTaskArgs),
     /// Run the 2-simplicial attention op on tensors from a file.
     Attn {
         #[command(subcommand)]
@@ -55,6 +63,8 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Compare(a) => compare_cmd::run(*a),
+        Command::EvalTask(a) => eval_task_cmd::run(a),
         Command::Attn { command } => attn_cmd::run(command),
         Command::Bench { command } => bench_cmd::run(command),
         Command::Train(a) => train_cmd::run(*a),
