@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, as gpu-bundle/run.sh (scripts/gpu-bundle.sh copies it there): unpack the
 # binaries, run every GPU test, the timings and the benchmark; full logs to $OUT, a summary last.
-# Exit status 0 only when every GPU test passed.
+# Exit status 0 only when every GPU test passed. SIMPLEX_SKIP_BENCH=1 skips the benchmark;
+# SIMPLEX_BENCH_ARGS replaces its arguments (e.g. "--only dot --reps 5 --seconds 1").
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$here/out}
@@ -32,7 +33,9 @@ if [ -x "$bin/tests/cuda_timing" ]; then
   timeout 200 "$bin/tests/cuda_timing" --ignored --nocapture --test-threads=1 >"$out/timing.log" 2>&1 || status=1
   grep -E "simplicial|test result|panicked|Error" "$out/timing.log"
 fi
-if [ -x "$bin/simplex" ] && "$bin/simplex" bench attn --help >/dev/null 2>&1; then
+if [ "${SIMPLEX_SKIP_BENCH:-0}" = 1 ]; then
+  echo "== simplex bench attn: skipped (SIMPLEX_SKIP_BENCH=1)"
+elif [ -x "$bin/simplex" ] && "$bin/simplex" bench attn --help >/dev/null 2>&1; then
   echo "== simplex bench attn --device cuda"
   # shorter than the default (>= 3 reps, >= 2 s each): SIMPLEX_BENCH_ARGS overrides
   # shellcheck disable=SC2086

@@ -7,12 +7,14 @@ use clap::{Args, Subcommand};
 use simplex_attn::bench::{
     candle_matmul_rate, cpu_gemm_rate, cpu_shapes, cuda_shapes, run_shape, BenchShape,
 };
+use simplex_attn::dot::bench as dot_bench;
 
 mod train;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// 2-simplicial attention: forward and forward+backward time and FLOP rate.
+    /// 2-simplicial attention (and, on CUDA, dot-product attention rows named `dot-*`): forward
+    /// and forward+backward time and FLOP rate.
     Attn(AttnBenchArgs),
     /// Training throughput (tokens/s, median update time) and peak device memory of a model
     /// on random tokens, through the trainer's update (no data files).
@@ -83,6 +85,38 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
     let mut json = Vec::new();
     for s in &shapes {
         let r = run_shape(s, &device, a.reps, a.seconds, a.forward_only)?;
+        let (fr, fbr) = (r.forward_rate(), r.forward_backward_rate());
+        println!(
+            "{:<18} {:>10.3} {:>10.2} {:>10.3} {:>10.2} {:>7.1}% {:>7.1}%  {}",
+            s.name,
+            r.forward_s * 1e3,
+            fr / div,
+            r.forward_backward_s * 1e3,
+            fbr / div,
+            100.0 * fr / ceiling,
+            100.0 * fbr / ceiling,
+            s.describe()
+        );
+        json.push(serde_json::json!({
+            "name": s.name, "config": s.describe(), "device": a.device,
+            "forward_s": r.forward_s, "forward_backward_s": r.forward_backward_s,
+            "forward_flops": s.forward_flops(), "forward_rate": fr, "forward_backward_rate": fbr,
+            "matmul_rate": ceiling, "reps": r.reps,
+        }));
+    }
+    let dot_shapes: Vec<_> = if cuda {
+        dot_bench::cuda_shapes()
+    } else {
+        vec![]
+    }
+    .into_iter()
+    .filter(|s| a.only.as_ref().is_none_or(|o| s.name.contains(o.as_str())))
+    .collect();
+    if !dot_shapes.is_empty() {
+        println!("# dot-*: dot-product attention, forward = 4*D*pairs*Hq*B (causal pairs counted exactly); fwd+bwd = 3.5x forward");
+    }
+    for s in &dot_shapes {
+        let r = dot_bench::run_shape(s, &device, a.reps, a.seconds, a.forward_only)?;
         let (fr, fbr) = (r.forward_rate(), r.forward_backward_rate());
         println!(
             "{:<18} {:>10.3} {:>10.2} {:>10.3} {:>10.2} {:>7.1}% {:>7.1}%  {}",

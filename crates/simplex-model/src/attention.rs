@@ -10,7 +10,7 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
-use simplex_attn::dot::dot_attn_slow;
+use simplex_attn::dot::{dot_attn_slow, has_fused_kernel};
 use simplex_attn::{dot_attn, DotSpec};
 
 use crate::cache::LayerCache;
@@ -92,10 +92,11 @@ impl DotAttention {
     }
 }
 
-/// The fused op where it has a kernel (CPU); elsewhere (CUDA, until its dot-product kernel
-/// lands) the op's slow twin, which materializes the `[B, Hq, N, N]` scores.
+/// The fused op where it has a kernel (the CPU; CUDA for bf16/f32 with head dims up to 256 when
+/// simplex-attn is built with `cuda`); elsewhere the op's slow twin, which materializes the
+/// `[B, Hq, Nq, Nk]` scores.
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, spec: &DotSpec) -> Result<Tensor> {
-    if q.device().is_cpu() {
+    if has_fused_kernel(q.device(), q.dtype(), q.dim(3)?, v.dim(3)?) {
         Ok(dot_attn(q, k, v, spec)?.o)
     } else {
         Ok(dot_attn_slow(q, k, v, spec)?.0)

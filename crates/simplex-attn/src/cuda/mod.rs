@@ -9,12 +9,17 @@
 //!   for bf16 with D = Dv in {32, 64, 96, 128} the tensor-core kernels of
 //!   `kernels/simplicial_bwd_mma.cu` (`backward_mma.rs`).
 //!
+//! * [`dot_forward`](dot::dot_forward), [`dot_backward`](dot_backward::dot_backward): dot-product
+//!   attention (`kernels/dot_attn_*.cu`; shapes of [`crate::dot::DotSpec`]).
+//!
 //! The kernels take bf16 or f32 inputs and accumulate in f32; D and Dv up to 256. Which compiled
 //! variant runs is chosen in one place, [`variant`]. Kernels are sm_90a cubins (Hopper), loaded
 //! by [`module`]. Every CUDA call's error becomes a candle error naming the kernel.
 
 mod backward;
 mod backward_mma;
+mod dot;
+mod dot_backward;
 mod forward;
 mod forward_wgmma;
 mod module;
@@ -27,6 +32,8 @@ use candle_core::{DType, Layout, Result};
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut, DeviceRepr};
 
 pub(crate) use backward::backward;
+pub(crate) use dot::dot_forward;
+pub(crate) use dot_backward::dot_backward;
 pub(crate) use forward::forward;
 
 use crate::spec::{Dims, Windows};

@@ -29,6 +29,14 @@ pub(crate) enum Family {
     BackwardKey,
     /// `kernels/simplicial_bwd_mma.cu` (tensor-core backward, bf16, D = Dv in {32, 64, 96, 128})
     BackwardMma,
+    /// `kernels/dot_attn_fwd.cu` (dot-product forward, tensor cores)
+    DotForward,
+    /// `kernels/dot_attn_bwd_dq.cu` (dot-product dq, tensor cores)
+    DotBackwardQuery,
+    /// `kernels/dot_attn_bwd_dkv.cu` (dot-product dk, dv, tensor cores)
+    DotBackwardKey,
+    /// `kernels/dot_attn_simple.cu` (dot-product delta pre-pass; CUDA-core forward, dq, dk/dv)
+    DotSimple,
 }
 
 impl Family {
@@ -47,6 +55,16 @@ impl Family {
             Family::BackwardMma => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_mma.cubin"))
             }
+            Family::DotForward => include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_fwd.cubin")),
+            Family::DotBackwardQuery => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_bwd_dq.cubin"))
+            }
+            Family::DotBackwardKey => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_bwd_dkv.cubin"))
+            }
+            Family::DotSimple => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_simple.cubin"))
+            }
         }
     }
 
@@ -57,6 +75,10 @@ impl Family {
             Family::BackwardQuery => "kernels/simplicial_bwd_dq.cu",
             Family::BackwardKey => "kernels/simplicial_bwd_dkv.cu",
             Family::BackwardMma => "kernels/simplicial_bwd_mma.cu",
+            Family::DotForward => "kernels/dot_attn_fwd.cu",
+            Family::DotBackwardQuery => "kernels/dot_attn_bwd_dq.cu",
+            Family::DotBackwardKey => "kernels/dot_attn_bwd_dkv.cu",
+            Family::DotSimple => "kernels/dot_attn_simple.cu",
         }
     }
 }

@@ -31,8 +31,10 @@ pub struct DotOutput {
 /// (`Nk >= Nq`, the queries being the last `Nq` positions).
 ///
 /// Inputs: f32, f64, bf16 or f16 (bf16/f16 are computed in f32 on the CPU), one device, any
-/// strides. Gradients flow to q, k and v through candle's autograd. Errors name the offending
-/// shape, option or dtype. CPU only for now: a CUDA tensor gets an error from the op.
+/// strides. On CUDA (feature `cuda`) bf16 and f32 with head dims up to 256: tensor cores for
+/// bf16 D = Dv in {64, 128}, CUDA-core kernels otherwise ([`super::DotKernel`]); f16 and f64
+/// are an error there. Gradients flow to q, k and v through candle's autograd. Errors name the
+/// offending shape, option or dtype.
 pub fn dot_attn(
     q: &Tensor,
     k: &Tensor,
@@ -57,15 +59,24 @@ pub fn dot_attn(
 }
 
 /// The custom op on `(q, k, v)`.
-struct DotOp {
-    dims: DotDims,
-    keys: KeyRanges,
-    scale: f64,
+pub(crate) struct DotOp {
+    pub(crate) dims: DotDims,
+    pub(crate) keys: KeyRanges,
+    pub(crate) scale: f64,
     /// The forward's log-sum-exp `[B,Nq,Hq]`, for the backward.
     lse: LseSlot,
 }
 
 impl DotOp {
+    /// Stores the forward's log-sum-exp.
+    pub(crate) fn save_lse(&self, lse: Tensor) -> candle_core::Result<()> {
+        *self
+            .lse
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))? = Some(lse);
+        Ok(())
+    }
+
     fn problem<'a, T: Real>(&self, q: &'a [T], k: &'a [T], v: &'a [T]) -> DotProblem<'a, T> {
         DotProblem {
             dims: self.dims,
@@ -96,11 +107,11 @@ impl DotOp {
             dv,
             ..
         } = self.dims;
-        let lse = Tensor::from_vec(lse, (batch, seq_q, heads_q), &Device::Cpu)?;
-        *self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))? = Some(lse);
+        self.save_lse(Tensor::from_vec(
+            lse,
+            (batch, seq_q, heads_q),
+            &Device::Cpu,
+        )?)?;
         Ok((
             T::to_cpu_storage_owned(o),
             Shape::from((batch, seq_q, heads_q, dv)),
@@ -156,14 +167,14 @@ impl CustomOp3 for DotOp {
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        candle_core::bail!("dot attention has no CUDA kernel yet: run it on the CPU")
+        crate::cuda::dot_forward(self, (s1, l1), (s2, l2), (s3, l3))
     }
 
     fn bwd(
@@ -187,6 +198,8 @@ impl CustomOp3 for DotOp {
         let (dq, dk, dv) = match (q.device(), q.dtype()) {
             (Device::Cpu, DType::F32) => self.cpu_bwd_typed::<f32>(args)?,
             (Device::Cpu, DType::F64) => self.cpu_bwd_typed::<f64>(args)?,
+            #[cfg(feature = "cuda")]
+            (Device::Cuda(_), _) => crate::cuda::dot_backward(self, args)?,
             (dev, dt) => candle_core::bail!(
                 "dot attention backward: no kernel for {dt:?} on {:?}",
                 dev.location()
