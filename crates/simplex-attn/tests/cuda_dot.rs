@@ -13,164 +13,22 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::cuda;
-use rand::{rngs::StdRng, SeedableRng};
-use simplex_attn::dot::{
-    dot_attn_backward_reference, dot_attn_reference, has_fused_kernel, DotDims, DotInputs,
+use common::{
+    check_all_cuda, compare_outputs, cuda, dot_case as case, round_to, DotCase as Case,
+    DotData as Data,
 };
+use rand::{rngs::StdRng, SeedableRng};
+use simplex_attn::dot::{dot_attn_backward_reference, dot_attn_reference, has_fused_kernel};
 use simplex_attn::{dot_attn, DotSpec};
 
-/// One shape: `q [b, nq, hq, d]`, `k [b, nk, hkv, d]`, `v [b, nk, hkv, dv]`.
-#[derive(Debug, Clone, Copy)]
-struct Case {
-    b: usize,
-    nq: usize,
-    nk: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
-    dv: usize,
-    spec: DotSpec,
-}
-
-fn case(b: usize, n: usize, hq: usize, hkv: usize, d: usize, spec: DotSpec) -> Case {
-    Case {
-        b,
-        nq: n,
-        nk: n,
-        hq,
-        hkv,
-        d,
-        dv: d,
-        spec,
+/// Seeded inputs of a case, rounded to what `dtype` stores so the oracle sees the kernel's
+/// inputs.
+fn data(c: &Case, seed: u64, dtype: DType) -> Data {
+    let mut x = Data::new(c, seed);
+    for v in [&mut x.q, &mut x.k, &mut x.v] {
+        round_to(v, dtype);
     }
-}
-
-impl Case {
-    /// The same queries after `nk - nq` cached keys.
-    fn keys(self, nk: usize) -> Case {
-        Case { nk, ..self }
-    }
-    fn value_dim(self, dv: usize) -> Case {
-        Case { dv, ..self }
-    }
-    fn shapes(&self) -> [[usize; 4]; 3] {
-        [
-            [self.b, self.nq, self.hq, self.d],
-            [self.b, self.nk, self.hkv, self.d],
-            [self.b, self.nk, self.hkv, self.dv],
-        ]
-    }
-    fn dims(&self) -> DotDims {
-        let [q, k, v] = self.shapes();
-        self.spec.dims(&q, &k, &v).expect("valid case")
-    }
-}
-
-/// Seeded inputs, rounded to what `dtype` stores so the oracle sees the kernel's inputs; logits
-/// of order a few at every D.
-struct Data {
-    q: Vec<f64>,
-    k: Vec<f64>,
-    v: Vec<f64>,
-}
-
-fn round_to(v: Vec<f64>, dtype: DType) -> Vec<f64> {
-    v.into_iter()
-        .map(|e| match dtype {
-            DType::BF16 => half::bf16::from_f64(e).to_f64(),
-            DType::F32 => e as f32 as f64,
-            _ => e,
-        })
-        .collect()
-}
-
-impl Data {
-    fn new(c: &Case, seed: u64, dtype: DType) -> Data {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let [q, k, v] = c.shapes().map(|s| s.iter().product::<usize>());
-        let amp = 2.0 / (c.d as f64).sqrt().sqrt();
-        Data {
-            q: round_to(common::random(q, amp, &mut rng), dtype),
-            k: round_to(common::random(k, amp, &mut rng), dtype),
-            v: round_to(common::random(v, 1.0, &mut rng), dtype),
-        }
-    }
-    fn inputs(&self) -> DotInputs<'_> {
-        DotInputs {
-            q: &self.q,
-            k: &self.k,
-            v: &self.v,
-        }
-    }
-}
-
-/// Tolerances of one comparison: relative L2, and the worst element against atol + rtol * max.
-#[derive(Debug, Clone, Copy)]
-struct Tol {
-    rel_l2: f64,
-    rtol: f64,
-    atol: f64,
-}
-
-/// (forward, backward) tolerances of a dtype; bf16: the rounding of o, P, dS and the gradients
-/// (2^-9 relative) dominates.
-fn tolerances(dtype: DType) -> (Tol, Tol) {
-    let tol = |rel_l2, rtol, atol| Tol { rel_l2, rtol, atol };
-    match dtype {
-        DType::BF16 => (tol(1e-2, 2e-2, 1e-3), tol(1.5e-2, 3e-2, 1e-3)),
-        _ => (tol(2e-5, 1e-4, 1e-6), tol(1e-4, 4e-4, 4e-6)),
-    }
-}
-
-fn max_abs(v: &[f64]) -> f64 {
-    v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
-}
-
-/// Compares and returns a printable line; Err when over tolerance or not finite. `floor` stands
-/// in for max|want| where the reference is exactly zero: with one key per query (seq 1 or
-/// window 1) dP = delta, so dq and dk vanish, and the kernels, which take delta from the stored
-/// (rounded) o as FlashAttention does, return rounding noise measured against the call's
-/// largest gradient.
-fn compare(what: &str, got: &[f64], want: &[f64], tol: Tol, floor: f64) -> Result<String, String> {
-    if got.len() != want.len() {
-        return Err(format!("{what}: {} values, want {}", got.len(), want.len()));
-    }
-    let own = max_abs(want);
-    let scale = if own == 0.0 { floor } else { own };
-    let norm = if own == 0.0 {
-        floor * (want.len() as f64).sqrt()
-    } else {
-        want.iter().map(|x| x * x).sum::<f64>().sqrt()
-    };
-    let (mut diff2, mut worst) = (0.0, (0usize, 0.0f64));
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        if !g.is_finite() {
-            return Err(format!(
-                "{what}: element {i} is {g} (want {w}): unwritten or overflowed"
-            ));
-        }
-        let e = (g - w).abs();
-        diff2 += e * e;
-        if e > worst.1 {
-            worst = (i, e);
-        }
-    }
-    let rel = if norm > 0.0 {
-        diff2.sqrt() / norm
-    } else {
-        diff2.sqrt()
-    };
-    let i = worst.0;
-    let line = format!(
-        "{what}: rel_l2 {rel:.2e}, worst index {i} got {:.6e} want {:.6e} |err| {:.2e} (max|want| {scale:.2e})",
-        got[i], want[i], worst.1
-    );
-    if rel > tol.rel_l2 || worst.1 > tol.atol + tol.rtol * scale {
-        Err(format!("{line}  > tol {tol:?}"))
-    } else {
-        Ok(line)
-    }
+    x
 }
 
 /// o, lse and (dq, dk, dv) of one call.
@@ -242,66 +100,37 @@ fn run_op(
 
 /// Checks one case; returns the failing comparisons (empty when it passes).
 fn check_case(dev: &Device, c: &Case, seed: u64, dtype: DType, offset: usize) -> Vec<String> {
-    let x = Data::new(c, seed, dtype);
+    let x = data(c, seed, dtype);
     let dims = c.dims();
     let want = dot_attn_reference(&c.spec, &dims, &x.inputs());
-    let dout = round_to(
-        common::random(want.o.len(), 1.0, &mut StdRng::seed_from_u64(seed + 1)),
-        dtype,
-    );
+    let mut dout = common::random(want.o.len(), 1.0, &mut StdRng::seed_from_u64(seed + 1));
+    round_to(&mut dout, dtype);
     let wg = dot_attn_backward_reference(&c.spec, &dims, &x.inputs(), &dout);
     let tag = format!("{dtype:?} offset {offset} {c:?}");
     let got = match run_op(dev, c, &x, &dout, dtype, offset) {
         Ok(g) => g,
         Err(e) => return vec![format!("{tag}: {e}")],
     };
-    let (tf, tb) = tolerances(dtype);
-    let floor = [&wg.dq, &wg.dk, &wg.dv]
-        .map(|g| max_abs(g))
-        .into_iter()
-        .fold(0.0, f64::max);
-    let gots = [
-        &got.o,
-        &got.lse,
-        &got.grads[0],
-        &got.grads[1],
-        &got.grads[2],
-    ];
-    let wants = [&want.o, &want.lse, &wg.dq, &wg.dk, &wg.dv];
-    let mut failures = vec![];
-    for (t, ((name, g), w)) in ["o", "lse", "dq", "dk", "dv"]
-        .iter()
-        .zip(gots)
-        .zip(wants)
-        .enumerate()
-    {
-        let (tol, floor) = if t < 2 { (tf, 0.0) } else { (tb, floor) };
-        match compare(&format!("{name} {tag}"), g, w, tol, floor) {
-            Ok(line) => println!("ok   {line}"),
-            Err(line) => {
-                println!("FAIL {line}");
-                failures.push(line);
-            }
-        }
-    }
-    failures
+    compare_outputs(
+        &tag,
+        &["o", "lse", "dq", "dk", "dv"],
+        &[
+            &got.o,
+            &got.lse,
+            &got.grads[0],
+            &got.grads[1],
+            &got.grads[2],
+        ],
+        &[&want.o, &want.lse, &wg.dq, &wg.dk, &wg.dv],
+        dtype,
+    )
 }
 
 /// Runs every case in every dtype and fails listing all failing comparisons.
 fn check_all(cases: &[Case], seed: u64, dtypes: &[DType]) {
-    let Some(dev) = cuda() else { return };
-    let mut failures = vec![];
-    for &dtype in dtypes {
-        for (t, c) in cases.iter().enumerate() {
-            failures.extend(check_case(&dev, c, seed + t as u64, dtype, 0));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} failing comparisons:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    check_all_cuda(cases, seed, dtypes, |dev, c, seed, dtype| {
+        check_case(dev, c, seed, dtype, 0)
+    });
 }
 
 const BOTH: [DType; 2] = [DType::BF16, DType::F32];
@@ -389,7 +218,7 @@ fn results_are_deterministic() -> anyhow::Result<()> {
         case(1, 200, 8, 1, 64, DotSpec::causal()),
         case(1, 100, 4, 2, 128, DotSpec::sliding(40)),
     ] {
-        let x = Data::new(&c, 6, DType::BF16);
+        let x = data(&c, 6, DType::BF16);
         let dout = common::random(c.b * c.nq * c.hq * c.dv, 1.0, &mut StdRng::seed_from_u64(7));
         let a = run_op(&dev, &c, &x, &dout, DType::BF16, 0)?;
         let b = run_op(&dev, &c, &x, &dout, DType::BF16, 0)?;

@@ -12,111 +12,10 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::{cases, cuda, Case, Data};
+use common::{cases, check_all_cuda, compare_outputs, cuda, max_abs, round_to, Case, Data};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use simplex_attn::reference::{simplicial_attn_backward_reference, simplicial_attn_reference};
 use simplex_attn::{simplicial_attn, AttnSpec, Variant};
-
-/// Rounds every value to what `dtype` stores, so the oracle sees the kernel's inputs.
-fn round_to(v: &mut [f64], dtype: DType) {
-    for e in v.iter_mut() {
-        *e = match dtype {
-            DType::BF16 => half::bf16::from_f64(*e).to_f64(),
-            DType::F32 => *e as f32 as f64,
-            _ => *e,
-        };
-    }
-}
-
-/// Error tolerances of one dtype: relative L2, and the worst element against atol + rtol * max|want|.
-#[derive(Debug, Clone, Copy)]
-struct Tol {
-    rel_l2: f64,
-    rtol: f64,
-    atol: f64,
-}
-
-fn tolerances(dtype: DType) -> (Tol, Tol) {
-    match dtype {
-        // bf16 outputs: rounding of o and of the gradients (2^-9 relative) dominates
-        DType::BF16 => (
-            Tol {
-                rel_l2: 1e-2,
-                rtol: 2e-2,
-                atol: 1e-3,
-            },
-            Tol {
-                rel_l2: 1.5e-2,
-                rtol: 3e-2,
-                atol: 1e-3,
-            },
-        ),
-        _ => (
-            Tol {
-                rel_l2: 2e-5,
-                rtol: 1e-4,
-                atol: 1e-6,
-            },
-            Tol {
-                rel_l2: 1e-4,
-                rtol: 4e-4,
-                atol: 4e-6,
-            },
-        ),
-    }
-}
-
-fn max_abs(v: &[f64]) -> f64 {
-    v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
-}
-
-/// Compares and returns a printable line; Err when over tolerance or not finite.
-///
-/// `floor` stands in for max|want| where the reference is exactly zero: with a single (j, k)
-/// pair (seq 1, windows (1, 1)) dP = delta, so dq, dk1 and dk2 vanish; the kernels compute
-/// delta from the stored, rounded o (as FlashAttention does) and return rounding noise there,
-/// which is measured against the call's largest gradient instead.
-fn compare(what: &str, got: &[f64], want: &[f64], tol: Tol, floor: f64) -> Result<String, String> {
-    if got.len() != want.len() {
-        return Err(format!("{what}: {} values, want {}", got.len(), want.len()));
-    }
-    let own = max_abs(want);
-    let scale = if own == 0.0 { floor } else { own };
-    let norm = want.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let norm = if own == 0.0 {
-        floor * (want.len() as f64).sqrt()
-    } else {
-        norm
-    };
-    let mut diff2 = 0.0;
-    let mut worst = (0usize, 0.0f64);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        if !g.is_finite() {
-            return Err(format!(
-                "{what}: element {i} is {g} (want {w}): unwritten or overflowed"
-            ));
-        }
-        let e = (g - w).abs();
-        diff2 += e * e;
-        if e > worst.1 {
-            worst = (i, e);
-        }
-    }
-    let rel = if norm > 0.0 {
-        diff2.sqrt() / norm
-    } else {
-        diff2.sqrt()
-    };
-    let line = format!(
-        "{what}: rel_l2 {rel:.2e}, worst index {} got {:.6e} want {:.6e} |err| {:.2e} (max|want| {scale:.2e})",
-        worst.0, got[worst.0.min(got.len().saturating_sub(1))], want[worst.0.min(want.len().saturating_sub(1))], worst.1
-    );
-    if rel > tol.rel_l2 || worst.1 > tol.atol + tol.rtol * scale {
-        Err(format!("{line}  > tol {tol:?}"))
-    } else {
-        Ok(line)
-    }
-}
 
 struct Run {
     o: Vec<f64>,
@@ -185,54 +84,28 @@ fn check_case(dev: &Device, c: &Case, seed: u64, dtype: DType) -> Vec<String> {
         Ok(g) => g,
         Err(e) => return vec![format!("{tag}: {e}")],
     };
-    let (tf, tb) = tolerances(dtype);
-    let floor = [&wg.dq, &wg.dk1, &wg.dk2, &wg.dv1, &wg.dv2]
-        .map(|g| max_abs(g))
-        .into_iter()
-        .fold(0.0, f64::max);
-    let mut failures = vec![];
-    let names = ["o", "lse", "dq", "dk1", "dk2", "dv1", "dv2"];
-    let gots = [
-        &got.o,
-        &got.lse,
-        &got.grads[0],
-        &got.grads[1],
-        &got.grads[2],
-        &got.grads[3],
-        &got.grads[4],
-    ];
-    let wants = [
-        &want.o, &want.lse, &wg.dq, &wg.dk1, &wg.dk2, &wg.dv1, &wg.dv2,
-    ];
-    for (t, ((name, g), w)) in names.iter().zip(gots).zip(wants).enumerate() {
-        let tol = if t < 2 { tf } else { tb };
-        let floor = if t < 2 { 0.0 } else { floor };
-        match compare(&format!("{name} {tag}"), g, w, tol, floor) {
-            Ok(line) => println!("ok   {line}"),
-            Err(line) => {
-                println!("FAIL {line}");
-                failures.push(line);
-            }
-        }
-    }
-    failures
+    compare_outputs(
+        &tag,
+        &["o", "lse", "dq", "dk1", "dk2", "dv1", "dv2"],
+        &[
+            &got.o,
+            &got.lse,
+            &got.grads[0],
+            &got.grads[1],
+            &got.grads[2],
+            &got.grads[3],
+            &got.grads[4],
+        ],
+        &[
+            &want.o, &want.lse, &wg.dq, &wg.dk1, &wg.dk2, &wg.dv1, &wg.dv2,
+        ],
+        dtype,
+    )
 }
 
 /// Runs every case in both dtypes and fails listing all failing comparisons.
 fn check_all(cases: &[Case], seed: u64, dtypes: &[DType]) {
-    let Some(dev) = cuda() else { return };
-    let mut failures = vec![];
-    for &dtype in dtypes {
-        for (t, c) in cases.iter().enumerate() {
-            failures.extend(check_case(&dev, c, seed + t as u64, dtype));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} failing comparisons:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    check_all_cuda(cases, seed, dtypes, check_case);
 }
 
 const BOTH: [DType; 2] = [DType::BF16, DType::F32];

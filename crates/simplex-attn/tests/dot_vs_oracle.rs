@@ -1,108 +1,14 @@
 //! Dot-product attention: the fast CPU kernels (through the candle op and autograd, f64, f32,
 //! bf16) against the float64 oracle, and the oracle's backward against finite differences.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::{assert_close, dot_case as case, random, DotCase as Case, DotData as Data};
 use proptest::prelude::*;
-use rand::{rngs::StdRng, Rng, SeedableRng};
-use simplex_attn::dot::{dot_attn_backward_reference, dot_attn_reference, DotDims, DotInputs};
+use rand::{rngs::StdRng, SeedableRng};
+use simplex_attn::dot::{dot_attn_backward_reference, dot_attn_reference, DotInputs};
 use simplex_attn::{dot_attn, DotSpec};
-
-/// One test shape: `q [b, nq, hq, d]`, `k [b, nk, hkv, d]`, `v [b, nk, hkv, dv]`.
-#[derive(Debug, Clone, Copy)]
-struct Case {
-    b: usize,
-    nq: usize,
-    nk: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
-    dv: usize,
-    spec: DotSpec,
-}
-
-fn case(b: usize, n: usize, hq: usize, hkv: usize, d: usize, spec: DotSpec) -> Case {
-    Case {
-        b,
-        nq: n,
-        nk: n,
-        hq,
-        hkv,
-        d,
-        dv: d,
-        spec,
-    }
-}
-
-impl Case {
-    fn shapes(&self) -> [[usize; 4]; 3] {
-        [
-            [self.b, self.nq, self.hq, self.d],
-            [self.b, self.nk, self.hkv, self.d],
-            [self.b, self.nk, self.hkv, self.dv],
-        ]
-    }
-    fn dims(&self) -> DotDims {
-        let [q, k, v] = self.shapes();
-        self.spec.dims(&q, &k, &v).expect("valid case")
-    }
-}
-
-fn random(len: usize, amp: f64, rng: &mut StdRng) -> Vec<f64> {
-    (0..len).map(|_| rng.random_range(-amp..amp)).collect()
-}
-
-struct Data {
-    q: Vec<f64>,
-    k: Vec<f64>,
-    v: Vec<f64>,
-}
-
-impl Data {
-    fn new(c: &Case, seed: u64) -> Data {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let [q, k, v] = c.shapes().map(|s| s.iter().product::<usize>());
-        // logits of order a few at every D
-        let amp = 2.0 / (c.d as f64).sqrt().sqrt();
-        Data {
-            q: random(q, amp, &mut rng),
-            k: random(k, amp, &mut rng),
-            v: random(v, 1.0, &mut rng),
-        }
-    }
-    fn inputs(&self) -> DotInputs<'_> {
-        DotInputs {
-            q: &self.q,
-            k: &self.k,
-            v: &self.v,
-        }
-    }
-}
-
-/// Asserts `|got - want| <= atol + rtol * max|want|`; names the worst index.
-fn assert_close(what: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-    let mut worst = (0usize, 0.0f64);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            g.is_finite(),
-            "{what}: element {i} is {g} (want {w}): not written or overflowed"
-        );
-        if (g - w).abs() > worst.1 {
-            worst = (i, (g - w).abs());
-        }
-    }
-    let tol = atol + rtol * scale;
-    assert!(
-        worst.1 <= tol,
-        "{what}: worst index {}: got {}, want {}, |err| {:.3e} > tol {:.3e}",
-        worst.0,
-        got[worst.0],
-        want[worst.0],
-        worst.1,
-        tol
-    );
-}
 
 struct Run {
     o: Vec<f64>,

@@ -2,20 +2,10 @@
 //! writes its files, eval-task on a saved run prints the same test scores, bad input gives a
 //! non-zero exit with an error naming the flag (never a panic).
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn simplex(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_simplex"))
-        .args(args)
-        .output()
-        .expect("run simplex");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::simplex;
+use std::path::Path;
 
 /// A comparison small enough for a test: match2, 2 kinds x 2 seeds, 12 steps.
 const TINY: [&str; 20] = [

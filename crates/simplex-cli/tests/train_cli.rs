@@ -1,21 +1,12 @@
 //! `simplex train / generate / model info / plot` end to end through the binary, on the demo
 //! corpus shipped with simplex-train; bad input gives a non-zero exit and names the path.
 
+mod common;
+
+use common::simplex;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn simplex(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_simplex"))
-        .args(args)
-        .output()
-        .expect("run simplex");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn corpus() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../simplex-train/corpus")

@@ -1,50 +1,22 @@
 //! Task models: a checkpoint scores the same after a reload, batches hold one length and cover
 //! an epoch, bad settings name their flag (the match2 training run is in `match2_learns.rs`).
 
+mod common;
+
 use candle_core::Device;
+use common::match2_settings;
 use simplex_train::classify::batches::{eval_batches, TrainBatches};
 use simplex_train::classify::compare::CompareSettings;
 use simplex_train::classify::run::Silent;
 use simplex_train::classify::{
-    eval_checkpoint, load_task_model, train_run, AttnKind, DataSettings, Equalize, Optimization,
-    Size, TaskRunSettings,
+    eval_checkpoint, load_task_model, train_run, AttnKind, DataSettings, Optimization, Size,
+    TaskRunSettings,
 };
 use simplex_train::tasks::{by_name, generate_splits, Split};
 
-/// A small model on match2: 1 layer, d_model 48, 4 heads.
+/// A small model on match2 (see `common::match2_settings`), evaluated once at the end.
 fn settings(kind: AttnKind, steps: usize) -> TaskRunSettings {
-    TaskRunSettings {
-        task: "match2".into(),
-        kind,
-        seed: 0,
-        size: Size {
-            d_model: 48,
-            layers: 1,
-            heads: 4,
-            mlp_hidden: 96,
-            equalize: Equalize::Params,
-        },
-        data: DataSettings {
-            seed: 0,
-            train: 3000,
-            validation: 200,
-            test: 400,
-        },
-        optim: Optimization {
-            steps,
-            batch: 32,
-            lr: 3e-3,
-            warmup: steps / 10,
-            min_lr_frac: 0.01,
-            weight_decay: 0.01,
-            beta1: 0.9,
-            beta2: 0.98,
-            eps: 1e-8,
-            grad_clip: 1.0,
-            eval_every: steps,
-            eval_batch: 256,
-        },
-    }
+    match2_settings(kind, steps, steps)
 }
 
 #[test]

@@ -6,12 +6,13 @@
 //! thread starts: for a model this small, splitting each product over threads costs more than
 //! it gains, and much more on a busy machine (measured: ~5x slower per step under load).
 
+mod common;
+
 use candle_core::Device;
+use common::match2_settings;
 use simplex_train::classify::report::majority_baseline;
 use simplex_train::classify::run::Silent;
-use simplex_train::classify::{
-    train_run, AttnKind, DataSettings, Equalize, Optimization, Size, TaskRunSettings,
-};
+use simplex_train::classify::{train_run, AttnKind};
 use simplex_train::tasks::{by_name, generate_splits};
 
 #[test]
@@ -19,38 +20,7 @@ fn a_short_match2_run_beats_chance_clearly() -> anyhow::Result<()> {
     // the only test of this binary: no other thread reads the environment
     std::env::set_var("RAYON_NUM_THREADS", "1");
     let steps = 200;
-    let s = TaskRunSettings {
-        task: "match2".into(),
-        kind: AttnKind::Dot,
-        seed: 0,
-        size: Size {
-            d_model: 48,
-            layers: 1,
-            heads: 4,
-            mlp_hidden: 96,
-            equalize: Equalize::Params,
-        },
-        data: DataSettings {
-            seed: 0,
-            train: 3000,
-            validation: 200,
-            test: 400,
-        },
-        optim: Optimization {
-            steps,
-            batch: 32,
-            lr: 3e-3,
-            warmup: steps / 10,
-            min_lr_frac: 0.01,
-            weight_decay: 0.01,
-            beta1: 0.9,
-            beta2: 0.98,
-            eps: 1e-8,
-            grad_clip: 1.0,
-            eval_every: steps / 2,
-            eval_batch: 256,
-        },
-    };
+    let s = match2_settings(AttnKind::Dot, steps, steps / 2);
     let task = by_name(&s.task)?;
     let splits = generate_splits(task.as_ref(), s.data.seed, s.data.sizes())?;
     let chance = majority_baseline(&splits.test, task.num_classes()).token_accuracy;

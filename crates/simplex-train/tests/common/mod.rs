@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use simplex_train::classify::{
+    AttnKind, DataSettings, Equalize, Optimization, Size, TaskRunSettings,
+};
 use simplex_train::{ModelChoice, RunOptions, TrainOverrides};
 
 /// The demo corpus shipped with the crate (three files of short stories).
@@ -46,5 +49,42 @@ pub fn assert_mentions(err: &dyn std::fmt::Display, parts: &[&str]) {
     let msg = err.to_string();
     for p in parts {
         assert!(msg.contains(p), "error does not mention {p:?}: {msg}");
+    }
+}
+
+/// A small model on match2: 1 layer, d_model 48, 4 heads; 3000 training examples, batch 32,
+/// lr 3e-3 with 10% warmup, validation every `eval_every` steps.
+pub fn match2_settings(kind: AttnKind, steps: usize, eval_every: usize) -> TaskRunSettings {
+    TaskRunSettings {
+        task: "match2".into(),
+        kind,
+        seed: 0,
+        size: Size {
+            d_model: 48,
+            layers: 1,
+            heads: 4,
+            mlp_hidden: 96,
+            equalize: Equalize::Params,
+        },
+        data: DataSettings {
+            seed: 0,
+            train: 3000,
+            validation: 200,
+            test: 400,
+        },
+        optim: Optimization {
+            steps,
+            batch: 32,
+            lr: 3e-3,
+            warmup: steps / 10,
+            min_lr_frac: 0.01,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            eval_every,
+            eval_batch: 256,
+        },
     }
 }
