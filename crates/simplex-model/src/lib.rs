@@ -20,6 +20,7 @@ pub mod attention;
 pub mod block;
 pub mod cache;
 pub mod config;
+pub mod embedding;
 mod error;
 pub mod info;
 mod init;

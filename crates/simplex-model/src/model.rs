@@ -7,7 +7,9 @@
 //! `layers.{i}.{attn_norm, attn.*, mlp_norm, mlp.*}`, `norm.weight`, `lm_head.weight` (untied).
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
+
+use crate::embedding::TokenEmbedding;
 
 use crate::block::{build_blocks, Block};
 use crate::cache::Cache;
@@ -22,7 +24,7 @@ use crate::sample::Sampler;
 #[derive(Debug, Clone)]
 pub struct Model {
     cfg: Config,
-    embed: Embedding,
+    embed: TokenEmbedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
     head: Linear,
@@ -49,7 +51,7 @@ impl Model {
                 stdev: STD,
             },
         )?;
-        let embed = Embedding::new(ew.clone(), c);
+        let embed = TokenEmbedding::new(ew.clone());
         let blocks = build_blocks(cfg, &vb)?;
         let head = if cfg.tie_embeddings {
             Linear::new(ew, None)
@@ -131,7 +133,7 @@ impl Model {
                 self.cfg.max_seq_len
             )));
         }
-        let dev = self.embed.embeddings().device();
+        let dev = self.embed.weight().device();
         let mut cache = Cache::new(&self.cfg);
         let mut out = Vec::with_capacity(max_new);
         let mut input = Tensor::new(prompt, dev)?.unsqueeze(0)?;

@@ -13,7 +13,9 @@
 //! `cls.weight`, `cls.bias`.
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, Init, Linear, VarBuilder};
+use candle_nn::{Init, Linear, VarBuilder};
+
+use crate::embedding::TokenEmbedding;
 
 use crate::block::{build_blocks, Block};
 use crate::config::Config;
@@ -31,7 +33,7 @@ pub const IGNORE: u32 = u32::MAX;
 pub struct TaskModel {
     cfg: Config,
     classes: usize,
-    embed: Embedding,
+    embed: TokenEmbedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
     cls: Linear,
@@ -58,7 +60,7 @@ impl TaskModel {
         Ok(TaskModel {
             cfg: cfg.clone(),
             classes,
-            embed: Embedding::new(ew, c),
+            embed: TokenEmbedding::new(ew),
             blocks: build_blocks(cfg, &vb)?,
             norm: RmsNorm::new(c, cfg.norm_eps, vb.pp("norm"))?,
             cls: Linear::new(w, Some(b)),
@@ -72,7 +74,7 @@ impl TaskModel {
 
     /// The device of its weights.
     pub fn device(&self) -> &Device {
-        self.embed.embeddings().device()
+        self.embed.weight().device()
     }
 
     /// Number of classes `K`.
