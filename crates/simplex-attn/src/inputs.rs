@@ -46,3 +46,20 @@ pub(crate) fn saved_lse(slot: &LseSlot) -> Result<Tensor, AttnError> {
         .clone()
         .ok_or_else(|| AttnError::Input("the forward kernel did not produce lse".into()))
 }
+
+/// Stores a forward's log-sum-exp in `slot` (inside a custom op, so a candle error).
+pub(crate) fn store_lse(slot: &LseSlot, lse: Tensor) -> candle_core::Result<()> {
+    *slot
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))? = Some(lse);
+    Ok(())
+}
+
+/// The lse the forward left in `slot`, for the backward; `missing` is the error when there is
+/// none (a backward before its forward).
+pub(crate) fn lse_for_backward(slot: &LseSlot, missing: &str) -> candle_core::Result<Tensor> {
+    slot.lock()
+        .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))?
+        .clone()
+        .ok_or_else(|| candle_core::Error::Msg(missing.into()))
+}

@@ -15,7 +15,7 @@ use candle_core::{
 
 use crate::cpu::{self, Problem, Real, Saved};
 use crate::cpu_data::{cpu_slice, with_cpu_slices};
-use crate::inputs::{compute_dtype, saved_lse, LseSlot};
+use crate::inputs::{compute_dtype, lse_for_backward, saved_lse, store_lse, LseSlot};
 use crate::spec::{AttnSpec, Dims, Variant, Windows};
 use crate::{determinant, AttnError};
 
@@ -90,11 +90,7 @@ pub(crate) struct SimplicialOp {
 impl SimplicialOp {
     /// Stores the forward's log-sum-exp.
     pub(crate) fn save_lse(&self, lse: Tensor) -> candle_core::Result<()> {
-        *self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))? = Some(lse);
-        Ok(())
+        store_lse(&self.lse, lse)
     }
 }
 
@@ -211,12 +207,7 @@ impl CustomOp3 for SimplicialOp {
         o: &Tensor,
         dout: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let lse = self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))?
-            .clone()
-            .ok_or_else(|| candle_core::Error::Msg("backward before forward".into()))?;
+        let lse = lse_for_backward(&self.lse, "backward before forward")?;
         let dout = dout.contiguous()?;
         let args = [q, k, v, o, &dout, &lse];
         let (dq, dk, dv) = match (q.device(), q.dtype()) {

@@ -11,14 +11,14 @@
 //! `backward_mma` covers run the tensor-core kernels instead (unless SIMPLEX_DETERMINISTIC=1).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::{CudaDevice, CudaStorage};
-use candle_core::{Layout, Result, Storage, Tensor};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::CudaDevice;
+use candle_core::{Result, Tensor};
+use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 
 use super::module::{self, Family};
 use super::{
-    blocks, check_smem, cuda_err, output, variant, view, width, wrap_tensor, Elem, Element,
-    KernelShape,
+    blocks, check_smem, cuda_err, cuda_storages, launch_config, output, variant, view, width,
+    wrap_tensor, Elem, Element, KernelShape,
 };
 use crate::op::SimplicialOp;
 
@@ -78,15 +78,7 @@ fn backward_typed<T: Element>(
     let shape = KernelShape::new(&dims, &op.win, op.scale)?;
     let names = ["q", "K", "V", "o", "dout", "lse"];
     let guards = [q, k, v, o, dout, lse].map(|t| t.storage_and_layout());
-    let mut st: Vec<(&CudaStorage, &Layout)> = Vec::with_capacity(6);
-    for ((g, l), name) in guards.iter().zip(names) {
-        match &**g {
-            Storage::Cuda(s) => st.push((s, l)),
-            _ => candle_core::bail!(
-                "simplicial attention backward: {name} is not on the CUDA device"
-            ),
-        }
-    }
+    let st = cuda_storages("simplicial attention", names, &guards)?;
     let (nq, nk, nv, no) = (
         b * n * hq * d,
         b * n * hkv * d,
@@ -115,11 +107,11 @@ fn backward_typed<T: Element>(
     let smem = dq_smem_bytes(d, dv);
     check_smem(&name, smem, kernel.max_smem, d, dv)?;
     let mut dq = output::<T>(&stream, nq, "dq")?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(n * (hq / hkv), DQ_ROWS)?, hkv as u32, b as u32),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
+    let cfg = launch_config(
+        (blocks(n * (hq / hkv), DQ_ROWS)?, hkv as u32, b as u32),
+        THREADS,
+        smem,
+    );
     // Like the forward, the dq kernel tiles its window 2: give it the larger window there.
     let (qk1, qk2, qv1, qv2, qshape) = if op.win.w1 > op.win.w2 {
         (&k2, &k1, &v2, &v1, shape.swapped())
@@ -150,11 +142,7 @@ fn backward_typed<T: Element>(
     check_smem(&name, smem, kernel.max_smem, d, dv)?;
     let mut dk = output::<T>(&stream, 2 * nk, "dK")?;
     let mut dvs = output::<T>(&stream, 2 * nv, "dV")?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(n, DKV_KEYS)?, hkv as u32, b as u32),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
+    let cfg = launch_config((blocks(n, DKV_KEYS)?, hkv as u32, b as u32), THREADS, smem);
     for own_second in [true, false] {
         let (kp, ko, vp, vo, sh) = if own_second {
             (&k1, &k2, &v1, &v2, shape)
@@ -201,11 +189,7 @@ pub(super) fn delta<T: Element>(
     let stream = dev.cuda_stream();
     let kernel = module::kernel(dev, Family::BackwardQuery, &name)?;
     let mut delta = output::<f32>(&stream, rows, "delta")?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(rows, DELTA_ROWS)?, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = launch_config((blocks(rows, DELTA_ROWS)?, 1, 1), THREADS, 0);
     let mut launch = stream.launch_builder(&kernel.func);
     launch.arg(o).arg(dout).arg(&mut delta).arg(shape);
     // SAFETY: (const T* o, const T* dout, float* delta, Shape) as the kernel declares; o and dout

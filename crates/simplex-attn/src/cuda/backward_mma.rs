@@ -13,11 +13,14 @@
 
 use candle_core::backend::BackendStorage;
 
-use candle_core::{DType, Result, Storage, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::{DType, Result, Tensor};
+use cudarc::driver::PushKernelArg;
 
 use super::module::{self, Family};
-use super::{blocks, check_smem, cuda_err, output, view, wrap_tensor, KernelShape};
+use super::{
+    blocks, check_smem, cuda_err, cuda_storages, launch_config, output, view, wrap_tensor,
+    KernelShape,
+};
 use crate::op::SimplicialOp;
 
 const THREADS: u32 = 128;
@@ -81,15 +84,7 @@ pub(crate) fn backward(
 
     let names = ["q", "K", "V", "o", "dout", "lse"];
     let guards = [q, k, v, o, dout, lse].map(|t| t.storage_and_layout());
-    let mut st = Vec::with_capacity(6);
-    for ((g, l), name) in guards.iter().zip(names) {
-        match &**g {
-            Storage::Cuda(s) => st.push((s, *l)),
-            _ => candle_core::bail!(
-                "simplicial attention backward: {name} is not on the CUDA device"
-            ),
-        }
-    }
+    let st = cuda_storages("simplicial attention", names, &guards)?;
     let (nq, nk) = (b * n * hq * d, b * n * hkv * d);
     let qv = view::<T>(st[0].0, st[0].1, "q", nq)?;
     let kv = view::<T>(st[1].0, st[1].1, "K", 2 * nk)?;
@@ -124,11 +119,11 @@ pub(crate) fn backward(
     let mut dv1 = stream
         .alloc_zeros::<f32>(nk)
         .map_err(|e| cuda_err("allocating the dv1 accumulator", e))?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(n * (hq / hkv), BLOCK)?, hkv as u32, b as u32),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
+    let cfg = launch_config(
+        (blocks(n * (hq / hkv), BLOCK)?, hkv as u32, b as u32),
+        THREADS,
+        smem,
+    );
     let mut launch = stream.launch_builder(&kernel.func);
     launch
         .arg(&qv)
@@ -165,11 +160,7 @@ pub(crate) fn backward(
     {
         let mut dk2 = dk.slice_mut(second.clone());
         let mut dv2 = dvs.slice_mut(second);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks(n, BLOCK)?, hkv as u32, b as u32),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
+        let cfg = launch_config((blocks(n, BLOCK)?, hkv as u32, b as u32), THREADS, smem);
         let mut launch = stream.launch_builder(&kernel.func);
         launch
             .arg(&qv)
@@ -192,11 +183,7 @@ pub(crate) fn backward(
     let kernel = module::kernel(&dev, Family::BackwardMma, name)?;
     for (src, dst) in [(&dk1, &mut dk), (&dv1, &mut dvs)] {
         let mut dst = dst.slice_mut(first.clone());
-        let cfg = LaunchConfig {
-            grid_dim: (blocks(nk, 4 * 256)?.min(65535), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch_config((blocks(nk, 4 * 256)?.min(65535), 1, 1), 256, 0);
         let count = nk as i64;
         let mut launch = stream.launch_builder(&kernel.func);
         launch.arg(src).arg(&mut dst).arg(&count);

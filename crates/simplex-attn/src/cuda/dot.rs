@@ -11,10 +11,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{DType, Layout, Result, Shape, Storage, Tensor};
-use cudarc::driver::{CudaStream, CudaView, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaStream, CudaView, DeviceRepr, PushKernelArg};
 
 use super::module::{self, Family, Kernel};
-use super::{blocks, output, tensor_core_kernels, Elem, Element};
+use super::{blocks, launch_config, output, tensor_core_kernels, typed_view, Elem, Element};
 use crate::dot::plan::{
     fwd_smem, simple_smem, DotKernel, FWD_QUERIES, FWD_THREADS, SIMPLE_ROWS, SIMPLE_THREADS,
 };
@@ -115,21 +115,7 @@ pub(super) fn view<'a, T: Element>(
     name: &str,
     len: usize,
 ) -> Result<CudaView<'a, T>> {
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!(
-            "dot attention on CUDA: {name} {:?} must be contiguous",
-            l.shape()
-        )
-    };
-    if end - start != len {
-        candle_core::bail!(
-            "dot attention on CUDA: {name} has {} elements, expected {len}",
-            end - start
-        );
-    }
-    s.as_cuda_slice::<T>()?
-        .try_slice(start..end)
-        .ok_or_else(|| err(name, "the view is out of its buffer"))
+    typed_view("dot attention", s, l, name, len)
 }
 
 /// Loads kernel `name` of `family` and checks that `smem` dynamic bytes fit one block.
@@ -142,15 +128,6 @@ pub(super) fn load(dev: &CudaDevice, family: Family, name: &str, smem: usize) ->
         );
     }
     Ok(k)
-}
-
-/// A launch of `threads` threads per block.
-pub(super) fn config(grid: (u32, u32, u32), threads: u32, smem: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: grid,
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: smem as u32, // at most the device's limit: checked by `load`
-    }
 }
 
 /// The forward on CUDA: returns o in the input dtype and saves lse (f32) in the op.
@@ -192,7 +169,7 @@ fn forward_typed<T: Element>(
         DotKernel::TensorCore { d } if T::NAME == "bf16" => (
             format!("dot_fwd_bf16_d{d}"),
             Family::DotForward,
-            config(
+            launch_config(
                 (blocks(nq, FWD_QUERIES)?, hq as u32, b as u32),
                 FWD_THREADS,
                 fwd_smem(d),
@@ -207,7 +184,7 @@ fn forward_typed<T: Element>(
         DotKernel::Simple { width } => (
             format!("dot_fwd_simple_{}_w{width}", T::NAME),
             Family::DotSimple,
-            config(
+            launch_config(
                 (blocks(b * nq * hq, SIMPLE_ROWS)?, 1, 1),
                 SIMPLE_THREADS,
                 simple_smem(1, width),

@@ -15,9 +15,9 @@ use candle_core::op::BackpropOp;
 use candle_core::{Layout, Result, Storage, Tensor};
 use cudarc::driver::PushKernelArg;
 
-use super::dot::{aligned, choose, config, err, load, view, DotKernelShape};
+use super::dot::{aligned, choose, err, load, view, DotKernelShape};
 use super::module::Family;
-use super::{blocks, output, Elem, Element};
+use super::{blocks, cuda_storages, launch_config, output, Elem, Element};
 use crate::dot::plan::{
     dkv_smem, dq_smem, simple_smem, DotKernel, BWD_THREADS, DKV_KEYS, DQ_QUERIES, SIMPLE_ROWS,
     SIMPLE_THREADS,
@@ -33,17 +33,10 @@ pub(crate) fn dot_backward(op: &DotOp, ts: [&Tensor; 6]) -> Result<(Tensor, Tens
     let dtype = ts[0].dtype();
     let names = ["q", "k", "v", "o", "dout", "lse"];
     let guards = ts.each_ref().map(|t| t.storage_and_layout());
-    let mut st: Vec<(&CudaStorage, &Layout)> = Vec::with_capacity(6);
-    for ((g, l), name) in guards.iter().zip(names) {
-        match &**g {
-            Storage::Cuda(s) => st.push((s, l)),
-            _ => candle_core::bail!("dot attention backward: {name} is not on the CUDA device"),
-        }
-    }
+    let st = cuda_storages("dot attention", names, &guards)?;
     // q, k, v and dout feed cp.async in the tensor-core kernels; o only the delta pre-pass
     let all_aligned = [0, 1, 2, 4].iter().all(|&t| aligned(st[t].1, dtype));
     let kernel = choose(&op.dims, dtype, all_aligned)?;
-    let st: [(&CudaStorage, &Layout); 6] = [st[0], st[1], st[2], st[3], st[4], st[5]];
     let (dq, dk, dv) = match Elem::of(dtype)? {
         Elem::Bf16 => backward_typed::<half::bf16>(op, kernel, st)?,
         Elem::F32 => backward_typed::<f32>(op, kernel, st)?,
@@ -92,7 +85,7 @@ fn backward_typed<T: Element>(
 
     // delta = rowsum(o * dout)
     let name = format!("dot_bwd_delta_{dt}");
-    let cfg = config((blocks(b * nq * hq, SIMPLE_ROWS)?, 1, 1), SIMPLE_THREADS, 0);
+    let cfg = launch_config((blocks(b * nq * hq, SIMPLE_ROWS)?, 1, 1), SIMPLE_THREADS, 0);
     let func = load(&dev, Family::DotSimple, &name, 0)?;
     let mut delta = output::<f32>(&stream, b * nq * hq, "delta")?;
     let mut launch = stream.launch_builder(&func.func);
@@ -105,12 +98,12 @@ fn backward_typed<T: Element>(
         DotKernel::TensorCore { d } if dt == "bf16" => (
             format!("dot_bwd_dq_bf16_d{d}"),
             format!("dot_bwd_dkv_bf16_d{d}"),
-            config(
+            launch_config(
                 (blocks(nq, DQ_QUERIES)?, hq as u32, b as u32),
                 BWD_THREADS,
                 dq_smem(d),
             ),
-            config(
+            launch_config(
                 (blocks(nk, DKV_KEYS)?, hkv as u32, b as u32),
                 BWD_THREADS,
                 dkv_smem(d),
@@ -124,12 +117,12 @@ fn backward_typed<T: Element>(
         DotKernel::Simple { width } => (
             format!("dot_bwd_dq_simple_{dt}_w{width}"),
             format!("dot_bwd_dkv_simple_{dt}_w{width}"),
-            config(
+            launch_config(
                 (blocks(b * nq * hq, SIMPLE_ROWS)?, 1, 1),
                 SIMPLE_THREADS,
                 simple_smem(2, width),
             ),
-            config(
+            launch_config(
                 (blocks(b * nk * hkv, SIMPLE_ROWS)?, 1, 1),
                 SIMPLE_THREADS,
                 simple_smem(2, width),

@@ -3,11 +3,12 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::{Layout, Result, Shape};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
 use super::module::{self, Family};
 use super::{
-    blocks, check_smem, cuda_err, output, variant, view, width, Elem, Element, KernelShape,
+    blocks, check_smem, cuda_err, launch_config, output, variant, view, width, Elem, Element,
+    KernelShape,
 };
 use crate::op::SimplicialOp;
 
@@ -85,15 +86,15 @@ fn forward_typed<T: Element>(
     let mut o = output::<T>(&stream, b * n * hq * dv, "o")?;
     let mut lse = output::<f32>(&stream, b * n * hq, "lse")?;
 
-    let cfg = LaunchConfig {
-        grid_dim: (
+    let cfg = launch_config(
+        (
             blocks(n * (hq / hkv), ROWS_PER_BLOCK)?,
             hkv as u32,
             b as u32,
         ),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
+        THREADS,
+        smem,
+    );
     let mut launch = stream.launch_builder(&kernel.func);
     launch
         .arg(&qv)

@@ -8,10 +8,10 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::{DType, Layout, Result, Shape};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
 use super::module::{self, Family};
-use super::{blocks, check_smem, cuda_err, output, view, KernelShape};
+use super::{blocks, check_smem, cuda_err, launch_config, output, view, KernelShape};
 use crate::op::SimplicialOp;
 
 /// Rows (query, head) per block; `ROWS` in the kernel.
@@ -75,11 +75,11 @@ pub(crate) fn forward(
     }
     let mut o = output::<T>(&stream, b * n * hq * d, "o")?;
     let mut lse = output::<f32>(&stream, b * n * hq, "lse")?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks(n * (hq / hkv), ROWS)?, hkv as u32, b as u32),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: smem as u32,
-    };
+    let cfg = launch_config(
+        (blocks(n * (hq / hkv), ROWS)?, hkv as u32, b as u32),
+        THREADS,
+        smem,
+    );
     let mut launch = stream.launch_builder(&kernel.func);
     launch
         .arg(&qv)

@@ -24,12 +24,13 @@ mod forward;
 mod forward_wgmma;
 mod module;
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use candle_core::cuda_backend::CudaStorage;
-use candle_core::{DType, Layout, Result};
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut, DeviceRepr};
+use candle_core::{DType, Layout, Result, Storage};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut, DeviceRepr, LaunchConfig};
 
 pub(crate) use backward::backward;
 pub(crate) use dot::dot_forward;
@@ -222,22 +223,60 @@ pub(crate) fn view<'a, T: Element>(
     name: &str,
     len: usize,
 ) -> Result<CudaView<'a, T>> {
+    typed_view("simplicial attention", s, l, name, len)
+}
+
+/// The contiguous data of a CUDA storage as a typed view of `len` elements; `op` (which
+/// attention) and `name` go into the errors.
+pub(crate) fn typed_view<'a, T: Element>(
+    op: &str,
+    s: &'a CudaStorage,
+    l: &Layout,
+    name: &str,
+    len: usize,
+) -> Result<CudaView<'a, T>> {
     let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!(
-            "simplicial attention on CUDA: {name} {:?} must be contiguous",
-            l.shape()
-        )
+        candle_core::bail!("{op} on CUDA: {name} {:?} must be contiguous", l.shape())
     };
     if end - start != len {
         candle_core::bail!(
-            "simplicial attention on CUDA: {name} has {} elements, expected {len}",
+            "{op} on CUDA: {name} has {} elements, expected {len}",
             end - start
         );
     }
-    let slice = s.as_cuda_slice::<T>()?;
-    slice.try_slice(start..end).ok_or_else(|| {
-        candle_core::Error::Msg(format!("simplicial attention: {name} is out of its buffer"))
-    })
+    s.as_cuda_slice::<T>()?
+        .try_slice(start..end)
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: {name} is out of its buffer")))
+}
+
+/// The CUDA storages and layouts behind `guards` (from `Tensor::storage_and_layout`); an error
+/// naming the tensor (`op` backward: `name` ...) where one is not on the CUDA device.
+pub(crate) fn cuda_storages<'a, G: Deref<Target = Storage>, const N: usize>(
+    op: &str,
+    names: [&str; N],
+    guards: &'a [(G, &'a Layout); N],
+) -> Result<[(&'a CudaStorage, &'a Layout); N]> {
+    let mut st = Vec::with_capacity(N);
+    for ((g, l), name) in guards.iter().zip(names) {
+        match &**g {
+            Storage::Cuda(s) => st.push((s, *l)),
+            _ => candle_core::bail!("{op} backward: {name} is not on the CUDA device"),
+        }
+    }
+    match st.try_into() {
+        Ok(st) => Ok(st),
+        Err(_) => unreachable!("one storage per guard"),
+    }
+}
+
+/// A launch of `threads` threads per block with `smem` dynamic shared-memory bytes (checked
+/// against the device's limit by the caller: `check_smem`, `dot::load`).
+pub(crate) fn launch_config(grid: (u32, u32, u32), threads: u32, smem: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: grid,
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem as u32,
+    }
 }
 
 /// A fresh device buffer for an output; NaN-filled when poisoning is on.

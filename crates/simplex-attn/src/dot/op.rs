@@ -14,7 +14,7 @@ use super::cpu::{self, DotProblem, DotSaved};
 use super::spec::{DotDims, DotSpec, KeyRanges};
 use crate::cpu::Real;
 use crate::cpu_data::{cpu_slice, with_cpu_slices};
-use crate::inputs::{compute_dtype, saved_lse, LseSlot};
+use crate::inputs::{compute_dtype, lse_for_backward, saved_lse, store_lse, LseSlot};
 use crate::AttnError;
 
 /// Output of [`dot_attn`].
@@ -70,11 +70,7 @@ pub(crate) struct DotOp {
 impl DotOp {
     /// Stores the forward's log-sum-exp.
     pub(crate) fn save_lse(&self, lse: Tensor) -> candle_core::Result<()> {
-        *self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))? = Some(lse);
-        Ok(())
+        store_lse(&self.lse, lse)
     }
 
     fn problem<'a, T: Real>(&self, q: &'a [T], k: &'a [T], v: &'a [T]) -> DotProblem<'a, T> {
@@ -185,14 +181,7 @@ impl CustomOp3 for DotOp {
         o: &Tensor,
         dout: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let lse = self
-            .lse
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))?
-            .clone()
-            .ok_or_else(|| {
-                candle_core::Error::Msg("dot attention: backward before forward".into())
-            })?;
+        let lse = lse_for_backward(&self.lse, "dot attention: backward before forward")?;
         let dout = dout.contiguous()?;
         let args = [q, k, v, o, &dout, &lse];
         let (dq, dk, dv) = match (q.device(), q.dtype()) {
