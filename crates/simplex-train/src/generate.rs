@@ -6,14 +6,13 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{Device, Tensor};
 use simplex_model::{Cache, Config, Model, Sampler, SamplingConfig};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Tokenizer;
 use crate::error::{Result, TrainError};
-use crate::init::SeededInit;
+use crate::init::{named_vars, SeededInit};
 
 /// A trained model with its tokenizer, ready to sample.
 pub struct Generator {
@@ -49,23 +48,10 @@ impl Generator {
         let ck = Checkpoint::read(&dir, device)?;
         let cfg = Config::from_toml_str(&ck.config_toml)
             .map_err(|e| TrainError::checkpoint(dir.join("config.toml"), e.to_string()))?;
-        let vars = VarMap::new();
-        let vb = VarBuilder::from_backend(
-            Box::new(SeededInit {
-                vars: vars.clone(),
-                seed: 0,
-            }),
-            DType::F32,
-            device.clone(),
-        );
+        let (vars, vb) = SeededInit::builder(0, device);
         let model = Model::new(&cfg, vb)?;
-        let params: Vec<(String, Var)> = {
-            let map = vars
-                .data()
-                .lock()
-                .map_err(|_| TrainError::checkpoint(&dir, "lock poisoned"))?;
-            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-        };
+        let params =
+            named_vars(&vars).ok_or_else(|| TrainError::checkpoint(&dir, "lock poisoned"))?;
         ck.load_weights(&params)?;
         let tokenizer = if ck.state.tokenizer == "bytes" {
             Tokenizer::Bytes

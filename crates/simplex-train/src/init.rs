@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::init::NormalOrUniform;
 use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarMap};
+use candle_nn::{Init, VarBuilder, VarMap};
 
 use crate::rng::{fnv1a, SplitMix64, FNV_OFFSET};
 
@@ -16,6 +16,30 @@ pub struct SeededInit {
     pub vars: VarMap,
     /// The init seed.
     pub seed: u64,
+}
+
+impl SeededInit {
+    /// A fresh variable map and an f32 `VarBuilder` on `device` that creates its variables
+    /// with draws seeded by `seed`.
+    pub fn builder(seed: u64, device: &Device) -> (VarMap, VarBuilder<'static>) {
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_backend(
+            Box::new(SeededInit {
+                vars: vars.clone(),
+                seed,
+            }),
+            DType::F32,
+            device.clone(),
+        );
+        (vars, vb)
+    }
+}
+
+/// The (name, variable) pairs of `vars` (for an optimizer or a checkpoint); None when the map's
+/// lock is poisoned.
+pub fn named_vars(vars: &VarMap) -> Option<Vec<(String, Var)>> {
+    let map = vars.data().lock().ok()?;
+    Some(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 fn draws(init: &candle_nn::Init, shape: &Shape, rng: &mut SplitMix64) -> Vec<f32> {

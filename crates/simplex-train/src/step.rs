@@ -10,14 +10,14 @@
 //! Under bf16 autocast the model is rebuilt from the masters each update: its weights are
 //! bf16 casts that are part of the autograd graph, so gradients land on the f32 masters.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use simplex_model::{Config, Model};
 
 use crate::config::{Precision, TrainConfig};
 use crate::data::Batcher;
 use crate::error::{Result, TrainError};
-use crate::init::{CastFrom, SeededInit};
+use crate::init::{named_vars, CastFrom, SeededInit};
 use crate::optim::{clip_scale, global_norm, AdamW, AdamWParams};
 
 /// What one update measured.
@@ -43,23 +43,10 @@ pub struct Learner {
 impl Learner {
     /// Creates the master weights with seeded init and a fresh AdamW.
     pub fn new(cfg: &Config, train: &TrainConfig, device: &Device) -> Result<Self> {
-        let vars = VarMap::new();
-        let vb = VarBuilder::from_backend(
-            Box::new(SeededInit {
-                vars: vars.clone(),
-                seed: train.seed,
-            }),
-            DType::F32,
-            device.clone(),
-        );
+        let (vars, vb) = SeededInit::builder(train.seed, device);
         let model_f32 = Model::new(cfg, vb)?;
-        let params: Vec<(String, Var)> = {
-            let map = vars
-                .data()
-                .lock()
-                .map_err(|_| TrainError::setting("model", "variables", "lock poisoned"))?;
-            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-        };
+        let params = named_vars(&vars)
+            .ok_or_else(|| TrainError::setting("model", "variables", "lock poisoned"))?;
         let hp = AdamWParams {
             beta1: train.beta1,
             beta2: train.beta2,

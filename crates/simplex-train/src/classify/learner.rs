@@ -6,14 +6,13 @@
 //! evaluate: predictions = argmax_k model(x)[b, i, k];  per-token accuracy, exact match, loss
 //! ```
 
-use candle_core::{DType, Device, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::Device;
 use simplex_model::task::predictions;
 use simplex_model::{classification_loss, Config, TaskModel};
 
 use crate::classify::batches::{eval_batches, to_tensors};
 use crate::error::{Result, TrainError};
-use crate::init::SeededInit;
+use crate::init::{named_vars, SeededInit};
 use crate::optim::{clip_scale, global_norm, AdamW, AdamWParams};
 use crate::tasks::{Example, Score};
 
@@ -52,23 +51,10 @@ impl TaskLearner {
         hp: AdamWParams,
         device: &Device,
     ) -> Result<Self> {
-        let vars = VarMap::new();
-        let vb = VarBuilder::from_backend(
-            Box::new(SeededInit {
-                vars: vars.clone(),
-                seed,
-            }),
-            DType::F32,
-            device.clone(),
-        );
+        let (vars, vb) = SeededInit::builder(seed, device);
         let model = TaskModel::new(cfg, classes, vb)?;
-        let params: Vec<(String, Var)> = {
-            let map = vars
-                .data()
-                .lock()
-                .map_err(|_| TrainError::setting("model", "variables", "lock poisoned"))?;
-            map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-        };
+        let params = named_vars(&vars)
+            .ok_or_else(|| TrainError::setting("model", "variables", "lock poisoned"))?;
         Ok(TaskLearner {
             model,
             device: device.clone(),

@@ -10,8 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use simplex_model::{Config, TaskModel};
 
@@ -22,7 +21,7 @@ use crate::checkpoint::{
 use crate::classify::learner::{evaluate, TaskLearner};
 use crate::classify::run::{model_config, task_of, CurvePoint, SplitScore, TaskRunSettings};
 use crate::error::{Result, TrainError};
-use crate::init::SeededInit;
+use crate::init::{named_vars, SeededInit};
 use crate::tasks::{generate_splits, Split, SplitSizes};
 
 /// `state.json` of a task checkpoint.
@@ -120,23 +119,10 @@ pub fn load_task_model(path: &Path, device: &Device) -> Result<LoadedTaskModel> 
             ),
         ));
     }
-    let vars = VarMap::new();
-    let vb = VarBuilder::from_backend(
-        Box::new(SeededInit {
-            vars: vars.clone(),
-            seed: 0,
-        }),
-        DType::F32,
-        device.clone(),
-    );
+    let (vars, vb) = SeededInit::builder(0, device);
     let model = TaskModel::new(&cfg, task.num_classes(), vb)?;
-    let params: Vec<(String, Var)> = vars
-        .data()
-        .lock()
-        .map_err(|_| TrainError::setting("model", "variables", "lock poisoned"))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let params = named_vars(&vars)
+        .ok_or_else(|| TrainError::setting("model", "variables", "lock poisoned"))?;
     let weights_path = dir.join("model.safetensors");
     load_weights(
         &weights_path,
