@@ -18,8 +18,8 @@ use cudarc::driver::PushKernelArg;
 
 use super::module::{self, Family};
 use super::{
-    blocks, check_smem, cuda_err, cuda_storages, launch_config, output, view, wrap_tensor,
-    KernelShape,
+    blocks, check_smem, cuda_err, cuda_storages, exchange_sets, launch_config, output, set_ranges,
+    view, wrap_tensor, KernelShape,
 };
 use crate::op::SimplicialOp;
 
@@ -78,9 +78,9 @@ pub(crate) fn backward(
     type T = half::bf16;
     let dims = op.dims;
     let (b, n, hq, hkv, d) = (dims.batch, dims.seq, dims.heads_q, dims.heads_kv, dims.d);
-    let swap = op.win.w1 > op.win.w2;
+    let ex = exchange_sets(&op.win);
     let shape = KernelShape::new(&dims, &op.win, op.scale)?;
-    let kshape = if swap { shape.swapped() } else { shape };
+    let kshape = shape.oriented(ex);
 
     let names = ["q", "K", "V", "o", "dout", "lse"];
     let guards = [q, k, v, o, dout, lse].map(|t| t.storage_and_layout());
@@ -93,11 +93,7 @@ pub(crate) fn backward(
     let dov = view::<T>(st[4].0, st[4].1, "dout", nq)?;
     let lsev = view::<f32>(st[5].0, st[5].1, "lse", b * n * hq)?;
     // (first, second) in the kernels' orientation: first = the small window
-    let (first, second) = if swap {
-        (nk..2 * nk, 0..nk)
-    } else {
-        (0..nk, nk..2 * nk)
-    };
+    let (first, second) = set_ranges(ex, nk);
     let (k1, k2) = (kv.slice(first.clone()), kv.slice(second.clone()));
     let (v1, v2) = (vv.slice(first.clone()), vv.slice(second.clone()));
 

@@ -3,12 +3,11 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::{Layout, Result, Shape};
-use cudarc::driver::PushKernelArg;
 
 use super::module::{self, Family};
 use super::{
-    blocks, check_smem, cuda_err, launch_config, output, variant, view, width, Elem, Element,
-    KernelShape,
+    blocks, check_smem, exchange_sets, launch_config, set_ranges, variant, view, width, Elem,
+    Element, KernelShape,
 };
 use crate::op::SimplicialOp;
 
@@ -62,7 +61,6 @@ fn forward_typed<T: Element>(
     let name = variant("simplicial_fwd", T::NAME, "dv", width(dv, "Dv")?);
     width(d, "D")?;
     let dev = q.device().clone();
-    let stream = dev.cuda_stream();
     let kernel = module::kernel(&dev, Family::Forward, &name)?;
     let smem = smem_bytes(d, dv);
     check_smem(&name, smem, kernel.max_smem, d, dv)?;
@@ -72,20 +70,8 @@ fn forward_typed<T: Element>(
     let qv = view::<T>(q, lq, "q", b * n * hq * d)?;
     let kv = view::<T>(k, lk, "K", 2 * nk)?;
     let vv = view::<T>(v, lv, "V", 2 * nv)?;
-    let (mut k1, mut k2) = (kv.slice(..nk), kv.slice(nk..));
-    let (mut v1, mut v2) = (vv.slice(..nv), vv.slice(nv..));
-    // The kernel walks window 1 one key at a time and tiles window 2 (64 keys a tile): give it
-    // the larger window as window 2. The layer is symmetric in the two key/value sets.
-    let shape = if op.win.w1 > op.win.w2 {
-        std::mem::swap(&mut k1, &mut k2);
-        std::mem::swap(&mut v1, &mut v2);
-        shape.swapped()
-    } else {
-        shape
-    };
-    let mut o = output::<T>(&stream, b * n * hq * dv, "o")?;
-    let mut lse = output::<f32>(&stream, b * n * hq, "lse")?;
-
+    let ex = exchange_sets(&op.win);
+    let ((k1r, k2r), (v1r, v2r)) = (set_ranges(ex, nk), set_ranges(ex, nv));
     let cfg = launch_config(
         (
             blocks(n * (hq / hkv), ROWS_PER_BLOCK)?,
@@ -95,20 +81,22 @@ fn forward_typed<T: Element>(
         THREADS,
         smem,
     );
-    let mut launch = stream.launch_builder(&kernel.func);
-    launch
-        .arg(&qv)
-        .arg(&k1)
-        .arg(&k2)
-        .arg(&v1)
-        .arg(&v2)
-        .arg(&mut o)
-        .arg(&mut lse)
-        .arg(&shape);
-    // SAFETY: the argument list matches the kernel's signature (pointers of T = its element
-    // type, then float* lse, then Shape by value); every view holds the element counts the
-    // kernel indexes (checked by `view`), and the grid covers all B * N * Hq rows.
-    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
-
-    super::forward_outputs(op, &dev, o, lse)
+    // SAFETY: simplicial_fwd_{T}_dv* takes (q, k1, k2, v1, v2, o, lse, Shape) of element type T;
+    // `view` checked the element counts; the grid covers all N * G rows.
+    unsafe {
+        super::launch_forward(
+            op,
+            &dev,
+            (&kernel.func, &name),
+            cfg,
+            &qv,
+            [
+                &kv.slice(k1r),
+                &kv.slice(k2r),
+                &vv.slice(v1r),
+                &vv.slice(v2r),
+            ],
+            &shape.oriented(ex),
+        )
+    }
 }

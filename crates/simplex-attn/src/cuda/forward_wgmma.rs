@@ -8,10 +8,9 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::{DType, Layout, Result, Shape};
-use cudarc::driver::PushKernelArg;
 
 use super::module::{self, Family};
-use super::{blocks, check_smem, cuda_err, launch_config, output, view, KernelShape};
+use super::{blocks, check_smem, exchange_sets, launch_config, set_ranges, view, KernelShape};
 use crate::op::SimplicialOp;
 
 /// Rows (query, head) per block; `ROWS` in the kernel.
@@ -52,13 +51,11 @@ pub(crate) fn forward(
     type T = half::bf16;
     let dims = op.dims;
     let (b, n, hq, hkv, d) = (dims.batch, dims.seq, dims.heads_q, dims.heads_kv, dims.d);
-    let swap = op.win.w1 > op.win.w2;
-    let shape = KernelShape::new(&dims, &op.win, op.scale)?;
-    let shape = if swap { shape.swapped() } else { shape };
+    let ex = exchange_sets(&op.win);
+    let shape = KernelShape::new(&dims, &op.win, op.scale)?.oriented(ex);
     let tj = positions_per_handover();
     let name = format!("simplicial_fwd_wgmma_tj{tj}_bf16_d{d}");
     let dev = q.device().clone();
-    let stream = dev.cuda_stream();
     let kernel = module::kernel(&dev, Family::ForwardWgmma, &name)?;
     let smem = smem_bytes(d, tj);
     check_smem(&name, smem, kernel.max_smem, d, d)?;
@@ -67,33 +64,28 @@ pub(crate) fn forward(
     let qv = view::<T>(q, lq, "q", b * n * hq * d)?;
     let kv = view::<T>(k, lk, "K", 2 * nk)?;
     let vv = view::<T>(v, lv, "V", 2 * nk)?;
-    let (mut k1, mut k2) = (kv.slice(..nk), kv.slice(nk..));
-    let (mut v1, mut v2) = (vv.slice(..nk), vv.slice(nk..));
-    if swap {
-        std::mem::swap(&mut k1, &mut k2);
-        std::mem::swap(&mut v1, &mut v2);
-    }
-    let mut o = output::<T>(&stream, b * n * hq * d, "o")?;
-    let mut lse = output::<f32>(&stream, b * n * hq, "lse")?;
+    let (r1, r2) = set_ranges(ex, nk);
     let cfg = launch_config(
         (blocks(n * (hq / hkv), ROWS)?, hkv as u32, b as u32),
         THREADS,
         smem,
     );
-    let mut launch = stream.launch_builder(&kernel.func);
-    launch
-        .arg(&qv)
-        .arg(&k1)
-        .arg(&k2)
-        .arg(&v1)
-        .arg(&v2)
-        .arg(&mut o)
-        .arg(&mut lse)
-        .arg(&shape);
-    // SAFETY: the arguments match the kernel's signature (five const bf16*, bf16* o, float* lse,
-    // Shape by value); each view holds the element count the kernel indexes (checked by `view`);
-    // the grid covers all N * G rows of every (batch, K/V head), so o and lse are fully written.
-    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
-
-    super::forward_outputs(op, &dev, o, lse)
+    // SAFETY: simplicial_fwd_wgmma_* takes (q, k1, k2, v1, v2, o, lse, Shape) in bf16; `view`
+    // checked the element counts; the grid covers all N * G rows.
+    unsafe {
+        super::launch_forward(
+            op,
+            &dev,
+            (&kernel.func, &name),
+            cfg,
+            &qv,
+            [
+                &kv.slice(r1.clone()),
+                &kv.slice(r2.clone()),
+                &vv.slice(r1),
+                &vv.slice(r2),
+            ],
+            &shape,
+        )
+    }
 }

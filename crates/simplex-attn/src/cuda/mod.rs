@@ -24,7 +24,7 @@ mod forward;
 mod forward_wgmma;
 mod module;
 
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -198,6 +198,16 @@ impl KernelShape {
         })
     }
 
+    /// The shape in the kernels' orientation: windows exchanged when `exchange` (see
+    /// [`exchange_sets`]).
+    pub(crate) fn oriented(self, exchange: bool) -> KernelShape {
+        if exchange {
+            self.swapped()
+        } else {
+            self
+        }
+    }
+
     /// The same shape with the two key/value sets' windows exchanged.
     pub(crate) fn swapped(self) -> KernelShape {
         KernelShape {
@@ -205,6 +215,23 @@ impl KernelShape {
             w2: self.w1,
             ..self
         }
+    }
+}
+
+/// Whether the kernels get the two key/value sets exchanged. The forwards, the dq kernel and the
+/// tensor-core backward walk their window 1 one position at a time and tile window 2, so they
+/// want the smaller window first; the layer is symmetric in the two sets.
+pub(crate) fn exchange_sets(win: &Windows) -> bool {
+    win.w1 > win.w2
+}
+
+/// The element ranges of the kernels' (first, second) set in a stacked `[2, ..]` buffer of two
+/// sets of `len` elements each: `(0..len, len..2 len)`, exchanged when `exchange`.
+pub(crate) fn set_ranges(exchange: bool, len: usize) -> (Range<usize>, Range<usize>) {
+    if exchange {
+        (len..2 * len, 0..len)
+    } else {
+        (0..len, len..2 * len)
     }
 }
 
@@ -300,14 +327,25 @@ pub(crate) fn output<T: Element>(
     Ok(s)
 }
 
-/// Finishes a forward launch: saves `lse [B,N,Hq]` (f32) in the op for the backward and
-/// returns `o [B,N,Hq,Dv]` as candle storage.
-pub(crate) fn forward_outputs<T: Element>(
+/// Runs a forward kernel of signature `(const T* q, k1, k2, v1, v2, T* o, float* lse, Shape)`
+/// (both forwards have it), saves `lse [B,N,Hq]` (f32) in the op for the backward and returns
+/// `o [B,N,Hq,Dv]` as candle storage. `sets` are `[k1, k2, v1, v2]` in the kernel's orientation
+/// (see [`exchange_sets`]), `shape` oriented the same way.
+///
+/// # Safety
+/// `func` has that signature with element type `T`, every view holds the element count the
+/// kernel indexes for `op.dims`, and `cfg`'s grid covers all N * G rows of every (batch, K/V
+/// head), so that o and lse are fully written.
+pub(crate) unsafe fn launch_forward<T: Element>(
     op: &crate::op::SimplicialOp,
     dev: &candle_core::cuda_backend::CudaDevice,
-    o: CudaSlice<T>,
-    lse: CudaSlice<f32>,
+    (func, name): (&cudarc::driver::CudaFunction, &str),
+    cfg: LaunchConfig,
+    q: &CudaView<'_, T>,
+    [k1, k2, v1, v2]: [&CudaView<'_, T>; 4],
+    shape: &KernelShape,
 ) -> Result<(CudaStorage, candle_core::Shape)> {
+    use cudarc::driver::PushKernelArg;
     let Dims {
         batch,
         seq,
@@ -315,6 +353,15 @@ pub(crate) fn forward_outputs<T: Element>(
         dv,
         ..
     } = op.dims;
+    let stream = dev.cuda_stream();
+    let mut o = output::<T>(&stream, batch * seq * heads_q * dv, "o")?;
+    let mut lse = output::<f32>(&stream, batch * seq * heads_q, "lse")?;
+    let mut launch = stream.launch_builder(func);
+    launch.arg(q).arg(k1).arg(k2).arg(v1).arg(v2);
+    launch.arg(&mut o).arg(&mut lse).arg(shape);
+    // SAFETY: the arguments are the kernel's (o and lse sized here for op.dims); the rest is this
+    // function's own safety contract.
+    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
     let lse = candle_core::Tensor::from_storage(
         candle_core::Storage::Cuda(CudaStorage::wrap_cuda_slice(lse, dev.clone())),
         (batch, seq, heads_q),
