@@ -85,24 +85,17 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
     let mut json = Vec::new();
     for s in &shapes {
         let r = run_shape(s, &device, a.reps, a.seconds, a.forward_only)?;
-        let (fr, fbr) = (r.forward_rate(), r.forward_backward_rate());
-        println!(
-            "{:<18} {:>10.3} {:>10.2} {:>10.3} {:>10.2} {:>7.1}% {:>7.1}%  {}",
-            s.name,
-            r.forward_s * 1e3,
-            fr / div,
-            r.forward_backward_s * 1e3,
-            fbr / div,
-            100.0 * fr / ceiling,
-            100.0 * fbr / ceiling,
-            s.describe()
-        );
-        json.push(serde_json::json!({
-            "name": s.name, "config": s.describe(), "device": a.device,
-            "forward_s": r.forward_s, "forward_backward_s": r.forward_backward_s,
-            "forward_flops": s.forward_flops(), "forward_rate": fr, "forward_backward_rate": fbr,
-            "matmul_rate": ceiling, "reps": r.reps,
-        }));
+        let row = Row {
+            name: &s.name,
+            config: s.describe(),
+            forward_flops: s.forward_flops(),
+            forward_s: r.forward_s,
+            forward_backward_s: r.forward_backward_s,
+            forward_rate: r.forward_rate(),
+            forward_backward_rate: r.forward_backward_rate(),
+            reps: r.reps,
+        };
+        json.push(row.print(&a.device, div, ceiling));
     }
     let dot_shapes: Vec<_> = if cuda {
         dot_bench::cuda_shapes()
@@ -117,24 +110,17 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
     }
     for s in &dot_shapes {
         let r = dot_bench::run_shape(s, &device, a.reps, a.seconds, a.forward_only)?;
-        let (fr, fbr) = (r.forward_rate(), r.forward_backward_rate());
-        println!(
-            "{:<18} {:>10.3} {:>10.2} {:>10.3} {:>10.2} {:>7.1}% {:>7.1}%  {}",
-            s.name,
-            r.forward_s * 1e3,
-            fr / div,
-            r.forward_backward_s * 1e3,
-            fbr / div,
-            100.0 * fr / ceiling,
-            100.0 * fbr / ceiling,
-            s.describe()
-        );
-        json.push(serde_json::json!({
-            "name": s.name, "config": s.describe(), "device": a.device,
-            "forward_s": r.forward_s, "forward_backward_s": r.forward_backward_s,
-            "forward_flops": s.forward_flops(), "forward_rate": fr, "forward_backward_rate": fbr,
-            "matmul_rate": ceiling, "reps": r.reps,
-        }));
+        let row = Row {
+            name: &s.name,
+            config: s.describe(),
+            forward_flops: s.forward_flops(),
+            forward_s: r.forward_s,
+            forward_backward_s: r.forward_backward_s,
+            forward_rate: r.forward_rate(),
+            forward_backward_rate: r.forward_backward_rate(),
+            reps: r.reps,
+        };
+        json.push(row.print(&a.device, div, ceiling));
     }
     println!("# fwd/mm, f+b/mm: rate over the matrix-product rate measured above");
     if let Some(path) = &a.json {
@@ -142,4 +128,41 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
         std::fs::write(path, text)?;
     }
     Ok(())
+}
+
+/// One measured shape of either attention op: printed as a table row, returned as JSON.
+struct Row<'a> {
+    name: &'a str,
+    config: String,
+    forward_flops: f64,
+    forward_s: f64,
+    forward_backward_s: f64,
+    forward_rate: f64,
+    forward_backward_rate: f64,
+    reps: usize,
+}
+
+impl Row<'_> {
+    /// Prints the row (rates divided by `div`, and as a share of the matrix-product rate
+    /// `ceiling`) and returns its JSON record.
+    fn print(&self, device: &str, div: f64, ceiling: f64) -> serde_json::Value {
+        let (fr, fbr) = (self.forward_rate, self.forward_backward_rate);
+        println!(
+            "{:<18} {:>10.3} {:>10.2} {:>10.3} {:>10.2} {:>7.1}% {:>7.1}%  {}",
+            self.name,
+            self.forward_s * 1e3,
+            fr / div,
+            self.forward_backward_s * 1e3,
+            fbr / div,
+            100.0 * fr / ceiling,
+            100.0 * fbr / ceiling,
+            self.config
+        );
+        serde_json::json!({
+            "name": self.name, "config": self.config, "device": device,
+            "forward_s": self.forward_s, "forward_backward_s": self.forward_backward_s,
+            "forward_flops": self.forward_flops, "forward_rate": fr, "forward_backward_rate": fbr,
+            "matmul_rate": ceiling, "reps": self.reps,
+        })
+    }
 }
