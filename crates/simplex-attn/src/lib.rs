@@ -16,6 +16,7 @@
 // Kernels and the oracle loop over indices the way the einsum is written.
 #![allow(clippy::needless_range_loop)]
 
+pub mod backward_plan;
 pub mod bench;
 pub mod cpu;
 mod cpu_data;

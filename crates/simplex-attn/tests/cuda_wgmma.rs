@@ -1,15 +1,17 @@
 //! The tensor-core forward (bf16, D = Dv in {64, 128}) and backward (bf16, D = Dv in
-//! {32, 64, 96, 128}) against the CUDA-core kernels in f32 on the same bf16-rounded inputs, at shapes too large for the float64 oracle: the anchor
+//! {32, 64, 96, 128}; both the wgmma and the mma.sync kernels) against the CUDA-core kernels in
+//! f32 on the same bf16-rounded inputs, at shapes too large for the float64 oracle: the anchor
 //! configurations of the spec (GQA 64 and 128, windows (32, 512) and (512, 32)), query packing
 //! (G < 64), window-1 longer than one staged chunk, bidirectional windows, ragged row blocks.
 //! (The oracle comparison of the small shapes is in cuda_vs_oracle.rs, which routes bf16
-//! D = 64/128 cases through this kernel too.) Built only with `--features cuda`.
+//! cases through the default choice of these kernels.) Built only with `--features cuda`.
 #![cfg(feature = "cuda")]
 
 mod common;
 
 use candle_core::{DType, Tensor};
 use common::cuda;
+use simplex_attn::cuda::WgmmaBackward;
 use simplex_attn::{simplicial_attn, AttnSpec};
 
 fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
@@ -122,37 +124,44 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
                 })
                 .collect()
         };
-        let fast = grads(&x)?;
         let slow = grads(&x.clone().map(|t| t.to_dtype(DType::F32).expect("to f32")))?;
-        let mut line = format!("case {t}: b={b} n={n} hq={hq} hkv={hkv} d={d} {spec:?}:");
-        let mut ok = true;
-        // With one (j, k) pair per query (n = 1, or windows (1, 1)) the exact dq, dk1, dk2 are
-        // zero (dS = dP - delta = 0); bf16 leaves rounding noise there, so those three are
-        // checked against the size of dv (norm of the noise under 1e-2 of ||dv1||) instead.
-        let single_pair = n == 1 || (spec.w1 == Some(1) && spec.w2 == Some(1));
-        let dv_norm = slow[3]
-            .sqr()?
-            .sum_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?
-            .sqrt();
-        for (t, (name, (f, s))) in ["dq", "dk1", "dk2", "dv1", "dv2"]
-            .iter()
-            .zip(fast.iter().zip(&slow))
-            .enumerate()
-        {
-            let e = if single_pair && matches!(t, 0..=2) {
-                let f = f.to_dtype(DType::F64)?;
-                f.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt() / dv_norm
-            } else {
-                rel_l2(f, s)?
-            };
-            ok &= e < 2e-2;
-            line += &format!(" {name} {e:.2e}");
-        }
-        println!("{line} {}", if ok { "ok" } else { "FAIL" });
-        if !ok {
-            failures.push(t);
+        // every tensor-core backward kernel: wgmma for both kernels, mma.sync for both
+        for mode in [WgmmaBackward::Both, WgmmaBackward::Off] {
+            simplex_attn::cuda::set_wgmma_backward(mode);
+            let fast = grads(&x);
+            simplex_attn::cuda::set_wgmma_backward(WgmmaBackward::Auto);
+            let fast = fast?;
+            let mut line =
+                format!("case {t} {mode:?}: b={b} n={n} hq={hq} hkv={hkv} d={d} {spec:?}:");
+            let mut ok = true;
+            // With one (j, k) pair per query (n = 1, or windows (1, 1)) the exact dq, dk1, dk2 are
+            // zero (dS = dP - delta = 0); bf16 leaves rounding noise there, so those three are
+            // checked against the size of dv (norm of the noise under 1e-2 of ||dv1||) instead.
+            let single_pair = n == 1 || (spec.w1 == Some(1) && spec.w2 == Some(1));
+            let dv_norm = slow[3]
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?
+                .sqrt();
+            for (t, (name, (f, s))) in ["dq", "dk1", "dk2", "dv1", "dv2"]
+                .iter()
+                .zip(fast.iter().zip(&slow))
+                .enumerate()
+            {
+                let e = if single_pair && matches!(t, 0..=2) {
+                    let f = f.to_dtype(DType::F64)?;
+                    f.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt() / dv_norm
+                } else {
+                    rel_l2(f, s)?
+                };
+                ok &= e < 2e-2;
+                line += &format!(" {name} {e:.2e}");
+            }
+            println!("{line} {}", if ok { "ok" } else { "FAIL" });
+            if !ok {
+                failures.push((t, mode));
+            }
         }
     }
     anyhow::ensure!(failures.is_empty(), "failing cases {failures:?}");

@@ -1,5 +1,7 @@
-//! Launches of `kernels/simplicial_bwd_mma.cu`: the tensor-core backward for bf16 with
-//! D = Dv in {32, 64, 96, 128}. Other calls run the CUDA-core kernels of `backward.rs`.
+//! Launches of the tensor-core backward for bf16 with D = Dv in {32, 64, 96, 128}:
+//! `kernels/simplicial_bwd_wgmma.cu` (wgmma) for D in {64, 128}, `kernels/simplicial_bwd_mma.cu`
+//! (mma.sync) for the others or when `set_wgmma_backward(false)`; both have the same kernel
+//! signatures and outputs. Other calls run the CUDA-core kernels of `backward.rs`.
 //!
 //! ```text
 //! delta [B,N,Hq]          pre-pass (backward.rs)
@@ -23,41 +25,12 @@ use super::{
 };
 use crate::op::SimplicialOp;
 
-const THREADS: u32 = 128;
-/// Rows per block of the q kernel and keys per block of the k kernel (`RB`, `TK`).
-const BLOCK: usize = 64;
-/// Window-1 rows per chunk in the k kernel (`JK`).
-const K_CHUNK: usize = 64;
+use crate::backward_plan::{plan, KernelFile, BLOCK};
 
-/// Window-1 rows per chunk in the q kernel (`q_chunk` in the kernel): the most that keep two
-/// blocks per SM.
-fn q_chunk(d: usize) -> usize {
-    match d {
-        0..=64 => 96,
-        65..=96 => 64,
-        _ => 48,
-    }
-}
-
-/// `QSmem<D>::BYTES`: two padded 64-row tiles, the chunk's k1 and v1 rows, two f32 accumulators.
-fn q_smem_bytes(d: usize) -> usize {
-    let jc = q_chunk(d);
-    2 * BLOCK * (d + 8) * 2 + 2 * jc * d * 2 + 2 * jc * d * 4
-}
-
-/// `KSmem<D, R>::BYTES`: two padded 64-key tiles (k2, v2), two padded R-row tiles (q, dout),
-/// the chunk's k1 and v1 rows, the rows' (lse, delta) and query index.
-fn k_smem_bytes(d: usize, rows: usize) -> usize {
-    2 * BLOCK * (d + 8) * 2 + 2 * rows * (d + 8) * 2 + 2 * K_CHUNK * d * 2 + rows * 8 + rows * 4
-}
-
-/// Rows per step of the k kernel: 64, or 32 when G < 64 packs several queries into a step
-/// (a step walks the union of its queries' window 1, so fewer queries waste less).
-fn k_rows(group: usize) -> usize {
-    if group < 64 {
-        32
-    } else {
-        64
+fn family(file: KernelFile) -> Family {
+    match file {
+        KernelFile::Mma => Family::BackwardMma,
+        KernelFile::Wgmma => Family::BackwardWgmma,
     }
 }
 
@@ -103,11 +76,12 @@ pub(crate) fn backward(
     let delta = super::backward::delta::<T>(&dev, &shape, &ov, &dov, b * n * hq)?;
     clock.lap("delta")?;
 
+    let (q_launch, k_launch) = plan(d, hq / hkv, super::wgmma_backward());
     // q kernel: dq, and dk1 / dv1 into zeroed f32 buffers
-    let name = format!("simplicial_bwd_q_mma_d{d}");
-    let kernel = module::kernel(&dev, Family::BackwardMma, &name)?;
-    let smem = q_smem_bytes(d);
-    check_smem(&name, smem, kernel.max_smem, d, d)?;
+    let name = &q_launch.name;
+    let kernel = module::kernel(&dev, family(q_launch.file), name)?;
+    let smem = q_launch.smem;
+    check_smem(name, smem, kernel.max_smem, d, d)?;
     let mut dq = output::<T>(&stream, nq, "dq")?;
     let mut dk1 = stream
         .alloc_zeros::<f32>(nk)
@@ -117,7 +91,7 @@ pub(crate) fn backward(
         .map_err(|e| cuda_err("allocating the dv1 accumulator", e))?;
     let cfg = launch_config(
         (blocks(n * (hq / hkv), BLOCK)?, hkv as u32, b as u32),
-        THREADS,
+        q_launch.threads,
         smem,
     );
     let mut launch = stream.launch_builder(&kernel.func);
@@ -138,25 +112,24 @@ pub(crate) fn backward(
     // SAFETY: the arguments follow the kernel's signature (six const bf16*, two const float*,
     // bf16* dq, float* dk1, float* dv1, Shape); every view holds the count the kernel indexes
     // (checked by `view`), the grid covers all N * G rows of every (batch, K/V head).
-    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
-    clock.lap(&name)?;
+    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
+    clock.lap(name)?;
 
     // k kernel: dk2, dv2 straight into their slots of dK, dV
-    let rows = k_rows(hq / hkv);
-    let name = if rows == 64 {
-        format!("simplicial_bwd_k_mma_d{d}")
-    } else {
-        format!("simplicial_bwd_k_mma_r{rows}_d{d}")
-    };
-    let kernel = module::kernel(&dev, Family::BackwardMma, &name)?;
-    let smem = k_smem_bytes(d, rows);
-    check_smem(&name, smem, kernel.max_smem, d, d)?;
+    let name = &k_launch.name;
+    let kernel = module::kernel(&dev, family(k_launch.file), name)?;
+    let smem = k_launch.smem;
+    check_smem(name, smem, kernel.max_smem, d, d)?;
     let mut dk = output::<T>(&stream, 2 * nk, "dK")?;
     let mut dvs = output::<T>(&stream, 2 * nk, "dV")?;
     {
         let mut dk2 = dk.slice_mut(second.clone());
         let mut dv2 = dvs.slice_mut(second);
-        let cfg = launch_config((blocks(n, BLOCK)?, hkv as u32, b as u32), THREADS, smem);
+        let cfg = launch_config(
+            (blocks(n, BLOCK)?, hkv as u32, b as u32),
+            k_launch.threads,
+            smem,
+        );
         let mut launch = stream.launch_builder(&kernel.func);
         launch
             .arg(&qv)
@@ -170,8 +143,8 @@ pub(crate) fn backward(
         // SAFETY: the arguments follow the kernel's signature (six const bf16*, two const
         // float*, bf16* dk2, bf16* dv2, Shape); dk2 and dv2 hold B*N*Hkv*D elements and the
         // grid covers all N keys of every (batch, K/V head).
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
-        clock.lap(&name)?;
+        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
+        clock.lap(name)?;
     }
 
     // dk1, dv1: f32 accumulators to bf16, into the other slots

@@ -27,6 +27,7 @@ mod module;
 use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::{DType, Layout, Result, Storage};
@@ -68,6 +69,27 @@ static DETERMINISTIC: AtomicBool = AtomicBool::new(false);
 /// differ between runs. `SIMPLEX_DETERMINISTIC=1` in the environment also turns this on.
 pub fn set_deterministic(on: bool) {
     DETERMINISTIC.store(on, Ordering::Relaxed);
+}
+
+pub use crate::backward_plan::WgmmaBackward;
+
+static WGMMA_BACKWARD: Mutex<WgmmaBackward> = Mutex::new(WgmmaBackward::Auto);
+
+/// Which tensor-core backward kernels run on wgmma (bf16, D = Dv in {64, 128}) rather than
+/// mma.sync; [`WgmmaBackward::Auto`] (the default) picks the faster per kernel as measured. For
+/// side-by-side comparisons and tests. `SIMPLEX_BWD_WGMMA` in the environment overrides it
+/// (`0`, `q`, `k`, `1`; see [`WgmmaBackward::parse`]).
+pub fn set_wgmma_backward(choice: WgmmaBackward) {
+    if let Ok(mut c) = WGMMA_BACKWARD.lock() {
+        *c = choice;
+    }
+}
+
+pub(crate) fn wgmma_backward() -> WgmmaBackward {
+    match std::env::var("SIMPLEX_BWD_WGMMA") {
+        Ok(v) => WgmmaBackward::parse(&v),
+        Err(_) => WGMMA_BACKWARD.lock().map_or(WgmmaBackward::Auto, |c| *c),
+    }
 }
 
 pub(crate) fn deterministic() -> bool {

@@ -29,6 +29,8 @@ pub(crate) enum Family {
     BackwardKey,
     /// `kernels/simplicial_bwd_mma.cu` (tensor-core backward, bf16, D = Dv in {32, 64, 96, 128})
     BackwardMma,
+    /// `kernels/simplicial_bwd_wgmma.cu` (wgmma backward, bf16, D = Dv in {64, 128})
+    BackwardWgmma,
     /// `kernels/dot_attn_fwd.cu` (dot-product forward, tensor cores)
     DotForward,
     /// `kernels/dot_attn_bwd_dq.cu` (dot-product dq, tensor cores)
@@ -55,6 +57,9 @@ impl Family {
             Family::BackwardMma => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_mma.cubin"))
             }
+            Family::BackwardWgmma => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_wgmma.cubin"))
+            }
             Family::DotForward => include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_fwd.cubin")),
             Family::DotBackwardQuery => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_bwd_dq.cubin"))
@@ -75,6 +80,7 @@ impl Family {
             Family::BackwardQuery => "kernels/simplicial_bwd_dq.cu",
             Family::BackwardKey => "kernels/simplicial_bwd_dkv.cu",
             Family::BackwardMma => "kernels/simplicial_bwd_mma.cu",
+            Family::BackwardWgmma => "kernels/simplicial_bwd_wgmma.cu",
             Family::DotForward => "kernels/dot_attn_fwd.cu",
             Family::DotBackwardQuery => "kernels/dot_attn_bwd_dq.cu",
             Family::DotBackwardKey => "kernels/dot_attn_bwd_dkv.cu",

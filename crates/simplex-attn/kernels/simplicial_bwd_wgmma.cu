@@ -1,0 +1,680 @@
+// 2-simplicial attention backward on Hopper tensor cores (wgmma), bf16 in, f32 accumulation.
+//
+// Gradients (spec section 3; the same two-kernel split as simplicial_bwd_mma.cu, whose header
+// has the formulas): P and dS are recomputed from the saved lse and the delta pre-pass; window 1
+// (k1, v1) is the SMALL window, walked one position j at a time, window 2 (k2, v2) the large one
+// in 64-key tiles (the launch exchanges the sets when needed).
+//
+// Both kernels are built like the forward (simplicial_fwd_wgmma.cu): a producer warpgroup WG0
+// and NC = D/64 consumer warpgroups, one per 64 columns (head-dim entries) of the gradients,
+// with P and dS handed over through double-buffered 128B-swizzled shared memory (named
+// barriers FULL / EMPTY per buffer, as in the forward). Every product is arranged so that its
+// shared-memory operand is K-major (the only layout the descriptor helpers in wgmma.cuh
+// describe) and its register operand carries the per-j scaling:
+//
+// q kernel, simplicial_bwd_q_wgmma_d{D}: owns 64 rows r = (query, head) (grid x = row blocks,
+//   y = K/V head, z = batch), like the forward.
+//   WG0:  S  = (Q ∘ k1_j) @ K2^T,  dP = (dout ∘ v1_j) @ V2^T       A: registers (ldmatrix of
+//         the staged Q, dout rows, times k1_j / v1_j), B: the K2 / V2 tile (swizzled), M = rows
+//         P = exp2(S s log2e - lse log2e) (masked), dS = P (dP - delta)  -> smem [row][key]
+//   WG1+c: X^T = K2^T @ dS^T,  Y^T = V2^T @ P^T                      A: ldmatrix.trans of the
+//         tile (columns 64c..64c+63), B: dS, P from smem; M = head-dim entries, N = rows
+//         dq^T += k1_j ∘ X^T (registers); dk1[j] += s Σ_rows q ∘ X, dv1[j] += Σ_rows dout ∘ Y:
+//         sums over the thread's 16 rows and its quad (2 shuffles), owned smem accumulators per
+//         window-1 chunk, added to global f32 with atomics at the end of each chunk.
+// k kernel, simplicial_bwd_k_wgmma_d{D}: owns 64 keys of window 2 (grid x = key tiles), walks
+//   the rows that see them in steps of 64.
+//   WG0:  S^T = (K2 ∘ k1_j) @ Q^T, dP^T = (V2 ∘ v1_j) @ dout^T      A: the block's own k2, v2
+//         rows (ldmatrix) times k1_j / v1_j, B: the step's q, dout rows (swizzled); M = keys
+//         P^T, dS^T -> smem [key][row]
+//   WG1+c: dv2^T += (dout^T ∘ v1_j) @ P, dk2^T += (Q^T ∘ k1_j) @ dS  A: ldmatrix.trans of the
+//         step's rows (columns 64c..), times v1_j / k1_j per row of A; B: P^T, dS^T from smem
+//         Accumulators stay in registers for the whole block; no atomics.
+// Determinism: dq, dk2, dv2 are summed in a fixed order; dk1, dv1 with f32 atomics across row
+// blocks, as in the mma.sync backward (SIMPLEX_DETERMINISTIC=1 selects the CUDA-core one).
+//
+// Shared memory (D = 128): q kernel: K2, V2 tiles 2 x 2 x 16 KB, P/dS 2 x 2 x 8 KB, q and dout
+// rows 2 x 17 KB, window-1 rows 2 x JC x 256 B, dk1/dv1 accumulators 2 x JC x 512 B (JC = 48):
+// 203 KB; k kernel: q, dout steps 2 x 2 x 16 KB, P/dS 32 KB, window-1 rows 2 x 2 x 16 KB, own
+// k2, v2 2 x 17 KB, row metadata 3 KB: 199 KB. One CTA of 128 (1 + D/64) threads per SM.
+// Registers: WG0 holds two A operands (2 x D/4) and two accumulators (2 x 32); a consumer two
+// accumulators (64) plus, in the q kernel, dq^T (32) and the q, dout values of its 16 rows (32).
+// History and measurements: kernels/NOTES.md (v4).
+#include "common.cuh"
+#include "tensor_core.cuh"
+#include "wgmma.cuh"
+
+using namespace simplex;
+typedef __nv_bfloat16 bf16;
+
+namespace {
+
+constexpr int BLK = 64;       // owned rows (q kernel) / keys (k kernel) = WG0's M
+constexpr int TN = 64;        // keys per tile (q kernel) / rows per step (k kernel) = WG0's N
+constexpr int BAR_FULL = 1;   // + buffer: P, dS written (WG0 arrives, consumers wait)
+constexpr int BAR_EMPTY = 3;  // + buffer: P, dS consumed (consumers arrive, WG0 waits)
+constexpr int PA = BLK * TN * 2;  // one hand-over atom: 64 rows of 128 bytes
+
+__device__ __forceinline__ uint32_t ld_u32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// Copies rows [pos0, pos0 + n) of a [.., D] tensor (row p at src + off(p)) into `rows`-row smem
+// as D/64 swizzled atoms (swizzled = true) or rows of `stride` elements; rows at or past `end`
+// (and past n) are zero-filled. Threads [tid0, tid0 + nthreads) of the block take part.
+template <int D, bool SWIZZLED, typename Off>
+__device__ __forceinline__ void stage(uint32_t dst, int rows, int stride, const bf16* src, Off off, int pos0,
+                                      int n, int end, int tid, int nthreads) {
+  for (int c = tid; c < rows * (D / 8); c += nthreads) {
+    const int rr = c / (D / 8), c16 = c % (D / 8), pos = pos0 + rr;
+    const bool ok = rr < n && pos < end;
+    const uint32_t at = SWIZZLED ? sw128_tile(rows, rr, c16 * 8) : (rr * stride + c16 * 8) * 2;
+    cp_async16(dst + at, src + (ok ? off(pos) + c16 * 8 : 0), ok);
+  }
+}
+
+// A fragment (mma.sync layout) of rows [r0, r0 + 16) x columns [c0, c0 + 16) of a row-major
+// smem tile with `stride` elements per row.
+__device__ __forceinline__ void lds_a(uint32_t (&a)[4], uint32_t base, int stride, int r0, int c0, int lane) {
+  const int row = r0 + (lane % 8) + 8 * ((lane / 8) % 2), col = c0 + 8 * (lane / 16);
+  ldsm_x4(a, base + (row * stride + col) * 2);
+}
+// A fragment of the TRANSPOSED block: M = columns [c0, c0 + 16), K = rows [r0, r0 + 16) of a
+// swizzled [rows x D] tile.
+__device__ __forceinline__ void lds_at(uint32_t (&a)[4], uint32_t base, int rows, int r0, int c0, int lane) {
+  const int mat = lane / 8;
+  ldsm_x4_t(a, base + sw128_tile(rows, r0 + (mat / 2) * 8 + lane % 8, c0 + (mat % 2) * 8));
+}
+// a = f ∘ (lo, hi) along K: columns 2t, 2t+1 scaled by lo, 2t+8, 2t+9 by hi (WG0's products).
+__device__ __forceinline__ void scale_k(uint32_t (&a)[4], const uint32_t (&f)[4], uint32_t lo, uint32_t hi) {
+  a[0] = bf2_mul(f[0], lo);
+  a[1] = bf2_mul(f[1], lo);
+  a[2] = bf2_mul(f[2], hi);
+  a[3] = bf2_mul(f[3], hi);
+}
+// a = f ∘ (s0 on row g, s1 on row g + 8) along M (the consumers' products).
+__device__ __forceinline__ void scale_m(uint32_t (&a)[4], const uint32_t (&f)[4], uint32_t s0, uint32_t s1) {
+  a[0] = bf2_mul(f[0], s0);
+  a[1] = bf2_mul(f[1], s1);
+  a[2] = bf2_mul(f[2], s0);
+  a[3] = bf2_mul(f[3], s1);
+}
+
+// Register rebalancing between the warpgroups (D = 128: three warpgroups launched at 168
+// registers each = 504 per thread slot; producer 152 + two consumers 176 = 504). No-op for D = 64 (two
+// warpgroups, 255 each).
+template <int D>
+__device__ __forceinline__ void producer_registers() {
+  if constexpr (D > 64) asm volatile("setmaxnreg.dec.sync.aligned.u32 152;\n" ::: "memory");
+}
+template <int D>
+__device__ __forceinline__ void consumer_registers() {
+  if constexpr (D > 64) asm volatile("setmaxnreg.inc.sync.aligned.u32 176;\n" ::: "memory");
+}
+
+// Writes a 64 x 64 f32 accumulator (this warp's rows 16w + g (+8), columns 8n + 2t (+1)) as bf16
+// into a swizzled hand-over atom, row-major.
+__device__ __forceinline__ void store_atom(uint8_t* atom, const float (&acc)[32], int warp, int g, int t) {
+#pragma unroll
+  for (int e = 0; e < 2; ++e)
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+      *reinterpret_cast<uint32_t*>(atom + sw128(16 * warp + g + 8 * e, n) + 4 * t) =
+          bf2_pack(acc[4 * n + 2 * e], acc[4 * n + 2 * e + 1]);
+}
+
+// ------------------------------------------------------------------------------------------
+// q kernel
+
+template <int D>
+struct QLayout {
+  static constexpr int NC = D / 64;
+  static constexpr int THREADS = 128 * (1 + NC);
+  static constexpr int JC = D <= 64 ? 96 : 48;  // window-1 rows per chunk
+  static constexpr int ROWP = D + 8;             // padded q / dout row, elements
+  static constexpr int KT = TN * D * 2;          // one swizzled key tile
+  static constexpr int K2_OFF = 0;               // [2 buffers]
+  static constexpr int V2_OFF = K2_OFF + 2 * KT;
+  static constexpr int P_OFF = V2_OFF + 2 * KT;  // [2 buffers][P, dS]
+  static constexpr int Q_OFF = P_OFF + 4 * PA;
+  static constexpr int O_OFF = Q_OFF + BLK * ROWP * 2;
+  static constexpr int K1_OFF = O_OFF + BLK * ROWP * 2;
+  static constexpr int V1_OFF = K1_OFF + JC * D * 2;
+  static constexpr int DK_OFF = V1_OFF + JC * D * 2;  // f32 [JC][D]
+  static constexpr int DV_OFF = DK_OFF + JC * D * 4;
+  static constexpr int BYTES = DV_OFF + JC * D * 4 + 1024;  // + alignment slack
+};
+static_assert(QLayout<128>::BYTES <= 227 * 1024 && QLayout<64>::BYTES <= 227 * 1024, "q kernel smem");
+
+template <int D>
+__device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __restrict__ k1,
+                                      const bf16* __restrict__ k2, const bf16* __restrict__ v1,
+                                      const bf16* __restrict__ v2, const bf16* __restrict__ dout,
+                                      const float* __restrict__ lse, const float* __restrict__ dlt,
+                                      bf16* __restrict__ dq, float* __restrict__ dk1, float* __restrict__ dv1,
+                                      const Shape s) {
+  using L = QLayout<D>;
+  constexpr int KS = D / 16, THREADS = L::THREADS;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const bf16* k1s = reinterpret_cast<const bf16*>(sm + L::K1_OFF);
+  const bf16* v1s = reinterpret_cast<const bf16*>(sm + L::V1_OFF);
+  float* dks = reinterpret_cast<float*>(sm + L::DK_OFF);
+  float* dvs = reinterpret_cast<float*>(sm + L::DV_OFF);
+
+  const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
+  const int b = blockIdx.z, kv = blockIdx.y;
+  const int row0 = blockIdx.x * BLK, nrows = N * G;
+  const int row_last = min(row0 + BLK, nrows) - 1;
+  const Range JU = {window(row0 / G, s.w1, N, s.causal).lo, window(row_last / G, s.w1, N, s.causal).hi};
+  const Range KU = {window(row0 / G, s.w2, N, s.causal).lo, window(row_last / G, s.w2, N, s.causal).hi};
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
+  auto q_row = [&](int r) -> long long { return (long long)(b * N + r / G) * Hq + kv * G + r % G; };
+  auto q_off = [&](int r) -> long long { return q_row(r) * D; };
+  const float sl2 = s.scale * LOG2E;
+
+  auto load_tile = [&](int k0, int buf) {
+    stage<D, true>(smem_u32(sm + L::K2_OFF + buf * L::KT), TN, 0, k2, kv_off, k0, TN, KU.hi, tid, THREADS);
+    stage<D, true>(smem_u32(sm + L::V2_OFF + buf * L::KT), TN, 0, v2, kv_off, k0, TN, KU.hi, tid, THREADS);
+  };
+  stage<D, false>(smem_u32(sm + L::Q_OFF), BLK, L::ROWP, q, q_off, row0, BLK, nrows, tid, THREADS);
+  stage<D, false>(smem_u32(sm + L::O_OFF), BLK, L::ROWP, dout, q_off, row0, BLK, nrows, tid, THREADS);
+  cp_async_commit();
+  cp_async_wait_all();
+  __syncthreads();  // q, dout rows staged
+  const int nkt = (KU.hi - KU.lo + TN - 1) / TN;
+
+  // All warpgroups walk the same (chunk, tile, j) sequence with the same block-wide barriers,
+  // each with its own copy of the walk: on_step(buf, k0, j0, jj, pb, use) per position j.
+  // Returns the number of hand-overs.
+  auto walk = [&](auto&& on_step) -> int {
+    int uses = 0;
+    for (int j0 = JU.lo; j0 < JU.hi; j0 += L::JC) {
+      const int jn = min(L::JC, JU.hi - j0);
+      __syncthreads();  // the previous chunk is flushed
+      stage<D, false>(smem_u32(sm + L::K1_OFF), L::JC, D, k1, kv_off, j0, jn, JU.hi, tid, THREADS);
+      stage<D, false>(smem_u32(sm + L::V1_OFF), L::JC, D, v1, kv_off, j0, jn, JU.hi, tid, THREADS);
+      for (int x = tid; x < L::JC * D; x += THREADS) dks[x] = dvs[x] = 0.0f;
+      load_tile(KU.lo, 0);
+      cp_async_commit();
+      for (int kt = 0; kt < nkt; ++kt) {
+        const int buf = kt & 1, k0 = KU.lo + kt * TN;
+        cp_async_wait_all();
+        fence_async_smem();
+        __syncthreads();
+        if (kt + 1 < nkt) {
+          load_tile(k0 + TN, buf ^ 1);
+          cp_async_commit();
+        }
+        for (int jj = 0; jj < jn; ++jj, ++uses) on_step(buf, k0, j0, jj, uses & 1, uses);
+      }
+      __syncthreads();  // every j of the chunk is summed
+      for (int x = tid; x < jn * D; x += THREADS) {
+        const long long at = kv_off(j0 + x / D) + x % D;
+        atomicAdd(dk1 + at, dks[x] * s.scale);
+        atomicAdd(dv1 + at, dvs[x]);
+      }
+    }
+    return uses;
+  };
+
+  if (wg == 0) {
+    producer_registers<D>();
+    float lse2[2], dl[2];
+    Range jr[2], kr[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int r = row0 + warp * 16 + g + 8 * e;
+      const bool ok = r < nrows;
+      const int i = ok ? r / G : 0;
+      jr[e] = ok ? window(i, s.w1, N, s.causal) : Range{0, 0};
+      kr[e] = window(i, s.w2, N, s.causal);
+      lse2[e] = ok ? lse[q_row(r)] * LOG2E : 0.0f;
+      dl[e] = ok ? dlt[q_row(r)] : 0.0f;
+    }
+    const uint32_t qa = smem_u32(sm + L::Q_OFF), oa = smem_u32(sm + L::O_OFF);
+    const int uses = walk([&](int buf, int k0, int j0, int jj, int pb, int use) {
+      const int j = j0 + jj;
+      const bf16* k1j = k1s + jj * D;
+      const bf16* v1j = v1s + jj * D;
+      const uint32_t kb = smem_u32(sm + L::K2_OFF + buf * L::KT), vb = smem_u32(sm + L::V2_OFF + buf * L::KT);
+      float sa[32], pa[32];
+      uint32_t aq[KS][4], ao[KS][4];
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t f[4];
+        lds_a(f, qa, L::ROWP, 16 * warp, 16 * ks, lane);
+        scale_k(aq[ks], f, ld_u32(k1j + 16 * ks + 2 * t), ld_u32(k1j + 16 * ks + 2 * t + 8));
+      }
+      wg_fence();
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks)
+        wgmma_m64n64k16_rs(sa, aq[ks], desc_sw128(kb + (ks / 4) * (TN * 128) + (ks % 4) * 32), ks > 0);
+      wg_commit();
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t f[4];
+        lds_a(f, oa, L::ROWP, 16 * warp, 16 * ks, lane);
+        scale_k(ao[ks], f, ld_u32(v1j + 16 * ks + 2 * t), ld_u32(v1j + 16 * ks + 2 * t + 8));
+      }
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks)
+        wgmma_m64n64k16_rs(pa, ao[ks], desc_sw128(vb + (ks / 4) * (TN * 128) + (ks % 4) * 32), ks > 0);
+      wg_commit();
+      wg_wait1();  // S is done; dP may still run
+      reg_fence(sa);
+      // P (zero where the pair is outside the row's windows), then dS = P (dP - delta)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const bool jok = j >= jr[e].lo && j < jr[e].hi;
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int key = k0 + 8 * n + 2 * t + c, x = 4 * n + 2 * e + c;
+            const bool ok = jok && key >= kr[e].lo && key < kr[e].hi;
+            sa[x] = ok ? fast_exp2(sa[x] * sl2 - lse2[e]) : 0.0f;
+          }
+      }
+      wg_wait0();
+      reg_fence(pa);
+#pragma unroll
+      for (int x = 0; x < 32; ++x) pa[x] = sa[x] * (pa[x] - dl[x % 4 < 2 ? 0 : 1]);
+      if (use >= 2) bar_sync(BAR_EMPTY + pb, THREADS);  // the consumers are done with this buffer
+      uint8_t* ps = sm + L::P_OFF + pb * 2 * PA;
+      store_atom(ps, sa, warp, g, t);
+      store_atom(ps + PA, pa, warp, g, t);
+      fence_async_smem();
+      bar_arrive(BAR_FULL + pb, THREADS);
+    });
+    for (int pb = 0; pb < 2; ++pb)  // balance the EMPTY arrivals of the last uses
+      if (uses > pb) bar_sync(BAR_EMPTY + pb, THREADS);
+    __syncthreads();  // the consumers' dq^T is staged
+  } else {
+    consumer_registers<D>();
+    const int c0 = 64 * (wg - 1) + 16 * warp;  // this warp's head-dim entries c0 + g (+8)
+    // q and dout at (rows 8n + 2t (+1), column c0 + g + 8e), as bf16 pairs; dq^T accumulators
+    uint32_t qv[2][8], ov[2][8];
+    float dqa[32];
+    {
+      const bf16* qs = reinterpret_cast<const bf16*>(sm + L::Q_OFF);
+      const bf16* os = reinterpret_cast<const bf16*>(sm + L::O_OFF);
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const int r = 8 * n + 2 * t, c = c0 + g + 8 * e;
+          qv[e][n] = bf2_pack(__bfloat162float(qs[r * L::ROWP + c]), __bfloat162float(qs[(r + 1) * L::ROWP + c]));
+          ov[e][n] = bf2_pack(__bfloat162float(os[r * L::ROWP + c]), __bfloat162float(os[(r + 1) * L::ROWP + c]));
+        }
+    }
+#pragma unroll
+    for (int x = 0; x < 32; ++x) dqa[x] = 0.0f;
+    walk([&](int buf, int, int, int jj, int pb, int) {
+      // X^T = K2^T @ dS^T first; Y^T = V2^T @ P^T runs while dq and dk1 take X^T
+      const uint32_t kb = smem_u32(sm + L::K2_OFF + buf * L::KT), vb = smem_u32(sm + L::V2_OFF + buf * L::KT);
+      uint32_t kf[4][4], vf[4][4];
+#pragma unroll
+      for (int st = 0; st < 4; ++st) lds_at(kf[st], kb, TN, 16 * st, c0, lane);
+      bar_sync(BAR_FULL + pb, THREADS);
+      const uint32_t ps = smem_u32(sm + L::P_OFF + pb * 2 * PA);
+      float xa[32], ya[32];
+      wg_fence();
+#pragma unroll
+      for (int st = 0; st < 4; ++st) wgmma_m64n64k16_rs(xa, kf[st], desc_sw128(ps + PA + st * 32), st > 0);
+      wg_commit();
+#pragma unroll
+      for (int st = 0; st < 4; ++st) lds_at(vf[st], vb, TN, 16 * st, c0, lane);
+      wg_wait0();
+      reg_fence(xa);
+      wg_fence();
+#pragma unroll
+      for (int st = 0; st < 4; ++st) wgmma_m64n64k16_rs(ya, vf[st], desc_sw128(ps + st * 32), st > 0);
+      wg_commit();
+      const bf16* k1j = k1s + jj * D;
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = c0 + g + 8 * e;
+        const float kj = __bfloat162float(k1j[c]);
+        float sk = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const int x = 4 * n + 2 * e;
+          dqa[x] += kj * xa[x];
+          dqa[x + 1] += kj * xa[x + 1];
+          const float2 qq = bf2_float2(qv[e][n]);
+          sk += qq.x * xa[x] + qq.y * xa[x + 1];
+        }
+        sk += __shfl_xor_sync(0xffffffffu, sk, 1);
+        sk += __shfl_xor_sync(0xffffffffu, sk, 2);
+        if (t == 0) dks[jj * D + c] += sk;
+      }
+      wg_wait0();
+      reg_fence(ya);
+      bar_arrive(BAR_EMPTY + pb, THREADS);
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = c0 + g + 8 * e;
+        float sv = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const int x = 4 * n + 2 * e;
+          const float2 oo = bf2_float2(ov[e][n]);
+          sv += oo.x * ya[x] + oo.y * ya[x + 1];
+        }
+        sv += __shfl_xor_sync(0xffffffffu, sv, 1);
+        sv += __shfl_xor_sync(0xffffffffu, sv, 2);
+        if (t == 1) dvs[jj * D + c] += sv;
+      }
+    });
+    // dq[r, c] = s dq^T[c, r], staged through the K2 tiles' smem for coalesced stores
+    bf16* stage_q = reinterpret_cast<bf16*>(sm + L::K2_OFF);  // [BLK][D]
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int cc = 0; cc < 2; ++cc)
+          stage_q[(8 * n + 2 * t + cc) * D + c0 + g + 8 * e] = __float2bfloat16_rn(dqa[4 * n + 2 * e + cc] * s.scale);
+    __syncthreads();
+  }
+  // (both branches end with the same block barrier: dq^T is staged)
+  for (int c = tid; c < BLK * D / 8; c += THREADS) {
+    const int rr = c / (D / 8), c16 = c % (D / 8), r = row0 + rr;
+    if (r < nrows)
+      *reinterpret_cast<uint4*>(dq + q_off(r) + c16 * 8) =
+          *reinterpret_cast<const uint4*>(reinterpret_cast<const bf16*>(sm + L::K2_OFF) + rr * D + c16 * 8);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// k kernel
+
+template <int D>
+struct KLayout {
+  static constexpr int NC = D / 64;
+  static constexpr int THREADS = 128 * (1 + NC);
+  static constexpr int JC = 64;                  // window-1 rows staged per step
+  static constexpr int OWNP = D + 8;             // padded own k2 / v2 row, elements
+  static constexpr int BT = TN * D * 2;          // one swizzled [TN rows x D] step block
+  static constexpr int JB = JC * D * 2;          // one set of window-1 rows
+  static constexpr int Q_OFF = 0;                // [2 buffers]
+  static constexpr int O_OFF = Q_OFF + 2 * BT;   // [2 buffers]
+  static constexpr int P_OFF = O_OFF + 2 * BT;   // [2 buffers][P^T, dS^T]
+  static constexpr int K1_OFF = P_OFF + 4 * PA;  // [2 buffers]
+  static constexpr int V1_OFF = K1_OFF + 2 * JB; // [2 buffers]
+  static constexpr int K2_OFF = V1_OFF + 2 * JB;
+  static constexpr int V2_OFF = K2_OFF + BLK * OWNP * 2;
+  static constexpr int META_OFF = V2_OFF + BLK * OWNP * 2;  // float2 [2][TN] (lse log2e, delta)
+  static constexpr int JR_OFF = META_OFF + 2 * TN * 8;      // int2 [2][TN] window 1 of the row
+  static constexpr int KR_OFF = JR_OFF + 2 * TN * 8;        // int2 [2][TN] window 2 of the row
+  static constexpr int BYTES = KR_OFF + 2 * TN * 8 + 1024;
+};
+static_assert(KLayout<128>::BYTES <= 227 * 1024 && KLayout<64>::BYTES <= 227 * 1024, "k kernel smem");
+
+template <int D>
+__device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __restrict__ k1,
+                                      const bf16* __restrict__ k2, const bf16* __restrict__ v1,
+                                      const bf16* __restrict__ v2, const bf16* __restrict__ dout,
+                                      const float* __restrict__ lse, const float* __restrict__ dlt,
+                                      bf16* __restrict__ dk2, bf16* __restrict__ dv2, const Shape s) {
+  using L = KLayout<D>;
+  constexpr int KS = D / 16, THREADS = L::THREADS;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  float2* meta = reinterpret_cast<float2*>(sm + L::META_OFF);
+  int2* jrow = reinterpret_cast<int2*>(sm + L::JR_OFF);  // empty for rows past the end
+  int2* krow = reinterpret_cast<int2*>(sm + L::KR_OFF);
+
+  const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
+  const int b = blockIdx.z, kv = blockIdx.y;
+  const int k0 = blockIdx.x * BLK, kend = min(k0 + BLK, N);
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
+  auto q_row = [&](int r) -> long long { return (long long)(b * N + r / G) * Hq + kv * G + r % G; };
+  auto q_off = [&](int r) -> long long { return q_row(r) * D; };
+  const float sl2 = s.scale * LOG2E;
+
+  // the rows r = i * G + h whose queries see a key of the block, in steps of TN
+  const int r_lo = seen_by(k0, s.w2, N, s.causal).lo * G;
+  const int r_hi = seen_by(kend - 1, s.w2, N, s.causal).hi * G;
+  const int nsteps = (r_hi - r_lo + TN - 1) / TN;
+  auto step_range = [&](int st) -> Range {  // rows of step st, and their union of window 1
+    const int rb0 = r_lo + st * TN, rend = min(rb0 + TN, r_hi);
+    return {rb0, rend};
+  };
+  auto union_w1 = [&](Range rows) -> Range {
+    return {window(rows.lo / G, s.w1, N, s.causal).lo, window((rows.hi - 1) / G, s.w1, N, s.causal).hi};
+  };
+  auto load_rows = [&](int st, int buf, int j0) {
+    const Range rows = step_range(st);
+    const Range ju = union_w1(rows);
+    const int jn = min(L::JC, ju.hi - j0);
+    stage<D, true>(smem_u32(sm + L::Q_OFF + buf * L::BT), TN, 0, q, q_off, rows.lo, TN, rows.hi, tid, THREADS);
+    stage<D, true>(smem_u32(sm + L::O_OFF + buf * L::BT), TN, 0, dout, q_off, rows.lo, TN, rows.hi, tid, THREADS);
+    stage<D, false>(smem_u32(sm + L::K1_OFF + buf * L::JB), L::JC, D, k1, kv_off, j0, jn, ju.hi, tid, THREADS);
+    stage<D, false>(smem_u32(sm + L::V1_OFF + buf * L::JB), L::JC, D, v1, kv_off, j0, jn, ju.hi, tid, THREADS);
+    for (int rr = tid; rr < TN; rr += THREADS) {
+      const int r = rows.lo + rr;
+      const bool ok = r < rows.hi;
+      const Range jw = window(ok ? r / G : 0, s.w1, N, s.causal), kw = window(ok ? r / G : 0, s.w2, N, s.causal);
+      jrow[buf * TN + rr] = ok ? make_int2(jw.lo, jw.hi) : make_int2(0, 0);
+      krow[buf * TN + rr] = ok ? make_int2(kw.lo, kw.hi) : make_int2(0, 0);
+      meta[buf * TN + rr] = ok ? make_float2(lse[q_row(r)] * LOG2E, dlt[q_row(r)]) : make_float2(0.0f, 0.0f);
+    }
+  };
+  auto load_j = [&](int buf, int j0, int end) {  // restage window-1 rows (unions wider than JC)
+    const int jn = min(L::JC, end - j0);
+    stage<D, false>(smem_u32(sm + L::K1_OFF + buf * L::JB), L::JC, D, k1, kv_off, j0, jn, end, tid, THREADS);
+    stage<D, false>(smem_u32(sm + L::V1_OFF + buf * L::JB), L::JC, D, v1, kv_off, j0, jn, end, tid, THREADS);
+  };
+
+  stage<D, false>(smem_u32(sm + L::K2_OFF), BLK, L::OWNP, k2, kv_off, k0, BLK, kend, tid, THREADS);
+  stage<D, false>(smem_u32(sm + L::V2_OFF), BLK, L::OWNP, v2, kv_off, k0, BLK, kend, tid, THREADS);
+  if (nsteps > 0) load_rows(0, 0, union_w1(step_range(0)).lo);
+  cp_async_commit();
+
+  // All warpgroups walk the same (step, chunk, j) sequence with the same block-wide barriers:
+  // on_rows(buf) once a step's rows have landed, on_step(buf, j, jj, pb, use) per position j.
+  auto walk = [&](auto&& on_rows, auto&& on_step) -> int {
+    int uses = 0;
+    for (int st = 0; st < nsteps; ++st) {
+      const int buf = st & 1;
+      const Range ju = union_w1(step_range(st));
+      cp_async_wait_all();
+      fence_async_smem();
+      __syncthreads();
+      if (st + 1 < nsteps) {
+        load_rows(st + 1, buf ^ 1, union_w1(step_range(st + 1)).lo);
+        cp_async_commit();
+      }
+      on_rows(buf);
+      for (int j0 = ju.lo; j0 < ju.hi; j0 += L::JC) {
+        if (j0 > ju.lo) {
+          __syncthreads();
+          load_j(buf, j0, ju.hi);
+          cp_async_commit();
+          cp_async_wait_all();
+          __syncthreads();
+        }
+        const int jn = min(L::JC, ju.hi - j0);
+        for (int jj = 0; jj < jn; ++jj, ++uses) on_step(buf, j0 + jj, jj, uses & 1, uses);
+      }
+    }
+    return uses;
+  };
+
+  if (wg == 0) {
+    producer_registers<D>();
+    const uint32_t k2a = smem_u32(sm + L::K2_OFF), v2a = smem_u32(sm + L::V2_OFF);
+    // bit 4n + 2c + e: key 16 warp + g + 8e of the block is in window 2 of the step's row 8n + 2t + c
+    uint32_t kmask = 0;
+    const auto on_rows = [&](int buf) {
+      kmask = 0;
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int2 kw = krow[buf * TN + 8 * n + 2 * t + c];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int key = k0 + 16 * warp + g + 8 * e;
+            if (key >= kw.x && key < kw.y) kmask |= 1u << (4 * n + 2 * c + e);
+          }
+        }
+    };
+    const int uses = walk(on_rows, [&](int buf, int j, int jj, int pb, int use) {
+      const bf16* k1j = reinterpret_cast<const bf16*>(sm + L::K1_OFF + buf * L::JB) + jj * D;
+      const bf16* v1j = reinterpret_cast<const bf16*>(sm + L::V1_OFF + buf * L::JB) + jj * D;
+      const uint32_t qb = smem_u32(sm + L::Q_OFF + buf * L::BT), ob = smem_u32(sm + L::O_OFF + buf * L::BT);
+      float sa[32], pa[32];
+      uint32_t ak[KS][4], av[KS][4];
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t f[4];
+        lds_a(f, k2a, L::OWNP, 16 * warp, 16 * ks, lane);
+        scale_k(ak[ks], f, ld_u32(k1j + 16 * ks + 2 * t), ld_u32(k1j + 16 * ks + 2 * t + 8));
+      }
+      wg_fence();
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks)
+        wgmma_m64n64k16_rs(sa, ak[ks], desc_sw128(qb + (ks / 4) * (TN * 128) + (ks % 4) * 32), ks > 0);
+      wg_commit();
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        uint32_t f[4];
+        lds_a(f, v2a, L::OWNP, 16 * warp, 16 * ks, lane);
+        scale_k(av[ks], f, ld_u32(v1j + 16 * ks + 2 * t), ld_u32(v1j + 16 * ks + 2 * t + 8));
+      }
+      wg_fence();
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks)
+        wgmma_m64n64k16_rs(pa, av[ks], desc_sw128(ob + (ks / 4) * (TN * 128) + (ks % 4) * 32), ks > 0);
+      wg_commit();
+      wg_wait1();  // S^T is done; dP^T may still run
+      reg_fence(sa);
+      // P^T (zero outside the windows of the column's row) while dP^T runs
+      const float2* mt = meta + buf * TN;
+      const int2* jt = jrow + buf * TN;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const int rr = 8 * n + 2 * t;
+        const float4 m = *reinterpret_cast<const float4*>(mt + rr);  // rows rr, rr + 1
+        const int4 jw = *reinterpret_cast<const int4*>(jt + rr);
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float l2 = c ? m.z : m.x;
+          const bool jok = c ? (j >= jw.z && j < jw.w) : (j >= jw.x && j < jw.y);
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int x = 4 * n + 2 * e + c;
+            const bool ok = jok && ((kmask >> (4 * n + 2 * c + e)) & 1u);
+            sa[x] = ok ? fast_exp2(sa[x] * sl2 - l2) : 0.0f;
+          }
+        }
+      }
+      wg_wait0();
+      reg_fence(pa);
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const float4 m = *reinterpret_cast<const float4*>(mt + 8 * n + 2 * t);
+#pragma unroll
+        for (int x = 4 * n; x < 4 * n + 4; ++x) pa[x] = sa[x] * (pa[x] - ((x & 1) ? m.w : m.y));
+      }
+      if (use >= 2) bar_sync(BAR_EMPTY + pb, THREADS);
+      uint8_t* ps = sm + L::P_OFF + pb * 2 * PA;
+      store_atom(ps, sa, warp, g, t);
+      store_atom(ps + PA, pa, warp, g, t);
+      fence_async_smem();
+      bar_arrive(BAR_FULL + pb, THREADS);
+    });
+    for (int pb = 0; pb < 2; ++pb)
+      if (uses > pb) bar_sync(BAR_EMPTY + pb, THREADS);
+    __syncthreads();  // the consumers may now stage into the step buffers
+    __syncthreads();  // dk2^T, dv2^T staged
+  } else {
+    consumer_registers<D>();
+    const int c0 = 64 * (wg - 1) + 16 * warp;  // this warp's head-dim entries c0 + g (+8)
+    float dka[32], dva[32];
+#pragma unroll
+    for (int x = 0; x < 32; ++x) dka[x] = dva[x] = 0.0f;
+    uint32_t qf[4][4], of[4][4];  // Q^T, dout^T of the step (M = columns c0.., K = rows)
+    walk(
+        [&](int buf) {
+          const uint32_t qb = smem_u32(sm + L::Q_OFF + buf * L::BT), ob = smem_u32(sm + L::O_OFF + buf * L::BT);
+#pragma unroll
+          for (int st = 0; st < 4; ++st) {
+            lds_at(qf[st], qb, TN, 16 * st, c0, lane);
+            lds_at(of[st], ob, TN, 16 * st, c0, lane);
+          }
+        },
+        [&](int buf, int, int jj, int pb, int) {
+          const bf16* k1j = reinterpret_cast<const bf16*>(sm + L::K1_OFF + buf * L::JB) + jj * D;
+          const bf16* v1j = reinterpret_cast<const bf16*>(sm + L::V1_OFF + buf * L::JB) + jj * D;
+          const uint32_t sk0 = bf2_splat(k1j[c0 + g]), sk1 = bf2_splat(k1j[c0 + g + 8]);
+          const uint32_t sv0 = bf2_splat(v1j[c0 + g]), sv1 = bf2_splat(v1j[c0 + g + 8]);
+          uint32_t aq[4][4], ao[4][4];
+#pragma unroll
+          for (int st = 0; st < 4; ++st) {
+            scale_m(aq[st], qf[st], sk0, sk1);
+            scale_m(ao[st], of[st], sv0, sv1);
+          }
+          bar_sync(BAR_FULL + pb, THREADS);
+          const uint32_t ps = smem_u32(sm + L::P_OFF + pb * 2 * PA);
+          reg_fence(dka);
+          reg_fence(dva);
+          wg_fence();
+#pragma unroll
+          for (int st = 0; st < 4; ++st) wgmma_m64n64k16_rs(dva, ao[st], desc_sw128(ps + st * 32), 1);
+#pragma unroll
+          for (int st = 0; st < 4; ++st) wgmma_m64n64k16_rs(dka, aq[st], desc_sw128(ps + PA + st * 32), 1);
+          wg_commit();
+          wg_wait0();
+          reg_fence(dka);
+          reg_fence(dva);
+          bar_arrive(BAR_EMPTY + pb, THREADS);
+        });
+    __syncthreads();  // WG0 is done with the step buffers
+    // dk2[key, c] = s dk2^T[c, key], dv2 likewise, staged in the step buffers
+    bf16* sk = reinterpret_cast<bf16*>(sm + L::Q_OFF);  // [BLK][D]
+    bf16* sv = reinterpret_cast<bf16*>(sm + L::O_OFF);
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int cc = 0; cc < 2; ++cc) {
+          const int at = (8 * n + 2 * t + cc) * D + c0 + g + 8 * e, x = 4 * n + 2 * e + cc;
+          sk[at] = __float2bfloat16_rn(dka[x] * s.scale);
+          sv[at] = __float2bfloat16_rn(dva[x]);
+        }
+    __syncthreads();
+  }
+  const bf16* sk = reinterpret_cast<const bf16*>(sm + L::Q_OFF);
+  const bf16* sv = reinterpret_cast<const bf16*>(sm + L::O_OFF);
+  for (int c = tid; c < BLK * D / 8; c += THREADS) {
+    const int kk = c / (D / 8), c16 = c % (D / 8), key = k0 + kk;
+    if (key < kend) {
+      *reinterpret_cast<uint4*>(dk2 + kv_off(key) + c16 * 8) = *reinterpret_cast<const uint4*>(sk + kk * D + c16 * 8);
+      *reinterpret_cast<uint4*>(dv2 + kv_off(key) + c16 * 8) = *reinterpret_cast<const uint4*>(sv + kk * D + c16 * 8);
+    }
+  }
+}
+
+}  // namespace
+
+#define SIMPLICIAL_BWD_WGMMA(D)                                                                              \
+  extern "C" __global__ void __launch_bounds__(QLayout<D>::THREADS, 1) simplicial_bwd_q_wgmma_d##D(         \
+      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, const bf16* dout,       \
+      const float* lse, const float* dlt, bf16* dq, float* dk1, float* dv1, const Shape s) {                 \
+    bwd_q<D>(q, k1, k2, v1, v2, dout, lse, dlt, dq, dk1, dv1, s);                                            \
+  }                                                                                                          \
+  extern "C" __global__ void __launch_bounds__(KLayout<D>::THREADS, 1) simplicial_bwd_k_wgmma_d##D(         \
+      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, const bf16* dout,       \
+      const float* lse, const float* dlt, bf16* dk2, bf16* dv2, const Shape s) {                             \
+    bwd_k<D>(q, k1, k2, v1, v2, dout, lse, dlt, dk2, dv2, s);                                                \
+  }
+
+SIMPLICIAL_BWD_WGMMA(64)
+SIMPLICIAL_BWD_WGMMA(128)

@@ -1,0 +1,246 @@
+//! Which tensor-core backward kernels run a 2-simplicial call, with their block size and shared
+//! memory: plain Rust, so it is tested without a GPU. The CUDA side mirrors the byte counts in
+//! `QSmem` / `KSmem` (kernels/simplicial_bwd_mma.cu) and `QLayout` / `KLayout`
+//! (kernels/simplicial_bwd_wgmma.cu); the launch code is `src/cuda/backward_mma.rs`.
+#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
+
+/// The kernel file a launch comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KernelFile {
+    /// `kernels/simplicial_bwd_mma.cu` (mma.sync; D in {32, 64, 96, 128}).
+    Mma,
+    /// `kernels/simplicial_bwd_wgmma.cu` (wgmma; D in {64, 128}).
+    Wgmma,
+}
+
+/// Rows per block of the q kernel and keys per block of the k kernel (`RB`, `TK`, `BLK`).
+pub(crate) const BLOCK: usize = 64;
+/// Window-1 rows per chunk in the mma.sync k kernel (`JK`).
+const K_CHUNK: usize = 64;
+
+/// Window-1 rows per chunk in the mma.sync q kernel (`q_chunk` in the kernel): the most that
+/// keep two blocks per SM.
+fn q_chunk(d: usize) -> usize {
+    match d {
+        0..=64 => 96,
+        65..=96 => 64,
+        _ => 48,
+    }
+}
+
+/// One kernel launch of the backward: function name, source file, threads and dynamic shared
+/// memory per block.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Launch {
+    pub(crate) name: String,
+    pub(crate) file: KernelFile,
+    pub(crate) threads: u32,
+    pub(crate) smem: usize,
+}
+
+/// Which of the two tensor-core backward kernels (the q kernel: dq, dk1, dv1; the k kernel:
+/// dk2, dv2) run on wgmma (`kernels/simplicial_bwd_wgmma.cu`, D in {64, 128}) instead of
+/// mma.sync (`kernels/simplicial_bwd_mma.cu`). Both compute the same gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WgmmaBackward {
+    /// The faster of the two per kernel as measured on the H200 (kernels/NOTES.md, v4): the q
+    /// kernel on wgmma when G = Hq/Hkv >= 64 (one block's 64 rows are 1 or 2 queries, so
+    /// little of window 1 is masked), the k kernel on mma.sync.
+    #[default]
+    Auto,
+    /// Both on mma.sync.
+    Off,
+    /// The q kernel on wgmma, the k kernel on mma.sync.
+    Q,
+    /// The k kernel on wgmma, the q kernel on mma.sync.
+    K,
+    /// Both on wgmma.
+    Both,
+}
+
+impl WgmmaBackward {
+    /// From `SIMPLEX_BWD_WGMMA`: `0` off, `q` or `k` that kernel only, `1` both, else auto.
+    pub fn parse(value: &str) -> Self {
+        match value {
+            "0" => WgmmaBackward::Off,
+            "q" => WgmmaBackward::Q,
+            "k" => WgmmaBackward::K,
+            "1" => WgmmaBackward::Both,
+            _ => WgmmaBackward::Auto,
+        }
+    }
+
+    /// (q kernel on wgmma, k kernel on wgmma) for G query heads per K/V head.
+    fn kernels(self, group: usize) -> (bool, bool) {
+        match self {
+            WgmmaBackward::Auto => (group >= 64, false),
+            WgmmaBackward::Off => (false, false),
+            WgmmaBackward::Q => (true, false),
+            WgmmaBackward::K => (false, true),
+            WgmmaBackward::Both => (true, true),
+        }
+    }
+}
+
+/// The q kernel (dq, dk1, dv1) and k kernel (dk2, dv2) for head dim `d` and `group` = G query
+/// heads per K/V head: each on wgmma where `choice` puts it there and D is 64 or 128, else on
+/// mma.sync.
+pub(crate) fn plan(d: usize, group: usize, choice: WgmmaBackward) -> (Launch, Launch) {
+    let wgmma_d = matches!(d, 64 | 128);
+    let (wq, wk) = choice.kernels(group);
+    let q = if wq && wgmma_d {
+        wgmma_launch(d, "q")
+    } else {
+        mma_q(d)
+    };
+    let k = if wk && wgmma_d {
+        wgmma_launch(d, "k")
+    } else {
+        mma_k(d, group)
+    };
+    (q, k)
+}
+
+/// `QLayout<D>` / `KLayout<D>` in simplicial_bwd_wgmma.cu: 1 + D/64 warpgroups.
+fn wgmma_launch(d: usize, which: &str) -> Launch {
+    let hand_over = 4 * BLOCK * BLOCK * 2; // [2 buffers][P, dS], 64 x 128 B each
+    let swizzled = BLOCK * d * 2; // one [64 x D] bf16 tile
+    let padded = BLOCK * (d + 8) * 2; // one padded [64 x D] tile
+    let smem = if which == "q" {
+        // K2, V2 tiles x 2 buffers, P/dS, q and dout rows, k1 / v1 rows and f32 accumulators
+        let jc = if d <= 64 { 96 } else { 48 };
+        4 * swizzled + hand_over + 2 * padded + 2 * jc * d * 2 + 2 * jc * d * 4 + 1024
+    } else {
+        // q, dout steps x 2 buffers, P/dS, k1 / v1 rows x 2 buffers, own k2 and v2, row metadata
+        4 * swizzled + hand_over + 4 * K_CHUNK * d * 2 + 2 * padded + BLOCK * 48 + 1024
+    };
+    Launch {
+        name: format!("simplicial_bwd_{which}_wgmma_d{d}"),
+        file: KernelFile::Wgmma,
+        threads: 128 * (1 + d as u32 / 64),
+        smem,
+    }
+}
+
+/// `QSmem<D>` in simplicial_bwd_mma.cu: two padded 64-row tiles, the chunk's k1 and v1 rows,
+/// two f32 accumulators.
+fn mma_q(d: usize) -> Launch {
+    let jc = q_chunk(d);
+    Launch {
+        name: format!("simplicial_bwd_q_mma_d{d}"),
+        file: KernelFile::Mma,
+        threads: 128,
+        smem: 2 * BLOCK * (d + 8) * 2 + 2 * jc * d * 2 + 2 * jc * d * 4,
+    }
+}
+
+/// `KSmem<D, R>` in simplicial_bwd_mma.cu: padded k2, v2 tiles and q, dout rows, the chunk's k1
+/// and v1 rows, the rows' (lse, delta) and query index. R rows per step: 64, or 32 when G < 64
+/// packs several queries into a step (a step walks the union of its queries' window 1, so
+/// fewer queries waste less).
+fn mma_k(d: usize, group: usize) -> Launch {
+    let rows = if group < 64 { 32 } else { 64 };
+    Launch {
+        name: if rows == 64 {
+            format!("simplicial_bwd_k_mma_d{d}")
+        } else {
+            format!("simplicial_bwd_k_mma_r{rows}_d{d}")
+        },
+        file: KernelFile::Mma,
+        threads: 128,
+        smem: 2 * BLOCK * (d + 8) * 2 + 2 * rows * (d + 8) * 2 + 2 * K_CHUNK * d * 2 + rows * 12,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shared memory one block may use on an H100/H200 (227 KB).
+    const MAX_SMEM: usize = 227 * 1024;
+
+    fn source(file: KernelFile) -> String {
+        let path = match file {
+            KernelFile::Mma => "kernels/simplicial_bwd_mma.cu",
+            KernelFile::Wgmma => "kernels/simplicial_bwd_wgmma.cu",
+        };
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + path)
+            .unwrap()
+    }
+
+    #[test]
+    fn wgmma_runs_d64_and_d128_only_when_allowed() {
+        for d in [32, 64, 96, 128] {
+            for group in [1, 8, 64, 128] {
+                let (q, k) = plan(d, group, WgmmaBackward::Both);
+                let want = if matches!(d, 64 | 128) {
+                    KernelFile::Wgmma
+                } else {
+                    KernelFile::Mma
+                };
+                assert_eq!((q.file, k.file), (want, want), "d {d} group {group}");
+                let (q, k) = plan(d, group, WgmmaBackward::Off);
+                assert_eq!((q.file, k.file), (KernelFile::Mma, KernelFile::Mma));
+                let (q, k) = plan(d, group, WgmmaBackward::parse("q"));
+                assert_eq!((q.file, k.file), (want, KernelFile::Mma));
+                let (q, k) = plan(d, group, WgmmaBackward::parse("k"));
+                assert_eq!((q.file, k.file), (KernelFile::Mma, want));
+            }
+        }
+        let on = WgmmaBackward::Both;
+        assert_eq!(plan(128, 64, on).0.threads, 384);
+        assert_eq!(plan(64, 64, on).1.threads, 256);
+        assert_eq!(plan(96, 64, on).0.threads, 128);
+        assert!(plan(64, 8, WgmmaBackward::Off).1.name.contains("_r32_"));
+        assert!(!plan(64, 64, WgmmaBackward::Off).1.name.contains("_r32_"));
+        assert_eq!(WgmmaBackward::parse("1"), on);
+        assert_eq!(WgmmaBackward::parse("0"), WgmmaBackward::Off);
+        assert_eq!(WgmmaBackward::parse(""), WgmmaBackward::Auto);
+        // auto: the q kernel on wgmma only for G >= 64, the k kernel on mma.sync
+        let auto = |d, g| {
+            let (q, k) = plan(d, g, WgmmaBackward::Auto);
+            (q.file, k.file)
+        };
+        assert_eq!(auto(128, 64), (KernelFile::Wgmma, KernelFile::Mma));
+        assert_eq!(auto(64, 128), (KernelFile::Wgmma, KernelFile::Mma));
+        assert_eq!(auto(64, 1), (KernelFile::Mma, KernelFile::Mma));
+        assert_eq!(auto(96, 64), (KernelFile::Mma, KernelFile::Mma));
+    }
+
+    #[test]
+    fn every_planned_kernel_exists_and_fits() {
+        for d in [32, 64, 96, 128] {
+            for group in [1, 3, 64, 128] {
+                for wgmma in [false, true] {
+                    let (q, k) = plan(
+                        d,
+                        group,
+                        if wgmma {
+                            WgmmaBackward::Both
+                        } else {
+                            WgmmaBackward::Off
+                        },
+                    );
+                    for l in [q, k] {
+                        assert!(l.smem <= MAX_SMEM, "{} wants {} bytes", l.name, l.smem);
+                        // the name is defined by the file's macro: prefix ## D
+                        let stem = l.name.trim_end_matches(&format!("d{d}"));
+                        let src = source(l.file);
+                        assert!(src.contains(stem), "{} not in {:?}", l.name, l.file);
+                        assert!(
+                            src.contains(&format!(
+                                "SIMPLICIAL_BWD_{}({d})",
+                                match l.file {
+                                    KernelFile::Mma => "MMA",
+                                    KernelFile::Wgmma => "WGMMA",
+                                }
+                            )),
+                            "{:?} is not compiled for D = {d}",
+                            l.file
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
