@@ -390,6 +390,13 @@ __device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __
   for (int rb0 = r_lo; rb0 < r_hi; rb0 += R) {
     const int rend = min(rb0 + R, r_hi);
     const Range JU = {window(rb0 / G, s.w1, N, s.causal).lo, window((rend - 1) / G, s.w1, N, s.causal).hi};
+    // The windows every row of the step shares (windows move monotonically with the query):
+    // where j is inside the shared window 1 and the whole key tile inside the shared window 2,
+    // no pair of the step is masked (at the anchor shapes: all but the ramps).
+    const int i_first = rb0 / G, i_last = (rend - 1) / G;
+    const Range J_ALL = {window(i_last, s.w1, N, s.causal).lo, window(i_first, s.w1, N, s.causal).hi};
+    const bool keys_inside = rend - rb0 == R && kend == k0 + TK &&
+                             window(i_last, s.w2, N, s.causal).lo <= k0 && kend <= window(i_first, s.w2, N, s.causal).hi;
     __syncthreads();  // the previous row block is done
     stage_rows<D>(qs, L::ROW, q, q_off, rb0, R, rend);
     stage_rows<D>(os, L::ROW, dout, q_off, rb0, R, rend);
@@ -438,23 +445,36 @@ __device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __
             mma(pa[2 * np + 1], av, bf2_mul(bo[2], vl), bf2_mul(bo[3], vh));
           }
         }
-        // P^T, dS^T (zero outside the windows of the column's row)
+        // P^T, dS^T (zero outside the windows of the column's row; block-uniform branch)
+        if (keys_inside && j >= J_ALL.lo && j < J_ALL.hi) {
 #pragma unroll
-        for (int n = 0; n < 2 * NP; ++n) {
-          const int rr = 8 * n + 2 * t;
-          const float4 m = *reinterpret_cast<const float4*>(meta + rr);  // rows rr, rr + 1
-          const int2 iq = *reinterpret_cast<const int2*>(irow + rr);
+          for (int n = 0; n < 2 * NP; ++n) {
+            const float4 m = *reinterpret_cast<const float4*>(meta + 8 * n + 2 * t);  // rows rr, rr + 1
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int i = c ? iq.y : iq.x;
-            const float l2 = c ? m.z : m.x, dd = c ? m.w : m.y;
-            const bool jok = in_window(i, j, s.w1, s.causal);
+            for (int x = 0; x < 4; ++x) {
+              const float p = fast_exp2(sa[n][x] * sl2 - ((x & 1) ? m.z : m.x));
+              pa[n][x] = p * (pa[n][x] - ((x & 1) ? m.w : m.y));
+              sa[n][x] = p;
+            }
+          }
+        } else {
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const bool ok = jok && key[e] < kend && in_window(i, key[e], s.w2, s.causal);
-              const float p = ok ? fast_exp2(sa[n][2 * e + c] * sl2 - l2) : 0.0f;
-              pa[n][2 * e + c] = p * (pa[n][2 * e + c] - dd);
-              sa[n][2 * e + c] = p;
+          for (int n = 0; n < 2 * NP; ++n) {
+            const int rr = 8 * n + 2 * t;
+            const float4 m = *reinterpret_cast<const float4*>(meta + rr);  // rows rr, rr + 1
+            const int2 iq = *reinterpret_cast<const int2*>(irow + rr);
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int i = c ? iq.y : iq.x;
+              const float l2 = c ? m.z : m.x, dd = c ? m.w : m.y;
+              const bool jok = in_window(i, j, s.w1, s.causal);
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const bool ok = jok && key[e] < kend && in_window(i, key[e], s.w2, s.causal);
+                const float p = ok ? fast_exp2(sa[n][2 * e + c] * sl2 - l2) : 0.0f;
+                pa[n][2 * e + c] = p * (pa[n][2 * e + c] - dd);
+                sa[n][2 * e + c] = p;
+              }
             }
           }
         }

@@ -263,23 +263,34 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
       wg_commit();
       wg_wait1();  // S is done; dP may still run
       reg_fence(sa);
-      // P (zero where the pair is outside the row's windows), then dS = P (dP - delta)
+      // P (zero where the pair is outside the row's windows), then dS = P (dP - delta). Where
+      // every (row, key) of the warp is inside the windows for this j, no masking (a
+      // warp-uniform branch).
+      bool inside = true;
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const bool jok = j >= jr[e].lo && j < jr[e].hi;
+      for (int e = 0; e < 2; ++e)
+        inside = inside && j >= jr[e].lo && j < jr[e].hi && k0 >= kr[e].lo && k0 + TN <= kr[e].hi;
+      if (__all_sync(0xffffffffu, inside)) {
 #pragma unroll
-        for (int n = 0; n < 8; ++n)
+        for (int x = 0; x < 32; ++x) sa[x] = fast_exp2(sa[x] * sl2 - lse2[(x % 4) / 2]);
+      } else {
 #pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int key = k0 + 8 * n + 2 * t + c, x = 4 * n + 2 * e + c;
-            const bool ok = jok && key >= kr[e].lo && key < kr[e].hi;
-            sa[x] = ok ? fast_exp2(sa[x] * sl2 - lse2[e]) : 0.0f;
-          }
+        for (int e = 0; e < 2; ++e) {
+          const bool jok = j >= jr[e].lo && j < jr[e].hi;
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int key = k0 + 8 * n + 2 * t + c, x = 4 * n + 2 * e + c;
+              const bool ok = jok && key >= kr[e].lo && key < kr[e].hi;
+              sa[x] = ok ? fast_exp2(sa[x] * sl2 - lse2[e]) : 0.0f;
+            }
+        }
       }
       wg_wait0();
       reg_fence(pa);
 #pragma unroll
-      for (int x = 0; x < 32; ++x) pa[x] = sa[x] * (pa[x] - dl[x % 4 < 2 ? 0 : 1]);
+      for (int x = 0; x < 32; ++x) pa[x] = sa[x] * (pa[x] - dl[(x % 4) / 2]);
       if (use >= 2) bar_sync(BAR_EMPTY + pb, THREADS);  // the consumers are done with this buffer
       uint8_t* ps = sm + L::P_OFF + pb * 2 * PA;
       store_atom(ps, sa, warp, g, t);

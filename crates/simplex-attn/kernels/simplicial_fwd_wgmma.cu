@@ -222,25 +222,45 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
       for (int u = 0; u < TJ; ++u)
 #pragma unroll
         for (int x = 0; x < 32; ++x) reg_fence(sacc[u][x]);
-      // mask, online softmax (base 2) for rows g (e = 0) and g + 8 (e = 1)
+      // mask, online softmax (base 2) for rows g (e = 0) and g + 8 (e = 1). Where every
+      // (row, j, key) of the warp's hand-over is inside the windows (all of it at the anchor
+      // shapes) the masking is skipped: a warp-uniform branch.
+      bool inside = jj + TJ <= jn;
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+        inside = inside && j0 + jj >= jr[e].lo && j0 + jj + TJ <= jr[e].hi && k0 >= kr[e].lo && k0 + TK <= kr[e].hi;
+      inside = __all_sync(0xffffffffu, inside);
       float alpha[2];
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float mx = -INFINITY;
+        if (inside) {
 #pragma unroll
-        for (int u = 0; u < TJ; ++u) {
-          const int j = j0 + jj + u;
-          const bool jok = jj + u < jn && j >= jr[e].lo && j < jr[e].hi;
+          for (int u = 0; u < TJ; ++u)
 #pragma unroll
-          for (int n = 0; n < 8; ++n)
+            for (int n = 0; n < 8; ++n)
 #pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const int key = k0 + 8 * n + 2 * t + c;
-              const bool ok = jok && key >= kr[e].lo && key < kr[e].hi;
-              const float x = ok ? sacc[u][4 * n + 2 * e + c] * sl2 : -INFINITY;
-              sacc[u][4 * n + 2 * e + c] = x;
-              mx = fmaxf(mx, x);
-            }
+              for (int c = 0; c < 2; ++c) {
+                const float x = sacc[u][4 * n + 2 * e + c] * sl2;
+                sacc[u][4 * n + 2 * e + c] = x;
+                mx = fmaxf(mx, x);
+              }
+        } else {
+#pragma unroll
+          for (int u = 0; u < TJ; ++u) {
+            const int j = j0 + jj + u;
+            const bool jok = jj + u < jn && j >= jr[e].lo && j < jr[e].hi;
+#pragma unroll
+            for (int n = 0; n < 8; ++n)
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const int key = k0 + 8 * n + 2 * t + c;
+                const bool ok = jok && key >= kr[e].lo && key < kr[e].hi;
+                const float x = ok ? sacc[u][4 * n + 2 * e + c] * sl2 : -INFINITY;
+                sacc[u][4 * n + 2 * e + c] = x;
+                mx = fmaxf(mx, x);
+              }
+          }
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));

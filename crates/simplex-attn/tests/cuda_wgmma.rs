@@ -11,7 +11,7 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::cuda;
-use simplex_attn::cuda::WgmmaBackward;
+use simplex_attn::cuda::{ForwardVariant, WgmmaBackward};
 use simplex_attn::{simplicial_attn, AttnSpec};
 
 fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
@@ -72,16 +72,25 @@ fn wgmma_forward_matches_the_f32_kernel() -> anyhow::Result<()> {
     let mut failures = vec![];
     for (t, &(b, n, hq, hkv, d, spec)) in cases.iter().enumerate() {
         let [q, k1, k2, v1, v2] = bf16_inputs(&dev, b, n, hq, hkv, d)?;
-        let fast = simplicial_attn(&q, &k1, &k2, &v1, &v2, &spec)?;
         let f = |x: &Tensor| x.to_dtype(DType::F32);
         let slow = simplicial_attn(&f(&q)?, &f(&k1)?, &f(&k2)?, &f(&v1)?, &f(&v2)?, &spec)?;
-        let eo = rel_l2(&fast.o, &slow.o)?;
-        let el = rel_l2(&fast.lse, &slow.lse)?;
-        // lse: a single pair's logit carries the bf16 rounding of q ∘ k1 (2^-9 relative)
-        let ok = eo < 1e-2 && el < 5e-3;
-        println!("case {t}: b={b} n={n} hq={hq} hkv={hkv} d={d} {spec:?}: rel L2 o {eo:.2e} lse {el:.2e} {}", if ok { "ok" } else { "FAIL" });
-        if !ok {
-            failures.push(t);
+        // every compiled variant of the kernel
+        for positions_per_handover in [1, 2] {
+            let variant = ForwardVariant {
+                positions_per_handover,
+            };
+            simplex_attn::cuda::set_forward_variant(variant);
+            let fast = simplicial_attn(&q, &k1, &k2, &v1, &v2, &spec);
+            simplex_attn::cuda::set_forward_variant(ForwardVariant::default());
+            let fast = fast?;
+            let eo = rel_l2(&fast.o, &slow.o)?;
+            let el = rel_l2(&fast.lse, &slow.lse)?;
+            // lse: a single pair's logit carries the bf16 rounding of q ∘ k1 (2^-9 relative)
+            let ok = eo < 1e-2 && el < 5e-3;
+            println!("case {t} {variant:?}: b={b} n={n} hq={hq} hkv={hkv} d={d} {spec:?}: rel L2 o {eo:.2e} lse {el:.2e} {}", if ok { "ok" } else { "FAIL" });
+            if !ok {
+                failures.push((t, variant));
+            }
         }
     }
     anyhow::ensure!(failures.is_empty(), "failing cases {failures:?}");

@@ -17,13 +17,44 @@ use crate::op::SimplicialOp;
 const ROWS: usize = 64;
 const THREADS: u32 = 256;
 
-/// Window-1 positions per hand-over between the kernel's warpgroups (`TJ`); 1 or 2 are
-/// compiled. `SIMPLEX_WGMMA_TJ=1` picks 1 (for comparisons).
-fn positions_per_handover() -> usize {
-    match std::env::var("SIMPLEX_WGMMA_TJ").as_deref() {
-        Ok("1") => 1,
-        _ => 2,
+/// Which compiled variant of the wgmma forward runs (`kernels/simplicial_fwd_wgmma.cu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardVariant {
+    /// Window-1 positions per hand-over between the warpgroups (`TJ`): 1 or 2.
+    pub positions_per_handover: usize,
+}
+
+impl Default for ForwardVariant {
+    /// The fastest measured on the H200 (kernels/NOTES.md, v2c).
+    fn default() -> Self {
+        ForwardVariant {
+            positions_per_handover: 2,
+        }
     }
+}
+
+static VARIANT: std::sync::Mutex<Option<ForwardVariant>> = std::sync::Mutex::new(None);
+
+/// Runs `variant` of the wgmma forward from now on (for comparisons and tests; the default is
+/// the fastest measured). `SIMPLEX_WGMMA_TJ=1|2` in the environment overrides it. Positions
+/// other than 1 and 2 are taken as 2.
+pub fn set_forward_variant(variant: ForwardVariant) {
+    if let Ok(mut v) = VARIANT.lock() {
+        *v = Some(variant);
+    }
+}
+
+fn variant() -> ForwardVariant {
+    let mut v = VARIANT.lock().ok().and_then(|v| *v).unwrap_or_default();
+    match std::env::var("SIMPLEX_WGMMA_TJ").as_deref() {
+        Ok("1") => v.positions_per_handover = 1,
+        Ok("2") => v.positions_per_handover = 2,
+        _ => {}
+    }
+    if v.positions_per_handover != 1 {
+        v.positions_per_handover = 2;
+    }
+    v
 }
 
 /// Dynamic shared memory of one block; `Smem<D, TJ>::BYTES` in the kernel.
@@ -53,7 +84,8 @@ pub(crate) fn forward(
     let (b, n, hq, hkv, d) = (dims.batch, dims.seq, dims.heads_q, dims.heads_kv, dims.d);
     let ex = exchange_sets(&op.win);
     let shape = KernelShape::new(&dims, &op.win, op.scale)?.oriented(ex);
-    let tj = positions_per_handover();
+    let variant = variant();
+    let tj = variant.positions_per_handover;
     let name = format!("simplicial_fwd_wgmma_tj{tj}_bf16_d{d}");
     let dev = q.device().clone();
     let kernel = module::kernel(&dev, Family::ForwardWgmma, &name)?;

@@ -72,6 +72,7 @@ pub fn set_deterministic(on: bool) {
 }
 
 pub use crate::backward_plan::WgmmaBackward;
+pub use forward_wgmma::{set_forward_variant, ForwardVariant};
 
 static WGMMA_BACKWARD: Mutex<WgmmaBackward> = Mutex::new(WgmmaBackward::Auto);
 
