@@ -229,22 +229,19 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
 #pragma unroll
       for (int e = 0; e < 2; ++e)
         inside = inside && j0 + jj >= jr[e].lo && j0 + jj + TJ <= jr[e].hi && k0 >= kr[e].lo && k0 + TK <= kr[e].hi;
-      inside = __all_sync(0xffffffffu, inside);
+      // Unmasked with a positive scale: the logits stay unscaled, the max is taken on them and
+      // scaled once, and the scale goes into the exp's FMA (f = sl2; else f = 1).
+      const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
+      const float f = fold ? sl2 : 1.0f;
       float alpha[2];
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float mx = -INFINITY;
-        if (inside) {
+        if (fold) {
 #pragma unroll
           for (int u = 0; u < TJ; ++u)
 #pragma unroll
-            for (int n = 0; n < 8; ++n)
-#pragma unroll
-              for (int c = 0; c < 2; ++c) {
-                const float x = sacc[u][4 * n + 2 * e + c] * sl2;
-                sacc[u][4 * n + 2 * e + c] = x;
-                mx = fmaxf(mx, x);
-              }
+            for (int x = 0; x < 16; ++x) mx = fmaxf(mx, sacc[u][4 * (x / 2) + 2 * e + x % 2]);
         } else {
 #pragma unroll
           for (int u = 0; u < TJ; ++u) {
@@ -264,6 +261,7 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        if (fold) mx *= sl2;
         const float m_new = fmaxf(m_row[e], mx);
         const float m_use = m_new == -INFINITY ? 0.0f : m_new;
         alpha[e] = fast_exp2(m_row[e] - m_use);
@@ -274,7 +272,7 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
           for (int n = 0; n < 8; ++n)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
-              const float p = fast_exp2(sacc[u][4 * n + 2 * e + c] - m_use);
+              const float p = fast_exp2(fmaf(sacc[u][4 * n + 2 * e + c], f, -m_use));
               sacc[u][4 * n + 2 * e + c] = p;
               sum += p;
             }
