@@ -27,10 +27,12 @@
 // longer windows are restaged per tile), alpha/l 1 KB: about 150 KB, one CTA per SM.
 // TJ window-1 positions per hand-over (1 or 2; 2 by default): one softmax update, one barrier
 // pair and one rescale per TJ positions.
-// Registers (ptxas, D = 128): TJ = 1: 204; TJ = 2: 255 with 20 bytes of spills. WG0 holds
+// Registers (ptxas, D = 128): TJ = 1: 201; TJ = 2: 255 with 32 bytes of spills. WG0 holds
 // Q (32) + A_j (32 TJ) + S (32 TJ); WG1 O^T (64) + V^T (32) + scaled V^T (32 TJ).
+// Hand-overs whose pairs are all inside the windows (every one at the anchor shapes) skip the
+// masking and fold the scale into the exp's FMA.
 // Measured (H200, 2026-11-28, B=2 N=8192 Hq=64 D=128 (32,512), exact-pair FLOPs): TJ = 2
-// 271-274 TFLOP/s, TJ = 1 251; history and next steps in kernels/NOTES.md.
+// 288-294 TFLOP/s; history, profile and next steps in kernels/NOTES.md.
 #include "common.cuh"
 #include "tensor_core.cuh"
 #include "wgmma.cuh"
