@@ -110,6 +110,38 @@ __device__ __forceinline__ void consumer_registers() {
   if constexpr (D > 64) asm volatile("setmaxnreg.inc.sync.aligned.u32 176;\n" ::: "memory");
 }
 
+// WG0's two products for one position j: sa = (F1 ∘ u) @ B1^T and pa = (F2 ∘ w) @ B2^T, with
+// F1, F2 the warpgroup's 64 rows of two padded smem tiles (`stride` elements per row), u, w the
+// window-1 rows k1_j, v1_j (scaling along K), B1, B2 swizzled [TN x D] tiles. Issues both and
+// returns once sa is complete (pa may still run: wg_wait0 before reading it), so the caller
+// computes P while the tensor cores finish dP.
+template <int KS>
+__device__ __forceinline__ void logits_pair(float (&sa)[32], float (&pa)[32], uint32_t f1, uint32_t f2, int stride,
+                                            const bf16* u, const bf16* w, uint32_t b1, uint32_t b2, int warp,
+                                            int lane) {
+  const int t = lane % 4;
+  // builds A = F ∘ x (ldmatrix, bf16x2 products) and issues acc = A @ B^T; A stays untouched
+  // until the product completes (each call has its own array)
+  auto issue = [&](float (&acc)[32], uint32_t (&a)[KS][4], uint32_t f_base, const bf16* x, uint32_t b) {
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      uint32_t f[4];
+      lds_a(f, f_base, stride, 16 * warp, 16 * ks, lane);
+      scale_k(a[ks], f, ld_u32(x + 16 * ks + 2 * t), ld_u32(x + 16 * ks + 2 * t + 8));
+    }
+    wg_fence();
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks)
+      wgmma_m64n64k16_rs(acc, a[ks], desc_sw128(b + (ks / 4) * (TN * 128) + (ks % 4) * 32), ks > 0);
+    wg_commit();
+  };
+  uint32_t a1[KS][4], a2[KS][4];
+  issue(sa, a1, f1, u, b1);
+  issue(pa, a2, f2, w, b2);
+  wg_wait1();
+  reg_fence(sa);
+}
+
 // Writes a 64 x 64 f32 accumulator (this warp's rows 16w + g (+8), columns 8n + 2t (+1)) as bf16
 // into a swizzled hand-over atom, row-major.
 __device__ __forceinline__ void store_atom(uint8_t* atom, const float (&acc)[32], int warp, int g, int t) {
@@ -239,30 +271,8 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
       const bf16* v1j = v1s + jj * D;
       const uint32_t kb = smem_u32(sm + L::K2_OFF + buf * L::KT), vb = smem_u32(sm + L::V2_OFF + buf * L::KT);
       float sa[32], pa[32];
-      uint32_t aq[KS][4], ao[KS][4];
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        uint32_t f[4];
-        lds_a(f, qa, L::ROWP, 16 * warp, 16 * ks, lane);
-        scale_k(aq[ks], f, ld_u32(k1j + 16 * ks + 2 * t), ld_u32(k1j + 16 * ks + 2 * t + 8));
-      }
-      wg_fence();
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks)
-        wgmma_m64n64k16_rs(sa, aq[ks], desc_sw128(kb + (ks / 4) * (TN * 128) + (ks % 4) * 32), ks > 0);
-      wg_commit();
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        uint32_t f[4];
-        lds_a(f, oa, L::ROWP, 16 * warp, 16 * ks, lane);
-        scale_k(ao[ks], f, ld_u32(v1j + 16 * ks + 2 * t), ld_u32(v1j + 16 * ks + 2 * t + 8));
-      }
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks)
-        wgmma_m64n64k16_rs(pa, ao[ks], desc_sw128(vb + (ks / 4) * (TN * 128) + (ks % 4) * 32), ks > 0);
-      wg_commit();
-      wg_wait1();  // S is done; dP may still run
-      reg_fence(sa);
+      // S = (Q ∘ k1_j) @ K2^T done, dP = (dout ∘ v1_j) @ V2^T may still run
+      logits_pair<KS>(sa, pa, qa, oa, L::ROWP, k1j, v1j, kb, vb, warp, lane);
       // P (zero where the pair is outside the row's windows), then dS = P (dP - delta). Where
       // every (row, key) of the warp is inside the windows for this j, no masking (a
       // warp-uniform branch).
@@ -540,31 +550,8 @@ __device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __
       const bf16* v1j = reinterpret_cast<const bf16*>(sm + L::V1_OFF + buf * L::JB) + jj * D;
       const uint32_t qb = smem_u32(sm + L::Q_OFF + buf * L::BT), ob = smem_u32(sm + L::O_OFF + buf * L::BT);
       float sa[32], pa[32];
-      uint32_t ak[KS][4], av[KS][4];
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        uint32_t f[4];
-        lds_a(f, k2a, L::OWNP, 16 * warp, 16 * ks, lane);
-        scale_k(ak[ks], f, ld_u32(k1j + 16 * ks + 2 * t), ld_u32(k1j + 16 * ks + 2 * t + 8));
-      }
-      wg_fence();
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks)
-        wgmma_m64n64k16_rs(sa, ak[ks], desc_sw128(qb + (ks / 4) * (TN * 128) + (ks % 4) * 32), ks > 0);
-      wg_commit();
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        uint32_t f[4];
-        lds_a(f, v2a, L::OWNP, 16 * warp, 16 * ks, lane);
-        scale_k(av[ks], f, ld_u32(v1j + 16 * ks + 2 * t), ld_u32(v1j + 16 * ks + 2 * t + 8));
-      }
-      wg_fence();
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks)
-        wgmma_m64n64k16_rs(pa, av[ks], desc_sw128(ob + (ks / 4) * (TN * 128) + (ks % 4) * 32), ks > 0);
-      wg_commit();
-      wg_wait1();  // S^T is done; dP^T may still run
-      reg_fence(sa);
+      // S^T = (K2 ∘ k1_j) @ Q^T done, dP^T = (V2 ∘ v1_j) @ dout^T may still run
+      logits_pair<KS>(sa, pa, k2a, v2a, L::OWNP, k1j, v1j, qb, ob, warp, lane);
       // P^T (zero outside the windows of the column's row) while dP^T runs
       const float2* mt = meta + buf * TN;
       const int2* jt = jrow + buf * TN;
