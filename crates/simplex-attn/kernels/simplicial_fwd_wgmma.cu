@@ -49,6 +49,7 @@ constexpr int THREADS = 256;  // two warpgroups
 constexpr int BAR_FULL = 1;   // + buffer: P[buffer] written (WG0 arrives, WG1 waits)
 constexpr int BAR_EMPTY = 3;  // + buffer: P[buffer] consumed (WG1 arrives, WG0 waits)
 constexpr int BAR_WG1 = 5;    // WG1 alone (epilogue staging)
+constexpr int BAR_PP = 6;     // + warpgroup: one warpgroup alone (ping-pong layout)
 
 
 // Shared-memory carve-up for head dim D (= Dv) and TJ window-1 positions per hand-over, from
@@ -67,11 +68,11 @@ struct Smem {
   static constexpr int J1_OFF = V_OFF + 2 * VT;
   static constexpr int JV_OFF = J1_OFF + JR;
   static constexpr int ALPHA_OFF = JV_OFF + JR;  // float [2][ROWS]
-  static constexpr int L_OFF = ALPHA_OFF + 2 * ROWS * 4;  // float [ROWS]
-  static constexpr int BYTES = L_OFF + ROWS * 4 + 1024;   // + alignment slack
+  static constexpr int L_OFF = ALPHA_OFF + 2 * ROWS * 4;  // float [2][ROWS]
+  static constexpr int BYTES = L_OFF + 2 * ROWS * 4 + 1024;  // + alignment slack
 };
 
-template <int D, int TJ>
+template <int D, int TJ, bool PP>
 __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,Hq,D]
                                           const bf16* __restrict__ k1,  // [B,N,Hkv,D] small window
                                           const bf16* __restrict__ k2,  // [B,N,Hkv,D] large window
@@ -91,8 +92,9 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
   const int b = blockIdx.z, kv = blockIdx.y;
-  const int row0 = blockIdx.x * ROWS, nrows = N * G;
-  const int row_last = min(row0 + ROWS, nrows) - 1;
+  constexpr int CTA_ROWS = PP ? 2 * ROWS : ROWS;  // PP: one 64-row block per warpgroup
+  const int row0 = blockIdx.x * CTA_ROWS, nrows = N * G;
+  const int row_last = min(row0 + CTA_ROWS, nrows) - 1;
   const int i_first = row0 / G, i_last = row_last / G;
   const Range JU = {window(i_first, s.w1, N, s.causal).lo, window(i_last, s.w1, N, s.causal).hi};
   const Range KU = {window(i_first, s.w2, N, s.causal).lo, window(i_last, s.w2, N, s.causal).hi};
@@ -168,133 +170,285 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
     return uses;
   };
 
-  if (wg == 0) {
-    // Q fragments, per-row windows and online-softmax statistics of rows g and g + 8.
+  // ---- the pieces both layouts use ----
+  // Per-row state of the logits side for rows rbase + 16 warp + g (+8): Q fragments, windows,
+  // online-softmax statistics.
+  struct RowSide {
     uint32_t qf[KS][4];
-    float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
+    float m_row[2], l_row[2];
     Range jr[2], kr[2];
     bool row_ok[2];
+  };
+  auto row_side = [&](RowSide& rs, int rbase) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int r = row0 + warp * 16 + g + 8 * e;
-      row_ok[e] = r < nrows;
-      const int i = row_ok[e] ? r / G : 0;
-      jr[e] = window(i, s.w1, N, s.causal);
-      kr[e] = window(i, s.w2, N, s.causal);
-      if (!row_ok[e]) jr[e] = {0, 0};
+      const int r = rbase + warp * 16 + g + 8 * e;
+      rs.row_ok[e] = r < nrows;
+      const int i = rs.row_ok[e] ? r / G : 0;
+      rs.jr[e] = rs.row_ok[e] ? window(i, s.w1, N, s.causal) : Range{0, 0};
+      rs.kr[e] = window(i, s.w2, N, s.causal);
+      rs.m_row[e] = -INFINITY;
+      rs.l_row[e] = 0.0f;
     }
 #pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
+    for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
       for (int x = 0; x < 4; ++x) {
         const int e = x & 1, col = 16 * ks + 2 * t + 8 * (x >> 1);
-        const int r = row0 + warp * 16 + g + 8 * e;
-        qf[ks][x] = row_ok[e] ? *reinterpret_cast<const uint32_t*>(q + q_off(r) + col) : 0u;
+        const int r = rbase + warp * 16 + g + 8 * e;
+        rs.qf[ks][x] = rs.row_ok[e] ? *reinterpret_cast<const uint32_t*>(q + q_off(r) + col) : 0u;
+      }
+  };
+  // S = (Q ∘ k1_j) @ K2_tile^T for the TJ positions j = j0 + jj + u (zero past the chunk's
+  // end), waited for.
+  auto logits = [&](float (&sacc)[TJ][32], const RowSide& rs, int buf, int jj, int jn) {
+    uint32_t af[TJ][KS][4];
+#pragma unroll
+    for (int u = 0; u < TJ; ++u) {
+      const bool in = jj + u < jn;
+      const bf16* k1j = j1_s + min(jj + u, JC - 1) * D;
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const uint32_t lo = in ? *reinterpret_cast<const uint32_t*>(k1j + 16 * ks + 2 * t) : 0u;
+        const uint32_t hi = in ? *reinterpret_cast<const uint32_t*>(k1j + 16 * ks + 2 * t + 8) : 0u;
+        af[u][ks][0] = bf2_mul(rs.qf[ks][0], lo);
+        af[u][ks][1] = bf2_mul(rs.qf[ks][1], lo);
+        af[u][ks][2] = bf2_mul(rs.qf[ks][2], hi);
+        af[u][ks][3] = bf2_mul(rs.qf[ks][3], hi);
       }
     }
-    const int uses = walk([&](int) {}, [&](int buf, int k0, int j0, int jj, int jn, int pb, int use) {
-      uint8_t* ps = sm + L::P_OFF + pb * L::PT;
-      // A_j = Q ∘ k1_j for the TJ positions j = j0 + jj + u (zero past the chunk's end)
-      uint32_t af[TJ][KS][4];
+    const uint32_t kbase = smem_u32(sm + L::K_OFF + buf * L::KT);
+    wg_fence();
 #pragma unroll
-      for (int u = 0; u < TJ; ++u) {
-        const bool in = jj + u < jn;
-        const bf16* k1j = j1_s + min(jj + u, JC - 1) * D;
+    for (int u = 0; u < TJ; ++u)
 #pragma unroll
-        for (int ks = 0; ks < KS; ++ks) {
-          const uint32_t lo = in ? *reinterpret_cast<const uint32_t*>(k1j + 16 * ks + 2 * t) : 0u;
-          const uint32_t hi = in ? *reinterpret_cast<const uint32_t*>(k1j + 16 * ks + 2 * t + 8) : 0u;
-          af[u][ks][0] = bf2_mul(qf[ks][0], lo);
-          af[u][ks][1] = bf2_mul(qf[ks][1], lo);
-          af[u][ks][2] = bf2_mul(qf[ks][2], hi);
-          af[u][ks][3] = bf2_mul(qf[ks][3], hi);
-        }
-      }
-      float sacc[TJ][32];
-      const uint32_t kbase = smem_u32(sm + L::K_OFF + buf * L::KT);
-      wg_fence();
+      for (int ks = 0; ks < KS; ++ks)
+        wgmma_m64n64k16_rs(sacc[u], af[u][ks], desc_sw128(kbase + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+    wg_commit();
+    wg_wait0();
 #pragma unroll
-      for (int u = 0; u < TJ; ++u)
+    for (int u = 0; u < TJ; ++u) reg_fence(sacc[u]);
+  };
+  // Masks and turns S into P (bf16 values in f32) with the online softmax (base 2) of rows
+  // g (e = 0) and g + 8 (e = 1); alpha: the factor the row's earlier output is rescaled by.
+  // Where every (row, j, key) of the warp's hand-over is inside the windows (all of it at the
+  // anchor shapes) the masking is skipped: a warp-uniform branch; then, with a positive scale,
+  // the logits stay unscaled, the max is taken on them and scaled once, and the scale goes into
+  // the exp's FMA (f = sl2; else f = 1).
+  auto softmax = [&](float (&sacc)[TJ][32], RowSide& rs, float (&alpha)[2], int k0, int j0, int jj, int jn) {
+    bool inside = jj + TJ <= jn;
 #pragma unroll
-        for (int ks = 0; ks < KS; ++ks)
-          wgmma_m64n64k16_rs(sacc[u], af[u][ks], desc_sw128(kbase + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
-      wg_commit();
-      wg_wait0();
+    for (int e = 0; e < 2; ++e)
+      inside = inside && j0 + jj >= rs.jr[e].lo && j0 + jj + TJ <= rs.jr[e].hi && k0 >= rs.kr[e].lo &&
+               k0 + TK <= rs.kr[e].hi;
+    const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
+    const float f = fold ? sl2 : 1.0f;
 #pragma unroll
-      for (int u = 0; u < TJ; ++u)
-#pragma unroll
-        for (int x = 0; x < 32; ++x) reg_fence(sacc[u][x]);
-      // mask, online softmax (base 2) for rows g (e = 0) and g + 8 (e = 1). Where every
-      // (row, j, key) of the warp's hand-over is inside the windows (all of it at the anchor
-      // shapes) the masking is skipped: a warp-uniform branch.
-      bool inside = jj + TJ <= jn;
-#pragma unroll
-      for (int e = 0; e < 2; ++e)
-        inside = inside && j0 + jj >= jr[e].lo && j0 + jj + TJ <= jr[e].hi && k0 >= kr[e].lo && k0 + TK <= kr[e].hi;
-      // Unmasked with a positive scale: the logits stay unscaled, the max is taken on them and
-      // scaled once, and the scale goes into the exp's FMA (f = sl2; else f = 1).
-      const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
-      const float f = fold ? sl2 : 1.0f;
-      float alpha[2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float mx = -INFINITY;
-        if (fold) {
-#pragma unroll
-          for (int u = 0; u < TJ; ++u)
-#pragma unroll
-            for (int x = 0; x < 16; ++x) mx = fmaxf(mx, sacc[u][4 * (x / 2) + 2 * e + x % 2]);
-        } else {
-#pragma unroll
-          for (int u = 0; u < TJ; ++u) {
-            const int j = j0 + jj + u;
-            const bool jok = jj + u < jn && j >= jr[e].lo && j < jr[e].hi;
-#pragma unroll
-            for (int n = 0; n < 8; ++n)
-#pragma unroll
-              for (int c = 0; c < 2; ++c) {
-                const int key = k0 + 8 * n + 2 * t + c;
-                const bool ok = jok && key >= kr[e].lo && key < kr[e].hi;
-                const float x = ok ? sacc[u][4 * n + 2 * e + c] * sl2 : -INFINITY;
-                sacc[u][4 * n + 2 * e + c] = x;
-                mx = fmaxf(mx, x);
-              }
-          }
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        if (fold) mx *= sl2;
-        const float m_new = fmaxf(m_row[e], mx);
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        alpha[e] = fast_exp2(m_row[e] - m_use);
-        float sum = 0.0f;
+    for (int e = 0; e < 2; ++e) {
+      float mx = -INFINITY;
+      if (fold) {
 #pragma unroll
         for (int u = 0; u < TJ; ++u)
+#pragma unroll
+          for (int x = 0; x < 16; ++x) mx = fmaxf(mx, sacc[u][4 * (x / 2) + 2 * e + x % 2]);
+      } else {
+#pragma unroll
+        for (int u = 0; u < TJ; ++u) {
+          const int j = j0 + jj + u;
+          const bool jok = jj + u < jn && j >= rs.jr[e].lo && j < rs.jr[e].hi;
 #pragma unroll
           for (int n = 0; n < 8; ++n)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
-              const float p = fast_exp2(fmaf(sacc[u][4 * n + 2 * e + c], f, -m_use));
-              sacc[u][4 * n + 2 * e + c] = p;
-              sum += p;
+              const int key = k0 + 8 * n + 2 * t + c;
+              const bool ok = jok && key >= rs.kr[e].lo && key < rs.kr[e].hi;
+              const float x = ok ? sacc[u][4 * n + 2 * e + c] * sl2 : -INFINITY;
+              sacc[u][4 * n + 2 * e + c] = x;
+              mx = fmaxf(mx, x);
             }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        l_row[e] = l_row[e] * alpha[e] + sum;
-        m_row[e] = m_new;
+        }
       }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      if (fold) mx *= sl2;
+      const float m_new = fmaxf(rs.m_row[e], mx);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+      alpha[e] = fast_exp2(rs.m_row[e] - m_use);
+      float sum = 0.0f;
+#pragma unroll
+      for (int u = 0; u < TJ; ++u)
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const float p = fast_exp2(fmaf(sacc[u][4 * n + 2 * e + c], f, -m_use));
+            sacc[u][4 * n + 2 * e + c] = p;
+            sum += p;
+          }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      rs.l_row[e] = rs.l_row[e] * alpha[e] + sum;
+      rs.m_row[e] = m_new;
+    }
+  };
+  // P (bf16, swizzled [row][key] atoms) and alpha of the warp's rows to smem.
+  auto store_p = [&](uint8_t* ps, float* alpha_dst, const float (&sacc)[TJ][32], const float (&alpha)[2]) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int rr = warp * 16 + g + 8 * e;
+#pragma unroll
+      for (int u = 0; u < TJ; ++u)
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          *reinterpret_cast<uint32_t*>(ps + u * L::PA + sw128(rr, n) + 4 * t) =
+              bf2_pack(sacc[u][4 * n + 2 * e], sacc[u][4 * n + 2 * e + 1]);
+      if (t == 0) alpha_dst[rr] = alpha[e];
+    }
+  };
+  // The values side: O^T[c, h] accumulators for c in [64 mt, 64 mt + 64), and V2^T fragments of
+  // the current tile (loaded by on_tile).
+  struct ValueSide {
+    float acc[D / 64][32];
+    uint32_t vf[D / 64][TK / 16][4];
+  };
+  auto value_tile = [&](ValueSide& vs, int buf) {
+    const uint32_t vbase = smem_u32(sm + L::V_OFF + buf * L::VT);
+    const int mat = lane / 8, rr = lane % 8;
+#pragma unroll
+    for (int mt = 0; mt < D / 64; ++mt)
+#pragma unroll
+      for (int st = 0; st < TK / 16; ++st) {
+        const int krow = 16 * st + (mat / 2) * 8 + rr;
+        const int ccol = 64 * mt + 16 * warp + (mat % 2) * 8;
+        ldsm_x4_t(vs.vf[mt][st], vbase + krow * L::VROW * 2 + ccol * 2);
+      }
+  };
+  // O^T = alpha ∘ O^T + (V2_tile^T ∘ v1_j) @ P^T for the hand-over's TJ positions, waited for.
+  auto values = [&](ValueSide& vs, const uint8_t* ps, const float* al, int jj, int jn) {
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const float2 a2 = *reinterpret_cast<const float2*>(al + 8 * n + 2 * t);
+#pragma unroll
+      for (int mt = 0; mt < D / 64; ++mt) {
+        vs.acc[mt][4 * n + 0] *= a2.x;
+        vs.acc[mt][4 * n + 1] *= a2.y;
+        vs.acc[mt][4 * n + 2] *= a2.x;
+        vs.acc[mt][4 * n + 3] *= a2.y;
+      }
+    }
+    const uint32_t pbase = smem_u32(ps);
+    uint32_t va[TJ][D / 64][TK / 16][4];
+#pragma unroll
+    for (int u = 0; u < TJ; ++u) {
+      const bool in = jj + u < jn;
+      const bf16* v1j = jv_s + min(jj + u, JC - 1) * D;
+#pragma unroll
+      for (int mt = 0; mt < D / 64; ++mt) {
+        const uint32_t s0 = in ? bf2_splat(v1j[64 * mt + 16 * warp + g]) : 0u;
+        const uint32_t s1 = in ? bf2_splat(v1j[64 * mt + 16 * warp + g + 8]) : 0u;
+#pragma unroll
+        for (int st = 0; st < TK / 16; ++st) {
+          va[u][mt][st][0] = bf2_mul(vs.vf[mt][st][0], s0);
+          va[u][mt][st][1] = bf2_mul(vs.vf[mt][st][1], s1);
+          va[u][mt][st][2] = bf2_mul(vs.vf[mt][st][2], s0);
+          va[u][mt][st][3] = bf2_mul(vs.vf[mt][st][3], s1);
+        }
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < D / 64; ++mt) reg_fence(vs.acc[mt]);
+    wg_fence();
+#pragma unroll
+    for (int u = 0; u < TJ; ++u)
+#pragma unroll
+      for (int mt = 0; mt < D / 64; ++mt)
+#pragma unroll
+        for (int st = 0; st < TK / 16; ++st)
+          wgmma_m64n64k16_rs(vs.acc[mt], va[u][mt][st], desc_sw128(pbase + u * L::PA + st * 32), 1);
+    wg_commit();
+    wg_wait0();
+#pragma unroll
+    for (int mt = 0; mt < D / 64; ++mt) reg_fence(vs.acc[mt]);
+  };
+  // lse of the rows and l to smem; then (after a barrier) O[h, c] = O^T[c, h] / l[h], staged
+  // through shared memory (the K tiles' space; rows rbase..) for coalesced stores.
+  auto finish_rows = [&](const RowSide& rs, float* l_dst, int rbase) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int rr = warp * 16 + g + 8 * e, r = rbase + rr;
+      if (t == 0) l_dst[rr] = rs.l_row[e];
+      if (t == 0 && rs.row_ok[e])
+        lse[(long long)(b * N + r / G) * Hq + kv * G + r % G] = (rs.m_row[e] + log2f(rs.l_row[e])) * LN2;
+    }
+  };
+  auto store_o = [&](const ValueSide& vs, const float* l_src, int rbase, int bar, int first_tid) {
+    bf16* stage = reinterpret_cast<bf16*>(sm + L::K_OFF) + (rbase - row0) * D;  // [64][D]
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int h = 8 * n + 2 * t + c;
+        const float inv = 1.0f / l_src[h];
+#pragma unroll
+        for (int mt = 0; mt < D / 64; ++mt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            stage[h * D + 64 * mt + 16 * warp + g + 8 * e] = __float2bfloat16_rn(vs.acc[mt][4 * n + 2 * e + c] * inv);
+      }
+    bar_sync(bar, 128);
+    for (int c = tid - first_tid; c < ROWS * D / 8; c += 128) {
+      const int rr = c / (D / 8), c16 = c % (D / 8), r = rbase + rr;
+      if (r < nrows)
+        *reinterpret_cast<uint4*>(o + q_off(r) + c16 * 8) = *reinterpret_cast<const uint4*>(stage + rr * D + c16 * 8);
+    }
+  };
+
+  if constexpr (PP) {
+    // Ping-pong: warpgroup w owns rows row0 + 64 w .. + 63 and runs logits, softmax and values
+    // for them; the two warpgroups share the tiles and window-1 rows and meet only at the
+    // walk's tile barriers, so one's softmax overlaps the other's products.
+    const int rbase = row0 + ROWS * wg;
+    const int bar = BAR_PP + wg;
+    uint8_t* ps = sm + L::P_OFF + wg * L::PT;
+    float* al = alpha_s + wg * ROWS;
+    RowSide rs;
+    ValueSide vs;
+    row_side(rs, rbase);
+#pragma unroll
+    for (int mt = 0; mt < D / 64; ++mt)
+#pragma unroll
+      for (int x = 0; x < 32; ++x) vs.acc[mt][x] = 0.0f;
+    // the union of this warpgroup's windows (warpgroup-uniform: skips whole hand-overs)
+    const bool any_rows = rbase < nrows;
+    const int iw0 = min(rbase, nrows - 1) / G, iw1 = (min(rbase + ROWS, nrows) - 1) / G;
+    const Range JW = {window(iw0, s.w1, N, s.causal).lo, window(iw1, s.w1, N, s.causal).hi};
+    const Range KW = {window(iw0, s.w2, N, s.causal).lo, window(iw1, s.w2, N, s.causal).hi};
+    int done = 0;  // hand-overs run (P and alpha are reused: wait for the previous values product)
+    walk([&](int buf) { value_tile(vs, buf); }, [&](int buf, int k0, int j0, int jj, int jn, int, int) {
+      const int jlo = j0 + jj, jhi = j0 + min(jj + TJ, jn);
+      if (!any_rows || jhi <= JW.lo || jlo >= JW.hi || k0 + TK <= KW.lo || k0 >= KW.hi) return;
+      float sacc[TJ][32], alpha[2];
+      logits(sacc, rs, buf, jj, jn);
+      softmax(sacc, rs, alpha, k0, j0, jj, jn);
+      if (done++ > 0) bar_sync(bar, 128);  // every warp's previous values product is done
+      store_p(ps, al, sacc, alpha);
+      fence_async_smem();
+      bar_sync(bar, 128);  // P and alpha of all four warps written
+      values(vs, ps, al, jj, jn);
+    });
+    __syncthreads();  // every warpgroup is done with the tiles (stage space)
+    finish_rows(rs, l_s + wg * ROWS, rbase);
+    bar_sync(bar, 128);
+    store_o(vs, l_s + wg * ROWS, rbase, bar, 128 * wg);
+  } else if (wg == 0) {
+    RowSide rs;
+    row_side(rs, row0);
+    const int uses = walk([&](int) {}, [&](int buf, int k0, int j0, int jj, int jn, int pb, int use) {
+      float sacc[TJ][32], alpha[2];
+      logits(sacc, rs, buf, jj, jn);
+      softmax(sacc, rs, alpha, k0, j0, jj, jn);
       if (use >= 2) bar_sync(BAR_EMPTY + pb, THREADS);  // WG1 done with this buffer
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int rr = warp * 16 + g + 8 * e;
-#pragma unroll
-        for (int u = 0; u < TJ; ++u)
-#pragma unroll
-          for (int n = 0; n < 8; ++n)
-            *reinterpret_cast<uint32_t*>(ps + u * L::PA + sw128(rr, n) + 4 * t) =
-                bf2_pack(sacc[u][4 * n + 2 * e], sacc[u][4 * n + 2 * e + 1]);
-        if (t == 0) alpha_s[pb * ROWS + rr] = alpha[e];
-      }
+      store_p(sm + L::P_OFF + pb * L::PT, alpha_s + pb * ROWS, sacc, alpha);
       fence_async_smem();
       bar_arrive(BAR_FULL + pb, THREADS);
     });
@@ -302,120 +456,40 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
     // last use of each buffer.
     for (int pb = 0; pb < 2; ++pb)
       if (uses > pb) bar_sync(BAR_EMPTY + pb, THREADS);
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int rr = warp * 16 + g + 8 * e, r = row0 + rr;
-      if (t == 0) l_s[rr] = l_row[e];
-      if (t == 0 && row_ok[e])
-        lse[(long long)(b * N + r / G) * Hq + kv * G + r % G] = (m_row[e] + log2f(l_row[e])) * LN2;
-    }
+    finish_rows(rs, l_s, row0);
     __syncthreads();
   } else {
-    // O^T accumulators for c in [64 mt, 64 mt + 64), V2^T fragments of the current tile.
-    float acc[D / 64][32];
-    uint32_t vf[D / 64][TK / 16][4];
+    ValueSide vs;
 #pragma unroll
     for (int mt = 0; mt < D / 64; ++mt)
 #pragma unroll
-      for (int x = 0; x < 32; ++x) acc[mt][x] = 0.0f;
-    auto on_tile = [&](int buf) {
-      const uint32_t vs = smem_u32(sm + L::V_OFF + buf * L::VT);
-      const int mat = lane / 8, rr = lane % 8;
-#pragma unroll
-      for (int mt = 0; mt < D / 64; ++mt)
-#pragma unroll
-        for (int st = 0; st < TK / 16; ++st) {
-          const int krow = 16 * st + (mat / 2) * 8 + rr;
-          const int ccol = 64 * mt + 16 * warp + (mat % 2) * 8;
-          ldsm_x4_t(vf[mt][st], vs + krow * L::VROW * 2 + ccol * 2);
-        }
-    };
-    walk(on_tile, [&](int, int, int, int jj, int jn, int pb, int) {
+      for (int x = 0; x < 32; ++x) vs.acc[mt][x] = 0.0f;
+    walk([&](int buf) { value_tile(vs, buf); }, [&](int, int, int, int jj, int jn, int pb, int) {
       bar_sync(BAR_FULL + pb, THREADS);
-      const float* al = alpha_s + pb * ROWS;
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const float2 a2 = *reinterpret_cast<const float2*>(al + 8 * n + 2 * t);
-#pragma unroll
-        for (int mt = 0; mt < D / 64; ++mt) {
-          acc[mt][4 * n + 0] *= a2.x;
-          acc[mt][4 * n + 1] *= a2.y;
-          acc[mt][4 * n + 2] *= a2.x;
-          acc[mt][4 * n + 3] *= a2.y;
-        }
-      }
-      const uint32_t pbase = smem_u32(sm + L::P_OFF + pb * L::PT);
-      uint32_t va[TJ][D / 64][TK / 16][4];
-#pragma unroll
-      for (int u = 0; u < TJ; ++u) {
-        const bool in = jj + u < jn;
-        const bf16* v1j = jv_s + min(jj + u, JC - 1) * D;
-#pragma unroll
-        for (int mt = 0; mt < D / 64; ++mt) {
-          const uint32_t s0 = in ? bf2_splat(v1j[64 * mt + 16 * warp + g]) : 0u;
-          const uint32_t s1 = in ? bf2_splat(v1j[64 * mt + 16 * warp + g + 8]) : 0u;
-#pragma unroll
-          for (int st = 0; st < TK / 16; ++st) {
-            va[u][mt][st][0] = bf2_mul(vf[mt][st][0], s0);
-            va[u][mt][st][1] = bf2_mul(vf[mt][st][1], s1);
-            va[u][mt][st][2] = bf2_mul(vf[mt][st][2], s0);
-            va[u][mt][st][3] = bf2_mul(vf[mt][st][3], s1);
-          }
-        }
-      }
-#pragma unroll
-      for (int mt = 0; mt < D / 64; ++mt)
-#pragma unroll
-        for (int x = 0; x < 32; ++x) reg_fence(acc[mt][x]);
-      wg_fence();
-#pragma unroll
-      for (int u = 0; u < TJ; ++u)
-#pragma unroll
-        for (int mt = 0; mt < D / 64; ++mt)
-#pragma unroll
-          for (int st = 0; st < TK / 16; ++st)
-            wgmma_m64n64k16_rs(acc[mt], va[u][mt][st], desc_sw128(pbase + u * L::PA + st * 32), 1);
-      wg_commit();
-      wg_wait0();
-#pragma unroll
-      for (int mt = 0; mt < D / 64; ++mt)
-#pragma unroll
-        for (int x = 0; x < 32; ++x) reg_fence(acc[mt][x]);
+      values(vs, sm + L::P_OFF + pb * L::PT, alpha_s + pb * ROWS, jj, jn);
       bar_arrive(BAR_EMPTY + pb, THREADS);
     });
     __syncthreads();  // WG0 has written l
-    // O[h, c] = O^T[c, h] / l[h], staged through shared memory for coalesced stores
-    bf16* stage = reinterpret_cast<bf16*>(sm + L::K_OFF);  // [ROWS][D]
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int h = 8 * n + 2 * t + c;
-        const float inv = 1.0f / l_s[h];
-#pragma unroll
-        for (int mt = 0; mt < D / 64; ++mt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            stage[h * D + 64 * mt + 16 * warp + g + 8 * e] = __float2bfloat16_rn(acc[mt][4 * n + 2 * e + c] * inv);
-      }
-    bar_sync(BAR_WG1, 128);
-    for (int c = tid - 128; c < ROWS * D / 8; c += 128) {
-      const int rr = c / (D / 8), c16 = c % (D / 8), r = row0 + rr;
-      if (r < nrows)
-        *reinterpret_cast<uint4*>(o + q_off(r) + c16 * 8) = *reinterpret_cast<const uint4*>(stage + rr * D + c16 * 8);
-    }
+    store_o(vs, l_s, row0, BAR_WG1, 128);
   }
 }
 
 }  // namespace
 
 // simplicial_fwd_wgmma_tj{TJ}_bf16_d{D}: TJ window-1 positions per hand-over between the
-// warpgroups (one softmax update, one barrier pair, one rescale per TJ positions).
+// warpgroups (one softmax update, one barrier pair, one rescale per TJ positions);
+// simplicial_fwd_wgmma_pp_tj{TJ}_bf16_d{D}: the ping-pong layout (128 rows per CTA, each
+// warpgroup the whole computation for its 64).
 #define SIMPLICIAL_FWD_WGMMA(TJ, D)                                                                    \
   extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_fwd_wgmma_tj##TJ##_bf16_d##D( \
       const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, bf16* o,          \
       float* lse, const Shape s) {                                                                     \
-    fwd_wgmma<D, TJ>(q, k1, k2, v1, v2, o, lse, s);                                                    \
+    fwd_wgmma<D, TJ, false>(q, k1, k2, v1, v2, o, lse, s);                                             \
+  }                                                                                                    \
+  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_fwd_wgmma_pp_tj##TJ##_bf16_d##D( \
+      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, bf16* o,          \
+      float* lse, const Shape s) {                                                                     \
+    fwd_wgmma<D, TJ, true>(q, k1, k2, v1, v2, o, lse, s);                                              \
   }
 
 SIMPLICIAL_FWD_WGMMA(1, 64)

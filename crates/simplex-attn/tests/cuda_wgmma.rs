@@ -75,13 +75,14 @@ fn wgmma_forward_matches_the_f32_kernel() -> anyhow::Result<()> {
         let f = |x: &Tensor| x.to_dtype(DType::F32);
         let slow = simplicial_attn(&f(&q)?, &f(&k1)?, &f(&k2)?, &f(&v1)?, &f(&v2)?, &spec)?;
         // every compiled variant of the kernel
-        for positions_per_handover in [1, 2] {
+        for (positions_per_handover, ping_pong) in [(1, false), (2, false), (1, true)] {
             let variant = ForwardVariant {
                 positions_per_handover,
+                ping_pong,
             };
-            simplex_attn::cuda::set_forward_variant(variant);
+            simplex_attn::cuda::set_forward_variant(Some(variant));
             let fast = simplicial_attn(&q, &k1, &k2, &v1, &v2, &spec);
-            simplex_attn::cuda::set_forward_variant(ForwardVariant::default());
+            simplex_attn::cuda::set_forward_variant(None);
             let fast = fast?;
             let eo = rel_l2(&fast.o, &slow.o)?;
             let el = rel_l2(&fast.lse, &slow.lse)?;

@@ -22,37 +22,64 @@ const THREADS: u32 = 256;
 pub struct ForwardVariant {
     /// Window-1 positions per hand-over between the warpgroups (`TJ`): 1 or 2.
     pub positions_per_handover: usize,
+    /// The ping-pong layout (`PP`): 128 rows per block, each warpgroup computing logits,
+    /// softmax and values for its own 64 (always with one position per hand-over: two spill).
+    pub ping_pong: bool,
 }
 
-impl Default for ForwardVariant {
-    /// The fastest measured on the H200 (kernels/NOTES.md, v2c).
-    fn default() -> Self {
-        ForwardVariant {
-            positions_per_handover: 2,
+impl ForwardVariant {
+    /// The fastest measured on the H200 for G = Hq/Hkv query heads per K/V head
+    /// (kernels/NOTES.md, v6): the ping-pong layout when G >= 64 (its 128-row blocks are one or
+    /// two queries), else two positions per hand-over between specialized warpgroups (at G = 1
+    /// a 128-row block would span 128 queries and mask more of its windows).
+    pub fn fastest(group: usize) -> Self {
+        if group >= 64 {
+            ForwardVariant {
+                positions_per_handover: 1,
+                ping_pong: true,
+            }
+        } else {
+            ForwardVariant {
+                positions_per_handover: 2,
+                ping_pong: false,
+            }
         }
     }
 }
 
 static VARIANT: std::sync::Mutex<Option<ForwardVariant>> = std::sync::Mutex::new(None);
 
-/// Runs `variant` of the wgmma forward from now on (for comparisons and tests; the default is
-/// the fastest measured). `SIMPLEX_WGMMA_TJ=1|2` in the environment overrides it. Positions
-/// other than 1 and 2 are taken as 2.
-pub fn set_forward_variant(variant: ForwardVariant) {
+/// Runs `variant` of the wgmma forward from now on; `None` (the default) picks
+/// [`ForwardVariant::fastest`] per call. For comparisons and tests. `SIMPLEX_WGMMA_TJ=1|2` and
+/// `SIMPLEX_WGMMA_PP=0|1` in the environment override the fields. Positions other than 1 and 2
+/// are taken as 2; the ping-pong layout runs one position per hand-over.
+pub fn set_forward_variant(variant: Option<ForwardVariant>) {
     if let Ok(mut v) = VARIANT.lock() {
-        *v = Some(variant);
+        *v = variant;
     }
 }
 
-fn variant() -> ForwardVariant {
-    let mut v = VARIANT.lock().ok().and_then(|v| *v).unwrap_or_default();
+fn variant(group: usize) -> ForwardVariant {
+    let mut v = VARIANT
+        .lock()
+        .ok()
+        .and_then(|v| *v)
+        .unwrap_or_else(|| ForwardVariant::fastest(group));
     match std::env::var("SIMPLEX_WGMMA_TJ").as_deref() {
         Ok("1") => v.positions_per_handover = 1,
         Ok("2") => v.positions_per_handover = 2,
         _ => {}
     }
+    match std::env::var("SIMPLEX_WGMMA_PP").as_deref() {
+        Ok("0") => v.ping_pong = false,
+        Ok("1") => v.ping_pong = true,
+        _ => {}
+    }
     if v.positions_per_handover != 1 {
         v.positions_per_handover = 2;
+    }
+    if v.ping_pong {
+        v.positions_per_handover = 1;
     }
     v
 }
@@ -64,7 +91,7 @@ fn smem_bytes(d: usize, tj: usize) -> usize {
     let p_tile = tj * ROWS * tk * 2;
     let v_tile = tk * (d + 8) * 2;
     let j_rows = jc * d * 2;
-    2 * k_tile + 2 * p_tile + 2 * v_tile + 2 * j_rows + 2 * ROWS * 4 + ROWS * 4 + 1024
+    2 * k_tile + 2 * p_tile + 2 * v_tile + 2 * j_rows + 2 * ROWS * 4 + 2 * ROWS * 4 + 1024
 }
 
 /// Whether the tensor-core forward covers this call.
@@ -84,9 +111,12 @@ pub(crate) fn forward(
     let (b, n, hq, hkv, d) = (dims.batch, dims.seq, dims.heads_q, dims.heads_kv, dims.d);
     let ex = exchange_sets(&op.win);
     let shape = KernelShape::new(&dims, &op.win, op.scale)?.oriented(ex);
-    let variant = variant();
+    let variant = variant(hq / hkv);
     let tj = variant.positions_per_handover;
-    let name = format!("simplicial_fwd_wgmma_tj{tj}_bf16_d{d}");
+    let layout = if variant.ping_pong { "pp_" } else { "" };
+    let name = format!("simplicial_fwd_wgmma_{layout}tj{tj}_bf16_d{d}");
+    // rows per block: 64, or one 64-row block per warpgroup in the ping-pong layout
+    let cta_rows = if variant.ping_pong { 2 * ROWS } else { ROWS };
     let dev = q.device().clone();
     let kernel = module::kernel(&dev, Family::ForwardWgmma, &name)?;
     let smem = smem_bytes(d, tj);
@@ -98,7 +128,7 @@ pub(crate) fn forward(
     let vv = view::<T>(v, lv, "V", 2 * nk)?;
     let (r1, r2) = set_ranges(ex, nk);
     let cfg = launch_config(
-        (blocks(n * (hq / hkv), ROWS)?, hkv as u32, b as u32),
+        (blocks(n * (hq / hkv), cta_rows)?, hkv as u32, b as u32),
         THREADS,
         smem,
     );
