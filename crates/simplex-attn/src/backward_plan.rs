@@ -43,9 +43,10 @@ pub(crate) struct Launch {
 /// mma.sync (`kernels/simplicial_bwd_mma.cu`). Both compute the same gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WgmmaBackward {
-    /// The faster of the two per kernel as measured on the H200 (kernels/NOTES.md, v4): the q
-    /// kernel on wgmma when G = Hq/Hkv >= 64 (one block's 64 rows are 1 or 2 queries, so
-    /// little of window 1 is masked), the k kernel on mma.sync.
+    /// The faster of the two per kernel as measured on the H200 (kernels/NOTES.md, v4 and v6):
+    /// the q kernel on wgmma when G = Hq/Hkv >= 8 (measured faster at G = 8, 16, 32, 64, 128;
+    /// at G = 1 a block's 64 rows are 64 queries and mma.sync's per-warp window skipping wins;
+    /// G = 2, 4 not measured), the k kernel on mma.sync (faster or equal at every G measured).
     #[default]
     Auto,
     /// Both on mma.sync.
@@ -73,7 +74,7 @@ impl WgmmaBackward {
     /// (q kernel on wgmma, k kernel on wgmma) for G query heads per K/V head.
     fn kernels(self, group: usize) -> (bool, bool) {
         match self {
-            WgmmaBackward::Auto => (group >= 64, false),
+            WgmmaBackward::Auto => (group >= 8, false),
             WgmmaBackward::Off => (false, false),
             WgmmaBackward::Q => (true, false),
             WgmmaBackward::K => (false, true),
@@ -196,7 +197,7 @@ mod tests {
         assert_eq!(WgmmaBackward::parse("1"), on);
         assert_eq!(WgmmaBackward::parse("0"), WgmmaBackward::Off);
         assert_eq!(WgmmaBackward::parse(""), WgmmaBackward::Auto);
-        // auto: the q kernel on wgmma only for G >= 64, the k kernel on mma.sync
+        // auto: the q kernel on wgmma only for G >= 8, the k kernel on mma.sync
         let auto = |d, g| {
             let (q, k) = plan(d, g, WgmmaBackward::Auto);
             (q.file, k.file)
@@ -204,6 +205,8 @@ mod tests {
         assert_eq!(auto(128, 64), (KernelFile::Wgmma, KernelFile::Mma));
         assert_eq!(auto(64, 128), (KernelFile::Wgmma, KernelFile::Mma));
         assert_eq!(auto(64, 1), (KernelFile::Mma, KernelFile::Mma));
+        assert_eq!(auto(64, 4), (KernelFile::Mma, KernelFile::Mma));
+        assert_eq!(auto(128, 8), (KernelFile::Wgmma, KernelFile::Mma));
         assert_eq!(auto(96, 64), (KernelFile::Mma, KernelFile::Mma));
     }
 

@@ -70,6 +70,85 @@ impl BenchShape {
     }
 }
 
+impl BenchShape {
+    /// A shape from `b=2,n=8192,hq=64,hkv=1,d=128,w1=32,w2=512` (every key required; `w1`,
+    /// `w2` a width or `all`), optionally with `causal=false`, `variant=det` (determinant) and
+    /// `dtype=f32` (default bf16); named `name`. Errors name the key or value that is wrong.
+    pub fn parse(name: &str, text: &str) -> Result<BenchShape, AttnError> {
+        let err = |m: String| AttnError::Config(format!("--shape {text:?}: {m}"));
+        let mut kv = std::collections::BTreeMap::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .filter(|(_, v)| !v.contains(['=', ' ']))
+                .ok_or_else(|| {
+                    err(format!(
+                        "{part:?} is not key=value (pairs are separated by commas)"
+                    ))
+                })?;
+            if kv.insert(k.trim(), v.trim()).is_some() {
+                return Err(err(format!("{k} given twice")));
+            }
+        }
+        let known = [
+            "b", "n", "hq", "hkv", "d", "w1", "w2", "causal", "variant", "dtype",
+        ];
+        if let Some(k) = kv.keys().find(|k| !known.contains(k)) {
+            return Err(err(format!(
+                "unknown key {k:?} (keys: {})",
+                known.join(", ")
+            )));
+        }
+        let size = |k: &str| -> Result<usize, AttnError> {
+            let v = kv.get(k).ok_or_else(|| err(format!("missing {k}=")))?;
+            match v.parse::<usize>() {
+                Ok(x) if x > 0 => Ok(x),
+                _ => Err(err(format!("{k}={v} is not a positive integer"))),
+            }
+        };
+        let window = |k: &str| -> Result<Option<usize>, AttnError> {
+            match kv.get(k) {
+                Some(&"all") => Ok(None),
+                Some(_) => size(k).map(Some),
+                None => Err(err(format!("missing {k}= (a width or all)"))),
+            }
+        };
+        let causal = match kv.get("causal").copied() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(v) => return Err(err(format!("causal={v}: true or false"))),
+        };
+        let variant = match kv.get("variant").copied() {
+            None | Some("trilinear") => Variant::Trilinear,
+            Some("det") | Some("determinant") => Variant::Determinant,
+            Some(v) => return Err(err(format!("variant={v}: trilinear or det"))),
+        };
+        let dtype = match kv.get("dtype").copied() {
+            None | Some("bf16") => DType::BF16,
+            Some("f32") => DType::F32,
+            Some(v) => return Err(err(format!("dtype={v}: bf16 or f32"))),
+        };
+        let (hq, hkv) = (size("hq")?, size("hkv")?);
+        if hq % hkv != 0 {
+            return Err(err(format!("hq={hq} is not a multiple of hkv={hkv}")));
+        }
+        let base = if causal {
+            AttnSpec::causal(1, 1)
+        } else {
+            AttnSpec::bidirectional()
+        };
+        let spec = base
+            .with_windows(window("w1")?, window("w2")?)
+            .with_variant(variant);
+        Ok(shape(
+            name,
+            (size("b")?, size("n")?, hq, hkv, size("d")?),
+            spec,
+            dtype,
+        ))
+    }
+}
+
 fn shape(
     name: &str,
     (b, n, hq, hkv, d): (usize, usize, usize, usize, usize),
@@ -351,4 +430,60 @@ pub fn candle_matmul_rate(
         &sync,
     )?;
     Ok(2.0 * (n as f64).powi(3) / s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shape_parses_with_defaults_and_options() {
+        let s = BenchShape::parse("x", "b=2,n=8192,hq=64,hkv=1,d=128,w1=32,w2=512").unwrap();
+        assert_eq!((s.b, s.n, s.hq, s.hkv, s.d), (2, 8192, 64, 1, 128));
+        assert_eq!((s.spec.w1, s.spec.w2), (Some(32), Some(512)));
+        assert!(s.spec.causal);
+        assert_eq!((s.spec.variant, s.dtype), (Variant::Trilinear, DType::BF16));
+        // the anchor's FLOPs as the table in BENCHMARKS.md counts them
+        assert_eq!(s.forward_flops(), cuda_shapes()[0].forward_flops());
+        let s = BenchShape::parse(
+            "y",
+            " b=1, n=100 ,hq=6,hkv=3,d=16,w1=all,w2=7,causal=false,variant=det,dtype=f32",
+        )
+        .unwrap();
+        assert_eq!(
+            (s.spec.w1, s.spec.w2, s.spec.causal),
+            (None, Some(7), false)
+        );
+        assert_eq!(
+            (s.spec.variant, s.dtype),
+            (Variant::Determinant, DType::F32)
+        );
+    }
+
+    #[test]
+    fn a_bad_shape_names_what_is_wrong() {
+        let bad = [
+            ("b=2,n=8,hq=4,hkv=1,d=8,w1=2", "missing w2"),
+            (
+                "b=2,n=8,hq=4,hkv=1,d=8,w1=2,w2=x",
+                "w2=x is not a positive integer",
+            ),
+            ("b=0,n=8,hq=4,hkv=1,d=8,w1=2,w2=2", "b=0"),
+            (
+                "b=2,n=8,hq=4,hkv=3,d=8,w1=2,w2=2",
+                "not a multiple of hkv=3",
+            ),
+            (
+                "b=2,n=8,hq=4,hkv=1,d=8,w1=2,w2=2,heads=3",
+                "unknown key \"heads\"",
+            ),
+            ("b=2,n=8,hq=4,hkv=1,d=8,w1=2,w2=2,b=3", "b given twice"),
+            ("b=2,n=8,hq=4,hkv=1,d=8,w1=2,w2=2,dtype=f16", "dtype=f16"),
+            ("b=2 n=8", "not key=value"),
+        ];
+        for (text, want) in bad {
+            let e = BenchShape::parse("x", text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
 }

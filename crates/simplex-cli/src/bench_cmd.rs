@@ -41,6 +41,11 @@ pub struct AttnBenchArgs {
     /// Also write the results as JSON lines to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Your own shape instead of the built-in ones (repeatable), e.g.
+    /// `b=2,n=8192,hq=64,hkv=1,d=128,w1=32,w2=512`; optional `causal=false`, `variant=det`,
+    /// `dtype=f32` (default bf16), windows may be `all`. Rows are named shape-1, shape-2, ...
+    #[arg(long = "shape", value_name = "KEY=VALUE,...")]
+    pub shapes: Vec<String>,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -53,10 +58,21 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 fn attn(a: &AttnBenchArgs) -> Result<()> {
     let device = crate::device::parse(&a.device)?;
     let cuda = !device.is_cpu();
-    let shapes: Vec<BenchShape> = if cuda { cuda_shapes() } else { cpu_shapes() }
-        .into_iter()
-        .filter(|s| a.only.as_ref().is_none_or(|o| s.name.contains(o.as_str())))
-        .collect();
+    let own = !a.shapes.is_empty();
+    let shapes: Vec<BenchShape> = if own {
+        a.shapes
+            .iter()
+            .enumerate()
+            .map(|(i, t)| BenchShape::parse(&format!("shape-{}", i + 1), t))
+            .collect::<Result<_, _>>()?
+    } else if cuda {
+        cuda_shapes()
+    } else {
+        cpu_shapes()
+    }
+    .into_iter()
+    .filter(|s| a.only.as_ref().is_none_or(|o| s.name.contains(o.as_str())))
+    .collect();
     let (unit, div) = if cuda {
         ("TFLOP/s", 1e12)
     } else {
@@ -97,7 +113,7 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
         };
         json.push(row.print(&a.device, div, ceiling));
     }
-    let dot_shapes: Vec<_> = if cuda {
+    let dot_shapes: Vec<_> = if cuda && !own {
         dot_bench::cuda_shapes()
     } else {
         vec![]

@@ -29,11 +29,11 @@ pub struct ForwardVariant {
 
 impl ForwardVariant {
     /// The fastest measured on the H200 for G = Hq/Hkv query heads per K/V head
-    /// (kernels/NOTES.md, v6): the ping-pong layout when G >= 64 (its 128-row blocks are one or
-    /// two queries), else two positions per hand-over between specialized warpgroups (at G = 1
-    /// a 128-row block would span 128 queries and mask more of its windows).
+    /// (kernels/NOTES.md, v6): the ping-pong layout when G >= 8 (measured faster at G = 8, 16,
+    /// 32, 64, 128), else two positions per hand-over between specialized warpgroups (at G = 1
+    /// a 128-row block spans 128 queries and masks more of its windows; G = 2, 4 not measured).
     pub fn fastest(group: usize) -> Self {
-        if group >= 64 {
+        if group >= 8 {
             ForwardVariant {
                 positions_per_handover: 1,
                 ping_pong: true,
