@@ -245,6 +245,9 @@ pub fn cuda_shapes() -> Vec<BenchShape> {
     ]
 }
 
+/// Forward+backward FLOPs per forward FLOP (FlashAttention's convention: backward = 2.5x).
+pub const FORWARD_BACKWARD_FLOPS: f64 = 3.5;
+
 /// Timings of one shape.
 #[derive(Debug, Clone)]
 pub struct BenchResult {
@@ -265,7 +268,7 @@ impl BenchResult {
     }
     /// Forward+backward rate in FLOP/s (3.5x forward FLOPs).
     pub fn forward_backward_rate(&self) -> f64 {
-        3.5 * self.shape.forward_flops() / self.forward_backward_s
+        FORWARD_BACKWARD_FLOPS * self.shape.forward_flops() / self.forward_backward_s
     }
 }
 

@@ -6,6 +6,7 @@ use candle_core::DType;
 use clap::{Args, Subcommand};
 use simplex_attn::bench::{
     candle_matmul_rate, cpu_gemm_rate, cpu_shapes, cuda_shapes, run_shape, BenchShape,
+    FORWARD_BACKWARD_FLOPS,
 };
 use simplex_attn::dot::bench as dot_bench;
 
@@ -107,8 +108,6 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
             forward_flops: s.forward_flops(),
             forward_s: r.forward_s,
             forward_backward_s: r.forward_backward_s,
-            forward_rate: r.forward_rate(),
-            forward_backward_rate: r.forward_backward_rate(),
             reps: r.reps,
         };
         json.push(row.print(&a.device, div, ceiling));
@@ -132,8 +131,6 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
             forward_flops: s.forward_flops(),
             forward_s: r.forward_s,
             forward_backward_s: r.forward_backward_s,
-            forward_rate: r.forward_rate(),
-            forward_backward_rate: r.forward_backward_rate(),
             reps: r.reps,
         };
         json.push(row.print(&a.device, div, ceiling));
@@ -153,8 +150,6 @@ struct Row<'a> {
     forward_flops: f64,
     forward_s: f64,
     forward_backward_s: f64,
-    forward_rate: f64,
-    forward_backward_rate: f64,
     reps: usize,
 }
 
@@ -162,7 +157,8 @@ impl Row<'_> {
     /// Prints the row (rates divided by `div`, and as a share of the matrix-product rate
     /// `ceiling`) and returns its JSON record.
     fn print(&self, device: &str, div: f64, ceiling: f64) -> serde_json::Value {
-        let (fr, fbr) = (self.forward_rate, self.forward_backward_rate);
+        let fr = self.forward_flops / self.forward_s;
+        let fbr = FORWARD_BACKWARD_FLOPS * self.forward_flops / self.forward_backward_s;
         println!(
             "{:<18} {:>10.3} {:>10.2} {:>10.3} {:>10.2} {:>7.1}% {:>7.1}%  {}",
             self.name,

@@ -141,7 +141,7 @@ impl DotBenchResult {
     }
     /// Forward+backward rate in FLOP/s (3.5x forward FLOPs).
     pub fn forward_backward_rate(&self) -> f64 {
-        3.5 * self.shape.forward_flops() / self.forward_backward_s
+        crate::bench::FORWARD_BACKWARD_FLOPS * self.shape.forward_flops() / self.forward_backward_s
     }
 }
 
