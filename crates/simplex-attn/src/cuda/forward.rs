@@ -90,12 +90,7 @@ fn forward_typed<T: Element>(
             (&kernel.func, &name),
             cfg,
             &qv,
-            [
-                &kv.slice(k1r),
-                &kv.slice(k2r),
-                &vv.slice(v1r),
-                &vv.slice(v2r),
-            ],
+            [(&kv, (k1r, k2r)), (&vv, (v1r, v2r))],
             &shape.oriented(ex),
         )
     }

@@ -141,12 +141,7 @@ pub(crate) fn forward(
             (&kernel.func, &name),
             cfg,
             &qv,
-            [
-                &kv.slice(r1.clone()),
-                &kv.slice(r2.clone()),
-                &vv.slice(r1),
-                &vv.slice(r2),
-            ],
+            [(&kv, (r1.clone(), r2.clone())), (&vv, (r1, r2))],
             &shape,
         )
     }

@@ -350,14 +350,18 @@ pub(crate) fn output<T: Element>(
     Ok(s)
 }
 
+/// A stacked key (or value) buffer and the element ranges of its two sets, kernel order.
+pub(crate) type StackedSets<'a, T> = (&'a CudaView<'a, T>, (Range<usize>, Range<usize>));
+
 /// Runs a forward kernel of signature `(const T* q, k1, k2, v1, v2, T* o, float* lse, Shape)`
 /// (both forwards have it), saves `lse [B,N,Hq]` (f32) in the op for the backward and returns
-/// `o [B,N,Hq,Dv]` as candle storage. `sets` are `[k1, k2, v1, v2]` in the kernel's orientation
-/// (see [`exchange_sets`]), `shape` oriented the same way.
+/// `o [B,N,Hq,Dv]` as candle storage. `k` and `v` are the stacked key and value sets with the
+/// element ranges of (k1, k2) and (v1, v2) in the kernel's orientation (see [`set_ranges`]),
+/// `shape` oriented the same way.
 ///
 /// # Safety
-/// `func` has that signature with element type `T`, every view holds the element count the
-/// kernel indexes for `op.dims`, and `cfg`'s grid covers all N * G rows of every (batch, K/V
+/// `func` has that signature with element type `T`, every view (and range) holds the element
+/// count the kernel indexes for `op.dims`, and `cfg`'s grid covers all N * G rows of every (batch, K/V
 /// head), so that o and lse are fully written.
 pub(crate) unsafe fn launch_forward<T: Element>(
     op: &crate::op::SimplicialOp,
@@ -365,7 +369,7 @@ pub(crate) unsafe fn launch_forward<T: Element>(
     (func, name): (&cudarc::driver::CudaFunction, &str),
     cfg: LaunchConfig,
     q: &CudaView<'_, T>,
-    [k1, k2, v1, v2]: [&CudaView<'_, T>; 4],
+    [(k, (k1, k2)), (v, (v1, v2))]: [StackedSets<'_, T>; 2],
     shape: &KernelShape,
 ) -> Result<(CudaStorage, candle_core::Shape)> {
     use cudarc::driver::PushKernelArg;
@@ -380,7 +384,8 @@ pub(crate) unsafe fn launch_forward<T: Element>(
     let mut o = output::<T>(&stream, batch * seq * heads_q * dv, "o")?;
     let mut lse = output::<f32>(&stream, batch * seq * heads_q, "lse")?;
     let mut launch = stream.launch_builder(func);
-    launch.arg(q).arg(k1).arg(k2).arg(v1).arg(v2);
+    let (k1, k2, v1, v2) = (k.slice(k1), k.slice(k2), v.slice(v1), v.slice(v2));
+    launch.arg(q).arg(&k1).arg(&k2).arg(&v1).arg(&v2);
     launch.arg(&mut o).arg(&mut lse).arg(shape);
     // SAFETY: the arguments are the kernel's (o and lse sized here for op.dims); the rest is this
     // function's own safety contract.
