@@ -12,7 +12,8 @@
 // when G = 128, 64 / G whole queries when G < 64. Each row keeps its own windows (masking);
 // the CTA walks the union windows of its first and last query.
 // Grid: x = row blocks, y = K/V head, z = batch. Block: two warpgroups, in one of two layouts.
-// Specialized (64 rows per CTA; the default for G < 8):
+// Specialized (64 rows per CTA; for G < 8 where the offset walk of simplicial_fwd_offsets.cu does
+// not fit its window-1 rows in shared memory):
 //   WG0 "logits": A_j = Q ∘ k1_j in registers (bf16x2 products), S = A_j @ K2_tile^T by wgmma
 //     (B = K2 tile, 128B-swizzled smem), mask, online softmax per row in registers (exp2,
 //     scale*log2e applied in f32), P (bf16) and the rescale factors alpha to smem.
@@ -20,7 +21,7 @@
 //     from registers (ldmatrix.trans once per tile, scaled by v1_j per row c: bf16x2 products)
 //     and B = P from smem; alpha rescales its accumulator columns first. Folding v1_j into the A
 //     operand this way avoids a second accumulator for (P_j @ V2) ∘ v1_j.
-// Ping-pong (PP; 128 rows per CTA, the default for G >= 8): each warpgroup runs both the
+// Ping-pong (PP; 128 rows per CTA, the default at D = 128 for G >= 8): each warpgroup runs both the
 //   logits and the values steps above for its own 64 rows, with its own P buffer; the two meet
 //   only at the tile barriers, so one's softmax overlaps the other's products (no FULL/EMPTY).
 // Schedule per key tile: both warpgroups walk all j of window 1; P is double-buffered and

@@ -11,6 +11,8 @@ pub(crate) enum KernelFile {
     Mma,
     /// `kernels/simplicial_bwd_wgmma.cu` (wgmma; D in {64, 128}).
     Wgmma,
+    /// `kernels/simplicial_bwd_offsets.cu` (the offset walk's dq and dk1/dv1 passes; D = 64).
+    Offsets,
 }
 
 /// Rows per block of the q kernel and keys per block of the k kernel (`RB`, `TK`, `BLK`).
@@ -102,6 +104,57 @@ pub(crate) fn plan(d: usize, group: usize, choice: WgmmaBackward) -> (Launch, La
     (q, k)
 }
 
+/// Rows (query or key, head) per block of the offset-walk passes (`CTA_ROWS`).
+pub(crate) const OFFSETS_BLOCK: usize = 128;
+
+/// The window-1 side of a call in the kernels' orientation (window 1 = the smaller window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window1 {
+    /// Sequence length.
+    pub(crate) seq: usize,
+    /// Width of the (smaller) window 1.
+    pub(crate) w1: usize,
+    /// Causal windows (else bidirectional).
+    pub(crate) causal: bool,
+}
+
+/// Whether the offset-walk backward runs dq, dk1 and dv1 (`kernels/simplicial_bwd_offsets.cu`):
+/// `None` decides as measured (off: its two passes together were 6% slower than the mma.sync
+/// q kernel at G = 1, D = 64, and slower at G = 2, 4, 16; kernels/NOTES.md v7), `Some(on)`
+/// forces it on or off; either way only where it is compiled (D = 64) and its shared memory
+/// fits `max_smem`. Returns the (q pass, k1 pass) launches.
+pub(crate) fn offsets_plan(
+    d: usize,
+    group: usize,
+    win: Window1,
+    choice: Option<bool>,
+    max_smem: usize,
+) -> Option<(Launch, Launch)> {
+    if d != 64 || !choice.unwrap_or(false) {
+        return None;
+    }
+    // partner positions a block stages (`partner_positions` in the kernel)
+    let own = (OFFSETS_BLOCK - 1) / group + 2;
+    let span = if win.causal { win.w1 } else { 2 * win.w1 - 1 };
+    let positions = (own + span - 1).min(win.seq);
+    let tiles = 4 * 64 * d * 2; // K2, V2 tiles x 2 buffers
+    let launch = |which: &str, rows: usize, floats: usize, epilogue: usize| {
+        let body = (tiles + 2 * rows * (d + 8) * 2 + floats).max(epilogue);
+        Launch {
+            name: format!("simplicial_bwd_offsets_{which}_bf16_d{d}"),
+            file: KernelFile::Offsets,
+            threads: 256,
+            smem: body + 1024,
+        }
+    };
+    let q = launch("q", positions, 0, 0);
+    // the k1 pass stages every head of its partner queries, with their lse and delta; its
+    // epilogue reuses the space for [2][128][D] f32 sums
+    let rows = positions * group;
+    let k1 = launch("k1", rows, 2 * rows * 4, 2 * OFFSETS_BLOCK * d * 4);
+    (q.smem <= max_smem && k1.smem <= max_smem).then_some((q, k1))
+}
+
 /// `QLayout<D>` / `KLayout<D>` in simplicial_bwd_wgmma.cu: 1 + D/64 warpgroups.
 fn wgmma_launch(d: usize, which: &str) -> Launch {
     let hand_over = 4 * BLOCK * BLOCK * 2; // [2 buffers][P, dS], 64 x 128 B each
@@ -164,6 +217,7 @@ mod tests {
         let path = match file {
             KernelFile::Mma => "kernels/simplicial_bwd_mma.cu",
             KernelFile::Wgmma => "kernels/simplicial_bwd_wgmma.cu",
+            KernelFile::Offsets => "kernels/simplicial_bwd_offsets.cu",
         };
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + path)
             .unwrap()
@@ -236,6 +290,7 @@ mod tests {
                                 match l.file {
                                     KernelFile::Mma => "MMA",
                                     KernelFile::Wgmma => "WGMMA",
+                                    KernelFile::Offsets => "OFFSETS",
                                 }
                             )),
                             "{:?} is not compiled for D = {d}",
@@ -245,5 +300,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn offset_walk_runs_where_compiled_and_fitting() {
+        let lm = Window1 {
+            seq: 1024,
+            w1: 32,
+            causal: true,
+        };
+        // automatic: off (measured slower); forced on: D = 64 only
+        assert!(offsets_plan(64, 1, lm, None, MAX_SMEM).is_none());
+        let (q, k1) = offsets_plan(64, 1, lm, Some(true), MAX_SMEM).expect("the LM layer shape");
+        assert!(offsets_plan(128, 1, lm, Some(true), MAX_SMEM).is_none());
+        assert!(offsets_plan(64, 1, lm, Some(false), MAX_SMEM).is_none());
+        assert!(offsets_plan(64, 16, lm, Some(true), MAX_SMEM).is_some());
+        // the q pass stages 127 + 2 + 31 window-1 rows of k1 and v1 (144 bytes each)
+        assert_eq!(q.smem, 4 * 64 * 64 * 2 + 2 * 160 * 72 * 2 + 1024);
+        assert!(k1.smem >= q.smem);
+        // a window 1 too wide for shared memory falls back
+        let wide = Window1 { w1: 900, ..lm };
+        assert!(offsets_plan(64, 1, wide, Some(true), MAX_SMEM).is_none());
+        // short sequences stage at most the sequence
+        let short = Window1 { seq: 10, ..lm };
+        let (q, _) = offsets_plan(64, 1, short, Some(true), MAX_SMEM).expect("fits");
+        assert_eq!(q.smem, 4 * 64 * 64 * 2 + 2 * 10 * 72 * 2 + 1024);
+        // names exist in the file and are compiled for D = 64
+        let src = source(KernelFile::Offsets);
+        for l in [q, k1] {
+            assert!(l.name.ends_with("_d64"));
+            assert!(src.contains(l.name.trim_end_matches("d64")), "{}", l.name);
+        }
+        assert!(src.contains("SIMPLICIAL_BWD_OFFSETS(64)"));
     }
 }

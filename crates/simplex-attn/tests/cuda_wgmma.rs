@@ -68,6 +68,11 @@ fn wgmma_forward_matches_the_f32_kernel() -> anyhow::Result<()> {
         (1, 1, 64, 1, 128, AttnSpec::causal(32, 512)),
         (1, 150, 32, 2, 64, bi.with_windows(Some(20), Some(90))),
         (1, 96, 64, 1, 128, bi),
+        // few heads per K/V head (the offset walk's shapes): G = 1, 2, 3
+        (2, 1000, 4, 4, 64, AttnSpec::causal(512, 32)),
+        (1, 515, 4, 2, 128, AttnSpec::causal(33, 129)),
+        (1, 200, 2, 2, 128, bi.with_windows(Some(30), Some(50))),
+        (1, 257, 6, 2, 64, AttnSpec::causal(7, 300)),
     ];
     let mut failures = vec![];
     for (t, &(b, n, hq, hkv, d, spec)) in cases.iter().enumerate() {
@@ -75,11 +80,21 @@ fn wgmma_forward_matches_the_f32_kernel() -> anyhow::Result<()> {
         let f = |x: &Tensor| x.to_dtype(DType::F32);
         let slow = simplicial_attn(&f(&q)?, &f(&k1)?, &f(&k2)?, &f(&v1)?, &f(&v2)?, &spec)?;
         // every compiled variant of the kernel
-        for (positions_per_handover, ping_pong) in [(1, false), (2, false), (1, true)] {
-            let variant = ForwardVariant {
-                positions_per_handover,
-                ping_pong,
-            };
+        for variant in [
+            ForwardVariant::Specialized {
+                positions_per_handover: 1,
+            },
+            ForwardVariant::Specialized {
+                positions_per_handover: 2,
+            },
+            ForwardVariant::PingPong,
+            ForwardVariant::Offsets {
+                offsets_per_step: 1,
+            },
+            ForwardVariant::Offsets {
+                offsets_per_step: 2,
+            },
+        ] {
             simplex_attn::cuda::set_forward_variant(Some(variant));
             let fast = simplicial_attn(&q, &k1, &k2, &v1, &v2, &spec);
             simplex_attn::cuda::set_forward_variant(None);
@@ -113,6 +128,12 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
         (1, 1, 64, 1, 128, AttnSpec::causal(32, 512)),
         (1, 150, 32, 2, 64, bi.with_windows(Some(20), Some(90))),
         (1, 96, 64, 1, 128, bi),
+        // few heads per K/V head at D = 64 (the offset walk's shapes): G = 1, 2, 3
+        (2, 1000, 4, 4, 64, AttnSpec::causal(512, 32)),
+        (1, 515, 4, 2, 64, AttnSpec::causal(33, 129)),
+        (1, 200, 2, 2, 64, bi.with_windows(Some(30), Some(50))),
+        (1, 257, 6, 2, 64, AttnSpec::causal(7, 300)),
+        (1, 77, 3, 3, 64, AttnSpec::causal(100, 100)),
     ];
     let mut failures = vec![];
     for (t, &(b, n, hq, hkv, d, spec)) in cases.iter().enumerate() {
@@ -135,14 +156,29 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
                 .collect()
         };
         let slow = grads(&x.clone().map(|t| t.to_dtype(DType::F32).expect("to f32")))?;
-        // every tensor-core backward kernel: wgmma for both kernels, mma.sync for both
-        for mode in [WgmmaBackward::Both, WgmmaBackward::Off] {
+        // every tensor-core backward kernel: wgmma for both kernels, mma.sync for both, the
+        // offset walk for dq, dk1, dv1 (where it covers the call; D = 64)
+        for (mode, offsets) in [
+            (WgmmaBackward::Both, false),
+            (WgmmaBackward::Off, false),
+            (WgmmaBackward::Auto, true),
+        ] {
+            if offsets && d != 64 {
+                continue;
+            }
+            let mode_name = if offsets {
+                "offset walk".to_string()
+            } else {
+                format!("{mode:?}")
+            };
             simplex_attn::cuda::set_wgmma_backward(mode);
+            simplex_attn::cuda::set_offsets_backward(Some(offsets));
             let fast = grads(&x);
             simplex_attn::cuda::set_wgmma_backward(WgmmaBackward::Auto);
+            simplex_attn::cuda::set_offsets_backward(None);
             let fast = fast?;
             let mut line =
-                format!("case {t} {mode:?}: b={b} n={n} hq={hq} hkv={hkv} d={d} {spec:?}:");
+                format!("case {t} {mode_name}: b={b} n={n} hq={hq} hkv={hkv} d={d} {spec:?}:");
             let mut ok = true;
             // With one (j, k) pair per query (n = 1, or windows (1, 1)) the exact dq, dk1, dk2 are
             // zero (dS = dP - delta = 0); bf16 leaves rounding noise there, so those three are
@@ -170,7 +206,7 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
             }
             println!("{line} {}", if ok { "ok" } else { "FAIL" });
             if !ok {
-                failures.push((t, mode));
+                failures.push((t, mode_name));
             }
         }
     }

@@ -8,6 +8,9 @@
 //! q kernel:  dq (bf16), dk1 and dv1 added into zeroed f32 buffers (atomics), then rounded
 //! k kernel:  dk2, dv2 (bf16), each block owning 64 keys (rows in steps of 64, or 32 if G < 64)
 //! ```
+//! For few query heads per K/V head (D = 64) the offset walk of
+//! `kernels/simplicial_bwd_offsets.cu` replaces the q kernel: a q pass (dq) and a k1 pass (dk1,
+//! dv1 into the same f32 buffers), chosen by `backward_plan::offsets_plan`.
 //! As for the forward, the kernels want the small window as their window 1: when `w1 > w2` the
 //! key/value sets are exchanged here and the gradients land in the exchanged slots.
 //! dq, dk2 and dv2 are deterministic; dk1 and dv1 are sums of f32 atomics (their last bits may
@@ -25,12 +28,13 @@ use super::{
 };
 use crate::op::SimplicialOp;
 
-use crate::backward_plan::{plan, KernelFile, BLOCK};
+use crate::backward_plan::{offsets_plan, plan, KernelFile, Window1, BLOCK, OFFSETS_BLOCK};
 
 fn family(file: KernelFile) -> Family {
     match file {
         KernelFile::Mma => Family::BackwardMma,
         KernelFile::Wgmma => Family::BackwardWgmma,
+        KernelFile::Offsets => Family::BackwardOffsets,
     }
 }
 
@@ -77,43 +81,85 @@ pub(crate) fn backward(
     clock.lap("delta")?;
 
     let (q_launch, k_launch) = plan(d, hq / hkv, super::wgmma_backward());
-    // q kernel: dq, and dk1 / dv1 into zeroed f32 buffers
-    let name = &q_launch.name;
-    let kernel = module::kernel(&dev, family(q_launch.file), name)?;
-    let smem = q_launch.smem;
-    check_smem(name, smem, kernel.max_smem, d, d)?;
-    let mut dq = output::<T>(&stream, nq, "dq")?;
     let mut dk1 = stream
         .alloc_zeros::<f32>(nk)
         .map_err(|e| cuda_err("allocating the dk1 accumulator", e))?;
     let mut dv1 = stream
         .alloc_zeros::<f32>(nk)
         .map_err(|e| cuda_err("allocating the dv1 accumulator", e))?;
-    let cfg = launch_config(
-        (blocks(n * (hq / hkv), BLOCK)?, hkv as u32, b as u32),
-        q_launch.threads,
-        smem,
-    );
-    let mut launch = stream.launch_builder(&kernel.func);
-    launch
-        .arg(&qv)
-        .arg(&k1)
-        .arg(&k2)
-        .arg(&v1)
-        .arg(&v2)
-        .arg(&dov);
-    launch
-        .arg(&lsev)
-        .arg(&delta)
-        .arg(&mut dq)
-        .arg(&mut dk1)
-        .arg(&mut dv1);
-    launch.arg(&kshape);
-    // SAFETY: the arguments follow the kernel's signature (six const bf16*, two const float*,
-    // bf16* dq, float* dk1, float* dv1, Shape); every view holds the count the kernel indexes
-    // (checked by `view`), the grid covers all N * G rows of every (batch, K/V head).
-    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
-    clock.lap(name)?;
+    let win1 = Window1 {
+        seq: n,
+        w1: kshape.w1 as usize,
+        causal: op.win.causal,
+    };
+    // the shared-memory limit of the device (the same for every kernel of a module)
+    let max_smem =
+        module::kernel(&dev, Family::BackwardMma, "simplicial_bwd_f32_to_bf16")?.max_smem;
+    let mut dq = output::<T>(&stream, nq, "dq")?;
+    if let Some((q_pass, k1_pass)) =
+        offsets_plan(d, hq / hkv, win1, super::offsets_backward(), max_smem)
+    {
+        // the offset walk: dq, then dk1 / dv1 into the zeroed f32 buffers
+        let grid = (blocks(n * (hq / hkv), OFFSETS_BLOCK)?, hkv as u32, b as u32);
+        for (pass, is_q) in [(&q_pass, true), (&k1_pass, false)] {
+            let name = &pass.name;
+            let kernel = module::kernel(&dev, family(pass.file), name)?;
+            check_smem(name, pass.smem, kernel.max_smem, d, d)?;
+            let cfg = launch_config(grid, pass.threads, pass.smem);
+            let mut launch = stream.launch_builder(&kernel.func);
+            launch
+                .arg(&qv)
+                .arg(&k1)
+                .arg(&k2)
+                .arg(&v1)
+                .arg(&v2)
+                .arg(&dov);
+            launch.arg(&lsev).arg(&delta);
+            if is_q {
+                launch.arg(&mut dq);
+            } else {
+                launch.arg(&mut dk1).arg(&mut dv1);
+            }
+            launch.arg(&kshape);
+            // SAFETY: the arguments follow the kernels' signatures (six const bf16*, two const
+            // float*, then bf16* dq or float* dk1, float* dv1, then Shape); every view holds
+            // the count the kernel indexes (checked by `view`), the grid covers all N * G rows.
+            unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
+            clock.lap(name)?;
+        }
+    } else {
+        // q kernel: dq, and dk1 / dv1 into the zeroed f32 buffers
+        let name = &q_launch.name;
+        let kernel = module::kernel(&dev, family(q_launch.file), name)?;
+        let smem = q_launch.smem;
+        check_smem(name, smem, kernel.max_smem, d, d)?;
+        let cfg = launch_config(
+            (blocks(n * (hq / hkv), BLOCK)?, hkv as u32, b as u32),
+            q_launch.threads,
+            smem,
+        );
+        let mut launch = stream.launch_builder(&kernel.func);
+        launch
+            .arg(&qv)
+            .arg(&k1)
+            .arg(&k2)
+            .arg(&v1)
+            .arg(&v2)
+            .arg(&dov);
+        launch
+            .arg(&lsev)
+            .arg(&delta)
+            .arg(&mut dq)
+            .arg(&mut dk1)
+            .arg(&mut dv1);
+        launch.arg(&kshape);
+        // SAFETY: the arguments follow the kernel's signature (six const bf16*, two const
+        // float*, bf16* dq, float* dk1, float* dv1, Shape); every view holds the count the
+        // kernel indexes (checked by `view`), the grid covers all N * G rows of every
+        // (batch, K/V head).
+        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
+        clock.lap(name)?;
+    }
 
     // k kernel: dk2, dv2 straight into their slots of dK, dV
     let name = &k_launch.name;

@@ -1,9 +1,11 @@
-//! Launch of `kernels/simplicial_fwd_wgmma.cu`: the tensor-core (wgmma) forward for bf16 with
-//! D = Dv in {64, 128}. Other shapes and dtypes run the CUDA-core kernel of `forward.rs`.
+//! Launch of the tensor-core (wgmma) forwards for bf16 with D = Dv in {64, 128}:
+//! `kernels/simplicial_fwd_wgmma.cu` (specialized and ping-pong layouts, for many query heads
+//! per K/V head) and `kernels/simplicial_fwd_offsets.cu` (the offset walk, for few). Other shapes
+//! and dtypes run the CUDA-core kernel of `forward.rs`.
 //!
-//! The kernel walks its first window one position at a time and tiles its second window for
-//! the tensor cores, so it wants the small window first: when `w1 > w2` the two key/value sets
-//! are exchanged here (the layer is symmetric in them).
+//! The kernels walk their first window one position (or offset) at a time and tile their second
+//! window for the tensor cores, so they want the small window first: when `w1 > w2` the two
+//! key/value sets are exchanged here (the layer is symmetric in them).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
@@ -13,78 +15,100 @@ use super::module::{self, Family};
 use super::{blocks, check_smem, exchange_sets, launch_config, set_ranges, view, KernelShape};
 use crate::op::SimplicialOp;
 
-/// Rows (query, head) per block; `ROWS` in the kernel.
+/// Rows (query, head) per warpgroup; `ROWS` in the kernels.
 const ROWS: usize = 64;
 const THREADS: u32 = 256;
 
-/// Which compiled variant of the wgmma forward runs (`kernels/simplicial_fwd_wgmma.cu`).
+/// Which compiled layout of the tensor-core forward runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ForwardVariant {
-    /// Window-1 positions per hand-over between the warpgroups (`TJ`): 1 or 2.
-    pub positions_per_handover: usize,
-    /// The ping-pong layout (`PP`): 128 rows per block, each warpgroup computing logits,
-    /// softmax and values for its own 64 (always with one position per hand-over: two spill).
-    pub ping_pong: bool,
+pub enum ForwardVariant {
+    /// `simplicial_fwd_wgmma.cu`, 64 rows per block: one warpgroup computes logits and softmax,
+    /// the other the values, handing P over through shared memory every
+    /// `positions_per_handover` window-1 positions (1 or 2).
+    Specialized {
+        /// Window-1 positions per hand-over (`TJ`): 1 or 2 (anything else runs 2).
+        positions_per_handover: usize,
+    },
+    /// `simplicial_fwd_wgmma.cu`, 128 rows per block: each warpgroup computes logits, softmax
+    /// and values for its own 64 (one position per step).
+    PingPong,
+    /// `simplicial_fwd_offsets.cu`, 128 rows per block: steps over window-1 offsets, each row
+    /// with its own window-1 position, so rows of different queries waste no masked work
+    /// (for few query heads per K/V head). Needs the block's window-1 rows in shared memory;
+    /// where they do not fit, [`ForwardVariant::fastest`] without it runs.
+    Offsets {
+        /// Window-1 offsets per step (`TO`): 1 or 2 (2 only for D = 64; else 1 runs).
+        offsets_per_step: usize,
+    },
 }
 
 impl ForwardVariant {
-    /// The fastest measured on the H200 for G = Hq/Hkv query heads per K/V head
-    /// (kernels/NOTES.md, v6): the ping-pong layout when G >= 8 (measured faster at G = 8, 16,
-    /// 32, 64, 128), else two positions per hand-over between specialized warpgroups (at G = 1
-    /// a 128-row block spans 128 queries and masks more of its windows; G = 2, 4 not measured).
-    pub fn fastest(group: usize) -> Self {
-        if group >= 8 {
-            ForwardVariant {
-                positions_per_handover: 1,
-                ping_pong: true,
+    /// The fastest measured on the H200 for G = Hq/Hkv query heads per K/V head and head dim
+    /// `d` (kernels/NOTES.md, v6 and v7): at D = 64 the offset walk with two offsets per step
+    /// (measured faster than the ping-pong layout at G = 1, 2, 4, 16, 32, 64: 185 vs 46 TFLOP/s
+    /// at G = 1, 238 vs 201 at G = 64); at D = 128 the offset walk below G = 8 and the
+    /// ping-pong layout from G = 8 (equal at 8; 312 vs 263 at G = 64).
+    pub fn fastest(group: usize, d: usize) -> Self {
+        if d <= 64 {
+            ForwardVariant::Offsets {
+                offsets_per_step: 2,
             }
+        } else if group >= 8 {
+            ForwardVariant::PingPong
         } else {
-            ForwardVariant {
-                positions_per_handover: 2,
-                ping_pong: false,
+            ForwardVariant::Offsets {
+                offsets_per_step: 1,
             }
+        }
+    }
+
+    /// Parses `tj1`, `tj2`, `pp`, `offsets` or `offsets2` (the values of `SIMPLEX_WGMMA_FWD`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tj1" => Some(ForwardVariant::Specialized {
+                positions_per_handover: 1,
+            }),
+            "tj2" => Some(ForwardVariant::Specialized {
+                positions_per_handover: 2,
+            }),
+            "pp" => Some(ForwardVariant::PingPong),
+            "offsets" => Some(ForwardVariant::Offsets {
+                offsets_per_step: 1,
+            }),
+            "offsets2" => Some(ForwardVariant::Offsets {
+                offsets_per_step: 2,
+            }),
+            _ => None,
         }
     }
 }
 
 static VARIANT: std::sync::Mutex<Option<ForwardVariant>> = std::sync::Mutex::new(None);
 
-/// Runs `variant` of the wgmma forward from now on; `None` (the default) picks
-/// [`ForwardVariant::fastest`] per call. For comparisons and tests. `SIMPLEX_WGMMA_TJ=1|2` and
-/// `SIMPLEX_WGMMA_PP=0|1` in the environment override the fields. Positions other than 1 and 2
-/// are taken as 2; the ping-pong layout runs one position per hand-over.
+/// Runs `variant` of the tensor-core forward from now on; `None` (the default) picks
+/// [`ForwardVariant::fastest`] per call. For comparisons and tests. `SIMPLEX_WGMMA_FWD=tj1|tj2|
+/// pp|offsets` in the environment overrides it ([`ForwardVariant::parse`]).
 pub fn set_forward_variant(variant: Option<ForwardVariant>) {
     if let Ok(mut v) = VARIANT.lock() {
         *v = variant;
     }
 }
 
-fn variant(group: usize) -> ForwardVariant {
-    let mut v = VARIANT
+fn variant(group: usize, d: usize) -> ForwardVariant {
+    if let Some(v) = std::env::var("SIMPLEX_WGMMA_FWD")
+        .ok()
+        .and_then(|v| ForwardVariant::parse(&v))
+    {
+        return v;
+    }
+    VARIANT
         .lock()
         .ok()
         .and_then(|v| *v)
-        .unwrap_or_else(|| ForwardVariant::fastest(group));
-    match std::env::var("SIMPLEX_WGMMA_TJ").as_deref() {
-        Ok("1") => v.positions_per_handover = 1,
-        Ok("2") => v.positions_per_handover = 2,
-        _ => {}
-    }
-    match std::env::var("SIMPLEX_WGMMA_PP").as_deref() {
-        Ok("0") => v.ping_pong = false,
-        Ok("1") => v.ping_pong = true,
-        _ => {}
-    }
-    if v.positions_per_handover != 1 {
-        v.positions_per_handover = 2;
-    }
-    if v.ping_pong {
-        v.positions_per_handover = 1;
-    }
-    v
+        .unwrap_or_else(|| ForwardVariant::fastest(group, d))
 }
 
-/// Dynamic shared memory of one block; `Smem<D, TJ>::BYTES` in the kernel.
+/// Dynamic shared memory of one block of `simplicial_fwd_wgmma.cu`; `Smem<D, TJ>::BYTES` there.
 fn smem_bytes(d: usize, tj: usize) -> usize {
     let (tk, jc) = (64, 128);
     let k_tile = tk * d * 2;
@@ -92,6 +116,22 @@ fn smem_bytes(d: usize, tj: usize) -> usize {
     let v_tile = tk * (d + 8) * 2;
     let j_rows = jc * d * 2;
     2 * k_tile + 2 * p_tile + 2 * v_tile + 2 * j_rows + 2 * ROWS * 4 + 2 * ROWS * 4 + 1024
+}
+
+/// Window-1 rows one block of the offset walk stages: its queries' window union, capped by
+/// the sequence (`window1_rows` in `simplicial_fwd_offsets.cu`, in the kernel's orientation).
+fn window1_rows(shape: &KernelShape) -> usize {
+    let group = (shape.heads_q / shape.heads_kv) as usize;
+    let queries = (2 * ROWS - 1) / group + 2;
+    let w1 = shape.w1 as usize;
+    let span = if shape.causal != 0 { w1 } else { 2 * w1 - 1 };
+    (queries + span - 1).min(shape.seq as usize)
+}
+
+/// Dynamic shared memory of one block of the offset walk: K2 and V2 tiles (two buffers each)
+/// and the window-1 rows of k1 and v1 (padded by 8 elements).
+fn offsets_smem_bytes(d: usize, shape: &KernelShape) -> usize {
+    4 * 64 * d * 2 + 2 * window1_rows(shape) * (d + 8) * 2 + 1024
 }
 
 /// Whether the tensor-core forward covers this call.
@@ -111,15 +151,56 @@ pub(crate) fn forward(
     let (b, n, hq, hkv, d) = (dims.batch, dims.seq, dims.heads_q, dims.heads_kv, dims.d);
     let ex = exchange_sets(&op.win);
     let shape = KernelShape::new(&dims, &op.win, op.scale)?.oriented(ex);
-    let variant = variant(hq / hkv);
-    let tj = variant.positions_per_handover;
-    let layout = if variant.ping_pong { "pp_" } else { "" };
-    let name = format!("simplicial_fwd_wgmma_{layout}tj{tj}_bf16_d{d}");
-    // rows per block: 64, or one 64-row block per warpgroup in the ping-pong layout
-    let cta_rows = if variant.ping_pong { 2 * ROWS } else { ROWS };
     let dev = q.device().clone();
-    let kernel = module::kernel(&dev, Family::ForwardWgmma, &name)?;
-    let smem = smem_bytes(d, tj);
+    let mut variant = variant(hq / hkv, d);
+    let (name, smem, cta_rows, kernel) = loop {
+        let (name, smem, cta_rows, family) = match variant {
+            ForwardVariant::Offsets { offsets_per_step } => {
+                let to = if offsets_per_step == 2 && d == 64 {
+                    2
+                } else {
+                    1
+                };
+                (
+                    format!("simplicial_fwd_offsets_to{to}_bf16_d{d}"),
+                    offsets_smem_bytes(d, &shape),
+                    2 * ROWS,
+                    Family::ForwardOffsets,
+                )
+            }
+            ForwardVariant::PingPong => (
+                format!("simplicial_fwd_wgmma_pp_tj1_bf16_d{d}"),
+                smem_bytes(d, 1),
+                2 * ROWS,
+                Family::ForwardWgmma,
+            ),
+            ForwardVariant::Specialized {
+                positions_per_handover,
+            } => {
+                let tj = if positions_per_handover == 1 { 1 } else { 2 };
+                (
+                    format!("simplicial_fwd_wgmma_tj{tj}_bf16_d{d}"),
+                    smem_bytes(d, tj),
+                    ROWS,
+                    Family::ForwardWgmma,
+                )
+            }
+        };
+        let kernel = module::kernel(&dev, family, &name)?;
+        // the offset walk's window-1 rows grow with the window: past the limit, the fastest
+        // other layout runs instead
+        if matches!(variant, ForwardVariant::Offsets { .. }) && smem > kernel.max_smem {
+            variant = if hq / hkv >= 8 {
+                ForwardVariant::PingPong
+            } else {
+                ForwardVariant::Specialized {
+                    positions_per_handover: 2,
+                }
+            };
+            continue;
+        }
+        break (name, smem, cta_rows, kernel);
+    };
     check_smem(&name, smem, kernel.max_smem, d, d)?;
 
     let nk = b * n * hkv * d;
@@ -132,7 +213,7 @@ pub(crate) fn forward(
         THREADS,
         smem,
     );
-    // SAFETY: simplicial_fwd_wgmma_* takes (q, k1, k2, v1, v2, o, lse, Shape) in bf16; `view`
+    // SAFETY: simplicial_fwd_wgmma_* and simplicial_fwd_offsets_* take (q, k1, k2, v1, v2, o, lse, Shape) in bf16; `view`
     // checked the element counts; the grid covers all N * G rows.
     unsafe {
         super::launch_forward(

@@ -93,6 +93,26 @@ pub(crate) fn wgmma_backward() -> WgmmaBackward {
     }
 }
 
+static OFFSETS_BACKWARD: Mutex<Option<bool>> = Mutex::new(None);
+
+/// Whether dq, dk1 and dv1 come from the offset-walk backward (`kernels/simplicial_bwd_offsets.cu`,
+/// bf16, D = 64) instead of the q kernel: `None` (the default) decides as measured (off: it was
+/// slower at every shape measured, kernels/NOTES.md v7), `Some(on)` forces it on or off where it
+/// covers the call. `SIMPLEX_BWD_OFFSETS=0|1` in the environment overrides.
+pub fn set_offsets_backward(choice: Option<bool>) {
+    if let Ok(mut c) = OFFSETS_BACKWARD.lock() {
+        *c = choice;
+    }
+}
+
+pub(crate) fn offsets_backward() -> Option<bool> {
+    match std::env::var("SIMPLEX_BWD_OFFSETS").as_deref() {
+        Ok("0") => Some(false),
+        Ok("1") => Some(true),
+        _ => OFFSETS_BACKWARD.lock().ok().and_then(|c| *c),
+    }
+}
+
 pub(crate) fn deterministic() -> bool {
     DETERMINISTIC.load(Ordering::Relaxed)
         || std::env::var("SIMPLEX_DETERMINISTIC").is_ok_and(|v| v == "1")

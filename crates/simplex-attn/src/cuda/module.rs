@@ -23,6 +23,8 @@ pub(crate) enum Family {
     Forward,
     /// `kernels/simplicial_fwd_wgmma.cu` (tensor-core forward, bf16, D = Dv in {64, 128})
     ForwardWgmma,
+    /// `kernels/simplicial_fwd_offsets.cu` (tensor-core forward stepping over window-1 offsets)
+    ForwardOffsets,
     /// `kernels/simplicial_bwd_dq.cu` (delta pre-pass and dq)
     BackwardQuery,
     /// `kernels/simplicial_bwd_dkv.cu` (dk, dv of one key/value set)
@@ -31,6 +33,8 @@ pub(crate) enum Family {
     BackwardMma,
     /// `kernels/simplicial_bwd_wgmma.cu` (wgmma backward, bf16, D = Dv in {64, 128})
     BackwardWgmma,
+    /// `kernels/simplicial_bwd_offsets.cu` (offset-walk dq and dk1/dv1 passes, bf16, D = 64)
+    BackwardOffsets,
     /// `kernels/dot_attn_fwd.cu` (dot-product forward, tensor cores)
     DotForward,
     /// `kernels/dot_attn_bwd_dq.cu` (dot-product dq, tensor cores)
@@ -48,6 +52,9 @@ impl Family {
             Family::ForwardWgmma => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_fwd_wgmma.cubin"))
             }
+            Family::ForwardOffsets => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_fwd_offsets.cubin"))
+            }
             Family::BackwardQuery => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_dq.cubin"))
             }
@@ -59,6 +66,9 @@ impl Family {
             }
             Family::BackwardWgmma => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_wgmma.cubin"))
+            }
+            Family::BackwardOffsets => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_offsets.cubin"))
             }
             Family::DotForward => include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_fwd.cubin")),
             Family::DotBackwardQuery => {
@@ -77,10 +87,12 @@ impl Family {
         match self {
             Family::Forward => "kernels/simplicial_fwd.cu",
             Family::ForwardWgmma => "kernels/simplicial_fwd_wgmma.cu",
+            Family::ForwardOffsets => "kernels/simplicial_fwd_offsets.cu",
             Family::BackwardQuery => "kernels/simplicial_bwd_dq.cu",
             Family::BackwardKey => "kernels/simplicial_bwd_dkv.cu",
             Family::BackwardMma => "kernels/simplicial_bwd_mma.cu",
             Family::BackwardWgmma => "kernels/simplicial_bwd_wgmma.cu",
+            Family::BackwardOffsets => "kernels/simplicial_bwd_offsets.cu",
             Family::DotForward => "kernels/dot_attn_fwd.cu",
             Family::DotBackwardQuery => "kernels/dot_attn_bwd_dq.cu",
             Family::DotBackwardKey => "kernels/dot_attn_bwd_dkv.cu",

@@ -1,0 +1,365 @@
+// 2-simplicial attention backward on Hopper tensor cores for few query heads per K/V head: the
+// offset walk of simplicial_fwd_offsets.cu applied to dq and to dk1, dv1 (window 1, the small
+// window). bf16 in, f32 accumulation. dk2, dv2 (window 2) come from the k kernel of
+// simplicial_bwd_mma.cu / simplicial_bwd_wgmma.cu, which owns window-2 keys and has no
+// masked-work problem.
+//
+// With P = exp(S - lse), dS = scale P ∘ (dP - delta), dP[r,j,k] = dout_r · (v1_j ∘ v2_k):
+//   dq_r  = sum_{j,k} dS[r,j,k] k1_j ∘ k2_k
+//   dk1_j = sum_{r,k} dS[r,j,k] q_r ∘ k2_k,     dv1_j = sum_{r,k} P[r,j,k] dout_r ∘ v2_k
+// A step is one window-2 tile (TK = 64 keys) and one window-1 offset o: each row pairs with
+// one partner, and both gradients are a per-row product of two 64-wide matrix products:
+//   A  = x ∘ y[partner],  B = u ∘ w[partner]      (x, u: the row's own; y, w: the partner's)
+//   S  = A @ K2_tile^T,   dP = B @ V2_tile^T      wgmma, A registers, B K-major swizzled smem
+//   P, dS in registers (masked where a pair is outside the windows; a warp-uniform branch
+//   skips the masking where all are inside)
+//   X  = dS @ K2_tile,    Y  = P @ V2_tile         wgmma, A = P / dS straight from the
+//                                                  accumulators, B MN-major (transposed B)
+// Two passes of one template, `KEYS`:
+//   q pass (KEYS = false), simplicial_bwd_offsets_q_bf16_d{D}: rows r = (query i, head h),
+//     x = q_r, u = dout_r; partner j = i + o with y = k1_j, w = v1_j.   dq_r += X ∘ k1_j.
+//   k1 pass (KEYS = true), simplicial_bwd_offsets_k1_bf16_d{D}: rows r = (key j, head h),
+//     x = k1_j, u = v1_j; partner (i = j - o, h) with y = q, w = dout, its lse and delta.
+//     dk1 += X ∘ q_i, dv1 += Y ∘ dout_i in registers; at the end each row's sums are added
+//     over the heads h into the f32 dk1, dv1 buffers (atomics: a key's heads may straddle two
+//     blocks when G does not divide 128). Window-2 ranges follow the partner query.
+// Layout: 128 rows per CTA, two warpgroups of 64 rows, no hand-over (as in the forward); the
+// next K2/V2 tile is fetched by cp.async during the current one. The partners' rows (and, in
+// the k1 pass, their lse and delta) are staged once per CTA, padded by 16 B per row.
+// Shared memory (D = 64, G = 1, windows (32, 512)): tiles 32 KB + partner rows 2 x 160 x 144 B.
+// Registers (D = 64): the k1 pass holds x, u (32), dk1, dv1 (64), S, dP (64), X, Y (64).
+// Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; notes:
+// kernels/NOTES.md (v7).
+#include "common.cuh"
+#include "tensor_core.cuh"
+#include "wgmma.cuh"
+
+using namespace simplex;
+typedef __nv_bfloat16 bf16;
+
+namespace {
+
+constexpr int ROWS = 64;            // rows per warpgroup = wgmma M
+constexpr int CTA_ROWS = 2 * ROWS;  // two warpgroups
+constexpr int TK = 64;              // window-2 keys per tile
+constexpr int THREADS = 256;
+constexpr int BAR_WG = 1;  // + warpgroup: one warpgroup alone (epilogue)
+
+// Partner positions a CTA stages (queries of the k1 pass, window-1 keys of the q pass): its
+// rows' positions widened by the window-1 span. Mirrored by `partner_positions` in
+// src/cuda/backward_offsets.rs (which sizes the shared memory).
+__device__ __forceinline__ int partner_positions(const Shape& s) {
+  const int G = s.heads_q / s.heads_kv;
+  const int own = (CTA_ROWS - 1) / G + 2;
+  const int span = s.causal ? s.w1 : 2 * s.w1 - 1;
+  return min(s.seq, own + span - 1);
+}
+
+template <int D, bool KEYS>
+__device__ __forceinline__ void bwd_offsets(const bf16* __restrict__ q, const bf16* __restrict__ k1,
+                                            const bf16* __restrict__ k2, const bf16* __restrict__ v1,
+                                            const bf16* __restrict__ v2, const bf16* __restrict__ dout,
+                                            const float* __restrict__ lse, const float* __restrict__ dlt,
+                                            bf16* __restrict__ dq, float* __restrict__ dk1,
+                                            float* __restrict__ dv1, const Shape s) {
+  constexpr int KS = D / 16;      // k-steps of the logits
+  constexpr int NA = D / 64;      // 64-column blocks of X, Y
+  constexpr int KT = TK * D * 2;  // one K2 (or V2) tile: NA swizzled atoms of TK x 128 B
+  constexpr int JS = D + 8;       // padded partner row, elements
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+
+  const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
+  const int b = blockIdx.z, kv = blockIdx.y;
+  const int row0 = blockIdx.x * CTA_ROWS, nrows = N * G;
+  const int row_last = min(row0 + CTA_ROWS, nrows) - 1;
+  const int p_first = row0 / G, p_last = row_last / G;  // the CTA's own positions
+  // partner positions: window-1 keys of the queries (q pass), queries of the keys (k1 pass)
+  const Range PU = KEYS ? Range{seen_by(p_first, s.w1, N, s.causal).lo, seen_by(p_last, s.w1, N, s.causal).hi}
+                        : Range{window(p_first, s.w1, N, s.causal).lo, window(p_last, s.w1, N, s.causal).hi};
+  const int pcap = partner_positions(s);
+  const int prow = KEYS ? G : 1;  // staged rows per partner position (the k1 pass: every head)
+  const bf16* y_s = reinterpret_cast<const bf16*>(sm + 4 * KT);
+  const bf16* w_s = y_s + pcap * prow * JS;
+  float* lse_s = reinterpret_cast<float*>(sm + 4 * KT + 2 * pcap * prow * JS * 2);  // k1 pass only
+  float* dlt_s = lse_s + pcap * prow;
+  // queries whose window-2 keys the CTA needs
+  const Range QU = KEYS ? PU : Range{p_first, p_last + 1};
+  const Range KU = {window(QU.lo, s.w2, N, s.causal).lo, window(QU.hi - 1, s.w2, N, s.causal).hi};
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
+  auto q_row = [&](int i, int h) -> long long { return (long long)(b * N + i) * Hq + kv * G + h; };
+
+  auto load_tile = [&](int k0, int buf) {
+    const uint32_t ks = smem_u32(sm + buf * KT), vs = smem_u32(sm + (2 + buf) * KT);
+    for (int c = tid; c < TK * D / 8; c += THREADS) {
+      const int kk = c / (D / 8), c16 = c % (D / 8);
+      const int pos = k0 + kk;
+      const bool ok = pos < KU.hi;
+      const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
+      const uint32_t at = sw128_tile(TK, kk, c16 * 8);
+      cp_async16(ks + at, k2 + src, ok);
+      cp_async16(vs + at, v2 + src, ok);
+    }
+  };
+  {  // partner rows (zero past the union)
+    const uint32_t ya = smem_u32(y_s), wa = smem_u32(w_s);
+    for (int c = tid; c < pcap * prow * D / 8; c += THREADS) {
+      const int pr = c / (D / 8), c16 = c % (D / 8);
+      const int pos = PU.lo + pr / prow;
+      const bool ok = pos < PU.hi;
+      const long long src = ok ? (KEYS ? q_row(pos, pr % prow) * D : kv_off(pos)) + c16 * 8 : 0;
+      cp_async16(ya + (pr * JS + c16 * 8) * 2, (KEYS ? q : k1) + src, ok);
+      cp_async16(wa + (pr * JS + c16 * 8) * 2, (KEYS ? dout : v1) + src, ok);
+    }
+    if constexpr (KEYS) {
+      for (int pr = tid; pr < pcap * prow; pr += THREADS) {
+        const int pos = PU.lo + pr / prow;
+        const bool ok = pos < PU.hi;
+        lse_s[pr] = ok ? lse[q_row(pos, pr % prow)] * LOG2E : 0.0f;
+        dlt_s[pr] = ok ? dlt[q_row(pos, pr % prow)] : 0.0f;
+      }
+    }
+  }
+  load_tile(KU.lo, 0);
+  cp_async_commit();
+
+  // ---- this warpgroup's rows: rbase + 16 warp + g + 8 e ----
+  const int rbase = row0 + ROWS * wg;
+  int pos[2], head[2];
+  bool row_ok[2];
+  float lse2[2] = {0.0f, 0.0f}, delta[2] = {0.0f, 0.0f};  // q pass: the row's own
+  uint32_t xf[KS][4], uf[KS][4];                          // x, u of the rows (A layout)
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = rbase + warp * 16 + g + 8 * e;
+    row_ok[e] = r < nrows;
+    pos[e] = row_ok[e] ? r / G : 0;
+    head[e] = r % G;
+    if (!KEYS && row_ok[e]) {
+      lse2[e] = lse[q_row(pos[e], head[e])] * LOG2E;
+      delta[e] = dlt[q_row(pos[e], head[e])];
+    }
+  }
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int e = x & 1, col = 16 * ks + 2 * t + 8 * (x >> 1);
+      const long long off = KEYS ? kv_off(pos[e]) + col : q_row(pos[e], head[e]) * D + col;
+      xf[ks][x] = row_ok[e] ? *reinterpret_cast<const uint32_t*>((KEYS ? k1 : q) + off) : 0u;
+      uf[ks][x] = row_ok[e] ? *reinterpret_cast<const uint32_t*>((KEYS ? v1 : dout) + off) : 0u;
+    }
+  // gradient accumulators: [0] = dq (q pass) or dk1, [1] = dv1 (k1 pass only)
+  constexpr int NG = KEYS ? 2 : 1;
+  float acc[NG][NA][32];
+#pragma unroll
+  for (int u = 0; u < NG; ++u)
+#pragma unroll
+    for (int a = 0; a < NA; ++a)
+#pragma unroll
+      for (int x = 0; x < 32; ++x) acc[u][a][x] = 0.0f;
+
+  // this warpgroup's own positions [ow0, ow1] and the offsets that keep a partner inside the
+  // sequence: q pass j = i + o, k1 pass i = j - o
+  const bool any_rows = rbase < nrows;
+  const int ow0 = min(rbase, nrows - 1) / G, ow1 = (min(rbase + ROWS, nrows) - 1) / G;
+  const int o_lo = 1 - s.w1, o_hi = s.causal ? 0 : s.w1 - 1;
+  const int oa = KEYS ? max(o_lo, ow0 - (N - 1)) : max(o_lo, -ow1);
+  const int ob = KEYS ? min(o_hi, ow1) : min(o_hi, N - 1 - ow0);
+  const float sl2 = s.scale * LOG2E;
+  const int nkt = (KU.hi - KU.lo + TK - 1) / TK;
+
+  for (int kt = 0; kt < nkt; ++kt) {
+    const int buf = kt & 1, k0 = KU.lo + kt * TK;
+    cp_async_wait_all();
+    fence_async_smem();
+    __syncthreads();
+    if (kt + 1 < nkt) {
+      load_tile(k0 + TK, buf ^ 1);
+      cp_async_commit();
+    }
+    if (!any_rows) continue;
+    const uint32_t kbase = smem_u32(sm + buf * KT), vbase = smem_u32(sm + (2 + buf) * KT);
+    for (int off = oa; off <= ob; ++off) {
+      // the warpgroup's queries at this offset, and whether their window-2 keys meet the tile
+      const int qa = KEYS ? max(ow0 - off, 0) : ow0, qb = KEYS ? min(ow1 - off, N - 1) : ow1;
+      if (qa > qb || k0 >= window(qb, s.w2, N, s.causal).hi || k0 + TK <= window(qa, s.w2, N, s.causal).lo)
+        continue;
+      // each row's partner: validity, staged row, and (k1 pass) its lse and delta
+      bool pok[2];
+      Range kr[2];
+      const bf16* yr[2];
+      const bf16* wr[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int p = KEYS ? pos[e] - off : pos[e] + off;  // partner position
+        const int i = KEYS ? p : pos[e], j = KEYS ? pos[e] : p;
+        const Range jw = window(min(max(i, 0), N - 1), s.w1, N, s.causal);
+        pok[e] = row_ok[e] && i >= 0 && i < N && j >= jw.lo && j < jw.hi;
+        kr[e] = window(min(max(i, 0), N - 1), s.w2, N, s.causal);
+        const int pr = min(max(p - PU.lo, 0), pcap - 1) * prow + (KEYS ? head[e] : 0);
+        yr[e] = y_s + pr * JS;
+        wr[e] = w_s + pr * JS;
+        if (KEYS) {
+          lse2[e] = lse_s[pr];
+          delta[e] = dlt_s[pr];
+        }
+      }
+      // S = (x ∘ y) @ K2_tile^T, dP = (u ∘ w) @ V2_tile^T
+      float sacc[32], dpacc[32];
+      {
+        uint32_t af[KS][4], bf[KS][4];
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+          const int col = 16 * ks + 2 * t;
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            const int e = x & 1, c = col + 8 * (x >> 1);
+            af[ks][x] = bf2_mul(xf[ks][x], *reinterpret_cast<const uint32_t*>(yr[e] + c));
+            bf[ks][x] = bf2_mul(uf[ks][x], *reinterpret_cast<const uint32_t*>(wr[e] + c));
+          }
+        }
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks)
+          wgmma_m64n64k16_rs(sacc, af[ks], desc_sw128(kbase + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks)
+          wgmma_m64n64k16_rs(dpacc, bf[ks], desc_sw128(vbase + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+        wg_commit();
+        wg_wait0();
+        reg_fence(sacc);
+        reg_fence(dpacc);
+      }
+      // P = exp2(S scale log2e - lse log2e), dS = scale P (dP - delta), as bf16 A fragments
+      bool inside = pok[0] && pok[1];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) inside = inside && k0 >= kr[e].lo && k0 + TK <= kr[e].hi;
+      const bool all_in = __all_sync(0xffffffffu, inside);
+      uint32_t pf[TK / 16][4], dsf[TK / 16][4];
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        float pv[4], dv[4];
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          const int e = x / 2, key = k0 + 8 * n + 2 * t + x % 2;
+          const bool ok = all_in || (pok[e] && key >= kr[e].lo && key < kr[e].hi);
+          pv[x] = ok ? fast_exp2(fmaf(sacc[4 * n + x], sl2, -lse2[e])) : 0.0f;
+          dv[x] = s.scale * pv[x] * (dpacc[4 * n + x] - delta[e]);
+        }
+        // accumulator (n, x) -> A fragment of k-step n / 2: registers 2 (n % 2) + (0: row g, 1: g + 8)
+        pf[n / 2][2 * (n % 2) + 0] = bf2_pack(pv[0], pv[1]);
+        pf[n / 2][2 * (n % 2) + 1] = bf2_pack(pv[2], pv[3]);
+        dsf[n / 2][2 * (n % 2) + 0] = bf2_pack(dv[0], dv[1]);
+        dsf[n / 2][2 * (n % 2) + 1] = bf2_pack(dv[2], dv[3]);
+      }
+      // X = dS @ K2_tile, Y = P @ V2_tile (k1 pass)
+      float xacc[NG][NA][32];
+      wg_fence();
+#pragma unroll
+      for (int a = 0; a < NA; ++a)
+#pragma unroll
+        for (int st = 0; st < TK / 16; ++st)
+          wgmma_m64n64k16_rs<1>(xacc[0][a], dsf[st], desc_sw128(kbase + a * (TK * 128) + st * 2048), st > 0);
+      if constexpr (KEYS) {
+#pragma unroll
+        for (int a = 0; a < NA; ++a)
+#pragma unroll
+          for (int st = 0; st < TK / 16; ++st)
+            wgmma_m64n64k16_rs<1>(xacc[NG - 1][a], pf[st], desc_sw128(vbase + a * (TK * 128) + st * 2048), st > 0);
+      }
+      wg_commit();
+      wg_wait0();
+#pragma unroll
+      for (int u = 0; u < NG; ++u)
+#pragma unroll
+        for (int a = 0; a < NA; ++a) reg_fence(xacc[u][a]);
+      // q pass: dq += X ∘ k1_j; k1 pass: dk1 += X ∘ q_i, dv1 += Y ∘ dout_i
+#pragma unroll
+      for (int u = 0; u < NG; ++u)
+#pragma unroll
+        for (int a = 0; a < NA; ++a)
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const bf16* src = u == 0 ? yr[e] : wr[e];
+              const float2 m = bf2_float2(*reinterpret_cast<const uint32_t*>(src + 64 * a + 8 * n + 2 * t));
+              acc[u][a][4 * n + 2 * e] = fmaf(m.x, xacc[u][a][4 * n + 2 * e], acc[u][a][4 * n + 2 * e]);
+              acc[u][a][4 * n + 2 * e + 1] = fmaf(m.y, xacc[u][a][4 * n + 2 * e + 1], acc[u][a][4 * n + 2 * e + 1]);
+            }
+    }
+  }
+
+  // ---- epilogue ----
+  __syncthreads();  // both warpgroups are done with the tiles
+  if constexpr (!KEYS) {
+    // dq (bf16) staged through the tile space for coalesced stores
+    bf16* stage = reinterpret_cast<bf16*>(sm) + wg * ROWS * D;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int rr = warp * 16 + g + 8 * e;
+#pragma unroll
+      for (int a = 0; a < NA; ++a)
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          *reinterpret_cast<uint32_t*>(stage + rr * D + 64 * a + 8 * n + 2 * t) =
+              bf2_pack(acc[0][a][4 * n + 2 * e], acc[0][a][4 * n + 2 * e + 1]);
+    }
+    bar_sync(BAR_WG + wg, 128);
+    for (int c = tid - 128 * wg; c < ROWS * D / 8; c += 128) {
+      const int rr = c / (D / 8), c16 = c % (D / 8), r = rbase + rr;
+      if (r < nrows)
+        *reinterpret_cast<uint4*>(dq + q_row(r / G, r % G) * D + c16 * 8) =
+            *reinterpret_cast<const uint4*>(stage + rr * D + c16 * 8);
+    }
+  } else {
+    // dk1, dv1: rows summed over the heads of each key in f32 (the tile space, [2][128][D]),
+    // then added into the f32 buffers
+    float* stage = reinterpret_cast<float*>(sm);
+    const int rows_here = row_last - row0 + 1;
+#pragma unroll
+    for (int u = 0; u < 2; ++u)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int rr = ROWS * wg + warp * 16 + g + 8 * e;
+#pragma unroll
+        for (int a = 0; a < NA; ++a)
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+            *reinterpret_cast<float2*>(stage + (u * CTA_ROWS + rr) * D + 64 * a + 8 * n + 2 * t) =
+                make_float2(acc[u][a][4 * n + 2 * e], acc[u][a][4 * n + 2 * e + 1]);
+      }
+    __syncthreads();
+    const int npos = p_last - p_first + 1;
+    for (int c = tid; c < 2 * npos * D; c += THREADS) {
+      const int u = c / (npos * D), pc = c % (npos * D), p = p_first + pc / D, col = pc % D;
+      float sum = 0.0f;
+      for (int h = 0; h < G; ++h) {
+        const int rr = p * G + h - row0;
+        if (rr >= 0 && rr < rows_here) sum += stage[(u * CTA_ROWS + rr) * D + col];
+      }
+      atomicAdd((u == 0 ? dk1 : dv1) + kv_off(p) + col, sum);
+    }
+  }
+}
+
+}  // namespace
+
+// simplicial_bwd_offsets_q_bf16_d{D}: dq; simplicial_bwd_offsets_k1_bf16_d{D}: dk1, dv1 added
+// into zeroed f32 buffers. Both: grid (ceil(N G / 128), Hkv, B), 256 threads.
+#define SIMPLICIAL_BWD_OFFSETS(D)                                                                              \
+  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_bwd_offsets_q_bf16_d##D(                 \
+      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, const bf16* dout,         \
+      const float* lse, const float* dlt, bf16* dq, const Shape s) {                                           \
+    bwd_offsets<D, false>(q, k1, k2, v1, v2, dout, lse, dlt, dq, nullptr, nullptr, s);                         \
+  }                                                                                                            \
+  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_bwd_offsets_k1_bf16_d##D(                \
+      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, const bf16* dout,         \
+      const float* lse, const float* dlt, float* dk1, float* dv1, const Shape s) {                             \
+    bwd_offsets<D, true>(q, k1, k2, v1, v2, dout, lse, dlt, nullptr, dk1, dv1, s);                             \
+  }
+
+SIMPLICIAL_BWD_OFFSETS(64)

@@ -1,0 +1,356 @@
+// 2-simplicial attention forward on Hopper tensor cores (wgmma) for few query heads per K/V
+// head: the "offset walk". bf16 in, f32 accumulation, f32 lse.
+//
+//   S[r,j,k] = scale * sum_l q[r,l] k1[j,l] k2[k,l]        r = (query i_r, head): the CTA's rows
+//   o[r]     = sum_{j,k} softmax_{(j,k)}(S[r]) v1[j] ∘ v2[k],   lse[r] = log sum exp S[r]
+// Orientation as in simplicial_fwd_wgmma.cu: window 1 (k1, v1) is the small window, window 2
+// (k2, v2) the large one, in tensor-core tiles of TK keys (the launcher exchanges the sets).
+//
+// Why a second forward. simplicial_fwd_wgmma.cu multiplies (Q ∘ k1_j) for ONE window-1
+// position j shared by all 64 rows of a step. When the rows are 64 different queries (G =
+// Hq / Hkv = 1, a small LM layer), each row sees only w1 of the block's w1 + 63 positions and
+// most of the work is masked. Here a step is one window-1 OFFSET o: row r pairs with
+// j_r = i_r + o (each row its own k1 row), so
+//   S_o[r, k]  = sum_l (q_r ∘ k1_{j_r})[l] k2_k[l]         A_o = Q ∘ K1[j_r] in registers
+//   O[r]      += v1_{j_r} ∘ (P_o @ V2_tile)[r]             a fresh product per step, then FMAs
+// and a row's steps are inside its window except at the sequence ends (offsets o in
+// (-w1, 0] causal, (-w1, w1) bidirectional). Nothing is packed, so it wins only at small G
+// (ForwardVariant::fastest in src/cuda/forward_wgmma.rs has the measured threshold).
+//
+// Layout: 128 rows per CTA, two warpgroups of 128 threads, each owning 64 rows and running
+// logits, softmax and values for them. P goes from the logits accumulator straight into the
+// A registers of the values product (the accumulator layout of m64n64 is the A layout of
+// k16 steps), so there is no hand-over: the warpgroups meet only at the key-tile barriers.
+// Per key tile (TK = 64 keys of window 2; the next tile is fetched by cp.async meanwhile) and
+// per offset o:
+//   S  = A_o @ K2_tile^T    wgmma m64n64k16, A registers, B = K2 tile K-major 128B-swizzled
+//   mask (a warp-uniform branch skips it where the warp's rows are inside), online softmax
+//   (exp2, the scale folded into the exp's FMA), rescale O by alpha
+//   Ot = P @ V2_tile        wgmma m64n64k16 per 64 columns, B = V2 tile MN-major (transposed B)
+//   O += v1_{j_r} ∘ Ot      f32 FMAs
+// Shared memory: K2 and V2 tiles 2 buffers x 2 x TK * D * 2 B (64 KB at D = 128), the CTA's
+// window-1 rows of k1 and v1 (all of them, staged once; rows padded by 16 B so the 8 rows a
+// fragment load touches fall in different banks).
+// TO offsets per step (1 or 2) share one softmax update and one wait per product kind.
+// Registers (D = 128): Q 32 + O 64 + Ot 64 + S 32 (+ A 32 while the logits run); ptxas: TO = 1
+// 197 (D = 64), 255 + 16 B spill (D = 128); TO = 2 (D = 64) 255 + 100 B spill.
+// Measured (H200, 2026-11-28, exact-pair FLOPs): LM layer B=32 N=1024 H=8 D=64 (512, 32): 174-185
+// TFLOP/s with TO = 2 (the packed layouts: 46-51); B=4 N=4096 Hq=64 D=64: 234-238 (ping-pong 201).
+// Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; history
+// and measurements: kernels/NOTES.md (v7).
+#include "common.cuh"
+#include "tensor_core.cuh"
+#include "wgmma.cuh"
+
+using namespace simplex;
+typedef __nv_bfloat16 bf16;
+
+namespace {
+
+constexpr int ROWS = 64;           // rows per warpgroup = wgmma M
+constexpr int CTA_ROWS = 2 * ROWS;  // two warpgroups
+constexpr int TK = 64;             // window-2 keys per tile
+constexpr int THREADS = 256;
+constexpr int BAR_WG = 1;  // + warpgroup: one warpgroup alone (epilogue)
+
+// Window-1 rows the CTA stages: the union of its queries' windows. Mirrored by
+// `window1_rows` in src/cuda/forward_offsets.rs (which sizes the shared memory).
+__device__ __forceinline__ int window1_rows(const Shape& s) {
+  const int G = s.heads_q / s.heads_kv;
+  const int queries = (CTA_ROWS - 1) / G + 2;
+  const int span = s.causal ? s.w1 : 2 * s.w1 - 1;
+  return min(s.seq, queries + span - 1);
+}
+
+template <int D, int TO>
+__device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,N,Hq,D]
+                                            const bf16* __restrict__ k1,  // [B,N,Hkv,D] small window
+                                            const bf16* __restrict__ k2,  // [B,N,Hkv,D] large window
+                                            const bf16* __restrict__ v1,  // [B,N,Hkv,D]
+                                            const bf16* __restrict__ v2,  // [B,N,Hkv,D]
+                                            bf16* __restrict__ o,         // [B,N,Hq,D]
+                                            float* __restrict__ lse,      // [B,N,Hq]
+                                            const Shape s) {
+  constexpr int KS = D / 16;   // k-steps of the logits
+  constexpr int NA = D / 64;   // 64-column blocks of the values
+  constexpr int KT = TK * D * 2;  // one K2 (or V2) tile: NA swizzled atoms of TK x 128 B
+  constexpr int JS = D + 8;       // padded window-1 row, elements
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const int jcap = window1_rows(s);
+  const bf16* k1_s = reinterpret_cast<const bf16*>(sm + 4 * KT);
+  const bf16* v1_s = k1_s + jcap * JS;
+
+  const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
+  const int b = blockIdx.z, kv = blockIdx.y;
+  const int row0 = blockIdx.x * CTA_ROWS, nrows = N * G;
+  const int row_last = min(row0 + CTA_ROWS, nrows) - 1;
+  const int i_first = row0 / G, i_last = row_last / G;
+  const Range JU = {window(i_first, s.w1, N, s.causal).lo, window(i_last, s.w1, N, s.causal).hi};
+  const Range KU = {window(i_first, s.w2, N, s.causal).lo, window(i_last, s.w2, N, s.causal).hi};
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
+  auto q_off = [&](int r) -> long long {
+    return ((long long)(b * N + r / G) * Hq + kv * G + r % G) * D;
+  };
+
+  // cooperative loads (all 256 threads): a K2 and a V2 tile, both NA swizzled atoms
+  auto load_tile = [&](int k0, int buf) {
+    const uint32_t ks = smem_u32(sm + buf * KT), vs = smem_u32(sm + (2 + buf) * KT);
+    for (int c = tid; c < TK * D / 8; c += THREADS) {
+      const int kk = c / (D / 8), c16 = c % (D / 8);
+      const int pos = k0 + kk;
+      const bool ok = pos < KU.hi;
+      const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
+      const uint32_t at = sw128_tile(TK, kk, c16 * 8);
+      cp_async16(ks + at, k2 + src, ok);
+      cp_async16(vs + at, v2 + src, ok);
+    }
+  };
+  {  // the CTA's window-1 rows (zero past the union)
+    const uint32_t a = smem_u32(k1_s), v = smem_u32(v1_s);
+    for (int c = tid; c < jcap * D / 8; c += THREADS) {
+      const int jj = c / (D / 8), c16 = c % (D / 8);
+      const int pos = JU.lo + jj;
+      const bool ok = pos < JU.hi;
+      const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
+      cp_async16(a + (jj * JS + c16 * 8) * 2, k1 + src, ok);
+      cp_async16(v + (jj * JS + c16 * 8) * 2, v1 + src, ok);
+    }
+  }
+  load_tile(KU.lo, 0);
+  cp_async_commit();
+
+  // ---- this warpgroup's rows: rbase + 16 warp + g + 8 e ----
+  const int rbase = row0 + ROWS * wg;
+  int qi[2];
+  bool row_ok[2];
+  Range kr[2], jr[2];
+  uint32_t qf[KS][4];
+  float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = rbase + warp * 16 + g + 8 * e;
+    row_ok[e] = r < nrows;
+    qi[e] = row_ok[e] ? r / G : 0;
+    jr[e] = row_ok[e] ? window(qi[e], s.w1, N, s.causal) : Range{0, 0};
+    kr[e] = window(qi[e], s.w2, N, s.causal);
+  }
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int e = x & 1, col = 16 * ks + 2 * t + 8 * (x >> 1);
+      const int r = rbase + warp * 16 + g + 8 * e;
+      qf[ks][x] = row_ok[e] ? *reinterpret_cast<const uint32_t*>(q + q_off(r) + col) : 0u;
+    }
+  float acc[NA][32];
+#pragma unroll
+  for (int a = 0; a < NA; ++a)
+#pragma unroll
+    for (int x = 0; x < 32; ++x) acc[a][x] = 0.0f;
+
+  // the union of this warpgroup's windows (warpgroup-uniform skips)
+  const bool any_rows = rbase < nrows;
+  const int iw0 = min(rbase, nrows - 1) / G, iw1 = (min(rbase + ROWS, nrows) - 1) / G;
+  const Range KW = {window(iw0, s.w2, N, s.causal).lo, window(iw1, s.w2, N, s.causal).hi};
+  const int o_lo = 1 - s.w1, o_hi = s.causal ? 0 : s.w1 - 1;
+  const float sl2 = s.scale * LOG2E;
+  const int nkt = (KU.hi - KU.lo + TK - 1) / TK;
+
+  for (int kt = 0; kt < nkt; ++kt) {
+    const int buf = kt & 1, k0 = KU.lo + kt * TK;
+    cp_async_wait_all();
+    fence_async_smem();
+    __syncthreads();
+    if (kt + 1 < nkt) {
+      load_tile(k0 + TK, buf ^ 1);
+      cp_async_commit();
+    }
+    if (!any_rows || k0 + TK <= KW.lo || k0 >= KW.hi) continue;
+    const uint32_t kbase = smem_u32(sm + buf * KT), vbase = smem_u32(sm + (2 + buf) * KT);
+    // this tile's keys inside every window of rows e (per thread; made warp-uniform below)
+    const bool keys_in = k0 >= kr[0].lo && k0 + TK <= kr[0].hi && k0 >= kr[1].lo && k0 + TK <= kr[1].hi;
+    // offsets for which some row of the warpgroup has its j inside the sequence
+    const int oa = max(o_lo, -iw1), ob = min(o_hi, N - 1 - iw0);
+    for (int off0 = oa; off0 <= ob; off0 += TO) {
+      // window-1 row of each of the thread's rows per offset, its validity, its staged row
+      bool jok[TO][2];
+      const bf16* k1r[TO][2];
+      const bf16* v1r[TO][2];
+#pragma unroll
+      for (int u = 0; u < TO; ++u)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = qi[e] + off0 + u;
+          jok[u][e] = off0 + u <= ob && j >= jr[e].lo && j < jr[e].hi;
+          const int jj = min(max(j - JU.lo, 0), jcap - 1);
+          k1r[u][e] = k1_s + jj * JS;
+          v1r[u][e] = v1_s + jj * JS;
+        }
+      // S_u = (Q ∘ K1[j_r]) @ K2_tile^T for the TO offsets
+      float sacc[TO][32];
+      {
+        uint32_t af[TO][KS][4];
+#pragma unroll
+        for (int u = 0; u < TO; ++u)
+#pragma unroll
+          for (int ks = 0; ks < KS; ++ks) {
+            const int col = 16 * ks + 2 * t;
+            af[u][ks][0] = bf2_mul(qf[ks][0], *reinterpret_cast<const uint32_t*>(k1r[u][0] + col));
+            af[u][ks][1] = bf2_mul(qf[ks][1], *reinterpret_cast<const uint32_t*>(k1r[u][1] + col));
+            af[u][ks][2] = bf2_mul(qf[ks][2], *reinterpret_cast<const uint32_t*>(k1r[u][0] + col + 8));
+            af[u][ks][3] = bf2_mul(qf[ks][3], *reinterpret_cast<const uint32_t*>(k1r[u][1] + col + 8));
+          }
+        wg_fence();
+#pragma unroll
+        for (int u = 0; u < TO; ++u)
+#pragma unroll
+          for (int ks = 0; ks < KS; ++ks)
+            wgmma_m64n64k16_rs(sacc[u], af[u][ks], desc_sw128(kbase + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+        wg_commit();
+        wg_wait0();
+#pragma unroll
+        for (int u = 0; u < TO; ++u) reg_fence(sacc[u]);
+      }
+      // mask and online softmax (base 2) of rows g (e = 0) and g + 8 (e = 1) over the TO offsets
+      bool all_ok = keys_in;
+#pragma unroll
+      for (int u = 0; u < TO; ++u) all_ok = all_ok && jok[u][0] && jok[u][1];
+      const bool fold = __all_sync(0xffffffffu, all_ok) && sl2 > 0.0f;
+      const float f = fold ? sl2 : 1.0f;
+      float alpha[2];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float mx = -INFINITY;
+        if (fold) {
+#pragma unroll
+          for (int u = 0; u < TO; ++u)
+#pragma unroll
+            for (int x = 0; x < 16; ++x) mx = fmaxf(mx, sacc[u][4 * (x / 2) + 2 * e + x % 2]);
+        } else {
+#pragma unroll
+          for (int u = 0; u < TO; ++u)
+#pragma unroll
+            for (int n = 0; n < 8; ++n)
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const int key = k0 + 8 * n + 2 * t + c;
+                const bool ok = jok[u][e] && key >= kr[e].lo && key < kr[e].hi;
+                const float x = ok ? sacc[u][4 * n + 2 * e + c] * sl2 : -INFINITY;
+                sacc[u][4 * n + 2 * e + c] = x;
+                mx = fmaxf(mx, x);
+              }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        if (fold) mx *= sl2;
+        const float m_new = fmaxf(m_row[e], mx);
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        alpha[e] = fast_exp2(m_row[e] - m_use);
+        float sum = 0.0f;
+#pragma unroll
+        for (int u = 0; u < TO; ++u)
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const float p = fast_exp2(fmaf(sacc[u][4 * n + 2 * e + c], f, -m_use));
+              sacc[u][4 * n + 2 * e + c] = p;
+              sum += p;
+            }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        l_row[e] = l_row[e] * alpha[e] + sum;
+        m_row[e] = m_new;
+      }
+      // Ot_u = P_u @ V2_tile: P's accumulator layout is the A layout of the k16 steps
+      float ot[TO][NA][32];
+      {
+        uint32_t pf[TO][TK / 16][4];
+#pragma unroll
+        for (int u = 0; u < TO; ++u)
+#pragma unroll
+          for (int st = 0; st < TK / 16; ++st) {
+            pf[u][st][0] = bf2_pack(sacc[u][8 * st + 0], sacc[u][8 * st + 1]);
+            pf[u][st][1] = bf2_pack(sacc[u][8 * st + 2], sacc[u][8 * st + 3]);
+            pf[u][st][2] = bf2_pack(sacc[u][8 * st + 4], sacc[u][8 * st + 5]);
+            pf[u][st][3] = bf2_pack(sacc[u][8 * st + 6], sacc[u][8 * st + 7]);
+          }
+        wg_fence();
+#pragma unroll
+        for (int u = 0; u < TO; ++u)
+#pragma unroll
+          for (int a = 0; a < NA; ++a)
+#pragma unroll
+            for (int st = 0; st < TK / 16; ++st)
+              wgmma_m64n64k16_rs<1>(ot[u][a], pf[u][st], desc_sw128(vbase + a * (TK * 128) + st * 2048), st > 0);
+        wg_commit();
+        // O = alpha O while the products run
+#pragma unroll
+        for (int a = 0; a < NA; ++a)
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int x = 0; x < 4; ++x) acc[a][4 * n + x] *= alpha[x / 2];
+        wg_wait0();
+#pragma unroll
+        for (int u = 0; u < TO; ++u)
+#pragma unroll
+          for (int a = 0; a < NA; ++a) reg_fence(ot[u][a]);
+      }
+      // O += v1_{j_r} ∘ Ot_u
+#pragma unroll
+      for (int u = 0; u < TO; ++u)
+#pragma unroll
+        for (int a = 0; a < NA; ++a)
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float2 v = bf2_float2(*reinterpret_cast<const uint32_t*>(v1r[u][e] + 64 * a + 8 * n + 2 * t));
+              acc[a][4 * n + 2 * e] = fmaf(v.x, ot[u][a][4 * n + 2 * e], acc[a][4 * n + 2 * e]);
+              acc[a][4 * n + 2 * e + 1] = fmaf(v.y, ot[u][a][4 * n + 2 * e + 1], acc[a][4 * n + 2 * e + 1]);
+            }
+    }
+  }
+
+  // ---- epilogue: lse, O / l staged through the tile space for coalesced stores ----
+  __syncthreads();  // both warpgroups are done with the tiles
+  bf16* stage = reinterpret_cast<bf16*>(sm) + wg * ROWS * D;  // [64][D] per warpgroup
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int rr = warp * 16 + g + 8 * e, r = rbase + rr;
+    if (t == 0 && row_ok[e])
+      lse[(long long)(b * N + r / G) * Hq + kv * G + r % G] = (m_row[e] + log2f(l_row[e])) * LN2;
+    const float inv = 1.0f / l_row[e];
+#pragma unroll
+    for (int a = 0; a < NA; ++a)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+        *reinterpret_cast<uint32_t*>(stage + rr * D + 64 * a + 8 * n + 2 * t) =
+            bf2_pack(acc[a][4 * n + 2 * e] * inv, acc[a][4 * n + 2 * e + 1] * inv);
+  }
+  bar_sync(BAR_WG + wg, 128);
+  for (int c = tid - 128 * wg; c < ROWS * D / 8; c += 128) {
+    const int rr = c / (D / 8), c16 = c % (D / 8), r = rbase + rr;
+    if (r < nrows)
+      *reinterpret_cast<uint4*>(o + q_off(r) + c16 * 8) = *reinterpret_cast<const uint4*>(stage + rr * D + c16 * 8);
+  }
+}
+
+}  // namespace
+
+// simplicial_fwd_offsets_to{TO}_bf16_d{D}: the offset walk for D = Dv = 64 or 128, TO window-1
+// offsets per step (one softmax update and one wait per product kind for all TO).
+#define SIMPLICIAL_FWD_OFFSETS(TO, D)                                                                        \
+  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_fwd_offsets_to##TO##_bf16_d##D(        \
+      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, bf16* o, float* lse, \
+      const Shape s) {                                                                                       \
+    fwd_offsets<D, TO>(q, k1, k2, v1, v2, o, lse, s);                                                        \
+  }
+
+SIMPLICIAL_FWD_OFFSETS(1, 64)
+SIMPLICIAL_FWD_OFFSETS(2, 64)
+SIMPLICIAL_FWD_OFFSETS(1, 128)
