@@ -30,30 +30,13 @@
 // Registers (D = 64): the k1 pass holds x, u (32), dk1, dv1 (64), S, dP (64), X, Y (64).
 // Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; notes:
 // kernels/NOTES.md (v7).
-#include "common.cuh"
-#include "tensor_core.cuh"
-#include "wgmma.cuh"
+#include "offset_walk.cuh"
 
 using namespace simplex;
+using namespace simplex::offset_walk;
 typedef __nv_bfloat16 bf16;
 
 namespace {
-
-constexpr int ROWS = 64;            // rows per warpgroup = wgmma M
-constexpr int CTA_ROWS = 2 * ROWS;  // two warpgroups
-constexpr int TK = 64;              // window-2 keys per tile
-constexpr int THREADS = 256;
-constexpr int BAR_WG = 1;  // + warpgroup: one warpgroup alone (epilogue)
-
-// Partner positions a CTA stages (queries of the k1 pass, window-1 keys of the q pass): its
-// rows' positions widened by the window-1 span. Mirrored by `partner_positions` in
-// src/cuda/backward_offsets.rs (which sizes the shared memory).
-__device__ __forceinline__ int partner_positions(const Shape& s) {
-  const int G = s.heads_q / s.heads_kv;
-  const int own = (CTA_ROWS - 1) / G + 2;
-  const int span = s.causal ? s.w1 : 2 * s.w1 - 1;
-  return min(s.seq, own + span - 1);
-}
 
 template <int D, bool KEYS>
 __device__ __forceinline__ void bwd_offsets(const bf16* __restrict__ q, const bf16* __restrict__ k1,
@@ -92,16 +75,7 @@ __device__ __forceinline__ void bwd_offsets(const bf16* __restrict__ q, const bf
   auto q_row = [&](int i, int h) -> long long { return (long long)(b * N + i) * Hq + kv * G + h; };
 
   auto load_tile = [&](int k0, int buf) {
-    const uint32_t ks = smem_u32(sm + buf * KT), vs = smem_u32(sm + (2 + buf) * KT);
-    for (int c = tid; c < TK * D / 8; c += THREADS) {
-      const int kk = c / (D / 8), c16 = c % (D / 8);
-      const int pos = k0 + kk;
-      const bool ok = pos < KU.hi;
-      const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
-      const uint32_t at = sw128_tile(TK, kk, c16 * 8);
-      cp_async16(ks + at, k2 + src, ok);
-      cp_async16(vs + at, v2 + src, ok);
-    }
+    load_kv_tile<D>(sm, buf, k0, KU.hi, k2, v2, kv_off(0), (long long)Hkv * D);
   };
   {  // partner rows (zero past the union)
     const uint32_t ya = smem_u32(y_s), wa = smem_u32(w_s);
@@ -297,24 +271,8 @@ __device__ __forceinline__ void bwd_offsets(const bf16* __restrict__ q, const bf
   __syncthreads();  // both warpgroups are done with the tiles
   if constexpr (!KEYS) {
     // dq (bf16) staged through the tile space for coalesced stores
-    bf16* stage = reinterpret_cast<bf16*>(sm) + wg * ROWS * D;
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int rr = warp * 16 + g + 8 * e;
-#pragma unroll
-      for (int a = 0; a < NA; ++a)
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-          *reinterpret_cast<uint32_t*>(stage + rr * D + 64 * a + 8 * n + 2 * t) =
-              bf2_pack(acc[0][a][4 * n + 2 * e], acc[0][a][4 * n + 2 * e + 1]);
-    }
-    bar_sync(BAR_WG + wg, 128);
-    for (int c = tid - 128 * wg; c < ROWS * D / 8; c += 128) {
-      const int rr = c / (D / 8), c16 = c % (D / 8), r = rbase + rr;
-      if (r < nrows)
-        *reinterpret_cast<uint4*>(dq + q_row(r / G, r % G) * D + c16 * 8) =
-            *reinterpret_cast<const uint4*>(stage + rr * D + c16 * 8);
-    }
+    const float one[2] = {1.0f, 1.0f};
+    store_rows_bf16<D>(sm, acc[0], one, rbase, nrows, dq, [&](int r) { return q_row(r / G, r % G) * D; });
   } else {
     // dk1, dv1: rows summed over the heads of each key in f32 (the tile space, [2][128][D]),
     // then added into the f32 buffers

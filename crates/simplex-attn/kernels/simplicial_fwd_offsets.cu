@@ -38,29 +38,13 @@
 // TFLOP/s with TO = 2 (the packed layouts: 46-51); B=4 N=4096 Hq=64 D=64: 234-238 (ping-pong 201).
 // Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; history
 // and measurements: kernels/NOTES.md (v7).
-#include "common.cuh"
-#include "tensor_core.cuh"
-#include "wgmma.cuh"
+#include "offset_walk.cuh"
 
 using namespace simplex;
+using namespace simplex::offset_walk;
 typedef __nv_bfloat16 bf16;
 
 namespace {
-
-constexpr int ROWS = 64;           // rows per warpgroup = wgmma M
-constexpr int CTA_ROWS = 2 * ROWS;  // two warpgroups
-constexpr int TK = 64;             // window-2 keys per tile
-constexpr int THREADS = 256;
-constexpr int BAR_WG = 1;  // + warpgroup: one warpgroup alone (epilogue)
-
-// Window-1 rows the CTA stages: the union of its queries' windows. Mirrored by
-// `window1_rows` in src/cuda/forward_offsets.rs (which sizes the shared memory).
-__device__ __forceinline__ int window1_rows(const Shape& s) {
-  const int G = s.heads_q / s.heads_kv;
-  const int queries = (CTA_ROWS - 1) / G + 2;
-  const int span = s.causal ? s.w1 : 2 * s.w1 - 1;
-  return min(s.seq, queries + span - 1);
-}
 
 template <int D, int TO>
 __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,N,Hq,D]
@@ -77,7 +61,7 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
   constexpr int JS = D + 8;       // padded window-1 row, elements
   extern __shared__ uint8_t smem_raw[];
   uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  const int jcap = window1_rows(s);
+  const int jcap = partner_positions(s);
   const bf16* k1_s = reinterpret_cast<const bf16*>(sm + 4 * KT);
   const bf16* v1_s = k1_s + jcap * JS;
 
@@ -97,16 +81,7 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
 
   // cooperative loads (all 256 threads): a K2 and a V2 tile, both NA swizzled atoms
   auto load_tile = [&](int k0, int buf) {
-    const uint32_t ks = smem_u32(sm + buf * KT), vs = smem_u32(sm + (2 + buf) * KT);
-    for (int c = tid; c < TK * D / 8; c += THREADS) {
-      const int kk = c / (D / 8), c16 = c % (D / 8);
-      const int pos = k0 + kk;
-      const bool ok = pos < KU.hi;
-      const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
-      const uint32_t at = sw128_tile(TK, kk, c16 * 8);
-      cp_async16(ks + at, k2 + src, ok);
-      cp_async16(vs + at, v2 + src, ok);
-    }
+    load_kv_tile<D>(sm, buf, k0, KU.hi, k2, v2, kv_off(0), (long long)Hkv * D);
   };
   {  // the CTA's window-1 rows (zero past the union)
     const uint32_t a = smem_u32(k1_s), v = smem_u32(v1_s);
@@ -318,26 +293,15 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
 
   // ---- epilogue: lse, O / l staged through the tile space for coalesced stores ----
   __syncthreads();  // both warpgroups are done with the tiles
-  bf16* stage = reinterpret_cast<bf16*>(sm) + wg * ROWS * D;  // [64][D] per warpgroup
+  float inv[2];
 #pragma unroll
   for (int e = 0; e < 2; ++e) {
-    const int rr = warp * 16 + g + 8 * e, r = rbase + rr;
+    const int r = rbase + warp * 16 + g + 8 * e;
     if (t == 0 && row_ok[e])
       lse[(long long)(b * N + r / G) * Hq + kv * G + r % G] = (m_row[e] + log2f(l_row[e])) * LN2;
-    const float inv = 1.0f / l_row[e];
-#pragma unroll
-    for (int a = 0; a < NA; ++a)
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-        *reinterpret_cast<uint32_t*>(stage + rr * D + 64 * a + 8 * n + 2 * t) =
-            bf2_pack(acc[a][4 * n + 2 * e] * inv, acc[a][4 * n + 2 * e + 1] * inv);
+    inv[e] = 1.0f / l_row[e];
   }
-  bar_sync(BAR_WG + wg, 128);
-  for (int c = tid - 128 * wg; c < ROWS * D / 8; c += 128) {
-    const int rr = c / (D / 8), c16 = c % (D / 8), r = rbase + rr;
-    if (r < nrows)
-      *reinterpret_cast<uint4*>(o + q_off(r) + c16 * 8) = *reinterpret_cast<const uint4*>(stage + rr * D + c16 * 8);
-  }
+  store_rows_bf16<D>(sm, acc, inv, rbase, nrows, o, q_off);
 }
 
 }  // namespace

@@ -19,7 +19,7 @@
 use candle_core::backend::BackendStorage;
 
 use candle_core::{DType, Result, Tensor};
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaSlice, CudaView, LaunchArgs, PushKernelArg};
 
 use super::module::{self, Family};
 use super::{
@@ -80,6 +80,8 @@ pub(crate) fn backward(
     let delta = super::backward::delta::<T>(&dev, &shape, &ov, &dov, b * n * hq)?;
     clock.lap("delta")?;
 
+    // the inputs every kernel below takes first
+    let inputs = [&qv, &k1, &k2, &v1, &v2, &dov];
     let (q_launch, k_launch) = plan(d, hq / hkv, super::wgmma_backward());
     let mut dk1 = stream
         .alloc_zeros::<f32>(nk)
@@ -107,14 +109,7 @@ pub(crate) fn backward(
             check_smem(name, pass.smem, kernel.max_smem, d, d)?;
             let cfg = launch_config(grid, pass.threads, pass.smem);
             let mut launch = stream.launch_builder(&kernel.func);
-            launch
-                .arg(&qv)
-                .arg(&k1)
-                .arg(&k2)
-                .arg(&v1)
-                .arg(&v2)
-                .arg(&dov);
-            launch.arg(&lsev).arg(&delta);
+            push_inputs(&mut launch, inputs, &lsev, &delta);
             if is_q {
                 launch.arg(&mut dq);
             } else {
@@ -139,19 +134,8 @@ pub(crate) fn backward(
             smem,
         );
         let mut launch = stream.launch_builder(&kernel.func);
-        launch
-            .arg(&qv)
-            .arg(&k1)
-            .arg(&k2)
-            .arg(&v1)
-            .arg(&v2)
-            .arg(&dov);
-        launch
-            .arg(&lsev)
-            .arg(&delta)
-            .arg(&mut dq)
-            .arg(&mut dk1)
-            .arg(&mut dv1);
+        push_inputs(&mut launch, inputs, &lsev, &delta);
+        launch.arg(&mut dq).arg(&mut dk1).arg(&mut dv1);
         launch.arg(&kshape);
         // SAFETY: the arguments follow the kernel's signature (six const bf16*, two const
         // float*, bf16* dq, float* dk1, float* dv1, Shape); every view holds the count the
@@ -177,14 +161,8 @@ pub(crate) fn backward(
             smem,
         );
         let mut launch = stream.launch_builder(&kernel.func);
-        launch
-            .arg(&qv)
-            .arg(&k1)
-            .arg(&k2)
-            .arg(&v1)
-            .arg(&v2)
-            .arg(&dov);
-        launch.arg(&lsev).arg(&delta).arg(&mut dk2).arg(&mut dv2);
+        push_inputs(&mut launch, inputs, &lsev, &delta);
+        launch.arg(&mut dk2).arg(&mut dv2);
         launch.arg(&kshape);
         // SAFETY: the arguments follow the kernel's signature (six const bf16*, two const
         // float*, bf16* dk2, bf16* dv2, Shape); dk2 and dv2 hold B*N*Hkv*D elements and the
@@ -213,6 +191,20 @@ pub(crate) fn backward(
         wrap_tensor(dk, &dev, k.shape()),
         wrap_tensor(dvs, &dev, v.shape()),
     ))
+}
+
+/// Pushes the arguments every backward kernel takes first: q, k1, k2, v1, v2, dout (bf16), lse,
+/// delta (f32).
+fn push_inputs<'a, 'c: 'a>(
+    launch: &mut LaunchArgs<'a>,
+    bf16_inputs: [&'a CudaView<'c, half::bf16>; 6],
+    lse: &'a CudaView<'c, f32>,
+    delta: &'a CudaSlice<f32>,
+) {
+    for x in bf16_inputs {
+        launch.arg(x);
+    }
+    launch.arg(lse).arg(delta);
 }
 
 /// With `SIMPLEX_BWD_TIMING=1`, prints the time of each launch to stderr (the stream is

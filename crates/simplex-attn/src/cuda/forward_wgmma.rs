@@ -119,7 +119,7 @@ fn smem_bytes(d: usize, tj: usize) -> usize {
 }
 
 /// Window-1 rows one block of the offset walk stages: its queries' window union, capped by
-/// the sequence (`window1_rows` in `simplicial_fwd_offsets.cu`, in the kernel's orientation).
+/// the sequence (`partner_positions` in `kernels/offset_walk.cuh`, in the kernel's orientation).
 fn window1_rows(shape: &KernelShape) -> usize {
     let group = (shape.heads_q / shape.heads_kv) as usize;
     let queries = (2 * ROWS - 1) / group + 2;

@@ -1,0 +1,77 @@
+// Pieces shared by the two offset-walk files (simplicial_fwd_offsets.cu, simplicial_bwd_offsets.cu):
+// the block shape, the partner rows a block stages, and the cooperative load of one K2 / V2 tile.
+#pragma once
+
+#include "common.cuh"
+#include "tensor_core.cuh"
+#include "wgmma.cuh"
+
+namespace simplex {
+namespace offset_walk {
+
+constexpr int ROWS = 64;            // rows per warpgroup = wgmma M
+constexpr int CTA_ROWS = 2 * ROWS;  // two warpgroups
+constexpr int TK = 64;              // window-2 keys per tile
+constexpr int THREADS = 256;
+constexpr int BAR_WG = 1;  // + warpgroup: one warpgroup alone (epilogue)
+
+// Positions of the partners a block stages (window-1 keys of its queries, or queries of its
+// window-1 keys): its own positions widened by the window-1 span, at most the sequence.
+// Mirrored by `window1_rows` (src/cuda/forward_wgmma.rs) and `offsets_plan`
+// (src/backward_plan.rs), which size the shared memory.
+__device__ __forceinline__ int partner_positions(const Shape& s) {
+  const int G = s.heads_q / s.heads_kv;
+  const int own = (CTA_ROWS - 1) / G + 2;
+  const int span = s.causal ? s.w1 : 2 * s.w1 - 1;
+  return min(s.seq, own + span - 1);
+}
+
+// cp.async of the K2 and V2 rows k0 .. k0 + TK - 1 (zero from `hi` on) into buffer `buf` of the
+// tile space: K2 tiles at sm + buf * KT, V2 tiles at sm + (2 + buf) * KT, each D/64 128B-swizzled
+// atoms of TK x 128 B. Row p of k2 / v2 starts at element base + p * stride. All THREADS threads.
+template <int D>
+__device__ __forceinline__ void load_kv_tile(uint8_t* sm, int buf, int k0, int hi, const __nv_bfloat16* k2,
+                                             const __nv_bfloat16* v2, long long base, long long stride) {
+  constexpr int KT = TK * D * 2;
+  const uint32_t ks = smem_u32(sm + buf * KT), vs = smem_u32(sm + (2 + buf) * KT);
+  for (int c = threadIdx.x; c < TK * D / 8; c += THREADS) {
+    const int kk = c / (D / 8), c16 = c % (D / 8);
+    const int pos = k0 + kk;
+    const bool ok = pos < hi;
+    const long long src = ok ? base + pos * stride + c16 * 8 : 0;
+    const uint32_t at = sw128_tile(TK, kk, c16 * 8);
+    cp_async16(ks + at, k2 + src, ok);
+    cp_async16(vs + at, v2 + src, ok);
+  }
+}
+
+// Stores a warpgroup's 64 x D f32 accumulator rows (rows rbase + 16 warp + g + 8 e of the
+// thread, each scaled by row_scale[e]) as bf16 to out + row_off(r), staged through shared
+// memory at sm (64 x D bf16 per warpgroup) for coalesced 16-byte stores; rows >= nrows are
+// skipped. The caller has made the stage space free for all warpgroups.
+template <int D, typename RowOffset>
+__device__ __forceinline__ void store_rows_bf16(uint8_t* sm, const float (&acc)[D / 64][32], const float (&row_scale)[2],
+                                                int rbase, int nrows, __nv_bfloat16* out, RowOffset row_off) {
+  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  __nv_bfloat16* stage = reinterpret_cast<__nv_bfloat16*>(sm) + wg * ROWS * D;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int rr = warp * 16 + g + 8 * e;
+#pragma unroll
+    for (int a = 0; a < D / 64; ++a)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+        *reinterpret_cast<uint32_t*>(stage + rr * D + 64 * a + 8 * n + 2 * t) =
+            bf2_pack(acc[a][4 * n + 2 * e] * row_scale[e], acc[a][4 * n + 2 * e + 1] * row_scale[e]);
+  }
+  bar_sync(BAR_WG + wg, 128);
+  for (int c = tid - 128 * wg; c < ROWS * D / 8; c += 128) {
+    const int rr = c / (D / 8), c16 = c % (D / 8), r = rbase + rr;
+    if (r < nrows)
+      *reinterpret_cast<uint4*>(out + row_off(r) + c16 * 8) = *reinterpret_cast<const uint4*>(stage + rr * D + c16 * 8);
+  }
+}
+
+}  // namespace offset_walk
+}  // namespace simplex
