@@ -118,41 +118,111 @@ pub(crate) struct Window1 {
     pub(crate) causal: bool,
 }
 
-/// Whether the offset-walk backward runs dq, dk1 and dv1 (`kernels/simplicial_bwd_offsets.cu`):
-/// `None` decides as measured (off: its two passes together were 6% slower than the mma.sync
-/// q kernel at G = 1, D = 64, and slower at G = 2, 4, 16; kernels/NOTES.md v7), `Some(on)`
-/// forces it on or off; either way only where it is compiled (D = 64) and its shared memory
-/// fits `max_smem`. Returns the (q pass, k1 pass) launches.
-pub(crate) fn offsets_plan(
+/// Which parts of the backward run the offset walk (`kernels/simplicial_bwd_offsets.cu`, bf16,
+/// D = 64): its q side (a q pass for dq and a k1 pass for dk1, dv1, instead of the q kernel) and
+/// its k2 pass (dk2, dv2, instead of the k kernel). Where it does not cover a call (other D, or
+/// its staged rows do not fit shared memory) the other kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetsBackward {
+    /// As measured on the H200 (kernels/NOTES.md v7): the q side off (its two passes were
+    /// slower than the mma.sync q kernel at every G measured); the k2 pass for G = Hq/Hkv <= 16
+    /// (7.7 against 15.8 ms at the LM layer, G = 1; faster at G = 2, 4, 16; slower at G = 64).
+    #[default]
+    Auto,
+    /// Neither.
+    Off,
+    /// The q side only.
+    Q,
+    /// The k2 pass only.
+    K,
+    /// Both.
+    Both,
+}
+
+impl OffsetsBackward {
+    /// From `SIMPLEX_BWD_OFFSETS`: `0` off, `q` or `k` that side only, `1` both, else auto.
+    pub fn parse(value: &str) -> Self {
+        match value {
+            "0" => OffsetsBackward::Off,
+            "q" => OffsetsBackward::Q,
+            "k" => OffsetsBackward::K,
+            "1" => OffsetsBackward::Both,
+            _ => OffsetsBackward::Auto,
+        }
+    }
+
+    /// (q side, k2 pass) on the offset walk for G query heads per K/V head.
+    fn sides(self, group: usize) -> (bool, bool) {
+        match self {
+            OffsetsBackward::Auto => (false, group <= 16),
+            OffsetsBackward::Off => (false, false),
+            OffsetsBackward::Q => (true, false),
+            OffsetsBackward::K => (false, true),
+            OffsetsBackward::Both => (true, true),
+        }
+    }
+}
+
+/// Positions of the partners one block (or query tile) of `own_rows` rows stages: its own
+/// positions widened by the window-1 span, at most the sequence (`partner_positions` in
+/// kernels/offset_walk.cuh, `k2_partner_rows` in the kernel file).
+fn partner_positions(own_rows: usize, group: usize, win: Window1) -> usize {
+    let own = (own_rows - 1) / group + 2;
+    let span = if win.causal { win.w1 } else { 2 * win.w1 - 1 };
+    (own + span - 1).min(win.seq)
+}
+
+fn offsets_launch(which: &str, d: usize, smem: usize) -> Launch {
+    Launch {
+        name: format!("simplicial_bwd_offsets_{which}_bf16_d{d}"),
+        file: KernelFile::Offsets,
+        threads: 256,
+        smem: smem + 1024,
+    }
+}
+
+/// The offset walk's q side, (q pass, k1 pass), where `choice` selects it, D = 64 and its shared
+/// memory fits `max_smem`.
+pub(crate) fn offsets_q_plan(
     d: usize,
     group: usize,
     win: Window1,
-    choice: Option<bool>,
+    choice: OffsetsBackward,
     max_smem: usize,
 ) -> Option<(Launch, Launch)> {
-    if d != 64 || !choice.unwrap_or(false) {
+    if d != 64 || !choice.sides(group).0 {
         return None;
     }
-    // partner positions a block stages (`partner_positions` in the kernel)
-    let own = (OFFSETS_BLOCK - 1) / group + 2;
-    let span = if win.causal { win.w1 } else { 2 * win.w1 - 1 };
-    let positions = (own + span - 1).min(win.seq);
+    let positions = partner_positions(OFFSETS_BLOCK, group, win);
     let tiles = 4 * 64 * d * 2; // K2, V2 tiles x 2 buffers
-    let launch = |which: &str, rows: usize, floats: usize, epilogue: usize| {
-        let body = (tiles + 2 * rows * (d + 8) * 2 + floats).max(epilogue);
-        Launch {
-            name: format!("simplicial_bwd_offsets_{which}_bf16_d{d}"),
-            file: KernelFile::Offsets,
-            threads: 256,
-            smem: body + 1024,
-        }
-    };
-    let q = launch("q", positions, 0, 0);
+    let q = offsets_launch("q", d, tiles + 2 * positions * (d + 8) * 2);
     // the k1 pass stages every head of its partner queries, with their lse and delta; its
     // epilogue reuses the space for [2][128][D] f32 sums
     let rows = positions * group;
-    let k1 = launch("k1", rows, 2 * rows * 4, 2 * OFFSETS_BLOCK * d * 4);
+    let k1_body = tiles + 2 * rows * (d + 8) * 2 + 2 * rows * 4;
+    let k1 = offsets_launch("k1", d, k1_body.max(2 * OFFSETS_BLOCK * d * 4));
     (q.smem <= max_smem && k1.smem <= max_smem).then_some((q, k1))
+}
+
+/// The offset walk's k2 pass (dk2, dv2; 128 window-2 keys per block) where `choice` selects it,
+/// D = 64 and its shared memory fits `max_smem`: per warpgroup two (A_o, B_o) buffers of
+/// [64][D] bf16, and two staging buffers of a query tile's q, dout rows, window-1 rows, lse and
+/// delta (`K2Layout` in the kernel).
+pub(crate) fn offsets_k2_plan(
+    d: usize,
+    group: usize,
+    win: Window1,
+    choice: OffsetsBackward,
+    max_smem: usize,
+) -> Option<Launch> {
+    if d != 64 || !choice.sides(group).1 {
+        return None;
+    }
+    let rows = partner_positions(BLOCK, group, win);
+    let own = 2 * 4 * BLOCK * d * 2;
+    let stage = 2 * BLOCK * (d + 8) * 2 + 2 * rows * (d + 8) * 2 + 2 * BLOCK * 4;
+    let k2 = offsets_launch("k2", d, own + 2 * stage);
+    (k2.smem <= max_smem).then_some(k2)
 }
 
 /// `QLayout<D>` / `KLayout<D>` in simplicial_bwd_wgmma.cu: 1 + D/64 warpgroups.
@@ -303,34 +373,52 @@ mod tests {
     }
 
     #[test]
-    fn offset_walk_runs_where_compiled_and_fitting() {
+    fn offset_walk_runs_where_chosen_compiled_and_fitting() {
         let lm = Window1 {
             seq: 1024,
             w1: 32,
             causal: true,
         };
-        // automatic: off (measured slower); forced on: D = 64 only
-        assert!(offsets_plan(64, 1, lm, None, MAX_SMEM).is_none());
-        let (q, k1) = offsets_plan(64, 1, lm, Some(true), MAX_SMEM).expect("the LM layer shape");
-        assert!(offsets_plan(128, 1, lm, Some(true), MAX_SMEM).is_none());
-        assert!(offsets_plan(64, 1, lm, Some(false), MAX_SMEM).is_none());
-        assert!(offsets_plan(64, 16, lm, Some(true), MAX_SMEM).is_some());
+        let both = OffsetsBackward::Both;
+        // automatic: as measured (q side off, k2 pass up to G = 16); D = 64 only
+        let auto = OffsetsBackward::Auto;
+        assert!(offsets_q_plan(64, 1, lm, auto, MAX_SMEM).is_none());
+        assert!(offsets_k2_plan(64, 16, lm, auto, MAX_SMEM).is_some());
+        assert!(offsets_k2_plan(64, 32, lm, auto, MAX_SMEM).is_none());
+        let (q, k1) = offsets_q_plan(64, 1, lm, both, MAX_SMEM).expect("the LM layer shape");
+        let k2 = offsets_k2_plan(64, 1, lm, both, MAX_SMEM).expect("the LM layer shape");
+        assert!(offsets_q_plan(128, 1, lm, both, MAX_SMEM).is_none());
+        assert!(offsets_k2_plan(128, 1, lm, both, MAX_SMEM).is_none());
+        assert!(offsets_q_plan(64, 1, lm, OffsetsBackward::K, MAX_SMEM).is_none());
+        assert!(offsets_k2_plan(64, 1, lm, OffsetsBackward::Q, MAX_SMEM).is_none());
+        assert!(offsets_k2_plan(64, 1, lm, OffsetsBackward::Off, MAX_SMEM).is_none());
+        assert!(offsets_q_plan(64, 16, lm, both, MAX_SMEM).is_some());
+        assert_eq!(OffsetsBackward::parse("k"), OffsetsBackward::K);
+        assert_eq!(OffsetsBackward::parse("1"), both);
+        assert_eq!(OffsetsBackward::parse("x"), OffsetsBackward::Auto);
         // the q pass stages 127 + 2 + 31 window-1 rows of k1 and v1 (144 bytes each)
         assert_eq!(q.smem, 4 * 64 * 64 * 2 + 2 * 160 * 72 * 2 + 1024);
         assert!(k1.smem >= q.smem);
+        // the k2 pass: A_o / B_o buffers, two stages of 64 rows + 63 + 2 + 31 window-1 rows
+        assert_eq!(
+            k2.smem,
+            8 * 64 * 64 * 2 + 2 * (2 * 64 * 72 * 2 + 2 * 96 * 72 * 2 + 512) + 1024
+        );
         // a window 1 too wide for shared memory falls back
         let wide = Window1 { w1: 900, ..lm };
-        assert!(offsets_plan(64, 1, wide, Some(true), MAX_SMEM).is_none());
+        assert!(offsets_q_plan(64, 1, wide, both, MAX_SMEM).is_none());
+        assert!(offsets_k2_plan(64, 1, Window1 { w1: 1200, ..lm }, both, MAX_SMEM).is_none());
         // short sequences stage at most the sequence
         let short = Window1 { seq: 10, ..lm };
-        let (q, _) = offsets_plan(64, 1, short, Some(true), MAX_SMEM).expect("fits");
+        let (q, _) = offsets_q_plan(64, 1, short, both, MAX_SMEM).expect("fits");
         assert_eq!(q.smem, 4 * 64 * 64 * 2 + 2 * 10 * 72 * 2 + 1024);
         // names exist in the file and are compiled for D = 64
         let src = source(KernelFile::Offsets);
-        for l in [q, k1] {
+        for l in [q, k1, k2] {
             assert!(l.name.ends_with("_d64"));
             assert!(src.contains(l.name.trim_end_matches("d64")), "{}", l.name);
         }
         assert!(src.contains("SIMPLICIAL_BWD_OFFSETS(64)"));
+        assert!(src.contains("SIMPLICIAL_BWD_OFFSETS_K2(64)"));
     }
 }

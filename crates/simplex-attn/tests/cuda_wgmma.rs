@@ -11,7 +11,7 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::cuda;
-use simplex_attn::cuda::{ForwardVariant, WgmmaBackward};
+use simplex_attn::cuda::{ForwardVariant, OffsetsBackward, WgmmaBackward};
 use simplex_attn::{simplicial_attn, AttnSpec};
 
 fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
@@ -172,10 +172,14 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
                 format!("{mode:?}")
             };
             simplex_attn::cuda::set_wgmma_backward(mode);
-            simplex_attn::cuda::set_offsets_backward(Some(offsets));
+            simplex_attn::cuda::set_offsets_backward(if offsets {
+                OffsetsBackward::Both
+            } else {
+                OffsetsBackward::Off
+            });
             let fast = grads(&x);
             simplex_attn::cuda::set_wgmma_backward(WgmmaBackward::Auto);
-            simplex_attn::cuda::set_offsets_backward(None);
+            simplex_attn::cuda::set_offsets_backward(OffsetsBackward::Auto);
             let fast = fast?;
             let mut line =
                 format!("case {t} {mode_name}: b={b} n={n} hq={hq} hkv={hkv} d={d} {spec:?}:");

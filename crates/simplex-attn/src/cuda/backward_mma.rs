@@ -9,8 +9,9 @@
 //! k kernel:  dk2, dv2 (bf16), each block owning 64 keys (rows in steps of 64, or 32 if G < 64)
 //! ```
 //! For few query heads per K/V head (D = 64) the offset walk of
-//! `kernels/simplicial_bwd_offsets.cu` replaces the q kernel: a q pass (dq) and a k1 pass (dk1,
-//! dv1 into the same f32 buffers), chosen by `backward_plan::offsets_plan`.
+//! `kernels/simplicial_bwd_offsets.cu` can replace the q kernel (a q pass for dq and a k1 pass
+//! for dk1, dv1 into the same f32 buffers) and the k kernel (a k2 pass), as chosen by
+//! `backward_plan::offsets_q_plan` / `offsets_k2_plan`.
 //! As for the forward, the kernels want the small window as their window 1: when `w1 > w2` the
 //! key/value sets are exchanged here and the gradients land in the exchanged slots.
 //! dq, dk2 and dv2 are deterministic; dk1 and dv1 are sums of f32 atomics (their last bits may
@@ -28,7 +29,9 @@ use super::{
 };
 use crate::op::SimplicialOp;
 
-use crate::backward_plan::{offsets_plan, plan, KernelFile, Window1, BLOCK, OFFSETS_BLOCK};
+use crate::backward_plan::{
+    offsets_k2_plan, offsets_q_plan, plan, KernelFile, Window1, BLOCK, OFFSETS_BLOCK,
+};
 
 fn family(file: KernelFile) -> Family {
     match file {
@@ -98,9 +101,8 @@ pub(crate) fn backward(
     let max_smem =
         module::kernel(&dev, Family::BackwardMma, "simplicial_bwd_f32_to_bf16")?.max_smem;
     let mut dq = output::<T>(&stream, nq, "dq")?;
-    if let Some((q_pass, k1_pass)) =
-        offsets_plan(d, hq / hkv, win1, super::offsets_backward(), max_smem)
-    {
+    let offsets = super::offsets_backward();
+    if let Some((q_pass, k1_pass)) = offsets_q_plan(d, hq / hkv, win1, offsets, max_smem) {
         // the offset walk: dq, then dk1 / dv1 into the zeroed f32 buffers
         let grid = (blocks(n * (hq / hkv), OFFSETS_BLOCK)?, hkv as u32, b as u32);
         for (pass, is_q) in [(&q_pass, true), (&k1_pass, false)] {
@@ -145,7 +147,11 @@ pub(crate) fn backward(
         clock.lap(name)?;
     }
 
-    // k kernel: dk2, dv2 straight into their slots of dK, dV
+    // k kernel (or the offset walk's k2 pass): dk2, dv2 straight into their slots of dK, dV
+    let (k_launch, keys_per_block) = match offsets_k2_plan(d, hq / hkv, win1, offsets, max_smem) {
+        Some(k2_pass) => (k2_pass, OFFSETS_BLOCK),
+        None => (k_launch, BLOCK),
+    };
     let name = &k_launch.name;
     let kernel = module::kernel(&dev, family(k_launch.file), name)?;
     let smem = k_launch.smem;
@@ -156,7 +162,7 @@ pub(crate) fn backward(
         let mut dk2 = dk.slice_mut(second.clone());
         let mut dv2 = dvs.slice_mut(second);
         let cfg = launch_config(
-            (blocks(n, BLOCK)?, hkv as u32, b as u32),
+            (blocks(n, keys_per_block)?, hkv as u32, b as u32),
             k_launch.threads,
             smem,
         );
@@ -164,9 +170,9 @@ pub(crate) fn backward(
         push_inputs(&mut launch, inputs, &lsev, &delta);
         launch.arg(&mut dk2).arg(&mut dv2);
         launch.arg(&kshape);
-        // SAFETY: the arguments follow the kernel's signature (six const bf16*, two const
+        // SAFETY: the arguments follow the kernels' signature (six const bf16*, two const
         // float*, bf16* dk2, bf16* dv2, Shape); dk2 and dv2 hold B*N*Hkv*D elements and the
-        // grid covers all N keys of every (batch, K/V head).
+        // grid covers all N keys of every (batch, K/V head), keys_per_block per block.
         unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
         clock.lap(name)?;
     }

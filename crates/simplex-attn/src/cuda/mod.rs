@@ -71,7 +71,7 @@ pub fn set_deterministic(on: bool) {
     DETERMINISTIC.store(on, Ordering::Relaxed);
 }
 
-pub use crate::backward_plan::WgmmaBackward;
+pub use crate::backward_plan::{OffsetsBackward, WgmmaBackward};
 pub use forward_wgmma::{set_forward_variant, ForwardVariant};
 
 static WGMMA_BACKWARD: Mutex<WgmmaBackward> = Mutex::new(WgmmaBackward::Auto);
@@ -93,23 +93,24 @@ pub(crate) fn wgmma_backward() -> WgmmaBackward {
     }
 }
 
-static OFFSETS_BACKWARD: Mutex<Option<bool>> = Mutex::new(None);
+static OFFSETS_BACKWARD: Mutex<OffsetsBackward> = Mutex::new(OffsetsBackward::Auto);
 
-/// Whether dq, dk1 and dv1 come from the offset-walk backward (`kernels/simplicial_bwd_offsets.cu`,
-/// bf16, D = 64) instead of the q kernel: `None` (the default) decides as measured (off: it was
-/// slower at every shape measured, kernels/NOTES.md v7), `Some(on)` forces it on or off where it
-/// covers the call. `SIMPLEX_BWD_OFFSETS=0|1` in the environment overrides.
-pub fn set_offsets_backward(choice: Option<bool>) {
+/// Which parts of the backward run the offset walk (`kernels/simplicial_bwd_offsets.cu`, bf16,
+/// D = 64): [`OffsetsBackward::Auto`] (the default) as measured (the k2 pass for G <= 16), or
+/// forced per side where it covers the call. For comparisons and tests. `SIMPLEX_BWD_OFFSETS=0|q|k|1` in the environment
+/// overrides it ([`OffsetsBackward::parse`]).
+pub fn set_offsets_backward(choice: OffsetsBackward) {
     if let Ok(mut c) = OFFSETS_BACKWARD.lock() {
         *c = choice;
     }
 }
 
-pub(crate) fn offsets_backward() -> Option<bool> {
-    match std::env::var("SIMPLEX_BWD_OFFSETS").as_deref() {
-        Ok("0") => Some(false),
-        Ok("1") => Some(true),
-        _ => OFFSETS_BACKWARD.lock().ok().and_then(|c| *c),
+pub(crate) fn offsets_backward() -> OffsetsBackward {
+    match std::env::var("SIMPLEX_BWD_OFFSETS") {
+        Ok(v) => OffsetsBackward::parse(&v),
+        Err(_) => OFFSETS_BACKWARD
+            .lock()
+            .map_or(OffsetsBackward::Auto, |c| *c),
     }
 }
 
