@@ -15,13 +15,13 @@ constexpr int TK = 64;              // window-2 keys per tile
 constexpr int THREADS = 256;
 constexpr int BAR_WG = 1;  // + warpgroup: one warpgroup alone (epilogue)
 
-// Positions of the partners a block stages (window-1 keys of its queries, or queries of its
-// window-1 keys): its own positions widened by the window-1 span, at most the sequence.
-// Mirrored by `window1_rows` (src/cuda/forward_wgmma.rs) and `offsets_plan`
+// Positions of the partners `rows` consecutive rows stage (window-1 keys of their queries, or
+// queries of their window-1 keys): their own positions widened by the window-1 span, at most
+// the sequence. Mirrored by `window1_rows` (src/cuda/forward_wgmma.rs) and `partner_positions`
 // (src/backward_plan.rs), which size the shared memory.
-__device__ __forceinline__ int partner_positions(const Shape& s) {
+__device__ __forceinline__ int partner_positions(const Shape& s, int rows = CTA_ROWS) {
   const int G = s.heads_q / s.heads_kv;
-  const int own = (CTA_ROWS - 1) / G + 2;
+  const int own = (rows - 1) / G + 2;
   const int span = s.causal ? s.w1 : 2 * s.w1 - 1;
   return min(s.seq, own + span - 1);
 }
@@ -71,6 +71,37 @@ __device__ __forceinline__ void store_rows_bf16(uint8_t* sm, const float (&acc)[
     if (r < nrows)
       *reinterpret_cast<uint4*>(out + row_off(r) + c16 * 8) = *reinterpret_cast<const uint4*>(stage + rr * D + c16 * 8);
   }
+}
+
+// Starts key tile kt of nkt (first key k0; all threads): waits for its cp.async loads, makes
+// them visible to wgmma, and starts loading the next tile into the other buffer.
+template <typename Load>
+__device__ __forceinline__ void begin_tile(int kt, int nkt, int k0, Load&& load) {
+  cp_async_wait_all();
+  fence_async_smem();
+  __syncthreads();
+  if (kt + 1 < nkt) {
+    load(k0 + TK, (kt & 1) ^ 1);
+    cp_async_commit();
+  }
+}
+
+// acc[a] += m_e ∘ x[a] for the thread's accumulator elements (rows g, g + 8 of its warp's 16,
+// e = 0, 1; columns 64 a + 8 n + 2 t + {0, 1}), m_e a bf16 row of D entries per e (the
+// offset's partner row, staged in shared memory).
+template <int NA>
+__device__ __forceinline__ void fma_rows(float (&acc)[NA][32], const float (&x)[NA][32],
+                                         const __nv_bfloat16* const (&m)[2], int t) {
+#pragma unroll
+  for (int a = 0; a < NA; ++a)
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float2 v = bf2_float2(*reinterpret_cast<const uint32_t*>(m[e] + 64 * a + 8 * n + 2 * t));
+        acc[a][4 * n + 2 * e] = fmaf(v.x, x[a][4 * n + 2 * e], acc[a][4 * n + 2 * e]);
+        acc[a][4 * n + 2 * e + 1] = fmaf(v.y, x[a][4 * n + 2 * e + 1], acc[a][4 * n + 2 * e + 1]);
+      }
 }
 
 }  // namespace offset_walk

@@ -152,13 +152,7 @@ __device__ __forceinline__ void bwd_offsets(const bf16* __restrict__ q, const bf
 
   for (int kt = 0; kt < nkt; ++kt) {
     const int buf = kt & 1, k0 = KU.lo + kt * TK;
-    cp_async_wait_all();
-    fence_async_smem();
-    __syncthreads();
-    if (kt + 1 < nkt) {
-      load_tile(k0 + TK, buf ^ 1);
-      cp_async_commit();
-    }
+    begin_tile(kt, nkt, k0, load_tile);
     if (!any_rows) continue;
     const uint32_t kbase = smem_u32(sm + buf * KT), vbase = smem_u32(sm + (2 + buf) * KT);
     for (int off = oa; off <= ob; ++off) {
@@ -256,19 +250,8 @@ __device__ __forceinline__ void bwd_offsets(const bf16* __restrict__ q, const bf
 #pragma unroll
         for (int a = 0; a < NA; ++a) reg_fence(xacc[u][a]);
       // q pass: dq += X ∘ k1_j; k1 pass: dk1 += X ∘ q_i, dv1 += Y ∘ dout_i
-#pragma unroll
-      for (int u = 0; u < NG; ++u)
-#pragma unroll
-        for (int a = 0; a < NA; ++a)
-#pragma unroll
-          for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const bf16* src = u == 0 ? yr[e] : wr[e];
-              const float2 m = bf2_float2(*reinterpret_cast<const uint32_t*>(src + 64 * a + 8 * n + 2 * t));
-              acc[u][a][4 * n + 2 * e] = fmaf(m.x, xacc[u][a][4 * n + 2 * e], acc[u][a][4 * n + 2 * e]);
-              acc[u][a][4 * n + 2 * e + 1] = fmaf(m.y, xacc[u][a][4 * n + 2 * e + 1], acc[u][a][4 * n + 2 * e + 1]);
-            }
+      fma_rows<NA>(acc[0], xacc[0], yr, t);
+      if constexpr (KEYS) fma_rows<NA>(acc[1], xacc[1], wr, t);
     }
   }
 
@@ -339,14 +322,6 @@ struct K2Layout {
   static constexpr int QR = ROWS * JS * 2;         // a tile's q (or dout) rows
 };
 
-// Window-1 rows one query tile stages: its queries' window-1 keys. Mirrored by `offsets_plan`.
-__device__ __forceinline__ int k2_partner_rows(const Shape& s) {
-  const int G = s.heads_q / s.heads_kv;
-  const int own = (ROWS - 1) / G + 2;
-  const int span = s.causal ? s.w1 : 2 * s.w1 - 1;
-  return min(s.seq, own + span - 1);
-}
-
 template <int D>
 __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const bf16* __restrict__ k1,
                                                const bf16* __restrict__ k2, const bf16* __restrict__ v1,
@@ -358,7 +333,7 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
   constexpr int NA = D / 64;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  const int jcap = k2_partner_rows(s);
+  const int jcap = partner_positions(s, ROWS);  // window-1 rows one query tile stages
   // per staging buffer: q rows, dout rows, k1 rows, v1 rows, lse * log2e, delta
   const int STAGE = 2 * L::QR + 2 * jcap * L::JS * 2 + 2 * ROWS * 4;
   uint8_t* own_base = sm;                      // 2 warpgroups x OWN

@@ -136,13 +136,7 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
 
   for (int kt = 0; kt < nkt; ++kt) {
     const int buf = kt & 1, k0 = KU.lo + kt * TK;
-    cp_async_wait_all();
-    fence_async_smem();
-    __syncthreads();
-    if (kt + 1 < nkt) {
-      load_tile(k0 + TK, buf ^ 1);
-      cp_async_commit();
-    }
+    begin_tile(kt, nkt, k0, load_tile);
     if (!any_rows || k0 + TK <= KW.lo || k0 >= KW.hi) continue;
     const uint32_t kbase = smem_u32(sm + buf * KT), vbase = smem_u32(sm + (2 + buf) * KT);
     // this tile's keys inside every window of rows e (per thread; made warp-uniform below)
@@ -277,17 +271,7 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
       }
       // O += v1_{j_r} ∘ Ot_u
 #pragma unroll
-      for (int u = 0; u < TO; ++u)
-#pragma unroll
-        for (int a = 0; a < NA; ++a)
-#pragma unroll
-          for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const float2 v = bf2_float2(*reinterpret_cast<const uint32_t*>(v1r[u][e] + 64 * a + 8 * n + 2 * t));
-              acc[a][4 * n + 2 * e] = fmaf(v.x, ot[u][a][4 * n + 2 * e], acc[a][4 * n + 2 * e]);
-              acc[a][4 * n + 2 * e + 1] = fmaf(v.y, ot[u][a][4 * n + 2 * e + 1], acc[a][4 * n + 2 * e + 1]);
-            }
+      for (int u = 0; u < TO; ++u) fma_rows<NA>(acc, ot[u], v1r[u], t);
     }
   }
 

@@ -165,7 +165,7 @@ impl OffsetsBackward {
 
 /// Positions of the partners one block (or query tile) of `own_rows` rows stages: its own
 /// positions widened by the window-1 span, at most the sequence (`partner_positions` in
-/// kernels/offset_walk.cuh, `k2_partner_rows` in the kernel file).
+/// kernels/offset_walk.cuh).
 fn partner_positions(own_rows: usize, group: usize, win: Window1) -> usize {
     let own = (own_rows - 1) / group + 2;
     let span = if win.causal { win.w1 } else { 2 * win.w1 - 1 };
