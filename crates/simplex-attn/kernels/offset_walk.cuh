@@ -17,8 +17,8 @@ constexpr int BAR_WG = 1;  // + warpgroup: one warpgroup alone (epilogue)
 
 // Positions of the partners `rows` consecutive rows stage (window-1 keys of their queries, or
 // queries of their window-1 keys): their own positions widened by the window-1 span, at most
-// the sequence. Mirrored by `window1_rows` (src/cuda/forward_wgmma.rs) and `partner_positions`
-// (src/backward_plan.rs), which size the shared memory.
+// the sequence. Mirrored by `partner_positions` (src/backward_plan.rs, which also sizes the
+// forward's shared memory through it).
 __device__ __forceinline__ int partner_positions(const Shape& s, int rows = CTA_ROWS) {
   const int G = s.heads_q / s.heads_kv;
   const int own = (rows - 1) / G + 2;
@@ -71,6 +71,29 @@ __device__ __forceinline__ void store_rows_bf16(uint8_t* sm, const float (&acc)[
     if (r < nrows)
       *reinterpret_cast<uint4*>(out + row_off(r) + c16 * 8) = *reinterpret_cast<const uint4*>(stage + rr * D + c16 * 8);
   }
+}
+
+// acc = A @ T^T, issued (the caller commits and waits): A the thread's A fragments of D/16
+// k-steps, T a [TK x D] tile of D/64 128B-swizzled atoms at shared address `tile` (K-major:
+// its rows are the N index, as load_kv_tile stores them).
+template <int KS>
+__device__ __forceinline__ void wgmma_a_tt(float (&acc)[32], const uint32_t (&a)[KS][4], uint32_t tile) {
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks)
+    wgmma_m64n64k16_rs(acc, a[ks], desc_sw128(tile + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+}
+
+// acc[a] (+)= P @ T[:, 64 a .. 64 a + 63], issued: P the A fragments of the TK / 16 k-steps
+// over T's rows (the accumulator layout of a 64 x TK product, packed), T as for wgmma_a_tt
+// read MN-major (transposed B); accumulate = false overwrites acc.
+template <int NA>
+__device__ __forceinline__ void wgmma_a_t(float (&acc)[NA][32], const uint32_t (&p)[TK / 16][4], uint32_t tile,
+                                          bool accumulate) {
+#pragma unroll
+  for (int a = 0; a < NA; ++a)
+#pragma unroll
+    for (int st = 0; st < TK / 16; ++st)
+      wgmma_m64n64k16_rs<1>(acc[a], p[st], desc_sw128(tile + a * (TK * 128) + st * 2048), accumulate || st > 0);
 }
 
 // Starts key tile kt of nkt (first key k0; all threads): waits for its cp.async loads, makes

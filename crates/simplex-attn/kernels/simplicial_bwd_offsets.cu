@@ -195,12 +195,8 @@ __device__ __forceinline__ void bwd_offsets(const bf16* __restrict__ q, const bf
           }
         }
         wg_fence();
-#pragma unroll
-        for (int ks = 0; ks < KS; ++ks)
-          wgmma_m64n64k16_rs(sacc, af[ks], desc_sw128(kbase + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
-#pragma unroll
-        for (int ks = 0; ks < KS; ++ks)
-          wgmma_m64n64k16_rs(dpacc, bf[ks], desc_sw128(vbase + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+        wgmma_a_tt<KS>(sacc, af, kbase);
+        wgmma_a_tt<KS>(dpacc, bf, vbase);
         wg_commit();
         wg_wait0();
         reg_fence(sacc);
@@ -231,18 +227,8 @@ __device__ __forceinline__ void bwd_offsets(const bf16* __restrict__ q, const bf
       // X = dS @ K2_tile, Y = P @ V2_tile (k1 pass)
       float xacc[NG][NA][32];
       wg_fence();
-#pragma unroll
-      for (int a = 0; a < NA; ++a)
-#pragma unroll
-        for (int st = 0; st < TK / 16; ++st)
-          wgmma_m64n64k16_rs<1>(xacc[0][a], dsf[st], desc_sw128(kbase + a * (TK * 128) + st * 2048), st > 0);
-      if constexpr (KEYS) {
-#pragma unroll
-        for (int a = 0; a < NA; ++a)
-#pragma unroll
-          for (int st = 0; st < TK / 16; ++st)
-            wgmma_m64n64k16_rs<1>(xacc[NG - 1][a], pf[st], desc_sw128(vbase + a * (TK * 128) + st * 2048), st > 0);
-      }
+      wgmma_a_t<NA>(xacc[0], dsf, kbase, false);
+      if constexpr (KEYS) wgmma_a_t<NA>(xacc[NG - 1], pf, vbase, false);
       wg_commit();
       wg_wait0();
 #pragma unroll
@@ -480,12 +466,8 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
       // S^T = K2 @ A_o^T, dP^T = V2 @ B_o^T
       float sacc[32], dpacc[32];
       wg_fence();
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks)
-        wgmma_m64n64k16_rs(sacc, kf[ks], desc_sw128(abase + (ks / 4) * (ROWS * 128) + (ks % 4) * 32), ks > 0);
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks)
-        wgmma_m64n64k16_rs(dpacc, vf[ks], desc_sw128(bbase + (ks / 4) * (ROWS * 128) + (ks % 4) * 32), ks > 0);
+      wgmma_a_tt<KS>(sacc, kf, abase);
+      wgmma_a_tt<KS>(dpacc, vf, bbase);
       wg_commit();
       // the next offset's operands while the products run (the other buffer: its last
       // readers, the products of step - 1, were waited for)
@@ -534,12 +516,13 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
         reg_fence(dv[a]);
       }
       wg_fence();
+      // interleaved per k-step (one loop each costs a register spill here)
 #pragma unroll
       for (int a = 0; a < NA; ++a)
 #pragma unroll
-        for (int st4 = 0; st4 < 4; ++st4) {
-          wgmma_m64n64k16_rs<1>(dv[a], pf[st4], desc_sw128(bbase + a * (ROWS * 128) + st4 * 2048), 1);
-          wgmma_m64n64k16_rs<1>(dk[a], dsf[st4], desc_sw128(abase + a * (ROWS * 128) + st4 * 2048), 1);
+        for (int st = 0; st < 4; ++st) {
+          wgmma_m64n64k16_rs<1>(dv[a], pf[st], desc_sw128(bbase + a * (ROWS * 128) + st * 2048), 1);
+          wgmma_m64n64k16_rs<1>(dk[a], dsf[st], desc_sw128(abase + a * (ROWS * 128) + st * 2048), 1);
         }
       wg_commit();
       wg_wait0();

@@ -174,10 +174,7 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
           }
         wg_fence();
 #pragma unroll
-        for (int u = 0; u < TO; ++u)
-#pragma unroll
-          for (int ks = 0; ks < KS; ++ks)
-            wgmma_m64n64k16_rs(sacc[u], af[u][ks], desc_sw128(kbase + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+        for (int u = 0; u < TO; ++u) wgmma_a_tt<KS>(sacc[u], af[u], kbase);
         wg_commit();
         wg_wait0();
 #pragma unroll
@@ -249,12 +246,7 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
           }
         wg_fence();
 #pragma unroll
-        for (int u = 0; u < TO; ++u)
-#pragma unroll
-          for (int a = 0; a < NA; ++a)
-#pragma unroll
-            for (int st = 0; st < TK / 16; ++st)
-              wgmma_m64n64k16_rs<1>(ot[u][a], pf[u][st], desc_sw128(vbase + a * (TK * 128) + st * 2048), st > 0);
+        for (int u = 0; u < TO; ++u) wgmma_a_t<NA>(ot[u], pf[u], vbase, false);
         wg_commit();
         // O = alpha O while the products run
 #pragma unroll

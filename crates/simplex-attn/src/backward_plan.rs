@@ -163,10 +163,10 @@ impl OffsetsBackward {
     }
 }
 
-/// Positions of the partners one block (or query tile) of `own_rows` rows stages: its own
-/// positions widened by the window-1 span, at most the sequence (`partner_positions` in
-/// kernels/offset_walk.cuh).
-fn partner_positions(own_rows: usize, group: usize, win: Window1) -> usize {
+/// Positions of the partners one block (or query tile) of `own_rows` rows of the offset walk
+/// stages, forward or backward: its own positions widened by the window-1 span, at most the
+/// sequence (`partner_positions` in kernels/offset_walk.cuh).
+pub(crate) fn partner_positions(own_rows: usize, group: usize, win: Window1) -> usize {
     let own = (own_rows - 1) / group + 2;
     let span = if win.causal { win.w1 } else { 2 * win.w1 - 1 };
     (own + span - 1).min(win.seq)

@@ -13,6 +13,7 @@ use candle_core::{DType, Layout, Result, Shape};
 
 use super::module::{self, Family};
 use super::{blocks, check_smem, exchange_sets, launch_config, set_ranges, view, KernelShape};
+use crate::backward_plan::{partner_positions, Window1};
 use crate::op::SimplicialOp;
 
 /// Rows (query, head) per warpgroup; `ROWS` in the kernels.
@@ -118,20 +119,17 @@ fn smem_bytes(d: usize, tj: usize) -> usize {
     2 * k_tile + 2 * p_tile + 2 * v_tile + 2 * j_rows + 2 * ROWS * 4 + 2 * ROWS * 4 + 1024
 }
 
-/// Window-1 rows one block of the offset walk stages: its queries' window union, capped by
-/// the sequence (`partner_positions` in `kernels/offset_walk.cuh`, in the kernel's orientation).
-fn window1_rows(shape: &KernelShape) -> usize {
-    let group = (shape.heads_q / shape.heads_kv) as usize;
-    let queries = (2 * ROWS - 1) / group + 2;
-    let w1 = shape.w1 as usize;
-    let span = if shape.causal != 0 { w1 } else { 2 * w1 - 1 };
-    (queries + span - 1).min(shape.seq as usize)
-}
-
 /// Dynamic shared memory of one block of the offset walk: K2 and V2 tiles (two buffers each)
-/// and the window-1 rows of k1 and v1 (padded by 8 elements).
+/// and the window-1 rows of k1 and v1 (padded by 8 elements) of its 128 rows.
 fn offsets_smem_bytes(d: usize, shape: &KernelShape) -> usize {
-    4 * 64 * d * 2 + 2 * window1_rows(shape) * (d + 8) * 2 + 1024
+    let win = Window1 {
+        seq: shape.seq as usize,
+        w1: shape.w1 as usize,
+        causal: shape.causal != 0,
+    };
+    let group = (shape.heads_q / shape.heads_kv) as usize;
+    let rows = partner_positions(2 * ROWS, group, win);
+    4 * 64 * d * 2 + 2 * rows * (d + 8) * 2 + 1024
 }
 
 /// Whether the tensor-core forward covers this call.
