@@ -26,14 +26,13 @@ __device__ __forceinline__ int partner_positions(const Shape& s, int rows = CTA_
   return min(s.seq, own + span - 1);
 }
 
-// cp.async of the K2 and V2 rows k0 .. k0 + TK - 1 (zero from `hi` on) into buffer `buf` of the
-// tile space: K2 tiles at sm + buf * KT, V2 tiles at sm + (2 + buf) * KT, each D/64 128B-swizzled
-// atoms of TK x 128 B. Row p of k2 / v2 starts at element base + p * stride. All THREADS threads.
+// cp.async of the K2 and V2 rows k0 .. k0 + TK - 1 (zero from `hi` on) into the tiles at shared
+// addresses ks, vs, each D/64 128B-swizzled atoms of TK x 128 B. Row p of k2 / v2 starts at
+// element base + p * stride. All THREADS threads. The second form addresses buffer `buf` of a
+// two-buffer tile space: K2 tiles at sm + buf * KT, V2 tiles at sm + (2 + buf) * KT.
 template <int D>
-__device__ __forceinline__ void load_kv_tile(uint8_t* sm, int buf, int k0, int hi, const __nv_bfloat16* k2,
+__device__ __forceinline__ void load_kv_tile(uint32_t ks, uint32_t vs, int k0, int hi, const __nv_bfloat16* k2,
                                              const __nv_bfloat16* v2, long long base, long long stride) {
-  constexpr int KT = TK * D * 2;
-  const uint32_t ks = smem_u32(sm + buf * KT), vs = smem_u32(sm + (2 + buf) * KT);
   for (int c = threadIdx.x; c < TK * D / 8; c += THREADS) {
     const int kk = c / (D / 8), c16 = c % (D / 8);
     const int pos = k0 + kk;
@@ -43,6 +42,12 @@ __device__ __forceinline__ void load_kv_tile(uint8_t* sm, int buf, int k0, int h
     cp_async16(ks + at, k2 + src, ok);
     cp_async16(vs + at, v2 + src, ok);
   }
+}
+template <int D>
+__device__ __forceinline__ void load_kv_tile(uint8_t* sm, int buf, int k0, int hi, const __nv_bfloat16* k2,
+                                             const __nv_bfloat16* v2, long long base, long long stride) {
+  constexpr int KT = TK * D * 2;
+  load_kv_tile<D>(smem_u32(sm + buf * KT), smem_u32(sm + (2 + buf) * KT), k0, hi, k2, v2, base, stride);
 }
 
 // Stores a warpgroup's 64 x D f32 accumulator rows (rows rbase + 16 warp + g + 8 e of the
@@ -81,6 +86,16 @@ __device__ __forceinline__ void wgmma_a_tt(float (&acc)[32], const uint32_t (&a)
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks)
     wgmma_m64n64k16_rs(acc, a[ks], desc_sw128(tile + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+}
+
+// acc = A @ T^T with A a [64 x D] tile in shared memory too (D/64 128B-swizzled atoms of 64 x
+// 128 B at `a_tile`), issued; T as for wgmma_a_tt.
+template <int KS>
+__device__ __forceinline__ void wgmma_ss_tt(float (&acc)[32], uint32_t a_tile, uint32_t tile) {
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks)
+    wgmma_m64n64k16_ss(acc, desc_sw128(a_tile + (ks / 4) * (ROWS * 128) + (ks % 4) * 32),
+                       desc_sw128(tile + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
 }
 
 // acc[a] (+)= P @ T[:, 64 a .. 64 a + 63], issued: P the A fragments of the TK / 16 k-steps

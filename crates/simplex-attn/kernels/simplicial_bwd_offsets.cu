@@ -43,241 +43,6 @@ typedef __nv_bfloat16 bf16;
 
 namespace {
 
-template <int D, bool KEYS>
-__device__ __forceinline__ void bwd_offsets(const bf16* __restrict__ q, const bf16* __restrict__ k1,
-                                            const bf16* __restrict__ k2, const bf16* __restrict__ v1,
-                                            const bf16* __restrict__ v2, const bf16* __restrict__ dout,
-                                            const float* __restrict__ lse, const float* __restrict__ dlt,
-                                            bf16* __restrict__ dq, float* __restrict__ dk1,
-                                            float* __restrict__ dv1, const Shape s) {
-  constexpr int KS = D / 16;      // k-steps of the logits
-  constexpr int NA = D / 64;      // 64-column blocks of X, Y
-  constexpr int KT = TK * D * 2;  // one K2 (or V2) tile: NA swizzled atoms of TK x 128 B
-  constexpr int JS = D + 8;       // padded partner row, elements
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-
-  const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
-  const int b = blockIdx.z, kv = blockIdx.y;
-  const int row0 = blockIdx.x * CTA_ROWS, nrows = N * G;
-  const int row_last = min(row0 + CTA_ROWS, nrows) - 1;
-  const int p_first = row0 / G, p_last = row_last / G;  // the CTA's own positions
-  // partner positions: window-1 keys of the queries (q pass), queries of the keys (k1 pass)
-  const Range PU = KEYS ? Range{seen_by(p_first, s.w1, N, s.causal).lo, seen_by(p_last, s.w1, N, s.causal).hi}
-                        : Range{window(p_first, s.w1, N, s.causal).lo, window(p_last, s.w1, N, s.causal).hi};
-  const int pcap = partner_positions(s);
-  const int prow = KEYS ? G : 1;  // staged rows per partner position (the k1 pass: every head)
-  const bf16* y_s = reinterpret_cast<const bf16*>(sm + 4 * KT);
-  const bf16* w_s = y_s + pcap * prow * JS;
-  float* lse_s = reinterpret_cast<float*>(sm + 4 * KT + 2 * pcap * prow * JS * 2);  // k1 pass only
-  float* dlt_s = lse_s + pcap * prow;
-  // queries whose window-2 keys the CTA needs
-  const Range QU = KEYS ? PU : Range{p_first, p_last + 1};
-  const Range KU = {window(QU.lo, s.w2, N, s.causal).lo, window(QU.hi - 1, s.w2, N, s.causal).hi};
-  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int g = lane / 4, t = lane % 4;
-  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
-  auto q_row = [&](int i, int h) -> long long { return (long long)(b * N + i) * Hq + kv * G + h; };
-
-  auto load_tile = [&](int k0, int buf) {
-    load_kv_tile<D>(sm, buf, k0, KU.hi, k2, v2, kv_off(0), (long long)Hkv * D);
-  };
-  {  // partner rows (zero past the union)
-    const uint32_t ya = smem_u32(y_s), wa = smem_u32(w_s);
-    for (int c = tid; c < pcap * prow * D / 8; c += THREADS) {
-      const int pr = c / (D / 8), c16 = c % (D / 8);
-      const int pos = PU.lo + pr / prow;
-      const bool ok = pos < PU.hi;
-      const long long src = ok ? (KEYS ? q_row(pos, pr % prow) * D : kv_off(pos)) + c16 * 8 : 0;
-      cp_async16(ya + (pr * JS + c16 * 8) * 2, (KEYS ? q : k1) + src, ok);
-      cp_async16(wa + (pr * JS + c16 * 8) * 2, (KEYS ? dout : v1) + src, ok);
-    }
-    if constexpr (KEYS) {
-      for (int pr = tid; pr < pcap * prow; pr += THREADS) {
-        const int pos = PU.lo + pr / prow;
-        const bool ok = pos < PU.hi;
-        lse_s[pr] = ok ? lse[q_row(pos, pr % prow)] * LOG2E : 0.0f;
-        dlt_s[pr] = ok ? dlt[q_row(pos, pr % prow)] : 0.0f;
-      }
-    }
-  }
-  load_tile(KU.lo, 0);
-  cp_async_commit();
-
-  // ---- this warpgroup's rows: rbase + 16 warp + g + 8 e ----
-  const int rbase = row0 + ROWS * wg;
-  int pos[2], head[2];
-  bool row_ok[2];
-  float lse2[2] = {0.0f, 0.0f}, delta[2] = {0.0f, 0.0f};  // q pass: the row's own
-  uint32_t xf[KS][4], uf[KS][4];                          // x, u of the rows (A layout)
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int r = rbase + warp * 16 + g + 8 * e;
-    row_ok[e] = r < nrows;
-    pos[e] = row_ok[e] ? r / G : 0;
-    head[e] = r % G;
-    if (!KEYS && row_ok[e]) {
-      lse2[e] = lse[q_row(pos[e], head[e])] * LOG2E;
-      delta[e] = dlt[q_row(pos[e], head[e])];
-    }
-  }
-#pragma unroll
-  for (int ks = 0; ks < KS; ++ks)
-#pragma unroll
-    for (int x = 0; x < 4; ++x) {
-      const int e = x & 1, col = 16 * ks + 2 * t + 8 * (x >> 1);
-      const long long off = KEYS ? kv_off(pos[e]) + col : q_row(pos[e], head[e]) * D + col;
-      xf[ks][x] = row_ok[e] ? *reinterpret_cast<const uint32_t*>((KEYS ? k1 : q) + off) : 0u;
-      uf[ks][x] = row_ok[e] ? *reinterpret_cast<const uint32_t*>((KEYS ? v1 : dout) + off) : 0u;
-    }
-  // gradient accumulators: [0] = dq (q pass) or dk1, [1] = dv1 (k1 pass only)
-  constexpr int NG = KEYS ? 2 : 1;
-  float acc[NG][NA][32];
-#pragma unroll
-  for (int u = 0; u < NG; ++u)
-#pragma unroll
-    for (int a = 0; a < NA; ++a)
-#pragma unroll
-      for (int x = 0; x < 32; ++x) acc[u][a][x] = 0.0f;
-
-  // this warpgroup's own positions [ow0, ow1] and the offsets that keep a partner inside the
-  // sequence: q pass j = i + o, k1 pass i = j - o
-  const bool any_rows = rbase < nrows;
-  const int ow0 = min(rbase, nrows - 1) / G, ow1 = (min(rbase + ROWS, nrows) - 1) / G;
-  const int o_lo = 1 - s.w1, o_hi = s.causal ? 0 : s.w1 - 1;
-  const int oa = KEYS ? max(o_lo, ow0 - (N - 1)) : max(o_lo, -ow1);
-  const int ob = KEYS ? min(o_hi, ow1) : min(o_hi, N - 1 - ow0);
-  const float sl2 = s.scale * LOG2E;
-  const int nkt = (KU.hi - KU.lo + TK - 1) / TK;
-
-  for (int kt = 0; kt < nkt; ++kt) {
-    const int buf = kt & 1, k0 = KU.lo + kt * TK;
-    begin_tile(kt, nkt, k0, load_tile);
-    if (!any_rows) continue;
-    const uint32_t kbase = smem_u32(sm + buf * KT), vbase = smem_u32(sm + (2 + buf) * KT);
-    for (int off = oa; off <= ob; ++off) {
-      // the warpgroup's queries at this offset, and whether their window-2 keys meet the tile
-      const int qa = KEYS ? max(ow0 - off, 0) : ow0, qb = KEYS ? min(ow1 - off, N - 1) : ow1;
-      if (qa > qb || k0 >= window(qb, s.w2, N, s.causal).hi || k0 + TK <= window(qa, s.w2, N, s.causal).lo)
-        continue;
-      // each row's partner: validity, staged row, and (k1 pass) its lse and delta
-      bool pok[2];
-      Range kr[2];
-      const bf16* yr[2];
-      const bf16* wr[2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int p = KEYS ? pos[e] - off : pos[e] + off;  // partner position
-        const int i = KEYS ? p : pos[e], j = KEYS ? pos[e] : p;
-        const Range jw = window(min(max(i, 0), N - 1), s.w1, N, s.causal);
-        pok[e] = row_ok[e] && i >= 0 && i < N && j >= jw.lo && j < jw.hi;
-        kr[e] = window(min(max(i, 0), N - 1), s.w2, N, s.causal);
-        const int pr = min(max(p - PU.lo, 0), pcap - 1) * prow + (KEYS ? head[e] : 0);
-        yr[e] = y_s + pr * JS;
-        wr[e] = w_s + pr * JS;
-        if (KEYS) {
-          lse2[e] = lse_s[pr];
-          delta[e] = dlt_s[pr];
-        }
-      }
-      // S = (x ∘ y) @ K2_tile^T, dP = (u ∘ w) @ V2_tile^T
-      float sacc[32], dpacc[32];
-      {
-        uint32_t af[KS][4], bf[KS][4];
-#pragma unroll
-        for (int ks = 0; ks < KS; ++ks) {
-          const int col = 16 * ks + 2 * t;
-#pragma unroll
-          for (int x = 0; x < 4; ++x) {
-            const int e = x & 1, c = col + 8 * (x >> 1);
-            af[ks][x] = bf2_mul(xf[ks][x], *reinterpret_cast<const uint32_t*>(yr[e] + c));
-            bf[ks][x] = bf2_mul(uf[ks][x], *reinterpret_cast<const uint32_t*>(wr[e] + c));
-          }
-        }
-        wg_fence();
-        wgmma_a_tt<KS>(sacc, af, kbase);
-        wgmma_a_tt<KS>(dpacc, bf, vbase);
-        wg_commit();
-        wg_wait0();
-        reg_fence(sacc);
-        reg_fence(dpacc);
-      }
-      // P = exp2(S scale log2e - lse log2e), dS = scale P (dP - delta), as bf16 A fragments
-      bool inside = pok[0] && pok[1];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) inside = inside && k0 >= kr[e].lo && k0 + TK <= kr[e].hi;
-      const bool all_in = __all_sync(0xffffffffu, inside);
-      uint32_t pf[TK / 16][4], dsf[TK / 16][4];
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        float pv[4], dv[4];
-#pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          const int e = x / 2, key = k0 + 8 * n + 2 * t + x % 2;
-          const bool ok = all_in || (pok[e] && key >= kr[e].lo && key < kr[e].hi);
-          pv[x] = ok ? fast_exp2(fmaf(sacc[4 * n + x], sl2, -lse2[e])) : 0.0f;
-          dv[x] = s.scale * pv[x] * (dpacc[4 * n + x] - delta[e]);
-        }
-        // accumulator (n, x) -> A fragment of k-step n / 2: registers 2 (n % 2) + (0: row g, 1: g + 8)
-        pf[n / 2][2 * (n % 2) + 0] = bf2_pack(pv[0], pv[1]);
-        pf[n / 2][2 * (n % 2) + 1] = bf2_pack(pv[2], pv[3]);
-        dsf[n / 2][2 * (n % 2) + 0] = bf2_pack(dv[0], dv[1]);
-        dsf[n / 2][2 * (n % 2) + 1] = bf2_pack(dv[2], dv[3]);
-      }
-      // X = dS @ K2_tile, Y = P @ V2_tile (k1 pass)
-      float xacc[NG][NA][32];
-      wg_fence();
-      wgmma_a_t<NA>(xacc[0], dsf, kbase, false);
-      if constexpr (KEYS) wgmma_a_t<NA>(xacc[NG - 1], pf, vbase, false);
-      wg_commit();
-      wg_wait0();
-#pragma unroll
-      for (int u = 0; u < NG; ++u)
-#pragma unroll
-        for (int a = 0; a < NA; ++a) reg_fence(xacc[u][a]);
-      // q pass: dq += X ∘ k1_j; k1 pass: dk1 += X ∘ q_i, dv1 += Y ∘ dout_i
-      fma_rows<NA>(acc[0], xacc[0], yr, t);
-      if constexpr (KEYS) fma_rows<NA>(acc[1], xacc[1], wr, t);
-    }
-  }
-
-  // ---- epilogue ----
-  __syncthreads();  // both warpgroups are done with the tiles
-  if constexpr (!KEYS) {
-    // dq (bf16) staged through the tile space for coalesced stores
-    const float one[2] = {1.0f, 1.0f};
-    store_rows_bf16<D>(sm, acc[0], one, rbase, nrows, dq, [&](int r) { return q_row(r / G, r % G) * D; });
-  } else {
-    // dk1, dv1: rows summed over the heads of each key in f32 (the tile space, [2][128][D]),
-    // then added into the f32 buffers
-    float* stage = reinterpret_cast<float*>(sm);
-    const int rows_here = row_last - row0 + 1;
-#pragma unroll
-    for (int u = 0; u < 2; ++u)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int rr = ROWS * wg + warp * 16 + g + 8 * e;
-#pragma unroll
-        for (int a = 0; a < NA; ++a)
-#pragma unroll
-          for (int n = 0; n < 8; ++n)
-            *reinterpret_cast<float2*>(stage + (u * CTA_ROWS + rr) * D + 64 * a + 8 * n + 2 * t) =
-                make_float2(acc[u][a][4 * n + 2 * e], acc[u][a][4 * n + 2 * e + 1]);
-      }
-    __syncthreads();
-    const int npos = p_last - p_first + 1;
-    for (int c = tid; c < 2 * npos * D; c += THREADS) {
-      const int u = c / (npos * D), pc = c % (npos * D), p = p_first + pc / D, col = pc % D;
-      float sum = 0.0f;
-      for (int h = 0; h < G; ++h) {
-        const int rr = p * G + h - row0;
-        if (rr >= 0 && rr < rows_here) sum += stage[(u * CTA_ROWS + rr) * D + col];
-      }
-      atomicAdd((u == 0 ? dk1 : dv1) + kv_off(p) + col, sum);
-    }
-  }
-}
-
 // k2 pass: dk2, dv2 for 64 window-2 keys per warpgroup (128 per CTA), FA2's arrangement with
 // the offset walk on the other side: steps of (query tile of 64 rows, window-1 offset o), every
 // row of a step pairing with its own window-1 key j_r = i_r + o, so
@@ -543,21 +308,333 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
   store_rows_bf16<D>(own_base, dv, one, kb, N, dv2, kv_off);
 }
 
-}  // namespace
 
-// simplicial_bwd_offsets_q_bf16_d{D}: dq; simplicial_bwd_offsets_k1_bf16_d{D}: dk1, dv1 added
-// into zeroed f32 buffers. Both: grid (ceil(N G / 128), Hkv, B), 256 threads.
-#define SIMPLICIAL_BWD_OFFSETS(D)                                                                              \
-  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_bwd_offsets_q_bf16_d##D(                 \
-      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, const bf16* dout,         \
-      const float* lse, const float* dlt, bf16* dq, const Shape s) {                                           \
-    bwd_offsets<D, false>(q, k1, k2, v1, v2, dout, lse, dlt, dq, nullptr, nullptr, s);                         \
-  }                                                                                                            \
-  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_bwd_offsets_k1_bf16_d##D(                \
-      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, const bf16* dout,         \
-      const float* lse, const float* dlt, float* dk1, float* dv1, const Shape s) {                             \
-    bwd_offsets<D, true>(q, k1, k2, v1, v2, dout, lse, dlt, nullptr, dk1, dv1, s);                             \
+// qk1 pass: dq, dk1 and dv1 in one walk (G = Hq/Hkv in {1, 2, 4, 8}). A block owns 64 query
+// rows; its two warpgroups split the window-1 offsets (warpgroup 0 the first half, 1 the
+// second) and walk the same window-2 tiles in step. For one offset o every row pairs with its
+// own window-1 key j_r = i_r + o, so
+//   A_o = Q ∘ K1[j_r], B_o = dout ∘ V1[j_r]   built once per offset into swizzled smem
+//   S = A_o @ K2_tile^T, dP = B_o @ V2_tile^T  wgmma, both operands in shared memory
+//   P, dS in registers (masked only in steps not wholly inside the windows)
+//   X += dS @ K2_tile, Y += P @ V2_tile        wgmma, A = dS / P from the accumulators,
+//                                               B MN-major; summed over the offset's tiles
+// and once per offset (X = sum_k dS[r, j_r, k] k2_k, Y = sum_k P[r, j_r, k] v2_k):
+//   dq_r += X_r ∘ k1[j_r]                      registers
+//   dk1[j_r] += X_r ∘ q_r, dv1[j_r] += Y_r ∘ dout_r
+// The key side is a shift of the row side by o: those sums go, summed first over the G heads of
+// a position (warp shuffles), into f32 accumulators in shared memory, one per warpgroup
+// and one row per key of a chunk of CHUNK offsets (conflict-free plain adds: at one offset
+// positions map to distinct keys), flushed into the f32 dk1, dv1 buffers with float4 atomics
+// after each chunk (neighbouring blocks share keys). dq: the two warpgroups' halves are added
+// in shared memory at the end (deterministic).
+// Tiles: three K2/V2 buffers, the next tile fetched during the current step; a warpgroup does
+// not wait for its X/Y products before the next step's barrier (the buffer they read is the
+// one refilled a step later).
+template <int D>
+struct Qk1Layout {
+  static constexpr int JS = D + 8;              // padded staged row, elements
+  static constexpr int STAGES = 3;              // K2/V2 tile buffers
+  static constexpr int KT = TK * D * 2;         // one K2 (or V2) tile
+  static constexpr int TILES = STAGES * 2 * KT;
+  static constexpr int AB = ROWS * D * 2;       // one A_o (or B_o): swizzled [64][D]
+  static constexpr int OPS = 2 * 2 * AB;        // (A_o, B_o) per warpgroup
+  static constexpr int OWN = 2 * ROWS * JS * 2; // the block's q and dout rows
+  static constexpr int CHUNK = 16;              // offsets per flush of the key accumulators
+};
+
+template <int D>
+__device__ __forceinline__ void bwd_offsets_qk1(const bf16* __restrict__ q, const bf16* __restrict__ k1,
+                                                const bf16* __restrict__ k2, const bf16* __restrict__ v1,
+                                                const bf16* __restrict__ v2, const bf16* __restrict__ dout,
+                                                const float* __restrict__ lse, const float* __restrict__ dlt,
+                                                bf16* __restrict__ dq, float* __restrict__ dk1,
+                                                float* __restrict__ dv1, const Shape s) {
+  using L = Qk1Layout<D>;
+  constexpr int KS = D / 16;
+  constexpr int NA = D / 64;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+
+  const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
+  const int b = blockIdx.z, kv = blockIdx.y;
+  const int row0 = blockIdx.x * ROWS, nrows = N * G;
+  const int p_first = row0 / G, p_last = (min(row0 + ROWS, nrows) - 1) / G;
+  const int npos = ROWS / G;  // positions per block (G divides 64)
+  const Range PU = {window(p_first, s.w1, N, s.causal).lo, window(p_last, s.w1, N, s.causal).hi};
+  const Range KU = {window(p_first, s.w2, N, s.causal).lo, window(p_last, s.w2, N, s.causal).hi};
+  const int pcap = partner_positions(s, ROWS);
+  const int acc_rows = npos + L::CHUNK - 1;
+  const int tid = threadIdx.x, wg = tid / 128, wtid = tid % 128, warp = wtid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
+  auto q_row = [&](int i, int h) -> long long { return (long long)(b * N + i) * Hq + kv * G + h; };
+
+  // shared memory: tiles | (A_o, B_o) x 2 | q, dout rows | k1, v1 partner rows | dk1, dv1 sums
+  uint8_t* ops = sm + L::TILES + wg * 2 * L::AB;
+  const bf16* q_s = reinterpret_cast<const bf16*>(sm + L::TILES + L::OPS);
+  const bf16* d_s = q_s + ROWS * L::JS;
+  const bf16* k1_s = d_s + ROWS * L::JS;
+  const bf16* v1_s = k1_s + pcap * L::JS;
+  float* sums = reinterpret_cast<float*>(sm + L::TILES + L::OPS + L::OWN + 2 * pcap * L::JS * 2);
+  float* dk1_acc = sums + wg * 2 * acc_rows * D;  // this warpgroup's [acc_rows][D] pair
+  float* dv1_acc = dk1_acc + acc_rows * D;
+
+  auto tile_addr = [&](int stage) { return smem_u32(sm + stage * 2 * L::KT); };
+  auto load_tile = [&](int k0, int stage) {
+    load_kv_tile<D>(tile_addr(stage), tile_addr(stage) + L::KT, k0, KU.hi, k2, v2, kv_off(0), (long long)Hkv * D);
+  };
+  {  // own q, dout rows; partner k1, v1 rows (zero past the sequence / the union)
+    const uint32_t qa = smem_u32(q_s), da = smem_u32(d_s), ka = smem_u32(k1_s), va = smem_u32(v1_s);
+    for (int c = tid; c < ROWS * D / 8; c += THREADS) {
+      const int rr = c / (D / 8), c16 = c % (D / 8), r = row0 + rr;
+      const bool ok = r < nrows;
+      const long long src = ok ? q_row(r / G, r % G) * D + c16 * 8 : 0;
+      cp_async16(qa + (rr * L::JS + c16 * 8) * 2, q + src, ok);
+      cp_async16(da + (rr * L::JS + c16 * 8) * 2, dout + src, ok);
+    }
+    for (int c = tid; c < pcap * D / 8; c += THREADS) {
+      const int pr = c / (D / 8), c16 = c % (D / 8), pos = PU.lo + pr;
+      const bool ok = pos < PU.hi;
+      const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
+      cp_async16(ka + (pr * L::JS + c16 * 8) * 2, k1 + src, ok);
+      cp_async16(va + (pr * L::JS + c16 * 8) * 2, v1 + src, ok);
+    }
+    for (int c = tid; c < 4 * acc_rows * D; c += THREADS) sums[c] = 0.0f;
   }
+  load_tile(KU.lo, 0);
+  cp_async_commit();
+
+  // ---- this thread's rows row0 + 16 warp + g + 8 e ----
+  int pos[2];
+  bool row_ok[2];
+  float lse2[2] = {0.0f, 0.0f}, delta[2] = {0.0f, 0.0f};
+  Range kr[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = row0 + warp * 16 + g + 8 * e;
+    row_ok[e] = r < nrows;
+    pos[e] = row_ok[e] ? r / G : p_first;
+    kr[e] = window(pos[e], s.w2, N, s.causal);
+    if (row_ok[e]) {
+      lse2[e] = lse[q_row(pos[e], r % G)] * LOG2E;
+      delta[e] = dlt[q_row(pos[e], r % G)];
+    }
+  }
+  float dqa[NA][32], xa[NA][32], ya[NA][32];
+#pragma unroll
+  for (int a = 0; a < NA; ++a)
+#pragma unroll
+    for (int x = 0; x < 32; ++x) dqa[a][x] = xa[a][x] = ya[a][x] = 0.0f;
+
+  // offsets with a partner inside the sequence for some row, split between the warpgroups
+  const int o_lo = 1 - s.w1, o_hi = s.causal ? 0 : s.w1 - 1;
+  const int oa = max(o_lo, -p_last), ob = min(o_hi, N - 1 - p_first);
+  const int half = (ob - oa + 2) / 2;
+  const int my_oa = wg == 0 ? oa : oa + half, my_n = wg == 0 ? half : ob - oa + 1 - half;
+  const int rounds = half;
+  const int nkt = (KU.hi - KU.lo + TK - 1) / TK;
+  const float sl2 = s.scale * LOG2E;
+  const uint32_t abase = smem_u32(ops), bbase = abase + L::AB;
+
+  // builds A_o, B_o of offset `off` (this warpgroup's 128 threads)
+  auto build = [&](int off) {
+    constexpr int BR = ROWS * D / 8 / 128;
+    const int c16 = wtid % (D / 8);
+#pragma unroll
+    for (int x = 0; x < BR; ++x) {
+      const int rr = wtid / (D / 8) + (128 / (D / 8)) * x, r = row0 + rr;
+      const int j = r / G + off;
+      uint4 va = make_uint4(0, 0, 0, 0), vb = va;
+      if (r < nrows && j >= 0 && j < N) {
+        const int jr = j - PU.lo;
+        const uint4 qv = *reinterpret_cast<const uint4*>(q_s + rr * L::JS + c16 * 8);
+        const uint4 dv4 = *reinterpret_cast<const uint4*>(d_s + rr * L::JS + c16 * 8);
+        const uint4 kv4 = *reinterpret_cast<const uint4*>(k1_s + jr * L::JS + c16 * 8);
+        const uint4 vv4 = *reinterpret_cast<const uint4*>(v1_s + jr * L::JS + c16 * 8);
+        va = make_uint4(bf2_mul(qv.x, kv4.x), bf2_mul(qv.y, kv4.y), bf2_mul(qv.z, kv4.z), bf2_mul(qv.w, kv4.w));
+        vb = make_uint4(bf2_mul(dv4.x, vv4.x), bf2_mul(dv4.y, vv4.y), bf2_mul(dv4.z, vv4.z), bf2_mul(dv4.w, vv4.w));
+      }
+      const uint32_t at = sw128_tile(ROWS, rr, c16 * 8);
+      *reinterpret_cast<uint4*>(ops + at) = va;
+      *reinterpret_cast<uint4*>(ops + L::AB + at) = vb;
+    }
+    fence_async_smem();
+  };
+  // adds this warpgroup's key sums of the chunk starting at offset cb into dk1, dv1 and zeroes
+  // them (the warpgroup's 128 threads; the caller has synchronized the warpgroup)
+  auto flush = [&](int cb) {
+    for (int c = wtid; c < 2 * acc_rows * D / 4; c += 128) {
+      const int u = c / (acc_rows * D / 4), rc = c % (acc_rows * D / 4);
+      const int kr_ = rc / (D / 4), col = 4 * (rc % (D / 4)), key = p_first + cb + kr_;
+      float4* src = reinterpret_cast<float4*>((u ? dv1_acc : dk1_acc) + kr_ * D + col);
+      const float4 v = *src;
+      if (key >= 0 && key < N && (v.x != 0.0f || v.y != 0.0f || v.z != 0.0f || v.w != 0.0f))
+        atomicAdd(reinterpret_cast<float4*>((u ? dv1 : dk1) + kv_off(key) + col), v);
+      *src = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  };
+
+  cp_async_wait_all();  // the staged rows (and the first tile) for the first build
+  __syncthreads();
+  if (my_n > 0) build(my_oa);
+  int step = 0;
+  for (int round = 0; round < rounds; ++round) {
+    const int off = my_oa + round;
+    const bool active = round < my_n;
+    bool pok[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) pok[e] = row_ok[e] && pos[e] + off >= 0 && pos[e] + off < N;
+    for (int kt = 0; kt < nkt; ++kt, ++step) {
+      const int stage = step % L::STAGES, k0 = KU.lo + kt * TK;
+      // tile `step` has landed for every thread, and every thread is past step - 1 (so the X/Y
+      // products of step - 2, which read the buffer refilled now, are complete)
+      cp_async_wait_all();
+      fence_async_smem();
+      __syncthreads();
+      if (kt + 1 < nkt || round + 1 < rounds) {
+        load_tile(kt + 1 < nkt ? k0 + TK : KU.lo, (step + 1) % L::STAGES);
+        cp_async_commit();
+      }
+      if (!active) continue;
+      const uint32_t kbase = tile_addr(stage), vbase = kbase + L::KT;
+      // S = A_o @ K2_tile^T, dP = B_o @ V2_tile^T (this also retires the previous step's X, Y)
+      float sacc[32], dpacc[32];
+      wg_fence();
+      wgmma_ss_tt<KS>(sacc, abase, kbase);
+      wgmma_ss_tt<KS>(dpacc, bbase, vbase);
+      wg_commit();
+      wg_wait0();
+      reg_fence(sacc);
+      reg_fence(dpacc);
+      // P = exp2(S scale log2e - lse log2e), dS = scale P (dP - delta) as bf16 A fragments
+      bool inside = pok[0] && pok[1];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) inside = inside && k0 >= kr[e].lo && k0 + TK <= kr[e].hi;
+      const bool all_in = __all_sync(0xffffffffu, inside);
+      uint32_t pf[TK / 16][4], dsf[TK / 16][4];
+      auto p_ds = [&](auto masked) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          float pv[4], dv[4];
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            const int e = x / 2;
+            bool ok = true;
+            if constexpr (decltype(masked)::value) {
+              const int key = k0 + 8 * n + 2 * t + x % 2;
+              ok = pok[e] && key >= kr[e].lo && key < kr[e].hi;
+            }
+            pv[x] = ok ? fast_exp2(fmaf(sacc[4 * n + x], sl2, -lse2[e])) : 0.0f;
+            dv[x] = s.scale * pv[x] * (dpacc[4 * n + x] - delta[e]);
+          }
+          pf[n / 2][2 * (n % 2) + 0] = bf2_pack(pv[0], pv[1]);
+          pf[n / 2][2 * (n % 2) + 1] = bf2_pack(pv[2], pv[3]);
+          dsf[n / 2][2 * (n % 2) + 0] = bf2_pack(dv[0], dv[1]);
+          dsf[n / 2][2 * (n % 2) + 1] = bf2_pack(dv[2], dv[3]);
+        }
+      };
+      if (all_in)
+        p_ds(Flag<false>{});
+      else
+        p_ds(Flag<true>{});
+      // X += dS @ K2_tile, Y += P @ V2_tile (not waited for here)
+#pragma unroll
+      for (int a = 0; a < NA; ++a) {
+        reg_fence(xa[a]);
+        reg_fence(ya[a]);
+      }
+      wg_fence();
+      wgmma_a_t<NA>(xa, dsf, kbase, kt > 0);
+      wgmma_a_t<NA>(ya, pf, vbase, kt > 0);
+      wg_commit();
+    }
+    wg_wait0();
+#pragma unroll
+    for (int a = 0; a < NA; ++a) {
+      reg_fence(xa[a]);
+      reg_fence(ya[a]);
+    }
+    if (!active) continue;
+    // ---- end of offset `off`: dq += X ∘ k1[j]; key sums X ∘ q, Y ∘ dout into the chunk ----
+    const int chunk_base = my_oa + (round / L::CHUNK) * L::CHUNK;
+    const bf16* kr1[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) kr1[e] = k1_s + min(max(pos[e] + off - PU.lo, 0), pcap - 1) * L::JS;
+    fma_rows<NA>(dqa, xa, kr1, t);
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int rr = warp * 16 + g + 8 * e;
+      const bf16* qr = q_s + rr * L::JS;
+      const bf16* dr = d_s + rr * L::JS;
+      const int arow = pos[e] + off - (p_first + chunk_base);  // the key's accumulator row
+      const bool writer = pok[e] && ((row0 + rr) % G == 0);
+#pragma unroll
+      for (int a = 0; a < NA; ++a)
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const int col = 64 * a + 8 * n + 2 * t;
+          const float2 qv = bf2_float2(*reinterpret_cast<const uint32_t*>(qr + col));
+          const float2 dv = bf2_float2(*reinterpret_cast<const uint32_t*>(dr + col));
+          float cx0 = xa[a][4 * n + 2 * e] * qv.x, cx1 = xa[a][4 * n + 2 * e + 1] * qv.y;
+          float cy0 = ya[a][4 * n + 2 * e] * dv.x, cy1 = ya[a][4 * n + 2 * e + 1] * dv.y;
+          // the G heads of a position are G consecutive g: lanes 4 apart
+          for (int m = 4; m < 4 * G; m *= 2) {
+            cx0 += __shfl_xor_sync(0xffffffffu, cx0, m);
+            cx1 += __shfl_xor_sync(0xffffffffu, cx1, m);
+            cy0 += __shfl_xor_sync(0xffffffffu, cy0, m);
+            cy1 += __shfl_xor_sync(0xffffffffu, cy1, m);
+          }
+          if (writer) {
+            float2* pk = reinterpret_cast<float2*>(dk1_acc + arow * D + col);
+            float2* pv = reinterpret_cast<float2*>(dv1_acc + arow * D + col);
+            const float2 ok = *pk, ov = *pv;
+            *pk = make_float2(ok.x + cx0, ok.y + cx1);
+            *pv = make_float2(ov.x + cy0, ov.y + cy1);
+          }
+        }
+    }
+    if (round + 1 < my_n) {
+      if ((round + 1) % L::CHUNK == 0) {
+        bar_sync(BAR_WG + wg, 128);
+        flush(chunk_base);
+      }
+      build(off + 1);  // the last S / dP products of this offset were waited for
+    }
+    bar_sync(BAR_WG + wg, 128);  // A_o, B_o (and the flushed sums) are complete
+  }
+
+  // ---- epilogue: the last chunk's key sums; dq = the two warpgroups' halves, bf16 ----
+  __syncthreads();  // every tile product is done (the tile space is free)
+  if (my_n > 0) flush(my_oa + ((my_n - 1) / L::CHUNK) * L::CHUNK);
+  float* dq_half = reinterpret_cast<float*>(sm + ROWS * D * 2);  // after warpgroup 0's bf16 stage
+  if (wg == 1) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int a = 0; a < NA; ++a)
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          *reinterpret_cast<float2*>(dq_half + (warp * 16 + g + 8 * e) * D + 64 * a + 8 * n + 2 * t) =
+              make_float2(dqa[a][4 * n + 2 * e], dqa[a][4 * n + 2 * e + 1]);
+  }
+  __syncthreads();
+  if (wg == 0) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int a = 0; a < NA; ++a)
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+          const float2 h = *reinterpret_cast<const float2*>(dq_half + (warp * 16 + g + 8 * e) * D + 64 * a + 8 * n + 2 * t);
+          dqa[a][4 * n + 2 * e] += h.x;
+          dqa[a][4 * n + 2 * e + 1] += h.y;
+        }
+    const float one[2] = {1.0f, 1.0f};
+    store_rows_bf16<D>(sm, dqa, one, row0, nrows, dq, [&](int r) { return q_row(r / G, r % G) * D; });
+  }
+}
+
+}  // namespace
 
 #define SIMPLICIAL_BWD_OFFSETS_K2(D)                                                                           \
   extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_bwd_offsets_k2_bf16_d##D(                \
@@ -566,5 +643,12 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
     bwd_offsets_k2<D>(q, k1, k2, v1, v2, dout, lse, dlt, dk2, dv2, s);                                         \
   }
 
-SIMPLICIAL_BWD_OFFSETS(64)
+#define SIMPLICIAL_BWD_OFFSETS_QK1(D)                                                                          \
+  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_bwd_offsets_qk1_bf16_d##D(               \
+      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, const bf16* dout,         \
+      const float* lse, const float* dlt, bf16* dq, float* dk1, float* dv1, const Shape s) {                   \
+    bwd_offsets_qk1<D>(q, k1, k2, v1, v2, dout, lse, dlt, dq, dk1, dv1, s);                                    \
+  }
+
+SIMPLICIAL_BWD_OFFSETS_QK1(64)
 SIMPLICIAL_BWD_OFFSETS_K2(64)

@@ -107,6 +107,10 @@ pub(crate) fn plan(d: usize, group: usize, choice: WgmmaBackward) -> (Launch, La
 /// Rows (query or key, head) per block of the offset-walk passes (`CTA_ROWS`).
 pub(crate) const OFFSETS_BLOCK: usize = 128;
 
+/// Query rows per block of the qk1 pass (`ROWS`: its two warpgroups share the rows and split
+/// the window-1 offsets).
+pub(crate) const QK1_BLOCK: usize = 64;
+
 /// The window-1 side of a call in the kernels' orientation (window 1 = the smaller window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Window1 {
@@ -119,14 +123,15 @@ pub(crate) struct Window1 {
 }
 
 /// Which parts of the backward run the offset walk (`kernels/simplicial_bwd_offsets.cu`, bf16,
-/// D = 64): its q side (a q pass for dq and a k1 pass for dk1, dv1, instead of the q kernel) and
+/// D = 64): its q side (the qk1 pass for dq, dk1 and dv1, instead of the q kernel) and
 /// its k2 pass (dk2, dv2, instead of the k kernel). Where it does not cover a call (other D, or
 /// its staged rows do not fit shared memory) the other kernels run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OffsetsBackward {
-    /// As measured on the H200 (kernels/NOTES.md v7): the q side off (its two passes were
-    /// slower than the mma.sync q kernel at every G measured); the k2 pass for G = Hq/Hkv <= 16
-    /// (7.7 against 15.8 ms at the LM layer, G = 1; faster at G = 2, 4, 16; slower at G = 64).
+    /// As measured on the H200 (kernels/NOTES.md v7, v8): the q side wherever the qk1 pass
+    /// covers the call (G = 1, 2, 4, 8: 6.6 against 17.2 ms at the LM layer); the k2 pass for
+    /// G = Hq/Hkv <= 16 (7.7 against 15.8 ms at the LM layer; faster at G = 2, 4, 16; slower
+    /// at G = 64).
     #[default]
     Auto,
     /// Neither.
@@ -154,7 +159,7 @@ impl OffsetsBackward {
     /// (q side, k2 pass) on the offset walk for G query heads per K/V head.
     fn sides(self, group: usize) -> (bool, bool) {
         match self {
-            OffsetsBackward::Auto => (false, group <= 16),
+            OffsetsBackward::Auto => (true, group <= 16),
             OffsetsBackward::Off => (false, false),
             OffsetsBackward::Q => (true, false),
             OffsetsBackward::K => (false, true),
@@ -181,27 +186,33 @@ fn offsets_launch(which: &str, d: usize, smem: usize) -> Launch {
     }
 }
 
-/// The offset walk's q side, (q pass, k1 pass), where `choice` selects it, D = 64 and its shared
-/// memory fits `max_smem`.
+/// Offsets per flush of the qk1 pass's key sums (`Qk1Layout::CHUNK`).
+const QK1_CHUNK: usize = 16;
+
+/// The offset walk's q side, the qk1 pass (dq, dk1, dv1 in one walk; 64 query rows per block),
+/// where `choice` selects it, D = 64, G = Hq/Hkv is 1, 2, 4 or 8 (the heads of a position are
+/// summed by warp shuffles) and its shared memory fits `max_smem` (`Qk1Layout` in the kernel):
+/// three K2/V2 tile buffers, (A_o, B_o) per warpgroup, the block's q and dout rows, its window-1
+/// k1 and v1 rows, and per warpgroup f32 dk1 / dv1 sums for the keys of CHUNK offsets.
 pub(crate) fn offsets_q_plan(
     d: usize,
     group: usize,
     win: Window1,
     choice: OffsetsBackward,
     max_smem: usize,
-) -> Option<(Launch, Launch)> {
-    if d != 64 || !choice.sides(group).0 {
+) -> Option<Launch> {
+    if d != 64 || !matches!(group, 1 | 2 | 4 | 8) || !choice.sides(group).0 {
         return None;
     }
-    let positions = partner_positions(OFFSETS_BLOCK, group, win);
-    let tiles = 4 * 64 * d * 2; // K2, V2 tiles x 2 buffers
-    let q = offsets_launch("q", d, tiles + 2 * positions * (d + 8) * 2);
-    // the k1 pass stages every head of its partner queries, with their lse and delta; its
-    // epilogue reuses the space for [2][128][D] f32 sums
-    let rows = positions * group;
-    let k1_body = tiles + 2 * rows * (d + 8) * 2 + 2 * rows * 4;
-    let k1 = offsets_launch("k1", d, k1_body.max(2 * OFFSETS_BLOCK * d * 4));
-    (q.smem <= max_smem && k1.smem <= max_smem).then_some((q, k1))
+    let rows = QK1_BLOCK;
+    let padded = (d + 8) * 2;
+    let tiles = 3 * 2 * 64 * d * 2;
+    let operands = 2 * 2 * rows * d * 2;
+    let own = 2 * rows * padded;
+    let partners = 2 * partner_positions(rows, group, win) * padded;
+    let sums = 2 * 2 * (rows / group + QK1_CHUNK - 1) * d * 4;
+    let qk1 = offsets_launch("qk1", d, tiles + operands + own + partners + sums);
+    (qk1.smem <= max_smem).then_some(qk1)
 }
 
 /// The offset walk's k2 pass (dk2, dv2; 128 window-2 keys per block) where `choice` selects it,
@@ -380,45 +391,57 @@ mod tests {
             causal: true,
         };
         let both = OffsetsBackward::Both;
-        // automatic: as measured (q side off, k2 pass up to G = 16); D = 64 only
+        // automatic: as measured (the qk1 pass where it covers, k2 pass up to G = 16); D = 64 only
         let auto = OffsetsBackward::Auto;
-        assert!(offsets_q_plan(64, 1, lm, auto, MAX_SMEM).is_none());
+        assert!(offsets_q_plan(64, 1, lm, auto, MAX_SMEM).is_some());
+        assert!(offsets_q_plan(64, 16, lm, auto, MAX_SMEM).is_none());
         assert!(offsets_k2_plan(64, 16, lm, auto, MAX_SMEM).is_some());
         assert!(offsets_k2_plan(64, 32, lm, auto, MAX_SMEM).is_none());
-        let (q, k1) = offsets_q_plan(64, 1, lm, both, MAX_SMEM).expect("the LM layer shape");
+        let qk1 = offsets_q_plan(64, 1, lm, both, MAX_SMEM).expect("the LM layer shape");
         let k2 = offsets_k2_plan(64, 1, lm, both, MAX_SMEM).expect("the LM layer shape");
         assert!(offsets_q_plan(128, 1, lm, both, MAX_SMEM).is_none());
         assert!(offsets_k2_plan(128, 1, lm, both, MAX_SMEM).is_none());
         assert!(offsets_q_plan(64, 1, lm, OffsetsBackward::K, MAX_SMEM).is_none());
         assert!(offsets_k2_plan(64, 1, lm, OffsetsBackward::Q, MAX_SMEM).is_none());
         assert!(offsets_k2_plan(64, 1, lm, OffsetsBackward::Off, MAX_SMEM).is_none());
-        assert!(offsets_q_plan(64, 16, lm, both, MAX_SMEM).is_some());
+        // the qk1 pass sums the heads of a position by warp shuffles: G divides 8
+        for group in [2, 4, 8] {
+            assert!(offsets_q_plan(64, group, lm, both, MAX_SMEM).is_some());
+        }
+        for group in [3, 16, 64] {
+            assert!(offsets_q_plan(64, group, lm, both, MAX_SMEM).is_none());
+        }
         assert_eq!(OffsetsBackward::parse("k"), OffsetsBackward::K);
         assert_eq!(OffsetsBackward::parse("1"), both);
         assert_eq!(OffsetsBackward::parse("x"), OffsetsBackward::Auto);
-        // the q pass stages 127 + 2 + 31 window-1 rows of k1 and v1 (144 bytes each)
-        assert_eq!(q.smem, 4 * 64 * 64 * 2 + 2 * 160 * 72 * 2 + 1024);
-        assert!(k1.smem >= q.smem);
+        // the qk1 pass: 3 tile buffers, 2 x (A_o, B_o), 64 q and dout rows, 63 + 2 + 31
+        // window-1 rows (144 bytes each), 2 x 2 x (64 + 15) rows of f32 key sums
+        let fixed = 3 * 2 * 64 * 64 * 2 + 4 * 64 * 64 * 2 + 2 * 64 * 72 * 2;
+        assert_eq!(qk1.smem, fixed + 2 * 96 * 72 * 2 + 4 * 79 * 64 * 4 + 1024);
+        assert!(qk1.smem <= MAX_SMEM);
         // the k2 pass: A_o / B_o buffers, two stages of 64 rows + 63 + 2 + 31 window-1 rows
         assert_eq!(
             k2.smem,
             8 * 64 * 64 * 2 + 2 * (2 * 64 * 72 * 2 + 2 * 96 * 72 * 2 + 512) + 1024
         );
         // a window 1 too wide for shared memory falls back
-        let wide = Window1 { w1: 900, ..lm };
+        let wide = Window1 { w1: 200, ..lm };
         assert!(offsets_q_plan(64, 1, wide, both, MAX_SMEM).is_none());
         assert!(offsets_k2_plan(64, 1, Window1 { w1: 1200, ..lm }, both, MAX_SMEM).is_none());
         // short sequences stage at most the sequence
         let short = Window1 { seq: 10, ..lm };
-        let (q, _) = offsets_q_plan(64, 1, short, both, MAX_SMEM).expect("fits");
-        assert_eq!(q.smem, 4 * 64 * 64 * 2 + 2 * 10 * 72 * 2 + 1024);
+        let q_short = offsets_q_plan(64, 1, short, both, MAX_SMEM).expect("fits");
+        assert_eq!(
+            q_short.smem,
+            fixed + 2 * 10 * 72 * 2 + 4 * 79 * 64 * 4 + 1024
+        );
         // names exist in the file and are compiled for D = 64
         let src = source(KernelFile::Offsets);
-        for l in [q, k1, k2] {
+        for l in [qk1, k2] {
             assert!(l.name.ends_with("_d64"));
             assert!(src.contains(l.name.trim_end_matches("d64")), "{}", l.name);
         }
-        assert!(src.contains("SIMPLICIAL_BWD_OFFSETS(64)"));
+        assert!(src.contains("SIMPLICIAL_BWD_OFFSETS_QK1(64)"));
         assert!(src.contains("SIMPLICIAL_BWD_OFFSETS_K2(64)"));
     }
 }

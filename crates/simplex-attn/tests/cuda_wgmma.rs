@@ -134,6 +134,14 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
         (1, 200, 2, 2, 64, bi.with_windows(Some(30), Some(50))),
         (1, 257, 6, 2, 64, AttnSpec::causal(7, 300)),
         (1, 77, 3, 3, 64, AttnSpec::causal(100, 100)),
+        // the qk1 pass's G = 4, 8; seq 1; windows past the sequence; window 1 = 1; three
+        // chunks of key sums per warpgroup (window 1 = 70)
+        (1, 300, 16, 4, 64, AttnSpec::causal(17, 200)),
+        (1, 333, 8, 1, 64, AttnSpec::causal(24, 64)),
+        (1, 1, 8, 8, 64, AttnSpec::causal(32, 512)),
+        (1, 20, 2, 1, 64, AttnSpec::causal(64, 64)),
+        (1, 65, 4, 4, 64, AttnSpec::causal(1, 30)),
+        (1, 400, 2, 2, 64, AttnSpec::causal(70, 100)),
     ];
     let mut failures = vec![];
     for (t, &(b, n, hq, hkv, d, spec)) in cases.iter().enumerate() {

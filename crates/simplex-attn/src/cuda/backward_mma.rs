@@ -9,8 +9,8 @@
 //! k kernel:  dk2, dv2 (bf16), each block owning 64 keys (rows in steps of 64, or 32 if G < 64)
 //! ```
 //! For few query heads per K/V head (D = 64) the offset walk of
-//! `kernels/simplicial_bwd_offsets.cu` can replace the q kernel (a q pass for dq and a k1 pass
-//! for dk1, dv1 into the same f32 buffers) and the k kernel (a k2 pass), as chosen by
+//! `kernels/simplicial_bwd_offsets.cu` can replace the q kernel (the qk1 pass: dq, and dk1, dv1
+//! into the same f32 buffers) and the k kernel (a k2 pass), as chosen by
 //! `backward_plan::offsets_q_plan` / `offsets_k2_plan`.
 //! As for the forward, the kernels want the small window as their window 1: when `w1 > w2` the
 //! key/value sets are exchanged here and the gradients land in the exchanged slots.
@@ -30,7 +30,7 @@ use super::{
 use crate::op::SimplicialOp;
 
 use crate::backward_plan::{
-    offsets_k2_plan, offsets_q_plan, plan, KernelFile, Window1, BLOCK, OFFSETS_BLOCK,
+    offsets_k2_plan, offsets_q_plan, plan, KernelFile, Window1, BLOCK, OFFSETS_BLOCK, QK1_BLOCK,
 };
 
 fn family(file: KernelFile) -> Family {
@@ -102,36 +102,22 @@ pub(crate) fn backward(
         module::kernel(&dev, Family::BackwardMma, "simplicial_bwd_f32_to_bf16")?.max_smem;
     let mut dq = output::<T>(&stream, nq, "dq")?;
     let offsets = super::offsets_backward();
-    if let Some((q_pass, k1_pass)) = offsets_q_plan(d, hq / hkv, win1, offsets, max_smem) {
-        // the offset walk: dq, then dk1 / dv1 into the zeroed f32 buffers
-        let grid = (blocks(n * (hq / hkv), OFFSETS_BLOCK)?, hkv as u32, b as u32);
-        for (pass, is_q) in [(&q_pass, true), (&k1_pass, false)] {
-            let name = &pass.name;
-            let kernel = module::kernel(&dev, family(pass.file), name)?;
-            check_smem(name, pass.smem, kernel.max_smem, d, d)?;
-            let cfg = launch_config(grid, pass.threads, pass.smem);
-            let mut launch = stream.launch_builder(&kernel.func);
-            push_inputs(&mut launch, inputs, &lsev, &delta);
-            if is_q {
-                launch.arg(&mut dq);
-            } else {
-                launch.arg(&mut dk1).arg(&mut dv1);
-            }
-            launch.arg(&kshape);
-            // SAFETY: the arguments follow the kernels' signatures (six const bf16*, two const
-            // float*, then bf16* dq or float* dk1, float* dv1, then Shape); every view holds
-            // the count the kernel indexes (checked by `view`), the grid covers all N * G rows.
-            unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
-            clock.lap(name)?;
-        }
-    } else {
-        // q kernel: dq, and dk1 / dv1 into the zeroed f32 buffers
+    // q kernel (or the offset walk's qk1 pass): dq, and dk1 / dv1 into the zeroed f32 buffers
+    let (q_launch, rows_per_block) = match offsets_q_plan(d, hq / hkv, win1, offsets, max_smem) {
+        Some(qk1) => (qk1, QK1_BLOCK),
+        None => (q_launch, BLOCK),
+    };
+    {
         let name = &q_launch.name;
         let kernel = module::kernel(&dev, family(q_launch.file), name)?;
         let smem = q_launch.smem;
         check_smem(name, smem, kernel.max_smem, d, d)?;
         let cfg = launch_config(
-            (blocks(n * (hq / hkv), BLOCK)?, hkv as u32, b as u32),
+            (
+                blocks(n * (hq / hkv), rows_per_block)?,
+                hkv as u32,
+                b as u32,
+            ),
             q_launch.threads,
             smem,
         );
@@ -139,10 +125,10 @@ pub(crate) fn backward(
         push_inputs(&mut launch, inputs, &lsev, &delta);
         launch.arg(&mut dq).arg(&mut dk1).arg(&mut dv1);
         launch.arg(&kshape);
-        // SAFETY: the arguments follow the kernel's signature (six const bf16*, two const
+        // SAFETY: the arguments follow the kernels' signature (six const bf16*, two const
         // float*, bf16* dq, float* dk1, float* dv1, Shape); every view holds the count the
         // kernel indexes (checked by `view`), the grid covers all N * G rows of every
-        // (batch, K/V head).
+        // (batch, K/V head), rows_per_block per block.
         unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
         clock.lap(name)?;
     }
