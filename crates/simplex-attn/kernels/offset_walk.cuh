@@ -33,7 +33,11 @@ __device__ __forceinline__ int partner_positions(const Shape& s, int rows = CTA_
 template <int D>
 __device__ __forceinline__ void load_kv_tile(uint32_t ks, uint32_t vs, int k0, int hi, const __nv_bfloat16* k2,
                                              const __nv_bfloat16* v2, long long base, long long stride) {
-  for (int c = threadIdx.x; c < TK * D / 8; c += THREADS) {
+  constexpr int CHUNKS = TK * D / 8;  // 16-byte chunks per tile
+  static_assert(CHUNKS % THREADS == 0, "whole chunks per thread");
+#pragma unroll
+  for (int x = 0; x < CHUNKS / THREADS; ++x) {
+    const int c = threadIdx.x + x * THREADS;
     const int kk = c / (D / 8), c16 = c % (D / 8);
     const int pos = k0 + kk;
     const bool ok = pos < hi;
@@ -83,19 +87,21 @@ __device__ __forceinline__ void store_rows_bf16(uint8_t* sm, const float (&acc)[
 // its rows are the N index, as load_kv_tile stores them).
 template <int KS>
 __device__ __forceinline__ void wgmma_a_tt(float (&acc)[32], const uint32_t (&a)[KS][4], uint32_t tile) {
+  const uint32_t lo = desc_lo(tile);
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks)
-    wgmma_m64n64k16_rs(acc, a[ks], desc_sw128(tile + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+    wgmma_m64n64k16_rs(acc, a[ks], desc_at(lo, (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
 }
 
 // acc = A @ T^T with A a [64 x D] tile in shared memory too (D/64 128B-swizzled atoms of 64 x
 // 128 B at `a_tile`), issued; T as for wgmma_a_tt.
 template <int KS>
 __device__ __forceinline__ void wgmma_ss_tt(float (&acc)[32], uint32_t a_tile, uint32_t tile) {
+  const uint32_t alo = desc_lo(a_tile), blo = desc_lo(tile);
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks)
-    wgmma_m64n64k16_ss(acc, desc_sw128(a_tile + (ks / 4) * (ROWS * 128) + (ks % 4) * 32),
-                       desc_sw128(tile + (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+    wgmma_m64n64k16_ss(acc, desc_at(alo, (ks / 4) * (ROWS * 128) + (ks % 4) * 32),
+                       desc_at(blo, (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
 }
 
 // acc[a] (+)= P @ T[:, 64 a .. 64 a + 63], issued: P the A fragments of the TK / 16 k-steps
@@ -104,11 +110,12 @@ __device__ __forceinline__ void wgmma_ss_tt(float (&acc)[32], uint32_t a_tile, u
 template <int NA>
 __device__ __forceinline__ void wgmma_a_t(float (&acc)[NA][32], const uint32_t (&p)[TK / 16][4], uint32_t tile,
                                           bool accumulate) {
+  const uint32_t lo = desc_lo(tile);
 #pragma unroll
   for (int a = 0; a < NA; ++a)
 #pragma unroll
     for (int st = 0; st < TK / 16; ++st)
-      wgmma_m64n64k16_rs<1>(acc[a], p[st], desc_sw128(tile + a * (TK * 128) + st * 2048), accumulate || st > 0);
+      wgmma_m64n64k16_rs<1>(acc[a], p[st], desc_at(lo, a * (TK * 128) + st * 2048), accumulate || st > 0);
 }
 
 // Starts key tile kt of nkt (first key k0; all threads): waits for its cp.async loads, makes

@@ -8,11 +8,16 @@
 namespace simplex {
 
 // Descriptor of a K-major operand tile in 128-byte-swizzled shared memory: rows of 128 bytes,
-// 8-row groups 1024 bytes apart (SBO); the leading offset is unused in this mode.
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(1) << 16) |
-         (static_cast<uint64_t>(1024 >> 4) << 32) | (static_cast<uint64_t>(1) << 62);
+// 8-row groups 1024 bytes apart (SBO); the leading offset is unused in this mode. The low word
+// holds the address >> 4 (14 bits: shared addresses are below 256 KB) and LBO = 1; the high
+// word SBO = 64 and the 128-byte swizzle mode.
+__device__ __forceinline__ uint32_t desc_lo(uint32_t addr) { return (addr >> 4) + (1u << 16); }
+// The descriptor `offset` bytes (a multiple of 16) past the tile whose low word is `lo`: the
+// address field is linear and does not carry, so a k-step's descriptor is one add.
+__device__ __forceinline__ uint64_t desc_at(uint32_t lo, uint32_t offset) {
+  return (static_cast<uint64_t>(0x40000040u) << 32) | (lo + (offset >> 4));
 }
+__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) { return desc_at(desc_lo(addr), 0); }
 
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128B-swizzled atom.
 __device__ __forceinline__ uint32_t sw128(int row, int chunk) {

@@ -6,12 +6,16 @@
 //! D = Dv and no causal ramp. Pairs are counted exactly (the ramp at the sequence start is not
 //! rounded up). The determinant variant counts the lifted head dim 2D it really computes.
 //! Backward = 2.5x forward (FlashAttention's convention), so forward+backward = 3.5x.
-//! Timings are wall-clock medians of whole op calls through candle (the stacking of K and V and
-//! the dtype conversions included), after one warm-up call.
+//! Timings are wall-clock medians of whole op calls through candle (the concatenation of K and
+//! V and the dtype conversions included), after one warm-up call. Forward+backward is the
+//! forward, then candle's backward from a given output gradient `dout` handed to `o` directly
+//! (as torch's `o.backward(dout)`; no loss reduction is timed), with candle's gradient
+//! accumulation for the op's inputs included.
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
 
 use crate::{simplicial_attn, AttnError, AttnSpec, Variant};
 
@@ -347,8 +351,7 @@ pub fn run_shape(
         min_seconds,
         || {
             let o = simplicial_attn(&q, &k1, &k2, &v1, &v2, &s.spec)?.o;
-            // the row sums first: candle's sum_all of a large tensor runs in one block
-            (o * &dout)?.sum(3)?.sum_all()?.backward()?;
+            backward_from(&o, &dout)?;
             Ok(())
         },
         &sync,
@@ -359,6 +362,50 @@ pub fn run_shape(
         forward_backward_s,
         reps,
     })
+}
+
+/// candle's backward of `o` with `dout` as its gradient (torch's `o.backward(dout)`): the
+/// gradients of every variable `o` depends on, without a loss reduction to time.
+pub(crate) fn backward_from(o: &Tensor, dout: &Tensor) -> candle_core::Result<GradStore> {
+    o.apply_op1(SeedGradient(dout.clone()))?.backward()
+}
+
+/// The root of a timed backward: a one-element f32 zero whose backward hands the tensor it
+/// holds to its input as that input's gradient (torch's `o.backward(dout)` in candle).
+struct SeedGradient(Tensor);
+
+impl CustomOp1 for SeedGradient {
+    fn name(&self) -> &'static str {
+        "seed-gradient"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(vec![0.0]), Shape::from(1)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::{BackendDevice, BackendStorage};
+        let zero = storage.device().zeros_impl(&Shape::from(1), DType::F32)?;
+        Ok((zero, Shape::from(1)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _: &Tensor, _: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if arg.shape() != self.0.shape() || arg.dtype() != self.0.dtype() {
+            candle_core::bail!(
+                "seed gradient {:?} {:?} does not match its input {:?} {:?}",
+                self.0.shape(),
+                self.0.dtype(),
+                arg.shape(),
+                arg.dtype()
+            )
+        }
+        Ok(Some(self.0.clone()))
+    }
 }
 
 /// FLOP/s of an `n x n x n` f32 matrix product on the CPU through `gemm` (the library the
@@ -438,6 +485,37 @@ pub fn candle_matmul_rate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seed_gradient_gives_the_gradients_of_the_dot_with_dout() -> Result<(), AttnError> {
+        let dev = Device::Cpu;
+        let spec = AttnSpec::causal(3, 4);
+        let rand = |h: usize| -> Result<Var, AttnError> {
+            Ok(Var::from_tensor(&Tensor::randn(
+                0f32,
+                1.0,
+                (2, 7, h, 8),
+                &dev,
+            )?)?)
+        };
+        let x = [rand(4)?, rand(2)?, rand(2)?, rand(2)?, rand(2)?];
+        let dout = Tensor::randn(0f32, 1.0, (2, 7, 4, 8), &dev)?;
+        let o = || simplicial_attn(&x[0], &x[1], &x[2], &x[3], &x[4], &spec).map(|r| r.o);
+        let seeded = backward_from(&o()?, &dout)?;
+        let summed = (o()? * &dout)?.sum_all()?.backward()?;
+        for v in &x {
+            let (a, b) = (seeded.get(v).unwrap(), summed.get(v).unwrap());
+            let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let size = b.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(size > 0.0 && diff <= 1e-6 * size, "{diff} vs {size}");
+        }
+        // a seed of the wrong shape is an error, not a wrong gradient
+        let bad = o()?
+            .apply_op1(SeedGradient(dout.narrow(1, 0, 3)?))?
+            .backward();
+        assert!(bad.is_err_and(|e| e.to_string().contains("does not match")));
+        Ok(())
+    }
 
     #[test]
     fn a_shape_parses_with_defaults_and_options() {

@@ -1,8 +1,10 @@
 //! The candle op: validation, reduction to the trilinear kernel, autograd.
 //!
 //! candle 0.11 has custom ops with a backward only up to three inputs (`CustomOp3`), so the op
-//! takes `(q, K, V)` with `K = stack[k1, k2]`, `V = stack[v1, v2]` (`[2,B,N,Hkv,X]`); candle's
-//! `stack` carries the gradients back to the five tensors. The log-sum-exp the backward needs is
+//! takes `(q, K, V)` with `K = cat[k1, k2]`, `V = cat[v1, v2]` along the batch axis
+//! (`[2B,N,Hkv,X]`: the memory of a stack `[2,B,N,Hkv,X]`, k1 then k2); candle's `cat` carries
+//! the gradients back to the five tensors. (A `stack` would add an unsqueeze per input, and
+//! candle's backward pays a zero-fill and an add per graph edge.) The log-sum-exp the backward needs is
 //! kept by the op instance (it is not a differentiable output) and also returned to the caller.
 //! The determinant variant and the k2/v2 biases are candle ops applied before the kernel, so
 //! autograd covers them too.
@@ -61,8 +63,8 @@ pub fn simplicial_attn(
         Variant::Trilinear => (q, k1, k2),
         Variant::Determinant => determinant::lift(&q, &k1, &k2)?,
     };
-    let k = Tensor::stack(&[k1, k2], 0)?;
-    let v = Tensor::stack(&[v1, v2], 0)?;
+    let k = Tensor::cat(&[k1, k2], 0)?;
+    let v = Tensor::cat(&[v1, v2], 0)?;
     let lse = Arc::new(Mutex::new(None));
     let op = SimplicialOp {
         dims: dims.with_d(q.dim(3)?),

@@ -1,7 +1,8 @@
 //! CUDA kernels for 2-simplicial attention (feature `cuda`): launch code and dispatch.
 //!
-//! Shapes as in [`crate::spec`]: `q [B,N,Hq,D]`, `K = stack[k1,k2] [2,B,N,Hkv,D]`,
-//! `V = stack[v1,v2] [2,B,N,Hkv,Dv]`, `o [B,N,Hq,Dv]`, `lse [B,N,Hq]` (f32, natural log).
+//! Shapes as in [`crate::spec`]: `q [B,N,Hq,D]`, `K = cat[k1,k2] [2B,N,Hkv,D]` (the memory of
+//! a stack `[2,B,N,Hkv,D]`), `V = cat[v1,v2] [2B,N,Hkv,Dv]`, `o [B,N,Hq,Dv]`, `lse [B,N,Hq]`
+//! (f32, natural log).
 //!
 //! * [`forward`](forward::forward): `kernels/simplicial_fwd.cu`, o and lse.
 //! * [`backward`](backward::backward): `kernels/simplicial_bwd_dq.cu` (delta, dq) and

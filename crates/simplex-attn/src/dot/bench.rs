@@ -4,12 +4,13 @@
 //! (`4 * pairs * D * Hq * B` for D = Dv), two matrix products per (query, key) pair, with the
 //! pairs under the causal mask or window counted exactly; backward = 2.5x forward, so
 //! forward+backward = 3.5x. Timings are wall-clock medians of whole op calls through candle,
-//! after one warm-up call (`crate::bench::time_it`), as for the 2-simplicial rows.
+//! after one warm-up call (`crate::bench::time_it`), and the backward starts from a given
+//! output gradient (`crate::bench::backward_from`), as for the 2-simplicial rows.
 
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::{dot_attn, dot_attn_slow, DotSpec};
-use crate::bench::time_it;
+use crate::bench::{backward_from, time_it};
 use crate::AttnError;
 
 /// Which implementation a row times.
@@ -175,8 +176,7 @@ pub fn run_shape(
             min_reps,
             min_seconds,
             || {
-                // the row sums first: candle's sum_all of a large tensor runs in one block
-                (attend()? * &dout)?.sum(3)?.sum_all()?.backward()?;
+                backward_from(&attend()?, &dout)?;
                 Ok(())
             },
             &sync,
