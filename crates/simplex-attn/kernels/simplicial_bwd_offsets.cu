@@ -310,7 +310,7 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
 }
 
 
-// qk1 pass: dq, dk1 and dv1 in one walk (G = Hq/Hkv in {1, 2, 4, 8}). A block owns 64 query
+// qk1 pass: dq, dk1 and dv1 in one walk (G = Hq/Hkv in {1, 2, 4, 8, 16}). A block owns 64 query
 // rows; its two warpgroups split the window-1 offsets (warpgroup 0 the first half, 1 the
 // second) and walk the same window-2 tiles in step. For one offset o every row pairs with its
 // own window-1 key j_r = i_r + o, so
@@ -562,38 +562,51 @@ __device__ __forceinline__ void bwd_offsets_qk1(const bf16* __restrict__ q, cons
 #pragma unroll
     for (int e = 0; e < 2; ++e) kr1[e] = k1_s + min(max(pos[e] + off - PU.lo, 0), pcap - 1) * L::JS;
     fma_rows<NA>(dqa, xa, kr1, t);
+    const bf16* qr[2];
+    const bf16* dr[2];
+    int arow[2];
+    bool writer[2];
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int rr = warp * 16 + g + 8 * e;
-      const bf16* qr = q_s + rr * L::JS;
-      const bf16* dr = d_s + rr * L::JS;
-      const int arow = pos[e] + off - (p_first + chunk_base);  // the key's accumulator row
-      const bool writer = pok[e] && ((row0 + rr) % G == 0);
-#pragma unroll
-      for (int a = 0; a < NA; ++a)
-#pragma unroll
-        for (int n = 0; n < 8; ++n) {
-          const int col = 64 * a + 8 * n + 2 * t;
-          const float2 qv = bf2_float2(*reinterpret_cast<const uint32_t*>(qr + col));
-          const float2 dv = bf2_float2(*reinterpret_cast<const uint32_t*>(dr + col));
-          float cx0 = xa[a][4 * n + 2 * e] * qv.x, cx1 = xa[a][4 * n + 2 * e + 1] * qv.y;
-          float cy0 = ya[a][4 * n + 2 * e] * dv.x, cy1 = ya[a][4 * n + 2 * e + 1] * dv.y;
-          // the G heads of a position are G consecutive g: lanes 4 apart
-          for (int m = 4; m < 4 * G; m *= 2) {
-            cx0 += __shfl_xor_sync(0xffffffffu, cx0, m);
-            cx1 += __shfl_xor_sync(0xffffffffu, cx1, m);
-            cy0 += __shfl_xor_sync(0xffffffffu, cy0, m);
-            cy1 += __shfl_xor_sync(0xffffffffu, cy1, m);
-          }
-          if (writer) {
-            float2* pk = reinterpret_cast<float2*>(dk1_acc + arow * D + col);
-            float2* pv = reinterpret_cast<float2*>(dv1_acc + arow * D + col);
-            const float2 ok = *pk, ov = *pv;
-            *pk = make_float2(ok.x + cx0, ok.y + cx1);
-            *pv = make_float2(ov.x + cy0, ov.y + cy1);
-          }
-        }
+      qr[e] = q_s + rr * L::JS;
+      dr[e] = d_s + rr * L::JS;
+      arow[e] = pos[e] + off - (p_first + chunk_base);  // the key's accumulator row
+      writer[e] = pok[e] && ((row0 + rr) % G == 0);     // head 0 of its position
     }
+#pragma unroll
+    for (int a = 0; a < NA; ++a)
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const int col = 64 * a + 8 * n + 2 * t;
+        float c[2][4];  // per e: (X ∘ q) x2, (Y ∘ dout) x2
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float2 qv = bf2_float2(*reinterpret_cast<const uint32_t*>(qr[e] + col));
+          const float2 dv = bf2_float2(*reinterpret_cast<const uint32_t*>(dr[e] + col));
+          c[e][0] = xa[a][4 * n + 2 * e] * qv.x;
+          c[e][1] = xa[a][4 * n + 2 * e + 1] * qv.y;
+          c[e][2] = ya[a][4 * n + 2 * e] * dv.x;
+          c[e][3] = ya[a][4 * n + 2 * e + 1] * dv.y;
+          // the G heads of a position are G consecutive rows g (lanes 4 apart); at G = 16
+          // they are all 16 rows of the warp, both e
+          for (int m = 4; m < min(4 * G, 32); m *= 2)
+#pragma unroll
+            for (int v = 0; v < 4; ++v) c[e][v] += __shfl_xor_sync(0xffffffffu, c[e][v], m);
+        }
+        if (G == 16)
+#pragma unroll
+          for (int v = 0; v < 4; ++v) c[0][v] += c[1][v];
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+          if (writer[e]) {
+            float2* pk = reinterpret_cast<float2*>(dk1_acc + arow[e] * D + col);
+            float2* pv = reinterpret_cast<float2*>(dv1_acc + arow[e] * D + col);
+            const float2 ok = *pk, ov = *pv;
+            *pk = make_float2(ok.x + c[e][0], ok.y + c[e][1]);
+            *pv = make_float2(ov.x + c[e][2], ov.y + c[e][3]);
+          }
+      }
     if (round + 1 < my_n) {
       if ((round + 1) % L::CHUNK == 0) {
         bar_sync(BAR_WG + wg, 128);

@@ -190,8 +190,8 @@ fn offsets_launch(which: &str, d: usize, smem: usize) -> Launch {
 const QK1_CHUNK: usize = 16;
 
 /// The offset walk's q side, the qk1 pass (dq, dk1, dv1 in one walk; 64 query rows per block),
-/// where `choice` selects it, D = 64, G = Hq/Hkv is 1, 2, 4 or 8 (the heads of a position are
-/// summed by warp shuffles) and its shared memory fits `max_smem` (`Qk1Layout` in the kernel):
+/// where `choice` selects it, D = 64, G = Hq/Hkv is 1, 2, 4, 8 or 16 (the heads of a position
+/// are summed by warp shuffles) and its shared memory fits `max_smem` (`Qk1Layout` in the kernel):
 /// three K2/V2 tile buffers, (A_o, B_o) per warpgroup, the block's q and dout rows, its window-1
 /// k1 and v1 rows, and per warpgroup f32 dk1 / dv1 sums for the keys of CHUNK offsets.
 pub(crate) fn offsets_q_plan(
@@ -201,7 +201,7 @@ pub(crate) fn offsets_q_plan(
     choice: OffsetsBackward,
     max_smem: usize,
 ) -> Option<Launch> {
-    if d != 64 || !matches!(group, 1 | 2 | 4 | 8) || !choice.sides(group).0 {
+    if d != 64 || !matches!(group, 1 | 2 | 4 | 8 | 16) || !choice.sides(group).0 {
         return None;
     }
     let rows = QK1_BLOCK;
@@ -394,7 +394,8 @@ mod tests {
         // automatic: as measured (the qk1 pass where it covers, k2 pass up to G = 16); D = 64 only
         let auto = OffsetsBackward::Auto;
         assert!(offsets_q_plan(64, 1, lm, auto, MAX_SMEM).is_some());
-        assert!(offsets_q_plan(64, 16, lm, auto, MAX_SMEM).is_none());
+        assert!(offsets_q_plan(64, 16, lm, auto, MAX_SMEM).is_some());
+        assert!(offsets_q_plan(64, 32, lm, auto, MAX_SMEM).is_none());
         assert!(offsets_k2_plan(64, 16, lm, auto, MAX_SMEM).is_some());
         assert!(offsets_k2_plan(64, 32, lm, auto, MAX_SMEM).is_none());
         let qk1 = offsets_q_plan(64, 1, lm, both, MAX_SMEM).expect("the LM layer shape");
@@ -404,11 +405,11 @@ mod tests {
         assert!(offsets_q_plan(64, 1, lm, OffsetsBackward::K, MAX_SMEM).is_none());
         assert!(offsets_k2_plan(64, 1, lm, OffsetsBackward::Q, MAX_SMEM).is_none());
         assert!(offsets_k2_plan(64, 1, lm, OffsetsBackward::Off, MAX_SMEM).is_none());
-        // the qk1 pass sums the heads of a position by warp shuffles: G divides 8
-        for group in [2, 4, 8] {
+        // the qk1 pass sums the heads of a position by warp shuffles: G divides 16
+        for group in [2, 4, 8, 16] {
             assert!(offsets_q_plan(64, group, lm, both, MAX_SMEM).is_some());
         }
-        for group in [3, 16, 64] {
+        for group in [3, 32, 64] {
             assert!(offsets_q_plan(64, group, lm, both, MAX_SMEM).is_none());
         }
         assert_eq!(OffsetsBackward::parse("k"), OffsetsBackward::K);

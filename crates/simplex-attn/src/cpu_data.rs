@@ -16,20 +16,20 @@ pub(crate) fn cpu_slice<'a, T: WithDType>(
     }
 }
 
-/// Calls `f` with the contiguous CPU data of six tensors (a backward's q, k, v, o, dout, lse),
+/// Calls `f` with the contiguous CPU data of `N` tensors (a backward's inputs, o, dout, lse),
 /// holding their storage locks meanwhile; `names` go into the errors.
-pub(crate) fn with_cpu_slices<T: WithDType, R>(
+pub(crate) fn with_cpu_slices<T: WithDType, R, const N: usize>(
     op: &str,
-    tensors: [&Tensor; 6],
-    names: [&str; 6],
-    f: impl FnOnce([&[T]; 6]) -> candle_core::Result<R>,
+    tensors: [&Tensor; N],
+    names: [&str; N],
+    f: impl FnOnce([&[T]; N]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
     let guards = tensors.map(|t| t.storage_and_layout());
-    let mut slices: [&[T]; 6] = [&[]; 6];
+    let mut slices: [&[T]; N] = [&[]; N];
     for (((guard, layout), name), slot) in guards.iter().zip(names).zip(slices.iter_mut()) {
         match &**guard {
             Storage::Cpu(s) => *slot = cpu_slice::<T>(s, layout, op, name)?,
-            _ => candle_core::bail!("{op} backward: {name} is not on the CPU"),
+            _ => candle_core::bail!("{op}: {name} is not on the CPU"),
         }
     }
     f(slices)

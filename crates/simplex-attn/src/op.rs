@@ -1,13 +1,16 @@
 //! The candle op: validation, reduction to the trilinear kernel, autograd.
 //!
-//! candle 0.11 has custom ops with a backward only up to three inputs (`CustomOp3`), so the op
-//! takes `(q, K, V)` with `K = cat[k1, k2]`, `V = cat[v1, v2]` along the batch axis
-//! (`[2B,N,Hkv,X]`: the memory of a stack `[2,B,N,Hkv,X]`, k1 then k2); candle's `cat` carries
-//! the gradients back to the five tensors. (A `stack` would add an unsqueeze per input, and
-//! candle's backward pays a zero-fill and an add per graph edge.) The log-sum-exp the backward needs is
-//! kept by the op instance (it is not a differentiable output) and also returned to the caller.
-//! The determinant variant and the k2/v2 biases are candle ops applied before the kernel, so
-//! autograd covers them too.
+//! candle 0.11 has custom ops with a backward only up to three inputs (`CustomOp3`), and the
+//! layer has five. Two ops carry it: [`QueryKeys`] on `(q, k1, k2)` returns a one-element
+//! handle, and [`SimplicialOp`] on `(handle, v1, v2)` computes `o`, reading q, k1, k2 from the
+//! tensors it holds. Its backward computes all five gradients, returns dv1, dv2 (and a zero for
+//! the handle) and leaves dq, dk1, dk2 in a slot that `QueryKeys`' backward (which candle runs
+//! next: the handle is its output) returns. So no input is copied into a stacked buffer, and
+//! each input costs candle's backward one gradient accumulation (a zero-fill and an add per
+//! graph edge; concatenating the key and value sets cost two more edges per input and four
+//! copies). The log-sum-exp the backward needs is kept by the op instance (it is not a
+//! differentiable output) and also returned to the caller. The determinant variant and the
+//! k2/v2 biases are candle ops applied before the kernel, so autograd covers them too.
 
 use std::sync::{Arc, Mutex};
 
@@ -63,21 +66,98 @@ pub fn simplicial_attn(
         Variant::Trilinear => (q, k1, k2),
         Variant::Determinant => determinant::lift(&q, &k1, &k2)?,
     };
-    let k = Tensor::cat(&[k1, k2], 0)?;
-    let v = Tensor::cat(&[v1, v2], 0)?;
+    let (q, k1, k2) = (q.contiguous()?, k1.contiguous()?, k2.contiguous()?);
+    let (v1, v2) = (v1.contiguous()?, v2.contiguous()?);
     let lse = Arc::new(Mutex::new(None));
+    let key_grads = Arc::new(Mutex::new(None));
+    let handle = q.apply_op3(
+        &k1,
+        &k2,
+        QueryKeys {
+            grads: key_grads.clone(),
+        },
+    )?;
     let op = SimplicialOp {
         dims: dims.with_d(q.dim(3)?),
         win: spec.windows(dims.seq),
         scale: spec.scale_for(dims.d),
         lse: lse.clone(),
+        query_keys: [q, k1, k2],
+        key_grads,
     };
-    let o = q.contiguous()?.apply_op3(&k, &v, op)?.to_dtype(dtype)?;
+    let o = handle.apply_op3(&v1, &v2, op)?.to_dtype(dtype)?;
     let lse = saved_lse(&lse)?;
     Ok(SimplicialOutput { o, lse })
 }
 
-/// The custom op on `(q, K, V)`; see the module doc.
+/// Where [`SimplicialOp`]'s backward leaves (dq, dk1, dk2) for [`QueryKeys`]' backward.
+type KeyGrads = Arc<Mutex<Option<[Tensor; 3]>>>;
+
+/// The first of the two ops (see the module doc): `(q, k1, k2)` -> a one-element f32 zero, the
+/// handle through which autograd reaches q, k1, k2. Its backward returns the gradients the
+/// second op computed.
+struct QueryKeys {
+    grads: KeyGrads,
+}
+
+impl CustomOp3 for QueryKeys {
+    fn name(&self) -> &'static str {
+        "simplicial-attention-query-keys"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(vec![0.0]), Shape::from(1)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendDevice;
+        let zero = s1.device().zeros_impl(&Shape::from(1), DType::F32)?;
+        Ok((zero, Shape::from(1)))
+    }
+
+    fn bwd(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grads = self
+            .grads
+            .lock()
+            .map_err(|_| {
+                candle_core::Error::Msg("simplicial attention: grads slot poisoned".into())
+            })?
+            .take();
+        match grads {
+            Some([dq, dk1, dk2]) => Ok((Some(dq), Some(dk1), Some(dk2))),
+            None => candle_core::bail!(
+                "simplicial attention: the backward of q, k1, k2 ran before the backward of o"
+            ),
+        }
+    }
+}
+
+/// The second of the two ops (see the module doc): `(handle, v1, v2)` -> `o`, with q, k1, k2
+/// held here.
 pub(crate) struct SimplicialOp {
     /// Dimensions as the kernel sees them (D doubled by the determinant lift).
     pub(crate) dims: Dims,
@@ -87,6 +167,10 @@ pub(crate) struct SimplicialOp {
     pub(crate) scale: f64,
     /// The forward's log-sum-exp `[B,N,Hq]` (f32, or f64 for f64 inputs), for the backward.
     pub(crate) lse: LseSlot,
+    /// q, k1, k2 (contiguous, in the compute dtype).
+    query_keys: [Tensor; 3],
+    /// The backward's (dq, dk1, dk2), for [`QueryKeys`].
+    key_grads: KeyGrads,
 }
 
 impl SimplicialOp {
@@ -97,9 +181,7 @@ impl SimplicialOp {
 }
 
 impl SimplicialOp {
-    fn problem<'a, T: Real>(&self, q: &'a [T], k: &'a [T], v: &'a [T]) -> Problem<'a, T> {
-        let (k1, k2) = k.split_at(k.len() / 2);
-        let (v1, v2) = v.split_at(v.len() / 2);
+    fn problem<'a, T: Real>(&self, [q, k1, k2, v1, v2]: [&'a [T]; 5]) -> Problem<'a, T> {
         Problem {
             dims: self.dims,
             win: self.win,
@@ -114,52 +196,57 @@ impl SimplicialOp {
 
     fn cpu_fwd_typed<T: Real + WithDType>(
         &self,
-        (q, lq): (&CpuStorage, &Layout),
-        (k, lk): (&CpuStorage, &Layout),
-        (v, lv): (&CpuStorage, &Layout),
+        (v1, l1): (&CpuStorage, &Layout),
+        (v2, l2): (&CpuStorage, &Layout),
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            cpu_slice::<T>(q, lq, "simplicial attention", "q")?,
-            cpu_slice::<T>(k, lk, "simplicial attention", "k")?,
-            cpu_slice::<T>(v, lv, "simplicial attention", "v")?,
+        let op = "simplicial attention";
+        let [q, k1, k2] = &self.query_keys;
+        let (v1, v2) = (
+            cpu_slice::<T>(v1, l1, op, "v1")?,
+            cpu_slice::<T>(v2, l2, op, "v2")?,
         );
-        let (o, lse) = cpu::forward(&self.problem(q, k, v));
-        let Dims {
-            batch,
-            seq,
-            heads_q,
-            dv,
-            ..
-        } = self.dims;
-        self.save_lse(Tensor::from_vec(lse, (batch, seq, heads_q), &Device::Cpu)?)?;
-        Ok((
-            T::to_cpu_storage_owned(o),
-            Shape::from((batch, seq, heads_q, dv)),
-        ))
+        with_cpu_slices::<T, _, 3>(op, [q, k1, k2], ["q", "k1", "k2"], |[q, k1, k2]| {
+            let (o, lse) = cpu::forward(&self.problem([q, k1, k2, v1, v2]));
+            let Dims {
+                batch,
+                seq,
+                heads_q,
+                dv,
+                ..
+            } = self.dims;
+            self.save_lse(Tensor::from_vec(lse, (batch, seq, heads_q), &Device::Cpu)?)?;
+            Ok((
+                T::to_cpu_storage_owned(o),
+                Shape::from((batch, seq, heads_q, dv)),
+            ))
+        })
     }
 
     fn cpu_bwd_typed<T: Real + WithDType>(
         &self,
-        [q, k, v, o, dout, lse]: [&Tensor; 6],
-    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-        let names = ["q", "k", "v", "o", "dout", "lse"];
-        with_cpu_slices::<T, _>(
+        [q, k1, k2, v1, v2, o, dout, lse]: [&Tensor; 8],
+    ) -> candle_core::Result<[Tensor; 5]> {
+        let names = ["q", "k1", "k2", "v1", "v2", "o", "dout", "lse"];
+        with_cpu_slices::<T, _, 8>(
             "simplicial attention",
-            [q, k, v, o, dout, lse],
+            [q, k1, k2, v1, v2, o, dout, lse],
             names,
-            |slices| {
-                let p = self.problem(slices[0], slices[1], slices[2]);
+            |[qs, k1s, k2s, v1s, v2s, os, douts, lses]| {
+                let p = self.problem([qs, k1s, k2s, v1s, v2s]);
                 let saved = Saved {
-                    o: slices[3],
-                    lse: slices[5],
-                    dout: slices[4],
+                    o: os,
+                    lse: lses,
+                    dout: douts,
                 };
                 let g = cpu::backward(&p, &saved);
                 let dev = Device::Cpu;
-                let dq = Tensor::from_vec(g.dq, q.shape(), &dev)?;
-                let dk = Tensor::from_vec([g.dk1, g.dk2].concat(), k.shape(), &dev)?;
-                let dv = Tensor::from_vec([g.dv1, g.dv2].concat(), v.shape(), &dev)?;
-                Ok((dq, dk, dv))
+                Ok([
+                    Tensor::from_vec(g.dq, q.shape(), &dev)?,
+                    Tensor::from_vec(g.dk1, k1.shape(), &dev)?,
+                    Tensor::from_vec(g.dk2, k2.shape(), &dev)?,
+                    Tensor::from_vec(g.dv1, v1.shape(), &dev)?,
+                    Tensor::from_vec(g.dv2, v2.shape(), &dev)?,
+                ])
             },
         )
     }
@@ -172,16 +259,16 @@ impl CustomOp3 for SimplicialOp {
 
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => self.cpu_fwd_typed::<f32>((s1, l1), (s2, l2), (s3, l3)),
-            DType::F64 => self.cpu_fwd_typed::<f64>((s1, l1), (s2, l2), (s3, l3)),
+        match s2.dtype() {
+            DType::F32 => self.cpu_fwd_typed::<f32>((s2, l2), (s3, l3)),
+            DType::F64 => self.cpu_fwd_typed::<f64>((s2, l2), (s3, l3)),
             other => candle_core::bail!(
                 "simplicial attention on the CPU computes in f32 or f64, got {other:?}"
             ),
@@ -191,28 +278,32 @@ impl CustomOp3 for SimplicialOp {
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
         s2: &candle_core::CudaStorage,
         l2: &Layout,
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        crate::cuda::forward(self, (s1, l1), (s2, l2), (s3, l3))
+        let guards = self.query_keys.each_ref().map(|t| t.storage_and_layout());
+        let [q, k1, k2] =
+            crate::cuda::cuda_storages("simplicial attention", ["q", "k1", "k2"], &guards)?;
+        crate::cuda::forward(self, [q, k1, k2, (s2, l2), (s3, l3)])
     }
 
     fn bwd(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        handle: &Tensor,
+        v1: &Tensor,
+        v2: &Tensor,
         o: &Tensor,
         dout: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let lse = lse_for_backward(&self.lse, "backward before forward")?;
         let dout = dout.contiguous()?;
-        let args = [q, k, v, o, &dout, &lse];
-        let (dq, dk, dv) = match (q.device(), q.dtype()) {
+        let [q, k1, k2] = &self.query_keys;
+        let args = [q, k1, k2, v1, v2, o, &dout, &lse];
+        let [dq, dk1, dk2, dv1, dv2] = match (q.device(), q.dtype()) {
             (Device::Cpu, DType::F32) => self.cpu_bwd_typed::<f32>(args)?,
             (Device::Cpu, DType::F64) => self.cpu_bwd_typed::<f64>(args)?,
             #[cfg(feature = "cuda")]
@@ -222,6 +313,65 @@ impl CustomOp3 for SimplicialOp {
                 dev.location()
             ),
         };
-        Ok((Some(dq), Some(dk), Some(dv)))
+        *self.key_grads.lock().map_err(|_| {
+            candle_core::Error::Msg("simplicial attention: grads slot poisoned".into())
+        })? = Some([dq, dk1, dk2]);
+        Ok((Some(handle.zeros_like()?), Some(dv1), Some(dv2)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use super::simplicial_attn;
+    use crate::AttnSpec;
+
+    fn inputs() -> candle_core::Result<[Tensor; 5]> {
+        let dev = Device::Cpu;
+        let r = |h: usize| Tensor::randn(0f32, 1.0, (2, 9, h, 8), &dev);
+        Ok([r(4)?, r(2)?, r(2)?, r(2)?, r(2)?])
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>());
+        d.expect("same shapes")
+    }
+
+    /// The two-op plumbing: the variables among the five inputs (here only k2, v1) get the
+    /// gradients of an all-variable run, and a second backward over the same output gives them
+    /// again.
+    #[test]
+    fn gradients_reach_each_variable_input_and_repeat() -> candle_core::Result<()> {
+        let spec = AttnSpec::causal(3, 5);
+        let x = inputs()?;
+        let dout = Tensor::randn(0f32, 1.0, (2, 9, 4, 8), &Device::Cpu)?;
+        let all = x.clone().map(|t| Var::from_tensor(&t).expect("var"));
+        let o = simplicial_attn(&all[0], &all[1], &all[2], &all[3], &all[4], &spec)
+            .expect("forward")
+            .o;
+        let full = (o * &dout)?.sum_all()?.backward()?;
+        let (k2, v1) = (Var::from_tensor(&x[2])?, Var::from_tensor(&x[3])?);
+        let o = simplicial_attn(&x[0], &x[1], &k2, &v1, &x[4], &spec)
+            .expect("forward")
+            .o;
+        let loss = (o * &dout)?.sum_all()?;
+        for _ in 0..2 {
+            let part = loss.backward()?;
+            assert_eq!(
+                max_diff(part.get(&k2).unwrap(), full.get(&all[2]).unwrap()),
+                0.0
+            );
+            assert_eq!(
+                max_diff(part.get(&v1).unwrap(), full.get(&all[3]).unwrap()),
+                0.0
+            );
+        }
+        // every gradient of the full run is there and not zero
+        for v in &all {
+            let g = full.get(v).expect("a gradient for every input");
+            assert!(g.abs()?.max_all()?.to_scalar::<f32>()? > 0.0);
+        }
+        Ok(())
     }
 }

@@ -142,6 +142,8 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
         (1, 20, 2, 1, 64, AttnSpec::causal(64, 64)),
         (1, 65, 4, 4, 64, AttnSpec::causal(1, 30)),
         (1, 400, 2, 2, 64, AttnSpec::causal(70, 100)),
+        // G = 16: a warp's 16 rows are the heads of one position
+        (2, 77, 32, 2, 64, AttnSpec::causal(9, 50)),
     ];
     let mut failures = vec![];
     for (t, &(b, n, hq, hkv, d, spec)) in cases.iter().enumerate() {

@@ -4,7 +4,7 @@
 //! ```text
 //! delta [B,N,Hq]  = sum_c o * dout                       pre-pass
 //! dq    [B,N,Hq,D]                                       one launch, rows as in the forward
-//! dK    [2,B,N,Hkv,D], dV [2,B,N,Hkv,Dv]                 dkv launched for (k2,v2) owning, then
+//! dk1, dk2 [B,N,Hkv,D], dv1, dv2 [B,N,Hkv,Dv]           dkv launched for (k2,v2) owning, then
 //!                                                        with the sets exchanged for (k1,v1)
 //! ```
 //! Deterministic: no atomics; every block owns the gradient rows it writes. bf16 calls that
@@ -51,8 +51,9 @@ fn dkv_smem_bytes(d: usize, dv: usize) -> usize {
     4 * floats + DKV_ROWS * (8 + 3 * 4)
 }
 
-/// The backward on CUDA: (dq like q, dK like K, dV like V) in the input dtype.
-pub(crate) fn backward(op: &SimplicialOp, ts: [&Tensor; 6]) -> Result<(Tensor, Tensor, Tensor)> {
+/// The backward on CUDA from `[q, k1, k2, v1, v2, o, dout, lse]`: `[dq, dk1, dk2, dv1, dv2]`,
+/// each like its input, in the input dtype.
+pub(crate) fn backward(op: &SimplicialOp, ts: [&Tensor; 8]) -> Result<[Tensor; 5]> {
     if super::backward_mma::covers(op, ts[0].dtype()) {
         return super::backward_mma::backward(op, ts);
     }
@@ -62,10 +63,7 @@ pub(crate) fn backward(op: &SimplicialOp, ts: [&Tensor; 6]) -> Result<(Tensor, T
     }
 }
 
-fn backward_typed<T: Element>(
-    op: &SimplicialOp,
-    [q, k, v, o, dout, lse]: [&Tensor; 6],
-) -> Result<(Tensor, Tensor, Tensor)> {
+fn backward_typed<T: Element>(op: &SimplicialOp, tensors: [&Tensor; 8]) -> Result<[Tensor; 5]> {
     let dims = op.dims;
     let (b, n, hq, hkv, d, dv) = (
         dims.batch,
@@ -76,9 +74,9 @@ fn backward_typed<T: Element>(
         dims.dv,
     );
     let shape = KernelShape::new(&dims, &op.win, op.scale)?;
-    let names = ["q", "K", "V", "o", "dout", "lse"];
-    let guards = [q, k, v, o, dout, lse].map(|t| t.storage_and_layout());
-    let st = cuda_storages("simplicial attention", names, &guards)?;
+    let names = ["q", "k1", "k2", "v1", "v2", "o", "dout", "lse"];
+    let guards = tensors.map(|t| t.storage_and_layout());
+    let st = cuda_storages("simplicial attention backward", names, &guards)?;
     let (nq, nk, nv, no) = (
         b * n * hq * d,
         b * n * hkv * d,
@@ -86,13 +84,13 @@ fn backward_typed<T: Element>(
         b * n * hq * dv,
     );
     let qv = view::<T>(st[0].0, st[0].1, "q", nq)?;
-    let kv = view::<T>(st[1].0, st[1].1, "K", 2 * nk)?;
-    let vv = view::<T>(st[2].0, st[2].1, "V", 2 * nv)?;
-    let ov = view::<T>(st[3].0, st[3].1, "o", no)?;
-    let dov = view::<T>(st[4].0, st[4].1, "dout", no)?;
-    let lsev = view::<f32>(st[5].0, st[5].1, "lse", b * n * hq)?;
-    let (k1, k2) = (kv.slice(..nk), kv.slice(nk..));
-    let (v1, v2) = (vv.slice(..nv), vv.slice(nv..));
+    let k1 = view::<T>(st[1].0, st[1].1, "k1", nk)?;
+    let k2 = view::<T>(st[2].0, st[2].1, "k2", nk)?;
+    let v1 = view::<T>(st[3].0, st[3].1, "v1", nv)?;
+    let v2 = view::<T>(st[4].0, st[4].1, "v2", nv)?;
+    let ov = view::<T>(st[5].0, st[5].1, "o", no)?;
+    let dov = view::<T>(st[6].0, st[6].1, "dout", no)?;
+    let lsev = view::<f32>(st[7].0, st[7].1, "lse", b * n * hq)?;
 
     let dev = st[0].0.device().clone();
     let stream = dev.cuda_stream();
@@ -142,8 +140,14 @@ fn backward_typed<T: Element>(
     let kernel = module::kernel(&dev, Family::BackwardKey, &name)?;
     let smem = dkv_smem_bytes(d, dv);
     check_smem(&name, smem, kernel.max_smem, d, dv)?;
-    let mut dk = output::<T>(&stream, 2 * nk, "dK")?;
-    let mut dvs = output::<T>(&stream, 2 * nv, "dV")?;
+    let mut dk = [
+        output::<T>(&stream, nk, "dk1")?,
+        output::<T>(&stream, nk, "dk2")?,
+    ];
+    let mut dvs = [
+        output::<T>(&stream, nv, "dv1")?,
+        output::<T>(&stream, nv, "dv2")?,
+    ];
     let cfg = launch_config((blocks(n, DKV_KEYS)?, hkv as u32, b as u32), THREADS, smem);
     for own_second in [true, false] {
         let (kp, ko, vp, vo, sh) = if own_second {
@@ -151,11 +155,8 @@ fn backward_typed<T: Element>(
         } else {
             (&k2, &k1, &v2, &v1, shape.swapped())
         };
-        let (mut dko, mut dvo) = if own_second {
-            (dk.slice_mut(nk..), dvs.slice_mut(nv..))
-        } else {
-            (dk.slice_mut(..nk), dvs.slice_mut(..nv))
-        };
+        let owned = usize::from(own_second);
+        let (dko, dvo) = (&mut dk[owned], &mut dvs[owned]);
         let mut launch = stream.launch_builder(&kernel.func);
         launch
             .arg(&qv)
@@ -166,17 +167,21 @@ fn backward_typed<T: Element>(
             .arg(&dov)
             .arg(&lsev)
             .arg(&delta);
-        launch.arg(&mut dko).arg(&mut dvo).arg(&sh);
+        launch.arg(dko).arg(dvo).arg(&sh);
         // SAFETY: the arguments follow the kernel's signature; every view holds the counts it
         // indexes, and the grid covers all N keys of every (batch, K/V head) of the owned set.
         unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
     }
 
-    Ok((
-        wrap_tensor(dq, &dev, q.shape()),
-        wrap_tensor(dk, &dev, k.shape()),
-        wrap_tensor(dvs, &dev, v.shape()),
-    ))
+    let [dk1, dk2] = dk;
+    let [dv1, dv2] = dvs;
+    Ok([
+        wrap_tensor(dq, &dev, tensors[0].shape()),
+        wrap_tensor(dk1, &dev, tensors[1].shape()),
+        wrap_tensor(dk2, &dev, tensors[2].shape()),
+        wrap_tensor(dv1, &dev, tensors[3].shape()),
+        wrap_tensor(dv2, &dev, tensors[4].shape()),
+    ])
 }
 
 /// The pre-pass `delta [B,N,Hq] = sum_c o * dout` (f32), shared by both backwards.

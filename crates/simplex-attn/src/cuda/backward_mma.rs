@@ -24,7 +24,7 @@ use cudarc::driver::{CudaSlice, CudaView, LaunchArgs, PushKernelArg};
 
 use super::module::{self, Family};
 use super::{
-    blocks, check_smem, cuda_err, cuda_storages, exchange_sets, launch_config, output, set_ranges,
+    blocks, check_smem, cuda_err, cuda_storages, exchange_sets, launch_config, oriented, output,
     view, wrap_tensor, KernelShape,
 };
 use crate::op::SimplicialOp;
@@ -50,11 +50,9 @@ pub(crate) fn covers(op: &SimplicialOp, dtype: DType) -> bool {
         && !super::deterministic()
 }
 
-/// The backward on tensor cores: (dq like q, dK like K, dV like V), bf16.
-pub(crate) fn backward(
-    op: &SimplicialOp,
-    [q, k, v, o, dout, lse]: [&Tensor; 6],
-) -> Result<(Tensor, Tensor, Tensor)> {
+/// The backward on tensor cores from `[q, k1, k2, v1, v2, o, dout, lse]`: `[dq, dk1, dk2, dv1,
+/// dv2]`, bf16.
+pub(crate) fn backward(op: &SimplicialOp, tensors: [&Tensor; 8]) -> Result<[Tensor; 5]> {
     type T = half::bf16;
     let dims = op.dims;
     let (b, n, hq, hkv, d) = (dims.batch, dims.seq, dims.heads_q, dims.heads_kv, dims.d);
@@ -62,20 +60,25 @@ pub(crate) fn backward(
     let shape = KernelShape::new(&dims, &op.win, op.scale)?;
     let kshape = shape.oriented(ex);
 
-    let names = ["q", "K", "V", "o", "dout", "lse"];
-    let guards = [q, k, v, o, dout, lse].map(|t| t.storage_and_layout());
-    let st = cuda_storages("simplicial attention", names, &guards)?;
+    let names = ["q", "k1", "k2", "v1", "v2", "o", "dout", "lse"];
+    let guards = tensors.map(|t| t.storage_and_layout());
+    let st = cuda_storages("simplicial attention backward", names, &guards)?;
     let (nq, nk) = (b * n * hq * d, b * n * hkv * d);
     let qv = view::<T>(st[0].0, st[0].1, "q", nq)?;
-    let kv = view::<T>(st[1].0, st[1].1, "K", 2 * nk)?;
-    let vv = view::<T>(st[2].0, st[2].1, "V", 2 * nk)?;
-    let ov = view::<T>(st[3].0, st[3].1, "o", nq)?;
-    let dov = view::<T>(st[4].0, st[4].1, "dout", nq)?;
-    let lsev = view::<f32>(st[5].0, st[5].1, "lse", b * n * hq)?;
     // (first, second) in the kernels' orientation: first = the small window
-    let (first, second) = set_ranges(ex, nk);
-    let (k1, k2) = (kv.slice(first.clone()), kv.slice(second.clone()));
-    let (v1, v2) = (vv.slice(first.clone()), vv.slice(second.clone()));
+    let (k1, k2) = oriented(
+        ex,
+        view::<T>(st[1].0, st[1].1, "k1", nk)?,
+        view::<T>(st[2].0, st[2].1, "k2", nk)?,
+    );
+    let (v1, v2) = oriented(
+        ex,
+        view::<T>(st[3].0, st[3].1, "v1", nk)?,
+        view::<T>(st[4].0, st[4].1, "v2", nk)?,
+    );
+    let ov = view::<T>(st[5].0, st[5].1, "o", nq)?;
+    let dov = view::<T>(st[6].0, st[6].1, "dout", nq)?;
+    let lsev = view::<f32>(st[7].0, st[7].1, "lse", b * n * hq)?;
 
     let dev = st[0].0.device().clone();
     let stream = dev.cuda_stream();
@@ -142,11 +145,9 @@ pub(crate) fn backward(
     let kernel = module::kernel(&dev, family(k_launch.file), name)?;
     let smem = k_launch.smem;
     check_smem(name, smem, kernel.max_smem, d, d)?;
-    let mut dk = output::<T>(&stream, 2 * nk, "dK")?;
-    let mut dvs = output::<T>(&stream, 2 * nk, "dV")?;
+    let mut dk2 = output::<T>(&stream, nk, "dk2")?;
+    let mut dv2 = output::<T>(&stream, nk, "dv2")?;
     {
-        let mut dk2 = dk.slice_mut(second.clone());
-        let mut dv2 = dvs.slice_mut(second);
         let cfg = launch_config(
             (blocks(n, keys_per_block)?, hkv as u32, b as u32),
             k_launch.threads,
@@ -163,26 +164,36 @@ pub(crate) fn backward(
         clock.lap(name)?;
     }
 
-    // dk1, dv1: f32 accumulators to bf16, into the other slots
+    // dk1, dv1: f32 accumulators to bf16
     let name = "simplicial_bwd_f32_to_bf16";
     let kernel = module::kernel(&dev, Family::BackwardMma, name)?;
-    for (src, dst) in [(&dk1, &mut dk), (&dv1, &mut dvs)] {
-        let mut dst = dst.slice_mut(first.clone());
+    let mut first = [
+        output::<T>(&stream, nk, "dk1")?,
+        output::<T>(&stream, nk, "dv1")?,
+    ];
+    for (src, dst) in [&dk1, &dv1].into_iter().zip(first.iter_mut()) {
         let cfg = launch_config((blocks(nk, 4 * 256)?.min(65535), 1, 1), 256, 0);
         let count = nk as i64;
         let mut launch = stream.launch_builder(&kernel.func);
-        launch.arg(src).arg(&mut dst).arg(&count);
+        launch.arg(src).arg(dst).arg(&count);
         // SAFETY: (const float* x, bf16* y, long long n): both hold n = B*N*Hkv*D elements; the
         // kernel strides over all of them.
         unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
     }
     clock.lap("dk1, dv1 to bf16")?;
 
-    Ok((
-        wrap_tensor(dq, &dev, q.shape()),
-        wrap_tensor(dk, &dev, k.shape()),
-        wrap_tensor(dvs, &dev, v.shape()),
-    ))
+    // the kernels' (first, second) sets back in the caller's order
+    let [dk_first, dv_first] = first;
+    let (dk1, dk2) = oriented(ex, dk_first, dk2);
+    let (dv1, dv2) = oriented(ex, dv_first, dv2);
+    let wrap = |s, i: usize| wrap_tensor(s, &dev, tensors[i].shape());
+    Ok([
+        wrap(dq, 0),
+        wrap(dk1, 1),
+        wrap(dk2, 2),
+        wrap(dv1, 3),
+        wrap(dv2, 4),
+    ])
 }
 
 /// Pushes the arguments every backward kernel takes first: q, k1, k2, v1, v2, dout (bf16), lse,

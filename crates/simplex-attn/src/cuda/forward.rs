@@ -1,4 +1,5 @@
-//! Launch of `kernels/simplicial_fwd.cu`: o `[B,N,Hq,Dv]` and lse `[B,N,Hq]` from q, K, V.
+//! Launch of `kernels/simplicial_fwd.cu`: o `[B,N,Hq,Dv]` and lse `[B,N,Hq]` from q, k1, k2,
+//! v1, v2.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
@@ -6,7 +7,7 @@ use candle_core::{Layout, Result, Shape};
 
 use super::module::{self, Family};
 use super::{
-    blocks, check_smem, exchange_sets, launch_config, set_ranges, variant, view, width, Elem,
+    blocks, check_smem, exchange_sets, launch_config, oriented, variant, view, width, Elem,
     Element, KernelShape,
 };
 use crate::op::SimplicialOp;
@@ -27,26 +28,24 @@ fn smem_bytes(d: usize, dv: usize) -> usize {
 }
 
 /// The forward on CUDA: returns o in the input dtype and saves lse (f32) in the op.
+/// `inputs`: the storages of q, k1, k2, v1, v2.
 pub(crate) fn forward(
     op: &SimplicialOp,
-    q: (&CudaStorage, &Layout),
-    k: (&CudaStorage, &Layout),
-    v: (&CudaStorage, &Layout),
+    inputs: [(&CudaStorage, &Layout); 5],
 ) -> Result<(CudaStorage, Shape)> {
-    if super::forward_wgmma::covers(op, q.0.dtype()) && super::tensor_core_kernels() {
-        return super::forward_wgmma::forward(op, q, k, v);
+    let dtype = inputs[0].0.dtype();
+    if super::forward_wgmma::covers(op, dtype) && super::tensor_core_kernels() {
+        return super::forward_wgmma::forward(op, inputs);
     }
-    match Elem::of(q.0.dtype())? {
-        Elem::Bf16 => forward_typed::<half::bf16>(op, q, k, v),
-        Elem::F32 => forward_typed::<f32>(op, q, k, v),
+    match Elem::of(dtype)? {
+        Elem::Bf16 => forward_typed::<half::bf16>(op, inputs),
+        Elem::F32 => forward_typed::<f32>(op, inputs),
     }
 }
 
 fn forward_typed<T: Element>(
     op: &SimplicialOp,
-    (q, lq): (&CudaStorage, &Layout),
-    (k, lk): (&CudaStorage, &Layout),
-    (v, lv): (&CudaStorage, &Layout),
+    [(q, lq), (k1, lk1), (k2, lk2), (v1, lv1), (v2, lv2)]: [(&CudaStorage, &Layout); 5],
 ) -> Result<(CudaStorage, Shape)> {
     let dims = op.dims;
     let (b, n, hq, hkv, d, dv) = (
@@ -68,10 +67,17 @@ fn forward_typed<T: Element>(
     let nk = b * n * hkv * d;
     let nv = b * n * hkv * dv;
     let qv = view::<T>(q, lq, "q", b * n * hq * d)?;
-    let kv = view::<T>(k, lk, "K", 2 * nk)?;
-    let vv = view::<T>(v, lv, "V", 2 * nv)?;
     let ex = exchange_sets(&op.win);
-    let ((k1r, k2r), (v1r, v2r)) = (set_ranges(ex, nk), set_ranges(ex, nv));
+    let (k1, k2) = oriented(
+        ex,
+        view::<T>(k1, lk1, "k1", nk)?,
+        view::<T>(k2, lk2, "k2", nk)?,
+    );
+    let (v1, v2) = oriented(
+        ex,
+        view::<T>(v1, lv1, "v1", nv)?,
+        view::<T>(v2, lv2, "v2", nv)?,
+    );
     let cfg = launch_config(
         (
             blocks(n * (hq / hkv), ROWS_PER_BLOCK)?,
@@ -90,7 +96,7 @@ fn forward_typed<T: Element>(
             (&kernel.func, &name),
             cfg,
             &qv,
-            [(&kv, (k1r, k2r)), (&vv, (v1r, v2r))],
+            [&k1, &k2, &v1, &v2],
             &shape.oriented(ex),
         )
     }

@@ -12,7 +12,7 @@ use candle_core::cuda_backend::CudaStorage;
 use candle_core::{DType, Layout, Result, Shape};
 
 use super::module::{self, Family};
-use super::{blocks, check_smem, exchange_sets, launch_config, set_ranges, view, KernelShape};
+use super::{blocks, check_smem, exchange_sets, launch_config, oriented, view, KernelShape};
 use crate::backward_plan::{partner_positions, Window1};
 use crate::op::SimplicialOp;
 
@@ -140,9 +140,7 @@ pub(crate) fn covers(op: &SimplicialOp, dtype: DType) -> bool {
 /// The forward on CUDA tensor cores: o (bf16) and lse (f32, saved in the op).
 pub(crate) fn forward(
     op: &SimplicialOp,
-    (q, lq): (&CudaStorage, &Layout),
-    (k, lk): (&CudaStorage, &Layout),
-    (v, lv): (&CudaStorage, &Layout),
+    [(q, lq), (k1, lk1), (k2, lk2), (v1, lv1), (v2, lv2)]: [(&CudaStorage, &Layout); 5],
 ) -> Result<(CudaStorage, Shape)> {
     type T = half::bf16;
     let dims = op.dims;
@@ -203,9 +201,16 @@ pub(crate) fn forward(
 
     let nk = b * n * hkv * d;
     let qv = view::<T>(q, lq, "q", b * n * hq * d)?;
-    let kv = view::<T>(k, lk, "K", 2 * nk)?;
-    let vv = view::<T>(v, lv, "V", 2 * nk)?;
-    let (r1, r2) = set_ranges(ex, nk);
+    let (k1, k2) = oriented(
+        ex,
+        view::<T>(k1, lk1, "k1", nk)?,
+        view::<T>(k2, lk2, "k2", nk)?,
+    );
+    let (v1, v2) = oriented(
+        ex,
+        view::<T>(v1, lv1, "v1", nk)?,
+        view::<T>(v2, lv2, "v2", nk)?,
+    );
     let cfg = launch_config(
         (blocks(n * (hq / hkv), cta_rows)?, hkv as u32, b as u32),
         THREADS,
@@ -220,7 +225,7 @@ pub(crate) fn forward(
             (&kernel.func, &name),
             cfg,
             &qv,
-            [(&kv, (r1.clone(), r2.clone())), (&vv, (r1, r2))],
+            [&k1, &k2, &v1, &v2],
             &shape,
         )
     }

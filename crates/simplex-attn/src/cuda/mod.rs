@@ -1,8 +1,7 @@
 //! CUDA kernels for 2-simplicial attention (feature `cuda`): launch code and dispatch.
 //!
-//! Shapes as in [`crate::spec`]: `q [B,N,Hq,D]`, `K = cat[k1,k2] [2B,N,Hkv,D]` (the memory of
-//! a stack `[2,B,N,Hkv,D]`), `V = cat[v1,v2] [2B,N,Hkv,Dv]`, `o [B,N,Hq,Dv]`, `lse [B,N,Hq]`
-//! (f32, natural log).
+//! Shapes as in [`crate::spec`]: `q [B,N,Hq,D]`, `k1, k2 [B,N,Hkv,D]`, `v1, v2 [B,N,Hkv,Dv]`,
+//! `o [B,N,Hq,Dv]`, `lse [B,N,Hq]` (f32, natural log).
 //!
 //! * [`forward`](forward::forward): `kernels/simplicial_fwd.cu`, o and lse.
 //! * [`backward`](backward::backward): `kernels/simplicial_bwd_dq.cu` (delta, dq) and
@@ -25,7 +24,7 @@ mod forward;
 mod forward_wgmma;
 mod module;
 
-use std::ops::{Deref, Range};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -270,13 +269,13 @@ pub(crate) fn exchange_sets(win: &Windows) -> bool {
     win.w1 > win.w2
 }
 
-/// The element ranges of the kernels' (first, second) set in a stacked `[2, ..]` buffer of two
-/// sets of `len` elements each: `(0..len, len..2 len)`, exchanged when `exchange`.
-pub(crate) fn set_ranges(exchange: bool, len: usize) -> (Range<usize>, Range<usize>) {
+/// The two key (or value) sets in the kernels' order: (first, second) = (set 1, set 2), or
+/// exchanged when `exchange` (see [`exchange_sets`]).
+pub(crate) fn oriented<X>(exchange: bool, set1: X, set2: X) -> (X, X) {
     if exchange {
-        (len..2 * len, 0..len)
+        (set2, set1)
     } else {
-        (0..len, len..2 * len)
+        (set1, set2)
     }
 }
 
@@ -332,7 +331,7 @@ pub(crate) fn cuda_storages<'a, G: Deref<Target = Storage>, const N: usize>(
     for ((g, l), name) in guards.iter().zip(names) {
         match &**g {
             Storage::Cuda(s) => st.push((s, *l)),
-            _ => candle_core::bail!("{op} backward: {name} is not on the CUDA device"),
+            _ => candle_core::bail!("{op}: {name} is not on the CUDA device"),
         }
     }
     match st.try_into() {
@@ -372,18 +371,14 @@ pub(crate) fn output<T: Element>(
     Ok(s)
 }
 
-/// A stacked key (or value) buffer and the element ranges of its two sets, kernel order.
-pub(crate) type StackedSets<'a, T> = (&'a CudaView<'a, T>, (Range<usize>, Range<usize>));
-
 /// Runs a forward kernel of signature `(const T* q, k1, k2, v1, v2, T* o, float* lse, Shape)`
 /// (both forwards have it), saves `lse [B,N,Hq]` (f32) in the op for the backward and returns
-/// `o [B,N,Hq,Dv]` as candle storage. `k` and `v` are the stacked key and value sets with the
-/// element ranges of (k1, k2) and (v1, v2) in the kernel's orientation (see [`set_ranges`]),
-/// `shape` oriented the same way.
+/// `o [B,N,Hq,Dv]` as candle storage. `kv` is (k1, k2, v1, v2) in the kernel's orientation (see
+/// [`oriented`]), `shape` oriented the same way.
 ///
 /// # Safety
-/// `func` has that signature with element type `T`, every view (and range) holds the element
-/// count the kernel indexes for `op.dims`, and `cfg`'s grid covers all N * G rows of every (batch, K/V
+/// `func` has that signature with element type `T`, every view holds the element count the
+/// kernel indexes for `op.dims`, and `cfg`'s grid covers all N * G rows of every (batch, K/V
 /// head), so that o and lse are fully written.
 pub(crate) unsafe fn launch_forward<T: Element>(
     op: &crate::op::SimplicialOp,
@@ -391,7 +386,7 @@ pub(crate) unsafe fn launch_forward<T: Element>(
     (func, name): (&cudarc::driver::CudaFunction, &str),
     cfg: LaunchConfig,
     q: &CudaView<'_, T>,
-    [(k, (k1, k2)), (v, (v1, v2))]: [StackedSets<'_, T>; 2],
+    [k1, k2, v1, v2]: [&CudaView<'_, T>; 4],
     shape: &KernelShape,
 ) -> Result<(CudaStorage, candle_core::Shape)> {
     use cudarc::driver::PushKernelArg;
@@ -406,8 +401,7 @@ pub(crate) unsafe fn launch_forward<T: Element>(
     let mut o = output::<T>(&stream, batch * seq * heads_q * dv, "o")?;
     let mut lse = output::<f32>(&stream, batch * seq * heads_q, "lse")?;
     let mut launch = stream.launch_builder(func);
-    let (k1, k2, v1, v2) = (k.slice(k1), k.slice(k2), v.slice(v1), v.slice(v2));
-    launch.arg(q).arg(&k1).arg(&k2).arg(&v1).arg(&v2);
+    launch.arg(q).arg(k1).arg(k2).arg(v1).arg(v2);
     launch.arg(&mut o).arg(&mut lse).arg(shape);
     // SAFETY: the arguments are the kernel's (o and lse sized here for op.dims); the rest is this
     // function's own safety contract.

@@ -119,7 +119,7 @@ impl DotOp {
         [q, k, v, o, dout, lse]: [&Tensor; 6],
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let names = ["q", "k", "v", "o", "dout", "lse"];
-        with_cpu_slices::<T, _>("dot attention", [q, k, v, o, dout, lse], names, |slices| {
+        with_cpu_slices::<T, _, 6>("dot attention", [q, k, v, o, dout, lse], names, |slices| {
             let p = self.problem(slices[0], slices[1], slices[2]);
             let saved = DotSaved {
                 o: slices[3],
