@@ -310,7 +310,7 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
 }
 
 
-// qk1 pass: dq, dk1 and dv1 in one walk (G = Hq/Hkv in {1, 2, 4, 8, 16}). A block owns 64 query
+// qk1 pass: dq, dk1 and dv1 in one walk (G = Hq/Hkv a power of two up to 128). A block owns 64 query
 // rows; its two warpgroups split the window-1 offsets (warpgroup 0 the first half, 1 the
 // second) and walk the same window-2 tiles in step. For one offset o every row pairs with its
 // own window-1 key j_r = i_r + o, so
@@ -324,9 +324,10 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
 //   dk1[j_r] += X_r ∘ q_r, dv1[j_r] += Y_r ∘ dout_r
 // The key side is a shift of the row side by o: those sums go, summed first over the G heads of
 // a position (warp shuffles), into f32 accumulators in shared memory, one per warpgroup
-// and one row per key of a chunk of CHUNK offsets (conflict-free plain adds: at one offset
-// positions map to distinct keys), flushed into the f32 dk1, dv1 buffers with float4 atomics
-// after each chunk (neighbouring blocks share keys). dq: the two warpgroups' halves are added
+// and one row per key of a chunk of CHUNK offsets (up to G = 16 conflict-free plain adds: at
+// one offset positions map to distinct keys; from G = 32 on a position's heads span several
+// warps, which meet in shared-memory atomics), flushed into the f32 dk1, dv1 buffers with
+// float4 atomics after each chunk (neighbouring blocks share keys). dq: the two warpgroups' halves are added
 // in shared memory at the end (deterministic).
 // Tiles: three K2/V2 buffers, the next tile fetched during the current step; a warpgroup does
 // not wait for its X/Y products before the next step's barrier (the buffer they read is the
@@ -360,7 +361,7 @@ __device__ __forceinline__ void bwd_offsets_qk1(const bf16* __restrict__ q, cons
   const int b = blockIdx.z, kv = blockIdx.y;
   const int row0 = blockIdx.x * ROWS, nrows = N * G;
   const int p_first = row0 / G, p_last = (min(row0 + ROWS, nrows) - 1) / G;
-  const int npos = ROWS / G;  // positions per block (G divides 64)
+  const int npos = max(ROWS / G, 1);  // positions per block (G a power of two)
   const Range PU = {window(p_first, s.w1, N, s.causal).lo, window(p_last, s.w1, N, s.causal).hi};
   const Range KU = {window(p_first, s.w2, N, s.causal).lo, window(p_last, s.w2, N, s.causal).hi};
   const int pcap = partner_positions(s, ROWS);
@@ -572,7 +573,7 @@ __device__ __forceinline__ void bwd_offsets_qk1(const bf16* __restrict__ q, cons
       qr[e] = q_s + rr * L::JS;
       dr[e] = d_s + rr * L::JS;
       arow[e] = pos[e] + off - (p_first + chunk_base);  // the key's accumulator row
-      writer[e] = pok[e] && ((row0 + rr) % G == 0);     // head 0 of its position
+      writer[e] = pok[e] && ((row0 + rr) % min(G, 16) == 0);  // head 0 of its position in the warp
     }
 #pragma unroll
     for (int a = 0; a < NA; ++a)
@@ -594,17 +595,25 @@ __device__ __forceinline__ void bwd_offsets_qk1(const bf16* __restrict__ q, cons
 #pragma unroll
             for (int v = 0; v < 4; ++v) c[e][v] += __shfl_xor_sync(0xffffffffu, c[e][v], m);
         }
-        if (G == 16)
+        if (G >= 16)
 #pragma unroll
           for (int v = 0; v < 4; ++v) c[0][v] += c[1][v];
 #pragma unroll
         for (int e = 0; e < 2; ++e)
           if (writer[e]) {
-            float2* pk = reinterpret_cast<float2*>(dk1_acc + arow[e] * D + col);
-            float2* pv = reinterpret_cast<float2*>(dv1_acc + arow[e] * D + col);
-            const float2 ok = *pk, ov = *pv;
-            *pk = make_float2(ok.x + c[e][0], ok.y + c[e][1]);
-            *pv = make_float2(ov.x + c[e][2], ov.y + c[e][3]);
+            float* pk = dk1_acc + arow[e] * D + col;
+            float* pv = dv1_acc + arow[e] * D + col;
+            if (G >= 32) {
+              // the position's heads span G / 16 warps: they meet in shared-memory atomics
+              atomicAdd(pk, c[e][0]);
+              atomicAdd(pk + 1, c[e][1]);
+              atomicAdd(pv, c[e][2]);
+              atomicAdd(pv + 1, c[e][3]);
+            } else {
+              const float2 ok = *reinterpret_cast<float2*>(pk), ov = *reinterpret_cast<float2*>(pv);
+              *reinterpret_cast<float2*>(pk) = make_float2(ok.x + c[e][0], ok.y + c[e][1]);
+              *reinterpret_cast<float2*>(pv) = make_float2(ov.x + c[e][2], ov.y + c[e][3]);
+            }
           }
       }
     if (round + 1 < my_n) {

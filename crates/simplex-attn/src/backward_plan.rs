@@ -159,7 +159,7 @@ impl OffsetsBackward {
     /// (q side, k2 pass) on the offset walk for G query heads per K/V head.
     fn sides(self, group: usize) -> (bool, bool) {
         match self {
-            OffsetsBackward::Auto => (true, group <= 16),
+            OffsetsBackward::Auto => (group <= 16, group <= 16),
             OffsetsBackward::Off => (false, false),
             OffsetsBackward::Q => (true, false),
             OffsetsBackward::K => (false, true),
@@ -190,8 +190,8 @@ fn offsets_launch(which: &str, d: usize, smem: usize) -> Launch {
 const QK1_CHUNK: usize = 16;
 
 /// The offset walk's q side, the qk1 pass (dq, dk1, dv1 in one walk; 64 query rows per block),
-/// where `choice` selects it, D = 64, G = Hq/Hkv is 1, 2, 4, 8 or 16 (the heads of a position
-/// are summed by warp shuffles) and its shared memory fits `max_smem` (`Qk1Layout` in the kernel):
+/// where `choice` selects it, D = 64, G = Hq/Hkv is a power of two up to 128 (the heads of a
+/// position are summed by warp shuffles, and from G = 32 on by shared-memory atomics) and its shared memory fits `max_smem` (`Qk1Layout` in the kernel):
 /// three K2/V2 tile buffers, (A_o, B_o) per warpgroup, the block's q and dout rows, its window-1
 /// k1 and v1 rows, and per warpgroup f32 dk1 / dv1 sums for the keys of CHUNK offsets.
 pub(crate) fn offsets_q_plan(
@@ -201,7 +201,7 @@ pub(crate) fn offsets_q_plan(
     choice: OffsetsBackward,
     max_smem: usize,
 ) -> Option<Launch> {
-    if d != 64 || !matches!(group, 1 | 2 | 4 | 8 | 16) || !choice.sides(group).0 {
+    if d != 64 || !group.is_power_of_two() || group > 128 || !choice.sides(group).0 {
         return None;
     }
     let rows = QK1_BLOCK;
@@ -210,7 +210,7 @@ pub(crate) fn offsets_q_plan(
     let operands = 2 * 2 * rows * d * 2;
     let own = 2 * rows * padded;
     let partners = 2 * partner_positions(rows, group, win) * padded;
-    let sums = 2 * 2 * (rows / group + QK1_CHUNK - 1) * d * 4;
+    let sums = 2 * 2 * ((rows / group).max(1) + QK1_CHUNK - 1) * d * 4;
     let qk1 = offsets_launch("qk1", d, tiles + operands + own + partners + sums);
     (qk1.smem <= max_smem).then_some(qk1)
 }
@@ -405,11 +405,11 @@ mod tests {
         assert!(offsets_q_plan(64, 1, lm, OffsetsBackward::K, MAX_SMEM).is_none());
         assert!(offsets_k2_plan(64, 1, lm, OffsetsBackward::Q, MAX_SMEM).is_none());
         assert!(offsets_k2_plan(64, 1, lm, OffsetsBackward::Off, MAX_SMEM).is_none());
-        // the qk1 pass sums the heads of a position by warp shuffles: G divides 16
-        for group in [2, 4, 8, 16] {
+        // the qk1 pass: G a power of two up to 128
+        for group in [2, 4, 8, 16, 32, 64, 128] {
             assert!(offsets_q_plan(64, group, lm, both, MAX_SMEM).is_some());
         }
-        for group in [3, 32, 64] {
+        for group in [3, 12, 256] {
             assert!(offsets_q_plan(64, group, lm, both, MAX_SMEM).is_none());
         }
         assert_eq!(OffsetsBackward::parse("k"), OffsetsBackward::K);

@@ -142,8 +142,10 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
         (1, 20, 2, 1, 64, AttnSpec::causal(64, 64)),
         (1, 65, 4, 4, 64, AttnSpec::causal(1, 30)),
         (1, 400, 2, 2, 64, AttnSpec::causal(70, 100)),
-        // G = 16: a warp's 16 rows are the heads of one position
+        // G = 16: a warp's 16 rows are the heads of one position; G = 32, 64: several warps
         (2, 77, 32, 2, 64, AttnSpec::causal(9, 50)),
+        (1, 130, 32, 1, 64, AttnSpec::causal(20, 70)),
+        (2, 45, 64, 1, 64, bi.with_windows(Some(5), Some(30))),
     ];
     let mut failures = vec![];
     for (t, &(b, n, hq, hkv, d, spec)) in cases.iter().enumerate() {
