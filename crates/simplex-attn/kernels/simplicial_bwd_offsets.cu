@@ -1,40 +1,25 @@
 // 2-simplicial attention backward on Hopper tensor cores for few query heads per K/V head: the
 // offset walk of simplicial_fwd_offsets.cu applied to the backward. bf16 in, f32 accumulation.
-// Three kernels: a q pass (dq) and a k1 pass (dk1, dv1; window 1, the small window), which
-// together replace the q kernel of simplicial_bwd_mma.cu / simplicial_bwd_wgmma.cu, and a k2
-// pass (dk2, dv2; window 2) replacing their k kernel (further below). Which run is chosen in
-// src/backward_plan.rs (`OffsetsBackward`): as measured, the k2 pass for G <= 16; the q side
-// is slower than the mma.sync q kernel and runs only when asked for.
+// Two kernels: the qk1 pass (dq, dk1, dv1: window 1, the small window), replacing the q kernel
+// of simplicial_bwd_mma.cu / simplicial_bwd_wgmma.cu, and the k2 pass (dk2, dv2: window 2),
+// replacing their k kernel. Which run is chosen in src/backward_plan.rs (`OffsetsBackward`): as
+// measured, both for G = Hq/Hkv <= 16 at D = 64 (kernels/NOTES.md v7, v8).
 //
 // With P = exp(S - lse), dS = scale P ∘ (dP - delta), dP[r,j,k] = dout_r · (v1_j ∘ v2_k):
 //   dq_r  = sum_{j,k} dS[r,j,k] k1_j ∘ k2_k
 //   dk1_j = sum_{r,k} dS[r,j,k] q_r ∘ k2_k,     dv1_j = sum_{r,k} P[r,j,k] dout_r ∘ v2_k
-// A step is one window-2 tile (TK = 64 keys) and one window-1 offset o: each row pairs with
-// one partner, and both gradients are a per-row product of two 64-wide matrix products:
-//   A  = x ∘ y[partner],  B = u ∘ w[partner]      (x, u: the row's own; y, w: the partner's)
-//   S  = A @ K2_tile^T,   dP = B @ V2_tile^T      wgmma, A registers, B K-major swizzled smem
-//   P, dS in registers (masked where a pair is outside the windows; a warp-uniform branch
-//   skips the masking where all are inside)
-//   X  = dS @ K2_tile,    Y  = P @ V2_tile         wgmma, A = P / dS straight from the
-//                                                  accumulators, B MN-major (transposed B)
-// Two passes of one template, `KEYS`:
-//   q pass (KEYS = false), simplicial_bwd_offsets_q_bf16_d{D}: rows r = (query i, head h),
-//     x = q_r, u = dout_r; partner j = i + o with y = k1_j, w = v1_j.   dq_r += X ∘ k1_j.
-//   k1 pass (KEYS = true), simplicial_bwd_offsets_k1_bf16_d{D}: rows r = (key j, head h),
-//     x = k1_j, u = v1_j; partner (i = j - o, h) with y = q, w = dout, its lse and delta.
-//     dk1 += X ∘ q_i, dv1 += Y ∘ dout_i in registers; at the end each row's sums are added
-//     over the heads h into the f32 dk1, dv1 buffers (atomics: a key's heads may straddle two
-//     blocks when G does not divide 128). Window-2 ranges follow the partner query.
-// Layout: 128 rows per CTA, two warpgroups of 64 rows, no hand-over (as in the forward); the
-// next K2/V2 tile is fetched by cp.async during the current one. The partners' rows (and, in
-// the k1 pass, their lse and delta) are staged once per CTA, padded by 16 B per row.
-// Shared memory (D = 64, G = 1, windows (32, 512)): tiles 32 KB + partner rows 2 x 160 x 144 B.
-// Registers (D = 64): the k1 pass holds x, u (32), dk1, dv1 (64), S, dP (64), X, Y (64);
-// ptxas: q pass 241, k1 pass 255 + 48 B spill, k2 pass 254.
-// Measured (H200, LM layer B=32 N=1024 H=8 D=64 (512, 32)): q pass 7.8-8.0 ms + k1 pass 10.3
-// (mma.sync q kernel: 17.1); k2 pass 7.7 (mma.sync k kernel: 15.8). kernels/NOTES.md v7.
-// Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; notes:
-// kernels/NOTES.md (v7).
+//   dk2_k = sum_{r,j} dS[r,j,k] q_r ∘ k1_j,     dv2_k = sum_{r,j} P[r,j,k] dout_r ∘ v1_j
+// Both kernels step through window-1 OFFSETS o: in a step every row r (query i, head h) pairs
+// with its own window-1 key j = i + o, so the products are dense, with
+//   A_o = Q ∘ K1[i + o], B_o = dout ∘ V1[i + o]   (64 x D, built in swizzled shared memory)
+//   S = A_o K2^T, dP = B_o V2^T                    (the logits and dP of those pairs)
+// The qk1 pass owns 64 query rows and sums X = dS K2, Y = P V2 over the window-2 tiles of one
+// offset; the k2 pass owns 64 window-2 keys per warpgroup and walks (query tile, offset) steps.
+// Details above each kernel. Shared pieces (tile loads, the tile products, the row stores):
+// offset_walk.cuh.
+// Measured (H200, LM layer B=32 N=1024 H=8 D=64 (512, 32)): qk1 pass 5.8-5.9 ms (the mma.sync
+// q kernel: 17.2), k2 pass 7.2-7.3 (the mma.sync k kernel: 15.8). kernels/NOTES.md v7, v8.
+// Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs.
 #include "offset_walk.cuh"
 
 using namespace simplex;
@@ -332,6 +317,11 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
 // Tiles: three K2/V2 buffers, the next tile fetched during the current step; a warpgroup does
 // not wait for its X/Y products before the next step's barrier (the buffer they read is the
 // one refilled a step later).
+// Shared memory (D = 64, G = 1, window 1 = 32): tiles 48 KB, (A_o, B_o) x 2 32 KB, q and dout
+// rows 18 KB, window-1 k1 and v1 rows 2 x 96 x 144 B, key sums 2 x 2 x 79 x 256 B: 204 KB.
+// Registers: X, Y, dq (96), S, dP (64), P, dS as bf16 A fragments (32); ptxas 255, 24 B spill.
+// Measured at the LM layer: 5.8-5.9 ms; the same walk as a q pass plus a k1 pass (session 4,
+// seven products per step pair instead of four) took 7.8 + 10.3 ms.
 template <int D>
 struct Qk1Layout {
   static constexpr int JS = D + 8;              // padded staged row, elements

@@ -128,10 +128,11 @@ pub(crate) struct Window1 {
 /// its staged rows do not fit shared memory) the other kernels run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OffsetsBackward {
-    /// As measured on the H200 (kernels/NOTES.md v7, v8): the q side wherever the qk1 pass
-    /// covers the call (G = 1, 2, 4, 8: 6.6 against 17.2 ms at the LM layer); the k2 pass for
-    /// G = Hq/Hkv <= 16 (7.7 against 15.8 ms at the LM layer; faster at G = 2, 4, 16; slower
-    /// at G = 64).
+    /// As measured on the H200 (kernels/NOTES.md v7, v8): both for G = Hq/Hkv <= 16. The qk1
+    /// pass: 5.9 against 17.2 ms (mma.sync q kernel) at the LM layer (G = 1), faster at G = 2,
+    /// 4, 8, 16, equal to the wgmma q kernel at G = 32, slower at 64 and 128; the k2 pass: 7.2
+    /// against 15.8 ms (mma.sync k kernel) at the LM layer, faster at G = 2, 4, 16, slower at
+    /// G = 64.
     #[default]
     Auto,
     /// Neither.
@@ -391,7 +392,7 @@ mod tests {
             causal: true,
         };
         let both = OffsetsBackward::Both;
-        // automatic: as measured (the qk1 pass where it covers, k2 pass up to G = 16); D = 64 only
+        // automatic: as measured (the qk1 and k2 passes up to G = 16); D = 64 only
         let auto = OffsetsBackward::Auto;
         assert!(offsets_q_plan(64, 1, lm, auto, MAX_SMEM).is_some());
         assert!(offsets_q_plan(64, 16, lm, auto, MAX_SMEM).is_some());

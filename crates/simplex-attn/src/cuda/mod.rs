@@ -96,9 +96,9 @@ pub(crate) fn wgmma_backward() -> WgmmaBackward {
 static OFFSETS_BACKWARD: Mutex<OffsetsBackward> = Mutex::new(OffsetsBackward::Auto);
 
 /// Which parts of the backward run the offset walk (`kernels/simplicial_bwd_offsets.cu`, bf16,
-/// D = 64): [`OffsetsBackward::Auto`] (the default) as measured (the k2 pass for G <= 16), or
-/// forced per side where it covers the call. For comparisons and tests. `SIMPLEX_BWD_OFFSETS=0|q|k|1` in the environment
-/// overrides it ([`OffsetsBackward::parse`]).
+/// D = 64): [`OffsetsBackward::Auto`] (the default) as measured (the qk1 and k2 passes for
+/// G <= 16), or forced per side where it covers the call. For comparisons and tests.
+/// `SIMPLEX_BWD_OFFSETS=0|q|k|1` in the environment overrides it ([`OffsetsBackward::parse`]).
 pub fn set_offsets_backward(choice: OffsetsBackward) {
     if let Ok(mut c) = OFFSETS_BACKWARD.lock() {
         *c = choice;
