@@ -149,5 +149,16 @@ __device__ __forceinline__ void fma_rows(float (&acc)[NA][32], const float (&x)[
       }
 }
 
+// Packs P and dS of accumulator columns 8 n .. 8 n + 7 (pv, dv: the thread's values x = 0..3,
+// rows g / g + 8 and columns 2 t, 2 t + 1) into the bf16 A fragments of k-step n / 2, the
+// operands of the products that follow (the m64n64 accumulator layout is the A layout).
+__device__ __forceinline__ void pack_p_ds(uint32_t (&pf)[TK / 16][4], uint32_t (&dsf)[TK / 16][4], int n,
+                                          const float (&pv)[4], const float (&dv)[4]) {
+  pf[n / 2][2 * (n % 2) + 0] = bf2_pack(pv[0], pv[1]);
+  pf[n / 2][2 * (n % 2) + 1] = bf2_pack(pv[2], pv[3]);
+  dsf[n / 2][2 * (n % 2) + 0] = bf2_pack(dv[0], dv[1]);
+  dsf[n / 2][2 * (n % 2) + 1] = bf2_pack(dv[2], dv[3]);
+}
+
 }  // namespace offset_walk
 }  // namespace simplex

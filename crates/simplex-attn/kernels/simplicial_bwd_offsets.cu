@@ -249,10 +249,7 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
             pv[x] = ok ? fast_exp2(fmaf(sacc[4 * n + x], sl2, -(c ? l2.y : l2.x))) : 0.0f;
             dsv[x] = s.scale * pv[x] * (dpacc[4 * n + x] - (c ? dl.y : dl.x));
           }
-          pf[n / 2][2 * (n % 2) + 0] = bf2_pack(pv[0], pv[1]);
-          pf[n / 2][2 * (n % 2) + 1] = bf2_pack(pv[2], pv[3]);
-          dsf[n / 2][2 * (n % 2) + 0] = bf2_pack(dsv[0], dsv[1]);
-          dsf[n / 2][2 * (n % 2) + 1] = bf2_pack(dsv[2], dsv[3]);
+          pack_p_ds(pf, dsf, n, pv, dsv);
         }
       };
       if (inside)
@@ -519,10 +516,7 @@ __device__ __forceinline__ void bwd_offsets_qk1(const bf16* __restrict__ q, cons
             pv[x] = ok ? fast_exp2(fmaf(sacc[4 * n + x], sl2, -lse2[e])) : 0.0f;
             dv[x] = s.scale * pv[x] * (dpacc[4 * n + x] - delta[e]);
           }
-          pf[n / 2][2 * (n % 2) + 0] = bf2_pack(pv[0], pv[1]);
-          pf[n / 2][2 * (n % 2) + 1] = bf2_pack(pv[2], pv[3]);
-          dsf[n / 2][2 * (n % 2) + 0] = bf2_pack(dv[0], dv[1]);
-          dsf[n / 2][2 * (n % 2) + 1] = bf2_pack(dv[2], dv[3]);
+          pack_p_ds(pf, dsf, n, pv, dv);
         }
       };
       if (all_in)

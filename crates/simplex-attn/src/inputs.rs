@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Shape, Tensor};
 
 use crate::AttnError;
 
@@ -62,4 +62,20 @@ pub(crate) fn lse_for_backward(slot: &LseSlot, missing: &str) -> candle_core::Re
         .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))?
         .clone()
         .ok_or_else(|| candle_core::Error::Msg(missing.into()))
+}
+
+/// The output of a custom op whose forward only marks a place in the autograd graph (the op's
+/// query-keys handle, the bench's seed gradient): a one-element f32 zero on the CPU.
+pub(crate) fn marker_cpu() -> (CpuStorage, Shape) {
+    (CpuStorage::F32(vec![0.0]), Shape::from(1))
+}
+
+/// [`marker_cpu`] on the CUDA device of `like`.
+#[cfg(feature = "cuda")]
+pub(crate) fn marker_cuda(
+    like: &candle_core::CudaStorage,
+) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    use candle_core::backend::{BackendDevice, BackendStorage};
+    let zero = like.device().zeros_impl(&Shape::from(1), DType::F32)?;
+    Ok((zero, Shape::from(1)))
 }

@@ -20,7 +20,7 @@ use candle_core::{
 
 use crate::cpu::{self, Problem, Real, Saved};
 use crate::cpu_data::{cpu_slice, with_cpu_slices};
-use crate::inputs::{compute_dtype, lse_for_backward, saved_lse, store_lse, LseSlot};
+use crate::inputs::{compute_dtype, lse_for_backward, marker_cpu, saved_lse, store_lse, LseSlot};
 use crate::spec::{AttnSpec, Dims, Variant, Windows};
 use crate::{determinant, AttnError};
 
@@ -114,7 +114,7 @@ impl CustomOp3 for QueryKeys {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((CpuStorage::F32(vec![0.0]), Shape::from(1)))
+        Ok(marker_cpu())
     }
 
     #[cfg(feature = "cuda")]
@@ -127,9 +127,7 @@ impl CustomOp3 for QueryKeys {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendDevice;
-        let zero = s1.device().zeros_impl(&Shape::from(1), DType::F32)?;
-        Ok((zero, Shape::from(1)))
+        crate::inputs::marker_cuda(s1)
     }
 
     fn bwd(

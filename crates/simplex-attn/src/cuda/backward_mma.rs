@@ -24,8 +24,8 @@ use cudarc::driver::{CudaSlice, CudaView, LaunchArgs, PushKernelArg};
 
 use super::module::{self, Family};
 use super::{
-    blocks, check_smem, cuda_err, cuda_storages, exchange_sets, launch_config, oriented, output,
-    view, wrap_tensor, KernelShape,
+    blocks, check_smem, cuda_err, cuda_storages, exchange_sets, key_value_views, launch_config,
+    oriented, output, view, wrap_tensor, KernelShape,
 };
 use crate::op::SimplicialOp;
 
@@ -66,16 +66,7 @@ pub(crate) fn backward(op: &SimplicialOp, tensors: [&Tensor; 8]) -> Result<[Tens
     let (nq, nk) = (b * n * hq * d, b * n * hkv * d);
     let qv = view::<T>(st[0].0, st[0].1, "q", nq)?;
     // (first, second) in the kernels' orientation: first = the small window
-    let (k1, k2) = oriented(
-        ex,
-        view::<T>(st[1].0, st[1].1, "k1", nk)?,
-        view::<T>(st[2].0, st[2].1, "k2", nk)?,
-    );
-    let (v1, v2) = oriented(
-        ex,
-        view::<T>(st[3].0, st[3].1, "v1", nk)?,
-        view::<T>(st[4].0, st[4].1, "v2", nk)?,
-    );
+    let [k1, k2, v1, v2] = key_value_views::<T>(ex, [st[1], st[2], st[3], st[4]], nk, nk)?;
     let ov = view::<T>(st[5].0, st[5].1, "o", nq)?;
     let dov = view::<T>(st[6].0, st[6].1, "dout", nq)?;
     let lsev = view::<f32>(st[7].0, st[7].1, "lse", b * n * hq)?;

@@ -7,7 +7,7 @@ use candle_core::{Layout, Result, Shape};
 
 use super::module::{self, Family};
 use super::{
-    blocks, check_smem, exchange_sets, launch_config, oriented, variant, view, width, Elem,
+    blocks, check_smem, exchange_sets, key_value_views, launch_config, variant, view, width, Elem,
     Element, KernelShape,
 };
 use crate::op::SimplicialOp;
@@ -68,16 +68,8 @@ fn forward_typed<T: Element>(
     let nv = b * n * hkv * dv;
     let qv = view::<T>(q, lq, "q", b * n * hq * d)?;
     let ex = exchange_sets(&op.win);
-    let (k1, k2) = oriented(
-        ex,
-        view::<T>(k1, lk1, "k1", nk)?,
-        view::<T>(k2, lk2, "k2", nk)?,
-    );
-    let (v1, v2) = oriented(
-        ex,
-        view::<T>(v1, lv1, "v1", nv)?,
-        view::<T>(v2, lv2, "v2", nv)?,
-    );
+    let [k1, k2, v1, v2] =
+        key_value_views::<T>(ex, [(k1, lk1), (k2, lk2), (v1, lv1), (v2, lv2)], nk, nv)?;
     let cfg = launch_config(
         (
             blocks(n * (hq / hkv), ROWS_PER_BLOCK)?,

@@ -12,7 +12,7 @@ use candle_core::cuda_backend::CudaStorage;
 use candle_core::{DType, Layout, Result, Shape};
 
 use super::module::{self, Family};
-use super::{blocks, check_smem, exchange_sets, launch_config, oriented, view, KernelShape};
+use super::{blocks, check_smem, exchange_sets, key_value_views, launch_config, view, KernelShape};
 use crate::backward_plan::{partner_positions, Window1};
 use crate::op::SimplicialOp;
 
@@ -201,16 +201,8 @@ pub(crate) fn forward(
 
     let nk = b * n * hkv * d;
     let qv = view::<T>(q, lq, "q", b * n * hq * d)?;
-    let (k1, k2) = oriented(
-        ex,
-        view::<T>(k1, lk1, "k1", nk)?,
-        view::<T>(k2, lk2, "k2", nk)?,
-    );
-    let (v1, v2) = oriented(
-        ex,
-        view::<T>(v1, lv1, "v1", nk)?,
-        view::<T>(v2, lv2, "v2", nk)?,
-    );
+    let [k1, k2, v1, v2] =
+        key_value_views::<T>(ex, [(k1, lk1), (k2, lk2), (v1, lv1), (v2, lv2)], nk, nk)?;
     let cfg = launch_config(
         (blocks(n * (hq / hkv), cta_rows)?, hkv as u32, b as u32),
         THREADS,

@@ -279,6 +279,27 @@ pub(crate) fn oriented<X>(exchange: bool, set1: X, set2: X) -> (X, X) {
     }
 }
 
+/// Views of k1, k2 (`nk` elements each) and v1, v2 (`nv` each) in the kernels' order
+/// ([`oriented`] by `exchange`): `[first k, second k, first v, second v]`.
+pub(crate) fn key_value_views<'a, T: Element>(
+    exchange: bool,
+    [(k1, lk1), (k2, lk2), (v1, lv1), (v2, lv2)]: [(&'a CudaStorage, &'a Layout); 4],
+    nk: usize,
+    nv: usize,
+) -> Result<[CudaView<'a, T>; 4]> {
+    let (ka, kb) = oriented(
+        exchange,
+        view::<T>(k1, lk1, "k1", nk)?,
+        view::<T>(k2, lk2, "k2", nk)?,
+    );
+    let (va, vb) = oriented(
+        exchange,
+        view::<T>(v1, lv1, "v1", nv)?,
+        view::<T>(v2, lv2, "v2", nv)?,
+    );
+    Ok([ka, kb, va, vb])
+}
+
 /// A candle error for a failed CUDA call, naming what was being done.
 pub(crate) fn cuda_err(
     what: impl std::fmt::Display,
