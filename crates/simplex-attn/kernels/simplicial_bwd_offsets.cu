@@ -18,7 +18,7 @@
 // Details above each kernel. Shared pieces (tile loads, the tile products, the row stores):
 // offset_walk.cuh.
 // Measured (H200, LM layer B=32 N=1024 H=8 D=64 (512, 32)): qk1 pass 5.8-5.9 ms (the mma.sync
-// q kernel: 17.2), k2 pass 7.2-7.3 (the mma.sync k kernel: 15.8). kernels/NOTES.md v7, v8.
+// q kernel: 17.2), k2 pass 7.1-7.3 (the mma.sync k kernel: 15.8). kernels/NOTES.md v7, v8.
 // Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs.
 #include "offset_walk.cuh"
 
@@ -38,9 +38,11 @@ namespace {
 //   dv2 += P^T @ B_o, dk2 += dS^T @ A_o        wgmma, A = P^T / dS^T from the accumulators,
 //                                              B = B_o / A_o MN-major (transposed B)
 // The query tile's q, dout, lse, delta and window-1 rows are staged once per tile by all
-// threads (cp.async, double-buffered); each warpgroup builds its own A_o, B_o (double-buffered,
-// so building step s + 1 overlaps the products of step s) and meets the other only at the
-// query-tile barriers. dk2, dv2 sum over every (query, head) row: no atomics, deterministic.
+// threads (cp.async, double-buffered); both warpgroups walk the same steps, so the block's
+// 256 threads build one A_o, B_o per step (half each; double-buffered, so building step s + 1
+// overlaps the products of step s) and meet at a barrier per step (a warpgroup whose keys miss
+// the tile builds and waits). dk2, dv2 sum over every (query, head) row: no atomics,
+// deterministic.
 // The masking runs only in steps not wholly inside the windows (a warpgroup-uniform branch);
 // a first version that decided per element (integer divisions by G in the hot loop) took
 // 20.2 ms at the LM layer, this one 7.7.
@@ -54,7 +56,7 @@ template <int D>
 struct K2Layout {
   static constexpr int JS = D + 8;                 // padded staged row, elements
   static constexpr int AB = ROWS * D * 2;          // one A_o (or B_o): swizzled [64][D]
-  static constexpr int OWN = 4 * AB;               // per warpgroup: 2 buffers x (A_o, B_o)
+  static constexpr int OPS = 4 * AB;               // the block's 2 buffers x (A_o, B_o)
   static constexpr int QR = ROWS * JS * 2;         // a tile's q (or dout) rows
 };
 
@@ -72,8 +74,8 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
   const int jcap = partner_positions(s, ROWS);  // window-1 rows one query tile stages
   // per staging buffer: q rows, dout rows, k1 rows, v1 rows, lse * log2e, delta
   const int STAGE = 2 * L::QR + 2 * jcap * L::JS * 2 + 2 * ROWS * 4;
-  uint8_t* own_base = sm;                      // 2 warpgroups x OWN
-  uint8_t* stage_base = sm + 2 * L::OWN;       // 2 buffers x STAGE
+  uint8_t* ops = sm;                    // A_o, B_o: 2 buffers, built by both warpgroups
+  uint8_t* stage_base = sm + L::OPS;    // 2 buffers x STAGE
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
   const int b = blockIdx.z, kv = blockIdx.y;
@@ -149,8 +151,7 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
   const int wr_lo = seen_by(min(kb, N - 1), s.w2, N, s.causal).lo * G;
   const int wr_hi = seen_by(kw1, s.w2, N, s.causal).hi * G;
   const float sl2 = s.scale * LOG2E;
-  uint8_t* own = own_base + wg * L::OWN;
-  int step = 0;  // this warpgroup's A_o / B_o buffer parity
+  int step = 0;  // the A_o / B_o buffer parity
 
   for (int tile = 0; tile < ntiles; ++tile) {
     const int buf = tile & 1, rt = r_lo + tile * ROWS;
@@ -160,7 +161,9 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
       load_tile(tile + 1, buf ^ 1);
       cp_async_commit();
     }
-    if (!any_keys || rt + ROWS <= wr_lo || rt >= wr_hi) continue;
+    // whether this warpgroup's keys meet the tile (both warpgroups build and meet at the step
+    // barriers either way)
+    const bool active = any_keys && rt + ROWS > wr_lo && rt < wr_hi;
     const uint8_t* st = stage_ptr(buf);
     const bf16* q_s = reinterpret_cast<const bf16*>(st);
     const bf16* d_s = reinterpret_cast<const bf16*>(st + L::QR);
@@ -171,14 +174,14 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
     const int ib_c = min(ib, N - 1);
     const int jlo = max(ia + o_lo, 0);
     const int oa = max(o_lo, -ib_c), ob = min(o_hi, N - 1 - ia);
-    // this thread's build rows rr = wtid / 8 + 16 x (16-byte chunk wtid % 8 of each): the
+    // this thread's build rows rr = tid / 8 + 32 x (16-byte chunk tid % 8 of each): the
     // staged window-1 row of offset 0, and the offsets [olo, ohi) that keep j inside the window
-    constexpr int BR = ROWS * D / 8 / 128;
-    const int c16 = wtid % (D / 8);
+    constexpr int BR = ROWS * D / 8 / THREADS;
+    const int c16 = tid % (D / 8);
     int b_idx[BR], b_olo[BR], b_ohi[BR];
 #pragma unroll
     for (int x = 0; x < BR; ++x) {
-      const int r = rt + wtid / (D / 8) + (128 / (D / 8)) * x;
+      const int r = rt + tid / (D / 8) + (THREADS / (D / 8)) * x;
       const int i = min(r / G, N - 1);
       const Range jw = window(i, s.w1, N, s.causal);
       const bool row = r < N * G;
@@ -186,12 +189,13 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
       b_olo[x] = row ? jw.lo - i : 1;
       b_ohi[x] = row ? jw.hi - i : 0;
     }
-    // builds A_o, B_o of offset `off` into buffer `pb` (this warpgroup's 128 threads)
+    // builds this thread's part of A_o, B_o of offset `off` into buffer `pb` (the two
+    // warpgroups' 256 threads build one copy)
     auto build = [&](int off, int pb) {
-      uint8_t* ab = own + pb * 2 * L::AB;
+      uint8_t* ab = ops + pb * 2 * L::AB;
 #pragma unroll
       for (int x = 0; x < BR; ++x) {
-        const int rr = wtid / (D / 8) + (128 / (D / 8)) * x;
+        const int rr = tid / (D / 8) + (THREADS / (D / 8)) * x;
         uint4 xa = make_uint4(0, 0, 0, 0), xb = xa;
         if (off >= b_olo[x] && off < b_ohi[x]) {
           const int jr = b_idx[x] + off;
@@ -209,18 +213,23 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
       fence_async_smem();
     };
     if (oa <= ob) build(oa, step & 1);
-    bar_sync(BAR_WG + wg, 128);
+    __syncthreads();
     for (int off = oa; off <= ob; ++off, ++step) {
       const int pb = step & 1;
-      const uint32_t abase = smem_u32(own + pb * 2 * L::AB), bbase = abase + L::AB;
+      const uint32_t abase = smem_u32(ops + pb * 2 * L::AB), bbase = abase + L::AB;
       // S^T = K2 @ A_o^T, dP^T = V2 @ B_o^T
+      if (!active) {  // only the build and the barrier
+        if (off < ob) build(off + 1, pb ^ 1);
+        __syncthreads();
+        continue;
+      }
       float sacc[32], dpacc[32];
       wg_fence();
       wgmma_a_tt<KS>(sacc, kf, abase);
       wgmma_a_tt<KS>(dpacc, vf, bbase);
       wg_commit();
       // the next offset's operands while the products run (the other buffer: its last
-      // readers, the products of step - 1, were waited for)
+      // readers, the products of step - 1, were waited for before the step barrier)
       if (off < ob) build(off + 1, pb ^ 1);
       wg_wait0();
       reg_fence(sacc);
@@ -279,16 +288,16 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
         reg_fence(dk[a]);
         reg_fence(dv[a]);
       }
-      bar_sync(BAR_WG + wg, 128);  // the next buffer is built by every thread
+      __syncthreads();  // the next buffer is built, this one read by both warpgroups
     }
   }
 
-  // ---- epilogue: dk2, dv2 (bf16) staged through this warpgroup's A_o / B_o space ----
+  // ---- epilogue: dk2, dv2 (bf16) staged through the A_o / B_o space ----
   __syncthreads();
   const float one[2] = {1.0f, 1.0f};
-  store_rows_bf16<D>(own_base, dk, one, kb, N, dk2, kv_off);
+  store_rows_bf16<D>(ops, dk, one, kb, N, dk2, kv_off);
   bar_sync(BAR_WG + wg, 128);  // the stage is read before it is reused
-  store_rows_bf16<D>(own_base, dv, one, kb, N, dv2, kv_off);
+  store_rows_bf16<D>(ops, dv, one, kb, N, dv2, kv_off);
 }
 
 

@@ -217,9 +217,9 @@ pub(crate) fn offsets_q_plan(
 }
 
 /// The offset walk's k2 pass (dk2, dv2; 128 window-2 keys per block) where `choice` selects it,
-/// D = 64 and its shared memory fits `max_smem`: per warpgroup two (A_o, B_o) buffers of
-/// [64][D] bf16, and two staging buffers of a query tile's q, dout rows, window-1 rows, lse and
-/// delta (`K2Layout` in the kernel).
+/// D = 64 and its shared memory fits `max_smem`: two (A_o, B_o) buffers of [64][D] bf16 (both
+/// warpgroups build and read one copy), and two staging buffers of a query tile's q, dout rows,
+/// window-1 rows, lse and delta (`K2Layout` in the kernel).
 pub(crate) fn offsets_k2_plan(
     d: usize,
     group: usize,
@@ -231,9 +231,9 @@ pub(crate) fn offsets_k2_plan(
         return None;
     }
     let rows = partner_positions(BLOCK, group, win);
-    let own = 2 * 4 * BLOCK * d * 2;
+    let ops = 4 * BLOCK * d * 2;
     let stage = 2 * BLOCK * (d + 8) * 2 + 2 * rows * (d + 8) * 2 + 2 * BLOCK * 4;
-    let k2 = offsets_launch("k2", d, own + 2 * stage);
+    let k2 = offsets_launch("k2", d, ops + 2 * stage);
     (k2.smem <= max_smem).then_some(k2)
 }
 
@@ -421,10 +421,10 @@ mod tests {
         let fixed = 3 * 2 * 64 * 64 * 2 + 4 * 64 * 64 * 2 + 2 * 64 * 72 * 2;
         assert_eq!(qk1.smem, fixed + 2 * 96 * 72 * 2 + 4 * 79 * 64 * 4 + 1024);
         assert!(qk1.smem <= MAX_SMEM);
-        // the k2 pass: A_o / B_o buffers, two stages of 64 rows + 63 + 2 + 31 window-1 rows
+        // the k2 pass: A_o / B_o x 2 buffers, two stages of 64 rows + 63 + 2 + 31 window-1 rows
         assert_eq!(
             k2.smem,
-            8 * 64 * 64 * 2 + 2 * (2 * 64 * 72 * 2 + 2 * 96 * 72 * 2 + 512) + 1024
+            4 * 64 * 64 * 2 + 2 * (2 * 64 * 72 * 2 + 2 * 96 * 72 * 2 + 512) + 1024
         );
         // a window 1 too wide for shared memory falls back
         let wide = Window1 { w1: 200, ..lm };
