@@ -149,6 +149,25 @@ __device__ __forceinline__ void fma_rows(float (&acc)[NA][32], const float (&x)[
       }
 }
 
+// Stores 16-byte chunk `at` of A_o = x ∘ y and of B_o = u ∘ w (the tile at `a`, B_o the
+// same layout `b_off` bytes later): the eight bf16 products of each chunk, or zeros where the
+// pair is not `valid`. The chunk's elements start at x + own, u + own (the row's staged rows)
+// and y + partner, w + partner (its partner's), read only when valid.
+__device__ __forceinline__ void store_operand_chunks(uint8_t* a, int b_off, uint32_t at, bool valid,
+                                                     const __nv_bfloat16* x, const __nv_bfloat16* u, int own,
+                                                     const __nv_bfloat16* y, const __nv_bfloat16* w,
+                                                     int partner) {
+  uint4 pa = make_uint4(0, 0, 0, 0), pb = pa;
+  if (valid) {
+    const uint4 xv = *reinterpret_cast<const uint4*>(x + own), yv = *reinterpret_cast<const uint4*>(y + partner);
+    const uint4 uv = *reinterpret_cast<const uint4*>(u + own), wv = *reinterpret_cast<const uint4*>(w + partner);
+    pa = make_uint4(bf2_mul(xv.x, yv.x), bf2_mul(xv.y, yv.y), bf2_mul(xv.z, yv.z), bf2_mul(xv.w, yv.w));
+    pb = make_uint4(bf2_mul(uv.x, wv.x), bf2_mul(uv.y, wv.y), bf2_mul(uv.z, wv.z), bf2_mul(uv.w, wv.w));
+  }
+  *reinterpret_cast<uint4*>(a + at) = pa;
+  *reinterpret_cast<uint4*>(a + b_off + at) = pb;
+}
+
 // Packs P and dS of accumulator columns 8 n .. 8 n + 7 (pv, dv: the thread's values x = 0..3,
 // rows g / g + 8 and columns 2 t, 2 t + 1) into the bf16 A fragments of k-step n / 2, the
 // operands of the products that follow (the m64n64 accumulator layout is the A layout).

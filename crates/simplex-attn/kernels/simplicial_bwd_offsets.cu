@@ -196,19 +196,8 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
 #pragma unroll
       for (int x = 0; x < BR; ++x) {
         const int rr = tid / (D / 8) + (THREADS / (D / 8)) * x;
-        uint4 xa = make_uint4(0, 0, 0, 0), xb = xa;
-        if (off >= b_olo[x] && off < b_ohi[x]) {
-          const int jr = b_idx[x] + off;
-          const uint4 qv = *reinterpret_cast<const uint4*>(q_s + rr * L::JS + c16 * 8);
-          const uint4 dv4 = *reinterpret_cast<const uint4*>(d_s + rr * L::JS + c16 * 8);
-          const uint4 kv4 = *reinterpret_cast<const uint4*>(k1_s + jr * L::JS + c16 * 8);
-          const uint4 vv4 = *reinterpret_cast<const uint4*>(v1_s + jr * L::JS + c16 * 8);
-          xa = make_uint4(bf2_mul(qv.x, kv4.x), bf2_mul(qv.y, kv4.y), bf2_mul(qv.z, kv4.z), bf2_mul(qv.w, kv4.w));
-          xb = make_uint4(bf2_mul(dv4.x, vv4.x), bf2_mul(dv4.y, vv4.y), bf2_mul(dv4.z, vv4.z), bf2_mul(dv4.w, vv4.w));
-        }
-        const uint32_t at = sw128_tile(ROWS, rr, c16 * 8);
-        *reinterpret_cast<uint4*>(ab + at) = xa;
-        *reinterpret_cast<uint4*>(ab + L::AB + at) = xb;
+        store_operand_chunks(ab, L::AB, sw128_tile(ROWS, rr, c16 * 8), off >= b_olo[x] && off < b_ohi[x], q_s,
+                             d_s, rr * L::JS + c16 * 8, k1_s, v1_s, (b_idx[x] + off) * L::JS + c16 * 8);
       }
       fence_async_smem();
     };
@@ -442,19 +431,8 @@ __device__ __forceinline__ void bwd_offsets_qk1(const bf16* __restrict__ q, cons
     for (int x = 0; x < BR; ++x) {
       const int rr = wtid / (D / 8) + (128 / (D / 8)) * x, r = row0 + rr;
       const int j = r / G + off;
-      uint4 va = make_uint4(0, 0, 0, 0), vb = va;
-      if (r < nrows && j >= 0 && j < N) {
-        const int jr = j - PU.lo;
-        const uint4 qv = *reinterpret_cast<const uint4*>(q_s + rr * L::JS + c16 * 8);
-        const uint4 dv4 = *reinterpret_cast<const uint4*>(d_s + rr * L::JS + c16 * 8);
-        const uint4 kv4 = *reinterpret_cast<const uint4*>(k1_s + jr * L::JS + c16 * 8);
-        const uint4 vv4 = *reinterpret_cast<const uint4*>(v1_s + jr * L::JS + c16 * 8);
-        va = make_uint4(bf2_mul(qv.x, kv4.x), bf2_mul(qv.y, kv4.y), bf2_mul(qv.z, kv4.z), bf2_mul(qv.w, kv4.w));
-        vb = make_uint4(bf2_mul(dv4.x, vv4.x), bf2_mul(dv4.y, vv4.y), bf2_mul(dv4.z, vv4.z), bf2_mul(dv4.w, vv4.w));
-      }
-      const uint32_t at = sw128_tile(ROWS, rr, c16 * 8);
-      *reinterpret_cast<uint4*>(ops + at) = va;
-      *reinterpret_cast<uint4*>(ops + L::AB + at) = vb;
+      store_operand_chunks(ops, L::AB, sw128_tile(ROWS, rr, c16 * 8), r < nrows && j >= 0 && j < N, q_s, d_s,
+                           rr * L::JS + c16 * 8, k1_s, v1_s, (j - PU.lo) * L::JS + c16 * 8);
     }
     fence_async_smem();
   };

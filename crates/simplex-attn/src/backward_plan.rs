@@ -231,8 +231,9 @@ pub(crate) fn offsets_k2_plan(
         return None;
     }
     let rows = partner_positions(BLOCK, group, win);
+    let padded = (d + 8) * 2;
     let ops = 4 * BLOCK * d * 2;
-    let stage = 2 * BLOCK * (d + 8) * 2 + 2 * rows * (d + 8) * 2 + 2 * BLOCK * 4;
+    let stage = 2 * BLOCK * padded + 2 * rows * padded + 2 * BLOCK * 4;
     let k2 = offsets_launch("k2", d, ops + 2 * stage);
     (k2.smem <= max_smem).then_some(k2)
 }

@@ -1,7 +1,7 @@
 //! Checks and plumbing shared by both attention ops: one dtype and device for all inputs, the
 //! dtype the kernels compute in, and the slot through which a forward hands its lse out.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::{CpuStorage, DType, Device, Shape, Tensor};
 
@@ -41,25 +41,41 @@ pub(crate) fn compute_dtype(q: &Tensor, others: &[(&str, &Tensor)]) -> Result<DT
 
 /// The lse a forward left in `slot`.
 pub(crate) fn saved_lse(slot: &LseSlot) -> Result<Tensor, AttnError> {
-    slot.lock()
-        .map_err(|_| AttnError::Input("lse slot poisoned by a panic".into()))?
+    lock_slot(slot)?
         .clone()
         .ok_or_else(|| AttnError::Input("the forward kernel did not produce lse".into()))
 }
 
+/// The contents of a slot through which one custom op hands tensors to another (or to the
+/// caller), locked; a candle error if a panic poisoned it.
+fn lock_slot<T>(slot: &Mutex<Option<T>>) -> candle_core::Result<MutexGuard<'_, Option<T>>> {
+    slot.lock().map_err(|_| {
+        candle_core::Error::Msg("simplicial attention: slot poisoned by a panic".into())
+    })
+}
+
+/// Stores `value` in `slot` (inside a custom op, so a candle error).
+pub(crate) fn fill_slot<T>(slot: &Mutex<Option<T>>, value: T) -> candle_core::Result<()> {
+    *lock_slot(slot)? = Some(value);
+    Ok(())
+}
+
+/// Takes what `slot` holds; `missing` is the error when it is empty.
+pub(crate) fn take_slot<T>(slot: &Mutex<Option<T>>, missing: &str) -> candle_core::Result<T> {
+    lock_slot(slot)?
+        .take()
+        .ok_or_else(|| candle_core::Error::Msg(missing.into()))
+}
+
 /// Stores a forward's log-sum-exp in `slot` (inside a custom op, so a candle error).
 pub(crate) fn store_lse(slot: &LseSlot, lse: Tensor) -> candle_core::Result<()> {
-    *slot
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))? = Some(lse);
-    Ok(())
+    fill_slot(slot, lse)
 }
 
 /// The lse the forward left in `slot`, for the backward; `missing` is the error when there is
 /// none (a backward before its forward).
 pub(crate) fn lse_for_backward(slot: &LseSlot, missing: &str) -> candle_core::Result<Tensor> {
-    slot.lock()
-        .map_err(|_| candle_core::Error::Msg("lse slot poisoned".into()))?
+    lock_slot(slot)?
         .clone()
         .ok_or_else(|| candle_core::Error::Msg(missing.into()))
 }

@@ -20,7 +20,10 @@ use candle_core::{
 
 use crate::cpu::{self, Problem, Real, Saved};
 use crate::cpu_data::{cpu_slice, with_cpu_slices};
-use crate::inputs::{compute_dtype, lse_for_backward, marker_cpu, saved_lse, store_lse, LseSlot};
+use crate::inputs::{
+    compute_dtype, fill_slot, lse_for_backward, marker_cpu, saved_lse, store_lse, take_slot,
+    LseSlot,
+};
 use crate::spec::{AttnSpec, Dims, Variant, Windows};
 use crate::{determinant, AttnError};
 
@@ -138,19 +141,11 @@ impl CustomOp3 for QueryKeys {
         _: &Tensor,
         _: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grads = self
-            .grads
-            .lock()
-            .map_err(|_| {
-                candle_core::Error::Msg("simplicial attention: grads slot poisoned".into())
-            })?
-            .take();
-        match grads {
-            Some([dq, dk1, dk2]) => Ok((Some(dq), Some(dk1), Some(dk2))),
-            None => candle_core::bail!(
-                "simplicial attention: the backward of q, k1, k2 ran before the backward of o"
-            ),
-        }
+        let [dq, dk1, dk2] = take_slot(
+            &self.grads,
+            "simplicial attention: the backward of q, k1, k2 ran before the backward of o",
+        )?;
+        Ok((Some(dq), Some(dk1), Some(dk2)))
     }
 }
 
@@ -311,9 +306,7 @@ impl CustomOp3 for SimplicialOp {
                 dev.location()
             ),
         };
-        *self.key_grads.lock().map_err(|_| {
-            candle_core::Error::Msg("simplicial attention: grads slot poisoned".into())
-        })? = Some([dq, dk1, dk2]);
+        fill_slot(&self.key_grads, [dq, dk1, dk2])?;
         Ok((Some(handle.zeros_like()?), Some(dv1), Some(dv2)))
     }
 }

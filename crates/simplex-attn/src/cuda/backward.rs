@@ -17,8 +17,8 @@ use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 
 use super::module::{self, Family};
 use super::{
-    blocks, check_smem, cuda_err, cuda_storages, exchange_sets, launch_config, output, variant,
-    view, width, wrap_tensor, Elem, Element, KernelShape,
+    blocks, check_smem, cuda_err, cuda_storages, exchange_sets, launch_config, oriented, output,
+    variant, view, width, wrap_tensor, Elem, Element, KernelShape,
 };
 use crate::op::SimplicialOp;
 
@@ -112,11 +112,7 @@ fn backward_typed<T: Element>(op: &SimplicialOp, tensors: [&Tensor; 8]) -> Resul
     );
     // Like the forward, the dq kernel tiles its window 2: give it the larger window there.
     let ex = exchange_sets(&op.win);
-    let (qk1, qk2, qv1, qv2) = if ex {
-        (&k2, &k1, &v2, &v1)
-    } else {
-        (&k1, &k2, &v1, &v2)
-    };
+    let ((qk1, qv1), (qk2, qv2)) = oriented(ex, (&k1, &v1), (&k2, &v2));
     let qshape = shape.oriented(ex);
     let mut launch = stream.launch_builder(&kernel.func);
     launch.arg(&qv).arg(qk1).arg(qk2).arg(qv1).arg(qv2);
