@@ -84,13 +84,14 @@ __device__ __forceinline__ void store_rows_bf16(uint8_t* sm, const float (&acc)[
 
 // acc = A @ T^T, issued (the caller commits and waits): A the thread's A fragments of D/16
 // k-steps, T a [TK x D] tile of D/64 128B-swizzled atoms at shared address `tile` (K-major:
-// its rows are the N index, as load_kv_tile stores them).
-template <int KS>
+// its rows are the N index, as load_kv_tile stores them). The atoms are AROWS rows apart
+// (AROWS >= TK; `tile` may start at any row of them: the swizzle follows the address).
+template <int KS, int AROWS = TK>
 __device__ __forceinline__ void wgmma_a_tt(float (&acc)[32], const uint32_t (&a)[KS][4], uint32_t tile) {
   const uint32_t lo = desc_lo(tile);
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks)
-    wgmma_m64n64k16_rs(acc, a[ks], desc_at(lo, (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+    wgmma_m64n64k16_rs(acc, a[ks], desc_at(lo, (ks / 4) * (AROWS * 128) + (ks % 4) * 32), ks > 0);
 }
 
 // acc = A @ T^T with A a [64 x D] tile in shared memory too (D/64 128B-swizzled atoms of 64 x
@@ -106,8 +107,8 @@ __device__ __forceinline__ void wgmma_ss_tt(float (&acc)[32], uint32_t a_tile, u
 
 // acc[a] (+)= P @ T[:, 64 a .. 64 a + 63], issued: P the A fragments of the TK / 16 k-steps
 // over T's rows (the accumulator layout of a 64 x TK product, packed), T as for wgmma_a_tt
-// read MN-major (transposed B); accumulate = false overwrites acc.
-template <int NA>
+// (atoms AROWS rows apart) read MN-major (transposed B); accumulate = false overwrites acc.
+template <int NA, int AROWS = TK>
 __device__ __forceinline__ void wgmma_a_t(float (&acc)[NA][32], const uint32_t (&p)[TK / 16][4], uint32_t tile,
                                           bool accumulate) {
   const uint32_t lo = desc_lo(tile);
@@ -115,7 +116,7 @@ __device__ __forceinline__ void wgmma_a_t(float (&acc)[NA][32], const uint32_t (
   for (int a = 0; a < NA; ++a)
 #pragma unroll
     for (int st = 0; st < TK / 16; ++st)
-      wgmma_m64n64k16_rs<1>(acc[a], p[st], desc_at(lo, a * (TK * 128) + st * 2048), accumulate || st > 0);
+      wgmma_m64n64k16_rs<1>(acc[a], p[st], desc_at(lo, a * (AROWS * 128) + st * 2048), accumulate || st > 0);
 }
 
 // Starts key tile kt of nkt (first key k0; all threads): waits for its cp.async loads, makes

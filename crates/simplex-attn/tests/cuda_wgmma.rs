@@ -73,6 +73,10 @@ fn wgmma_forward_matches_the_f32_kernel() -> anyhow::Result<()> {
         (1, 515, 4, 2, 128, AttnSpec::causal(33, 129)),
         (1, 200, 2, 2, 128, bi.with_windows(Some(30), Some(50))),
         (1, 257, 6, 2, 64, AttnSpec::causal(7, 300)),
+        // the producer layout's per-consumer key shift: 2 queries per consumer (G = 32, shift
+        // 2), 8 (G = 8, shift 8)
+        (1, 613, 32, 1, 128, AttnSpec::causal(24, 100)),
+        (1, 389, 16, 2, 128, AttnSpec::causal(300, 17)),
     ];
     let mut failures = vec![];
     for (t, &(b, n, hq, hkv, d, spec)) in cases.iter().enumerate() {
@@ -88,6 +92,7 @@ fn wgmma_forward_matches_the_f32_kernel() -> anyhow::Result<()> {
                 positions_per_handover: 2,
             },
             ForwardVariant::PingPong,
+            ForwardVariant::Producer,
             ForwardVariant::Offsets {
                 offsets_per_step: 1,
             },

@@ -1,7 +1,8 @@
 //! Launch of the tensor-core (wgmma) forwards for bf16 with D = Dv in {64, 128}:
-//! `kernels/simplicial_fwd_wgmma.cu` (specialized and ping-pong layouts, for many query heads
-//! per K/V head) and `kernels/simplicial_fwd_offsets.cu` (the offset walk, for few). Other shapes
-//! and dtypes run the CUDA-core kernel of `forward.rs`.
+//! `kernels/simplicial_fwd_wgmma.cu` (specialized and ping-pong layouts) and
+//! `kernels/simplicial_fwd_producer.cu` (a producer warpgroup and two consumers), for many query
+//! heads per K/V head, and `kernels/simplicial_fwd_offsets.cu` (the offset walk, for few). Other
+//! shapes and dtypes run the CUDA-core kernel of `forward.rs`.
 //!
 //! The kernels walk their first window one position (or offset) at a time and tile their second
 //! window for the tensor cores, so they want the small window first: when `w1 > w2` the two
@@ -19,6 +20,8 @@ use crate::op::SimplicialOp;
 /// Rows (query, head) per warpgroup; `ROWS` in the kernels.
 const ROWS: usize = 64;
 const THREADS: u32 = 256;
+/// Threads of `simplicial_fwd_producer.cu`: a producer warpgroup and two consumers.
+const PRODUCER_THREADS: u32 = 384;
 
 /// Which compiled layout of the tensor-core forward runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +36,10 @@ pub enum ForwardVariant {
     /// `simplicial_fwd_wgmma.cu`, 128 rows per block: each warpgroup computes logits, softmax
     /// and values for its own 64 (one position per step).
     PingPong,
+    /// `simplicial_fwd_producer.cu`, 128 rows per block: the ping-pong walk with v1_j folded
+    /// into the values operand (O += P @ (V2_tile ∘ v1_j)), which a third, producer,
+    /// warpgroup builds in shared memory while the two consumers keep P in registers.
+    Producer,
     /// `simplicial_fwd_offsets.cu`, 128 rows per block: steps over window-1 offsets, each row
     /// with its own window-1 position, so rows of different queries waste no masked work
     /// (for few query heads per K/V head). Needs the block's window-1 rows in shared memory;
@@ -45,15 +52,19 @@ pub enum ForwardVariant {
 
 impl ForwardVariant {
     /// The fastest measured on the H200 for G = Hq/Hkv query heads per K/V head and head dim
-    /// `d` (kernels/NOTES.md, v6 and v7): at D = 64 the offset walk with two offsets per step
-    /// (measured faster than the ping-pong layout at G = 1, 2, 4, 16, 32, 64: 185 vs 46 TFLOP/s
-    /// at G = 1, 238 vs 201 at G = 64); at D = 128 the offset walk below G = 8 and the
-    /// ping-pong layout from G = 8 (equal at 8; 312 vs 263 at G = 64).
+    /// `d` (kernels/NOTES.md, v6, v7 and v9): at D = 64 the offset walk with two offsets per
+    /// step (measured faster than the ping-pong layout at G = 1, 2, 4, 16, 32, 64: 185 vs 46
+    /// TFLOP/s at G = 1, 238 vs 201 at G = 64); at D = 128 the offset walk below G = 8, the
+    /// ping-pong layout at G = 8 (the producer layout slower there: 210 vs 233) and the
+    /// producer layout from G = 16 (279 vs 276 at 16, 389 vs 322 at 64, 402 vs 317 at the
+    /// anchor).
     pub fn fastest(group: usize, d: usize) -> Self {
         if d <= 64 {
             ForwardVariant::Offsets {
                 offsets_per_step: 2,
             }
+        } else if group >= 16 {
+            ForwardVariant::Producer
         } else if group >= 8 {
             ForwardVariant::PingPong
         } else {
@@ -63,7 +74,7 @@ impl ForwardVariant {
         }
     }
 
-    /// Parses `tj1`, `tj2`, `pp`, `offsets` or `offsets2` (the values of `SIMPLEX_WGMMA_FWD`).
+    /// Parses `tj1`, `tj2`, `pp`, `producer`, `offsets` or `offsets2` (the values of `SIMPLEX_WGMMA_FWD`).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "tj1" => Some(ForwardVariant::Specialized {
@@ -73,6 +84,7 @@ impl ForwardVariant {
                 positions_per_handover: 2,
             }),
             "pp" => Some(ForwardVariant::PingPong),
+            "producer" => Some(ForwardVariant::Producer),
             "offsets" => Some(ForwardVariant::Offsets {
                 offsets_per_step: 1,
             }),
@@ -88,7 +100,7 @@ static VARIANT: std::sync::Mutex<Option<ForwardVariant>> = std::sync::Mutex::new
 
 /// Runs `variant` of the tensor-core forward from now on; `None` (the default) picks
 /// [`ForwardVariant::fastest`] per call. For comparisons and tests. `SIMPLEX_WGMMA_FWD=tj1|tj2|
-/// pp|offsets` in the environment overrides it ([`ForwardVariant::parse`]).
+/// pp|producer|offsets|offsets2` in the environment overrides it ([`ForwardVariant::parse`]).
 pub fn set_forward_variant(variant: Option<ForwardVariant>) {
     if let Ok(mut v) = VARIANT.lock() {
         *v = variant;
@@ -117,6 +129,14 @@ fn smem_bytes(d: usize, tj: usize) -> usize {
     let v_tile = tk * (d + 8) * 2;
     let j_rows = jc * d * 2;
     2 * k_tile + 2 * p_tile + 2 * v_tile + 2 * j_rows + 2 * ROWS * 4 + 2 * ROWS * 4 + 1024
+}
+
+/// Dynamic shared memory of one block of `simplicial_fwd_producer.cu` (`Smem<D>::BYTES` there):
+/// K2 and V2 tiles (two buffers each), three built V' tiles (72 rows each: 64 keys and a shift
+/// of up to 8 between the two consumers), 128 window-1 rows of k1 and v1.
+fn producer_smem_bytes(d: usize) -> usize {
+    let (rows, jc, nv) = (72, 128, 3);
+    (4 + nv) * rows * d * 2 + 2 * jc * d * 2 + 1024
 }
 
 /// Dynamic shared memory of one block of the offset walk: K2 and V2 tiles (two buffers each)
@@ -149,8 +169,8 @@ pub(crate) fn forward(
     let shape = KernelShape::new(&dims, &op.win, op.scale)?.oriented(ex);
     let dev = q.device().clone();
     let mut variant = variant(hq / hkv, d);
-    let (name, smem, cta_rows, kernel) = loop {
-        let (name, smem, cta_rows, family) = match variant {
+    let (name, smem, threads, kernel) = loop {
+        let (name, smem, threads, family) = match variant {
             ForwardVariant::Offsets { offsets_per_step } => {
                 let to = if offsets_per_step == 2 && d == 64 {
                     2
@@ -160,15 +180,21 @@ pub(crate) fn forward(
                 (
                     format!("simplicial_fwd_offsets_to{to}_bf16_d{d}"),
                     offsets_smem_bytes(d, &shape),
-                    2 * ROWS,
+                    THREADS,
                     Family::ForwardOffsets,
                 )
             }
             ForwardVariant::PingPong => (
                 format!("simplicial_fwd_wgmma_pp_tj1_bf16_d{d}"),
                 smem_bytes(d, 1),
-                2 * ROWS,
+                THREADS,
                 Family::ForwardWgmma,
+            ),
+            ForwardVariant::Producer => (
+                format!("simplicial_fwd_producer_bf16_d{d}"),
+                producer_smem_bytes(d),
+                PRODUCER_THREADS,
+                Family::ForwardProducer,
             ),
             ForwardVariant::Specialized {
                 positions_per_handover,
@@ -177,7 +203,7 @@ pub(crate) fn forward(
                 (
                     format!("simplicial_fwd_wgmma_tj{tj}_bf16_d{d}"),
                     smem_bytes(d, tj),
-                    ROWS,
+                    THREADS,
                     Family::ForwardWgmma,
                 )
             }
@@ -195,7 +221,7 @@ pub(crate) fn forward(
             };
             continue;
         }
-        break (name, smem, cta_rows, kernel);
+        break (name, smem, threads, kernel);
     };
     check_smem(&name, smem, kernel.max_smem, d, d)?;
 
@@ -203,12 +229,17 @@ pub(crate) fn forward(
     let qv = view::<T>(q, lq, "q", b * n * hq * d)?;
     let [k1, k2, v1, v2] =
         key_value_views::<T>(ex, [(k1, lk1), (k2, lk2), (v1, lv1), (v2, lv2)], nk, nk)?;
+    // rows (query, head) per block: 64 for the specialized layout, 128 for the others
+    let cta_rows = match variant {
+        ForwardVariant::Specialized { .. } => ROWS,
+        _ => 2 * ROWS,
+    };
     let cfg = launch_config(
         (blocks(n * (hq / hkv), cta_rows)?, hkv as u32, b as u32),
-        THREADS,
+        threads,
         smem,
     );
-    // SAFETY: simplicial_fwd_wgmma_* and simplicial_fwd_offsets_* take (q, k1, k2, v1, v2, o, lse, Shape) in bf16; `view`
+    // SAFETY: simplicial_fwd_wgmma_*, simplicial_fwd_producer_* and simplicial_fwd_offsets_* take (q, k1, k2, v1, v2, o, lse, Shape) in bf16; `view`
     // checked the element counts; the grid covers all N * G rows.
     unsafe {
         super::launch_forward(

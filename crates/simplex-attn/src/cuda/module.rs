@@ -25,6 +25,8 @@ pub(crate) enum Family {
     ForwardWgmma,
     /// `kernels/simplicial_fwd_offsets.cu` (tensor-core forward stepping over window-1 offsets)
     ForwardOffsets,
+    /// `kernels/simplicial_fwd_producer.cu` (tensor-core forward with a producer warpgroup)
+    ForwardProducer,
     /// `kernels/simplicial_bwd_dq.cu` (delta pre-pass and dq)
     BackwardQuery,
     /// `kernels/simplicial_bwd_dkv.cu` (dk, dv of one key/value set)
@@ -54,6 +56,9 @@ impl Family {
             }
             Family::ForwardOffsets => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_fwd_offsets.cubin"))
+            }
+            Family::ForwardProducer => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_fwd_producer.cubin"))
             }
             Family::BackwardQuery => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_dq.cubin"))
@@ -88,6 +93,7 @@ impl Family {
             Family::Forward => "kernels/simplicial_fwd.cu",
             Family::ForwardWgmma => "kernels/simplicial_fwd_wgmma.cu",
             Family::ForwardOffsets => "kernels/simplicial_fwd_offsets.cu",
+            Family::ForwardProducer => "kernels/simplicial_fwd_producer.cu",
             Family::BackwardQuery => "kernels/simplicial_bwd_dq.cu",
             Family::BackwardKey => "kernels/simplicial_bwd_dkv.cu",
             Family::BackwardMma => "kernels/simplicial_bwd_mma.cu",

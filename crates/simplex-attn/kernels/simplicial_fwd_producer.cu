@@ -1,0 +1,475 @@
+// 2-simplicial attention forward on Hopper tensor cores with a producer warpgroup: bf16 in,
+// f32 accumulation, f32 lse. For many query heads per K/V head (the anchors: G = 64, 128).
+//
+//   S[r,j,k] = scale * sum_l q[r,l] k1[j,l] k2[k,l]        r = (query i, head h): the CTA's rows
+//   o[r]     = sum_{j,k} softmax_{(j,k)}(S[r]) v1[j] ∘ v2[k],   lse[r] = log sum exp S[r]
+// Orientation and rows as in simplicial_fwd_wgmma.cu: window 1 (k1, v1) is the small window,
+// walked one position j at a time and shared by all rows of a step; window 2 (k2, v2) the large
+// one, in tiles of TK = 64 keys; rows r = i * G + h, 64 per warpgroup, each with its own windows.
+//
+// What differs from the ping-pong layout of simplicial_fwd_wgmma.cu. There the values product
+// is O^T += (V2_tile^T ∘ v1_j) @ P^T: P goes through shared memory (stores, a fence and two
+// warpgroup barriers per step) and the N of that product is the 64 rows. Here v1_j is folded
+// into the B operand instead:
+//   O += P @ (V2_tile ∘ v1_j)        P straight from the logits accumulator (A registers),
+//                                    V'_j = V2_tile ∘ v1_j built in shared memory, MN-major
+// so P never leaves registers, O is a plain [rows x D] accumulator rescaled in place, and the
+// operand V'_j (the same for both consumer warpgroups: they walk the same (tile, j) steps) is
+// built by a third warpgroup.
+//
+// Warpgroups (384 threads, one CTA per SM):
+//   WG0 producer (setmaxnreg 72): cp.async of the K2 / V2 tiles (2 buffers) and the window-1
+//     rows; per step builds V'_j = V2_tile ∘ v1_j (16-byte chunks, bf16x2 products) into a ring
+//     of NV buffers, then arrives on each consumer's FULL[step % NV]; before reusing a buffer
+//     it waits on EMPTY[...] for both consumers to be done with it.
+//   WG1, WG2 consumers (setmaxnreg 216), 64 rows each, per step s (FlashAttention-3's schedule):
+//     A_j = Q ∘ k1_j in registers (Q fragments held for the whole walk), wait FULL; in this
+//     consumer's turn (the two alternate through TURN barriers, so one's products run while
+//     the other's softmax does) issue S = A_j @ K2_tile^T and the values product of step s-1,
+//     O += P_{s-1} @ V'_{s-1} (RS wgmma, V' as transposed B); wait for S, mask (skipped where
+//     the warp's rows are inside their windows), online softmax (exp2, scale folded into the
+//     FMA); wait for the values product, arrive EMPTY for its buffer, O *= alpha, keep P_s in
+//     registers for the next turn.
+// A consumer outside the union of its rows' windows for a step issues only the pending values
+// product in its turn.
+// Key tiles: each consumer walks 64-key tiles of its own window 2; the CTA stages TKA = 72 rows
+// per tile and consumer c reads rows shift_c .. shift_c + 63 (its window's start minus the
+// union's, up to 8: at G = 64 the second query's window starts one key later, and without the
+// shift the CTA would walk a ninth tile for one key of 513). The wgmma descriptors simply start
+// shift_c rows into the swizzled tile (the swizzle follows the shared-memory address).
+// Shared memory (D = 128): K2 tiles 2 x 18 KB, V2 tiles 2 x 18 KB, V' NV = 3 x 18 KB, window-1
+// rows of k1 and v1 2 x 32 KB (JC = 128 rows; longer windows are restaged with two block-wide
+// barriers): 193 KB.
+// Registers (consumer, D = 128): Q 32 + O 64 + S 32 + P 16 (+ A 32 while the logits run).
+// setmaxnreg 72 (producer) / 216 (consumers), chosen by compiling splits from 24/240 to
+// 88/208: the consumers spill at 208 (32 B), the producer below 72 (174 B at 24, 46 at 56;
+// at 72 none once its load loops are unrolled by 2 instead of 4).
+// Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; history
+// and measurements: kernels/NOTES.md (v9).
+#include "offset_walk.cuh"
+
+using namespace simplex;
+typedef __nv_bfloat16 bf16;
+
+namespace {
+
+constexpr int ROWS = 64;       // rows per consumer warpgroup = wgmma M
+constexpr int CTA_ROWS = 128;  // two consumers
+constexpr int TK = 64;         // window-2 keys per tile and consumer
+constexpr int SHIFT_MAX = 8;   // a consumer's keys start up to this many rows into the CTA's tile
+constexpr int TKA = TK + SHIFT_MAX;  // rows of a staged tile
+constexpr int JC = 128;        // window-1 rows staged at once
+constexpr int NV = 3;          // V'_j buffers
+constexpr int THREADS = 384;   // producer + two consumers
+constexpr int PTHREADS = 128;  // producer threads
+// setmaxnreg: the launch gives every thread 168 registers (65536 / 384, rounded down to 8), and
+// the consumers can only take what the producer gives back (an excess blocks setmaxnreg.inc
+// for ever).
+constexpr int PRODUCER_REGS = 72, CONSUMER_REGS = 216;
+static_assert(PRODUCER_REGS + 2 * CONSUMER_REGS <= 3 * 168, "the launch's registers");
+// Named barriers. FULL is one per consumer and buffer (producer arrives, that consumer waits:
+// 256 threads), so the consumers never wait for each other there; EMPTY one per buffer (both
+// consumers arrive, the producer waits: 384).
+constexpr int BAR_FULL = 4;               // + NV * consumer + buffer: V'[buffer] built
+constexpr int BAR_EMPTY = 4 + 2 * NV;     // + buffer: V'[buffer] consumed
+constexpr int BAR_PRODUCER = 4 + 3 * NV;  // the producer warpgroup alone
+constexpr int BAR_TURN = BAR_PRODUCER + 1;  // + consumer: its turn to issue products
+constexpr int FULL_THREADS = PTHREADS + 128;
+// ids 1 + warpgroup (2, 3): store_rows_bf16's per-warpgroup barrier (offset_walk.cuh)
+static_assert(offset_walk::BAR_WG + 2 < BAR_FULL, "barrier ids overlap");
+static_assert(BAR_TURN + 1 < 16, "16 named barriers");
+
+// Shared-memory carve-up for head dim D (= Dv), from a 1024-byte aligned base. Tiles are D/64
+// 128B-swizzled atoms of TKA x 128 B (sw128_tile with TKA rows).
+template <int D>
+struct Smem {
+  static constexpr int KT = TKA * D * 2;  // one tile
+  static constexpr int JR = JC * D * 2;  // window-1 rows of k1 (or v1), unpadded
+  static constexpr int K_OFF = 0;        // 2 K2 tiles
+  static constexpr int V_OFF = 2 * KT;   // 2 V2 tiles
+  static constexpr int VP_OFF = 4 * KT;  // NV V' tiles
+  static constexpr int J1_OFF = VP_OFF + NV * KT;
+  static constexpr int JV_OFF = J1_OFF + JR;
+  static constexpr int BYTES = JV_OFF + JR + 1024;  // + alignment slack (mirrored in forward_wgmma.rs)
+};
+static_assert(Smem<128>::BYTES <= 227 * 1024, "one CTA per SM fits the shared memory");
+
+// The keys of consumer c (rows row0 + 64 c ..): the union `kw` of its rows' window 2, and the
+// row of the CTA's tiles where its own 64-key tiles start. The CTA's tiles start at the union
+// of both consumers' windows, KU.lo; at G = 64 (one query per consumer) the second consumer's
+// window starts one key later, and tiles of its own keys keep it from walking a ninth tile
+// for one key of 513. Shifts past SHIFT_MAX (G < 8) fall back to 0 (the masking covers them).
+struct ConsumerKeys {
+  Range kw;
+  int shift;
+};
+__device__ __forceinline__ ConsumerKeys consumer_keys(int c, int row0, int nrows, int G, int ku_lo, const Shape& s) {
+  const int rb = row0 + 64 * c;
+  if (rb >= nrows) return {{ku_lo, ku_lo}, 0};
+  const int i0 = rb / G, i1 = (min(rb + 64, nrows) - 1) / G;
+  const Range kw = {window(i0, s.w2, s.seq, s.causal).lo, window(i1, s.w2, s.seq, s.causal).hi};
+  const int shift = kw.lo - ku_lo <= SHIFT_MAX ? kw.lo - ku_lo : 0;
+  return {kw, shift};
+}
+
+template <int D>
+__device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B,N,Hq,D]
+                                             const bf16* __restrict__ k1,  // [B,N,Hkv,D] small window
+                                             const bf16* __restrict__ k2,  // [B,N,Hkv,D] large window
+                                             const bf16* __restrict__ v1,  // [B,N,Hkv,D]
+                                             const bf16* __restrict__ v2,  // [B,N,Hkv,D]
+                                             bf16* __restrict__ o,         // [B,N,Hq,D]
+                                             float* __restrict__ lse,      // [B,N,Hq]
+                                             const Shape s) {
+  using L = Smem<D>;
+  constexpr int KS = D / 16;  // k-steps of the logits
+  constexpr int NA = D / 64;  // 64-column blocks of O
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+
+  const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
+  const int b = blockIdx.z, kv = blockIdx.y;
+  const int row0 = blockIdx.x * CTA_ROWS, nrows = N * G;
+  const int row_last = min(row0 + CTA_ROWS, nrows) - 1;
+  const int i_first = row0 / G, i_last = row_last / G;
+  const Range JU = {window(i_first, s.w1, N, s.causal).lo, window(i_last, s.w1, N, s.causal).hi};
+  const Range KU = {window(i_first, s.w2, N, s.causal).lo, window(i_last, s.w2, N, s.causal).hi};
+  const int tid = threadIdx.x, wg = tid / 128;
+  // key tiles: enough for the consumer whose keys reach furthest past its own first tile row;
+  // rows staged per tile: 64 and the larger shift
+  int nkt = 0, tile_rows = TK;
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    const ConsumerKeys ck = consumer_keys(c, row0, nrows, G, KU.lo, s);
+    nkt = max(nkt, (ck.kw.hi - KU.lo - ck.shift + TK - 1) / TK);
+    tile_rows = max(tile_rows, TK + ck.shift);
+  }
+  const int njc = (JU.hi - JU.lo + JC - 1) / JC;
+  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
+
+  if (wg == 0) {
+    // ---------------- producer ----------------
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
+    const int ptid = tid;
+    auto load_tile = [&](int k0, int buf) {
+#pragma unroll 2
+      for (int c = ptid; c < tile_rows * D / 8; c += PTHREADS) {
+        const int kk = c / (D / 8), c16 = c % (D / 8);
+        const int pos = k0 + kk;
+        const bool ok = pos < KU.hi;
+        const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
+        const uint32_t at = sw128_tile(TKA, kk, c16 * 8);
+        cp_async16(smem_u32(sm + L::K_OFF + buf * L::KT) + at, k2 + src, ok);
+        cp_async16(smem_u32(sm + L::V_OFF + buf * L::KT) + at, v2 + src, ok);
+      }
+    };
+    auto load_j = [&](int j0) {
+      const uint32_t a = smem_u32(sm + L::J1_OFF), v = smem_u32(sm + L::JV_OFF);
+#pragma unroll 2
+      for (int c = ptid; c < JC * D / 8; c += PTHREADS) {
+        const int jj = c / (D / 8), c16 = c % (D / 8);
+        const int pos = j0 + jj;
+        const bool ok = pos < JU.hi;
+        const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
+        cp_async16(a + jj * D * 2 + c16 * 16, k1 + src, ok);
+        cp_async16(v + jj * D * 2 + c16 * 16, v1 + src, ok);
+      }
+    };
+    int consumed = 0;  // steps whose EMPTY the producer has waited for
+    auto wait_consumed = [&](int n) {
+      for (; consumed < n; ++consumed) bar_sync(BAR_EMPTY + consumed % NV, THREADS);
+    };
+    // this thread's 16-byte chunks of a tile: column chunk c16 fixed, keys kk0 + x * KSTEP
+    constexpr int CPR = D / 8;                // chunks per row
+    constexpr int KSTEP = PTHREADS / CPR;     // rows between a thread's chunks
+    constexpr int NCH = (TKA * CPR + PTHREADS - 1) / PTHREADS;  // chunks per thread (the last maybe none)
+    const int c16 = ptid % CPR, kk0 = ptid / CPR;
+
+    load_j(JU.lo);
+    load_tile(KU.lo, 0);
+    cp_async_commit();
+    int step = 0;
+    for (int kt = 0; kt < nkt; ++kt) {
+      const int buf = kt & 1;
+      cp_async_wait_all();
+      fence_async_smem();
+      bar_sync(BAR_PRODUCER, PTHREADS);  // tile kt (and the first rows) landed for every thread
+      const int s0 = step;
+      bool pending = kt + 1 < nkt;  // the next tile's load, issued once tile kt - 1 is consumed
+      const uint8_t* vsrc = sm + L::V_OFF + buf * L::KT;
+      for (int jc = 0; jc < njc; ++jc) {
+        const int j0 = JU.lo + jc * JC;
+        if (njc > 1 && (kt > 0 || jc > 0)) {  // restage window-1 rows (long windows only)
+          __syncthreads();                    // everyone is done with the old rows
+          load_j(j0);
+          cp_async_commit();
+          cp_async_wait_all();
+          fence_async_smem();
+          __syncthreads();
+        }
+        const int jn = min(JC, JU.hi - j0);
+        for (int jj = 0; jj < jn; ++jj, ++step) {
+          wait_consumed(step - NV + 1);
+          const uint4 m = *reinterpret_cast<const uint4*>(sm + L::JV_OFF + (jj * D + c16 * 8) * 2);
+          uint8_t* vdst = sm + L::VP_OFF + (step % NV) * L::KT;
+#pragma unroll
+          for (int x = 0; x < NCH; ++x) {
+            if (kk0 + x * KSTEP >= tile_rows) break;
+            const uint32_t at = sw128_tile(TKA, kk0 + x * KSTEP, c16 * 8);
+            uint4 v = *reinterpret_cast<const uint4*>(vsrc + at);
+            v.x = bf2_mul(v.x, m.x);
+            v.y = bf2_mul(v.y, m.y);
+            v.z = bf2_mul(v.z, m.z);
+            v.w = bf2_mul(v.w, m.w);
+            *reinterpret_cast<uint4*>(vdst + at) = v;
+          }
+          fence_async_smem();
+          bar_arrive(BAR_FULL + step % NV, FULL_THREADS);
+          bar_arrive(BAR_FULL + NV + step % NV, FULL_THREADS);
+          if (pending && (step + 1 - s0 >= NV || (jc == njc - 1 && jj == jn - 1))) {
+            wait_consumed(s0);  // the consumers are done with tile kt - 1 (its buffer)
+            load_tile(KU.lo + (kt + 1) * TK, buf ^ 1);
+            cp_async_commit();
+            pending = false;
+          }
+        }
+      }
+    }
+    wait_consumed(step);  // balance the EMPTY barriers
+    __syncthreads();      // the consumers' epilogue reuses the tile space
+    return;
+  }
+
+  // ---------------- consumers ----------------
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS) : "memory");
+  const int warp = (tid % 128) / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int rbase = row0 + ROWS * (wg - 1);
+  auto q_off = [&](int r) -> long long {
+    return ((long long)(b * N + r / G) * Hq + kv * G + r % G) * D;
+  };
+  const bf16* j1_s = reinterpret_cast<const bf16*>(sm + L::J1_OFF);
+
+  // this thread's rows rbase + 16 warp + g + 8 e: windows, Q fragments, softmax statistics
+  bool row_ok[2];
+  Range jr[2], kr[2];
+  float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
+  uint32_t qf[KS][4];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = rbase + warp * 16 + g + 8 * e;
+    row_ok[e] = r < nrows;
+    const int i = row_ok[e] ? r / G : 0;
+    jr[e] = row_ok[e] ? window(i, s.w1, N, s.causal) : Range{0, 0};
+    kr[e] = window(i, s.w2, N, s.causal);
+  }
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int e = x & 1, col = 16 * ks + 2 * t + 8 * (x >> 1);
+      const int r = rbase + warp * 16 + g + 8 * e;
+      qf[ks][x] = row_ok[e] ? *reinterpret_cast<const uint32_t*>(q + q_off(r) + col) : 0u;
+    }
+  float acc[NA][32];
+#pragma unroll
+  for (int a = 0; a < NA; ++a)
+#pragma unroll
+    for (int x = 0; x < 32; ++x) acc[a][x] = 0.0f;
+
+  // the union of this warpgroup's windows (warpgroup-uniform: skips whole steps)
+  const bool any_rows = rbase < nrows;
+  const int iw0 = min(rbase, nrows - 1) / G, iw1 = (min(rbase + ROWS, nrows) - 1) / G;
+  const Range JW = {window(iw0, s.w1, N, s.causal).lo, window(iw1, s.w1, N, s.causal).hi};
+  const ConsumerKeys ck = consumer_keys(wg - 1, row0, nrows, G, KU.lo, s);
+  const Range KW = ck.kw;
+  const float sl2 = s.scale * LOG2E;
+
+  // Schedule (FlashAttention-3's): a consumer issues S of step s and the values product of its
+  // previous step back to back, in its turn (the two consumers alternate through the TURN
+  // barriers, so one's products run while the other's softmax does), then waits for S only,
+  // runs the softmax, and waits for the values product before rescaling O for step s.
+  const int c = wg - 1;
+  if (c == 1) bar_arrive(BAR_TURN + 0, 2 * ROWS * 2);  // consumer 0 takes the first turn
+  bool pend = false;  // a values product of an earlier step waits to be issued (P in pf)
+  int pend_vb = 0;    // its V' buffer
+  uint32_t pf[TK / 16][4];
+  int step = 0;
+  for (int kt = 0; kt < nkt; ++kt) {
+    // this consumer's keys of the tile: k0 .. k0 + TK - 1, rows shift .. of the staged tile
+    const int buf = kt & 1, k0 = KU.lo + kt * TK + ck.shift;
+    const uint32_t kbase = smem_u32(sm + L::K_OFF + buf * L::KT) + ck.shift * 128;
+    const bool tile_seen = any_rows && k0 + TK > KW.lo && k0 < KW.hi;
+    // this tile's keys inside both rows' window 2 (per thread; made warp-uniform below)
+    const bool keys_in = k0 >= kr[0].lo && k0 + TK <= kr[0].hi && k0 >= kr[1].lo && k0 + TK <= kr[1].hi;
+    for (int jc = 0; jc < njc; ++jc) {
+      const int j0 = JU.lo + jc * JC;
+      if (njc > 1 && (kt > 0 || jc > 0)) {  // the producer restages the window-1 rows
+        __syncthreads();
+        __syncthreads();
+      }
+      const int jn = min(JC, JU.hi - j0);
+      for (int jj = 0; jj < jn; ++jj, ++step) {
+        const int j = j0 + jj, vb = step % NV;
+        const bool work = tile_seen && j >= JW.lo && j < JW.hi;  // warpgroup-uniform
+        // A_j = Q ∘ k1_j
+        uint32_t af[KS][4];
+        if (work) {
+          const bf16* k1j = j1_s + jj * D;
+#pragma unroll
+          for (int ks = 0; ks < KS; ++ks) {
+            const uint32_t lo = *reinterpret_cast<const uint32_t*>(k1j + 16 * ks + 2 * t);
+            const uint32_t hi = *reinterpret_cast<const uint32_t*>(k1j + 16 * ks + 2 * t + 8);
+            af[ks][0] = bf2_mul(qf[ks][0], lo);
+            af[ks][1] = bf2_mul(qf[ks][1], lo);
+            af[ks][2] = bf2_mul(qf[ks][2], hi);
+            af[ks][3] = bf2_mul(qf[ks][3], hi);
+          }
+        }
+        bar_sync(BAR_FULL + NV * c + vb, FULL_THREADS);  // V'_j built; tile kt landed
+        // Every path below issues and retires its products inside the branch (ptxas serializes
+        // wgmma in flight across a branch it cannot prove uniform), so a missing pending step
+        // runs its values product on P = 0 (O += 0) instead of being left out.
+        if (!pend) {
+#pragma unroll
+          for (int st = 0; st < TK / 16; ++st) pf[st][0] = pf[st][1] = pf[st][2] = pf[st][3] = 0u;
+          pend_vb = vb;
+        }
+        const uint32_t vp = smem_u32(sm + L::VP_OFF + pend_vb * L::KT) + ck.shift * 128;
+        if (!work) {  // nothing of this step: the pending values product alone, in turn
+          bar_sync(BAR_TURN + c, 2 * ROWS * 2);
+#pragma unroll
+          for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+          wg_fence();
+          offset_walk::wgmma_a_t<NA, TKA>(acc, pf, vp, true);
+          wg_commit();
+          bar_arrive(BAR_TURN + (1 - c), 2 * ROWS * 2);
+          wg_wait0();
+#pragma unroll
+          for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+          if (pend) bar_arrive(BAR_EMPTY + pend_vb, THREADS);
+          bar_arrive(BAR_EMPTY + vb, THREADS);
+          pend = false;
+          continue;
+        }
+        // this consumer's turn: S = A_j @ K2_tile^T, then O += P @ V' of the pending step
+        float sacc[32];
+        bar_sync(BAR_TURN + c, 2 * ROWS * 2);
+#pragma unroll
+        for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+        wg_fence();
+        offset_walk::wgmma_a_tt<KS, TKA>(sacc, af, kbase);
+        wg_commit();
+        offset_walk::wgmma_a_t<NA, TKA>(acc, pf, vp, true);
+        wg_commit();
+        bar_arrive(BAR_TURN + (1 - c), 2 * ROWS * 2);
+        wg_wait1();  // S
+        reg_fence(sacc);
+        // mask and online softmax (base 2) of rows g (e = 0) and g + 8 (e = 1)
+        float alpha[2];
+        {
+          const bool inside = keys_in && j >= jr[0].lo && j < jr[0].hi && j >= jr[1].lo && j < jr[1].hi;
+          const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
+          const float f = fold ? sl2 : 1.0f;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float mx = -INFINITY;
+            if (fold) {
+#pragma unroll
+              for (int x = 0; x < 16; ++x) mx = fmaxf(mx, sacc[4 * (x / 2) + 2 * e + x % 2]);
+            } else {
+              const bool jok = j >= jr[e].lo && j < jr[e].hi;
+#pragma unroll
+              for (int n = 0; n < 8; ++n)
+#pragma unroll
+                for (int cc = 0; cc < 2; ++cc) {
+                  const int key = k0 + 8 * n + 2 * t + cc;
+                  const bool ok = jok && key >= kr[e].lo && key < kr[e].hi;
+                  const float x = ok ? sacc[4 * n + 2 * e + cc] * sl2 : -INFINITY;
+                  sacc[4 * n + 2 * e + cc] = x;
+                  mx = fmaxf(mx, x);
+                }
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            if (fold) mx *= sl2;
+            const float m_new = fmaxf(m_row[e], mx);
+            const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+            alpha[e] = fast_exp2(m_row[e] - m_use);
+            float sum = 0.0f;
+#pragma unroll
+            for (int n = 0; n < 8; ++n)
+#pragma unroll
+              for (int cc = 0; cc < 2; ++cc) {
+                const float p = fast_exp2(fmaf(sacc[4 * n + 2 * e + cc], f, -m_use));
+                sacc[4 * n + 2 * e + cc] = p;
+                sum += p;
+              }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            l_row[e] = l_row[e] * alpha[e] + sum;
+            m_row[e] = m_new;
+          }
+        }
+        wg_wait0();  // the pending values product: its V' buffer is free
+#pragma unroll
+        for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+        if (pend) bar_arrive(BAR_EMPTY + pend_vb, THREADS);
+        // O = alpha O now; P (its accumulator layout is the A layout of the k16 steps) waits
+        // for the next turn
+#pragma unroll
+        for (int a = 0; a < NA; ++a)
+#pragma unroll
+          for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int x = 0; x < 4; ++x) acc[a][4 * n + x] *= alpha[x / 2];
+#pragma unroll
+        for (int st = 0; st < TK / 16; ++st) {
+          pf[st][0] = bf2_pack(sacc[8 * st + 0], sacc[8 * st + 1]);
+          pf[st][1] = bf2_pack(sacc[8 * st + 2], sacc[8 * st + 3]);
+          pf[st][2] = bf2_pack(sacc[8 * st + 4], sacc[8 * st + 5]);
+          pf[st][3] = bf2_pack(sacc[8 * st + 6], sacc[8 * st + 7]);
+        }
+        pend = true;
+        pend_vb = vb;
+      }
+    }
+  }
+  if (pend) {  // the last values product
+#pragma unroll
+    for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+    wg_fence();
+    offset_walk::wgmma_a_t<NA, TKA>(acc, pf, smem_u32(sm + L::VP_OFF + pend_vb * L::KT) + ck.shift * 128, true);
+    wg_commit();
+    wg_wait0();
+#pragma unroll
+    for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+    bar_arrive(BAR_EMPTY + pend_vb, THREADS);
+  }
+  if (c == 0) bar_sync(BAR_TURN + 0, 2 * ROWS * 2);  // balance the last turn's hand-back
+
+  // ---- epilogue: lse, O / l staged through the tile space for coalesced stores ----
+  __syncthreads();  // the producer and both consumers are done with the tiles
+  float inv[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = rbase + warp * 16 + g + 8 * e;
+    if (t == 0 && row_ok[e])
+      lse[(long long)(b * N + r / G) * Hq + kv * G + r % G] = (m_row[e] + log2f(l_row[e])) * LN2;
+    inv[e] = 1.0f / l_row[e];
+  }
+  offset_walk::store_rows_bf16<D>(sm, acc, inv, rbase, nrows, o, q_off);
+}
+
+}  // namespace
+
+// simplicial_fwd_producer_bf16_d{D}: D = Dv = 64 or 128; 384 threads, 128 rows per CTA.
+#define SIMPLICIAL_FWD_PRODUCER(D)                                                                        \
+  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_fwd_producer_bf16_d##D(              \
+      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, bf16* o, float* lse, \
+      const Shape s) {                                                                                    \
+    fwd_producer<D>(q, k1, k2, v1, v2, o, lse, s);                                                        \
+  }
+
+SIMPLICIAL_FWD_PRODUCER(64)
+SIMPLICIAL_FWD_PRODUCER(128)
