@@ -52,21 +52,19 @@ pub enum ForwardVariant {
 
 impl ForwardVariant {
     /// The fastest measured on the H200 for G = Hq/Hkv query heads per K/V head and head dim
-    /// `d` (kernels/NOTES.md, v6, v7 and v9): at D = 64 the offset walk with two offsets per
-    /// step (measured faster than the ping-pong layout at G = 1, 2, 4, 16, 32, 64: 185 vs 46
-    /// TFLOP/s at G = 1, 238 vs 201 at G = 64); at D = 128 the offset walk below G = 8, the
-    /// ping-pong layout at G = 8 (the producer layout slower there: 210 vs 233) and the
-    /// producer layout from G = 16 (279 vs 276 at 16, 389 vs 322 at 64, 402 vs 317 at the
-    /// anchor).
+    /// `d` (kernels/NOTES.md, v6, v7 and v9; B = 8, N = 2048, (32, 512) unless said): the
+    /// producer layout from G = 64 at D = 64 (264 vs 246 TFLOP/s for the offset walk at B = 4,
+    /// N = 4096, (512, 32); the offset walk wins at G = 16 and 32: 223 vs 186, 231 vs 216) and
+    /// from G = 16 at D = 128 (279 vs 276 for ping-pong at 16, 389 vs 322 at 64, 396-405 vs
+    /// 317 at the anchor); below, the offset walk (two offsets per step at D = 64; at D = 128
+    /// and G = 8 259 vs 227 for ping-pong and 229 for the producer).
     pub fn fastest(group: usize, d: usize) -> Self {
-        if d <= 64 {
+        if group >= 64 || (d > 64 && group >= 16) {
+            ForwardVariant::Producer
+        } else if d <= 64 {
             ForwardVariant::Offsets {
                 offsets_per_step: 2,
             }
-        } else if group >= 16 {
-            ForwardVariant::Producer
-        } else if group >= 8 {
-            ForwardVariant::PingPong
         } else {
             ForwardVariant::Offsets {
                 offsets_per_step: 1,
