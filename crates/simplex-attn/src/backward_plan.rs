@@ -13,6 +13,9 @@ pub(crate) enum KernelFile {
     Wgmma,
     /// `kernels/simplicial_bwd_offsets.cu` (the offset walk's dq and dk1/dv1 passes; D = 64).
     Offsets,
+    /// `kernels/simplicial_bwd_producer.cu` (dk2, dv2 with a producer warpgroup; D in {64,
+    /// 128}, G a multiple of 64).
+    Producer,
 }
 
 /// Rows per block of the q kernel and keys per block of the k kernel (`RB`, `TK`, `BLK`).
@@ -45,10 +48,13 @@ pub(crate) struct Launch {
 /// mma.sync (`kernels/simplicial_bwd_mma.cu`). Both compute the same gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WgmmaBackward {
-    /// The faster of the two per kernel as measured on the H200 (kernels/NOTES.md, v4 and v6):
-    /// the q kernel on wgmma when G = Hq/Hkv >= 8 (measured faster at G = 8, 16, 32, 64, 128;
-    /// at G = 1 a block's 64 rows are 64 queries and mma.sync's per-warp window skipping wins;
-    /// G = 2, 4 not measured), the k kernel on mma.sync (faster or equal at every G measured).
+    /// The faster of the two per kernel as measured on the H200 (kernels/NOTES.md, v4, v6 and
+    /// v9): the q kernel on wgmma when G = Hq/Hkv >= 8 (measured faster at G = 8, 16, 32, 64,
+    /// 128; at G = 1 a block's 64 rows are 64 queries and mma.sync's per-warp window skipping
+    /// wins; G = 2, 4 not measured); dk2, dv2 from the producer kernel when G is a multiple of
+    /// 64 (33.9 against 63.1 ms for the mma.sync k kernel at the anchor, 21.0 against 34.0 at
+    /// B = 4, N = 4096, D = 64), else the mma.sync k kernel (faster than or equal to the wgmma
+    /// one at every G measured).
     #[default]
     Auto,
     /// Both on mma.sync.
@@ -59,16 +65,21 @@ pub enum WgmmaBackward {
     K,
     /// Both on wgmma.
     Both,
+    /// The q kernel on wgmma, dk2 and dv2 from `kernels/simplicial_bwd_producer.cu` where it
+    /// covers the call (G a multiple of 64), else from the mma.sync k kernel.
+    Producer,
 }
 
 impl WgmmaBackward {
-    /// From `SIMPLEX_BWD_WGMMA`: `0` off, `q` or `k` that kernel only, `1` both, else auto.
+    /// From `SIMPLEX_BWD_WGMMA`: `0` off, `q` or `k` that kernel only, `1` both, `p` the
+    /// producer k side, else auto.
     pub fn parse(value: &str) -> Self {
         match value {
             "0" => WgmmaBackward::Off,
             "q" => WgmmaBackward::Q,
             "k" => WgmmaBackward::K,
             "1" => WgmmaBackward::Both,
+            "p" => WgmmaBackward::Producer,
             _ => WgmmaBackward::Auto,
         }
     }
@@ -81,7 +92,13 @@ impl WgmmaBackward {
             WgmmaBackward::Q => (true, false),
             WgmmaBackward::K => (false, true),
             WgmmaBackward::Both => (true, true),
+            WgmmaBackward::Producer => (true, false),
         }
+    }
+
+    /// Whether dk2, dv2 come from the producer kernel for G query heads per K/V head.
+    fn producer_keys(self, group: usize) -> bool {
+        matches!(self, WgmmaBackward::Producer | WgmmaBackward::Auto) && group % 64 == 0
     }
 }
 
@@ -96,7 +113,9 @@ pub(crate) fn plan(d: usize, group: usize, choice: WgmmaBackward) -> (Launch, La
     } else {
         mma_q(d)
     };
-    let k = if wk && wgmma_d {
+    let k = if choice.producer_keys(group) && wgmma_d {
+        producer_k2(d)
+    } else if wk && wgmma_d {
         wgmma_launch(d, "k")
     } else {
         mma_k(d, group)
@@ -259,6 +278,21 @@ fn wgmma_launch(d: usize, which: &str) -> Launch {
     }
 }
 
+/// Window-2 keys per block of the producer k kernel (`CTA_KEYS`).
+pub(crate) const PRODUCER_KEYS: usize = 128;
+
+/// `Smem<D>` in simplicial_bwd_producer.cu: the two consumers' own K2, V2 rows, three step
+/// buffers (A, B and 64 lse, 64 delta), two q / dout staging buffers; 384 threads.
+fn producer_k2(d: usize) -> Launch {
+    let tile = BLOCK * d * 2;
+    Launch {
+        name: format!("simplicial_bwd_producer_k2_bf16_d{d}"),
+        file: KernelFile::Producer,
+        threads: 384,
+        smem: 4 * tile + 3 * (2 * tile + 2 * BLOCK * 4) + 2 * 2 * tile + 1024,
+    }
+}
+
 /// `QSmem<D>` in simplicial_bwd_mma.cu: two padded 64-row tiles, the chunk's k1 and v1 rows,
 /// two f32 accumulators.
 fn mma_q(d: usize) -> Launch {
@@ -301,6 +335,7 @@ mod tests {
             KernelFile::Mma => "kernels/simplicial_bwd_mma.cu",
             KernelFile::Wgmma => "kernels/simplicial_bwd_wgmma.cu",
             KernelFile::Offsets => "kernels/simplicial_bwd_offsets.cu",
+            KernelFile::Producer => "kernels/simplicial_bwd_producer.cu",
         };
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + path)
             .unwrap()
@@ -334,13 +369,15 @@ mod tests {
         assert_eq!(WgmmaBackward::parse("1"), on);
         assert_eq!(WgmmaBackward::parse("0"), WgmmaBackward::Off);
         assert_eq!(WgmmaBackward::parse(""), WgmmaBackward::Auto);
-        // auto: the q kernel on wgmma only for G >= 8, the k kernel on mma.sync
+        // auto: the q kernel on wgmma only for G >= 8, the k side from the producer kernel for
+        // G a multiple of 64, else mma.sync
         let auto = |d, g| {
             let (q, k) = plan(d, g, WgmmaBackward::Auto);
             (q.file, k.file)
         };
-        assert_eq!(auto(128, 64), (KernelFile::Wgmma, KernelFile::Mma));
-        assert_eq!(auto(64, 128), (KernelFile::Wgmma, KernelFile::Mma));
+        assert_eq!(auto(128, 64), (KernelFile::Wgmma, KernelFile::Producer));
+        assert_eq!(auto(64, 128), (KernelFile::Wgmma, KernelFile::Producer));
+        assert_eq!(auto(128, 32), (KernelFile::Wgmma, KernelFile::Mma));
         assert_eq!(auto(64, 1), (KernelFile::Mma, KernelFile::Mma));
         assert_eq!(auto(64, 4), (KernelFile::Mma, KernelFile::Mma));
         assert_eq!(auto(128, 8), (KernelFile::Wgmma, KernelFile::Mma));
@@ -348,19 +385,38 @@ mod tests {
     }
 
     #[test]
+    fn producer_keys_run_where_g_is_a_multiple_of_64() {
+        for d in [64, 128] {
+            for group in [64, 128, 192] {
+                let (q, k) = plan(d, group, WgmmaBackward::Producer);
+                assert_eq!((q.file, k.file), (KernelFile::Wgmma, KernelFile::Producer));
+                assert_eq!(k.threads, 384);
+            }
+            for group in [1, 8, 32, 96] {
+                let (_, k) = plan(d, group, WgmmaBackward::Producer);
+                assert_eq!(k.file, KernelFile::Mma, "d {d} group {group}");
+            }
+        }
+        // D = 32, 96: no wgmma kernels, so mma.sync
+        assert_eq!(
+            plan(96, 64, WgmmaBackward::Producer).1.file,
+            KernelFile::Mma
+        );
+        assert_eq!(WgmmaBackward::parse("p"), WgmmaBackward::Producer);
+        // 226.5 KB at D = 128: fits the H200's 227 KB
+        assert_eq!(producer_k2(128).smem, 231_936);
+    }
+
+    #[test]
     fn every_planned_kernel_exists_and_fits() {
         for d in [32, 64, 96, 128] {
             for group in [1, 3, 64, 128] {
-                for wgmma in [false, true] {
-                    let (q, k) = plan(
-                        d,
-                        group,
-                        if wgmma {
-                            WgmmaBackward::Both
-                        } else {
-                            WgmmaBackward::Off
-                        },
-                    );
+                for choice in [
+                    WgmmaBackward::Off,
+                    WgmmaBackward::Both,
+                    WgmmaBackward::Producer,
+                ] {
+                    let (q, k) = plan(d, group, choice);
                     for l in [q, k] {
                         assert!(l.smem <= MAX_SMEM, "{} wants {} bytes", l.name, l.smem);
                         // the name is defined by the file's macro: prefix ## D
@@ -374,6 +430,7 @@ mod tests {
                                     KernelFile::Mma => "MMA",
                                     KernelFile::Wgmma => "WGMMA",
                                     KernelFile::Offsets => "OFFSETS",
+                                    KernelFile::Producer => "PRODUCER_K2",
                                 }
                             )),
                             "{:?} is not compiled for D = {d}",

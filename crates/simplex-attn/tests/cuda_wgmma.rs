@@ -151,6 +151,10 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
         (2, 77, 32, 2, 64, AttnSpec::causal(9, 50)),
         (1, 130, 32, 1, 64, AttnSpec::causal(20, 70)),
         (2, 45, 64, 1, 64, bi.with_windows(Some(5), Some(30))),
+        // the producer k side (G a multiple of 64): G = 128 at D = 128 with windows past the
+        // sequence, two K/V heads, a window 1 of 3
+        (1, 77, 128, 1, 128, AttnSpec::causal(100, 300)),
+        (2, 260, 128, 2, 64, AttnSpec::causal(3, 130)),
     ];
     let mut failures = vec![];
     for (t, &(b, n, hq, hkv, d, spec)) in cases.iter().enumerate() {
@@ -174,13 +178,18 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
         };
         let slow = grads(&x.clone().map(|t| t.to_dtype(DType::F32).expect("to f32")))?;
         // every tensor-core backward kernel: wgmma for both kernels, mma.sync for both, the
-        // offset walk for dq, dk1, dv1 (where it covers the call; D = 64)
+        // offset walk for dq, dk1, dv1 (where it covers the call; D = 64), the producer k side
+        // (where it covers the call: G a multiple of 64, D = 64 or 128)
         for (mode, offsets) in [
             (WgmmaBackward::Both, false),
             (WgmmaBackward::Off, false),
             (WgmmaBackward::Auto, true),
+            (WgmmaBackward::Producer, false),
         ] {
             if offsets && d != 64 {
+                continue;
+            }
+            if mode == WgmmaBackward::Producer && ((hq / hkv) % 64 != 0 || !matches!(d, 64 | 128)) {
                 continue;
             }
             let mode_name = if offsets {

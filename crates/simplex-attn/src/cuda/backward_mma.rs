@@ -30,7 +30,8 @@ use super::{
 use crate::op::SimplicialOp;
 
 use crate::backward_plan::{
-    offsets_k2_plan, offsets_q_plan, plan, KernelFile, Window1, BLOCK, OFFSETS_BLOCK, QK1_BLOCK,
+    offsets_k2_plan, offsets_q_plan, plan, KernelFile, Window1, BLOCK, OFFSETS_BLOCK,
+    PRODUCER_KEYS, QK1_BLOCK,
 };
 
 fn family(file: KernelFile) -> Family {
@@ -38,6 +39,7 @@ fn family(file: KernelFile) -> Family {
         KernelFile::Mma => Family::BackwardMma,
         KernelFile::Wgmma => Family::BackwardWgmma,
         KernelFile::Offsets => Family::BackwardOffsets,
+        KernelFile::Producer => Family::BackwardProducer,
     }
 }
 
@@ -130,6 +132,7 @@ pub(crate) fn backward(op: &SimplicialOp, tensors: [&Tensor; 8]) -> Result<[Tens
     // k kernel (or the offset walk's k2 pass): dk2, dv2 straight into their slots of dK, dV
     let (k_launch, keys_per_block) = match offsets_k2_plan(d, hq / hkv, win1, offsets, max_smem) {
         Some(k2_pass) => (k2_pass, OFFSETS_BLOCK),
+        None if k_launch.file == KernelFile::Producer => (k_launch, PRODUCER_KEYS),
         None => (k_launch, BLOCK),
     };
     let name = &k_launch.name;

@@ -37,6 +37,9 @@ pub(crate) enum Family {
     BackwardWgmma,
     /// `kernels/simplicial_bwd_offsets.cu` (offset-walk dq and dk1/dv1 passes, bf16, D = 64)
     BackwardOffsets,
+    /// `kernels/simplicial_bwd_producer.cu` (dk2, dv2 with a producer warpgroup, bf16, D = Dv
+    /// in {64, 128}, G a multiple of 64)
+    BackwardProducer,
     /// `kernels/dot_attn_fwd.cu` (dot-product forward, tensor cores)
     DotForward,
     /// `kernels/dot_attn_bwd_dq.cu` (dot-product dq, tensor cores)
@@ -75,6 +78,9 @@ impl Family {
             Family::BackwardOffsets => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_offsets.cubin"))
             }
+            Family::BackwardProducer => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/simplicial_bwd_producer.cubin"))
+            }
             Family::DotForward => include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_fwd.cubin")),
             Family::DotBackwardQuery => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_bwd_dq.cubin"))
@@ -99,6 +105,7 @@ impl Family {
             Family::BackwardMma => "kernels/simplicial_bwd_mma.cu",
             Family::BackwardWgmma => "kernels/simplicial_bwd_wgmma.cu",
             Family::BackwardOffsets => "kernels/simplicial_bwd_offsets.cu",
+            Family::BackwardProducer => "kernels/simplicial_bwd_producer.cu",
             Family::DotForward => "kernels/dot_attn_fwd.cu",
             Family::DotBackwardQuery => "kernels/dot_attn_bwd_dq.cu",
             Family::DotBackwardKey => "kernels/dot_attn_bwd_dkv.cu",
