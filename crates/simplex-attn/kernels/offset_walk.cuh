@@ -180,5 +180,78 @@ __device__ __forceinline__ void pack_p_ds(uint32_t (&pf)[TK / 16][4], uint32_t (
   dsf[n / 2][2 * (n % 2) + 1] = bf2_pack(dv[2], dv[3]);
 }
 
+// dv += P^T @ B, dk += dS^T @ A for a step of the key-side kernels, issued (the caller
+// fences before and commits and waits after): P^T, dS^T the A fragments of the 64 query rows
+// (packed by pack_p_ds), A, B the step's [64 x D] operands at shared addresses abase, bbase
+// (D/64 128B-swizzled atoms of 64 rows) read MN-major. Interleaved per k-step (one loop per
+// product costs the k2 pass a register spill).
+template <int NA>
+__device__ __forceinline__ void key_products(float (&dk)[NA][32], float (&dv)[NA][32], const uint32_t (&pf)[TK / 16][4],
+                                             const uint32_t (&dsf)[TK / 16][4], uint32_t abase, uint32_t bbase) {
+  const uint32_t alo = desc_lo(abase), blo = desc_lo(bbase);
+#pragma unroll
+  for (int a = 0; a < NA; ++a)
+#pragma unroll
+    for (int st = 0; st < TK / 16; ++st) {
+      wgmma_m64n64k16_rs<1>(dv[a], pf[st], desc_at(blo, a * (ROWS * 128) + st * 2048), 1);
+      wgmma_m64n64k16_rs<1>(dk[a], dsf[st], desc_at(alo, a * (ROWS * 128) + st * 2048), 1);
+    }
+}
+
+// One online-softmax update (base 2) of the thread's rows g (e = 0) and g + 8 (e = 1; t = lane % 4) over TO
+// logit tiles of 64 keys (m64n64 accumulators): masks where !fold (ok(u, e, col) says whether
+// column col of tile u is inside row e's windows), takes the row max, turns the logits into
+// probabilities in place, and updates the running max m_row and sum l_row; alpha[e] is the
+// factor the row's earlier output is rescaled by. fold (every pair of the warp inside its
+// windows, positive scale): the logits stay unscaled, the max is taken on them and scaled once,
+// and the scale goes into the exp's FMA.
+template <int TO, typename Ok>
+__device__ __forceinline__ void online_softmax(float (&sacc)[TO][32], bool fold, float sl2, int t, Ok&& ok,
+                                               float (&m_row)[2], float (&l_row)[2], float (&alpha)[2]) {
+  const float f = fold ? sl2 : 1.0f;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    float mx = -INFINITY;
+    if (fold) {
+#pragma unroll
+      for (int u = 0; u < TO; ++u)
+#pragma unroll
+        for (int x = 0; x < 16; ++x) mx = fmaxf(mx, sacc[u][4 * (x / 2) + 2 * e + x % 2]);
+    } else {
+#pragma unroll
+      for (int u = 0; u < TO; ++u)
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const float x = ok(u, e, 8 * n + 2 * t + c) ? sacc[u][4 * n + 2 * e + c] * sl2 : -INFINITY;
+            sacc[u][4 * n + 2 * e + c] = x;
+            mx = fmaxf(mx, x);
+          }
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    if (fold) mx *= sl2;
+    const float m_new = fmaxf(m_row[e], mx);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    alpha[e] = fast_exp2(m_row[e] - m_use);
+    float sum = 0.0f;
+#pragma unroll
+    for (int u = 0; u < TO; ++u)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float p = fast_exp2(fmaf(sacc[u][4 * n + 2 * e + c], f, -m_use));
+          sacc[u][4 * n + 2 * e + c] = p;
+          sum += p;
+        }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    l_row[e] = l_row[e] * alpha[e] + sum;
+    m_row[e] = m_new;
+  }
+}
+
 }  // namespace offset_walk
 }  // namespace simplex

@@ -261,15 +261,7 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
         reg_fence(dv[a]);
       }
       wg_fence();
-      // interleaved per k-step (one loop each costs a register spill here)
-      const uint32_t alo = desc_lo(abase), blo = desc_lo(bbase);
-#pragma unroll
-      for (int a = 0; a < NA; ++a)
-#pragma unroll
-        for (int st = 0; st < 4; ++st) {
-          wgmma_m64n64k16_rs<1>(dv[a], pf[st], desc_at(blo, a * (ROWS * 128) + st * 2048), 1);
-          wgmma_m64n64k16_rs<1>(dk[a], dsf[st], desc_at(alo, a * (ROWS * 128) + st * 2048), 1);
-        }
+      key_products<NA>(dk, dv, pf, dsf, abase, bbase);
       wg_commit();
       wg_wait0();
 #pragma unroll

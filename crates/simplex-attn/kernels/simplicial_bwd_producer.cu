@@ -23,6 +23,8 @@
 // P^T, dS^T fragments 32). ptxas: the consumers spill 400 B at 216; at 56 the producer
 // spills 8 B (44 B with its loops unrolled further; 120 B at 40).
 // dk2, dv2 are sums in a fixed order per key (deterministic).
+// Measured (H200, 2026-11-29, SIMPLEX_BWD_TIMING=1): 33.8 ms at the anchor (B=2 N=8192 Hq=64
+// D=128 (32, 512); the mma.sync k kernel: 63.1), 21.3 at B=4 N=4096 Hq=64 D=64 (34.0).
 // Reference: src/reference.rs; tests: tests/cuda_wgmma.rs (every backward case with this kernel
 // where G is a multiple of 64), tests/cuda_vs_oracle.rs; history: kernels/NOTES.md (v9).
 #include "offset_walk.cuh"
@@ -241,14 +243,7 @@ __device__ __forceinline__ void bwd_producer_k2(const bf16* __restrict__ q, cons
             reg_fence(dv[a]);
           }
           wg_fence();
-          const uint32_t alo = desc_lo(abase), blo = desc_lo(bbase);
-#pragma unroll
-          for (int a = 0; a < NA; ++a)
-#pragma unroll
-            for (int st = 0; st < 4; ++st) {
-              wgmma_m64n64k16_rs<1>(dv[a], pf[st], desc_at(blo, a * (ROWS * 128) + st * 2048), 1);
-              wgmma_m64n64k16_rs<1>(dk[a], dsf[st], desc_at(alo, a * (ROWS * 128) + st * 2048), 1);
-            }
+          offset_walk::key_products<NA>(dk, dv, pf, dsf, abase, bbase);
           wg_commit();
           wg_wait0();
 #pragma unroll

@@ -185,52 +185,11 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
 #pragma unroll
       for (int u = 0; u < TO; ++u) all_ok = all_ok && jok[u][0] && jok[u][1];
       const bool fold = __all_sync(0xffffffffu, all_ok) && sl2 > 0.0f;
-      const float f = fold ? sl2 : 1.0f;
       float alpha[2];
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float mx = -INFINITY;
-        if (fold) {
-#pragma unroll
-          for (int u = 0; u < TO; ++u)
-#pragma unroll
-            for (int x = 0; x < 16; ++x) mx = fmaxf(mx, sacc[u][4 * (x / 2) + 2 * e + x % 2]);
-        } else {
-#pragma unroll
-          for (int u = 0; u < TO; ++u)
-#pragma unroll
-            for (int n = 0; n < 8; ++n)
-#pragma unroll
-              for (int c = 0; c < 2; ++c) {
-                const int key = k0 + 8 * n + 2 * t + c;
-                const bool ok = jok[u][e] && key >= kr[e].lo && key < kr[e].hi;
-                const float x = ok ? sacc[u][4 * n + 2 * e + c] * sl2 : -INFINITY;
-                sacc[u][4 * n + 2 * e + c] = x;
-                mx = fmaxf(mx, x);
-              }
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        if (fold) mx *= sl2;
-        const float m_new = fmaxf(m_row[e], mx);
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        alpha[e] = fast_exp2(m_row[e] - m_use);
-        float sum = 0.0f;
-#pragma unroll
-        for (int u = 0; u < TO; ++u)
-#pragma unroll
-          for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const float p = fast_exp2(fmaf(sacc[u][4 * n + 2 * e + c], f, -m_use));
-              sacc[u][4 * n + 2 * e + c] = p;
-              sum += p;
-            }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        l_row[e] = l_row[e] * alpha[e] + sum;
-        m_row[e] = m_new;
-      }
+      online_softmax<TO>(sacc, fold, sl2, t, [&](int u, int e, int col) {
+        const int key = k0 + col;
+        return jok[u][e] && key >= kr[e].lo && key < kr[e].hi;
+      }, m_row, l_row, alpha);
       // Ot_u = P_u @ V2_tile: P's accumulator layout is the A layout of the k16 steps
       float ot[TO][NA][32];
       {

@@ -44,6 +44,10 @@
 // setmaxnreg 72 (producer) / 216 (consumers), chosen by compiling splits from 24/240 to
 // 88/208: the consumers spill at 208 (32 B), the producer below 72 (174 B at 24, 46 at 56;
 // at 72 none once its load loops are unrolled by 2 instead of 4).
+// Measured (H200, 2026-11-29, B=2 N=8192 D=128 (32, 512), pairs of the causal ramps counted
+// exactly): 396-410 TFLOP/s at Hq = 64 over the session's runs, 403-417 at Hq = 128 (the
+// ping-pong layout: 317-320, 354); B=4 N=4096 Hq=64 D=64: 264-269. Chosen for G >= 64, and
+// G >= 16 at D = 128.
 // Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; history
 // and measurements: kernels/NOTES.md (v9).
 #include "offset_walk.cuh"
@@ -353,63 +357,27 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
           continue;
         }
         // this consumer's turn: S = A_j @ K2_tile^T, then O += P @ V' of the pending step
-        float sacc[32];
+        float sacc[1][32];  // one logit tile (online_softmax takes TO tiles)
         bar_sync(BAR_TURN + c, 2 * ROWS * 2);
 #pragma unroll
         for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
         wg_fence();
-        offset_walk::wgmma_a_tt<KS, TKA>(sacc, af, kbase);
+        offset_walk::wgmma_a_tt<KS, TKA>(sacc[0], af, kbase);
         wg_commit();
         offset_walk::wgmma_a_t<NA, TKA>(acc, pf, vp, true);
         wg_commit();
         bar_arrive(BAR_TURN + (1 - c), 2 * ROWS * 2);
         wg_wait1();  // S
-        reg_fence(sacc);
+        reg_fence(sacc[0]);
         // mask and online softmax (base 2) of rows g (e = 0) and g + 8 (e = 1)
         float alpha[2];
         {
           const bool inside = keys_in && j >= jr[0].lo && j < jr[0].hi && j >= jr[1].lo && j < jr[1].hi;
           const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
-          const float f = fold ? sl2 : 1.0f;
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float mx = -INFINITY;
-            if (fold) {
-#pragma unroll
-              for (int x = 0; x < 16; ++x) mx = fmaxf(mx, sacc[4 * (x / 2) + 2 * e + x % 2]);
-            } else {
-              const bool jok = j >= jr[e].lo && j < jr[e].hi;
-#pragma unroll
-              for (int n = 0; n < 8; ++n)
-#pragma unroll
-                for (int cc = 0; cc < 2; ++cc) {
-                  const int key = k0 + 8 * n + 2 * t + cc;
-                  const bool ok = jok && key >= kr[e].lo && key < kr[e].hi;
-                  const float x = ok ? sacc[4 * n + 2 * e + cc] * sl2 : -INFINITY;
-                  sacc[4 * n + 2 * e + cc] = x;
-                  mx = fmaxf(mx, x);
-                }
-            }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            if (fold) mx *= sl2;
-            const float m_new = fmaxf(m_row[e], mx);
-            const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-            alpha[e] = fast_exp2(m_row[e] - m_use);
-            float sum = 0.0f;
-#pragma unroll
-            for (int n = 0; n < 8; ++n)
-#pragma unroll
-              for (int cc = 0; cc < 2; ++cc) {
-                const float p = fast_exp2(fmaf(sacc[4 * n + 2 * e + cc], f, -m_use));
-                sacc[4 * n + 2 * e + cc] = p;
-                sum += p;
-              }
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-            l_row[e] = l_row[e] * alpha[e] + sum;
-            m_row[e] = m_new;
-          }
+          offset_walk::online_softmax<1>(sacc, fold, sl2, t, [=](int, int e, int col) {
+            const int key = k0 + col;
+            return j >= jr[e].lo && j < jr[e].hi && key >= kr[e].lo && key < kr[e].hi;
+          }, m_row, l_row, alpha);
         }
         wg_wait0();  // the pending values product: its V' buffer is free
 #pragma unroll
@@ -425,10 +393,10 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
             for (int x = 0; x < 4; ++x) acc[a][4 * n + x] *= alpha[x / 2];
 #pragma unroll
         for (int st = 0; st < TK / 16; ++st) {
-          pf[st][0] = bf2_pack(sacc[8 * st + 0], sacc[8 * st + 1]);
-          pf[st][1] = bf2_pack(sacc[8 * st + 2], sacc[8 * st + 3]);
-          pf[st][2] = bf2_pack(sacc[8 * st + 4], sacc[8 * st + 5]);
-          pf[st][3] = bf2_pack(sacc[8 * st + 6], sacc[8 * st + 7]);
+          pf[st][0] = bf2_pack(sacc[0][8 * st + 0], sacc[0][8 * st + 1]);
+          pf[st][1] = bf2_pack(sacc[0][8 * st + 2], sacc[0][8 * st + 3]);
+          pf[st][2] = bf2_pack(sacc[0][8 * st + 4], sacc[0][8 * st + 5]);
+          pf[st][3] = bf2_pack(sacc[0][8 * st + 6], sacc[0][8 * st + 7]);
         }
         pend = true;
         pend_vb = vb;

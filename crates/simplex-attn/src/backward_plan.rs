@@ -98,7 +98,7 @@ impl WgmmaBackward {
 
     /// Whether dk2, dv2 come from the producer kernel for G query heads per K/V head.
     fn producer_keys(self, group: usize) -> bool {
-        matches!(self, WgmmaBackward::Producer | WgmmaBackward::Auto) && group % 64 == 0
+        matches!(self, WgmmaBackward::Producer | WgmmaBackward::Auto) && group.is_multiple_of(64)
     }
 }
 

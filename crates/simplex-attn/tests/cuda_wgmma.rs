@@ -189,7 +189,9 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
             if offsets && d != 64 {
                 continue;
             }
-            if mode == WgmmaBackward::Producer && ((hq / hkv) % 64 != 0 || !matches!(d, 64 | 128)) {
+            if mode == WgmmaBackward::Producer
+                && (!(hq / hkv).is_multiple_of(64) || !matches!(d, 64 | 128))
+            {
                 continue;
             }
             let mode_name = if offsets {

@@ -8,6 +8,9 @@
 //! q kernel:  dq (bf16), dk1 and dv1 added into zeroed f32 buffers (atomics), then rounded
 //! k kernel:  dk2, dv2 (bf16), each block owning 64 keys (rows in steps of 64, or 32 if G < 64)
 //! ```
+//! For G a multiple of 64 (the anchors), dk2 and dv2 come from `kernels/simplicial_bwd_producer.cu`
+//! instead (a producer warpgroup and two consumers owning 64 keys each, 128 keys per block;
+//! `backward_plan::plan`).
 //! For few query heads per K/V head (D = 64) the offset walk of
 //! `kernels/simplicial_bwd_offsets.cu` can replace the q kernel (the qk1 pass: dq, and dk1, dv1
 //! into the same f32 buffers) and the k kernel (a k2 pass), as chosen by
