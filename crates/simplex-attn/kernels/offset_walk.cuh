@@ -180,6 +180,23 @@ __device__ __forceinline__ void pack_p_ds(uint32_t (&pf)[TK / 16][4], uint32_t (
   dsf[n / 2][2 * (n % 2) + 1] = bf2_pack(dv[2], dv[3]);
 }
 
+// The A fragments (mma.sync / wgmma register layout) of the thread's rows of a [rows x 16 KS]
+// bf16 operand: rows rbase + 16 warp + g (+ 8), element (r, c) at x + row_off(r) + c; zero for
+// rows >= nrows.
+template <int KS, typename RowOffset>
+__device__ __forceinline__ void load_row_fragments(uint32_t (&f)[KS][4], const __nv_bfloat16* x, RowOffset row_off,
+                                                   int rbase, int nrows) {
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int e = i & 1, col = 16 * ks + 2 * t + 8 * (i >> 1);
+      const int r = rbase + warp * 16 + g + 8 * e;
+      f[ks][i] = r < nrows ? *reinterpret_cast<const uint32_t*>(x + row_off(r) + col) : 0u;
+    }
+}
+
 // dv += P^T @ B, dk += dS^T @ A for a step of the key-side kernels, issued (the caller
 // fences before and commits and waits after): P^T, dS^T the A fragments of the 64 query rows
 // (packed by pack_p_ds), A, B the step's [64 x D] operands at shared addresses abase, bbase

@@ -112,14 +112,7 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
     jr[e] = row_ok[e] ? window(qi[e], s.w1, N, s.causal) : Range{0, 0};
     kr[e] = window(qi[e], s.w2, N, s.causal);
   }
-#pragma unroll
-  for (int ks = 0; ks < KS; ++ks)
-#pragma unroll
-    for (int x = 0; x < 4; ++x) {
-      const int e = x & 1, col = 16 * ks + 2 * t + 8 * (x >> 1);
-      const int r = rbase + warp * 16 + g + 8 * e;
-      qf[ks][x] = row_ok[e] ? *reinterpret_cast<const uint32_t*>(q + q_off(r) + col) : 0u;
-    }
+  load_row_fragments<KS>(qf, q, q_off, rbase, nrows);
   float acc[NA][32];
 #pragma unroll
   for (int a = 0; a < NA; ++a)

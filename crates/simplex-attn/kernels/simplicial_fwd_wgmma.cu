@@ -40,9 +40,7 @@
 // Measured (H200, 2026-11-28, B=2 N=8192 D=128 (32,512), exact-pair FLOPs): specialized TJ = 2
 // 288-294 TFLOP/s; ping-pong 318-320 at Hq = 64, 346-350 at Hq = 128; history, profile and next
 // steps in kernels/NOTES.md.
-#include "common.cuh"
-#include "tensor_core.cuh"
-#include "wgmma.cuh"
+#include "offset_walk.cuh"
 
 using namespace simplex;
 typedef __nv_bfloat16 bf16;
@@ -197,14 +195,7 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
       rs.m_row[e] = -INFINITY;
       rs.l_row[e] = 0.0f;
     }
-#pragma unroll
-    for (int ks = 0; ks < KS; ++ks)
-#pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        const int e = x & 1, col = 16 * ks + 2 * t + 8 * (x >> 1);
-        const int r = rbase + warp * 16 + g + 8 * e;
-        rs.qf[ks][x] = rs.row_ok[e] ? *reinterpret_cast<const uint32_t*>(q + q_off(r) + col) : 0u;
-      }
+    offset_walk::load_row_fragments<KS>(rs.qf, q, q_off, rbase, nrows);
   };
   // S = (Q ∘ k1_j) @ K2_tile^T for the TJ positions j = j0 + jj + u (zero past the chunk's
   // end), waited for.
@@ -249,54 +240,10 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
       inside = inside && j0 + jj >= rs.jr[e].lo && j0 + jj + TJ <= rs.jr[e].hi && k0 >= rs.kr[e].lo &&
                k0 + TK <= rs.kr[e].hi;
     const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
-    const float f = fold ? sl2 : 1.0f;
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      float mx = -INFINITY;
-      if (fold) {
-#pragma unroll
-        for (int u = 0; u < TJ; ++u)
-#pragma unroll
-          for (int x = 0; x < 16; ++x) mx = fmaxf(mx, sacc[u][4 * (x / 2) + 2 * e + x % 2]);
-      } else {
-#pragma unroll
-        for (int u = 0; u < TJ; ++u) {
-          const int j = j0 + jj + u;
-          const bool jok = jj + u < jn && j >= rs.jr[e].lo && j < rs.jr[e].hi;
-#pragma unroll
-          for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const int key = k0 + 8 * n + 2 * t + c;
-              const bool ok = jok && key >= rs.kr[e].lo && key < rs.kr[e].hi;
-              const float x = ok ? sacc[u][4 * n + 2 * e + c] * sl2 : -INFINITY;
-              sacc[u][4 * n + 2 * e + c] = x;
-              mx = fmaxf(mx, x);
-            }
-        }
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      if (fold) mx *= sl2;
-      const float m_new = fmaxf(rs.m_row[e], mx);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-      alpha[e] = fast_exp2(rs.m_row[e] - m_use);
-      float sum = 0.0f;
-#pragma unroll
-      for (int u = 0; u < TJ; ++u)
-#pragma unroll
-        for (int n = 0; n < 8; ++n)
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const float p = fast_exp2(fmaf(sacc[u][4 * n + 2 * e + c], f, -m_use));
-            sacc[u][4 * n + 2 * e + c] = p;
-            sum += p;
-          }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      rs.l_row[e] = rs.l_row[e] * alpha[e] + sum;
-      rs.m_row[e] = m_new;
-    }
+    offset_walk::online_softmax<TJ>(sacc, fold, sl2, t, [&](int u, int e, int col) {
+      const int j = j0 + jj + u, key = k0 + col;
+      return jj + u < jn && j >= rs.jr[e].lo && j < rs.jr[e].hi && key >= rs.kr[e].lo && key < rs.kr[e].hi;
+    }, rs.m_row, rs.l_row, alpha);
   };
   // P (bf16, swizzled [row][key] atoms) and alpha of the warp's rows to smem.
   auto store_p = [&](uint8_t* ps, float* alpha_dst, const float (&sacc)[TJ][32], const float (&alpha)[2]) {
