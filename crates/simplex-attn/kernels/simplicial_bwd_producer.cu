@@ -15,10 +15,12 @@
 // as in the k2 pass of simplicial_bwd_offsets.cu, but with the producer/consumer split of
 // simplicial_fwd_producer.cu: WG0 stages the query block's q and dout rows (cp.async, two
 // buffers), reads k1_j / v1_j (one step ahead, registers) and builds A, B and the block's lse,
-// delta (read from global once per block) into a ring of NV step buffers; each consumer waits on its own FULL barrier per buffer
-// and both arrive on the buffer's EMPTY barrier, so the consumers drift apart freely.
-// Shared memory (D = 128): own K2 / V2 rows 4 x 16 KB, step buffers NV = 3 x (A, B 32 KB + lse,
-// delta 512 B), q / dout staging 2 x 32 KB: 226.5 KB.
+// delta (read from global once per block) into a ring of NV step buffers; each consumer waits
+// on its own FULL barrier per buffer and both arrive on the buffer's EMPTY barrier, so the
+// consumers drift apart freely.
+// Shared memory (D = 128): own K2 / V2 rows 4 x 16 KB, step buffers NV = 3 x 32 KB (A, B; each
+// 1024-byte aligned: wgmma's 128-byte swizzle reads the address bits) and 3 x 512 B (lse,
+// delta), q / dout staging 2 x 32 KB: 226.5 KB.
 // Registers: setmaxnreg 56 (producer) / 224 (consumers: dk2 64 + dv2 64 + S^T 32 + dP^T 32 +
 // P^T, dS^T fragments 32). ptxas: the consumers spill 400 B at 216; at 56 the producer
 // spills 8 B (44 B with its loops unrolled further; 120 B at 40).

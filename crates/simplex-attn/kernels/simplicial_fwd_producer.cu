@@ -32,8 +32,8 @@
 //     registers for the next turn.
 // A consumer outside the union of its rows' windows for a step issues only the pending values
 // product in its turn.
-// Key tiles: each consumer walks 64-key tiles of its own window 2; the CTA stages TKA = 72 rows
-// per tile and consumer c reads rows shift_c .. shift_c + 63 (its window's start minus the
+// Key tiles: each consumer walks 64-key tiles of its own window 2; the CTA stages 64 + the larger
+// shift rows per tile (at most TKA = 72) and consumer c reads rows shift_c .. shift_c + 63 (its window's start minus the
 // union's, up to 8: at G = 64 the second query's window starts one key later, and without the
 // shift the CTA would walk a ninth tile for one key of 513). The wgmma descriptors simply start
 // shift_c rows into the swizzled tile (the swizzle follows the shared-memory address).
@@ -45,7 +45,7 @@
 // 88/208: the consumers spill at 208 (32 B), the producer below 72 (174 B at 24, 46 at 56;
 // at 72 none once its load loops are unrolled by 2 instead of 4).
 // Measured (H200, 2026-11-29, B=2 N=8192 D=128 (32, 512), pairs of the causal ramps counted
-// exactly): 396-410 TFLOP/s at Hq = 64 over the session's runs, 403-417 at Hq = 128 (the
+// exactly): 396-410 TFLOP/s at Hq = 64 over the session's runs, 403-423 at Hq = 128 (the
 // ping-pong layout: 317-320, 354); B=4 N=4096 Hq=64 D=64: 264-269. Chosen for G >= 64, and
 // G >= 16 at D = 128.
 // Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; history
