@@ -180,6 +180,28 @@ __device__ __forceinline__ void pack_p_ds(uint32_t (&pf)[TK / 16][4], uint32_t (
   dsf[n / 2][2 * (n % 2) + 1] = bf2_pack(dv[2], dv[3]);
 }
 
+// The windows of the thread's rows r = rbase + 16 warp + g + 8 e (e = 0, 1) of a [N G] row
+// space (row r is query r / G): ok[e] = r < nrows, the query i[e] (0 past the rows), its
+// window 1 jr[e] (empty past the rows) and window 2 kr[e].
+struct RowWindows {
+  bool ok[2];
+  int i[2];
+  Range jr[2], kr[2];
+};
+__device__ __forceinline__ RowWindows row_windows(int rbase, int nrows, int G, const Shape& s) {
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
+  RowWindows w;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = rbase + warp * 16 + lane / 4 + 8 * e;
+    w.ok[e] = r < nrows;
+    w.i[e] = w.ok[e] ? r / G : 0;
+    w.jr[e] = w.ok[e] ? window(w.i[e], s.w1, s.seq, s.causal) : Range{0, 0};
+    w.kr[e] = window(w.i[e], s.w2, s.seq, s.causal);
+  }
+  return w;
+}
+
 // The A fragments (mma.sync / wgmma register layout) of the thread's rows of a [rows x 16 KS]
 // bf16 operand: rows rbase + 16 warp + g (+ 8), element (r, c) at x + row_off(r) + c; zero for
 // rows >= nrows.

@@ -99,19 +99,13 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
 
   // ---- this warpgroup's rows: rbase + 16 warp + g + 8 e ----
   const int rbase = row0 + ROWS * wg;
-  int qi[2];
-  bool row_ok[2];
-  Range kr[2], jr[2];
+  const RowWindows rw = row_windows(rbase, nrows, G, s);
+  const int(&qi)[2] = rw.i;
+  const Range(&jr)[2] = rw.jr;
+  const Range(&kr)[2] = rw.kr;
+  const bool(&row_ok)[2] = rw.ok;
   uint32_t qf[KS][4];
   float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int r = rbase + warp * 16 + g + 8 * e;
-    row_ok[e] = r < nrows;
-    qi[e] = row_ok[e] ? r / G : 0;
-    jr[e] = row_ok[e] ? window(qi[e], s.w1, N, s.causal) : Range{0, 0};
-    kr[e] = window(qi[e], s.w2, N, s.causal);
-  }
   load_row_fragments<KS>(qf, q, q_off, rbase, nrows);
   float acc[NA][32];
 #pragma unroll

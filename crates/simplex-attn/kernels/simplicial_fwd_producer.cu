@@ -98,22 +98,23 @@ struct Smem {
 };
 static_assert(Smem<128>::BYTES <= 227 * 1024, "one CTA per SM fits the shared memory");
 
-// The keys of consumer c (rows row0 + 64 c ..): the union `kw` of its rows' window 2, and the
-// row of the CTA's tiles where its own 64-key tiles start. The CTA's tiles start at the union
+// The keys of consumer c (rows row0 + 64 c ..): the unions `jw`, `kw` of its rows' windows 1
+// and 2, and the row of the CTA's tiles where its own 64-key tiles start. The CTA's tiles start at the union
 // of both consumers' windows, KU.lo; at G = 64 (one query per consumer) the second consumer's
 // window starts one key later, and tiles of its own keys keep it from walking a ninth tile
 // for one key of 513. Shifts past SHIFT_MAX (G < 8) fall back to 0 (the masking covers them).
 struct ConsumerKeys {
-  Range kw;
+  Range jw, kw;
   int shift;
 };
 __device__ __forceinline__ ConsumerKeys consumer_keys(int c, int row0, int nrows, int G, int ku_lo, const Shape& s) {
   const int rb = row0 + 64 * c;
-  if (rb >= nrows) return {{ku_lo, ku_lo}, 0};
+  if (rb >= nrows) return {{0, 0}, {ku_lo, ku_lo}, 0};
   const int i0 = rb / G, i1 = (min(rb + 64, nrows) - 1) / G;
+  const Range jw = {window(i0, s.w1, s.seq, s.causal).lo, window(i1, s.w1, s.seq, s.causal).hi};
   const Range kw = {window(i0, s.w2, s.seq, s.causal).lo, window(i1, s.w2, s.seq, s.causal).hi};
   const int shift = kw.lo - ku_lo <= SHIFT_MAX ? kw.lo - ku_lo : 0;
-  return {kw, shift};
+  return {jw, kw, shift};
 }
 
 template <int D>
@@ -255,18 +256,12 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
   const bf16* j1_s = reinterpret_cast<const bf16*>(sm + L::J1_OFF);
 
   // this thread's rows rbase + 16 warp + g + 8 e: windows, Q fragments, softmax statistics
-  bool row_ok[2];
-  Range jr[2], kr[2];
+  const offset_walk::RowWindows rw = offset_walk::row_windows(rbase, nrows, G, s);
+  const Range(&jr)[2] = rw.jr;
+  const Range(&kr)[2] = rw.kr;
+  const bool(&row_ok)[2] = rw.ok;
   float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
   uint32_t qf[KS][4];
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int r = rbase + warp * 16 + g + 8 * e;
-    row_ok[e] = r < nrows;
-    const int i = row_ok[e] ? r / G : 0;
-    jr[e] = row_ok[e] ? window(i, s.w1, N, s.causal) : Range{0, 0};
-    kr[e] = window(i, s.w2, N, s.causal);
-  }
   offset_walk::load_row_fragments<KS>(qf, q, q_off, rbase, nrows);
   float acc[NA][32];
 #pragma unroll
@@ -276,10 +271,8 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
 
   // the union of this warpgroup's windows (warpgroup-uniform: skips whole steps)
   const bool any_rows = rbase < nrows;
-  const int iw0 = min(rbase, nrows - 1) / G, iw1 = (min(rbase + ROWS, nrows) - 1) / G;
-  const Range JW = {window(iw0, s.w1, N, s.causal).lo, window(iw1, s.w1, N, s.causal).hi};
   const ConsumerKeys ck = consumer_keys(wg - 1, row0, nrows, G, KU.lo, s);
-  const Range KW = ck.kw;
+  const Range JW = ck.jw, KW = ck.kw;
   const float sl2 = s.scale * LOG2E;
 
   // Schedule (FlashAttention-3's): a consumer issues S of step s and the values product of its
