@@ -30,8 +30,8 @@ Modes:
               grid (float64: output and the five input gradients; bf16: output), max errors.
   (default)   train --warmup-steps + --steps updates, time each (torch.cuda.synchronize
               around it), print tokens/s = batch * seq / median(step seconds) and
-              torch.cuda.max_memory_allocated / max_memory_reserved, and one line
-              `RESULT {json}`.
+              torch.cuda.max_memory_allocated / max_memory_reserved, then as many updates
+              back to back (one synchronization at the end), and one line `RESULT {json}`.
 """
 
 import argparse
@@ -339,10 +339,26 @@ def train(args, device):
         print(f"step {step:>4} {dt * 1e3:9.1f} ms  loss {loss_v:.4f}{'' if timed else '  (warm-up)'}", flush=True)
         if timed:
             times.append(dt)
+    # the same number of updates back to back, one synchronization at the end
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        tok = torch.randint(0, V, (B, N + 1), device=device)
+        x, y = tok[:, :-1], tok[:, 1:]
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = step_model(x)
+        loss = F.cross_entropy(logits.float().reshape(B * N, V), y.reshape(B * N))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync()
+    b2b = (time.perf_counter() - t0) / max(args.steps, 1)
+    print(f"back to back: {b2b * 1e3:.1f} ms per update, {B * N / b2b:.0f} tokens/s")
     med, mean = statistics.median(times), statistics.fmean(times)
     tps = B * N / med
     res = {
-        "framework": "pytorch",
+        "framework": "pytorch-compile" if args.compile else "pytorch",
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "pattern": args.pattern,
@@ -359,6 +375,8 @@ def train(args, device):
         "step_s_mean": mean,
         "tokens_per_s": tps,
         "tokens_per_s_mean": B * N / mean,
+        "step_s_back_to_back": b2b,
+        "tokens_per_s_back_to_back": B * N / b2b,
         "last_loss": loss_v,
     }
     print(f"tokens/s {tps:.0f} (median of {len(times)} updates: {med * 1e3:.1f} ms; mean {mean * 1e3:.1f} ms)")

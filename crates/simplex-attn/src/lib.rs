@@ -12,6 +12,8 @@
 //! * [`cpu`]: the fast multi-threaded CPU kernels on plain slices.
 //! * [`AttnSpec`]: windows, variant, scale and biases, validated with the shapes in one place.
 //! * [`dot`]: dot-product attention laid out the same way (oracle, CPU kernels, op [`dot_attn`]).
+//! * [`fused`]: the model's other fused ops with backward (RMSNorm, heads + RoPE, SwiGLU,
+//!   linear cross-entropy) and the flat multi-tensor AdamW.
 
 // Kernels and the oracle loop over indices the way the einsum is written.
 #![allow(clippy::needless_range_loop)]
@@ -25,6 +27,7 @@ pub mod cuda;
 pub mod determinant;
 pub mod dot;
 mod error;
+pub mod fused;
 mod inputs;
 mod op;
 pub mod reference;

@@ -125,11 +125,12 @@ impl Observer for Progress {
             eprintln!("{line}");
         }
     }
-    fn step(&mut self, step: u64, loss: f64, lr: f64) {
+    fn step(&mut self, step: u64, _lr: f64) {
         self.bar.set_position(step);
-        self.bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
     }
     fn record(&mut self, r: &Record) {
+        self.bar
+            .set_message(format!("loss {:.4} lr {:.2e}", r.train_loss, r.lr));
         let val = match (r.val_loss, r.val_bpb) {
             (Some(vl), Some(vb)) => format!("  val_loss {vl:.4}  val_bpb {vb:.4}"),
             _ if self.tty => return,

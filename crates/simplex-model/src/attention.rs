@@ -2,38 +2,39 @@
 //! in an encoder), with RoPE unless the config turns it off:
 //!
 //! ```text
-//! x [B, N, C] -> q [B, N, Hq, Dh], k, v [B, N, Hkv, Dh]     (Wq, Wk, Wv; RoPE on q and k)
+//! x [B, N, C] -> q [B, N, Hq, Dh], k, v [B, N, Hkv, Dh]     (one product with W_qkv, then
+//!                                                             the fused split with RoPE on q, k)
 //! o = dot_attn(q, k, v)   [B, N, Hq, Dh]  -> [B, N, Hq*Dh] -> Wo -> [B, N, C]
 //! ```
 //! With a cache, the keys and values of earlier positions are read from ring buffers and the
 //! new queries sit at the end of the key sequence (the op's `Nk > Nq` case).
 
-use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
 use simplex_attn::dot::{dot_attn_slow, has_fused_kernel};
+use simplex_attn::fused::{split_heads, HeadPart};
 use simplex_attn::{dot_attn, DotSpec};
 
 use crate::cache::LayerCache;
 use crate::config::{Config, Heads, LayerKind};
 use crate::error::{ModelError, Result};
-use crate::init::{linear, residual_std, STD};
+use crate::init::{linear_weight, project, residual_std, STD};
 use crate::rope::Rope;
 
 /// One D or L attention sublayer.
 #[derive(Debug, Clone)]
 pub struct DotAttention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    qkv: Tensor,
+    o: Tensor,
     heads: Heads,
     spec: DotSpec,
     rope: Option<Rope>,
 }
 
 impl DotAttention {
-    /// Projections `q [Hq*Dh, C]`, `k, v [Hkv*Dh, C]`, `o [C, Hq*Dh]` under `vb`.
-    pub fn new(cfg: &Config, kind: LayerKind, rope: Rope, vb: VarBuilder) -> Result<Self> {
+    /// Projections `qkv [(Hq + 2 Hkv) * Dh, C]` (the q, k and v rows, in that order) and
+    /// `o [C, Hq*Dh]` under `vb`.
+    pub fn new(cfg: &Config, kind: LayerKind, rope: Option<Rope>, vb: VarBuilder) -> Result<Self> {
         let h = cfg.dot_heads();
         let c = cfg.d_model;
         let base = if cfg.bidirectional {
@@ -46,13 +47,11 @@ impl DotAttention {
             _ => base,
         };
         Ok(DotAttention {
-            q: linear(c, h.q * h.dim, STD, vb.pp("q"))?,
-            k: linear(c, h.kv * h.dim, STD, vb.pp("k"))?,
-            v: linear(c, h.kv * h.dim, STD, vb.pp("v"))?,
-            o: linear(h.q * h.dim, c, residual_std(cfg.n_layers()), vb.pp("o"))?,
+            qkv: linear_weight(c, (h.q + 2 * h.kv) * h.dim, STD, vb.pp("qkv"))?,
+            o: linear_weight(h.q * h.dim, c, residual_std(cfg.n_layers()), vb.pp("o"))?,
             heads: h,
             spec,
-            rope: cfg.rope.then_some(rope),
+            rope: if cfg.rope { rope } else { None },
         })
     }
 
@@ -70,17 +69,17 @@ impl DotAttention {
             kv: hkv,
             dim,
         } = self.heads;
-        let mut q = self.q.forward(x)?.reshape((b, n, hq, dim))?;
-        let mut k = self.k.forward(x)?.reshape((b, n, hkv, dim))?;
-        if let Some(rope) = &self.rope {
-            (q, k) = (rope.apply(&q, pos)?, rope.apply(&k, pos)?);
-        }
-        let v = self.v.forward(x)?.reshape((b, n, hkv, dim))?;
+        let rotate = self.rope.is_some();
+        let part = |heads, rotate| HeadPart { heads, rotate };
+        let parts = [part(hq, rotate), part(hkv, rotate), part(hkv, false)];
+        let rope = self.rope.as_ref().map(|r| (r.tables(), pos));
+        let qkv = split_heads(&project(x, &self.qkv)?, dim, &parts, rope)?;
+        let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
         let o = match cache {
-            None => attend(&q, &k, &v, &self.spec)?,
+            None => attend(q, k, v, &self.spec)?,
             Some(LayerCache::Dot { k: kc, v: vc }) => {
-                let (k, v) = (kc.extend(&k)?, vc.extend(&v)?);
-                attend(&q, &k, &v, &self.spec)?
+                let (k, v) = (kc.extend(k)?, vc.extend(v)?);
+                attend(q, &k, &v, &self.spec)?
             }
             Some(_) => {
                 return Err(ModelError::Input(
@@ -88,7 +87,7 @@ impl DotAttention {
                 ))
             }
         };
-        Ok(self.o.forward(&o.reshape((b, n, hq * dim))?)?)
+        Ok(project(&o.reshape((b, n, hq * dim))?, &self.o)?)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The pre-norm decoder block: `x += attn(norm(x)); x += mlp(norm(x))`.
+//! The pre-norm decoder block: `x += attn(norm(x)); x += mlp(norm(x))`, with each residual
+//! add done by the next norm in the same pass (fused `add_rms_norm`).
 
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
@@ -37,6 +38,28 @@ impl Attention {
     }
 }
 
+/// The residual stream between sublayers: the stream `x` and the output of the last
+/// sublayer, not yet added (the next norm adds it in the same pass).
+#[derive(Debug, Clone)]
+pub struct Stream {
+    /// The residual stream before the pending addition.
+    pub x: Tensor,
+    /// The last sublayer's output, to be added to `x`.
+    pub delta: Option<Tensor>,
+}
+
+impl Stream {
+    /// The stream of `x` with nothing pending.
+    pub fn new(x: Tensor) -> Self {
+        Stream { x, delta: None }
+    }
+
+    /// `(x + delta, norm(x + delta))` in one fused pass.
+    pub fn normed(&self, norm: &RmsNorm) -> Result<(Tensor, Tensor)> {
+        Ok(norm.forward_residual(&self.x, self.delta.as_ref())?)
+    }
+}
+
 /// One decoder layer.
 #[derive(Debug, Clone)]
 pub struct Block {
@@ -48,16 +71,20 @@ pub struct Block {
 }
 
 impl Block {
-    /// Weights under `vb`: `attn_norm`, `attn.*`, `mlp_norm`, `mlp.{gate,up,down}`.
-    pub fn new(cfg: &Config, kind: LayerKind, rope: &Rope, vb: VarBuilder) -> Result<Self> {
-        let attn = match kind {
-            LayerKind::Dot | LayerKind::Local => {
-                Attention::Dot(DotAttention::new(cfg, kind, rope.clone(), vb.pp("attn"))?)
-            }
-            LayerKind::Simplicial => {
-                Attention::Simplicial(SimplicialAttention::new(cfg, vb.pp("attn"))?)
-            }
-        };
+    /// Weights under `vb`: `attn_norm`, `attn.{qkv,o}`, `mlp_norm`, `mlp.{gate_up,down}`.
+    pub fn new(cfg: &Config, kind: LayerKind, rope: Option<&Rope>, vb: VarBuilder) -> Result<Self> {
+        let attn =
+            match (kind, rope) {
+                (LayerKind::Dot | LayerKind::Local, Some(rope)) => Attention::Dot(
+                    DotAttention::new(cfg, kind, Some(rope.clone()), vb.pp("attn"))?,
+                ),
+                (LayerKind::Dot | LayerKind::Local, None) => {
+                    Attention::Dot(DotAttention::new(cfg, kind, None, vb.pp("attn"))?)
+                }
+                (LayerKind::Simplicial, _) => {
+                    Attention::Simplicial(SimplicialAttention::new(cfg, vb.pp("attn"))?)
+                }
+            };
         Ok(Block {
             kind,
             attn_norm: RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("attn_norm"))?,
@@ -77,31 +104,49 @@ impl Block {
         self.kind
     }
 
-    /// `x [B, N, C]` at positions `pos..pos+N`.
+    /// The stream at positions `pos..pos+N` (`[B, N, C]`) through the block:
+    ///
+    /// ```text
+    /// (h, y) = add_rms_norm(x, delta);  a = attn(y)
+    /// (h2, y2) = add_rms_norm(h, a);    m = mlp(y2)      -> Stream { x: h2, delta: m }
+    /// ```
     pub fn forward(
         &self,
-        x: &Tensor,
+        s: &Stream,
         pos: usize,
         cache: Option<&mut LayerCache>,
-    ) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.attn_norm.forward(x)?, pos, cache)?)?;
-        Ok((&x + self.mlp.forward(&self.mlp_norm.forward(&x)?)?)?)
+    ) -> Result<Stream> {
+        let (h, y) = s.normed(&self.attn_norm)?;
+        let a = self.attn.forward(&y, pos, cache)?;
+        let (h2, y2) = self.mlp_norm.forward_residual(&h, Some(&a))?;
+        let m = self.mlp.forward(&y2)?;
+        Ok(Stream {
+            x: h2,
+            delta: Some(m),
+        })
     }
 }
 
 /// The blocks of `cfg.pattern`, bottom to top, under `vb.pp("layers.{i}")` (with the RoPE
-/// tables of the D/L layers; a head dim of 0 in an S-only model gives empty tables).
+/// tables of the D/L layers when the config has them).
 pub fn build_blocks(cfg: &Config, vb: &VarBuilder) -> Result<Vec<Block>> {
-    let rope = Rope::new(
-        cfg.dot_heads().dim,
-        cfg.max_seq_len,
-        cfg.rope_theta,
-        vb.dtype(),
-        vb.device(),
-    )?;
-    cfg.layers()
+    let layers = cfg.layers();
+    let dot = layers
+        .iter()
+        .any(|k| matches!(k, LayerKind::Dot | LayerKind::Local));
+    let rope = if dot && cfg.rope {
+        Some(Rope::new(
+            cfg.dot_heads().dim,
+            cfg.max_seq_len,
+            cfg.rope_theta,
+            vb.device(),
+        )?)
+    } else {
+        None
+    };
+    layers
         .into_iter()
         .enumerate()
-        .map(|(i, kind)| Block::new(cfg, kind, &rope, vb.pp(format!("layers.{i}"))))
+        .map(|(i, kind)| Block::new(cfg, kind, rope.as_ref(), vb.pp(format!("layers.{i}"))))
         .collect()
 }

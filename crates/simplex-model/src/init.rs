@@ -1,7 +1,8 @@
 //! Weight initialization: normal with std 0.02 (GPT-2), residual output projections scaled by
-//! `1 / sqrt(2 * n_layers)`, norms at 1.
+//! `1 / sqrt(2 * n_layers)`, norms at 1; and the products of the blocks.
 
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::{Init, VarBuilder};
 
 /// Std of every projection and of the embedding.
 pub const STD: f64 = 0.02;
@@ -11,15 +12,31 @@ pub fn residual_std(n_layers: usize) -> f64 {
     STD / (2.0 * n_layers.max(1) as f64).sqrt()
 }
 
-/// A bias-free linear layer `weight [out, in]` drawn from N(0, std^2).
-pub fn linear(d_in: usize, d_out: usize, std: f64, vb: VarBuilder) -> candle_core::Result<Linear> {
-    let w = vb.get_with_hints(
+/// A bias-free linear layer's `weight [out, in]`, drawn from N(0, std^2).
+pub fn linear_weight(
+    d_in: usize,
+    d_out: usize,
+    std: f64,
+    vb: VarBuilder,
+) -> candle_core::Result<Tensor> {
+    vb.get_with_hints(
         (d_out, d_in),
         "weight",
         Init::Randn {
             mean: 0.0,
             stdev: std,
         },
-    )?;
-    Ok(Linear::new(w, None))
+    )
+}
+
+/// `x [.., in] @ w^T` for `w [out, in]`: one matrix product over all leading positions
+/// (`[T, in] @ [in, out]`, so the weight's gradient is one product too).
+pub fn project(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = x.dims();
+    let (last, lead) = dims.split_last().expect("inputs have a last dim");
+    let rows: usize = lead.iter().product();
+    let y = x.reshape((rows, *last))?.matmul(&w.t()?)?;
+    let mut out = lead.to_vec();
+    out.push(w.dim(0)?);
+    y.reshape(out)
 }

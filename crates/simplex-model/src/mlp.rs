@@ -1,20 +1,24 @@
 //! SwiGLU MLP: `y = W_down (silu(W_gate x) * (W_up x))`, `[.., C] -> [.., C]` through `H`.
+//!
+//! The gate and up projections are one product with `gate_up [2H, C]` (rows `0..H` the gate,
+//! `H..2H` the up projection), followed by the fused SwiGLU op on its `[.., 2H]` output.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use simplex_attn::fused;
 
-use crate::init::linear;
+use crate::init::{linear_weight, project};
 
 /// The gated MLP of every block.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    gate_up: Tensor,
+    down: Tensor,
 }
 
 impl Mlp {
-    /// `gate, up [H, C]`, `down [C, H]`; `out_std` is the init scale of `down` (a residual output).
+    /// `gate_up [2H, C]`, `down [C, H]`; `out_std` is the init scale of `down` (a residual
+    /// output).
     pub fn new(
         d_model: usize,
         hidden: usize,
@@ -22,16 +26,15 @@ impl Mlp {
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
         Ok(Mlp {
-            gate: linear(d_model, hidden, crate::init::STD, vb.pp("gate"))?,
-            up: linear(d_model, hidden, crate::init::STD, vb.pp("up"))?,
-            down: linear(hidden, d_model, out_std, vb.pp("down"))?,
+            gate_up: linear_weight(d_model, 2 * hidden, crate::init::STD, vb.pp("gate_up"))?,
+            down: linear_weight(hidden, d_model, out_std, vb.pp("down"))?,
         })
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = (self.gate.forward(x)?.silu()? * self.up.forward(x)?)?;
-        self.down.forward(&h)
+        let h = fused::swiglu(&project(x, &self.gate_up)?)?;
+        project(&h, &self.down)
     }
 }

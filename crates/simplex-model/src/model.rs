@@ -6,17 +6,18 @@
 //! The head is the transposed embedding when `tie_embeddings`. Weight names: `embed.weight`,
 //! `layers.{i}.{attn_norm, attn.*, mlp_norm, mlp.*}`, `norm.weight`, `lm_head.weight` (untied).
 
-use candle_core::{DType, Module, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Init, VarBuilder};
+use simplex_attn::fused::{linear_cross_entropy, Targets};
 
 use crate::embedding::TokenEmbedding;
 
-use crate::block::{build_blocks, Block};
+use crate::block::{build_blocks, Block, Stream};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::info::ModelInfo;
-use crate::init::{linear, STD};
+use crate::init::{linear_weight, project, STD};
 use crate::norm::RmsNorm;
 use crate::sample::Sampler;
 
@@ -27,8 +28,60 @@ pub struct Model {
     embed: TokenEmbedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    head: Linear,
+    head: Tensor,
     dtype: DType,
+}
+
+/// A batch of next-token examples whose ids were checked on the host against a config:
+/// `inputs [B, N]` and `targets [B * N]` (u32, on the model's device). Checking here costs no
+/// device synchronization, unlike checking a device tensor.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// `[B, N]` input ids.
+    pub inputs: Tensor,
+    /// `[B * N]` target ids (the next token of each input position).
+    pub targets: Tensor,
+}
+
+impl TokenBatch {
+    /// `inputs` and `targets` (`batch * seq` ids each, row-major) for a model of `cfg`, uploaded
+    /// to `device`; an error names an id outside the vocabulary or a length that does not fit.
+    pub fn new(
+        inputs: &[u32],
+        targets: &[u32],
+        (batch, seq): (usize, usize),
+        cfg: &Config,
+        device: &Device,
+    ) -> Result<Self> {
+        let n = batch * seq;
+        if n == 0 || inputs.len() != n || targets.len() != n {
+            return Err(ModelError::Input(format!(
+                "a batch of {batch} x {seq} needs {n} inputs and targets, got {} and {}",
+                inputs.len(),
+                targets.len()
+            )));
+        }
+        if seq > cfg.max_seq_len {
+            return Err(ModelError::Input(format!(
+                "sequences of {seq} tokens exceed max_seq_len = {}",
+                cfg.max_seq_len
+            )));
+        }
+        if let Some(&bad) = inputs
+            .iter()
+            .chain(targets)
+            .find(|&&t| t as usize >= cfg.vocab_size)
+        {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary (vocab_size = {})",
+                cfg.vocab_size
+            )));
+        }
+        Ok(TokenBatch {
+            inputs: Tensor::from_slice(inputs, (batch, seq), device)?,
+            targets: Tensor::from_slice(targets, n, device)?,
+        })
+    }
 }
 
 impl Model {
@@ -54,9 +107,9 @@ impl Model {
         let embed = TokenEmbedding::new(ew.clone());
         let blocks = build_blocks(cfg, &vb)?;
         let head = if cfg.tie_embeddings {
-            Linear::new(ew, None)
+            ew
         } else {
-            linear(c, v, STD, vb.pp("lm_head"))?
+            linear_weight(c, v, STD, vb.pp("lm_head"))?
         };
         Ok(Model {
             cfg: cfg.clone(),
@@ -78,19 +131,41 @@ impl Model {
         ModelInfo::new(&self.cfg, seq)
     }
 
-    fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.head.forward(&self.norm.forward(x)?)?)
+    fn logits(&self, s: &Stream) -> Result<Tensor> {
+        let (_, y) = s.normed(&self.norm)?;
+        Ok(project(&y, &self.head)?)
     }
 
-    /// Logits `[B, N, V]` of `tokens [B, N]` (positions `0..N`, the fused attention ops;
-    /// differentiable).
+    /// The final normalized hidden states `[B, N, C]` of `tokens [B, N]` (positions `0..N`).
+    fn hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+        let mut s = Stream::new(self.embed.forward(tokens)?);
+        for block in &self.blocks {
+            s = block.forward(&s, 0, None)?;
+        }
+        Ok(s.normed(&self.norm)?.1)
+    }
+
+    /// Logits `[B, N, V]` of `tokens [B, N]` (positions `0..N`, the fused ops; differentiable).
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         check_tokens(tokens, 0, &self.cfg)?;
-        let mut x = self.embed.forward(tokens)?;
-        for block in &self.blocks {
-            x = block.forward(&x, 0, None)?;
-        }
-        self.logits(&x)
+        Ok(project(&self.hidden(tokens)?, &self.head)?)
+    }
+
+    /// Mean next-token cross-entropy of `batch` (nats per token; a scalar f32 tensor on the
+    /// device, differentiable). The head and the loss run as one fused op that never holds
+    /// more than a chunk of the `[B * N, V]` logits.
+    pub fn loss(&self, batch: &TokenBatch) -> Result<Tensor> {
+        let y = self.hidden(&batch.inputs)?;
+        let (b, n, c) = y.dims3()?;
+        let targets = Targets {
+            ids: &batch.targets,
+            ignore: None,
+        };
+        Ok(linear_cross_entropy(
+            &y.reshape((b * n, c))?,
+            &self.head,
+            targets,
+        )?)
     }
 
     /// Logits `[B, n, V]` of `n` new tokens `[B, n]` that follow what `cache` has seen; appends
@@ -106,12 +181,12 @@ impl Model {
             )));
         }
         cache.check_dtype(self.dtype)?;
-        let mut x = self.embed.forward(tokens)?;
+        let mut s = Stream::new(self.embed.forward(tokens)?);
         for (block, lc) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            x = block.forward(&x, pos, Some(lc))?;
+            s = block.forward(&s, pos, Some(lc))?;
         }
         cache.pos += n;
-        self.logits(&x)
+        self.logits(&s)
     }
 
     /// Continues `prompt` by `max_new` tokens drawn by `sampler` (batch 1, KV cache).

@@ -1,9 +1,13 @@
 //! RMSNorm: `y = x / sqrt(mean(x^2) + eps) * weight`, over the last dim (`[.., C]`).
 //!
-//! Built from plain tensor ops (candle-nn's fused `rms_norm` has no backward).
+//! Runs the fused op of `simplex_attn::fused` (its own backward; `rms_norm_twin` there is the
+//! plain candle-op version it is tested against). [`RmsNorm::forward_residual`] adds the
+//! residual in the same pass: the blocks hand each sublayer's output to the next norm, so no
+//! residual add runs on its own (see `block.rs`).
 
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
+use simplex_attn::fused;
 
 /// Root-mean-square normalization with a learned gain (initialized to 1).
 #[derive(Debug, Clone)]
@@ -18,19 +22,22 @@ impl RmsNorm {
         let weight = vb.get_with_hints(size, "weight", Init::Const(1.0))?;
         Ok(RmsNorm { weight, eps })
     }
+
+    /// `(h, norm(h))` with `h = x + delta`, in one pass; `(x, norm(x))` without a delta.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        delta: Option<&Tensor>,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        match delta {
+            Some(d) => fused::add_rms_norm(x, d, &self.weight, self.eps),
+            None => Ok((x.clone(), fused::rms_norm(x, &self.weight, self.eps)?)),
+        }
+    }
 }
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // statistics in f32 at least (bf16 activations)
-        let dtype = x.dtype();
-        let xf = if dtype == DType::F64 {
-            x.clone()
-        } else {
-            x.to_dtype(DType::F32)?
-        };
-        let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
-        let y = xf.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
-        y.to_dtype(dtype)?.broadcast_mul(&self.weight)
+        fused::rms_norm(x, &self.weight, self.eps)
     }
 }

@@ -2,7 +2,8 @@
 //! bidirectional encoder):
 //!
 //! ```text
-//! x [B, N, C] -> q [B, N, Hq, Dh], k1, k2, v1, v2 [B, N, Hkv, Dh]     (five projections)
+//! x [B, N, C] -> q [B, N, Hq, Dh], k1, k2, v1, v2 [B, N, Hkv, Dh]     (one product with W_qkv,
+//!                                                                      then the fused split)
 //! o = simplicial_attn(q, k1, k2, v1, v2; w1, w2)  [B, N, Hq, Dh] -> Wo -> [B, N, C]
 //! ```
 //! No RoPE (the trilinear form is not rotation invariant); the determinant variant can rotate
@@ -13,32 +14,30 @@
 //! pair attention of their few queries with plain tensor ops over the cached windows
 //! ([`simplicial_step`]).
 
-use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use simplex_attn::fused::{split_heads, HeadPart};
 use simplex_attn::{determinant, simplicial_attn, AttnSpec, Variant};
 
 use crate::cache::LayerCache;
 use crate::config::{Config, Heads, SimplicialVariant};
 use crate::error::{ModelError, Result};
-use crate::init::{linear, residual_std, STD};
+use crate::init::{linear_weight, project, residual_std, STD};
 use crate::rope::ChunkRotation;
 
 /// One S attention sublayer.
 #[derive(Debug, Clone)]
 pub struct SimplicialAttention {
-    q: Linear,
-    k1: Linear,
-    k2: Linear,
-    v1: Linear,
-    v2: Linear,
-    o: Linear,
+    qkv: Tensor,
+    o: Tensor,
     heads: Heads,
     spec: AttnSpec,
     rotation: Option<ChunkRotation>,
 }
 
 impl SimplicialAttention {
-    /// Projections `q [Hq*Dh, C]`, `k1, k2, v1, v2 [Hkv*Dh, C]`, `o [C, Hq*Dh]` under `vb`.
+    /// Projections `qkv [(Hq + 4 Hkv) * Dh, C]` (the q, k1, k2, v1, v2 rows, in that order) and
+    /// `o [C, Hq*Dh]` under `vb`.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let h = cfg.simplicial_heads();
         let s = &cfg.simplicial;
@@ -54,14 +53,9 @@ impl SimplicialAttention {
         } else {
             None
         };
-        let kv = |name: &str| linear(c, h.kv * h.dim, STD, vb.pp(name));
         Ok(SimplicialAttention {
-            q: linear(c, h.q * h.dim, STD, vb.pp("q"))?,
-            k1: kv("k1")?,
-            k2: kv("k2")?,
-            v1: kv("v1")?,
-            v2: kv("v2")?,
-            o: linear(h.q * h.dim, c, residual_std(cfg.n_layers()), vb.pp("o"))?,
+            qkv: linear_weight(c, (h.q + 4 * h.kv) * h.dim, STD, vb.pp("qkv"))?,
+            o: linear_weight(h.q * h.dim, c, residual_std(cfg.n_layers()), vb.pp("o"))?,
             heads: h,
             spec: if cfg.bidirectional {
                 AttnSpec::bidirectional().with_windows(Some(s.w1), Some(s.w2))
@@ -87,14 +81,14 @@ impl SimplicialAttention {
             kv: hkv,
             dim,
         } = self.heads;
-        let project =
-            |l: &Linear, h: usize| -> Result<Tensor> { Ok(l.forward(x)?.reshape((b, n, h, dim))?) };
-        let (mut q, mut k1, mut k2) = (
-            project(&self.q, hq)?,
-            project(&self.k1, hkv)?,
-            project(&self.k2, hkv)?,
-        );
-        let (v1, v2) = (project(&self.v1, hkv)?, project(&self.v2, hkv)?);
+        let part = |heads| HeadPart {
+            heads,
+            rotate: false,
+        };
+        let parts = [part(hq), part(hkv), part(hkv), part(hkv), part(hkv)];
+        let mut p = split_heads(&project(x, &self.qkv)?, dim, &parts, None)?.into_iter();
+        let mut next = || p.next().expect("five parts");
+        let (mut q, mut k1, mut k2, v1, v2) = (next(), next(), next(), next(), next());
         if let Some(rot) = &self.rotation {
             (q, k1, k2) = (
                 rot.apply(&q, pos)?,
@@ -128,7 +122,7 @@ impl SimplicialAttention {
                 ))
             }
         };
-        Ok(self.o.forward(&o.reshape((b, n, hq * dim))?)?)
+        Ok(project(&o.reshape((b, n, hq * dim))?, &self.o)?)
     }
 }
 

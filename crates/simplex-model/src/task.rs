@@ -17,7 +17,7 @@ use candle_nn::{Init, Linear, VarBuilder};
 
 use crate::embedding::TokenEmbedding;
 
-use crate::block::{build_blocks, Block};
+use crate::block::{build_blocks, Block, Stream};
 use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::info::ModelInfo;
@@ -92,11 +92,12 @@ impl TaskModel {
     /// Logits `[B, N, K]` of `tokens [B, N]` (differentiable).
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         check_tokens(tokens, 0, &self.cfg)?;
-        let mut x = self.embed.forward(tokens)?;
+        let mut s = Stream::new(self.embed.forward(tokens)?);
         for block in &self.blocks {
-            x = block.forward(&x, 0, None)?;
+            s = block.forward(&s, 0, None)?;
         }
-        Ok(self.cls.forward(&self.norm.forward(&x)?)?)
+        let (_, y) = s.normed(&self.norm)?;
+        Ok(self.cls.forward(&y)?)
     }
 }
 

@@ -9,12 +9,12 @@ use candle_nn::{VarBuilder, VarMap};
 use common::{assert_close, build, flat, normal, randomize, small_cfg, tokens};
 use rand::{rngs::StdRng, seq::index::sample, SeedableRng};
 use simplex_model::attention::DotAttention;
-use simplex_model::block::Block;
+use simplex_model::block::{Block, Stream};
 use simplex_model::mlp::Mlp;
 use simplex_model::norm::RmsNorm;
 use simplex_model::rope::Rope;
 use simplex_model::simplicial::SimplicialAttention;
-use simplex_model::{Config, LayerKind, SimplicialVariant};
+use simplex_model::{Config, LayerKind, SimplicialVariant, TokenBatch};
 
 const EPS: f64 = 1e-5;
 
@@ -101,7 +101,7 @@ fn cfg(variant: SimplicialVariant, rotate: bool) -> Config {
 }
 
 fn rope() -> anyhow::Result<Rope> {
-    Ok(Rope::new(4, 32, 100.0, DType::F64, &Device::Cpu)?)
+    Ok(Rope::new(4, 32, 100.0, &Device::Cpu)?)
 }
 
 #[test]
@@ -127,7 +127,7 @@ fn causal_dot_attention_with_rope() -> anyhow::Result<()> {
     let c = cfg(SimplicialVariant::Trilinear, false);
     check_layer(
         "D",
-        |vb| Ok(DotAttention::new(&c, LayerKind::Dot, rope()?, vb)?),
+        |vb| Ok(DotAttention::new(&c, LayerKind::Dot, Some(rope()?), vb)?),
         |l, x| Ok(l.forward(x, 0, None)?),
     )
 }
@@ -137,7 +137,7 @@ fn sliding_window_dot_attention_with_rope() -> anyhow::Result<()> {
     let c = cfg(SimplicialVariant::Trilinear, false);
     check_layer(
         "L",
-        |vb| Ok(DotAttention::new(&c, LayerKind::Local, rope()?, vb)?),
+        |vb| Ok(DotAttention::new(&c, LayerKind::Local, Some(rope()?), vb)?),
         |l, x| Ok(l.forward(x, 0, None)?),
     )
 }
@@ -168,8 +168,16 @@ fn decoder_blocks() -> anyhow::Result<()> {
     for kind in [LayerKind::Dot, LayerKind::Simplicial] {
         check_layer(
             &format!("block {kind:?}"),
-            |vb| Ok(Block::new(&c, kind, &rope()?, vb)?),
-            |l, x| Ok(l.forward(x, 0, None)?),
+            |vb| Ok(Block::new(&c, kind, Some(&rope()?), vb)?),
+            |l, x| {
+                // a pending delta in, as between blocks: both residual adds are fused
+                let s = Stream {
+                    x: x.clone(),
+                    delta: Some((x * 0.5)?),
+                };
+                let out = l.forward(&s, 0, None)?;
+                Ok((out.x + out.delta.expect("a block leaves its MLP output pending"))?)
+            },
         )?;
     }
     Ok(())
@@ -198,6 +206,17 @@ fn whole_model_cross_entropy() -> anyhow::Result<()> {
         drop(data);
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         grad_check(&format!("model tied={tied}"), &vars, loss, 3)?;
+        // the fused head + loss of training: the same value and gradients
+        let ids =
+            |t: &Tensor| -> anyhow::Result<Vec<u32>> { Ok(t.flatten_all()?.to_vec1::<u32>()?) };
+        let batch = TokenBatch::new(&ids(&toks)?, &ids(&targets)?, (2, 9), &c, &Device::Cpu)?;
+        let fused = || -> anyhow::Result<Tensor> { Ok(model.loss(&batch)?) };
+        let (a, b) = (loss()?.to_scalar::<f64>()?, fused()?.to_scalar::<f64>()?);
+        assert!(
+            (a - b).abs() < 1e-10 * a.abs(),
+            "model.loss {b} vs cross_entropy(forward) {a}"
+        );
+        grad_check(&format!("model.loss tied={tied}"), &vars, fused, 3)?;
     }
     Ok(())
 }

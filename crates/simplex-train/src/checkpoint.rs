@@ -95,13 +95,13 @@ pub struct CheckpointFiles<'a> {
 /// Saves a checkpoint into `run_dir/checkpoint/` atomically (see the module doc).
 pub fn save(
     run_dir: &Path,
-    params: &[(String, Var)],
+    weights: &HashMap<String, Tensor>,
     optimizer: &HashMap<String, Tensor>,
     state: &TrainState,
     files: &CheckpointFiles,
 ) -> Result<PathBuf> {
     save_atomic(run_dir, |tmp| {
-        save_tensors(&tmp.join("model.safetensors"), &weights_of(params))?;
+        save_tensors(&tmp.join("model.safetensors"), weights)?;
         save_tensors(&tmp.join("optimizer.safetensors"), optimizer)?;
         write_synced(&tmp.join("config.toml"), files.config_toml.as_bytes())?;
         write_synced(&tmp.join("train.toml"), files.train_toml.as_bytes())?;
@@ -211,18 +211,29 @@ impl Checkpoint {
         let state: TrainState = serde_json::from_str(&read_string(&state_path)?).map_err(|e| {
             TrainError::checkpoint(&state_path, format!("not a readable state: {e}"))
         })?;
+        let config_toml = read_string(&dir.join("config.toml"))?;
+        let weights_path = dir.join("model.safetensors");
+        let mut weights = read_tensors(&weights_path, device)?;
+        let fused = fused_of(&dir.join("config.toml"), &config_toml)?;
+        merge_legacy(&weights_path, &mut weights, &fused, "")?;
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
             state,
-            config_toml: read_string(&dir.join("config.toml"))?,
+            config_toml,
             train_toml: read_string(&dir.join("train.toml"))?,
-            weights: read_tensors(&dir.join("model.safetensors"), device)?,
+            weights,
         })
     }
 
     /// The optimizer state (`optimizer.safetensors`).
     pub fn optimizer(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
-        read_tensors(&self.dir.join("optimizer.safetensors"), device)
+        let path = self.dir.join("optimizer.safetensors");
+        let mut st = read_tensors(&path, device)?;
+        let fused = fused_of(&self.dir.join("config.toml"), &self.config_toml)?;
+        for prefix in ["m.", "v."] {
+            merge_legacy(&path, &mut st, &fused, prefix)?;
+        }
+        Ok(st)
     }
 
     /// Copies the weights into `params`: every parameter must be present with its shape, and
@@ -230,6 +241,75 @@ impl Checkpoint {
     pub fn load_weights(&self, params: &[(String, Var)]) -> Result<()> {
         load_weights(&self.dir.join("model.safetensors"), &self.weights, params)
     }
+}
+
+/// The fused weights of the model that `config_toml` (read from `path`) describes.
+fn fused_of(path: &Path, config_toml: &str) -> Result<Vec<simplex_model::FusedParam>> {
+    let cfg = simplex_model::Config::from_toml_str(config_toml)
+        .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    Ok(simplex_model::fused_params(&cfg))
+}
+
+/// Joins weights stored apart by earlier versions (`attn.q.weight`, ..., `mlp.gate.weight`,
+/// `mlp.up.weight`, with `prefix`) into today's fused weights; errors name `path`.
+pub fn merge_legacy(
+    path: &Path,
+    tensors: &mut HashMap<String, Tensor>,
+    fused: &[simplex_model::FusedParam],
+    prefix: &str,
+) -> Result<()> {
+    let n = simplex_model::merge_parts(tensors, fused, prefix)
+        .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    if n > 0 && prefix.is_empty() {
+        tracing::info!(
+            "{}: joined {n} weights stored as separate projections",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Checks that `tensors` (read from `path`, named in errors) hold exactly the f32 tensors
+/// `prefix + name` of `shapes`: every one present with its shape, and no other.
+pub fn check_tensors(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    shapes: &[(String, Vec<usize>)],
+    prefix: &str,
+) -> Result<()> {
+    for (name, dims) in shapes {
+        let key = format!("{prefix}{name}");
+        let t = tensors.get(&key).ok_or_else(|| {
+            TrainError::checkpoint(
+                path,
+                format!("no tensor `{key}`, which the model of config.toml has"),
+            )
+        })?;
+        if t.dims() != dims.as_slice() {
+            return Err(TrainError::checkpoint(
+                path,
+                format!(
+                    "tensor `{key}` is {:?}, the model of config.toml needs {dims:?}",
+                    t.dims()
+                ),
+            ));
+        }
+        if t.dtype() != DType::F32 {
+            return Err(TrainError::checkpoint(
+                path,
+                format!("tensor `{key}` is {:?}; checkpoints hold f32", t.dtype()),
+            ));
+        }
+    }
+    let known: std::collections::HashSet<String> =
+        shapes.iter().map(|(n, _)| format!("{prefix}{n}")).collect();
+    if let Some(extra) = tensors.keys().filter(|k| !known.contains(*k)).min() {
+        return Err(TrainError::checkpoint(
+            path,
+            format!("unexpected tensor `{extra}`: the model of config.toml has no such parameter"),
+        ));
+    }
+    Ok(())
 }
 
 /// Copies `weights` (read from `path`, named in errors) into `params`: every parameter must be

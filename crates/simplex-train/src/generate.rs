@@ -48,7 +48,7 @@ impl Generator {
         let ck = Checkpoint::read(&dir, device)?;
         let cfg = Config::from_toml_str(&ck.config_toml)
             .map_err(|e| TrainError::checkpoint(dir.join("config.toml"), e.to_string()))?;
-        let (vars, vb) = SeededInit::builder(0, device);
+        let (vars, vb) = SeededInit::builder(0, device, &[]);
         let model = Model::new(&cfg, vb)?;
         let params =
             named_vars(&vars).ok_or_else(|| TrainError::checkpoint(&dir, "lock poisoned"))?;

@@ -3,10 +3,13 @@
 //! `(seed, variable name)`, so the same seed gives the same model on any device and in any
 //! build order (candle's CPU random generator cannot be seeded).
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::init::NormalOrUniform;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
+use simplex_model::FusedParam;
 
 use crate::rng::{fnv1a, SplitMix64, FNV_OFFSET};
 
@@ -16,22 +19,56 @@ pub struct SeededInit {
     pub vars: VarMap,
     /// The init seed.
     pub seed: u64,
+    /// Fused weights drawn as their parts (name -> parts' names and rows), so that a model
+    /// whose projections are one product starts from the same values as when they were apart.
+    pub fused: HashMap<String, Vec<(String, usize)>>,
 }
 
 impl SeededInit {
     /// A fresh variable map and an f32 `VarBuilder` on `device` that creates its variables
-    /// with draws seeded by `seed`.
-    pub fn builder(seed: u64, device: &Device) -> (VarMap, VarBuilder<'static>) {
+    /// with draws seeded by `seed` (each part of a `fused` weight by its own name).
+    pub fn builder(
+        seed: u64,
+        device: &Device,
+        fused: &[FusedParam],
+    ) -> (VarMap, VarBuilder<'static>) {
         let vars = VarMap::new();
         let vb = VarBuilder::from_backend(
             Box::new(SeededInit {
                 vars: vars.clone(),
                 seed,
+                fused: fused
+                    .iter()
+                    .map(|f| (f.name.clone(), f.parts.clone()))
+                    .collect(),
             }),
             DType::F32,
             device.clone(),
         );
         (vars, vb)
+    }
+
+    /// The draws of variable `name` of shape `s`.
+    fn values(&self, name: &str, s: &Shape, h: &Init) -> candle_core::Result<Vec<f32>> {
+        let seeded = |n: &str| SplitMix64::derived(self.seed, fnv1a(n.as_bytes(), FNV_OFFSET));
+        match self.fused.get(name) {
+            Some(parts) => {
+                let dims = s.dims();
+                let rows: usize = parts.iter().map(|p| p.1).sum();
+                if dims.len() != 2 || dims[0] != rows {
+                    candle_core::bail!(
+                        "fused variable `{name}`: shape {dims:?}, parts of {rows} rows"
+                    )
+                }
+                let mut out = Vec::with_capacity(s.elem_count());
+                for (part, r) in parts {
+                    let ps = Shape::from((*r, dims[1]));
+                    out.extend(draws(h, &ps, &mut seeded(part)));
+                }
+                Ok(out)
+            }
+            None => Ok(draws(h, s, &mut seeded(name))),
+        }
     }
 }
 
@@ -88,8 +125,7 @@ impl SimpleBackend for SeededInit {
             }
             return Ok(v.as_tensor().clone());
         }
-        let mut rng = SplitMix64::derived(self.seed, fnv1a(name.as_bytes(), FNV_OFFSET));
-        let t = Tensor::from_vec(draws(&h, &s, &mut rng), s, dev)?.to_dtype(dtype)?;
+        let t = Tensor::from_vec(self.values(name, &s, &h)?, s, dev)?.to_dtype(dtype)?;
         let var = Var::from_tensor(&t)?;
         data.insert(name.to_string(), var.clone());
         Ok(var.as_tensor().clone())
@@ -104,46 +140,6 @@ impl SimpleBackend for SeededInit {
         match data.get(name) {
             Some(v) => v.as_tensor().to_dtype(dtype)?.to_device(dev),
             None => candle_core::bail!("no variable `{name}`"),
-        }
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.vars.data().lock().is_ok_and(|d| d.contains_key(name))
-    }
-}
-
-/// Serves the f32 master variables of a `VarMap` cast to the builder's dtype (bf16 autocast):
-/// the cast is part of the autograd graph, so gradients reach the masters.
-pub struct CastFrom {
-    /// The f32 masters.
-    pub vars: VarMap,
-}
-
-impl SimpleBackend for CastFrom {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _h: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = self.get_unchecked(name, dtype, dev)?;
-        if t.shape() != &s {
-            candle_core::bail!("variable `{name}`: shape {:?} vs {s:?}", t.shape())
-        }
-        Ok(t)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let data = self
-            .vars
-            .data()
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("variable map lock poisoned".into()))?;
-        match data.get(name) {
-            Some(v) => v.as_tensor().to_dtype(dtype)?.to_device(dev),
-            None => candle_core::bail!("no master variable `{name}`"),
         }
     }
 

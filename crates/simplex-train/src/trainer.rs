@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use simplex_model::{Config, ModelInfo};
 
 use crate::checkpoint::{self, CheckpointFiles, MetricsSummary, TrainState};
@@ -26,7 +26,7 @@ use crate::eval::Evaluator;
 use crate::metrics::{MetricsLog, Record};
 use crate::run::{self, RunOptions};
 use crate::schedule::Schedule;
-use crate::step::Learner;
+use crate::step::{Learner, Update};
 
 /// Peak dense bf16 FLOP/s of an H100/H200 SXM (the MFU denominator on CUDA by default).
 pub const H100_BF16_PEAK: f64 = 989.4e12;
@@ -60,8 +60,8 @@ pub struct StartInfo {
 pub trait Observer {
     /// Training is about to start.
     fn start(&mut self, _info: &StartInfo) {}
-    /// An update finished.
-    fn step(&mut self, _step: u64, _loss: f64, _lr: f64) {}
+    /// An update finished (its loss is read at the next metrics row, [`Observer::record`]).
+    fn step(&mut self, _step: u64, _lr: f64) {}
     /// A metrics row was written.
     fn record(&mut self, _r: &Record) {}
     /// A checkpoint was written.
@@ -87,12 +87,47 @@ pub struct Summary {
     pub checkpoint: Option<PathBuf>,
 }
 
-/// Metrics accumulated since the last row.
+/// Metrics accumulated since the last row. Updates leave their loss and gradient norm on the
+/// device ([`Update`]); they are read when a row or a checkpoint is written, one wait for
+/// several updates.
 #[derive(Default)]
 struct Interval {
+    pending: Vec<(u64, Update)>,
     loss: f64,
     steps: u64,
+    grad_norm: f64,
     seconds: f64,
+}
+
+impl Interval {
+    /// Reads the pending updates into the sums (every loss also into `losses`); a non-finite
+    /// loss is a divergence error naming its step.
+    fn resolve(&mut self, losses: &mut Vec<(u64, f64)>) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let all: Vec<Tensor> = self
+            .pending
+            .iter()
+            .flat_map(|(_, u)| [u.loss.clone(), u.grad_norm.clone()])
+            .collect();
+        let values = Tensor::cat(&all, 0)?.to_vec1::<f32>()?;
+        for ((step, _), v) in self.pending.iter().zip(values.chunks(2)) {
+            let loss = v[0] as f64;
+            if !loss.is_finite() {
+                return Err(TrainError::Diverged {
+                    step: *step as usize,
+                    loss: v[0],
+                });
+            }
+            losses.push((*step, loss));
+            self.loss += loss;
+            self.steps += 1;
+            self.grad_norm = v[1] as f64;
+        }
+        self.pending.clear();
+        Ok(())
+    }
 }
 
 /// Trains as `opts` says (a new run or a resumed one); see the module doc.
@@ -171,35 +206,40 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
     let mut interval = Interval::default();
     let elapsed0 = state.elapsed_s;
     let mut train_time = 0f64;
+    let mut t0 = Instant::now();
     while state.step < end {
-        let t0 = Instant::now();
         let lr = schedule.lr(state.step as usize);
-        let up = learner.update(&mut batcher, cfg, lr, state.step + 1)?;
+        let up = learner.update(&mut batcher, cfg, lr)?;
         state.step += 1;
         state.tokens_seen += tokens_per_step;
         state.data = batcher.position();
-        let dt = t0.elapsed().as_secs_f64();
-        train_time += dt;
-        interval.seconds += dt;
-        interval.loss += up.loss;
-        interval.steps += 1;
-        summary.losses.push((state.step, up.loss));
-        obs.step(state.step, up.loss, lr);
+        interval.pending.push((state.step, up));
+        obs.step(state.step, lr);
         let s = state.step;
         let every = |n: usize| n > 0 && s.is_multiple_of(n as u64);
         let do_eval = every(cfg.eval_every) || s == cfg.steps as u64;
-        if every(cfg.log_every) || do_eval || s == end {
+        let row = every(cfg.log_every) || do_eval || s == end;
+        let do_ckpt = every(cfg.ckpt_every) || s == end;
+        if !(row || do_ckpt) {
+            continue;
+        }
+        // reading the losses waits for the device: the timed interval ends here
+        interval.resolve(&mut summary.losses)?;
+        let dt = t0.elapsed().as_secs_f64();
+        train_time += dt;
+        interval.seconds += dt;
+        if row {
             let eval = if do_eval {
-                evaluator.run(&learner.model()?)?
+                evaluator.run(learner.model())?
             } else {
                 None
             };
             let tps = (interval.steps * tokens_per_step) as f64 / interval.seconds.max(1e-9);
             let rec = Record {
                 step: s,
-                train_loss: interval.loss / interval.steps as f64,
+                train_loss: interval.loss / interval.steps.max(1) as f64,
                 lr,
-                grad_norm: up.grad_norm,
+                grad_norm: interval.grad_norm,
                 tokens_per_s: tps,
                 tokens_seen: state.tokens_seen,
                 elapsed_s: elapsed0 + train_time,
@@ -219,14 +259,21 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
             summary.last = Some(rec);
             interval = Interval::default();
         }
-        if every(cfg.ckpt_every) || s == end {
+        if do_ckpt {
             state.elapsed_s = elapsed0 + train_time;
             let opt = &learner.opt;
-            let dir = checkpoint::save(&opts.out, opt.params(), &opt.state()?, &state, &files)?;
+            let dir = checkpoint::save(
+                &opts.out,
+                &opt.master_weights()?,
+                &opt.state()?,
+                &state,
+                &files,
+            )?;
             tracing::info!("step {s}: checkpoint {}", dir.display());
             obs.checkpoint(s, &dir);
             summary.checkpoint = Some(dir);
         }
+        t0 = Instant::now();
     }
     summary.step = state.step;
     Ok(summary)
@@ -242,9 +289,11 @@ fn restore(
     dev: &Device,
 ) -> Result<()> {
     check_checkpoint_configs(ck, mcfg, cfg)?;
-    ck.load_weights(learner.opt.params())?;
     let opt_path = ck.dir.join("optimizer.safetensors");
-    learner.opt.load_state(ck.optimizer(dev)?, &opt_path)?;
+    learner.opt.load(
+        (&ck.dir.join("model.safetensors"), &ck.weights),
+        Some((&opt_path, ck.optimizer(dev)?)),
+    )?;
     if learner.opt.step_count() != ck.state.step {
         return Err(TrainError::checkpoint(
             &opt_path,

@@ -22,7 +22,7 @@ mod dot;
 mod dot_backward;
 mod forward;
 mod forward_wgmma;
-mod module;
+pub(crate) mod module;
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -48,6 +48,9 @@ pub(crate) enum Family {
     DotBackwardKey,
     /// `kernels/dot_attn_simple.cu` (dot-product delta pre-pass; CUDA-core forward, dq, dk/dv)
     DotSimple,
+    /// `kernels/fused_ops.cu` (the model's fused ops: RMSNorm, split heads + RoPE, SwiGLU,
+    /// cross-entropy rows, flat AdamW)
+    FusedOps,
 }
 
 impl Family {
@@ -91,6 +94,7 @@ impl Family {
             Family::DotSimple => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_simple.cubin"))
             }
+            Family::FusedOps => include_bytes!(concat!(env!("OUT_DIR"), "/fused_ops.cubin")),
         }
     }
 
@@ -110,6 +114,7 @@ impl Family {
             Family::DotBackwardQuery => "kernels/dot_attn_bwd_dq.cu",
             Family::DotBackwardKey => "kernels/dot_attn_bwd_dkv.cu",
             Family::DotSimple => "kernels/dot_attn_simple.cu",
+            Family::FusedOps => "kernels/fused_ops.cu",
         }
     }
 }

@@ -1,12 +1,14 @@
 //! `simplex bench train`: training throughput (tokens/s) and peak device memory of a model on
-//! random tokens, through the trainer's own update (`simplex_train::step::Learner`: bf16 casts
-//! of the f32 masters on CUDA, forward, cross-entropy, backward, global-norm clip, AdamW), so
-//! the number is what `simplex train` gets minus its data loading, metrics and checkpoints.
+//! random tokens, through the trainer's own update (`simplex_train::step::Learner`: forward on
+//! the bf16 working copies on CUDA, fused cross-entropy, backward, gradients gathered into the
+//! flat buffer, global-norm clip and AdamW on the device), so the number is what
+//! `simplex train` gets minus its data loading, metrics and checkpoints.
 //!
 //! ```text
 //! random byte tokens -> one shard in a temporary folder -> Batcher (as in training)
-//! warm-up updates, then timed updates, each followed by a device synchronize
+//! warm-up updates, then timed updates, each between two device synchronizations
 //! tokens/s = batch * seq * grad_accum / median(update seconds)
+//! then as many updates back to back (one synchronization at the end): tokens/s of a run
 //! ```
 //! Peak memory on CUDA: candle allocates through the device's default stream-ordered memory
 //! pool (`cuMemAllocAsync`); the pool's high-water mark of used bytes
@@ -164,21 +166,39 @@ pub fn run(a: &TrainBenchArgs) -> Result<()> {
     for step in 1..=(a.warmup_steps + a.steps) as u64 {
         device.synchronize()?;
         let t0 = Instant::now();
-        let up = learner.update(&mut batcher, &train, a.lr, step)?;
+        let up = learner.update(&mut batcher, &train, a.lr)?;
         device.synchronize()?;
         let dt = t0.elapsed().as_secs_f64();
-        last_loss = up.loss;
+        let (loss, _) = up.read()?;
+        last_loss = loss;
         let timed = step as usize > a.warmup_steps;
         println!(
-            "step {step:>4} {:>9.1} ms  loss {:.4}{}",
+            "step {step:>4} {:>9.1} ms  loss {loss:.4}{}",
             dt * 1e3,
-            up.loss,
             if timed { "" } else { "  (warm-up)" }
         );
         if timed {
             times.push(dt);
         }
     }
+    // the same number of updates back to back, one synchronization at the end (what a
+    // training run sees: the host queues the next update while the device runs this one)
+    device.synchronize()?;
+    let t0 = Instant::now();
+    let mut pending = Vec::with_capacity(a.steps);
+    for _ in 0..a.steps {
+        pending.push(learner.update(&mut batcher, &train, a.lr)?);
+    }
+    device.synchronize()?;
+    let back_to_back = t0.elapsed().as_secs_f64() / a.steps.max(1) as f64;
+    if let Some(up) = pending.last() {
+        last_loss = up.read()?.0;
+    }
+    println!(
+        "back to back: {:.1} ms per update, {:.0} tokens/s",
+        back_to_back * 1e3,
+        tokens_per_step as f64 / back_to_back
+    );
     let med = median(&times);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let mem = memory::peak(&device)?;
@@ -205,6 +225,8 @@ pub fn run(a: &TrainBenchArgs) -> Result<()> {
         "warmup_steps": a.warmup_steps, "steps": a.steps,
         "step_s_median": med, "step_s_mean": mean,
         "tokens_per_s": tps, "tokens_per_s_mean": tokens_per_step as f64 / mean,
+        "step_s_back_to_back": back_to_back,
+        "tokens_per_s_back_to_back": tokens_per_step as f64 / back_to_back,
         "last_loss": last_loss,
         "peak_used_bytes": mem.as_ref().map(|m| m.used_high),
         "peak_reserved_bytes": mem.as_ref().map(|m| m.reserved_high),

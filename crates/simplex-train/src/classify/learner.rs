@@ -6,14 +6,15 @@
 //! evaluate: predictions = argmax_k model(x)[b, i, k];  per-token accuracy, exact match, loss
 //! ```
 
-use candle_core::Device;
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
 use simplex_model::task::predictions;
-use simplex_model::{classification_loss, Config, TaskModel};
+use simplex_model::{classification_loss, fused_params, Config, TaskModel};
 
 use crate::classify::batches::{eval_batches, to_tensors};
 use crate::error::{Result, TrainError};
 use crate::init::{named_vars, SeededInit};
-use crate::optim::{clip_scale, global_norm, AdamW, AdamWParams};
+use crate::optim::{AdamWParams, Optimizer};
 use crate::tasks::{Example, Score};
 
 /// A score plus the mean loss over the labeled positions.
@@ -38,8 +39,8 @@ pub struct TaskUpdate {
 pub struct TaskLearner {
     model: TaskModel,
     device: Device,
-    /// The optimizer (its parameters are the weights, sorted by name).
-    pub opt: AdamW,
+    /// The optimizer (f32 masters and moments; the model's weights are its working copies).
+    pub opt: Optimizer,
 }
 
 impl TaskLearner {
@@ -51,14 +52,16 @@ impl TaskLearner {
         hp: AdamWParams,
         device: &Device,
     ) -> Result<Self> {
-        let (vars, vb) = SeededInit::builder(seed, device);
-        let model = TaskModel::new(cfg, classes, vb)?;
+        let (vars, vb) = SeededInit::builder(seed, device, &fused_params(cfg));
+        TaskModel::new(cfg, classes, vb)?;
         let params = named_vars(&vars)
             .ok_or_else(|| TrainError::setting("model", "variables", "lock poisoned"))?;
+        let opt = Optimizer::new(params, DType::F32, hp)?;
+        let vb = VarBuilder::from_varmap(&opt.working_vars(), DType::F32, device);
         Ok(TaskLearner {
-            model,
+            model: TaskModel::new(cfg, classes, vb)?,
             device: device.clone(),
-            opt: AdamW::new(params, hp)?,
+            opt,
         })
     }
 
@@ -69,11 +72,7 @@ impl TaskLearner {
 
     /// Parameters, counted from the variables.
     pub fn param_count(&self) -> u64 {
-        self.opt
-            .params()
-            .iter()
-            .map(|(_, v)| v.elem_count() as u64)
-            .sum()
+        self.opt.param_count()
     }
 
     /// One AdamW update at `lr` on the examples `idx` (one length), gradients clipped to global
@@ -96,17 +95,9 @@ impl TaskLearner {
             });
         }
         let g = loss.backward()?;
-        let grads = self
-            .opt
-            .params()
-            .iter()
-            .map(|(_, p)| {
-                g.get(p.as_tensor())
-                    .map_or_else(|| p.as_tensor().zeros_like(), |t| Ok(t.clone()))
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let grad_norm = global_norm(&grads)?;
-        self.opt.step(&grads, lr, clip_scale(grad_norm, clip))?;
+        self.opt.gather(&g, false)?;
+        self.opt.step(lr, clip)?;
+        let grad_norm = self.opt.grad_norm()?.to_vec1::<f32>()?[0] as f64;
         Ok(TaskUpdate {
             loss: value,
             grad_norm,

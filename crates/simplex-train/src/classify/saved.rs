@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use simplex_model::{Config, TaskModel};
 
 use crate::checkpoint::{
-    self, load_weights, read_string, read_tensors, save_atomic, save_tensors, weights_of,
+    self, load_weights, merge_legacy, read_string, read_tensors, save_atomic, save_tensors,
     write_json, write_synced,
 };
 use crate::classify::learner::{evaluate, TaskLearner};
@@ -60,7 +60,7 @@ pub(crate) fn save_task_checkpoint(
     save_atomic(run_dir, |tmp| {
         save_tensors(
             &tmp.join("model.safetensors"),
-            &weights_of(learner.opt.params()),
+            &learner.opt.master_weights()?,
         )?;
         save_tensors(&tmp.join("optimizer.safetensors"), &learner.opt.state()?)?;
         write_synced(&tmp.join("config.toml"), config_toml.as_bytes())?;
@@ -119,16 +119,19 @@ pub fn load_task_model(path: &Path, device: &Device) -> Result<LoadedTaskModel> 
             ),
         ));
     }
-    let (vars, vb) = SeededInit::builder(0, device);
+    let (vars, vb) = SeededInit::builder(0, device, &[]);
     let model = TaskModel::new(&cfg, task.num_classes(), vb)?;
     let params = named_vars(&vars)
         .ok_or_else(|| TrainError::setting("model", "variables", "lock poisoned"))?;
     let weights_path = dir.join("model.safetensors");
-    load_weights(
+    let mut weights = read_tensors(&weights_path, device)?;
+    merge_legacy(
         &weights_path,
-        &read_tensors(&weights_path, device)?,
-        &params,
+        &mut weights,
+        &simplex_model::fused_params(&cfg),
+        "",
     )?;
+    load_weights(&weights_path, &weights, &params)?;
     Ok(LoadedTaskModel {
         dir,
         settings,

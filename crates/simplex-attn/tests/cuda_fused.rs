@@ -1,0 +1,78 @@
+//! The fused ops' CUDA kernels (bf16 and f32) against their candle-op twins: every output and
+//! input gradient, compared with the twin run in f64 on the CPU from the same (dtype-rounded)
+//! inputs and with the twin run on the GPU; the flat AdamW against its per-element reference
+//! and its exact state round trip; repeated calls give identical bits (no atomics). Built only
+//! with `--features cuda`; without a CUDA device each test prints that it was skipped and
+//! passes, unless `SIMPLEX_REQUIRE_CUDA=1` (gpu-bundle/run.sh sets it). Outputs are poisoned
+//! with NaN before every kernel.
+#![cfg(feature = "cuda")]
+
+mod adamw_common;
+mod common;
+mod fused_common;
+
+use candle_core::{DType, Device, Tensor};
+use common::{assert_close, cuda};
+use fused_common::{cases, input_values, run, Impl};
+
+fn rounded(values: &[Vec<f64>], dtype: DType) -> Vec<Vec<f64>> {
+    values
+        .iter()
+        .map(|v| {
+            Tensor::from_vec(v.clone(), v.len(), &Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype)?.to_dtype(DType::F64)?.to_vec1())
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn fused_kernels_match_the_twins() {
+    let Some(dev) = cuda() else { return };
+    for (dtype, rtol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
+        for (k, c) in cases(true).iter().enumerate() {
+            let values = rounded(&input_values(c, k as u64), dtype);
+            let (fo, fg) = run(c, Impl::Fused, &dev, dtype, &values).unwrap();
+            let (to, tg) = run(c, Impl::Twin, &Device::Cpu, DType::F64, &values).unwrap();
+            let (go, gg) = run(c, Impl::Twin, &dev, dtype, &values).unwrap();
+            for (what, f, t, g) in [
+                ("output", &fo, &to, &go),
+                ("gradient of input", &fg, &tg, &gg),
+            ] {
+                for (i, ((f, t), g)) in f.iter().zip(t).zip(g).enumerate() {
+                    let name = format!("{} {dtype:?}: {what} {i}", c.name);
+                    assert_close(&format!("{name} vs the f64 twin"), f, t, rtol, rtol * 1e-2);
+                    assert_close(
+                        &format!("{name} vs the twin on the GPU"),
+                        f,
+                        g,
+                        2.0 * rtol,
+                        rtol * 1e-2,
+                    );
+                }
+            }
+            println!("ok {} {dtype:?}", c.name);
+        }
+    }
+}
+
+/// Two runs of every fused op give the same bits (no atomics, fixed reduction orders).
+#[test]
+fn fused_kernels_are_deterministic() {
+    let Some(dev) = cuda() else { return };
+    for (k, c) in cases(true).iter().enumerate() {
+        let values = input_values(c, k as u64);
+        let a = run(c, Impl::Fused, &dev, DType::BF16, &values).unwrap();
+        let b = run(c, Impl::Fused, &dev, DType::BF16, &values).unwrap();
+        assert_eq!(a, b, "{}: two runs differ", c.name);
+    }
+}
+
+#[test]
+fn flat_adamw_on_cuda_matches_the_reference() {
+    let Some(dev) = cuda() else { return };
+    for dtype in [DType::F32, DType::BF16] {
+        adamw_common::check_against_reference(&dev, dtype);
+    }
+    adamw_common::round_trip_is_exact(&dev);
+}
