@@ -3,7 +3,7 @@
 //! build.rs compiles each `kernels/NAME.cu` to `$OUT_DIR/NAME.cubin` (sm_90a). candle's own
 //! module cache takes PTX text only, so this is a second cache: per device, each kernel family's
 //! module is loaded on first use, and each function's dynamic shared-memory limit is raised to
-//! what the device allows one block.
+//! what the device allows one block (less the function's static shared memory).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -160,6 +160,11 @@ pub(crate) fn kernel(dev: &CudaDevice, family: Family, name: &str) -> Result<Ker
     let optin = ctx
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .map_err(|e| cuda_err("reading the shared-memory limit", e))?;
+    // static shared memory counts against the same limit
+    let fixed = func
+        .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+        .map_err(|e| cuda_err(format!("{name}: reading its static shared memory"), e))?;
+    let optin = optin - fixed.max(0);
     func.set_attribute(
         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         optin,
