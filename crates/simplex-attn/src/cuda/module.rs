@@ -48,6 +48,10 @@ pub(crate) enum Family {
     DotBackwardKey,
     /// `kernels/dot_attn_simple.cu` (dot-product delta pre-pass; CUDA-core forward, dq, dk/dv)
     DotSimple,
+    /// `kernels/dot_attn_fwd_wgmma.cu` (dot-product forward, Hopper wgmma)
+    DotForwardWgmma,
+    /// `kernels/dot_attn_bwd_wgmma.cu` (dot-product dq and dk, dv, Hopper wgmma)
+    DotBackwardWgmma,
 }
 
 impl Family {
@@ -91,6 +95,12 @@ impl Family {
             Family::DotSimple => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_simple.cubin"))
             }
+            Family::DotForwardWgmma => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_fwd_wgmma.cubin"))
+            }
+            Family::DotBackwardWgmma => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_bwd_wgmma.cubin"))
+            }
         }
     }
 
@@ -110,6 +120,8 @@ impl Family {
             Family::DotBackwardQuery => "kernels/dot_attn_bwd_dq.cu",
             Family::DotBackwardKey => "kernels/dot_attn_bwd_dkv.cu",
             Family::DotSimple => "kernels/dot_attn_simple.cu",
+            Family::DotForwardWgmma => "kernels/dot_attn_fwd_wgmma.cu",
+            Family::DotBackwardWgmma => "kernels/dot_attn_bwd_wgmma.cu",
         }
     }
 }
