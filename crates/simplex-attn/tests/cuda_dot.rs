@@ -381,3 +381,26 @@ fn op_costs_outside_the_kernels() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Not a check: one bench row (`SIMPLEX_PROFILE_ROW`, default `dot-lm-layer`) with one timed
+/// repetition, forward then forward+backward, for a profiler (`ncu ... cuda_dot --ignored
+/// one_bench_row_for_a_profiler`): few kernel launches besides the op's own.
+#[test]
+#[ignore]
+fn one_bench_row_for_a_profiler() -> anyhow::Result<()> {
+    use simplex_attn::dot::bench::{cuda_shapes, run_shape};
+    let Some(dev) = cuda() else { return Ok(()) };
+    simplex_attn::cuda::set_poison_outputs(false);
+    let name = std::env::var("SIMPLEX_PROFILE_ROW").unwrap_or_else(|_| "dot-lm-layer".into());
+    let s = cuda_shapes()
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| anyhow::anyhow!("no bench row {name}"))?;
+    let r = run_shape(&s, &dev, 1, 0.0, false)?;
+    println!(
+        "{name}: fwd {:.3} ms, f+b {:.3} ms",
+        r.forward_s * 1e3,
+        r.forward_backward_s * 1e3
+    );
+    Ok(())
+}
