@@ -9,9 +9,9 @@
 // src/dot/reference.rs; tests: tests/cuda_dot.rs; speed: kernels/NOTES.md.
 //
 // Both kernels: persistent (one CTA per SM, work blocks in the snake order of
-// dot_attn_wgmma.cuh), 384 threads: a producer warpgroup (setmaxnreg 40; warps 0..2 each own
-// one stage of a ring of NS = 3 that runs on across a CTA's blocks and fill it by cp.async every
-// third step) and two consumer warpgroups (setmaxnreg 232). Each consumer runs its products in its own step (issue, wait, elementwise, issue,
+// dot_attn_wgmma.cuh), 384 threads: a producer warpgroup (setmaxnreg 40: cp.async into a ring
+// of NS = 3 stages that runs on across a CTA's blocks) and two consumer warpgroups (setmaxnreg
+// 232). Each consumer runs its products in its own step (issue, wait, elementwise, issue,
 // wait); the two drift apart, so one's elementwise work overlaps the other's products. Results
 // are stored straight from registers at the end of a block. ptxas: no spills.
 //
@@ -90,9 +90,7 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
     // ---------------- producer ----------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
     const long long kstride = (long long)s.heads_kv * D;
-    const int pw = tid / 32;  // this producer warp's stage
-    if (pw >= NS) return;
-    Ring ring(pw);
+    Ring ring;
     for (int n = 0;; ++n) {
       const int w = work.nth(n);
       if (w < 0) break;
@@ -134,14 +132,14 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
     }
     const Span KW = any_rows ? keys_of_rows(s, G, rbase, min(rbase + ROWS, nrows)) : Span{0, 0};
     uint32_t qf[KS][4], df[KS][4];
-    load_frags<KS>(qf, q, q_off, rbase, nrows);
-    load_frags<KS>(df, dout, q_off, rbase, nrows);
+    offset_walk::load_row_fragments<KS>(qf, q, q_off, rbase, nrows);
+    offset_walk::load_row_fragments<KS>(df, dout, q_off, rbase, nrows);
     // delta = rowsum(o * dout) of the thread's rows (the four threads of a row hold a quarter of
     // its columns each), kept for dS and written for the dk/dv kernel
     float dr[2] = {0.0f, 0.0f};
     {
       uint32_t of[KS][4];
-      load_frags<KS>(of, o, q_off, rbase, nrows);
+      offset_walk::load_row_fragments<KS>(of, o, q_off, rbase, nrows);
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
@@ -203,7 +201,7 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
 #pragma unroll
         for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
       }
-      bar_arrive(BAR_EMPTY + st, EMPTY_THREADS);
+      bar_arrive(BAR_EMPTY + st, THREADS);
     }
 
     // ---- the item's epilogue: dq = scale * acc straight from registers ----
@@ -262,9 +260,8 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
   if (wg == 0) {
     // ---------------- producer ----------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
-    const int pw = tid / 32, lane = tid % 32;  // this producer warp's stage
-    if (pw >= NS) return;
-    Ring ring(pw);
+    const int ptid = tid;
+    Ring ring;
     for (int n = 0;; ++n) {
       const int w = work.nth(n);
       if (w < 0) break;
@@ -276,7 +273,7 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
           const uint32_t qt = base + L::STAGE_OFF + st * L::STAGE;
 #pragma unroll 2
           for (int x = 0; x < TQ * D / 8 / PTHREADS; ++x) {
-            const int ch = lane + x * PTHREADS;
+            const int ch = ptid + x * PTHREADS;
             const int rr = ch / (D / 8), c16 = ch % (D / 8), r = r0 + rr;
             const bool ok = r < it.RU.hi;
             const long long src = ok ? rs.row(r, D) + c16 * 8 : 0;
@@ -284,14 +281,11 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
             cp_async16(qt + at, q + src, ok);
             cp_async16(qt + L::T + at, dout + src, ok);
           }
-          // lse (entries 0 .. TQ - 1), delta (TQ .. 2 TQ - 1) of the step's rows; zero past RU.hi
-#pragma unroll
-          for (int x = 0; x < 2 * TQ / PTHREADS; ++x) {
-            const int ent = lane + x * PTHREADS, r = r0 + ent % TQ;
-            const bool ok = r < it.RU.hi;
-            const float* src = ent < TQ ? lse : dlt;
-            cp_async4(base + L::LD_OFF + (st * 2 * TQ + ent) * 4, ok ? src + rs.stat(r) : src, ok);
-          }
+          // lse (threads 0..63), delta (64..127) of the step's rows; zero past RU.hi
+          const int r = r0 + ptid % TQ;
+          const bool ok = r < it.RU.hi;
+          const float* src = ptid < TQ ? lse : dlt;
+          cp_async4(base + L::LD_OFF + (st * 2 * TQ + ptid) * 4, ok ? src + rs.stat(r) : src, ok);
         });
     }
     ring.finish();
@@ -343,8 +337,8 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
         bar_sync(offset_walk::BAR_WG + wg, 128);
       }
     } else {
-      load_frags<KS>(kf, k, kv_off, kc, Nk);
-      load_frags<KS>(vf, v, kv_off, kc, Nk);
+      offset_walk::load_row_fragments<KS>(kf, k, kv_off, kc, Nk);
+      offset_walk::load_row_fragments<KS>(vf, v, kv_off, kc, Nk);
     }
     float gk[NA][32], gv[NA][32];
 #pragma unroll
@@ -407,7 +401,7 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
           reg_fence(gv[a]);
         }
       }
-      bar_arrive(BAR_EMPTY + st, EMPTY_THREADS);
+      bar_arrive(BAR_EMPTY + st, THREADS);
     }
 
     // ---- the item's epilogue: dk = scale * gk, dv = gv straight from registers ----

@@ -11,17 +11,16 @@
 // Grid: persistent, one CTA per SM taking blocks in the snake order of dot_attn_wgmma.cuh; the
 // producer's ring runs on across a CTA's blocks, so the next block's tiles load while this one
 // computes. Block: 384 threads:
-//   WG0 producer (setmaxnreg 40): warps 0..2 each own one stage of a ring of NS = 3 and load
-//     its key tiles, TK = 128 keys of K and of V (cp.async, 128B-swizzled, D/64 atoms of 128
-//     rows), every third step (FULL / EMPTY named barriers per stage); warp 3 has no work.
+//   WG0 producer (setmaxnreg 40): cp.async of the key tiles, TK = 128 keys of K and of V
+//     (128B-swizzled, D/64 atoms of 128 rows), into a ring of NS = 3 stages (FULL / EMPTY
+//     named barriers).
 //   WG1, WG2 consumers (setmaxnreg 232), 64 rows each, Q loaded into registers as wgmma A
 //     fragments per block. Per key tile, FlashAttention-3's schedule (as
 //     simplicial_fwd_producer.cu): in this consumer's turn (the two alternate through TURN
 //     barriers, so one's products run while the other's softmax does) issue S = Q K_tile^T (two
 //     m64n64k16 halves, RS) and the values product of the previous tile, O += P_prev V_prev (RS,
 //     V MN-major); wait for S, mask (skipped where every row of the warp sees the whole tile),
-//     online softmax (exp2, the scale folded into the exp's FMA; row max and sum over four
-//     partial chains, softmax_tile in dot_attn_wgmma.cuh); wait for the values product,
+//     online softmax (exp2, the scale folded into the exp's FMA); wait for the values product,
 //     release its stage, O *= alpha, keep P (the accumulator layout of m64n64 is the A layout
 //     of the k16 steps) in registers for the next turn. O / l and lse are stored straight from
 //     registers at the end of a block.
@@ -82,9 +81,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
     // ---------------- producer ----------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
     const long long kstride = (long long)s.heads_kv * D;
-    const int pw = tid / 32;  // this producer warp's stage
-    if (pw >= NS) return;
-    Ring ring(pw);
+    Ring ring;
     for (int n = 0;; ++n) {
       const int w = work.nth(n);
       if (w < 0) break;
@@ -125,7 +122,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
     // the union of this warpgroup's keys (warpgroup-uniform: skips whole tiles)
     const Span KW = any_rows ? keys_of_rows(s, G, rbase, min(rbase + ROWS, nrows)) : Span{0, 0};
     uint32_t qf[KS][4];
-    load_frags<KS>(qf, q, q_off, rbase, nrows);
+    offset_walk::load_row_fragments<KS>(qf, q, q_off, rbase, nrows);
     float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
     float acc[NA][32];
 #pragma unroll
@@ -164,8 +161,8 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
         wg_wait0();
 #pragma unroll
         for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
-        if (pend) bar_arrive(BAR_EMPTY + pend_st, EMPTY_THREADS);
-        bar_arrive(BAR_EMPTY + st, EMPTY_THREADS);
+        if (pend) bar_arrive(BAR_EMPTY + pend_st, THREADS);
+        bar_arrive(BAR_EMPTY + st, THREADS);
         pend = false;
         continue;
       }
@@ -191,7 +188,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       {
         const bool inside = k0 >= kr[0].lo && k0 + TK <= kr[0].hi && k0 >= kr[1].lo && k0 + TK <= kr[1].hi;
         const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
-        softmax_tile(sacc, fold, sl2, t, [&](int u, int e, int col) {
+        offset_walk::online_softmax<2>(sacc, fold, sl2, t, [&](int u, int e, int col) {
           const int key = k0 + 64 * u + col;
           return key >= kr[e].lo && key < kr[e].hi;
         }, m_row, l_row, alpha);
@@ -199,7 +196,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       wg_wait0();  // the pending values product: its stage is free
 #pragma unroll
       for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
-      if (pend) bar_arrive(BAR_EMPTY + pend_st, EMPTY_THREADS);
+      if (pend) bar_arrive(BAR_EMPTY + pend_st, THREADS);
 #pragma unroll
       for (int a = 0; a < NA; ++a)
 #pragma unroll
@@ -229,7 +226,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       wg_wait0();
 #pragma unroll
       for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
-      bar_arrive(BAR_EMPTY + pend_st, EMPTY_THREADS);
+      bar_arrive(BAR_EMPTY + pend_st, THREADS);
     }
 
     // ---- the item's epilogue: lse, O / l straight from registers ----

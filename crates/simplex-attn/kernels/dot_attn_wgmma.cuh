@@ -6,12 +6,11 @@
 // query head kv * G + hh (G = Hq / Hkv), so the G heads that share a K/V head share every K/V
 // tile (as in simplicial_fwd_producer.cu). Query i sits at position i + Nk - Nq (dot_attn.cuh).
 //
-// Ring: the producer warpgroup fills NS stages with cp.async; step s uses stage s % NS, loaded by
-// producer warp s % NS (the steps of all of a persistent CTA's work items form one stream, so
-// loads run ahead across items, up to one per stage in flight). Each consumer c waits on its own
-// FULL[c][stage] (the stage's producer warp and that consumer: 160 threads), so the two
-// consumers drift apart freely, and both arrive on EMPTY[stage] (288 threads) when done with
-// it; the producer warp waits on EMPTY before refilling its stage. Matrix pieces (swizzled
+// Ring: the producer (warpgroup 0) fills NS stages with cp.async; step s uses stage s % NS (the
+// steps of all of a persistent CTA's work items form one stream, so loads run ahead across items).
+// Each consumer c waits on its own FULL[c][stage] (the producer and that consumer: 256 threads),
+// so the two consumers drift apart freely, and both arrive on EMPTY[stage] (384 threads) when
+// done with it; the producer waits on EMPTY before refilling a stage. Matrix pieces (swizzled
 // tiles, descriptors, wgmma wrappers, online softmax, staged row stores) come from wgmma.cuh and
 // offset_walk.cuh, validated by the simplicial kernels.
 #pragma once
@@ -29,8 +28,8 @@ using dot::Span;
 constexpr int ROWS = 64;       // rows (or keys) per consumer warpgroup = wgmma M
 constexpr int CTA_ROWS = 128;  // two consumers
 constexpr int THREADS = 384;   // producer + two consumers
-constexpr int NS = 3;          // ring stages; producer warp p (< NS) loads stage p
-constexpr int PTHREADS = 32;   // threads that load one stage: one producer warp
+constexpr int PTHREADS = 128;  // producer threads
+constexpr int NS = 3;          // ring stages
 // setmaxnreg: the launch gives every thread 168 registers (65536 / 384 rounded down to 8); the
 // consumers can only take what the producer gives back (an excess blocks setmaxnreg.inc).
 // 40 / 232 chosen by compiling 24/240 .. 72/216 and reading the spill report (kernels/NOTES.md).
@@ -44,9 +43,7 @@ static_assert(PRODUCER_REGS + 2 * CONSUMER_REGS <= 3 * 168, "the launch's regist
 constexpr int BAR_FULL = 4;                // + NS * consumer + stage
 constexpr int BAR_EMPTY = BAR_FULL + 2 * NS;  // + stage
 constexpr int BAR_TURN = BAR_EMPTY + NS;      // + consumer (forward only)
-constexpr int FULL_THREADS = PTHREADS + 128;   // the stage's producer warp and one consumer
-constexpr int EMPTY_THREADS = PTHREADS + 256;  // the stage's producer warp and both consumers
-static_assert(NS <= 4, "a producer warp per stage");
+constexpr int FULL_THREADS = PTHREADS + 128;
 static_assert(offset_walk::BAR_WG + 2 < BAR_FULL, "barrier ids overlap");
 static_assert(BAR_TURN + 1 < 16, "16 named barriers");
 
@@ -89,37 +86,41 @@ struct Work {
   }
 };
 
-// The producer's side of the ring, one per producer warp p < NS: the steps of all of a CTA's
-// items form one stream, and warp p loads the steps s with s % NS == p into stage p. step(load)
-// advances the stream by one step; for the warp's own steps it waits until both consumers
-// released the stage (its previous step there), issues the copies (load(stage): the warp's 32
-// threads), waits for them, fences them for the async proxy and arrives on the stage's FULL
-// barriers. A warp waits only for its own copies (a warpgroup-wide wait, and the fence's memory
-// barrier, would hold every stage back to the slowest), so up to NS steps load at once.
-// finish() waits for the release of the warp's last step, balancing the EMPTY barrier.
+// The producer's side of the ring: the steps of all of a CTA's items form one stream. step(load)
+// issues the cp.async copies of the next step (load(stage): this thread's share) once the
+// consumers released the stage. Up to two steps' copies are in flight; a step's FULL barriers
+// are arrived at once this thread's copies of it have landed (each producer thread waits for its
+// own, fences them for the async proxy and arrives: the consumers' wait completes when all 128
+// have). finish() arrives for the last step and waits on the EMPTY barriers of the last NS
+// steps, so every barrier is balanced when the producer leaves.
 struct Ring {
-  int s = 0;  // steps of the stream passed
-  int p;      // this warp's stage
-  __device__ __forceinline__ explicit Ring(int p_) : p(p_) {}
+  int s = 0;  // steps issued
+  __device__ __forceinline__ static void arrive_full(int st) {
+    bar_arrive(BAR_FULL + st, FULL_THREADS);
+    bar_arrive(BAR_FULL + NS + st, FULL_THREADS);
+  }
   template <typename Load>
   __device__ __forceinline__ void step(Load&& load) {
-    if (s % NS == p) {
-      if (s >= NS) bar_sync(BAR_EMPTY + p, EMPTY_THREADS);  // both consumers are done with step s - NS
-      load(p);
-      cp_async_commit();
-      cp_async_wait_group<0>();
+    const int st = s % NS;
+    if (s >= NS) bar_sync(BAR_EMPTY + st, THREADS);  // both consumers are done with step s - NS
+    load(st);
+    cp_async_commit();
+    if (s >= 1) {
+      cp_async_wait_group<1>();  // step s - 1 landed (for this thread)
       fence_async_smem();
-      bar_arrive(BAR_FULL + p, FULL_THREADS);
-      bar_arrive(BAR_FULL + NS + p, FULL_THREADS);
+      arrive_full((s - 1) % NS);
     }
     ++s;
   }
   __device__ __forceinline__ void finish() {
-    if (s > p) bar_sync(BAR_EMPTY + p, EMPTY_THREADS);
+    cp_async_wait_group<0>();
+    fence_async_smem();
+    if (s > 0) arrive_full((s - 1) % NS);
+    for (int x = max(s - NS, 0); x < s; ++x) bar_sync(BAR_EMPTY + x % NS, THREADS);
   }
 };
 
-// cp.async (one producer warp) of keys k0 .. k0 + TK - 1 of k and v (zero from `hi` on) into the
+// cp.async (producer threads) of keys k0 .. k0 + TK - 1 of k and v (zero from `hi` on) into the
 // tiles at shared addresses kt, vt: D/64 128B-swizzled atoms of TK rows x 128 B (K-major for
 // S = Q K^T, MN-major for P V). Key j of the (batch, K/V head) starts at element base + j * stride.
 template <int TK, int D>
@@ -167,106 +168,6 @@ __device__ __forceinline__ Span keys_of_rows(const DotShape& s, int G, int r0, i
 __device__ __forceinline__ Span rows_of_keys(const DotShape& s, int G, int j0, int j1) {
   const Span qs = dot::queries_of_block(s, j0, j1);
   return qs.hi > qs.lo ? Span{qs.lo * G, qs.hi * G} : Span{0, 0};
-}
-
-// The A fragments (mma.sync / wgmma register layout) of the thread's rows of a [rows x 16 KS]
-// bf16 operand: rows rbase + 16 warp + g (+ 8), element (r, c) at x + row_off(r) + c; zero for
-// rows >= nrows. As offset_walk::load_row_fragments, with the two rows' offsets computed once.
-template <int KS, typename RowOffset>
-__device__ __forceinline__ void load_frags(uint32_t (&f)[KS][4], const bf16* x, RowOffset row_off, int rbase,
-                                           int nrows) {
-  const int lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32, g = lane / 4, t = lane % 4;
-  const int r0 = rbase + warp * 16 + g;
-  const bool ok0 = r0 < nrows, ok1 = r0 + 8 < nrows;
-  const bf16* p0 = x + (ok0 ? row_off(r0) : 0) + 2 * t;
-  const bf16* p1 = x + (ok1 ? row_off(r0 + 8) : 0) + 2 * t;
-#pragma unroll
-  for (int ks = 0; ks < KS; ++ks) {
-    f[ks][0] = ok0 ? *reinterpret_cast<const uint32_t*>(p0 + 16 * ks) : 0u;
-    f[ks][1] = ok1 ? *reinterpret_cast<const uint32_t*>(p1 + 16 * ks) : 0u;
-    f[ks][2] = ok0 ? *reinterpret_cast<const uint32_t*>(p0 + 16 * ks + 8) : 0u;
-    f[ks][3] = ok1 ? *reinterpret_cast<const uint32_t*>(p1 + 16 * ks + 8) : 0u;
-  }
-}
-
-// One online-softmax update (base 2) of the thread's rows g (e = 0) and g + 8 (e = 1) over a
-// 128-key logit tile (two m64n64 accumulators h; t = lane % 4), as offset_walk::online_softmax
-// with both rows interleaved and the row max and sum taken over four partial chains each
-// (shorter dependency chains): masks where !fold (ok(h, e, col): column col of half h is inside
-// row e's keys), takes the row max, turns the logits into probabilities in place, updates the
-// running max m_row and sum l_row; alpha[e] rescales the row's earlier output. fold (every pair
-// of the warp unmasked, positive scale): the max is taken on the raw logits and scaled once, the
-// scale goes into the exp's FMA.
-template <typename Ok>
-__device__ __forceinline__ void softmax_tile(float (&sacc)[2][32], bool fold, float sl2, int t, Ok&& ok,
-                                             float (&m_row)[2], float (&l_row)[2], float (&alpha)[2]) {
-  // element (h, n, e, c) of the thread: sacc[h][4 n + 2 e + c], column 8 n + 2 t + c of half h
-  float mx[2][4];
-#pragma unroll
-  for (int e = 0; e < 2; ++e)
-#pragma unroll
-    for (int k = 0; k < 4; ++k) mx[e][k] = -INFINITY;
-  if (!fold) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            float& x = sacc[h][4 * n + 2 * e + c];
-            x = ok(h, e, 8 * n + 2 * t + c) ? x * sl2 : -INFINITY;
-          }
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h)
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 2; ++e)
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          float& m = mx[e][(n % 2) * 2 + c];
-          m = fmaxf(m, sacc[h][4 * n + 2 * e + c]);
-        }
-  const float f = fold ? sl2 : 1.0f;
-  float m_use[2];
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    float m = fmaxf(fmaxf(mx[e][0], mx[e][1]), fmaxf(mx[e][2], mx[e][3]));
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-    if (fold) m *= sl2;
-    const float m_new = fmaxf(m_row[e], m);
-    m_use[e] = m_new == -INFINITY ? 0.0f : m_new;
-    alpha[e] = fast_exp2(m_row[e] - m_use[e]);
-    m_row[e] = m_new;
-  }
-  float sum[2][4];
-#pragma unroll
-  for (int e = 0; e < 2; ++e)
-#pragma unroll
-    for (int k = 0; k < 4; ++k) sum[e][k] = 0.0f;
-#pragma unroll
-  for (int h = 0; h < 2; ++h)
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 2; ++e)
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          float& x = sacc[h][4 * n + 2 * e + c];
-          x = fast_exp2(fmaf(x, f, -m_use[e]));
-          sum[e][(n % 2) * 2 + c] += x;
-        }
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    float l = (sum[e][0] + sum[e][1]) + (sum[e][2] + sum[e][3]);
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    l_row[e] = l_row[e] * alpha[e] + l;
-  }
 }
 
 // Stores a consumer warpgroup's 64 x D f32 accumulator rows as bf16 straight from registers:
