@@ -11,7 +11,7 @@
 // Each consumer c waits on its own FULL[c][stage] (the producer and that consumer: 256 threads),
 // so the two consumers drift apart freely, and both arrive on EMPTY[stage] (384 threads) when
 // done with it; the producer waits on EMPTY before refilling a stage. Matrix pieces (swizzled
-// tiles, descriptors, wgmma wrappers, online softmax, staged row stores) come from wgmma.cuh and
+// tiles, descriptors, wgmma wrappers, fragment loads, online softmax) come from wgmma.cuh and
 // offset_walk.cuh, validated by the simplicial kernels.
 #pragma once
 
@@ -33,11 +33,7 @@ constexpr int NS = 3;          // ring stages
 // setmaxnreg: the launch gives every thread 168 registers (65536 / 384 rounded down to 8); the
 // consumers can only take what the producer gives back (an excess blocks setmaxnreg.inc).
 // 40 / 232 chosen by compiling 24/240 .. 72/216 and reading the spill report (kernels/NOTES.md).
-#ifndef DOT_PREGS
-#define DOT_PREGS 40
-#define DOT_CREGS 232
-#endif
-constexpr int PRODUCER_REGS = DOT_PREGS, CONSUMER_REGS = DOT_CREGS;
+constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;
 static_assert(PRODUCER_REGS + 2 * CONSUMER_REGS <= 3 * 168, "the launch's registers");
 // Named barriers: ids 2, 3 (BAR_WG + warpgroup) are one consumer warpgroup's alone.
 constexpr int BAR_FULL = 4;                // + NS * consumer + stage

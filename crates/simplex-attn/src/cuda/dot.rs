@@ -1,10 +1,10 @@
 //! Launch of the dot-product attention forward: o `[B,Nq,Hq,Dv]` and lse `[B,Nq,Hq]` from
 //! `q [B,Nq,Hq,D]`, `k [B,Nk,Hkv,D]`, `v [B,Nk,Hkv,Dv]` (shapes of [`crate::dot::DotSpec`]).
 //!
-//! [`DotKernel::choose`] picks the kernels: `kernels/dot_attn_fwd_wgmma.cu` (Hopper tensor
-//! cores, bf16, D = Dv in {64, 128}; `kernels/dot_attn_fwd.cu`, mma.sync, when the op asks for
-//! [`crate::dot::DotTensorCores::MmaSync`]) or `kernels/dot_attn_simple.cu` (CUDA cores, bf16
-//! or f32, head dims up to 256). The backward is in [`super::dot_backward`]; the tile sizes in [`crate::dot::plan`].
+//! [`DotKernel::choose`] and [`DotKernel::forward`] pick the kernels: tensor cores for bf16,
+//! D = Dv in {64, 128} (`kernels/dot_attn_fwd_wgmma.cu` at D = 128, `kernels/dot_attn_fwd.cu`,
+//! mma.sync, at D = 64 and whenever the op asks for [`crate::dot::DotTensorCores::MmaSync`]) or
+//! `kernels/dot_attn_simple.cu` (CUDA cores, bf16 or f32, head dims up to 256). The backward is in [`super::dot_backward`]; the tile sizes in [`crate::dot::plan`].
 
 use std::sync::Arc;
 
@@ -157,7 +157,7 @@ pub(crate) fn dot_forward(
 ) -> Result<(CudaStorage, Shape)> {
     let dtype = q.0.dtype();
     let all_aligned = [q.1, k.1, v.1].iter().all(|l| aligned(l, dtype));
-    let kernel = choose(op, dtype, all_aligned)?;
+    let kernel = choose(op, dtype, all_aligned)?.forward();
     match Elem::of(dtype)? {
         Elem::Bf16 => forward_typed::<half::bf16>(op, kernel, q, k, v),
         Elem::F32 => forward_typed::<f32>(op, kernel, q, k, v),

@@ -16,8 +16,8 @@ use crate::AttnError;
 /// Which implementation a row times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DotImpl {
-    /// The fused op [`super::dot_attn`] (the CUDA kernels on a GPU: wgmma for bf16 D = Dv in
-    /// {64, 128}).
+    /// The fused op [`super::dot_attn`] (the CUDA kernels on a GPU: for bf16 D = Dv in
+    /// {64, 128} the wgmma backward, and the wgmma forward at D = 128).
     Fused,
     /// The fused op with the earlier mma.sync tensor-core kernels
     /// ([`DotTensorCores::MmaSync`]), for the comparison in the same run.

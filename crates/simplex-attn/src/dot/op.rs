@@ -45,9 +45,11 @@ pub fn dot_attn(
     dot_attn_with(q, k, v, spec, DotTensorCores::default())
 }
 
-/// [`dot_attn`] with the tensor-core kernel family of CUDA calls chosen by the caller (the
-/// wgmma kernels by default; [`DotTensorCores::MmaSync`] runs the earlier mma.sync kernels, for
-/// side-by-side measurements). Calls those kernels do not cover, and CPU calls, are unaffected.
+/// [`dot_attn`] with the tensor-core kernel family of CUDA calls chosen by the caller (by
+/// default the fastest as measured: the wgmma backward, the wgmma forward at D = 128 and the
+/// mma.sync one at D = 64; [`DotTensorCores::MmaSync`] runs the earlier mma.sync kernels
+/// throughout, for side-by-side measurements). Calls those kernels do not cover, and CPU calls,
+/// are unaffected.
 pub fn dot_attn_with(
     q: &Tensor,
     k: &Tensor,

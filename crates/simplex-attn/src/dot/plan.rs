@@ -19,8 +19,10 @@ pub const CUDA_MAX_HEAD_DIM: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DotKernel {
     /// Hopper tensor cores (wgmma, a producer warpgroup and two consumers):
-    /// `kernels/dot_attn_fwd_wgmma.cu`, `dot_attn_bwd_wgmma.cu`; bf16, `D = Dv = d` in {64, 128},
-    /// 16-byte aligned inputs, any GQA ratio, window, causality and `Nk >= Nq`.
+    /// `kernels/dot_attn_bwd_wgmma.cu` for the backward and `kernels/dot_attn_fwd_wgmma.cu` for
+    /// the forward at D = 128; the forward at D = 64 is the mma.sync one
+    /// ([`DotKernel::forward`]). bf16, `D = Dv = d` in {64, 128}, 16-byte aligned inputs, any
+    /// GQA ratio, window, causality and `Nk >= Nq`.
     Wgmma {
         /// D = Dv.
         d: usize,
@@ -39,8 +41,8 @@ pub enum DotKernel {
 }
 
 /// Which tensor-core kernels run the calls they cover (bf16, D = Dv in {64, 128}, aligned
-/// inputs): the wgmma kernels (the default, the fastest as measured: kernels/NOTES.md) or the
-/// earlier mma.sync ones, for side-by-side measurements and tests.
+/// inputs): [`DotKernel::Wgmma`] (the default: the fastest as measured, kernels/NOTES.md) or
+/// the earlier mma.sync ones throughout, for side-by-side measurements and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DotTensorCores {
     /// [`DotKernel::Wgmma`].
@@ -85,6 +87,18 @@ impl DotKernel {
         }
         let width = d.max(dv).next_power_of_two().max(32);
         Ok(DotKernel::Simple { width })
+    }
+
+    /// The kernels that run the forward of a call for which `self` was chosen: the wgmma
+    /// family's forward at D = 64 is the mma.sync kernel (`dot_attn_fwd.cu`: 2 CTAs of 4 warps
+    /// per SM; at the LM layer B=32 N=1024 H=8 D=64 its kernel ran 173 us against 182 us for
+    /// the wgmma forward, H100, kernels/NOTES.md), the rest is `self`. The backward always runs
+    /// `self` (both forwards leave the same o and lse).
+    pub fn forward(self) -> DotKernel {
+        match self {
+            DotKernel::Wgmma { d: 64 } => DotKernel::TensorCore { d: 64 },
+            k => k,
+        }
     }
 }
 
@@ -352,6 +366,22 @@ mod tests {
             );
         }
         assert_eq!(DotTensorCores::default(), wg);
+        // the forward: mma.sync at D = 64 in both families, wgmma at D = 128 in the default one
+        assert_eq!(
+            DotKernel::Wgmma { d: 64 }.forward(),
+            DotKernel::TensorCore { d: 64 }
+        );
+        assert_eq!(
+            DotKernel::Wgmma { d: 128 }.forward(),
+            DotKernel::Wgmma { d: 128 }
+        );
+        for k in [
+            DotKernel::TensorCore { d: 64 },
+            DotKernel::TensorCore { d: 128 },
+            DotKernel::Simple { width: 64 },
+        ] {
+            assert_eq!(k.forward(), k);
+        }
         // not aligned, switched off, f32, D != Dv, other D: the CUDA-core kernels, whichever
         // tensor-core family is asked for
         for (dt, d, dv, aligned, on, width) in [
