@@ -24,6 +24,8 @@
 // 240 (D = 128), no spills.
 // Measured with the forward (H200, 2026-11-28, fwd+bwd = 3.5x forward FLOPs): 118 TFLOP/s at
 // B=4 N=4096 Hq=32 Hkv=8 D=128 causal, 44 at the LM layer (B=32 N=1024 H=8 D=64).
+// Runs only for DotTensorCores::MmaSync (side-by-side measurements): the wgmma backward,
+// dot_attn_bwd_wgmma.cu, is faster at both measured shapes (kernels/NOTES.md).
 #include "dot_attn.cuh"
 
 using namespace dot;

@@ -22,6 +22,10 @@
 // ptxas -v: 236 (D = 64) and 255 (D = 128), no spills: two CTAs (8 warps) per SM.
 // Measured (H200, 2026-11-28, causal bf16, exact-pair FLOPs): 243 TFLOP/s at B=4 N=4096 Hq=32
 // D=128; 83-108 at the LM layer B=32 N=1024 H=8 D=64 (0.33-0.42 ms, op costs included).
+// Chosen (src/dot/plan.rs `DotKernel::forward`) for the forward at D = 64 also with the wgmma
+// backward: at the LM layer its kernel ran 172-173 us against 180-188 us for the wgmma forward
+// (H100, ncu, 2026-12-06); at D = 128 it runs only for DotTensorCores::MmaSync (the wgmma
+// forward, dot_attn_fwd_wgmma.cu, is faster there).
 #include "dot_attn.cuh"
 
 using namespace dot;

@@ -1,7 +1,8 @@
 //! The dot-product attention CUDA kernels (through `dot_attn` and candle's autograd, bf16 and
 //! f32) against the float64 oracle: o, lse, dq, dk and dv.
 //!
-//! bf16 with D = Dv in {64, 128} runs the tensor-core kernels; f32, other head dims and
+//! bf16 with D = Dv in {64, 128} runs the tensor-core kernels (the wgmma ones by default, the
+//! mma.sync ones where a test asks for `DotTensorCores::MmaSync`); f32, other head dims and
 //! misaligned views run the CUDA-core kernels (`dot::DotKernel`). Built only with
 //! `--features cuda`; without a CUDA device each test prints that it was skipped and passes,
 //! unless `SIMPLEX_REQUIRE_CUDA=1` (gpu-bundle/run.sh sets it). Outputs are poisoned with NaN
@@ -18,7 +19,10 @@ use common::{
     DotData as Data,
 };
 use rand::{rngs::StdRng, SeedableRng};
-use simplex_attn::dot::{dot_attn_backward_reference, dot_attn_reference, has_fused_kernel};
+use simplex_attn::dot::{
+    dot_attn_backward_reference, dot_attn_reference, dot_attn_with, has_fused_kernel,
+    DotTensorCores,
+};
 use simplex_attn::{dot_attn, DotSpec};
 
 /// Seeded inputs of a case, rounded to what `dtype` stores so the oracle sees the kernel's
@@ -61,20 +65,20 @@ fn input(
     Ok((var, view))
 }
 
-/// Forward, then backward of `sum(o * dout)` through candle's autograd.
+/// Forward, then backward of `sum(o * dout)` through candle's autograd, on the tensor-core
+/// kernels of family `tc` where they apply.
 fn run_op(
     dev: &Device,
     c: &Case,
     x: &Data,
     dout: &[f64],
-    dtype: DType,
-    offset: usize,
+    (dtype, offset, tc): (DType, usize, DotTensorCores),
 ) -> anyhow::Result<Run> {
     let [qs, ks, vs] = c.shapes();
     let (q, qt) = input(&x.q, qs, dtype, dev, offset)?;
     let (k, kt) = input(&x.k, ks, dtype, dev, offset)?;
     let (v, vt) = input(&x.v, vs, dtype, dev, offset)?;
-    let out = dot_attn(&qt, &kt, &vt, &c.spec)?;
+    let out = dot_attn_with(&qt, &kt, &vt, &c.spec, tc)?;
     anyhow::ensure!(out.o.dtype() == dtype, "o is {:?}", out.o.dtype());
     anyhow::ensure!(
         out.lse.dtype() == DType::F32,
@@ -99,15 +103,22 @@ fn run_op(
 }
 
 /// Checks one case; returns the failing comparisons (empty when it passes).
-fn check_case(dev: &Device, c: &Case, seed: u64, dtype: DType, offset: usize) -> Vec<String> {
+fn check_case(
+    dev: &Device,
+    c: &Case,
+    seed: u64,
+    dtype: DType,
+    offset: usize,
+    tc: DotTensorCores,
+) -> Vec<String> {
     let x = data(c, seed, dtype);
     let dims = c.dims();
     let want = dot_attn_reference(&c.spec, &dims, &x.inputs());
     let mut dout = common::random(want.o.len(), 1.0, &mut StdRng::seed_from_u64(seed + 1));
     round_to(&mut dout, dtype);
     let wg = dot_attn_backward_reference(&c.spec, &dims, &x.inputs(), &dout);
-    let tag = format!("{dtype:?} offset {offset} {c:?}");
-    let got = match run_op(dev, c, &x, &dout, dtype, offset) {
+    let tag = format!("{dtype:?} offset {offset} {tc:?} {c:?}");
+    let got = match run_op(dev, c, &x, &dout, (dtype, offset, tc)) {
         Ok(g) => g,
         Err(e) => return vec![format!("{tag}: {e}")],
     };
@@ -126,10 +137,16 @@ fn check_case(dev: &Device, c: &Case, seed: u64, dtype: DType, offset: usize) ->
     )
 }
 
-/// Runs every case in every dtype and fails listing all failing comparisons.
+/// Runs every case in every dtype (bf16 D = Dv in {64, 128} on the wgmma kernels) and fails
+/// listing all failing comparisons.
 fn check_all(cases: &[Case], seed: u64, dtypes: &[DType]) {
+    check_all_with(cases, seed, dtypes, DotTensorCores::Wgmma);
+}
+
+/// [`check_all`] on the tensor-core kernels of family `tc`.
+fn check_all_with(cases: &[Case], seed: u64, dtypes: &[DType], tc: DotTensorCores) {
     check_all_cuda(cases, seed, dtypes, |dev, c, seed, dtype| {
-        check_case(dev, c, seed, dtype, 0)
+        check_case(dev, c, seed, dtype, 0, tc)
     });
 }
 
@@ -182,6 +199,42 @@ fn cache_steps_with_more_keys_than_queries_match_oracle() {
 }
 
 #[test]
+fn wgmma_tile_edges_match_oracle() {
+    // rows r = i G + hh in CTAs of 128 (64 per consumer), key tiles of 128 (forward) and 64
+    // (dq), key blocks of 128 (dk/dv) stepping over 64 rows: blocks straddling a query's heads
+    // and the sequence end, a consumer without rows, exact multiples, D = 128 key blocks past Nk
+    let (c, sl, bi) = (DotSpec::causal, DotSpec::sliding, DotSpec::bidirectional);
+    let cases = [
+        case(1, 100, 3, 1, 64, c()),
+        case(2, 333, 4, 1, 128, c()),
+        case(1, 700, 2, 2, 128, sl(200)),
+        case(1, 260, 6, 2, 64, bi().with_window(Some(90))),
+        case(1, 64, 2, 1, 64, c()),
+        case(1, 128, 1, 1, 128, c()),
+        case(1, 190, 4, 4, 64, sl(64)).keys(400),
+        case(1, 129, 2, 1, 128, bi()),
+        case(1, 90, 2, 1, 128, c().with_scale(-0.2)),
+        case(1, 1030, 4, 1, 128, c()),
+        case(1, 50, 16, 2, 64, c()).keys(333),
+    ];
+    check_all(&cases, 7000, &[DType::BF16]);
+}
+
+#[test]
+fn mma_sync_kernels_still_match_oracle() {
+    let (c, sl, bi) = (DotSpec::causal, DotSpec::sliding, DotSpec::bidirectional);
+    let cases = [
+        case(1, 37, 2, 2, 64, c()),
+        case(2, 77, 8, 1, 128, c()),
+        case(1, 257, 4, 2, 128, sl(130)),
+        case(1, 140, 8, 1, 64, bi().with_window(Some(200))),
+        case(1, 70, 2, 1, 64, c()).keys(200),
+        case(1, 150, 3, 3, 64, c().with_scale(-0.3)),
+    ];
+    check_all_with(&cases, 8000, &[DType::BF16], DotTensorCores::MmaSync);
+}
+
+#[test]
 fn other_head_dims_run_the_cuda_core_kernels() {
     let (c, sl, bi) = (DotSpec::causal, DotSpec::sliding, DotSpec::bidirectional);
     let cases = [
@@ -206,7 +259,14 @@ fn misaligned_views_run_the_cuda_core_kernels() {
     ];
     let mut failures = vec![];
     for (t, c) in cases.iter().enumerate() {
-        failures.extend(check_case(&dev, c, 5000 + t as u64, DType::BF16, 3));
+        failures.extend(check_case(
+            &dev,
+            c,
+            5000 + t as u64,
+            DType::BF16,
+            3,
+            DotTensorCores::Wgmma,
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -220,8 +280,8 @@ fn results_are_deterministic() -> anyhow::Result<()> {
     ] {
         let x = data(&c, 6, DType::BF16);
         let dout = common::random(c.b * c.nq * c.hq * c.dv, 1.0, &mut StdRng::seed_from_u64(7));
-        let a = run_op(&dev, &c, &x, &dout, DType::BF16, 0)?;
-        let b = run_op(&dev, &c, &x, &dout, DType::BF16, 0)?;
+        let a = run_op(&dev, &c, &x, &dout, (DType::BF16, 0, DotTensorCores::Wgmma))?;
+        let b = run_op(&dev, &c, &x, &dout, (DType::BF16, 0, DotTensorCores::Wgmma))?;
         anyhow::ensure!(
             a.o == b.o && a.lse == b.lse,
             "forward differs between two runs"
@@ -256,5 +316,91 @@ fn unsupported_dtypes_and_head_dims_are_clear_errors() -> anyhow::Result<()> {
     assert!(!has_fused_kernel(&dev, DType::BF16, 320, 320));
     assert!(has_fused_kernel(&dev, DType::BF16, 64, 64));
     assert!(has_fused_kernel(&dev, DType::F32, 7, 200));
+    Ok(())
+}
+
+/// Retains freed device memory in the default pool across synchronizations (the CUDA default
+/// releases it to the OS at each one, so the next allocation maps pages again).
+fn retain_pool_memory(dev: &candle_core::CudaDevice) -> anyhow::Result<()> {
+    use cudarc::driver::sys;
+    let ctx = dev.cuda_stream().context().clone();
+    ctx.bind_to_thread()?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: pool is a valid out-pointer; cu_device is the context's device.
+    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }.result()?;
+    let mut threshold = u64::MAX;
+    // SAFETY: the release threshold attribute takes a u64 value.
+    unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    }
+    .result()?;
+    Ok(())
+}
+
+/// Not a check: times the bench's dot rows (whole op calls, as `simplex bench attn --only dot`)
+/// as candle runs them, then with freed device memory kept in the pool, then also without
+/// cudarc's per-buffer event tracking, to separate the op's framework costs from its kernels.
+/// Run with `--ignored --nocapture`; changes the device's settings for the rest of the process.
+#[test]
+#[ignore]
+fn op_costs_outside_the_kernels() -> anyhow::Result<()> {
+    use simplex_attn::dot::bench::{cuda_shapes, run_shape};
+    let Some(dev) = cuda() else { return Ok(()) };
+    let Device::Cuda(cd) = &dev else {
+        return Ok(());
+    };
+    simplex_attn::cuda::set_poison_outputs(false); // as in the bench
+    let shapes: Vec<_> = cuda_shapes()
+        .into_iter()
+        .filter(|s| !s.name.ends_with("-slow"))
+        .collect();
+    for setting in ["as is", "pool retained", "pool retained, no event tracking"] {
+        match setting {
+            "pool retained" => retain_pool_memory(cd)?,
+            "pool retained, no event tracking" => {
+                // SAFETY: one stream; buffers created from here on are used on it alone.
+                unsafe { cd.disable_event_tracking() }
+            }
+            _ => {}
+        }
+        for s in &shapes {
+            let r = run_shape(s, &dev, 5, 1.0, false)?;
+            println!(
+                "costs {setting:>32} {:>18}: fwd {:.3} ms {:.1} TFLOP/s, f+b {:.3} ms {:.1} TFLOP/s",
+                s.name,
+                r.forward_s * 1e3,
+                r.forward_rate() / 1e12,
+                r.forward_backward_s * 1e3,
+                r.forward_backward_rate() / 1e12
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Not a check: one bench row (`SIMPLEX_PROFILE_ROW`, default `dot-lm-layer`) with one timed
+/// repetition, forward then forward+backward, for a profiler (`ncu ... cuda_dot --ignored
+/// one_bench_row_for_a_profiler`): few kernel launches besides the op's own.
+#[test]
+#[ignore]
+fn one_bench_row_for_a_profiler() -> anyhow::Result<()> {
+    use simplex_attn::dot::bench::{cuda_shapes, run_shape};
+    let Some(dev) = cuda() else { return Ok(()) };
+    simplex_attn::cuda::set_poison_outputs(false);
+    let name = std::env::var("SIMPLEX_PROFILE_ROW").unwrap_or_else(|_| "dot-lm-layer".into());
+    let s = cuda_shapes()
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| anyhow::anyhow!("no bench row {name}"))?;
+    let r = run_shape(&s, &dev, 1, 0.0, false)?;
+    println!(
+        "{name}: fwd {:.3} ms, f+b {:.3} ms",
+        r.forward_s * 1e3,
+        r.forward_backward_s * 1e3
+    );
     Ok(())
 }

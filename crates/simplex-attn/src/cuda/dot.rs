@@ -1,9 +1,10 @@
 //! Launch of the dot-product attention forward: o `[B,Nq,Hq,Dv]` and lse `[B,Nq,Hq]` from
 //! `q [B,Nq,Hq,D]`, `k [B,Nk,Hkv,D]`, `v [B,Nk,Hkv,Dv]` (shapes of [`crate::dot::DotSpec`]).
 //!
-//! [`DotKernel::choose`] picks the kernels: `kernels/dot_attn_fwd.cu` (tensor cores, bf16,
-//! D = Dv in {64, 128}) or `kernels/dot_attn_simple.cu` (CUDA cores, bf16 or f32, head dims up
-//! to 256). The backward is in [`super::dot_backward`]; the tile sizes in [`crate::dot::plan`].
+//! [`DotKernel::choose`] and [`DotKernel::forward`] pick the kernels: tensor cores for bf16,
+//! D = Dv in {64, 128} (`kernels/dot_attn_fwd_wgmma.cu` at D = 128, `kernels/dot_attn_fwd.cu`,
+//! mma.sync, at D = 64 and whenever the op asks for [`crate::dot::DotTensorCores::MmaSync`]) or
+//! `kernels/dot_attn_simple.cu` (CUDA cores, bf16 or f32, head dims up to 256). The backward is in [`super::dot_backward`]; the tile sizes in [`crate::dot::plan`].
 
 use std::sync::Arc;
 
@@ -11,12 +12,14 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{DType, Layout, Result, Shape, Storage, Tensor};
+use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaStream, CudaView, DeviceRepr, PushKernelArg};
 
 use super::module::{self, Family, Kernel};
 use super::{blocks, launch_config, output, tensor_core_kernels, typed_view, Elem, Element};
 use crate::dot::plan::{
-    fwd_smem, simple_smem, DotKernel, FWD_QUERIES, FWD_THREADS, SIMPLE_ROWS, SIMPLE_THREADS,
+    fwd_smem, simple_smem, wgmma_fwd_smem, wgmma_grid, wgmma_row_items, DotKernel, FWD_QUERIES,
+    FWD_THREADS, SIMPLE_ROWS, SIMPLE_THREADS, WGMMA_THREADS,
 };
 use crate::dot::{DotDims, DotOp};
 
@@ -92,15 +95,30 @@ pub(super) fn aligned(l: &Layout, dtype: DType) -> bool {
     (l.start_offset() * dtype.size_in_bytes()).is_multiple_of(16)
 }
 
-/// The kernels for a call, or a clear error.
-pub(super) fn choose(dims: &DotDims, dtype: DType, aligned: bool) -> Result<DotKernel> {
+/// The kernels for a call of `op`, or a clear error.
+pub(super) fn choose(op: &DotOp, dtype: DType, aligned: bool) -> Result<DotKernel> {
     Ok(DotKernel::choose(
         dtype,
-        dims.d,
-        dims.dv,
+        op.dims.d,
+        op.dims.dv,
         aligned,
         tensor_core_kernels(),
+        op.tensor_cores,
     )?)
+}
+
+/// The persistent grid of a wgmma kernel over `items` work items on `dev`
+/// ([`wgmma_grid`]: one CTA per multiprocessor at most).
+pub(super) fn persistent_grid(dev: &CudaDevice, items: usize) -> Result<(u32, u32, u32)> {
+    let sms = dev
+        .cuda_stream()
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(|e| err("reading the multiprocessor count", e))?;
+    let x = wgmma_grid(items, sms.max(1) as usize);
+    let x = u32::try_from(x)
+        .map_err(|_| candle_core::Error::Msg(format!("dot attention: {x} blocks")))?;
+    Ok((x, 1, 1))
 }
 
 /// A candle error for a failed CUDA call, naming what was being done.
@@ -139,7 +157,7 @@ pub(crate) fn dot_forward(
 ) -> Result<(CudaStorage, Shape)> {
     let dtype = q.0.dtype();
     let all_aligned = [q.1, k.1, v.1].iter().all(|l| aligned(l, dtype));
-    let kernel = choose(&op.dims, dtype, all_aligned)?;
+    let kernel = choose(op, dtype, all_aligned)?.forward();
     match Elem::of(dtype)? {
         Elem::Bf16 => forward_typed::<half::bf16>(op, kernel, q, k, v),
         Elem::F32 => forward_typed::<f32>(op, kernel, q, k, v),
@@ -166,6 +184,15 @@ fn forward_typed<T: Element>(
     let dev = q.device().clone();
     let stream: Arc<CudaStream> = dev.cuda_stream();
     let (name, family, cfg) = match kernel {
+        DotKernel::Wgmma { d } if T::NAME == "bf16" => (
+            format!("dot_fwd_wgmma_bf16_d{d}"),
+            Family::DotForwardWgmma,
+            launch_config(
+                persistent_grid(&dev, wgmma_row_items(nq, hq, hkv, b))?,
+                WGMMA_THREADS,
+                wgmma_fwd_smem(d),
+            ),
+        ),
         DotKernel::TensorCore { d } if T::NAME == "bf16" => (
             format!("dot_fwd_bf16_d{d}"),
             Family::DotForward,
@@ -175,7 +202,7 @@ fn forward_typed<T: Element>(
                 fwd_smem(d),
             ),
         ),
-        DotKernel::TensorCore { .. } => {
+        DotKernel::Wgmma { .. } | DotKernel::TensorCore { .. } => {
             candle_core::bail!(
                 "dot attention: the tensor-core kernels take bf16, got {}",
                 T::NAME
@@ -208,7 +235,8 @@ fn forward_typed<T: Element>(
     // SAFETY: (const T* q, const T* k, const T* v, T* o, float* lse, DotShape) as the kernel
     // declares; the views hold the element counts the kernel indexes (checked by `view`), and
     // the grid covers every (query, head) row of o and lse (all Nq queries of every head and
-    // batch for the tensor-core kernel, all B * Nq * Hq rows for the simple one).
+    // batch for the mma.sync kernel; the persistent wgmma kernel's CTAs walk all Nq * G rows of
+    // every K/V head and batch between them; all B * Nq * Hq rows for the simple one).
     unsafe { launch.launch(cfg) }.map_err(|e| err(&name, e))?;
 
     let lse = Tensor::from_storage(

@@ -51,6 +51,10 @@ pub(crate) enum Family {
     /// `kernels/fused_ops.cu` (the model's fused ops: RMSNorm, split heads + RoPE, SwiGLU,
     /// cross-entropy rows, flat AdamW)
     FusedOps,
+    /// `kernels/dot_attn_fwd_wgmma.cu` (dot-product forward, Hopper wgmma)
+    DotForwardWgmma,
+    /// `kernels/dot_attn_bwd_wgmma.cu` (dot-product dq and dk, dv, Hopper wgmma)
+    DotBackwardWgmma,
 }
 
 impl Family {
@@ -95,6 +99,12 @@ impl Family {
                 include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_simple.cubin"))
             }
             Family::FusedOps => include_bytes!(concat!(env!("OUT_DIR"), "/fused_ops.cubin")),
+            Family::DotForwardWgmma => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_fwd_wgmma.cubin"))
+            }
+            Family::DotBackwardWgmma => {
+                include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_bwd_wgmma.cubin"))
+            }
         }
     }
 
@@ -115,6 +125,8 @@ impl Family {
             Family::DotBackwardKey => "kernels/dot_attn_bwd_dkv.cu",
             Family::DotSimple => "kernels/dot_attn_simple.cu",
             Family::FusedOps => "kernels/fused_ops.cu",
+            Family::DotForwardWgmma => "kernels/dot_attn_fwd_wgmma.cu",
+            Family::DotBackwardWgmma => "kernels/dot_attn_bwd_wgmma.cu",
         }
     }
 }

@@ -9,15 +9,19 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::{dot_attn, dot_attn_slow, DotSpec};
+use super::{dot_attn_slow, dot_attn_with, DotSpec, DotTensorCores};
 use crate::bench::{backward_from, time_it};
 use crate::AttnError;
 
 /// Which implementation a row times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DotImpl {
-    /// The fused op [`dot_attn`] (the CUDA kernels on a GPU).
+    /// The fused op [`super::dot_attn`] (the CUDA kernels on a GPU: for bf16 D = Dv in
+    /// {64, 128} the wgmma backward, and the wgmma forward at D = 128).
     Fused,
+    /// The fused op with the earlier mma.sync tensor-core kernels
+    /// ([`DotTensorCores::MmaSync`]), for the comparison in the same run.
+    FusedMmaSync,
     /// The slow twin [`dot_attn_slow`] (materialized `[B, Hq, Nq, Nk]` scores).
     Slow,
 }
@@ -80,6 +84,7 @@ impl DotBenchShape {
             self.dtype,
             match self.imp {
                 DotImpl::Fused => "fused",
+                DotImpl::FusedMmaSync => "fused, mma.sync kernels",
                 DotImpl::Slow => "slow twin",
             }
         )
@@ -106,18 +111,18 @@ fn shape(
 }
 
 /// The CUDA rows: the LM layer of issue 5 (B 32, N 1024, 8 heads, D 64, causal) through the
-/// fused kernels and through the slow twin the model used before, and a D = 128 GQA shape.
+/// fused kernels, through the earlier mma.sync kernels and through the slow twin the model used
+/// before, and a D = 128 GQA shape through both tensor-core families.
 pub fn cuda_shapes() -> Vec<DotBenchShape> {
     let lm = (32, 1024, 8, 8, 64);
+    let gqa = (4, 4096, 32, 8, 128);
+    let c = DotSpec::causal();
     vec![
-        shape("dot-lm-layer", lm, DotSpec::causal(), DotImpl::Fused),
-        shape("dot-lm-layer-slow", lm, DotSpec::causal(), DotImpl::Slow),
-        shape(
-            "dot-d128-gqa4",
-            (4, 4096, 32, 8, 128),
-            DotSpec::causal(),
-            DotImpl::Fused,
-        ),
+        shape("dot-lm-layer", lm, c, DotImpl::Fused),
+        shape("dot-lm-layer-mma", lm, c, DotImpl::FusedMmaSync),
+        shape("dot-lm-layer-slow", lm, c, DotImpl::Slow),
+        shape("dot-d128-gqa4", gqa, c, DotImpl::Fused),
+        shape("dot-d128-gqa4-mma", gqa, c, DotImpl::FusedMmaSync),
     ]
 }
 
@@ -163,7 +168,8 @@ pub fn run_shape(
     let dout = Tensor::randn(0f32, 1.0, (s.b, s.n, s.hq, s.d), device)?.to_dtype(s.dtype)?;
     let attend = || -> Result<Tensor, AttnError> {
         Ok(match s.imp {
-            DotImpl::Fused => dot_attn(&q, &k, &v, &s.spec)?.o,
+            DotImpl::Fused => dot_attn_with(&q, &k, &v, &s.spec, DotTensorCores::Wgmma)?.o,
+            DotImpl::FusedMmaSync => dot_attn_with(&q, &k, &v, &s.spec, DotTensorCores::MmaSync)?.o,
             DotImpl::Slow => dot_attn_slow(&q, &k, &v, &s.spec)?.0,
         })
     };

@@ -12,7 +12,8 @@
 //! * [`cpu`]: the flash-style fused CPU kernels on plain slices.
 //! * [`slow`]: the twin built from candle tensor ops (tests; devices without a fused kernel).
 //! * [`DotSpec`]: causality, window and scale, validated with the shapes in one place.
-//! * [`DotKernel`], [`has_fused_kernel`]: which CUDA kernels run a call ([`plan`]).
+//! * [`DotKernel`], [`DotTensorCores`], [`has_fused_kernel`]: which CUDA kernels run a call
+//!   ([`plan`]); [`dot_attn_with`] picks the tensor-core family explicitly.
 //! * [`bench`]: the `dot-*` rows of `simplex bench attn`.
 
 pub mod bench;
@@ -25,8 +26,8 @@ mod spec;
 
 #[cfg(feature = "cuda")]
 pub(crate) use op::DotOp;
-pub use op::{dot_attn, DotOutput};
-pub use plan::{has_fused_kernel, DotKernel};
+pub use op::{dot_attn, dot_attn_with, DotOutput};
+pub use plan::{has_fused_kernel, DotKernel, DotTensorCores};
 pub use reference::{dot_attn_backward_reference, dot_attn_reference, DotGrads, DotInputs};
 pub use slow::dot_attn_slow;
 pub use spec::{DotDims, DotSpec, KeyRanges};

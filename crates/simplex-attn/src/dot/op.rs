@@ -11,6 +11,7 @@ use candle_core::{
 };
 
 use super::cpu::{self, DotProblem, DotSaved};
+use super::plan::DotTensorCores;
 use super::spec::{DotDims, DotSpec, KeyRanges};
 use crate::cpu::Real;
 use crate::cpu_data::{cpu_slice, with_cpu_slices};
@@ -41,6 +42,21 @@ pub fn dot_attn(
     v: &Tensor,
     spec: &DotSpec,
 ) -> Result<DotOutput, AttnError> {
+    dot_attn_with(q, k, v, spec, DotTensorCores::default())
+}
+
+/// [`dot_attn`] with the tensor-core kernel family of CUDA calls chosen by the caller (by
+/// default the fastest as measured: the wgmma backward, the wgmma forward at D = 128 and the
+/// mma.sync one at D = 64; [`DotTensorCores::MmaSync`] runs the earlier mma.sync kernels
+/// throughout, for side-by-side measurements). Calls those kernels do not cover, and CPU calls,
+/// are unaffected.
+pub fn dot_attn_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    spec: &DotSpec,
+    tensor_cores: DotTensorCores,
+) -> Result<DotOutput, AttnError> {
     let dims = spec.dims(q.dims(), k.dims(), v.dims())?;
     let dtype = q.dtype();
     let compute = compute_dtype(q, &[("k", k), ("v", v)])?;
@@ -51,6 +67,7 @@ pub fn dot_attn(
         dims,
         keys: spec.keys(&dims),
         scale: spec.scale_for(dims.d),
+        tensor_cores,
         lse: lse.clone(),
     };
     let o = q.apply_op3(&k, &v, op)?.to_dtype(dtype)?;
@@ -63,6 +80,9 @@ pub(crate) struct DotOp {
     pub(crate) dims: DotDims,
     pub(crate) keys: KeyRanges,
     pub(crate) scale: f64,
+    /// The tensor-core kernel family of CUDA calls ([`super::DotKernel::choose`]).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) tensor_cores: DotTensorCores,
     /// The forward's log-sum-exp `[B,Nq,Hq]`, for the backward.
     lse: LseSlot,
 }

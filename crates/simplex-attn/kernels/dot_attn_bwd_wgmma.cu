@@ -1,0 +1,442 @@
+// Dot-product attention backward on Hopper tensor cores (wgmma): dq, and dk, dv.
+//
+//   P[i,j] = exp(scale q_i . k_j - lse_i),  dP[i,j] = dout_i . v_j,  dS = P (dP - delta_i),
+//   dq_i = scale sum_j dS[i,j] k_j,  dk_j = scale sum_i dS[i,j] q_i,  dv_j = sum_i P[i,j] dout_i
+// (delta = rowsum(o * dout), computed by the dq kernel, which also writes it for the dk/dv
+// kernel; the sums over i run over the G query heads of a K/V head too). bf16 inputs and
+// gradients, f32 accumulation; D = Dv in {64, 128}; any G, causal or bidirectional, sliding
+// windows, Nk >= Nq. Deterministic: every CTA owns the gradient rows it writes and sums in a
+// fixed order (no atomics). Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; speed:
+// kernels/NOTES.md ("Dot-product attention on wgmma").
+//
+// Both kernels: persistent (one CTA per SM, work blocks in the snake order of
+// dot_attn_wgmma.cuh), 384 threads: a producer warpgroup (setmaxnreg 40: cp.async into a ring
+// of NS = 3 stages that runs on across a CTA's blocks) and two consumer warpgroups (setmaxnreg
+// 232). Each consumer runs its products in its own step (issue, wait, elementwise, issue,
+// wait); the two drift apart, so one's elementwise work overlaps the other's products. Results
+// are stored straight from registers at the end of a block. ptxas: no spills.
+//
+// dq kernel: a block is 128 rows r = i G + hh of a (batch, K/V head) (the last block first),
+// 64 per consumer, Q and dO loaded into registers as wgmma A fragments, lse per row and delta =
+// rowsum(o * dout) (from o loaded the same way, summed over the row's four threads) in
+// registers. Per key tile of TKQ = 64 keys (K and V staged by the producer, 128B-swizzled):
+//   S = Q K^T, dP = dO V^T       RS wgmma m64n64k16, K, V K-major
+//   P = 2^(S scale log2 e - lse log2 e), dS = P (dP - delta)   (masked only where a row of
+//                                the warp does not see the whole tile)
+//   dQ += dS K                   RS, dS from the accumulators as A, K read MN-major
+// Shared memory: NS x (K, V) 64 x D tiles: 48 KB (D = 64), 96 KB (D = 128).
+// Registers (D = 128): Q 32 + dO 32 + dQ 64 + S 32 + dP 32 + dS 16.
+//
+// dk/dv kernel: a block is 128 keys of one K/V head (the first block first), 64 per consumer;
+// the producer stages the rows that see them in steps of TQ = 64 rows (q, dout swizzled, lse,
+// delta):
+//   S^T = K Q^T, dP^T = V dO^T   D = 64: RS, K and V of the consumer's keys as A fragments;
+//                                D = 128: SS, K and V in the consumer's own shared tiles
+//   P^T, dS^T                    (masked only where a key of the warp is not seen by every
+//                                row of the step: each key's rows are one range [rlo, rhi))
+//   dV += P^T dO, dK += dS^T Q   RS, A from the accumulators, dO and Q read MN-major
+// Shared memory: D = 64: NS x (Q, dO) 64 x 64 tiles + lse, delta: 49.5 KB; D = 128: the
+// consumers' K, V 64 KB + NS x (Q, dO) 64 x 128: 161.5 KB.
+// Registers (D = 128): dK 64 + dV 64 + S^T 32 + dP^T 32 + P^T, dS^T fragments 32.
+//
+// Measured (H100, 2026-12-06, ncu kernel times; the mma.sync backward of dot_attn_bwd_dq.cu /
+// dot_attn_bwd_dkv.cu in brackets, with its delta pre-pass): LM layer B=32 N=1024 H=8 D=64
+// causal: dq 276-279 us, dk/dv 279-281 us [delta 65 + dq 288 + dk/dv 410]; B=4 N=4096 Hq=32
+// Hkv=8 D=128 causal: dq 1.97 ms, dk/dv 2.41 ms [0.11 + 3.1 + 5.4].
+#include "dot_attn_wgmma.cuh"
+
+namespace dot_wgmma {
+namespace {
+
+constexpr int TKQ = 64;  // keys per tile of the dq kernel
+constexpr int TQ = 64;   // rows per step of the dk/dv kernel
+
+template <int D>
+struct DqSmem {
+  static constexpr int KT = TKQ * D * 2;  // one K (or V) tile
+  static constexpr int STAGE = 2 * KT;    // K, then V
+  static constexpr int BYTES = NS * STAGE + 1024;  // + alignment slack (src/dot/plan.rs)
+};
+static_assert(DqSmem<64>::BYTES <= 227 * 1024 && DqSmem<128>::BYTES <= 227 * 1024, "one CTA per SM fits");
+
+template <int D>
+__device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq,Hq,D]
+                                       const bf16* __restrict__ k,      // [B,Nk,Hkv,D]
+                                       const bf16* __restrict__ v,      // [B,Nk,Hkv,D]
+                                       const bf16* __restrict__ dout,   // [B,Nq,Hq,D]
+                                       const bf16* __restrict__ o,      // [B,Nq,Hq,D]
+                                       const float* __restrict__ lse,   // [B,Nq,Hq]
+                                       float* __restrict__ dlt,         // [B,Nq,Hq], written
+                                       bf16* __restrict__ dq,           // [B,Nq,Hq,D]
+                                       const DotShape s) {
+  using L = DqSmem<D>;
+  constexpr int KS = D / 16, NA = D / 64;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* sm = align1024(smem_raw);
+  const uint32_t base = smem_u32(sm);
+
+  const int G = s.heads_q / s.heads_kv, nrows = s.seq_q * G;
+  const Work work((nrows + CTA_ROWS - 1) / CTA_ROWS, s.heads_kv, s.batch, true);
+  const int tid = threadIdx.x, wg = tid / 128;
+  struct Item {
+    int row0, b, kv;
+    Span KU;
+    int nkt;
+  };
+  auto item_of = [&](int w) {
+    Item it;
+    int blk;
+    work.decode(w, blk, it.kv, it.b);
+    it.row0 = blk * CTA_ROWS;
+    it.KU = keys_of_rows(s, G, it.row0, min(it.row0 + CTA_ROWS, nrows));
+    it.nkt = (it.KU.hi - it.KU.lo + TKQ - 1) / TKQ;
+    return it;
+  };
+
+  if (wg == 0) {
+    // ---------------- producer ----------------
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
+    const long long kstride = (long long)s.heads_kv * D;
+    Ring ring;
+    for (int n = 0;; ++n) {
+      const int w = work.nth(n);
+      if (w < 0) break;
+      const Item it = item_of(w);
+      const long long kbase = RowSpace(s, it.b, it.kv).key(0, D);
+      for (int step = 0; step < it.nkt; ++step)
+        ring.step([&](int st) {
+          const uint32_t kt = base + st * L::STAGE;
+          load_kv<TKQ, D>(kt, kt + L::KT, k, v, kbase, kstride, it.KU.lo + step * TKQ, it.KU.hi);
+        });
+    }
+    ring.finish();
+    return;
+  }
+
+  // ---------------- consumers ----------------
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS) : "memory");
+  const int c = wg - 1, warp = (tid % 128) / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const float sl2 = s.scale * LOG2E;
+  int gs = 0;  // steps consumed (the ring's stream)
+  for (int n = 0;; ++n) {
+    const int w = work.nth(n);
+    if (w < 0) break;
+    const Item it = item_of(w);
+    const RowSpace rs(s, it.b, it.kv);
+    const int rbase = it.row0 + ROWS * c;
+    const bool any_rows = rbase < nrows;
+    auto q_off = [&](int r) -> long long { return rs.row(r, D); };
+    // this thread's rows rbase + 16 warp + g + 8 e: keys (empty past the rows), lse log2 e
+    Span kr[2];
+    float lr[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int r = rbase + warp * 16 + g + 8 * e;
+      const bool ok = r < nrows;
+      kr[e] = ok ? dot::keys_of(s, r / G) : Span{0, 0};
+      lr[e] = ok ? lse[rs.stat(r)] * LOG2E : 0.0f;
+    }
+    const Span KW = any_rows ? keys_of_rows(s, G, rbase, min(rbase + ROWS, nrows)) : Span{0, 0};
+    uint32_t qf[KS][4], df[KS][4];
+    offset_walk::load_row_fragments<KS>(qf, q, q_off, rbase, nrows);
+    offset_walk::load_row_fragments<KS>(df, dout, q_off, rbase, nrows);
+    // delta = rowsum(o * dout) of the thread's rows (the four threads of a row hold a quarter of
+    // its columns each), kept for dS and written for the dk/dv kernel
+    float dr[2] = {0.0f, 0.0f};
+    {
+      uint32_t of[KS][4];
+      offset_walk::load_row_fragments<KS>(of, o, q_off, rbase, nrows);
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 a = bf2_float2(of[ks][i]), d = bf2_float2(df[ks][i]);
+          dr[i & 1] = fmaf(a.x, d.x, fmaf(a.y, d.y, dr[i & 1]));
+        }
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        dr[e] += __shfl_xor_sync(0xffffffffu, dr[e], 1);
+        dr[e] += __shfl_xor_sync(0xffffffffu, dr[e], 2);
+        const int r = rbase + warp * 16 + g + 8 * e;
+        if (t == 0 && r < nrows) dlt[rs.stat(r)] = dr[e];
+      }
+    }
+    float acc[NA][32];
+#pragma unroll
+    for (int a = 0; a < NA; ++a)
+#pragma unroll
+      for (int x = 0; x < 32; ++x) acc[a][x] = 0.0f;
+
+    for (int step = 0; step < it.nkt; ++step, ++gs) {
+      const int st = gs % NS, k0 = it.KU.lo + step * TKQ;
+      const uint32_t kt = base + st * L::STAGE, vt = kt + L::KT;
+      const bool busy = any_rows && k0 < KW.hi && k0 + TKQ > KW.lo;  // warpgroup-uniform
+      bar_sync(BAR_FULL + NS * c + st, FULL_THREADS);                 // tile `step` landed
+      if (busy) {
+        float sacc[32], dpacc[32];
+        wg_fence();
+        offset_walk::wgmma_a_tt<KS, TKQ>(sacc, qf, kt);
+        offset_walk::wgmma_a_tt<KS, TKQ>(dpacc, df, vt);
+        wg_commit();
+        wg_wait0();
+        reg_fence(sacc);
+        reg_fence(dpacc);
+        const bool inside = k0 >= kr[0].lo && k0 + TKQ <= kr[0].hi && k0 >= kr[1].lo && k0 + TKQ <= kr[1].hi;
+        const bool full = __all_sync(0xffffffffu, inside);
+        // dS as the A fragments of the 4 k-steps over the tile's keys (nn / 2: k-step, nn % 2: half)
+        uint32_t dsf[TKQ / 16][4];
+#pragma unroll
+        for (int nn = 0; nn < 8; ++nn) {
+          float ds[4];
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            const int e = x / 2, key = k0 + 8 * nn + 2 * t + x % 2;
+            const bool ok = full || (key >= kr[e].lo && key < kr[e].hi);
+            const float p = ok ? fast_exp2(fmaf(sacc[4 * nn + x], sl2, -lr[e])) : 0.0f;
+            ds[x] = p * (dpacc[4 * nn + x] - dr[e]);
+          }
+          dsf[nn / 2][2 * (nn % 2) + 0] = bf2_pack(ds[0], ds[1]);
+          dsf[nn / 2][2 * (nn % 2) + 1] = bf2_pack(ds[2], ds[3]);
+        }
+#pragma unroll
+        for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+        wg_fence();
+        offset_walk::wgmma_a_t<NA, TKQ>(acc, dsf, kt, true);
+        wg_commit();
+        wg_wait0();
+#pragma unroll
+        for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+      }
+      bar_arrive(BAR_EMPTY + st, THREADS);
+    }
+
+    // ---- the item's epilogue: dq = scale * acc straight from registers ----
+    const float sc[2] = {s.scale, s.scale};
+    store_acc_rows<D>(acc, sc, rbase, nrows, dq, q_off);
+  }
+}
+
+template <int D>
+struct DkvSmem {
+  static constexpr bool KV_SMEM = D > 64;  // K, V as SS operands (registers at D = 64)
+  static constexpr int T = 64 * D * 2;     // one [64 x D] tile
+  static constexpr int KV_OFF = 0;         // consumer c: K at 2 c T, V at (2 c + 1) T
+  static constexpr int STAGE_OFF = KV_SMEM ? 4 * T : 0;
+  static constexpr int STAGE = 2 * T;      // q rows, then dout rows (1024-byte aligned)
+  static constexpr int LD_OFF = STAGE_OFF + NS * STAGE;  // per stage: lse [TQ], delta [TQ] (f32)
+  static constexpr int BYTES = LD_OFF + NS * 2 * TQ * 4 + 1024;  // + alignment slack (src/dot/plan.rs)
+};
+static_assert(DkvSmem<64>::BYTES <= 227 * 1024 && DkvSmem<128>::BYTES <= 227 * 1024, "one CTA per SM fits");
+
+template <int D>
+__device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,Nq,Hq,D]
+                                        const bf16* __restrict__ k,      // [B,Nk,Hkv,D]
+                                        const bf16* __restrict__ v,      // [B,Nk,Hkv,D]
+                                        const bf16* __restrict__ dout,   // [B,Nq,Hq,D]
+                                        const float* __restrict__ lse,   // [B,Nq,Hq]
+                                        const float* __restrict__ dlt,   // [B,Nq,Hq]
+                                        bf16* __restrict__ dk,           // [B,Nk,Hkv,D]
+                                        bf16* __restrict__ dv,           // [B,Nk,Hkv,D]
+                                        const DotShape s) {
+  using L = DkvSmem<D>;
+  constexpr int KS = D / 16, NA = D / 64;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* sm = align1024(smem_raw);
+  const uint32_t base = smem_u32(sm);
+
+  const int G = s.heads_q / s.heads_kv, Nk = s.seq_k;
+  // key blocks, the first (seen by the most queries under a causal mask) first
+  const Work work((Nk + CTA_ROWS - 1) / CTA_ROWS, s.heads_kv, s.batch, false);
+  const int tid = threadIdx.x, wg = tid / 128;
+  struct Item {
+    int key0, b, kv;
+    Span RU;  // the rows that see the block's keys
+    int nsteps;
+  };
+  auto item_of = [&](int w) {
+    Item it;
+    int blk;
+    work.decode(w, blk, it.kv, it.b);
+    it.key0 = blk * CTA_ROWS;
+    it.RU = rows_of_keys(s, G, it.key0, min(it.key0 + CTA_ROWS, Nk));
+    it.nsteps = (it.RU.hi - it.RU.lo + TQ - 1) / TQ;
+    return it;
+  };
+
+  if (wg == 0) {
+    // ---------------- producer ----------------
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
+    const int ptid = tid;
+    Ring ring;
+    for (int n = 0;; ++n) {
+      const int w = work.nth(n);
+      if (w < 0) break;
+      const Item it = item_of(w);
+      const RowSpace rs(s, it.b, it.kv);
+      for (int step = 0; step < it.nsteps; ++step)
+        ring.step([&](int st) {
+          const int r0 = it.RU.lo + step * TQ;
+          const uint32_t qt = base + L::STAGE_OFF + st * L::STAGE;
+#pragma unroll 2
+          for (int x = 0; x < TQ * D / 8 / PTHREADS; ++x) {
+            const int ch = ptid + x * PTHREADS;
+            const int rr = ch / (D / 8), c16 = ch % (D / 8), r = r0 + rr;
+            const bool ok = r < it.RU.hi;
+            const long long src = ok ? rs.row(r, D) + c16 * 8 : 0;
+            const uint32_t at = sw128_tile(TQ, rr, c16 * 8);
+            cp_async16(qt + at, q + src, ok);
+            cp_async16(qt + L::T + at, dout + src, ok);
+          }
+          // lse (threads 0..63), delta (64..127) of the step's rows; zero past RU.hi
+          const int r = r0 + ptid % TQ;
+          const bool ok = r < it.RU.hi;
+          const float* src = ptid < TQ ? lse : dlt;
+          cp_async4(base + L::LD_OFF + (st * 2 * TQ + ptid) * 4, ok ? src + rs.stat(r) : src, ok);
+        });
+    }
+    ring.finish();
+    return;
+  }
+
+  // ---------------- consumers ----------------
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS) : "memory");
+  const int c = wg - 1, warp = (tid % 128) / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const float sl2 = s.scale * LOG2E;
+  const uint32_t kbase = base + L::KV_OFF + 2 * c * L::T, vbase = kbase + L::T;  // KV_SMEM only
+  int gs = 0;  // steps consumed (the ring's stream)
+  for (int n = 0;; ++n) {
+    const int w = work.nth(n);
+    if (w < 0) break;
+    const Item it = item_of(w);
+    const RowSpace rs(s, it.b, it.kv);
+    auto kv_off = [&](int j) -> long long { return rs.key(j, D); };
+    const int kc = it.key0 + ROWS * c;  // this consumer's keys kc .. kc + 63
+    const bool any_keys = kc < Nk;
+    // the rows that see this thread's keys kc + 16 warp + g + 8 e (empty past Nk), and those
+    // that see any of the consumer's keys
+    Span rk[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int j = kc + warp * 16 + g + 8 * e;
+      rk[e] = j < Nk ? rows_of_keys(s, G, j, j + 1) : Span{0, 0};
+    }
+    const Span RW = any_keys ? rows_of_keys(s, G, kc, min(kc + ROWS, Nk)) : Span{0, 0};
+    uint32_t kf[L::KV_SMEM ? 1 : KS][4], vf[L::KV_SMEM ? 1 : KS][4];  // !KV_SMEM only
+    if constexpr (L::KV_SMEM) {
+      // this consumer's K, V rows (zero past Nk) into its own tiles; its earlier products that
+      // read them have been waited for
+      if (it.nsteps > 0) {
+#pragma unroll 2
+        for (int x = 0; x < ROWS * D / 8 / 128; ++x) {
+          const int ch = tid % 128 + x * 128;
+          const int kk = ch / (D / 8), c16 = ch % (D / 8), pos = kc + kk;
+          const bool ok = pos < Nk;
+          const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
+          const uint32_t at = sw128_tile(ROWS, kk, c16 * 8);
+          cp_async16(kbase + at, k + src, ok);
+          cp_async16(vbase + at, v + src, ok);
+        }
+        cp_async_commit();
+        cp_async_wait_group<0>();
+        fence_async_smem();
+        bar_sync(offset_walk::BAR_WG + wg, 128);
+      }
+    } else {
+      offset_walk::load_row_fragments<KS>(kf, k, kv_off, kc, Nk);
+      offset_walk::load_row_fragments<KS>(vf, v, kv_off, kc, Nk);
+    }
+    float gk[NA][32], gv[NA][32];
+#pragma unroll
+    for (int a = 0; a < NA; ++a)
+#pragma unroll
+      for (int x = 0; x < 32; ++x) gk[a][x] = gv[a][x] = 0.0f;
+
+    for (int step = 0; step < it.nsteps; ++step, ++gs) {
+      const int st = gs % NS, r0 = it.RU.lo + step * TQ;
+      const bool busy = r0 < RW.hi && r0 + TQ > RW.lo;  // warpgroup-uniform (RW empty: never)
+      bar_sync(BAR_FULL + NS * c + st, FULL_THREADS);   // the step's rows landed
+      if (busy) {
+        const uint32_t qt = base + L::STAGE_OFF + st * L::STAGE, dt = qt + L::T;
+        const float* ls = reinterpret_cast<const float*>(sm + L::LD_OFF + st * 2 * TQ * 4);
+        // S^T = K Q^T, dP^T = V dO^T (rows: the consumer's keys; columns: the step's rows)
+        float sacc[32], dpacc[32];
+        wg_fence();
+        if constexpr (L::KV_SMEM) {
+          offset_walk::wgmma_ss_tt<KS>(sacc, kbase, qt);
+          offset_walk::wgmma_ss_tt<KS>(dpacc, vbase, dt);
+        } else {
+          offset_walk::wgmma_a_tt<KS, TQ>(sacc, kf, qt);
+          offset_walk::wgmma_a_tt<KS, TQ>(dpacc, vf, dt);
+        }
+        wg_commit();
+        wg_wait0();
+        reg_fence(sacc);
+        reg_fence(dpacc);
+        // P^T, dS^T: row (key) e, column (row of the step) 8 nn + 2 t + cc
+        const bool inside = r0 >= rk[0].lo && r0 + TQ <= rk[0].hi && r0 >= rk[1].lo && r0 + TQ <= rk[1].hi;
+        const bool full = __all_sync(0xffffffffu, inside);
+        uint32_t pf[TQ / 16][4], dsf[TQ / 16][4];
+#pragma unroll
+        for (int nn = 0; nn < 8; ++nn) {
+          const float2 l2 = *reinterpret_cast<const float2*>(ls + 8 * nn + 2 * t);
+          const float2 dl = *reinterpret_cast<const float2*>(ls + TQ + 8 * nn + 2 * t);
+          float pv[4], dsv[4];
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            const int e = x / 2, cc = x % 2, r = r0 + 8 * nn + 2 * t + cc;
+            const bool ok = full || (r >= rk[e].lo && r < rk[e].hi);
+            pv[x] = ok ? fast_exp2(fmaf(sacc[4 * nn + x], sl2, -(cc ? l2.y : l2.x) * LOG2E)) : 0.0f;
+            dsv[x] = pv[x] * (dpacc[4 * nn + x] - (cc ? dl.y : dl.x));
+          }
+          offset_walk::pack_p_ds(pf, dsf, nn, pv, dsv);
+        }
+        // dV += P^T dO, dK += dS^T Q (dO, Q read MN-major)
+#pragma unroll
+        for (int a = 0; a < NA; ++a) {
+          reg_fence(gk[a]);
+          reg_fence(gv[a]);
+        }
+        wg_fence();
+        offset_walk::key_products<NA>(gk, gv, pf, dsf, qt, dt);
+        wg_commit();
+        wg_wait0();
+#pragma unroll
+        for (int a = 0; a < NA; ++a) {
+          reg_fence(gk[a]);
+          reg_fence(gv[a]);
+        }
+      }
+      bar_arrive(BAR_EMPTY + st, THREADS);
+    }
+
+    // ---- the item's epilogue: dk = scale * gk, dv = gv straight from registers ----
+    const float sc[2] = {s.scale, s.scale}, one[2] = {1.0f, 1.0f};
+    store_acc_rows<D>(gk, sc, kc, Nk, dk, kv_off);
+    store_acc_rows<D>(gv, one, kc, Nk, dv, kv_off);
+  }
+}
+
+}  // namespace
+}  // namespace dot_wgmma
+
+// dot_bwd_dq_wgmma_bf16_d{D}, dot_bwd_dkv_wgmma_bf16_d{D}: D = Dv = 64 or 128; 384 threads,
+// persistent; 128 rows (dq) or keys (dk/dv) per work block. The dq kernel also computes delta =
+// rowsum(o * dout) and writes it for the dk/dv kernel, which runs after it (so it takes o and
+// writes delta where dot_bwd_dq_bf16_d{D} reads it); dk/dv takes the arguments of
+// dot_bwd_dkv_bf16_d{D} (dot_attn_bwd_dkv.cu).
+#define DOT_BWD_WGMMA(D)                                                                                     \
+  extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_bwd_dq_wgmma_bf16_d##D(             \
+      const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,    \
+      const __nv_bfloat16* o, const float* lse, float* dlt, __nv_bfloat16* dq, const dot::DotShape s) {      \
+    dot_wgmma::bwd_dq<D>(q, k, v, dout, o, lse, dlt, dq, s);                                                 \
+  }                                                                                                          \
+  extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_bwd_dkv_wgmma_bf16_d##D(            \
+      const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,    \
+      const float* lse, const float* dlt, __nv_bfloat16* dk, __nv_bfloat16* dv, const dot::DotShape s) {     \
+    dot_wgmma::bwd_dkv<D>(q, k, v, dout, lse, dlt, dk, dv, s);                                               \
+  }
+
+DOT_BWD_WGMMA(64)
+DOT_BWD_WGMMA(128)

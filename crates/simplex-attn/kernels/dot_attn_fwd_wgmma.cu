@@ -1,0 +1,263 @@
+// Dot-product attention forward on Hopper tensor cores (wgmma), FlashAttention-3 style.
+//
+//   S[i,j] = scale * q_i . k_j  (j in the keys of query i),  o_i = sum_j softmax_j(S[i]) v_j,
+//   lse_i = log sum_j exp S[i,j]   (natural log, f32)
+// bf16 q, k, v, o; f32 accumulation and softmax; D = Dv = 128 (the template also builds D = 64,
+// dropped: see the kernel's entry below); any G = Hq / Hkv, causal or bidirectional, sliding
+// windows, Nk >= Nq. Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; speed:
+// kernels/NOTES.md ("Dot-product attention on wgmma").
+//
+// Work: blocks of 128 rows of a (batch, K/V head)'s row space r = i G + hh (the G heads of a
+// K/V head share its tiles), the last block first (it sees the most keys under a causal mask).
+// Grid: persistent, one CTA per SM taking blocks in the snake order of dot_attn_wgmma.cuh; the
+// producer's ring runs on across a CTA's blocks, so the next block's tiles load while this one
+// computes. Block: 384 threads:
+//   WG0 producer (setmaxnreg 40): cp.async of the key tiles, TK = 128 keys of K and of V
+//     (128B-swizzled, D/64 atoms of 128 rows), into a ring of NS = 3 stages (FULL / EMPTY
+//     named barriers).
+//   WG1, WG2 consumers (setmaxnreg 232), 64 rows each, Q loaded into registers as wgmma A
+//     fragments per block. Per key tile, FlashAttention-3's schedule (as
+//     simplicial_fwd_producer.cu): in this consumer's turn (the two alternate through TURN
+//     barriers, so one's products run while the other's softmax does) issue S = Q K_tile^T (two
+//     m64n64k16 halves, RS) and the values product of the previous tile, O += P_prev V_prev (RS,
+//     V MN-major); wait for S, mask (skipped where every row of the warp sees the whole tile),
+//     online softmax (exp2, the scale folded into the exp's FMA); wait for the values product,
+//     release its stage, O *= alpha, keep P (the accumulator layout of m64n64 is the A layout
+//     of the k16 steps) in registers for the next turn. O / l and lse are stored straight from
+//     registers at the end of a block.
+// A consumer whose rows see none of a tile issues only its pending values product there.
+// Shared memory: NS x (K, V) tiles of 128 x D bf16: 192 KB (D = 128).
+// Registers (consumer, D = 128): Q 32 + O 64 + S 64 + P 32; ptxas: no spills at 40 / 232 (at
+// 56 / 224 the D = 128 consumers spill 192 bytes).
+// Measured (H100, 2026-12-06, ncu kernel time): B=4 N=4096 Hq=32 Hkv=8 D=128 causal 1.51-1.53 ms
+// = 359-364 TFLOP/s (mma.sync dot_attn_fwd.cu: 1.9 ms; cuDNN through PyTorch on the same card:
+// 0.93-1.02 ms for the whole call).
+#include "dot_attn_wgmma.cuh"
+
+namespace dot_wgmma {
+namespace {
+
+constexpr int TK = 128;  // keys per tile
+
+template <int D>
+struct FwdSmem {
+  static constexpr int KT = TK * D * 2;  // one K (or V) tile
+  static constexpr int STAGE = 2 * KT;    // K, then V
+  static constexpr int BYTES = NS * STAGE + 1024;  // + alignment slack (src/dot/plan.rs)
+};
+static_assert(FwdSmem<64>::BYTES <= 227 * 1024 && FwdSmem<128>::BYTES <= 227 * 1024, "one CTA per SM fits");
+
+template <int D>
+__device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
+                                    const bf16* __restrict__ k,  // [B,Nk,Hkv,D]
+                                    const bf16* __restrict__ v,  // [B,Nk,Hkv,D]
+                                    bf16* __restrict__ o,        // [B,Nq,Hq,D]
+                                    float* __restrict__ lse,     // [B,Nq,Hq]
+                                    const DotShape s) {
+  using L = FwdSmem<D>;
+  constexpr int KS = D / 16;  // k-steps of the logits
+  constexpr int NA = D / 64;  // 64-column blocks of O
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* sm = align1024(smem_raw);
+  const uint32_t base = smem_u32(sm);
+
+  const int G = s.heads_q / s.heads_kv, nrows = s.seq_q * G;
+  // row blocks, the last (most keys under a causal mask) first
+  const Work work((nrows + CTA_ROWS - 1) / CTA_ROWS, s.heads_kv, s.batch, true);
+  const int tid = threadIdx.x, wg = tid / 128;
+  // an item's row block and its keys
+  struct Item {
+    int row0, b, kv;
+    Span KU;
+    int nkt;
+  };
+  auto item_of = [&](int w) {
+    Item it;
+    int blk;
+    work.decode(w, blk, it.kv, it.b);
+    it.row0 = blk * CTA_ROWS;
+    it.KU = keys_of_rows(s, G, it.row0, min(it.row0 + CTA_ROWS, nrows));
+    it.nkt = (it.KU.hi - it.KU.lo + TK - 1) / TK;
+    return it;
+  };
+
+  if (wg == 0) {
+    // ---------------- producer ----------------
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
+    const long long kstride = (long long)s.heads_kv * D;
+    Ring ring;
+    for (int n = 0;; ++n) {
+      const int w = work.nth(n);
+      if (w < 0) break;
+      const Item it = item_of(w);
+      const long long kbase = RowSpace(s, it.b, it.kv).key(0, D);
+      for (int step = 0; step < it.nkt; ++step)
+        ring.step([&](int st) {
+          const uint32_t kt = base + st * L::STAGE;
+          load_kv<TK, D>(kt, kt + L::KT, k, v, kbase, kstride, it.KU.lo + step * TK, it.KU.hi);
+        });
+    }
+    ring.finish();
+    return;
+  }
+
+  // ---------------- consumers ----------------
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS) : "memory");
+  const int c = wg - 1, warp = (tid % 128) / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const float sl2 = s.scale * LOG2E;
+  if (c == 1) bar_arrive(BAR_TURN + 0, 2 * 128);  // consumer 0 takes the first turn
+  int gs = 0;  // steps consumed (the ring's stream)
+  for (int n = 0;; ++n) {
+    const int w = work.nth(n);
+    if (w < 0) break;
+    const Item it = item_of(w);
+    const RowSpace rs(s, it.b, it.kv);
+    const int rbase = it.row0 + ROWS * c;
+    const bool any_rows = rbase < nrows;
+    auto q_off = [&](int r) -> long long { return rs.row(r, D); };
+    // this thread's rows rbase + 16 warp + g + 8 e: their keys (empty past the rows)
+    Span kr[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int r = rbase + warp * 16 + g + 8 * e;
+      kr[e] = r < nrows ? dot::keys_of(s, r / G) : Span{0, 0};
+    }
+    // the union of this warpgroup's keys (warpgroup-uniform: skips whole tiles)
+    const Span KW = any_rows ? keys_of_rows(s, G, rbase, min(rbase + ROWS, nrows)) : Span{0, 0};
+    uint32_t qf[KS][4];
+    offset_walk::load_row_fragments<KS>(qf, q, q_off, rbase, nrows);
+    float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
+    float acc[NA][32];
+#pragma unroll
+    for (int a = 0; a < NA; ++a)
+#pragma unroll
+      for (int x = 0; x < 32; ++x) acc[a][x] = 0.0f;
+
+    bool pend = false;  // a values product of an earlier tile waits to be issued (P in pf)
+    int pend_st = 0;    // its stage
+    uint32_t pf[2][4][4];
+    for (int step = 0; step < it.nkt; ++step, ++gs) {
+      const int st = gs % NS, k0 = it.KU.lo + step * TK;
+      const uint32_t kt = base + st * L::STAGE;
+      const bool busy = any_rows && k0 < KW.hi && k0 + TK > KW.lo;  // warpgroup-uniform
+      bar_sync(BAR_FULL + NS * c + st, FULL_THREADS);                // tile `step` landed
+      // Every path issues and retires its products inside its branch (ptxas serializes wgmma
+      // in flight across a branch it cannot prove uniform), so a missing pending product runs
+      // on P = 0 instead of being left out.
+      if (!pend) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int x = 0; x < 4; ++x) pf[h][x][0] = pf[h][x][1] = pf[h][x][2] = pf[h][x][3] = 0u;
+        pend_st = st;
+      }
+      const uint32_t vp = base + pend_st * L::STAGE + L::KT;
+      if (!busy) {  // the pending values product alone, in turn
+        bar_sync(BAR_TURN + c, 2 * 128);
+#pragma unroll
+        for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+        wg_fence();
+        offset_walk::wgmma_a_t<NA, TK>(acc, pf[0], vp, true);
+        offset_walk::wgmma_a_t<NA, TK>(acc, pf[1], vp + 64 * 128, true);
+        wg_commit();
+        bar_arrive(BAR_TURN + (1 - c), 2 * 128);
+        wg_wait0();
+#pragma unroll
+        for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+        if (pend) bar_arrive(BAR_EMPTY + pend_st, THREADS);
+        bar_arrive(BAR_EMPTY + st, THREADS);
+        pend = false;
+        continue;
+      }
+      // this consumer's turn: S = Q K_tile^T (keys k0 .. k0 + 63, k0 + 64 .. k0 + 127), then
+      // O += P @ V of the pending tile
+      float sacc[2][32];
+      bar_sync(BAR_TURN + c, 2 * 128);
+#pragma unroll
+      for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+      wg_fence();
+      offset_walk::wgmma_a_tt<KS, TK>(sacc[0], qf, kt);
+      offset_walk::wgmma_a_tt<KS, TK>(sacc[1], qf, kt + 64 * 128);
+      wg_commit();
+      offset_walk::wgmma_a_t<NA, TK>(acc, pf[0], vp, true);
+      offset_walk::wgmma_a_t<NA, TK>(acc, pf[1], vp + 64 * 128, true);
+      wg_commit();
+      bar_arrive(BAR_TURN + (1 - c), 2 * 128);
+      wg_wait1();  // S
+      reg_fence(sacc[0]);
+      reg_fence(sacc[1]);
+      // mask and online softmax (base 2) of rows g (e = 0) and g + 8 (e = 1)
+      float alpha[2];
+      {
+        const bool inside = k0 >= kr[0].lo && k0 + TK <= kr[0].hi && k0 >= kr[1].lo && k0 + TK <= kr[1].hi;
+        const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
+        offset_walk::online_softmax<2>(sacc, fold, sl2, t, [&](int u, int e, int col) {
+          const int key = k0 + 64 * u + col;
+          return key >= kr[e].lo && key < kr[e].hi;
+        }, m_row, l_row, alpha);
+      }
+      wg_wait0();  // the pending values product: its stage is free
+#pragma unroll
+      for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+      if (pend) bar_arrive(BAR_EMPTY + pend_st, THREADS);
+#pragma unroll
+      for (int a = 0; a < NA; ++a)
+#pragma unroll
+        for (int nn = 0; nn < 8; ++nn)
+#pragma unroll
+          for (int x = 0; x < 4; ++x) acc[a][4 * nn + x] *= alpha[x / 2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          pf[h][x][0] = bf2_pack(sacc[h][8 * x + 0], sacc[h][8 * x + 1]);
+          pf[h][x][1] = bf2_pack(sacc[h][8 * x + 2], sacc[h][8 * x + 3]);
+          pf[h][x][2] = bf2_pack(sacc[h][8 * x + 4], sacc[h][8 * x + 5]);
+          pf[h][x][3] = bf2_pack(sacc[h][8 * x + 6], sacc[h][8 * x + 7]);
+        }
+      pend = true;
+      pend_st = st;
+    }
+    if (pend) {  // the item's last values product
+#pragma unroll
+      for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+      wg_fence();
+      const uint32_t vp = base + pend_st * L::STAGE + L::KT;
+      offset_walk::wgmma_a_t<NA, TK>(acc, pf[0], vp, true);
+      offset_walk::wgmma_a_t<NA, TK>(acc, pf[1], vp + 64 * 128, true);
+      wg_commit();
+      wg_wait0();
+#pragma unroll
+      for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+      bar_arrive(BAR_EMPTY + pend_st, THREADS);
+    }
+
+    // ---- the item's epilogue: lse, O / l straight from registers ----
+    float inv[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int r = rbase + warp * 16 + g + 8 * e;
+      if (t == 0 && r < nrows) lse[rs.stat(r)] = (m_row[e] + log2f(l_row[e])) * LN2;
+      inv[e] = 1.0f / l_row[e];
+    }
+    store_acc_rows<D>(acc, inv, rbase, nrows, o, q_off);
+  }
+  if (c == 0) bar_sync(BAR_TURN + 0, 2 * 128);  // balance the last turn's hand-back
+}
+
+}  // namespace
+}  // namespace dot_wgmma
+
+// dot_fwd_wgmma_bf16_d{D}: D = Dv; 384 threads, 128 rows per work block; same arguments as
+// dot_fwd_bf16_d{D} (dot_attn_fwd.cu). Built for D = 128 only: at D = 64 the mma.sync forward
+// of dot_attn_fwd.cu measured faster (LM layer, kernels/NOTES.md), and DOT_FWD_WGMMA(64) was
+// dropped.
+#define DOT_FWD_WGMMA(D)                                                                                    \
+  extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_fwd_wgmma_bf16_d##D(               \
+      const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* o, float* lse, \
+      const dot::DotShape s) {                                                                              \
+    dot_wgmma::fwd<D>(q, k, v, o, lse, s);                                                                  \
+  }
+
+DOT_FWD_WGMMA(128)

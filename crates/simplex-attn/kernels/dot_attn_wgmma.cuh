@@ -1,0 +1,192 @@
+// Shared pieces of the Hopper (wgmma) dot-product attention kernels, dot_attn_fwd_wgmma.cu and
+// dot_attn_bwd_wgmma.cu: the CTA layout (a producer warpgroup and two consumer warpgroups), the
+// named barriers of the producer's stage ring, the producer's loop, and the row space.
+//
+// Row space: the kernels of one (batch b, K/V head kv) see the rows r = i * G + hh, query i,
+// query head kv * G + hh (G = Hq / Hkv), so the G heads that share a K/V head share every K/V
+// tile (as in simplicial_fwd_producer.cu). Query i sits at position i + Nk - Nq (dot_attn.cuh).
+//
+// Ring: the producer (warpgroup 0) fills NS stages with cp.async; step s uses stage s % NS (the
+// steps of all of a persistent CTA's work items form one stream, so loads run ahead across items).
+// Each consumer c waits on its own FULL[c][stage] (the producer and that consumer: 256 threads),
+// so the two consumers drift apart freely, and both arrive on EMPTY[stage] (384 threads) when
+// done with it; the producer waits on EMPTY before refilling a stage. Matrix pieces (swizzled
+// tiles, descriptors, wgmma wrappers, fragment loads, online softmax) come from wgmma.cuh and
+// offset_walk.cuh, validated by the simplicial kernels.
+#pragma once
+
+#include "dot_attn.cuh"
+#include "offset_walk.cuh"
+
+namespace dot_wgmma {
+
+using namespace simplex;
+typedef __nv_bfloat16 bf16;
+using dot::DotShape;
+using dot::Span;
+
+constexpr int ROWS = 64;       // rows (or keys) per consumer warpgroup = wgmma M
+constexpr int CTA_ROWS = 128;  // two consumers
+constexpr int THREADS = 384;   // producer + two consumers
+constexpr int PTHREADS = 128;  // producer threads
+constexpr int NS = 3;          // ring stages
+// setmaxnreg: the launch gives every thread 168 registers (65536 / 384 rounded down to 8); the
+// consumers can only take what the producer gives back (an excess blocks setmaxnreg.inc).
+// 40 / 232 chosen by compiling 24/240 .. 72/216 and reading the spill report (kernels/NOTES.md).
+constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;
+static_assert(PRODUCER_REGS + 2 * CONSUMER_REGS <= 3 * 168, "the launch's registers");
+// Named barriers: ids 2, 3 (BAR_WG + warpgroup) are one consumer warpgroup's alone.
+constexpr int BAR_FULL = 4;                // + NS * consumer + stage
+constexpr int BAR_EMPTY = BAR_FULL + 2 * NS;  // + stage
+constexpr int BAR_TURN = BAR_EMPTY + NS;      // + consumer (forward only)
+constexpr int FULL_THREADS = PTHREADS + 128;
+static_assert(offset_walk::BAR_WG + 2 < BAR_FULL, "barrier ids overlap");
+static_assert(BAR_TURN + 1 < 16, "16 named barriers");
+
+__device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
+  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 1023) & ~uintptr_t(1023));
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// 4 bytes global -> shared, zero-filled when !valid (src is not read then).
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0)
+               : "memory");
+}
+
+// Work items: blocks of CTA_ROWS rows (forward, dq) or keys (dk/dv) of every (batch, K/V head),
+// listed group by group (the blocks of one (batch, K/V head) adjacent, the longest first within
+// the group). The grid is persistent (one CTA per SM, src/dot/plan.rs `wgmma_grid`): CTA x takes
+// items in a snake order over the list (x, 2 grid - 1 - x, 2 grid + x, ...), so the CTAs running
+// at once work on few groups and share their K, V (or q, dout) rows in L2, and each CTA gets a
+// similar total; with one CTA per item it is the plain grid.
+struct Work {
+  int nblk, hkv, batch, nitems;
+  bool reverse;  // block nblk - 1 first in its group (the longest when later blocks see more)
+  __device__ __forceinline__ Work(int nblk_, int hkv_, int batch_, bool reverse_)
+      : nblk(nblk_), hkv(hkv_), batch(batch_), nitems(nblk_ * hkv_ * batch_), reverse(reverse_) {}
+  // this CTA's n-th item, or -1 past the list
+  __device__ __forceinline__ int nth(int n) const {
+    const int g = gridDim.x, x = blockIdx.x;
+    const int w = n * g + ((n & 1) ? g - 1 - x : x);
+    return w < nitems ? w : -1;
+  }
+  __device__ __forceinline__ void decode(int w, int& blk, int& kv, int& b) const {
+    const int group = w / nblk, i = w % nblk;
+    blk = reverse ? nblk - 1 - i : i;
+    kv = group % hkv;
+    b = group / hkv;
+  }
+};
+
+// The producer's side of the ring: the steps of all of a CTA's items form one stream. step(load)
+// issues the cp.async copies of the next step (load(stage): this thread's share) once the
+// consumers released the stage. Up to two steps' copies are in flight; a step's FULL barriers
+// are arrived at once this thread's copies of it have landed (each producer thread waits for its
+// own, fences them for the async proxy and arrives: the consumers' wait completes when all 128
+// have). finish() arrives for the last step and waits on the EMPTY barriers of the last NS
+// steps, so every barrier is balanced when the producer leaves.
+struct Ring {
+  int s = 0;  // steps issued
+  __device__ __forceinline__ static void arrive_full(int st) {
+    bar_arrive(BAR_FULL + st, FULL_THREADS);
+    bar_arrive(BAR_FULL + NS + st, FULL_THREADS);
+  }
+  template <typename Load>
+  __device__ __forceinline__ void step(Load&& load) {
+    const int st = s % NS;
+    if (s >= NS) bar_sync(BAR_EMPTY + st, THREADS);  // both consumers are done with step s - NS
+    load(st);
+    cp_async_commit();
+    if (s >= 1) {
+      cp_async_wait_group<1>();  // step s - 1 landed (for this thread)
+      fence_async_smem();
+      arrive_full((s - 1) % NS);
+    }
+    ++s;
+  }
+  __device__ __forceinline__ void finish() {
+    cp_async_wait_group<0>();
+    fence_async_smem();
+    if (s > 0) arrive_full((s - 1) % NS);
+    for (int x = max(s - NS, 0); x < s; ++x) bar_sync(BAR_EMPTY + x % NS, THREADS);
+  }
+};
+
+// cp.async (producer threads) of keys k0 .. k0 + TK - 1 of k and v (zero from `hi` on) into the
+// tiles at shared addresses kt, vt: D/64 128B-swizzled atoms of TK rows x 128 B (K-major for
+// S = Q K^T, MN-major for P V). Key j of the (batch, K/V head) starts at element base + j * stride.
+template <int TK, int D>
+__device__ __forceinline__ void load_kv(uint32_t kt, uint32_t vt, const bf16* k, const bf16* v, long long base,
+                                        long long stride, int k0, int hi) {
+  constexpr int CHUNKS = TK * D / 8;
+  static_assert(CHUNKS % PTHREADS == 0, "whole chunks per producer thread");
+  const int ptid = threadIdx.x % PTHREADS;
+#pragma unroll 2
+  for (int x = 0; x < CHUNKS / PTHREADS; ++x) {
+    const int c = ptid + x * PTHREADS;
+    const int kk = c / (D / 8), c16 = c % (D / 8), pos = k0 + kk;
+    const bool ok = pos < hi;
+    const long long src = ok ? base + pos * stride + c16 * 8 : 0;
+    const uint32_t at = sw128_tile(TK, kk, c16 * 8);
+    cp_async16(kt + at, k + src, ok);
+    cp_async16(vt + at, v + src, ok);
+  }
+}
+
+// The rows of one (batch b, K/V head kv): offsets of q / o / dout rows, of lse / delta entries,
+// of k / v rows.
+struct RowSpace {
+  int b, kv, G, nq, nk, hq, hkv;
+  __device__ __forceinline__ RowSpace(const DotShape& s, int b_, int kv_)
+      : b(b_), kv(kv_), G(s.heads_q / s.heads_kv), nq(s.seq_q), nk(s.seq_k), hq(s.heads_q), hkv(s.heads_kv) {}
+  __device__ __forceinline__ int nrows() const { return nq * G; }
+  // lse / delta index of row r
+  __device__ __forceinline__ long long stat(int r) const {
+    return (long long)(b * nq + r / G) * hq + kv * G + r % G;
+  }
+  // first element of row r of q, o, dout (head dim D)
+  __device__ __forceinline__ long long row(int r, int D) const { return stat(r) * D; }
+  // first element of key j of k, v (head dim D)
+  __device__ __forceinline__ long long key(int j, int D) const { return ((long long)(b * nk + j) * hkv + kv) * D; }
+};
+
+// The keys of the rows [r0, r1) (non-empty, inside the row space): keys_of_block of their queries.
+__device__ __forceinline__ Span keys_of_rows(const DotShape& s, int G, int r0, int r1) {
+  return dot::keys_of_block(s, r0 / G, (r1 - 1) / G + 1);
+}
+
+// The rows that see at least one of the keys [j0, j1) (non-empty, inside 0..Nk); empty (lo == hi)
+// when none does.
+__device__ __forceinline__ Span rows_of_keys(const DotShape& s, int G, int j0, int j1) {
+  const Span qs = dot::queries_of_block(s, j0, j1);
+  return qs.hi > qs.lo ? Span{qs.lo * G, qs.hi * G} : Span{0, 0};
+}
+
+// Stores a consumer warpgroup's 64 x D f32 accumulator rows as bf16 straight from registers:
+// the thread's rows rbase + 16 warp + g + 8 e, each scaled by sc[e], at out + row_off(r), columns
+// 64 a + 8 n + 2 t (+1) as bf16 pairs (the four threads of a row fill 16 contiguous bytes per
+// n; L2 merges the halves of each sector); rows >= nrows are skipped.
+template <int D, typename RowOffset>
+__device__ __forceinline__ void store_acc_rows(const float (&acc)[D / 64][32], const float (&sc)[2], int rbase,
+                                               int nrows, bf16* out, RowOffset row_off) {
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = rbase + warp * 16 + g + 8 * e;
+    if (r < nrows) {
+      bf16* p = out + row_off(r);
+#pragma unroll
+      for (int a = 0; a < D / 64; ++a)
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+          *reinterpret_cast<uint32_t*>(p + 64 * a + 8 * n + 2 * t) =
+              bf2_pack(acc[a][4 * n + 2 * e] * sc[e], acc[a][4 * n + 2 * e + 1] * sc[e]);
+    }
+  }
+}
+
+}  // namespace dot_wgmma
