@@ -18,6 +18,7 @@
 #                       peak memory), summary.txt the side-by-side table (printed last)
 #   curve-new.jsonl, curve-base.jsonl  (TRAIN_BENCH_CURVE=1) metrics.jsonl of a 300-step `25m`
 #                       run on the demo corpus by each build: the same-learning check
+#                       (TRAIN_BENCH_CURVE_LR: its peak learning rate, default 4e-3)
 #   ncu-P.txt           (TRAIN_BENCH_PROFILE=P) the kernel-time breakdown of one update
 # for P in TRAIN_BENCH_PATTERNS (default "DDDDDDDD DDDSDDDS"). Each log ends with the largest
 # `nvidia-smi memory.used` sampled every 200 ms while it ran (the whole device).
@@ -108,7 +109,8 @@ if [ "${TRAIN_BENCH_CURVE:-0}" = 1 ]; then
     [ -n "$exe" ] || continue
     rd=$(mktemp -d)/run
     run "curve-$b" 300 "$exe" train --data "$corpus" --out "$rd" --preset 25m --device cuda \
-      --steps 300 --batch-size 16 --seq-len 512 --log-every 10 --eval-every 100 --seed 1 || status=1
+      --steps 300 --batch-size 16 --seq-len 512 --log-every 10 --eval-every 100 --seed 1 \
+      --lr "${TRAIN_BENCH_CURVE_LR:-4e-3}" || status=1
     cp "$rd/metrics.jsonl" "$out/curve-$b.jsonl" 2>/dev/null
   done
 fi

@@ -26,12 +26,17 @@ fn flat_adamw_rejects_mismatched_inputs() {
     let dev = Device::Cpu;
     let m = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
     let w = Tensor::zeros((3, 2), DType::F32, &dev).unwrap();
-    let e = FlatAdamW::new(&[m.clone()], vec![w], &[true])
+    let e = FlatAdamW::new(std::slice::from_ref(&m), vec![w], &[true])
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("master [2, 3], working copy [3, 2]"), "{e}");
-    let mut opt = FlatAdamW::new(&[m.clone()], vec![m.zeros_like().unwrap()], &[true]).unwrap();
+    let mut opt = FlatAdamW::new(
+        std::slice::from_ref(&m),
+        vec![m.zeros_like().unwrap()],
+        &[true],
+    )
+    .unwrap();
     let e = opt
         .gather(&[Some(Tensor::zeros(5, DType::F32, &dev).unwrap())], false)
         .unwrap_err()

@@ -6,13 +6,15 @@
 //!                                                             the fused split with RoPE on q, k)
 //! o = dot_attn(q, k, v)   [B, N, Hq, Dh]  -> [B, N, Hq*Dh] -> Wo -> [B, N, C]
 //! ```
-//! With a cache, the keys and values of earlier positions are read from ring buffers and the
-//! new queries sit at the end of the key sequence (the op's `Nk > Nq` case).
+//! Without a cache the sublayer runs as one op with its backward written out
+//! (`simplex_attn::fused::dot_attention_layer`). With a cache, the keys and values of earlier
+//! positions are read from ring buffers and the new queries sit at the end of the key sequence
+//! (the op's `Nk > Nq` case).
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use simplex_attn::dot::{dot_attn_slow, has_fused_kernel};
-use simplex_attn::fused::{split_heads, HeadPart};
+use simplex_attn::fused::{dot_attention_layer, split_heads, DotLayer, HeadPart};
 use simplex_attn::{dot_attn, DotSpec};
 
 use crate::cache::LayerCache;
@@ -69,6 +71,17 @@ impl DotAttention {
             kv: hkv,
             dim,
         } = self.heads;
+        if cache.is_none() && has_fused_kernel(x.device(), x.dtype(), dim, dim) {
+            // the whole sublayer as one op (training and prefill without a cache)
+            let layer = DotLayer {
+                heads_q: hq,
+                heads_kv: hkv,
+                head_dim: dim,
+                spec: self.spec,
+                rope: self.rope.as_ref().map(|r| (r.tables().clone(), pos)),
+            };
+            return Ok(dot_attention_layer(x, &self.qkv, &self.o, &layer)?);
+        }
         let rotate = self.rope.is_some();
         let part = |heads, rotate| HeadPart { heads, rotate };
         let parts = [part(hq, rotate), part(hkv, rotate), part(hkv, false)];

@@ -1,13 +1,14 @@
 //! SwiGLU MLP: `y = W_down (silu(W_gate x) * (W_up x))`, `[.., C] -> [.., C]` through `H`.
 //!
 //! The gate and up projections are one product with `gate_up [2H, C]` (rows `0..H` the gate,
-//! `H..2H` the up projection), followed by the fused SwiGLU op on its `[.., 2H]` output.
+//! `H..2H` the up projection); the whole sublayer is one op with its backward written out
+//! (`simplex_attn::fused::swiglu_mlp`).
 
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use simplex_attn::fused;
 
-use crate::init::{linear_weight, project};
+use crate::init::linear_weight;
 
 /// The gated MLP of every block.
 #[derive(Debug, Clone)]
@@ -34,7 +35,6 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = fused::swiglu(&project(x, &self.gate_up)?)?;
-        project(&h, &self.down)
+        fused::swiglu_mlp(x, &self.gate_up, &self.down)
     }
 }

@@ -26,7 +26,7 @@ mod spec;
 
 #[cfg(feature = "cuda")]
 pub(crate) use op::DotOp;
-pub use op::{dot_attn, dot_attn_with, DotOutput};
+pub use op::{dot_attn, dot_attn_with, DotAttnCall, DotOutput};
 pub use plan::{has_fused_kernel, DotKernel, DotTensorCores};
 pub use reference::{dot_attn_backward_reference, dot_attn_reference, DotGrads, DotInputs};
 pub use slow::dot_attn_slow;

@@ -75,6 +75,57 @@ pub fn dot_attn_with(
     Ok(DotOutput { o, lse })
 }
 
+/// One dot-product attention call run outside autograd, kept for its backward: what a layer
+/// that computes its own gradients (`crate::fused::dot_attention_layer`) calls.
+pub struct DotAttnCall {
+    op: DotOp,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+}
+
+impl DotAttnCall {
+    /// Runs the forward of [`dot_attn`] on `q`, `k`, `v` (in the dtype the kernels compute in:
+    /// f32/f64, or bf16 on CUDA; no graph is recorded).
+    pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor, spec: &DotSpec) -> Result<Self, AttnError> {
+        let dims = spec.dims(q.dims(), k.dims(), v.dims())?;
+        compute_dtype(q, &[("k", k), ("v", v)])?;
+        let (q, k, v) = (
+            q.detach().contiguous()?,
+            k.detach().contiguous()?,
+            v.detach().contiguous()?,
+        );
+        let op = DotOp {
+            dims,
+            keys: spec.keys(&dims),
+            scale: spec.scale_for(dims.d),
+            tensor_cores: DotTensorCores::default(),
+            lse: Arc::new(Mutex::new(None)),
+        };
+        let o = q.apply_op3_no_bwd(&k, &v, &op)?;
+        Ok(DotAttnCall { op, q, k, v, o })
+    }
+
+    /// The output `[B,Nq,Hq,Dv]`.
+    pub fn o(&self) -> &Tensor {
+        &self.o
+    }
+
+    /// `(dq, dk, dv)` for the output gradient `dout`.
+    pub fn backward(&self, dout: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let dout = dout.to_dtype(self.o.dtype())?;
+        let (dq, dk, dv) = self.op.bwd(&self.q, &self.k, &self.v, &self.o, &dout)?;
+        let none =
+            || candle_core::Error::Msg("dot attention backward: a gradient is missing".into());
+        Ok((
+            dq.ok_or_else(none)?,
+            dk.ok_or_else(none)?,
+            dv.ok_or_else(none)?,
+        ))
+    }
+}
+
 /// The custom op on `(q, k, v)`.
 pub(crate) struct DotOp {
     pub(crate) dims: DotDims,

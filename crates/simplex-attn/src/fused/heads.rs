@@ -44,7 +44,7 @@ pub struct RopeTables {
 impl RopeTables {
     /// Tables for head dim `dim` (even, > 0), positions `0..max_seq`, base `theta`.
     pub fn new(dim: usize, max_seq: usize, theta: f64, dev: &Device) -> candle_core::Result<Self> {
-        if dim == 0 || dim % 2 != 0 {
+        if dim == 0 || !dim.is_multiple_of(2) {
             candle_core::bail!("rotary embedding: head dim {dim} must be even and > 0")
         }
         if !(theta > 0.0 && theta.is_finite()) {
@@ -363,6 +363,49 @@ impl CustomOp1 for Split {
 
     fn bwd(&self, x: &Tensor, _m: &Tensor, _g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let grads = take(&self.grads, "the gradients of split_heads' parts")?;
+        Ok(Some(self.merge(x, grads)?))
+    }
+}
+
+/// A split run outside autograd, kept for the backward of a layer that computes its own
+/// gradients: [`HeadSplit::merge`] turns the parts' gradients into the input's.
+pub(crate) struct HeadSplit {
+    split: Split,
+}
+
+/// The parts of `x` (see [`split_heads`]) computed without recording a graph, and the split for
+/// the backward.
+pub(crate) fn split_no_grad(
+    x: &Tensor,
+    head_dim: usize,
+    parts: &[HeadPart],
+    rope: Option<(&RopeTables, usize)>,
+) -> candle_core::Result<(Vec<Tensor>, HeadSplit)> {
+    let lay = validate(x, head_dim, parts, rope)?;
+    let out = split_heads(&x.detach(), head_dim, parts, rope)?;
+    let split = Split {
+        lay,
+        rope: rope.map(|(t, _)| t.clone()),
+        outs: slot(),
+        grads: slot(),
+    };
+    Ok((out, HeadSplit { split }))
+}
+
+impl HeadSplit {
+    /// `dx` `[B, N, W]` from the parts' gradients (None: zero), in the dtype and on the device
+    /// of `like`.
+    pub(crate) fn merge(
+        &self,
+        like: &Tensor,
+        grads: Vec<Option<Tensor>>,
+    ) -> candle_core::Result<Tensor> {
+        self.split.merge(like, grads)
+    }
+}
+
+impl Split {
+    fn merge(&self, x: &Tensor, grads: Vec<Option<Tensor>>) -> candle_core::Result<Tensor> {
         let dx = match x.device() {
             Device::Cpu => match x.dtype() {
                 DType::F32 => self.cpu_merge::<f32>(&grads)?,
@@ -379,7 +422,7 @@ impl CustomOp1 for Split {
             }
             _ => candle_core::bail!("split_heads backward: unsupported device"),
         };
-        Ok(Some(dx))
+        Ok(dx)
     }
 }
 

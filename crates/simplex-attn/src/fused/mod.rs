@@ -8,6 +8,8 @@
 //! | [`split_heads`] | one `[.., sum_p H_p * D]` projection output into contiguous `[B, N, H_p, D]` parts, RoPE on the chosen parts | nothing (the rotation is its own inverse's transpose) |
 //! | [`swiglu`] | `silu(g) * u` of one `[.., 2H]` gate\|up product | its input |
 //! | [`linear_cross_entropy`] | mean cross-entropy of `x @ w^T` against targets, rows in chunks | `dx`, `dw` (computed in the forward) |
+//! | [`swiglu_mlp`] | the whole MLP sublayer `swiglu(x W_gu^T) W_down^T`, backward written out | `gu`, `h` |
+//! | [`dot_attention_layer`] | the whole D attention sublayer (q\|k\|v product, split + RoPE, attention, output product) | the heads, `o`, lse |
 //! | [`adamw`] | one multi-tensor AdamW update over flat f32 master / m / v buffers, writing the working copies, clipped by the global norm on the device | the optimizer state |
 //!
 //! They live in this crate because it is the one place that builds and loads our CUDA kernels
@@ -23,11 +25,15 @@ pub mod adamw;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 mod heads;
+mod layers;
 mod norm;
 mod swiglu;
 mod xent;
 
 pub use heads::{split_heads, split_heads_twin, HeadPart, RopeTables};
+pub use layers::{
+    dot_attention_layer, dot_attention_layer_twin, swiglu_mlp, swiglu_mlp_twin, DotLayer,
+};
 pub use norm::{add_rms_norm, add_rms_norm_twin, rms_norm, rms_norm_twin};
 pub use swiglu::{swiglu, swiglu_twin};
 pub use xent::{

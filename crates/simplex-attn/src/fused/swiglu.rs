@@ -110,37 +110,48 @@ impl CustomOp1 for SwiGlu {
     }
 
     fn bwd(&self, gu: &Tensor, _o: &Tensor, dout: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let dout = dout.to_dtype(gu.dtype())?.contiguous()?;
-        let d = match gu.device() {
-            Device::Cpu => match gu.dtype() {
-                DType::F32 => super::with_cpu::<f32, _, 2>(
-                    "swiglu backward",
-                    [gu, &dout],
-                    ["gu", "dout"],
-                    |[x, dy]| {
-                        Ok(super::cpu_tensor(
-                            cpu_backward(x, dy, self.h),
-                            gu.shape().clone(),
-                        ))
-                    },
-                )?,
-                DType::F64 => super::with_cpu::<f64, _, 2>(
-                    "swiglu backward",
-                    [gu, &dout],
-                    ["gu", "dout"],
-                    |[x, dy]| {
-                        Ok(super::cpu_tensor(
-                            cpu_backward(x, dy, self.h),
-                            gu.shape().clone(),
-                        ))
-                    },
-                )?,
-                dt => candle_core::bail!("swiglu backward: {dt:?} on the CPU"),
-            },
-            #[cfg(feature = "cuda")]
-            Device::Cuda(_) => super::cuda::swiglu_backward(gu, &dout, self.h)?,
-            _ => candle_core::bail!("swiglu backward: unsupported device"),
-        };
-        Ok(Some(d))
+        Ok(Some(swiglu_grad(gu, dout, self.h)?))
     }
+}
+
+/// `silu(gu[.., :h]) * gu[.., h:]` without recording a graph (`gu` contiguous, in the compute
+/// dtype).
+pub(crate) fn swiglu_no_grad(gu: &Tensor, h: usize) -> candle_core::Result<Tensor> {
+    gu.apply_op1_no_bwd(&SwiGlu { h })
+}
+
+/// The gradient of `gu [.., 2h]` from the output's gradient `dout [.., h]`.
+pub(crate) fn swiglu_grad(gu: &Tensor, dout: &Tensor, h: usize) -> candle_core::Result<Tensor> {
+    let dout = dout.to_dtype(gu.dtype())?.contiguous()?;
+    let d = match gu.device() {
+        Device::Cpu => match gu.dtype() {
+            DType::F32 => super::with_cpu::<f32, _, 2>(
+                "swiglu backward",
+                [gu, &dout],
+                ["gu", "dout"],
+                |[x, dy]| {
+                    Ok(super::cpu_tensor(
+                        cpu_backward(x, dy, h),
+                        gu.shape().clone(),
+                    ))
+                },
+            )?,
+            DType::F64 => super::with_cpu::<f64, _, 2>(
+                "swiglu backward",
+                [gu, &dout],
+                ["gu", "dout"],
+                |[x, dy]| {
+                    Ok(super::cpu_tensor(
+                        cpu_backward(x, dy, h),
+                        gu.shape().clone(),
+                    ))
+                },
+            )?,
+            dt => candle_core::bail!("swiglu backward: {dt:?} on the CPU"),
+        },
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => super::cuda::swiglu_backward(gu, &dout, h)?,
+        _ => candle_core::bail!("swiglu backward: unsupported device"),
+    };
+    Ok(d)
 }

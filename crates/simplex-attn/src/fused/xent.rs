@@ -117,7 +117,8 @@ pub fn cross_entropy_twin(logits: &Tensor, targets: Targets<'_>) -> candle_core:
     let picked = z.gather(&safe.unsqueeze(1)?, 1)?;
     let keep_f = keep.to_dtype(z.dtype())?.unsqueeze(1)?;
     let total = ((lse - picked)? * &keep_f)?.sum_all()?;
-    total / keep_f.sum_all()?.to_scalar::<f64>().map(|n| n.max(1.0))?
+    let n = keep_f.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    total / n.max(1.0)
 }
 
 /// [`cross_entropy_twin`] of `x @ w^T` (the logits in x's dtype, as a linear head gives them).
@@ -229,7 +230,7 @@ fn cpu_rows<T: Real + WithDType>(
             for x in d.iter_mut() {
                 *x *= scale;
             }
-            d[y as usize] = d[y as usize] - inv;
+            d[y as usize] -= inv;
         });
     Ok((dz, loss))
 }

@@ -7,7 +7,8 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use simplex_attn::fused::{self, HeadPart, RopeTables, Targets};
+use simplex_attn::dot::DotSpec;
+use simplex_attn::fused::{self, DotLayer, HeadPart, RopeTables, Targets};
 
 /// Which implementation a case runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,9 @@ pub enum Impl {
 }
 
 type Body = Box<dyn Fn(&[Tensor], Impl, &Device) -> Result<Vec<Tensor>>>;
+
+/// A run's outputs and input gradients, as f64 vectors.
+pub type Run = (Vec<Vec<f64>>, Vec<Vec<f64>>);
 
 /// One case: named random inputs (shape, amplitude) and the op applied to them.
 pub struct OpCase {
@@ -52,7 +56,7 @@ pub fn run(
     dev: &Device,
     dtype: DType,
     values: &[Vec<f64>],
-) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
+) -> Result<Run> {
     let vars: Vec<Var> = c
         .inputs
         .iter()
@@ -219,6 +223,75 @@ pub fn cases(big: bool) -> Vec<OpCase> {
                 Ok(vec![match which {
                     Impl::Fused => fused::swiglu(&t[0])?,
                     Impl::Twin => fused::swiglu_twin(&t[0])?,
+                }])
+            }),
+        ));
+    }
+    // (x shape, hidden H)
+    let mut mlps = vec![(vec![2, 5, 6], 7usize), (vec![3, 4], 2)];
+    if big {
+        mlps.push((vec![4, 33, 64], 88));
+    }
+    for (shape, h) in mlps {
+        let c = *shape.last().unwrap();
+        out.push(case(
+            &format!("swiglu_mlp x{shape:?} H{h}"),
+            vec![
+                (shape.clone(), 1.5),
+                (vec![2 * h, c], 0.5),
+                (vec![c, h], 0.5),
+            ],
+            Box::new(|t, which, _| {
+                Ok(vec![match which {
+                    Impl::Fused => fused::swiglu_mlp(&t[0], &t[1], &t[2])?,
+                    Impl::Twin => fused::swiglu_mlp_twin(&t[0], &t[1], &t[2])?,
+                }])
+            }),
+        ));
+    }
+    // (B, N, C, Hq, Hkv, D, causal, window, rope position)
+    type Attn = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        bool,
+        Option<usize>,
+        Option<usize>,
+    );
+    let mut attns: Vec<Attn> = vec![
+        (2, 7, 16, 2, 1, 8, true, None, Some(0)),
+        (1, 5, 12, 2, 2, 6, false, Some(3), None),
+        (1, 1, 8, 1, 1, 4, true, None, Some(3)),
+    ];
+    if big {
+        attns.extend([
+            (2, 70, 128, 2, 2, 64, true, None, Some(0)),
+            (1, 40, 64, 4, 2, 64, true, Some(16), Some(5)),
+        ]);
+    }
+    for (b, n, c, hq, hkv, d, causal, window, pos) in attns {
+        let w = (hq + 2 * hkv) * d;
+        out.push(case(
+            &format!("dot_attention_layer B{b} N{n} C{c} Hq{hq} Hkv{hkv} D{d} causal {causal} window {window:?} rope {pos:?}"),
+            vec![(vec![b, n, c], 1.0), (vec![w, c], 0.4), (vec![c, hq * d], 0.4)],
+            Box::new(move |t, which, dev| {
+                let base = if causal { DotSpec::causal() } else { DotSpec::bidirectional() };
+                let layer = DotLayer {
+                    heads_q: hq,
+                    heads_kv: hkv,
+                    head_dim: d,
+                    spec: base.with_window(window),
+                    rope: match pos {
+                        Some(p) => Some((RopeTables::new(d, p + n + 2, 1e4, dev)?, p)),
+                        None => None,
+                    },
+                };
+                Ok(vec![match which {
+                    Impl::Fused => fused::dot_attention_layer(&t[0], &t[1], &t[2], &layer)?,
+                    Impl::Twin => fused::dot_attention_layer_twin(&t[0], &t[1], &t[2], &layer)?,
                 }])
             }),
         ));
