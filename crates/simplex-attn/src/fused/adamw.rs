@@ -71,7 +71,7 @@ pub struct FlatAdamW {
 enum Buffers {
     Cpu(CpuBuffers),
     #[cfg(feature = "cuda")]
-    Cuda(super::cuda::FlatBuffers),
+    Cuda(Box<super::cuda::FlatBuffers>),
 }
 
 struct CpuBuffers {
@@ -148,9 +148,9 @@ impl FlatAdamW {
                 norm: 0.0,
             }),
             #[cfg(feature = "cuda")]
-            Device::Cuda(dev) => {
-                Buffers::Cuda(super::cuda::FlatBuffers::new(dev, &flat, &slices, &work)?)
-            }
+            Device::Cuda(dev) => Buffers::Cuda(Box::new(super::cuda::FlatBuffers::new(
+                dev, &flat, &slices, &work,
+            )?)),
             _ => candle_core::bail!("adamw: unsupported device"),
         };
         let mut opt = FlatAdamW {

@@ -120,33 +120,26 @@ pub(crate) fn swiglu_no_grad(gu: &Tensor, h: usize) -> candle_core::Result<Tenso
     gu.apply_op1_no_bwd(&SwiGlu { h })
 }
 
+fn cpu_grad<T: Real + WithDType>(
+    gu: &Tensor,
+    dout: &Tensor,
+    h: usize,
+) -> candle_core::Result<Tensor> {
+    super::with_cpu::<T, _, 2>("swiglu backward", [gu, dout], ["gu", "dout"], |[x, dy]| {
+        Ok(super::cpu_tensor(
+            cpu_backward(x, dy, h),
+            gu.shape().clone(),
+        ))
+    })
+}
+
 /// The gradient of `gu [.., 2h]` from the output's gradient `dout [.., h]`.
 pub(crate) fn swiglu_grad(gu: &Tensor, dout: &Tensor, h: usize) -> candle_core::Result<Tensor> {
     let dout = dout.to_dtype(gu.dtype())?.contiguous()?;
     let d = match gu.device() {
         Device::Cpu => match gu.dtype() {
-            DType::F32 => super::with_cpu::<f32, _, 2>(
-                "swiglu backward",
-                [gu, &dout],
-                ["gu", "dout"],
-                |[x, dy]| {
-                    Ok(super::cpu_tensor(
-                        cpu_backward(x, dy, h),
-                        gu.shape().clone(),
-                    ))
-                },
-            )?,
-            DType::F64 => super::with_cpu::<f64, _, 2>(
-                "swiglu backward",
-                [gu, &dout],
-                ["gu", "dout"],
-                |[x, dy]| {
-                    Ok(super::cpu_tensor(
-                        cpu_backward(x, dy, h),
-                        gu.shape().clone(),
-                    ))
-                },
-            )?,
+            DType::F32 => cpu_grad::<f32>(gu, &dout, h)?,
+            DType::F64 => cpu_grad::<f64>(gu, &dout, h)?,
             dt => candle_core::bail!("swiglu backward: {dt:?} on the CPU"),
         },
         #[cfg(feature = "cuda")]
