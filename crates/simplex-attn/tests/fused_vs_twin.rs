@@ -175,19 +175,14 @@ fn split_heads_backward_twice() {
     let loss = ((&outs[0] * 2.0).unwrap().sum_all().unwrap()
         + outs[1].sqr().unwrap().sum_all().unwrap())
     .unwrap();
-    let g1 = loss
-        .backward()
-        .unwrap()
-        .get(x.as_tensor())
-        .unwrap()
-        .to_vec3::<f64>()
-        .unwrap();
-    let g2 = loss
-        .backward()
-        .unwrap()
-        .get(x.as_tensor())
-        .unwrap()
-        .to_vec3::<f64>()
-        .unwrap();
+    let grad = || {
+        loss.backward()
+            .unwrap()
+            .get(x.as_tensor())
+            .unwrap()
+            .to_vec3::<f64>()
+            .unwrap()
+    };
+    let (g1, g2) = (grad(), grad());
     assert_eq!(g1, g2);
 }

@@ -14,13 +14,13 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use simplex_attn::dot::{dot_attn_slow, has_fused_kernel};
-use simplex_attn::fused::{dot_attention_layer, split_heads, DotLayer, HeadPart};
+use simplex_attn::fused::{dot_attention_layer, project, split_heads, DotLayer, HeadPart};
 use simplex_attn::{dot_attn, DotSpec};
 
 use crate::cache::LayerCache;
 use crate::config::{Config, Heads, LayerKind};
 use crate::error::{ModelError, Result};
-use crate::init::{linear_weight, project, residual_std, STD};
+use crate::init::{linear_weight, residual_std, STD};
 use crate::rope::Rope;
 
 /// One D or L attention sublayer.

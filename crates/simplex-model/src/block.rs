@@ -73,18 +73,14 @@ pub struct Block {
 impl Block {
     /// Weights under `vb`: `attn_norm`, `attn.{qkv,o}`, `mlp_norm`, `mlp.{gate_up,down}`.
     pub fn new(cfg: &Config, kind: LayerKind, rope: Option<&Rope>, vb: VarBuilder) -> Result<Self> {
-        let attn =
-            match (kind, rope) {
-                (LayerKind::Dot | LayerKind::Local, Some(rope)) => Attention::Dot(
-                    DotAttention::new(cfg, kind, Some(rope.clone()), vb.pp("attn"))?,
-                ),
-                (LayerKind::Dot | LayerKind::Local, None) => {
-                    Attention::Dot(DotAttention::new(cfg, kind, None, vb.pp("attn"))?)
-                }
-                (LayerKind::Simplicial, _) => {
-                    Attention::Simplicial(SimplicialAttention::new(cfg, vb.pp("attn"))?)
-                }
-            };
+        let attn = match kind {
+            LayerKind::Dot | LayerKind::Local => {
+                Attention::Dot(DotAttention::new(cfg, kind, rope.cloned(), vb.pp("attn"))?)
+            }
+            LayerKind::Simplicial => {
+                Attention::Simplicial(SimplicialAttention::new(cfg, vb.pp("attn"))?)
+            }
+        };
         Ok(Block {
             kind,
             attn_norm: RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("attn_norm"))?,

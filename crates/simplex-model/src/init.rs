@@ -1,5 +1,5 @@
 //! Weight initialization: normal with std 0.02 (GPT-2), residual output projections scaled by
-//! `1 / sqrt(2 * n_layers)`, norms at 1; and the products of the blocks.
+//! `1 / sqrt(2 * n_layers)`, norms at 1.
 
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
@@ -27,16 +27,4 @@ pub fn linear_weight(
             stdev: std,
         },
     )
-}
-
-/// `x [.., in] @ w^T` for `w [out, in]`: one matrix product over all leading positions
-/// (`[T, in] @ [in, out]`, so the weight's gradient is one product too).
-pub fn project(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let dims = x.dims();
-    let (last, lead) = dims.split_last().expect("inputs have a last dim");
-    let rows: usize = lead.iter().product();
-    let y = x.reshape((rows, *last))?.matmul(&w.t()?)?;
-    let mut out = lead.to_vec();
-    out.push(w.dim(0)?);
-    y.reshape(out)
 }

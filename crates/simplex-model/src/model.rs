@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
-use simplex_attn::fused::{linear_cross_entropy, Targets};
+use simplex_attn::fused::{linear_cross_entropy, project, Targets};
 
 use crate::embedding::TokenEmbedding;
 
@@ -17,7 +17,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::info::ModelInfo;
-use crate::init::{linear_weight, project, STD};
+use crate::init::{linear_weight, STD};
 use crate::norm::RmsNorm;
 use crate::sample::Sampler;
 

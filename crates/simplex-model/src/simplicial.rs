@@ -16,13 +16,13 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use simplex_attn::fused::{split_heads, HeadPart};
+use simplex_attn::fused::{project, split_heads, HeadPart};
 use simplex_attn::{determinant, simplicial_attn, AttnSpec, Variant};
 
 use crate::cache::LayerCache;
 use crate::config::{Config, Heads, SimplicialVariant};
 use crate::error::{ModelError, Result};
-use crate::init::{linear_weight, project, residual_std, STD};
+use crate::init::{linear_weight, residual_std, STD};
 use crate::rope::ChunkRotation;
 
 /// One S attention sublayer.

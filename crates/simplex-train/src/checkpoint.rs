@@ -113,14 +113,6 @@ pub fn save(
     })
 }
 
-/// The tensors of named variables, for `model.safetensors`.
-pub fn weights_of(params: &[(String, Var)]) -> HashMap<String, Tensor> {
-    params
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect()
-}
-
 /// Writes `value` as pretty JSON to `path` and fsyncs it.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let json = serde_json::to_string_pretty(value)
@@ -270,26 +262,24 @@ pub fn merge_legacy(
 }
 
 /// Checks that `tensors` (read from `path`, named in errors) hold exactly the f32 tensors
-/// `prefix + name` of `shapes`: every one present with its shape, and no other.
+/// named in `shapes`: every one present with its shape, and no other.
 pub fn check_tensors(
     path: &Path,
     tensors: &HashMap<String, Tensor>,
     shapes: &[(String, Vec<usize>)],
-    prefix: &str,
 ) -> Result<()> {
     for (name, dims) in shapes {
-        let key = format!("{prefix}{name}");
-        let t = tensors.get(&key).ok_or_else(|| {
+        let t = tensors.get(name).ok_or_else(|| {
             TrainError::checkpoint(
                 path,
-                format!("no tensor `{key}`, which the model of config.toml has"),
+                format!("no tensor `{name}`, which the model of config.toml has"),
             )
         })?;
         if t.dims() != dims.as_slice() {
             return Err(TrainError::checkpoint(
                 path,
                 format!(
-                    "tensor `{key}` is {:?}, the model of config.toml needs {dims:?}",
+                    "tensor `{name}` is {:?}, the model of config.toml needs {dims:?}",
                     t.dims()
                 ),
             ));
@@ -297,13 +287,12 @@ pub fn check_tensors(
         if t.dtype() != DType::F32 {
             return Err(TrainError::checkpoint(
                 path,
-                format!("tensor `{key}` is {:?}; checkpoints hold f32", t.dtype()),
+                format!("tensor `{name}` is {:?}; checkpoints hold f32", t.dtype()),
             ));
         }
     }
-    let known: std::collections::HashSet<String> =
-        shapes.iter().map(|(n, _)| format!("{prefix}{n}")).collect();
-    if let Some(extra) = tensors.keys().filter(|k| !known.contains(*k)).min() {
+    let known: std::collections::HashSet<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
+    if let Some(extra) = tensors.keys().filter(|k| !known.contains(k.as_str())).min() {
         return Err(TrainError::checkpoint(
             path,
             format!("unexpected tensor `{extra}`: the model of config.toml has no such parameter"),
@@ -319,40 +308,13 @@ pub fn load_weights(
     weights: &HashMap<String, Tensor>,
     params: &[(String, Var)],
 ) -> Result<()> {
+    let shapes: Vec<(String, Vec<usize>)> = params
+        .iter()
+        .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+        .collect();
+    check_tensors(path, weights, &shapes)?;
     for (name, var) in params {
-        let t = weights.get(name).ok_or_else(|| {
-            TrainError::checkpoint(
-                path,
-                format!("no tensor `{name}`, which the model of config.toml has"),
-            )
-        })?;
-        if t.dims() != var.dims() {
-            return Err(TrainError::checkpoint(
-                path,
-                format!(
-                    "tensor `{name}` is {:?}, the model of config.toml needs {:?}",
-                    t.dims(),
-                    var.dims()
-                ),
-            ));
-        }
-        if t.dtype() != DType::F32 {
-            return Err(TrainError::checkpoint(
-                path,
-                format!(
-                    "tensor `{name}` is {:?}; checkpoints hold f32 weights",
-                    t.dtype()
-                ),
-            ));
-        }
-        var.set(&t.to_device(var.device())?)?;
-    }
-    let known: std::collections::HashSet<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
-    if let Some(extra) = weights.keys().filter(|k| !known.contains(k.as_str())).min() {
-        return Err(TrainError::checkpoint(
-            path,
-            format!("unexpected tensor `{extra}`: the model of config.toml has no such parameter"),
-        ));
+        var.set(&weights[name].to_device(var.device())?)?;
     }
     Ok(())
 }

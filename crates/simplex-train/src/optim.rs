@@ -188,7 +188,7 @@ impl Optimizer {
             .zip(&self.working)
             .map(|(n, w)| (n.clone(), w.dims().to_vec()))
             .collect();
-        crate::checkpoint::check_tensors(weights_path, weights, &shapes, "")?;
+        crate::checkpoint::check_tensors(weights_path, weights, &shapes)?;
         let (mut moments, step) = match state {
             Some((path, mut st)) => {
                 let bad = |r: String| TrainError::checkpoint(path, r);
@@ -210,7 +210,7 @@ impl Optimizer {
                         [(format!("m.{n}"), s.clone()), (format!("v.{n}"), s.clone())]
                     })
                     .collect();
-                crate::checkpoint::check_tensors(path, &st, &both, "")?;
+                crate::checkpoint::check_tensors(path, &st, &both)?;
                 (Some(st), step)
             }
             None => (None, 0),

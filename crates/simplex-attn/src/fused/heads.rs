@@ -105,29 +105,8 @@ pub fn split_heads(
     parts: &[HeadPart],
     rope: Option<(&RopeTables, usize)>,
 ) -> candle_core::Result<Vec<Tensor>> {
-    let lay = validate(x, head_dim, parts, rope)?;
-    let dtype = x.dtype();
-    let x = x.to_dtype(compute_dtype("split_heads", x)?)?.contiguous()?;
-    let (outs, grads) = (slot(), slot());
-    let split = Split {
-        lay: lay.clone(),
-        rope: rope.map(|(t, _)| t.clone()),
-        outs: outs.clone(),
-        grads: grads.clone(),
-    };
-    let marker = x.apply_op1(split)?;
-    (0..parts.len())
-        .map(|index| {
-            let take = Take {
-                index,
-                shape: Shape::from((lay.b, lay.n, parts[index].heads, head_dim)),
-                outs: outs.clone(),
-                grads: grads.clone(),
-                parts: parts.len(),
-            };
-            marker.apply_op1(take)?.to_dtype(dtype)
-        })
-        .collect()
+    let split = Split::new(validate(x, head_dim, parts, rope)?, rope);
+    split.run(x, true)
 }
 
 /// The plain candle-op split (narrow, reshape, rotation by broadcast products and a cat): the
@@ -226,7 +205,8 @@ fn validate(
     })
 }
 
-/// `Split(x) -> marker` (see the module doc).
+/// `Split(x) -> marker` (see the module doc). Clones share the slots.
+#[derive(Clone)]
 struct Split {
     lay: Layout3,
     rope: Option<RopeTables>,
@@ -244,6 +224,44 @@ struct Take {
 }
 
 impl Split {
+    fn new(lay: Layout3, rope: Option<(&RopeTables, usize)>) -> Self {
+        Split {
+            lay,
+            rope: rope.map(|(t, _)| t.clone()),
+            outs: slot(),
+            grads: slot(),
+        }
+    }
+
+    /// The parts of `x`, through the `Split` and `Take` ops; recorded for autograd when
+    /// `record`, else computed only (the caller does the backward with [`Split::merge`]).
+    fn run(&self, x: &Tensor, record: bool) -> candle_core::Result<Vec<Tensor>> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(compute_dtype("split_heads", x)?)?.contiguous()?;
+        let marker = if record {
+            x.apply_op1(self.clone())?
+        } else {
+            x.detach().apply_op1_no_bwd(self)?
+        };
+        let lay = &self.lay;
+        (0..lay.parts.len())
+            .map(|index| {
+                let take = Take {
+                    index,
+                    shape: Shape::from((lay.b, lay.n, lay.parts[index].heads, lay.d)),
+                    outs: self.outs.clone(),
+                    grads: self.grads.clone(),
+                    parts: lay.parts.len(),
+                };
+                if record {
+                    marker.apply_op1(take)?.to_dtype(dtype)
+                } else {
+                    marker.apply_op1_no_bwd(&take)?.to_dtype(dtype)
+                }
+            })
+            .collect()
+    }
+
     fn tables_cpu<T: Real + WithDType>(&self) -> candle_core::Result<Option<(Vec<T>, Vec<T>)>> {
         let Some(tab) = &self.rope else {
             return Ok(None);
@@ -381,14 +399,8 @@ pub(crate) fn split_no_grad(
     parts: &[HeadPart],
     rope: Option<(&RopeTables, usize)>,
 ) -> candle_core::Result<(Vec<Tensor>, HeadSplit)> {
-    let lay = validate(x, head_dim, parts, rope)?;
-    let out = split_heads(&x.detach(), head_dim, parts, rope)?;
-    let split = Split {
-        lay,
-        rope: rope.map(|(t, _)| t.clone()),
-        outs: slot(),
-        grads: slot(),
-    };
+    let split = Split::new(validate(x, head_dim, parts, rope)?, rope);
+    let out = split.run(x, false)?;
     Ok((out, HeadSplit { split }))
 }
 

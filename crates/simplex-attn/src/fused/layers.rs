@@ -26,8 +26,9 @@ use super::{compute_dtype, put, rows_cols, same_as, slot, split_heads, swiglu, t
 use super::{RopeTables, Slot};
 use crate::dot::{dot_attn, DotAttnCall, DotSpec};
 
-/// `x [.., C] @ w^T` for `w [O, C]`, one matrix product over all leading positions.
-fn project(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+/// `x [.., C] @ w^T` for `w [O, C]`: one matrix product over all leading positions
+/// (`[T, C] @ [C, O]`, so the weight's gradient is one product too); differentiable.
+pub fn project(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let (rows, c) = rows_cols("project", x.shape())?;
     let mut dims = x.dims().to_vec();
     *dims.last_mut().expect("rank >= 1") = w.dim(0)?;

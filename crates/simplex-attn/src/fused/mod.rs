@@ -32,7 +32,7 @@ mod xent;
 
 pub use heads::{split_heads, split_heads_twin, HeadPart, RopeTables};
 pub use layers::{
-    dot_attention_layer, dot_attention_layer_twin, swiglu_mlp, swiglu_mlp_twin, DotLayer,
+    dot_attention_layer, dot_attention_layer_twin, project, swiglu_mlp, swiglu_mlp_twin, DotLayer,
 };
 pub use norm::{add_rms_norm, add_rms_norm_twin, rms_norm, rms_norm_twin};
 pub use swiglu::{swiglu, swiglu_twin};
