@@ -6,8 +6,11 @@ mod compare_cmd;
 mod device;
 mod eval_task_cmd;
 mod generate_cmd;
+mod interrupt;
 mod model_cmd;
 mod plot_cmd;
+mod prepare_cmd;
+mod sweep_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -41,7 +44,10 @@ enum Command {
         #[command(subcommand)]
         command: bench_cmd::BenchCommand,
     },
-    /// Train a language model on text files (new or --resume).
+    /// Tokenize text files and folders once into a dataset folder that runs share
+    /// (`train --data DATA_DIR`).
+    Prepare(prepare_cmd::PrepareArgs),
+    /// Train a language model on text files or a prepared dataset (new or --resume).
     Train(Box<train_cmd::TrainArgs>),
     /// Sample text from a trained checkpoint.
     Generate(generate_cmd::GenerateArgs),
@@ -50,6 +56,8 @@ enum Command {
         #[command(subcommand)]
         command: model_cmd::ModelCommand,
     },
+    /// Train and score a grid of model sizes x attention kinds x seeds (resumable).
+    Sweep(sweep_cmd::SweepArgs),
     /// Draw the loss curves of runs (PNG and SVG).
     Plot(plot_cmd::PlotArgs),
 }
@@ -60,6 +68,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -67,9 +76,11 @@ fn main() {
         Command::EvalTask(a) => eval_task_cmd::run(a),
         Command::Attn { command } => attn_cmd::run(command),
         Command::Bench { command } => bench_cmd::run(command),
+        Command::Prepare(a) => prepare_cmd::run(a),
         Command::Train(a) => train_cmd::run(*a),
         Command::Generate(a) => generate_cmd::run(a),
         Command::Model { command } => model_cmd::run(command),
+        Command::Sweep(a) => sweep_cmd::run(a),
         Command::Plot(a) => plot_cmd::run(a),
     };
     if let Err(e) = result {

@@ -12,9 +12,19 @@ use simplex_train::{
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Text files or folders (recursive); optional with --resume (the stored shards are used).
+    /// Text files or folders (recursive), or one dataset folder written by `simplex prepare`
+    /// (used as is); optional with --resume (the stored shards are used).
     #[arg(long, num_args = 1.., required_unless_present = "resume")]
     pub data: Vec<PathBuf>,
+    /// Read only the files of the --data folders whose path matches one of these globs.
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Leave out the files of the --data folders whose path matches one of these globs.
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// A file in a --data folder that is not UTF-8 text is an error (default: skipped).
+    #[arg(long)]
+    pub strict: bool,
     /// The run folder: config.toml, train.toml, data/, metrics.jsonl|csv, checkpoint/.
     #[arg(long)]
     pub out: PathBuf,
@@ -191,6 +201,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     opts.resume = a.resume;
     opts.until = a.until;
     opts.peak_flops = a.peak_tflops.map(|t| t * 1e12);
+    opts.filter = simplex_train::data::FileFilter {
+        include: a.include,
+        exclude: a.exclude,
+        strict: a.strict,
+    };
+    opts.stop = Some(crate::interrupt::stop_on_signal()?);
     let tty = std::io::stderr().is_terminal();
     let target = if tty {
         ProgressDrawTarget::stderr()
@@ -204,6 +220,18 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut progress = Progress { bar, tty };
     let summary = simplex_train::train(&opts, &mut progress)?;
     progress.bar.finish_and_clear();
+    if summary.stopped {
+        eprintln!(
+            "{}: stopped at step {} on a signal; checkpoint {}; continue with --resume",
+            summary.run_dir.display(),
+            summary.step,
+            summary
+                .checkpoint
+                .as_deref()
+                .map_or("(none)".into(), |p| p.display().to_string())
+        );
+        std::process::exit(crate::interrupt::INTERRUPTED_EXIT);
+    }
     match &summary.last {
         Some(r) => println!(
             "{}: step {}, train_loss {:.4}{}, {:.0} tokens/s; checkpoint {}",

@@ -13,8 +13,8 @@ pub enum TrainError {
         /// What is wrong.
         reason: String,
     },
-    /// A data file that is not UTF-8 text.
-    #[error("{}: not UTF-8 text (invalid byte 0x{byte:02x} at byte offset {offset}, line {line}); simplex trains on UTF-8 text: convert the file (e.g. `iconv -f latin1 -t utf-8`) or leave it out", path.display())]
+    /// A data file that is not UTF-8 text (or holds a NUL byte, as binary files do).
+    #[error("{}: not UTF-8 text (invalid byte 0x{byte:02x} at byte offset {offset}, line {line}); simplex trains on UTF-8 text: convert the file (e.g. `iconv -f latin1 -t utf-8`) or leave it out (--exclude GLOB)", path.display())]
     NotUtf8 {
         /// The file.
         path: PathBuf,

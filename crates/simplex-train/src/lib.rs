@@ -28,6 +28,7 @@ pub mod rng;
 pub mod run;
 pub mod schedule;
 pub mod step;
+pub mod sweep;
 pub mod tasks;
 pub mod trainer;
 
@@ -36,5 +37,5 @@ pub use error::{Result, TrainError};
 pub use generate::{Generated, Generator};
 pub use metrics::Record;
 pub use plot::plot_runs;
-pub use run::{ModelChoice, RunOptions};
+pub use run::{ModelChoice, RunOptions, StopFlag};
 pub use trainer::{train, Observer, Quiet, StartInfo, Summary, H100_BF16_PEAK};

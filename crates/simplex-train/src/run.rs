@@ -2,13 +2,15 @@
 //! saved config, settings, data and checkpoint, checked against what the command line says).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use candle_core::Device;
 use simplex_model::Config;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{TrainConfig, TrainOverrides};
-use crate::data::{self, DataOptions, Dataset};
+use crate::data::{self, DataOptions, Dataset, FileFilter};
 use crate::error::{IoContext, Result, TrainError};
 
 /// Where the model config comes from.
@@ -18,6 +20,8 @@ pub enum ModelChoice {
     Preset(String),
     /// A TOML file; its `vocab_size` must cover the tokenizer's ids.
     File(PathBuf),
+    /// A config built by the caller (a sweep); its `vocab_size` must cover the tokenizer's ids.
+    Given(Box<Config>),
 }
 
 /// What `simplex train` asks for.
@@ -41,6 +45,39 @@ pub struct RunOptions {
     pub peak_flops: Option<f64>,
     /// Tokens per shard file (default 64 Mi).
     pub shard_tokens: Option<u64>,
+    /// Which files of the `data` folders are read.
+    pub filter: FileFilter,
+    /// Set from elsewhere (a signal handler, a deadline) to stop after the current update
+    /// with a checkpoint ([`crate::Summary::stopped`]).
+    pub stop: Option<StopFlag>,
+}
+
+/// A flag that asks a run to stop after its current update (shared with whoever sets it).
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    /// A flag not yet set.
+    pub fn new() -> Self {
+        StopFlag::default()
+    }
+    /// Asks the run to stop.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether a stop was asked for.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The prepared dataset folder (`simplex prepare`) that `paths` names, if it names exactly one
+/// folder holding a `meta.json`.
+pub fn prepared_dir(paths: &[PathBuf]) -> Option<&Path> {
+    match paths {
+        [p] if p.is_dir() && p.join("meta.json").is_file() => Some(p),
+        _ => None,
+    }
 }
 
 impl RunOptions {
@@ -56,6 +93,8 @@ impl RunOptions {
             until: None,
             peak_flops: None,
             shard_tokens: None,
+            filter: FileFilter::default(),
+            stop: None,
         }
     }
 }
@@ -91,6 +130,7 @@ fn resolve_model(choice: &ModelChoice) -> Result<Config> {
             Config::preset(name).map_err(|e| TrainError::setting("preset", name, e.to_string()))
         }
         ModelChoice::File(p) => read_model_config(p),
+        ModelChoice::Given(c) => Ok((**c).clone()),
     }
 }
 
@@ -133,20 +173,101 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).at(path)
 }
 
-fn data_options(
-    paths: &[PathBuf],
-    c: &TrainConfig,
-    shard_tokens: Option<u64>,
-) -> Result<DataOptions> {
+fn data_options(paths: &[PathBuf], c: &TrainConfig, opts: &RunOptions) -> Result<DataOptions> {
     let mut d = DataOptions::new(paths.to_vec());
     d.tokenizer = c.tokenizer.parse()?;
     d.doc_sep = c.doc_sep.clone();
     d.val_frac = c.val_frac;
     d.split_seed = c.split_seed;
-    if let Some(s) = shard_tokens {
+    d.filter = opts.filter.clone();
+    if let Some(s) = opts.shard_tokens {
         d.shard_tokens = s;
     }
     Ok(d)
+}
+
+/// Takes the data settings of a prepared dataset into `cfg`; a setting given on the command
+/// line that differs from the dataset's is an error naming it.
+fn adopt_data_settings(cfg: &mut TrainConfig, o: &TrainOverrides, d: &Dataset) -> Result<()> {
+    let m = &d.meta;
+    let clash = |key: &'static str, given: String, stored: String| {
+        TrainError::setting(
+            key,
+            given,
+            format!(
+                "the prepared data in {} has {stored}; prepare it again to change it",
+                d.dir.display()
+            ),
+        )
+    };
+    if let Some(t) = o.tokenizer.as_ref().filter(|t| **t != m.tokenizer) {
+        return Err(clash("tokenizer", t.clone(), m.tokenizer.clone()));
+    }
+    if let Some(s) = o.doc_sep.as_ref().filter(|s| **s != m.doc_sep) {
+        return Err(clash("doc_sep", format!("{s:?}"), format!("{:?}", m.doc_sep)));
+    }
+    if let Some(v) = o.val_frac.filter(|v| *v != m.val_frac) {
+        return Err(clash("val_frac", v.to_string(), m.val_frac.to_string()));
+    }
+    if let Some(v) = o.split_seed.filter(|v| *v != m.split_seed) {
+        return Err(clash("split_seed", v.to_string(), m.split_seed.to_string()));
+    }
+    cfg.tokenizer = m.tokenizer.clone();
+    cfg.doc_sep = m.doc_sep.clone();
+    cfg.val_frac = m.val_frac;
+    cfg.split_seed = m.split_seed;
+    Ok(())
+}
+
+/// `link -> target` as a relative symbolic link (so that the two folders can move together).
+fn link_relative(target: &Path, link: &Path) -> Result<()> {
+    let target_abs = target.canonicalize().at(target)?;
+    let parent = link.parent().unwrap_or(Path::new("."));
+    let from = parent.canonicalize().at(parent)?;
+    let common = from
+        .components()
+        .zip(target_abs.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut rel = PathBuf::new();
+    for _ in from.components().skip(common) {
+        rel.push("..");
+    }
+    for c in target_abs.components().skip(common) {
+        rel.push(c);
+    }
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&rel, link).at(link)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = rel;
+        Err(TrainError::data(
+            target,
+            "a prepared data folder is linked into the run, which needs a Unix system",
+        ))
+    }
+}
+
+/// Checks that the prepared folder `given` holds the same data as the run's `stored` one.
+fn check_same_prepared(given: &Path, stored: &Dataset) -> Result<()> {
+    let g = Dataset::open(given)?;
+    let (a, b) = (&g.meta, &stored.meta);
+    if a.fingerprint != b.fingerprint
+        || a.tokenizer != b.tokenizer
+        || a.train != b.train
+        || a.val != b.val
+    {
+        return Err(TrainError::data(
+            given,
+            format!(
+                "holds other data than the run's ({}): resume without --data, or start a new run",
+                stored.dir.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Sets up `opts.out` for training (see the module doc).
@@ -186,15 +307,21 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
         }
         let data = if data_dir.join("meta.json").is_file() {
             let d = Dataset::open(&data_dir)?;
-            if !opts.data.is_empty() {
-                d.check_matches(&data_options(&opts.data, &train_cfg, opts.shard_tokens)?)?;
+            if let Some(p) = prepared_dir(&opts.data) {
+                check_same_prepared(p, &d)?;
+            } else if !opts.data.is_empty() {
+                d.check_matches(&data_options(&opts.data, &train_cfg, opts)?)?;
             }
             d
+        } else if let Some(p) = prepared_dir(&opts.data) {
+            if data_dir.symlink_metadata().is_ok() {
+                std::fs::remove_file(&data_dir).at(&data_dir)?;
+            }
+            let d = Dataset::open(p)?;
+            link_relative(p, &data_dir)?;
+            d
         } else if !opts.data.is_empty() {
-            data::prepare(
-                &data_options(&opts.data, &train_cfg, opts.shard_tokens)?,
-                &data_dir,
-            )?
+            data::prepare(&data_options(&opts.data, &train_cfg, opts)?, &data_dir)?
         } else {
             return Err(TrainError::RunDir {
                 path: run.clone(),
@@ -241,11 +368,15 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
         .clone()
         .unwrap_or(ModelChoice::Preset("tiny".into()));
     let mut model_cfg = resolve_model(&choice)?;
-    let train_cfg = TrainConfig::resolve(
+    let mut train_cfg = TrainConfig::resolve(
         &opts.overrides,
         model_cfg.max_seq_len,
         opts.device.is_cuda(),
     )?;
+    if data_dir.is_symlink() {
+        // a run killed before writing its settings left its link to prepared data
+        std::fs::remove_file(&data_dir).at(&data_dir)?;
+    }
     if data_dir.exists() {
         // a run killed after tokenizing but before writing its settings left its own data/
         // (it has our meta.json): start that over; anything else there is not ours to delete
@@ -259,16 +390,22 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
             });
         }
     }
-    let data = data::prepare(
-        &data_options(&opts.data, &train_cfg, opts.shard_tokens)?,
-        &data_dir,
-    )?;
+    let data = match prepared_dir(&opts.data) {
+        Some(p) => {
+            let d = Dataset::open(p)?;
+            adopt_data_settings(&mut train_cfg, &opts.overrides, &d)?;
+            link_relative(p, &data_dir)?;
+            Dataset::open(&data_dir)?
+        }
+        None => data::prepare(&data_options(&opts.data, &train_cfg, opts)?, &data_dir)?,
+    };
     let cfg_source = match &choice {
         ModelChoice::Preset(_) => {
             model_cfg.vocab_size = data.tokenizer.vocab_size();
             cfg_path.clone()
         }
         ModelChoice::File(p) => p.clone(),
+        ModelChoice::Given(_) => cfg_path.clone(),
     };
     check_vocab(&model_cfg, &data, &cfg_source)?;
     write_text(

@@ -85,6 +85,9 @@ pub struct Summary {
     pub last: Option<Record>,
     /// The last checkpoint folder.
     pub checkpoint: Option<PathBuf>,
+    /// The run stopped early because [`RunOptions::stop`] was set (after writing a
+    /// checkpoint of its last update).
+    pub stopped: bool,
 }
 
 /// Metrics accumulated since the last row. Updates leave their loss and gradient norm on the
@@ -202,6 +205,7 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
         losses: Vec::new(),
         last: None,
         checkpoint: None,
+        stopped: false,
     };
     let mut interval = Interval::default();
     let elapsed0 = state.elapsed_s;
@@ -217,9 +221,10 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
         obs.step(state.step, lr);
         let s = state.step;
         let every = |n: usize| n > 0 && s.is_multiple_of(n as u64);
+        let stop = s < end && opts.stop.as_ref().is_some_and(|f| f.is_set());
         let do_eval = every(cfg.eval_every) || s == cfg.steps as u64;
-        let row = every(cfg.log_every) || do_eval || s == end;
-        let do_ckpt = every(cfg.ckpt_every) || s == end;
+        let row = every(cfg.log_every) || do_eval || s == end || stop;
+        let do_ckpt = every(cfg.ckpt_every) || s == end || stop;
         if !(row || do_ckpt) {
             continue;
         }
@@ -272,6 +277,11 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
             tracing::info!("step {s}: checkpoint {}", dir.display());
             obs.checkpoint(s, &dir);
             summary.checkpoint = Some(dir);
+        }
+        if stop {
+            tracing::info!("step {s}: stopped on request");
+            summary.stopped = true;
+            break;
         }
         t0 = Instant::now();
     }

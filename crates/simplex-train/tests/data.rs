@@ -134,11 +134,16 @@ fn bad_data_paths_and_text_name_the_file() -> anyhow::Result<()> {
         &err(vec![p("latin1.txt")]),
         &["latin1.txt", "not UTF-8", "0xe9", "byte offset 3", "line 1"],
     );
-    // a bad file deep in a folder is named too
+    // a bad file deep in a folder is named too when --strict asks for text only
     std::fs::create_dir_all(p("tree/sub"))?;
     std::fs::write(p("tree/a.txt"), "fine text")?;
     std::fs::write(p("tree/sub/b.bin"), [0x66u8, 0x6f, 0xff, 0xfe])?;
-    assert_mentions(&err(vec![p("tree")]), &["tree/sub/b.bin", "not UTF-8"]);
+    let mut strict = DataOptions::new(vec![p("tree")]);
+    strict.filter.strict = true;
+    match prepare(&strict, &tmp.path().join("out")) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => assert_mentions(&e, &["tree/sub/b.bin", "not UTF-8"]),
+    }
     // one document cannot be split
     std::fs::write(p("one.txt"), "a single document")?;
     assert_mentions(
@@ -149,5 +154,41 @@ fn bad_data_paths_and_text_name_the_file() -> anyhow::Result<()> {
         !p("out").exists() && !p("out.tmp").exists(),
         "nothing half made"
     );
+    Ok(())
+}
+
+#[test]
+fn folders_skip_binary_files_and_follow_globs() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("pkg/__pycache__"))?;
+    for i in 0..4 {
+        std::fs::write(src.join(format!("pkg/m{i}.py")), format!("def f{i}():\n    return {i}\n"))?;
+    }
+    std::fs::write(src.join("pkg/notes.md"), "# notes\n")?;
+    // a .pyc (not UTF-8) and a UTF-8 file with NUL bytes: both binary
+    std::fs::write(src.join("pkg/__pycache__/m0.pyc"), [0xa7u8, 0x0d, 0x0d, 0x0a, 0xff])?;
+    std::fs::write(src.join("pkg/blob.dat"), b"ab\x00cd")?;
+    let mut opts = DataOptions::new(vec![src.clone()]);
+    opts.doc_sep = String::new();
+    opts.val_frac = 0.25;
+    let all = prepare(&opts, &tmp.path().join("all"))?;
+    assert_eq!(all.meta.files, 5, "four .py and the .md");
+    assert_eq!(all.meta.skipped_files, 2, "the .pyc and the NUL file");
+    opts.filter.include = vec!["*.py".into()];
+    opts.filter.exclude = vec!["*/m3.py".into()];
+    let py = prepare(&opts, &tmp.path().join("py"))?;
+    assert_eq!(py.meta.files, 3);
+    assert_eq!(py.meta.include, vec!["*.py".to_string()]);
+    opts.filter.include = vec!["*.rs".into()];
+    match prepare(&opts, &tmp.path().join("none")) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => assert_mentions(&e, &["src", "--include/--exclude"]),
+    }
+    opts.filter.include = vec!["[".into()];
+    match prepare(&opts, &tmp.path().join("bad")) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => assert_mentions(&e, &["include", "["]),
+    }
     Ok(())
 }

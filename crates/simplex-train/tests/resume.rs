@@ -163,3 +163,76 @@ fn grad_accum_equals_the_bigger_batch() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Sets the stop flag when `at` is reached, as a signal handler would in the middle of a run.
+struct StopAt {
+    at: u64,
+    flag: simplex_train::StopFlag,
+}
+
+impl simplex_train::Observer for StopAt {
+    fn step(&mut self, step: u64, _lr: f64) {
+        if step == self.at {
+            self.flag.set();
+        }
+    }
+}
+
+#[test]
+fn a_stop_request_checkpoints_and_the_resume_matches() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (tmp.path().join("straight"), tmp.path().join("stopped"));
+    let full = train(&tiny_run(&a, 8), &mut Quiet)?;
+    assert!(!full.stopped);
+    let flag = simplex_train::StopFlag::new();
+    let mut first = tiny_run(&b, 8);
+    first.stop = Some(flag.clone());
+    let head = train(
+        &first,
+        &mut StopAt {
+            at: 3,
+            flag: flag.clone(),
+        },
+    )?;
+    assert!(head.stopped);
+    assert_eq!(head.step, 3, "stops after the update going when asked");
+    assert!(head.checkpoint.is_some(), "and writes a checkpoint first");
+    let mut second = tiny_run(&b, 8);
+    second.resume = true;
+    let tail = train(&second, &mut Quiet)?;
+    assert_eq!(tail.step, 8);
+    let joined: Vec<u64> = head
+        .losses
+        .iter()
+        .chain(&tail.losses)
+        .map(|(_, l)| l.to_bits())
+        .collect();
+    let straight: Vec<u64> = full.losses.iter().map(|(_, l)| l.to_bits()).collect();
+    assert_eq!(joined, straight, "stopped + resumed = uninterrupted");
+    Ok(())
+}
+
+#[test]
+fn a_prepared_dataset_trains_like_the_text_it_came_from() -> anyhow::Result<()> {
+    use simplex_train::data::{prepare, DataOptions};
+    let tmp = tempfile::tempdir()?;
+    let from_text = train(&tiny_run(&tmp.path().join("text"), 4), &mut Quiet)?;
+    let data = tmp.path().join("prepared");
+    prepare(&DataOptions::new(vec![common::corpus()]), &data)?;
+    let mut o = tiny_run(&tmp.path().join("runs/a"), 4);
+    o.data = vec![data.clone()];
+    let from_prepared = train(&o, &mut Quiet)?;
+    assert_eq!(from_text.losses, from_prepared.losses);
+    assert!(tmp.path().join("runs/a/data").is_symlink());
+    // resuming with the same folder is fine; a tokenizer other than the data's is an error
+    let mut r = tiny_run(&tmp.path().join("runs/a"), 6);
+    r.data = vec![data.clone()];
+    r.resume = true;
+    assert_eq!(train(&r, &mut Quiet)?.step, 6);
+    let mut bad = tiny_run(&tmp.path().join("runs/b"), 4);
+    bad.data = vec![data];
+    bad.overrides.tokenizer = Some("bpe:300".into());
+    let err = train(&bad, &mut Quiet).err().expect("a tokenizer clash");
+    common::assert_mentions(&err, &["tokenizer", "bpe:300", "prepared"]);
+    Ok(())
+}

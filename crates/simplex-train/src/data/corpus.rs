@@ -3,14 +3,65 @@
 //! A document is a file, or a piece of one between two `doc_sep` strings (default
 //! `<|endoftext|>`, as in corpora that concatenate documents); empty and whitespace-only pieces
 //! are dropped. Folders are walked recursively in name order; names starting with `.` are
-//! skipped. Files must be UTF-8 (a leading byte-order mark is dropped): anything else is an
-//! error naming the file and the first bad byte, because a silently lossy decode would corrupt
-//! bits-per-byte and the byte tokenizer's round trip.
+//! skipped, and a [`FileFilter`] keeps the files whose path matches its include globs and none
+//! of its exclude globs. Text must be UTF-8 (a leading byte-order mark is dropped) without NUL
+//! bytes: a file named on its own that is not is an error naming the file and the first bad
+//! byte (a silently lossy decode would corrupt bits-per-byte and the byte tokenizer's round
+//! trip); a file found by walking a folder (a `.pyc` in a source tree) is skipped and counted,
+//! or is the same error with [`FileFilter::strict`].
 
 use std::path::{Path, PathBuf};
 
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
 use crate::error::{IoContext, Result, TrainError};
 use crate::rng::{fnv1a, SplitMix64, FNV_OFFSET};
+
+/// Which files of the folders given are read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileFilter {
+    /// Globs of which a file's path below the folder given must match one (empty: every file).
+    /// `*` crosses `/`, so `*.py` matches at any depth.
+    pub include: Vec<String>,
+    /// Globs that leave a file out (checked after `include`).
+    pub exclude: Vec<String>,
+    /// A file that is not text (not UTF-8, or holding a NUL byte) is an error instead of
+    /// being skipped.
+    pub strict: bool,
+}
+
+/// The compiled globs of a [`FileFilter`].
+struct Globs {
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+}
+
+fn glob_set(globs: &[String], key: &'static str) -> Result<GlobSet> {
+    let mut b = GlobSetBuilder::new();
+    for g in globs {
+        b.add(Glob::new(g).map_err(|e| TrainError::setting(key, g, e.to_string()))?);
+    }
+    b.build()
+        .map_err(|e| TrainError::setting(key, globs.join(","), e.to_string()))
+}
+
+impl Globs {
+    fn new(f: &FileFilter) -> Result<Globs> {
+        Ok(Globs {
+            include: if f.include.is_empty() {
+                None
+            } else {
+                Some(glob_set(&f.include, "include")?)
+            },
+            exclude: glob_set(&f.exclude, "exclude")?,
+        })
+    }
+
+    /// Whether `rel` (a path below a folder given) is read.
+    fn keeps(&self, rel: &Path) -> bool {
+        self.include.as_ref().is_none_or(|s| s.is_match(rel)) && !self.exclude.is_match(rel)
+    }
+}
 
 /// The files of a corpus and how many documents each holds.
 #[derive(Debug, Clone)]
@@ -25,6 +76,8 @@ pub struct Corpus {
     pub bytes: u64,
     /// The document separator.
     pub doc_sep: String,
+    /// Files found in folders and skipped because they are not text.
+    pub skipped: Vec<PathBuf>,
 }
 
 /// Reads a file as UTF-8 text (the error names the file, the offset and the line of the first
@@ -33,6 +86,14 @@ pub fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).at(path)?;
     match String::from_utf8(bytes) {
         Ok(mut s) => {
+            if let Some(offset) = s.bytes().position(|b| b == 0) {
+                return Err(TrainError::NotUtf8 {
+                    path: path.to_path_buf(),
+                    offset,
+                    line: s.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1,
+                    byte: 0,
+                });
+            }
             if s.starts_with('\u{feff}') {
                 s.drain(..3);
             }
@@ -86,10 +147,11 @@ fn walk(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 impl Corpus {
-    /// Finds the files of `paths`, checks that each is UTF-8 text, counts documents.
-    /// Missing paths, empty files given by name, and folders without text are errors naming
-    /// the path.
-    pub fn scan(paths: &[PathBuf], doc_sep: &str) -> Result<Corpus> {
+    /// Finds the files of `paths` that `filter` keeps, checks that each is UTF-8 text (see
+    /// the module doc for what happens to those that are not), counts documents. Missing
+    /// paths, empty files given by name, and folders without text are errors naming the path.
+    pub fn scan(paths: &[PathBuf], doc_sep: &str, filter: &FileFilter) -> Result<Corpus> {
+        let globs = Globs::new(filter)?;
         if paths.is_empty() {
             return Err(TrainError::setting(
                 "data",
@@ -103,6 +165,7 @@ impl Corpus {
             fingerprint: FNV_OFFSET,
             bytes: 0,
             doc_sep: doc_sep.to_string(),
+            skipped: Vec::new(),
         };
         for p in paths {
             if !p.exists() {
@@ -110,15 +173,27 @@ impl Corpus {
             }
             let mut files = Vec::new();
             walk(p, &mut files)?;
+            let named = files.len() == 1 && files[0] == *p;
+            if !named {
+                files.retain(|f| globs.keeps(f.strip_prefix(p).unwrap_or(f)));
+            }
             if files.is_empty() {
                 return Err(TrainError::data(
                     p,
-                    "folder has no files (names starting with `.` are skipped)",
+                    "folder has no files (names starting with `.` are skipped; --include/--exclude may leave others out)",
                 ));
             }
             let before = c.files.len();
             for f in files {
-                let text = read_text(&f)?;
+                let text = match read_text(&f) {
+                    Ok(t) => t,
+                    Err(TrainError::NotUtf8 { .. }) if !named && !filter.strict => {
+                        tracing::debug!("{}: not text, skipped", f.display());
+                        c.skipped.push(f);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let n = documents(&text, doc_sep).count();
                 if n == 0 {
                     if f == *p {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{IoContext, Result, TrainError};
 pub use batches::{eval_windows, Batcher, DataPosition};
-pub use corpus::Corpus;
+pub use corpus::{Corpus, FileFilter};
 pub use shards::{ShardWriter, SplitInfo, TokenStream};
 pub use tokenizer::{Tokenizer, TokenizerSpec, EOT};
 
@@ -40,6 +40,8 @@ pub struct DataOptions {
     pub split_seed: u64,
     /// Tokens per shard file.
     pub shard_tokens: u64,
+    /// Which files of the folders are read.
+    pub filter: FileFilter,
 }
 
 impl DataOptions {
@@ -53,6 +55,7 @@ impl DataOptions {
             val_frac: 0.01,
             split_seed: 0,
             shard_tokens: 1 << 26,
+            filter: FileFilter::default(),
         }
     }
 }
@@ -83,6 +86,15 @@ pub struct DataMeta {
     pub sources: Vec<String>,
     /// Source files read.
     pub files: usize,
+    /// Globs of the files read (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Globs of files left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// Files in the folders skipped because they are not text.
+    #[serde(default)]
+    pub skipped_files: usize,
     /// The training split.
     pub train: SplitInfo,
     /// The held-out split.
@@ -112,7 +124,14 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// Tokenizes `opts.paths` into `dir` (which must not exist yet), building it as
 /// `dir.tmp` first. Returns the opened dataset.
 pub fn prepare(opts: &DataOptions, dir: &Path) -> Result<Dataset> {
-    let corpus = Corpus::scan(&opts.paths, &opts.doc_sep)?;
+    let corpus = Corpus::scan(&opts.paths, &opts.doc_sep, &opts.filter)?;
+    if !corpus.skipped.is_empty() {
+        tracing::warn!(
+            "skipped {} files that are not UTF-8 text (first: {}); --strict makes that an error",
+            corpus.skipped.len(),
+            corpus.skipped[0].display()
+        );
+    }
     let val = corpus.split(opts.val_frac, opts.split_seed)?;
     let tmp = dir.with_extension("tmp");
     if tmp.exists() {
@@ -158,14 +177,18 @@ pub fn prepare(opts: &DataOptions, dir: &Path) -> Result<Dataset> {
         fingerprint: format!("{:016x}", corpus.fingerprint),
         sources: opts.paths.iter().map(|p| p.display().to_string()).collect(),
         files: corpus.files.len(),
+        include: opts.filter.include.clone(),
+        exclude: opts.filter.exclude.clone(),
+        skipped_files: corpus.skipped.len(),
         train: train_w.finish()?,
         val: val_w.finish()?,
     };
     write_json(&tmp.join("meta.json"), &meta)?;
     crate::checkpoint::sync_dir(&tmp)?;
     std::fs::rename(&tmp, dir).at(dir)?;
-    if let Some(parent) = dir.parent() {
-        crate::checkpoint::sync_dir(parent)?;
+    match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => crate::checkpoint::sync_dir(p)?,
+        _ => crate::checkpoint::sync_dir(Path::new("."))?,
     }
     tracing::info!(
         "data: {} files, {} train docs ({} tokens, {} bytes), {} held-out docs ({} tokens)",
@@ -284,7 +307,7 @@ impl Dataset {
                 format!("the run used {} (split seed {})", m.val_frac, m.split_seed),
             ));
         }
-        let corpus = Corpus::scan(&opts.paths, &opts.doc_sep)?;
+        let corpus = Corpus::scan(&opts.paths, &opts.doc_sep, &opts.filter)?;
         let fp = format!("{:016x}", corpus.fingerprint);
         if fp != m.fingerprint {
             return Err(TrainError::data(
