@@ -5,6 +5,7 @@ mod bench_cmd;
 mod compare_cmd;
 mod device;
 mod eval_task_cmd;
+mod fit_cmd;
 mod generate_cmd;
 mod model_cmd;
 mod plot_cmd;
@@ -16,7 +17,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "simplex",
     version,
-    about = "2-simplicial attention and language models: compare attention kinds on reasoning tasks, run, check, benchmark, train, sample"
+    about = "2-simplicial attention and language models: compare attention kinds on reasoning tasks, run, check, benchmark, train, sample, fit scaling laws"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -52,6 +53,9 @@ enum Command {
     },
     /// Draw the loss curves of runs (PNG and SVG).
     Plot(plot_cmd::PlotArgs),
+    /// Fit scaling laws to a results CSV (kind, eval_set, params, loss): alpha, beta, R^2 per
+    /// kind and eval set, and L = E + A * N^-alpha with bootstrap intervals.
+    Fit(fit_cmd::FitArgs),
 }
 
 fn main() {
@@ -71,6 +75,7 @@ fn main() {
         Command::Generate(a) => generate_cmd::run(a),
         Command::Model { command } => model_cmd::run(command),
         Command::Plot(a) => plot_cmd::run(a),
+        Command::Fit(a) => fit_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
