@@ -5,6 +5,7 @@ mod bench_cmd;
 mod compare_cmd;
 mod device;
 mod eval_task_cmd;
+mod fit_cmd;
 mod generate_cmd;
 mod interrupt;
 mod model_cmd;
@@ -19,7 +20,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "simplex",
     version,
-    about = "2-simplicial attention and language models: compare attention kinds on reasoning tasks, run, check, benchmark, train, sample"
+    about = "2-simplicial attention and language models: compare attention kinds on reasoning tasks, run, check, benchmark, train, sample, fit scaling laws"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,6 +61,9 @@ enum Command {
     Sweep(sweep_cmd::SweepArgs),
     /// Draw the loss curves of runs (PNG and SVG).
     Plot(plot_cmd::PlotArgs),
+    /// Fit scaling laws to a results CSV (kind, eval_set, params, loss): alpha, beta, R^2 per
+    /// kind and eval set, and L = E + A * N^-alpha with bootstrap intervals.
+    Fit(fit_cmd::FitArgs),
 }
 
 fn main() {
@@ -82,6 +86,7 @@ fn main() {
         Command::Model { command } => model_cmd::run(command),
         Command::Sweep(a) => sweep_cmd::run(a),
         Command::Plot(a) => plot_cmd::run(a),
+        Command::Fit(a) => fit_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
