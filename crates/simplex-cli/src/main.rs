@@ -4,6 +4,7 @@ mod attn_cmd;
 mod bench_cmd;
 mod compare_cmd;
 mod device;
+mod eval_cmd;
 mod eval_task_cmd;
 mod fit_cmd;
 mod generate_cmd;
@@ -52,6 +53,9 @@ enum Command {
     Train(Box<train_cmd::TrainArgs>),
     /// Sample text from a trained checkpoint.
     Generate(generate_cmd::GenerateArgs),
+    /// NLL of a language-model checkpoint on eval sets (MMLU, HumanEval, grade-school math,
+    /// held-out text) or on new text; appends to RUN_DIR/evals.json.
+    Eval(Box<eval_cmd::EvalArgs>),
     /// Model configs: parameter counts and FLOPs.
     Model {
         #[command(subcommand)]
@@ -83,6 +87,7 @@ fn main() {
         Command::Prepare(a) => prepare_cmd::run(a),
         Command::Train(a) => train_cmd::run(*a),
         Command::Generate(a) => generate_cmd::run(a),
+        Command::Eval(a) => eval_cmd::run(*a),
         Command::Model { command } => model_cmd::run(command),
         Command::Sweep(a) => sweep_cmd::run(a),
         Command::Plot(a) => plot_cmd::run(a),

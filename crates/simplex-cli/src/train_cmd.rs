@@ -100,6 +100,13 @@ pub struct TrainArgs {
     /// Seed of the held-out draw [default: 0].
     #[arg(long)]
     pub split_seed: Option<u64>,
+    /// Eval sets scored at every held-out eval, recorded as eval/<name>_nll in metrics.jsonl:
+    /// mmlu, humaneval, gsm, heldout or .jsonl paths; repeat or separate by commas.
+    #[arg(long = "eval-set", value_delimiter = ',')]
+    pub eval_sets: Vec<String>,
+    /// Folder of the prepared eval sets [default: evals].
+    #[arg(long)]
+    pub eval_dir: Option<PathBuf>,
     /// Peak TFLOP/s for MFU [default: 989.4 on CUDA (H100/H200 dense bf16); none on CPU].
     #[arg(long)]
     pub peak_tflops: Option<f64>,
@@ -146,11 +153,16 @@ impl Observer for Progress {
             _ if self.tty => return,
             _ => String::new(),
         };
+        let sets: String = r
+            .evals
+            .iter()
+            .map(|(k, v)| format!("  {} {v:.4}", k.trim_start_matches("eval/")))
+            .collect();
         let mfu = r
             .mfu
             .map_or(String::new(), |m| format!("  MFU {:.1}%", 100.0 * m));
         let line = format!(
-            "step {:>6}: train_loss {:.4}{val}  lr {:.2e}  {:.0} tokens/s{mfu}",
+            "step {:>6}: train_loss {:.4}{val}{sets}  lr {:.2e}  {:.0} tokens/s{mfu}",
             r.step, r.train_loss, r.lr, r.tokens_per_s
         );
         if self.tty {
@@ -194,6 +206,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         doc_sep: a.doc_sep,
         val_frac: a.val_frac,
         split_seed: a.split_seed,
+        eval_sets: (!a.eval_sets.is_empty()).then_some(a.eval_sets),
+        eval_dir: a.eval_dir,
     };
     let mut opts = RunOptions::new(a.out, a.data, device);
     opts.model = model;

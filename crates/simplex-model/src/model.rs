@@ -126,6 +126,16 @@ impl Model {
         &self.cfg
     }
 
+    /// The device its weights live on.
+    pub fn device(&self) -> &Device {
+        self.embed.weight().device()
+    }
+
+    /// The dtype it computes in (its weights' dtype).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Parameter counts and FLOPs per token at sequence length `seq`.
     pub fn info(&self, seq: usize) -> ModelInfo {
         ModelInfo::new(&self.cfg, seq)

@@ -87,6 +87,13 @@ pub struct TrainConfig {
     /// Seed of the held-out draw (separate from `seed`, so runs with different seeds share
     /// their eval set).
     pub split_seed: u64,
+    /// Eval sets scored at every held-out eval (names or `.jsonl` paths, see
+    /// [`crate::evalsets::resolve`]); recorded as `eval/<name>_nll`. Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eval_sets: Vec<String>,
+    /// Folder of the prepared eval sets (default `evals`, relative to the current directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_dir: Option<std::path::PathBuf>,
 }
 
 /// Settings given on the command line; `None` means "not given".
@@ -130,6 +137,10 @@ pub struct TrainOverrides {
     pub val_frac: Option<f64>,
     /// See [`TrainConfig::split_seed`].
     pub split_seed: Option<u64>,
+    /// See [`TrainConfig::eval_sets`].
+    pub eval_sets: Option<Vec<String>>,
+    /// See [`TrainConfig::eval_dir`].
+    pub eval_dir: Option<std::path::PathBuf>,
 }
 
 impl TrainConfig {
@@ -166,13 +177,16 @@ impl TrainConfig {
                 .unwrap_or_else(|| crate::data::EOT.to_string()),
             val_frac: o.val_frac.unwrap_or(0.01),
             split_seed: o.split_seed.unwrap_or(0),
+            eval_sets: o.eval_sets.clone().unwrap_or_default(),
+            eval_dir: o.eval_dir.clone(),
         };
         cfg.validate(max_seq_len)?;
         Ok(cfg)
     }
 
     /// A resumed run's settings: the saved ones, with the flags that may change applied
-    /// (`steps`, `eval_every`, `eval_batches`, `ckpt_every`, `log_every`); any other flag
+    /// (`steps`, `eval_every`, `eval_batches`, `ckpt_every`, `log_every`, `eval_sets`,
+    /// `eval_dir`); any other flag
     /// that differs from the saved value is an error naming it.
     pub fn resume_with(&self, o: &TrainOverrides, max_seq_len: usize) -> Result<TrainConfig> {
         let mut c = self.clone();
@@ -189,6 +203,8 @@ impl TrainConfig {
         c.eval_batches = o.eval_batches.unwrap_or(c.eval_batches);
         c.ckpt_every = o.ckpt_every.unwrap_or(c.ckpt_every);
         c.log_every = o.log_every.unwrap_or(c.log_every);
+        c.eval_sets = o.eval_sets.clone().unwrap_or(c.eval_sets);
+        c.eval_dir = o.eval_dir.clone().or(c.eval_dir);
         fn same<T: PartialEq + std::fmt::Display>(
             key: &'static str,
             given: &Option<T>,
@@ -306,7 +322,17 @@ impl TrainConfig {
             ));
         }
         self.tokenizer.parse::<crate::data::TokenizerSpec>()?;
+        for name in &self.eval_sets {
+            crate::evalsets::locate(name, &self.eval_sets_dir())?;
+        }
         Ok(())
+    }
+
+    /// The folder of the prepared eval sets.
+    pub fn eval_sets_dir(&self) -> std::path::PathBuf {
+        self.eval_dir
+            .clone()
+            .unwrap_or_else(|| crate::evalsets::DEFAULT_EVAL_DIR.into())
     }
 
     /// As TOML.

@@ -18,6 +18,7 @@ use crate::error::Result;
 /// The held-out batches of a run, on the device, with their byte count.
 pub struct Evaluator {
     batches: Vec<(Tensor, Tensor)>,
+    windows: usize,
     tokens: usize,
     bytes: u64,
 }
@@ -52,10 +53,26 @@ impl Evaluator {
             ));
         }
         Ok(Evaluator {
+            windows: starts.len(),
             tokens: starts.len() * seq,
             batches,
             bytes,
         })
+    }
+
+    /// Held-out windows read.
+    pub fn windows(&self) -> usize {
+        self.windows
+    }
+
+    /// Tokens predicted per eval.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// UTF-8 bytes of the predicted tokens.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// `(val_loss, val_bpb)` of `model`; `None` when the held-out stream is too short.

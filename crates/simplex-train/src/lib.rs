@@ -10,6 +10,8 @@
 //! * [`checkpoint`]: atomic save, [`checkpoint::locate`], loading with checks that name the file.
 //! * [`Generator`] samples from a checkpoint with the KV cache.
 //! * [`plot_runs`] draws loss curves.
+//! * [`evalsets`]: eval sets scored as NLL (MMLU, HumanEval, generated grade-school math, the
+//!   held-out split, any text), for `simplex eval` and for evals during training.
 
 #![warn(missing_docs)]
 
@@ -19,6 +21,7 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod eval;
+pub mod evalsets;
 pub mod generate;
 pub mod init;
 pub mod metrics;

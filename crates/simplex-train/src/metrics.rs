@@ -7,9 +7,12 @@
 //! * `val_loss`: mean nats per token over the fixed held-out windows; `val_bpb`: total nats /
 //!   total UTF-8 bytes of the predicted tokens / ln 2 (end-of-text tokens add nats, no bytes).
 //! * `mfu`: tokens/s * 3 * forward FLOPs per token (simplex-model's count) / the stated peak.
+//! * `eval/<name>_nll`: nats per continuation token of each eval set of `eval_sets`
+//!   (evalsets), when evaluated; in metrics.jsonl only (the CSV keeps its fixed columns).
 //!
 //! A resumed run first drops the rows after its checkpoint's step, so each step appears once.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -44,6 +47,15 @@ pub struct Record {
     /// Model FLOP utilization, when a peak is known (CUDA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfu: Option<f64>,
+    /// `eval/<name>_nll` of the eval sets scored at this step (flattened into the row; any
+    /// other unknown number in a row lands here too).
+    #[serde(flatten, default)]
+    pub evals: BTreeMap<String, f64>,
+}
+
+/// The metrics key of eval set `name`'s NLL.
+pub fn eval_key(name: &str) -> String {
+    format!("eval/{name}_nll")
 }
 
 const CSV_HEADER: &str =

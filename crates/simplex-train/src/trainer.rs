@@ -4,7 +4,8 @@
 //! setup     run folder, data, model (seeded) and AdamW; a resumed run loads its checkpoint
 //! for t in start..end:
 //!     update(lr = schedule(t))                           see step.rs
-//!     metrics row every log_every; eval every eval_every and at the last step (eval.rs);
+//!     metrics row every log_every; eval every eval_every and at the last step (eval.rs,
+//!     and the eval sets of `eval_sets`, evalsets/);
 //!     checkpoint every ckpt_every and at the end (checkpoint.rs)
 //! ```
 //! Everything that decides the next update (weights, moments, step, data position) is in the
@@ -12,6 +13,7 @@
 //! the CPU bit for bit (our attention kernels and candle's CPU matmuls reduce in a fixed
 //! order for a given thread count).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -23,7 +25,8 @@ use crate::config::TrainConfig;
 use crate::data::{Batcher, DataPosition};
 use crate::error::{Result, TrainError};
 use crate::eval::Evaluator;
-use crate::metrics::{MetricsLog, Record};
+use crate::evalsets::{self, EvalSource, ScoreOptions};
+use crate::metrics::{eval_key, MetricsLog, Record};
 use crate::run::{self, RunOptions};
 use crate::schedule::Schedule;
 use crate::step::{Learner, Update};
@@ -160,6 +163,12 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
     let mut metrics = MetricsLog::open(&opts.out, resumed_at.or(opts.resume.then_some(0)))?;
     let mut batcher = Batcher::new(&data.train, cfg.seq_len, cfg.seed, state.data)?;
     let evaluator = Evaluator::new(data, cfg, dev)?;
+    let eval_sets = evalsets::resolve(&cfg.eval_sets, &cfg.eval_sets_dir())?;
+    let eval_opts = ScoreOptions {
+        batch_size: cfg.batch_size,
+        max_items: None,
+        max_len: Some(cfg.seq_len),
+    };
     let schedule = Schedule {
         peak: cfg.lr,
         min_lr_frac: cfg.min_lr_frac,
@@ -240,6 +249,12 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
                 None
             };
             let tps = (interval.steps * tokens_per_step) as f64 / interval.seconds.max(1e-9);
+            let evals = if do_eval {
+                let heldout = eval.map(|e| e.0);
+                set_nlls(learner.model(), data, &eval_sets, &eval_opts, heldout, s)?
+            } else {
+                Default::default()
+            };
             let rec = Record {
                 step: s,
                 train_loss: interval.loss / interval.steps.max(1) as f64,
@@ -251,6 +266,7 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
                 val_loss: eval.map(|e| e.0),
                 val_bpb: eval.map(|e| e.1),
                 mfu: peak.map(|p| tps * 3.0 * info.flops_per_token / p),
+                evals,
             };
             metrics.append(&rec)?;
             obs.record(&rec);
@@ -287,6 +303,31 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
     }
     summary.step = state.step;
     Ok(summary)
+}
+
+/// `eval/<name>_nll` of each eval set at step `step` (`heldout` is `val_loss`, absent when
+/// the held-out split is too short).
+fn set_nlls(
+    model: &simplex_model::Model,
+    data: &crate::data::Dataset,
+    sets: &[EvalSource],
+    opts: &ScoreOptions,
+    heldout: Option<f64>,
+    step: u64,
+) -> Result<BTreeMap<String, f64>> {
+    let mut out = BTreeMap::new();
+    for src in sets {
+        let nll = match src {
+            EvalSource::Set(set) => evalsets::score(model, &data.tokenizer, set, opts)?.nll,
+            EvalSource::Heldout => match heldout {
+                Some(v) => v,
+                None => continue,
+            },
+        };
+        tracing::info!("step {step}: {} nll {nll:.4}", src.name());
+        out.insert(eval_key(src.name()), nll);
+    }
+    Ok(out)
 }
 
 /// Loads a checkpoint's weights and optimizer state into `learner`, after checking that its
@@ -340,6 +381,8 @@ fn check_checkpoint_configs(
     ctrain.eval_batches = cfg.eval_batches;
     ctrain.ckpt_every = cfg.ckpt_every;
     ctrain.log_every = cfg.log_every;
+    ctrain.eval_sets = cfg.eval_sets.clone();
+    ctrain.eval_dir = cfg.eval_dir.clone();
     if &ctrain != cfg {
         return Err(TrainError::checkpoint(
             &tpath,
