@@ -3,10 +3,10 @@
 # optionally, the Match3 runs, from a bundle folder made here:
 #   BUNDLE/bins.tar.xz     the cuda `simplex` binary (scripts/gpu-bundle.sh)
 #   BUNDLE/corpus.tar.xz   scripts/prepare-corpus.py --tar (the machine has no network)
-#   BUNDLE/evals/          scripts/prepare-evals.py output (mmlu.jsonl, humaneval.jsonl)
 #   BUNDLE/sweep-prev.tar  optional: the results of earlier sessions (result.json files),
 #                          so that finished runs are skipped
-# Usage: bash scripts/gpu-study.sh BUNDLE SWEEP_SECONDS [MATCH3_ARGS...]
+# The eval sets are the repository's evals/ (committed). Usage:
+#   bash scripts/gpu-study.sh BUNDLE SWEEP_SECONDS [MATCH3_SECONDS COMPARE_ARGS...]
 # Writes $OUT/study.tar (the sweep folder without checkpoints, the Match3 folders, logs).
 set -uo pipefail
 bundle=$1
@@ -20,13 +20,14 @@ bin=$(find "$work/bin" -name simplex -type f | head -1)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/logs/gpu.txt"
 tar -xJf "$bundle/corpus.tar.xz" -C "$work"
 "$bin" prepare --data "$work/corpus" --out data/corpus --doc-sep '' 2>&1 | tee "$OUT/logs/prepare.log"
-rm -rf evals && cp -r "$bundle/evals" evals
 mkdir -p runs
 if [ -f "$bundle/sweep-prev.tar" ]; then tar -xf "$bundle/sweep-prev.tar" -C runs; fi
 "$bin" sweep configs/scaling-small.toml --device cuda --out runs/scaling-small \
   --time-limit "$seconds" 2>&1 | tee "$OUT/logs/sweep.log"
-if [ $# -gt 0 ]; then
-  "$bin" compare --device cuda "$@" 2>&1 | tee "$OUT/logs/match3.log"
+if [ $# -gt 1 ]; then
+  limit=$1
+  shift
+  timeout "$limit" "$bin" compare --device cuda "$@" 2>&1 | tee "$OUT/logs/match3.log"
 fi
 tar -cf "$OUT/study.tar" --exclude=checkpoint --exclude=data runs "$OUT/logs" 2>/dev/null
 ls -la "$OUT"
