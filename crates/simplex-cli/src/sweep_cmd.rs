@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use simplex_train::sweep::{run_sweep, PlannedRun, RunResult, SweepObserver, SweepOptions, SweepSpec};
+use simplex_train::sweep::{
+    run_sweep, PlannedRun, RunResult, SweepObserver, SweepOptions, SweepSpec,
+};
 use simplex_train::{Observer, Record, StartInfo};
 
 #[derive(Args, Debug)]
@@ -63,8 +65,10 @@ impl Observer for Progress {
         self.steps.set_position(step);
     }
     fn record(&mut self, r: &Record) {
-        self.steps
-            .set_message(format!("loss {:.4}, {:.0} tokens/s", r.train_loss, r.tokens_per_s));
+        self.steps.set_message(format!(
+            "loss {:.4}, {:.0} tokens/s",
+            r.train_loss, r.tokens_per_s
+        ));
     }
 }
 
@@ -131,7 +135,10 @@ fn print_plan(runs: &[PlannedRun]) {
     }
     let flops: f64 = runs.iter().map(|r| r.flops).sum();
     let tokens: u64 = runs.iter().map(|r| r.tokens).sum();
-    println!("\n{} runs, {tokens} tokens, {flops:.3e} FLOPs in all", runs.len());
+    println!(
+        "\n{} runs, {tokens} tokens, {flops:.3e} FLOPs in all",
+        runs.len()
+    );
 }
 
 fn default_out(sweep: &Path) -> PathBuf {
@@ -150,7 +157,10 @@ pub fn run(a: SweepArgs) -> Result<()> {
     }
     let device = crate::device::parse(&a.device)?;
     if let Some(t) = a.time_limit {
-        anyhow::ensure!(t > 0.0 && t.is_finite(), "--time-limit {t}: must be positive");
+        anyhow::ensure!(
+            t > 0.0 && t.is_finite(),
+            "--time-limit {t}: must be positive"
+        );
     }
     let out = a.out.clone().unwrap_or_else(|| default_out(&a.sweep));
     let opts = SweepOptions {

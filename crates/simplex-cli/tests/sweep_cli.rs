@@ -38,27 +38,64 @@ fn prepare_skips_binary_files_and_train_stops_on_sigint() {
         )
         .expect("write");
     }
-    std::fs::write(src.join("__pycache__/m0.cpython-311.pyc"), [0xa7u8, 0x0d, 0xff, 0x00])
-        .expect("write");
+    std::fs::write(
+        src.join("__pycache__/m0.cpython-311.pyc"),
+        [0xa7u8, 0x0d, 0xff, 0x00],
+    )
+    .expect("write");
     std::fs::write(src.join("logo.png"), [0x89u8, b'P', b'N', b'G', 0, 0, 0xff]).expect("write");
     let data = tmp.join("data");
     let (ok, stdout, stderr) = simplex(&[
-        "prepare", "--data", s(&src), "--out", s(&data), "--doc-sep", "", "--val-frac", "0.2",
+        "prepare",
+        "--data",
+        s(&src),
+        "--out",
+        s(&data),
+        "--doc-sep",
+        "",
+        "--val-frac",
+        "0.2",
     ]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("6 files (2 skipped as not text)"), "{stdout}");
-    assert!(!stderr.contains('\u{1b}'), "no colour codes when piped: {stderr}");
+    assert!(
+        stdout.contains("6 files (2 skipped as not text)"),
+        "{stdout}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour codes when piped: {stderr}"
+    );
     let (ok, _, stderr) = simplex(&["prepare", "--data", s(&src), "--out", s(&data)]);
     assert!(!ok && stderr.contains("already exists"), "{stderr}");
     let (ok, _, stderr) = simplex(&[
-        "prepare", "--data", s(&src), "--out", s(&tmp.join("strict")), "--strict",
+        "prepare",
+        "--data",
+        s(&src),
+        "--out",
+        s(&tmp.join("strict")),
+        "--strict",
     ]);
     assert!(!ok && stderr.contains("not UTF-8"), "{stderr}");
 
     let run = tmp.join("run");
     let args = [
-        "train", "--data", s(&data), "--out", s(&run), "--steps", "2000", "--batch-size", "2",
-        "--seq-len", "32", "--ckpt-every", "1000", "--eval-every", "0", "--log-every", "1",
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&run),
+        "--steps",
+        "2000",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--ckpt-every",
+        "1000",
+        "--eval-every",
+        "0",
+        "--log-every",
+        "1",
     ];
     let child = Command::new(env!("CARGO_BIN_EXE_simplex"))
         .args(args)
@@ -74,7 +111,10 @@ fn prepare_skips_binary_files_and_train_stops_on_sigint() {
             .count()
             < 3
     {
-        assert!(start.elapsed() < Duration::from_secs(120), "no progress after 120 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no progress after 120 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let killed = Command::new("kill")
@@ -92,10 +132,20 @@ fn prepare_skips_binary_files_and_train_stops_on_sigint() {
     .expect("state.json parses");
     let step = state["step"].as_u64().expect("step");
     assert!((3..2000).contains(&step), "checkpoint at step {step}");
-    assert!(run.join("data").is_symlink(), "the prepared folder is linked, not copied");
+    assert!(
+        run.join("data").is_symlink(),
+        "the prepared folder is linked, not copied"
+    );
     let until = (step + 2).to_string();
     let (ok, stdout, stderr) = simplex(&[
-        "train", "--out", s(&run), "--resume", "--steps", "2000", "--until", &until,
+        "train",
+        "--out",
+        s(&run),
+        "--resume",
+        "--steps",
+        "2000",
+        "--until",
+        &until,
     ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains(&format!("step {until}")), "{stdout}");
@@ -115,20 +165,32 @@ fn sweep_plans_runs_and_reports_bad_files() {
     std::fs::write(&file, &text).expect("write");
     let (ok, stdout, stderr) = simplex(&["sweep", s(&file), "--dry-run"]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("a-dot-s0") && stdout.contains("a-simplicial-s0"), "{stdout}");
+    assert!(
+        stdout.contains("a-dot-s0") && stdout.contains("a-simplicial-s0"),
+        "{stdout}"
+    );
     let out = tmp.join("out");
     let (ok, stdout, stderr) = simplex(&["sweep", s(&file), "--out", s(&out)]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("2 of 2 runs done (2 in this session"), "{stdout}");
+    assert!(
+        stdout.contains("2 of 2 runs done (2 in this session"),
+        "{stdout}"
+    );
     let (ok, stdout, stderr) = simplex(&["sweep", s(&file), "--out", s(&out)]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("2 of 2 runs done (0 in this session"), "{stdout}");
+    assert!(
+        stdout.contains("2 of 2 runs done (0 in this session"),
+        "{stdout}"
+    );
     let csv = std::fs::read_to_string(out.join("results.csv")).expect("results.csv");
     assert_eq!(csv.lines().count(), 1 + 2 * 2, "{csv}");
     // bad files name the problem
     std::fs::write(&file, text.replace("pattern = \"DS\"", "pattern = \"DSD\"")).expect("write");
     let (ok, _, stderr) = simplex(&["sweep", s(&file), "--dry-run"]);
-    assert!(!ok && stderr.contains("grid.toml") && stderr.contains("does not divide"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("grid.toml") && stderr.contains("does not divide"),
+        "{stderr}"
+    );
     std::fs::write(&file, text.replace(s(&data), s(&tmp.join("nope")))).expect("write");
     let (ok, _, stderr) = simplex(&["sweep", s(&file), "--out", s(&out)]);
     assert!(!ok && stderr.contains("nope"), "{stderr}");

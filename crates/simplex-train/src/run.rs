@@ -204,7 +204,11 @@ fn adopt_data_settings(cfg: &mut TrainConfig, o: &TrainOverrides, d: &Dataset) -
         return Err(clash("tokenizer", t.clone(), m.tokenizer.clone()));
     }
     if let Some(s) = o.doc_sep.as_ref().filter(|s| **s != m.doc_sep) {
-        return Err(clash("doc_sep", format!("{s:?}"), format!("{:?}", m.doc_sep)));
+        return Err(clash(
+            "doc_sep",
+            format!("{s:?}"),
+            format!("{:?}", m.doc_sep),
+        ));
     }
     if let Some(v) = o.val_frac.filter(|v| *v != m.val_frac) {
         return Err(clash("val_frac", v.to_string(), m.val_frac.to_string()));

@@ -163,11 +163,17 @@ fn folders_skip_binary_files_and_follow_globs() -> anyhow::Result<()> {
     let src = tmp.path().join("src");
     std::fs::create_dir_all(src.join("pkg/__pycache__"))?;
     for i in 0..4 {
-        std::fs::write(src.join(format!("pkg/m{i}.py")), format!("def f{i}():\n    return {i}\n"))?;
+        std::fs::write(
+            src.join(format!("pkg/m{i}.py")),
+            format!("def f{i}():\n    return {i}\n"),
+        )?;
     }
     std::fs::write(src.join("pkg/notes.md"), "# notes\n")?;
     // a .pyc (not UTF-8) and a UTF-8 file with NUL bytes: both binary
-    std::fs::write(src.join("pkg/__pycache__/m0.pyc"), [0xa7u8, 0x0d, 0x0d, 0x0a, 0xff])?;
+    std::fs::write(
+        src.join("pkg/__pycache__/m0.pyc"),
+        [0xa7u8, 0x0d, 0x0d, 0x0a, 0xff],
+    )?;
     std::fs::write(src.join("pkg/blob.dat"), b"ab\x00cd")?;
     let mut opts = DataOptions::new(vec![src.clone()]);
     opts.doc_sep = String::new();

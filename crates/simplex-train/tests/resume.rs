@@ -232,7 +232,9 @@ fn a_prepared_dataset_trains_like_the_text_it_came_from() -> anyhow::Result<()> 
     let mut bad = tiny_run(&tmp.path().join("runs/b"), 4);
     bad.data = vec![data];
     bad.overrides.tokenizer = Some("bpe:300".into());
-    let err = train(&bad, &mut Quiet).err().expect("a tokenizer clash");
+    let Err(err) = train(&bad, &mut Quiet) else {
+        panic!("a tokenizer clash must be an error");
+    };
     common::assert_mentions(&err, &["tokenizer", "bpe:300", "prepared"]);
     Ok(())
 }

@@ -51,7 +51,11 @@ heads = 2
 #[test]
 fn the_plan_follows_the_budget() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let spec = SweepSpec::read(&sweep_file(tmp.path(), Path::new("data"), "seeds = [0, 1]")?)?;
+    let spec = SweepSpec::read(&sweep_file(
+        tmp.path(),
+        Path::new("data"),
+        "seeds = [0, 1]",
+    )?)?;
     let runs = spec.plan(257)?;
     let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
@@ -75,7 +79,10 @@ fn the_plan_follows_the_budget() -> anyhow::Result<()> {
         assert_eq!(r.model.pattern, if r.kind == "dot" { "DD" } else { "DS" });
         assert!((r.flops - 3.0 * r.info.flops_per_token * r.tokens as f64).abs() < 1.0);
     }
-    assert!(runs[4].steps > runs[0].steps, "a bigger model gets more tokens");
+    assert!(
+        runs[4].steps > runs[0].steps,
+        "a bigger model gets more tokens"
+    );
     Ok(())
 }
 
@@ -92,9 +99,18 @@ fn bad_sweep_files_say_what_is_wrong() -> anyhow::Result<()> {
     };
     let base = std::fs::read_to_string(sweep_file(tmp.path(), Path::new("d"), "")?)?;
     let e = read_err(&base.replace("tokens_per_param = 0.02", "tokens_per_param = -1"));
-    assert!(e.contains("tokens_per_param") && e.contains("bad.toml"), "{e}");
-    let e = read_err(&base.replace("layers = 2\nheads = 2\n\n[[sizes]]", "layers = 3\nheads = 2\n\n[[sizes]]"));
-    assert!(e.contains("size a") && e.contains("does not divide layers = 3"), "{e}");
+    assert!(
+        e.contains("tokens_per_param") && e.contains("bad.toml"),
+        "{e}"
+    );
+    let e = read_err(&base.replace(
+        "layers = 2\nheads = 2\n\n[[sizes]]",
+        "layers = 3\nheads = 2\n\n[[sizes]]",
+    ));
+    assert!(
+        e.contains("size a") && e.contains("does not divide layers = 3"),
+        "{e}"
+    );
     let e = read_err(&base.replace("lr = 3e-3", "lr = 3e-3\nlearning_rate = 1"));
     assert!(e.contains("learning_rate"), "unknown keys are named: {e}");
     let e = read_err(&base.replace("seq_len = 32\n", ""));
@@ -166,7 +182,10 @@ fn a_stopped_sweep_resumes_without_redoing_finished_runs() -> anyhow::Result<()>
     assert_eq!((first.done, first.trained, first.planned), (1, 1, 4));
     let done0 = out.join("runs/a-dot-s0/result.json");
     let stamp = std::fs::metadata(&done0)?.modified()?;
-    assert!(out.join("runs/a-simplicial-s0/checkpoint").is_dir(), "the stopped run checkpointed");
+    assert!(
+        out.join("runs/a-simplicial-s0/checkpoint").is_dir(),
+        "the stopped run checkpointed"
+    );
     assert!(!out.join("runs/a-simplicial-s0/result.json").exists());
 
     let mut count = Count(0);
@@ -178,13 +197,19 @@ fn a_stopped_sweep_resumes_without_redoing_finished_runs() -> anyhow::Result<()>
     assert!(!second.stopped);
     assert_eq!((second.done, second.trained), (4, 3));
     assert_eq!(count.0, 3, "the finished run is not started again");
-    assert_eq!(std::fs::metadata(&done0)?.modified()?, stamp, "nor rewritten");
+    assert_eq!(
+        std::fs::metadata(&done0)?.modified()?,
+        stamp,
+        "nor rewritten"
+    );
 
     // one results row per run and eval set, in the columns `simplex fit` reads
     let csv = std::fs::read_to_string(out.join("results.csv"))?;
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-    for col in ["kind", "eval_set", "params", "loss", "seed", "tokens", "flops"] {
+    for col in [
+        "kind", "eval_set", "params", "loss", "seed", "tokens", "flops",
+    ] {
         assert!(header.contains(&col), "{col} in {header:?}");
     }
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
@@ -196,14 +221,20 @@ fn a_stopped_sweep_resumes_without_redoing_finished_runs() -> anyhow::Result<()>
     }
     let runs = std::fs::read_to_string(out.join("runs.csv"))?;
     assert_eq!(runs.lines().count(), 5);
-    assert!(runs.lines().next().unwrap_or("").ends_with("heldout_nll,gsm_nll"));
+    assert!(runs
+        .lines()
+        .next()
+        .unwrap_or("")
+        .ends_with("heldout_nll,gsm_nll"));
 
     // a sweep file changed under a finished run is an error naming it
     let changed = std::fs::read_to_string(tmp.path().join("sweep.toml"))?
         .replace("d_model = 32", "d_model = 40");
     std::fs::write(tmp.path().join("sweep.toml"), changed)?;
     let spec2 = SweepSpec::read(&tmp.path().join("sweep.toml"))?;
-    let err = run_sweep(&spec2, &opts, &mut Count(0)).err().expect("a changed plan");
+    let Err(err) = run_sweep(&spec2, &opts, &mut Count(0)) else {
+        panic!("a changed plan must be an error");
+    };
     assert_mentions(&err, &["a-dot-s0", "another model"]);
     Ok(())
 }

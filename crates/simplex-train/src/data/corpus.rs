@@ -90,7 +90,11 @@ pub fn read_text(path: &Path) -> Result<String> {
                 return Err(TrainError::NotUtf8 {
                     path: path.to_path_buf(),
                     offset,
-                    line: s.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1,
+                    line: s.as_bytes()[..offset]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count()
+                        + 1,
                     byte: 0,
                 });
             }

@@ -88,9 +88,8 @@ pub fn run_sweep(
     let runs = spec.plan(data.tokenizer.vocab_size())?;
     let sources = evalsets::resolve(&spec.eval_sets, &spec.eval_dir)?;
     std::fs::create_dir_all(opts.out.join("runs")).at(&opts.out)?;
-    let spec_text = toml::to_string(spec).map_err(|e| {
-        TrainError::io(opts.out.join("sweep.toml"), std::io::Error::other(e))
-    })?;
+    let spec_text = toml::to_string(spec)
+        .map_err(|e| TrainError::io(opts.out.join("sweep.toml"), std::io::Error::other(e)))?;
     results::write_atomic(&opts.out.join("sweep.toml"), &spec_text)?;
     let mut finished: Vec<Option<RunResult>> = Vec::with_capacity(runs.len());
     for r in &runs {
@@ -134,7 +133,9 @@ pub fn run_sweep(
         }
         if let (Some(deadline), Some(fps)) = (opts.deadline, rate.get(&r.kind)) {
             let need = r.flops / fps;
-            let left = deadline.saturating_duration_since(Instant::now()).as_secs_f64();
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64();
             if need > left {
                 obs.run_skipped(
                     i,
@@ -151,7 +152,10 @@ pub fn run_sweep(
             summary.stopped = true;
             break;
         };
-        rate.insert(r.kind.clone(), r.flops / t0.elapsed().as_secs_f64().max(1e-3));
+        rate.insert(
+            r.kind.clone(),
+            r.flops / t0.elapsed().as_secs_f64().max(1e-3),
+        );
         obs.run_done(i, &result);
         finished[i] = Some(result);
         summary.done += 1;

@@ -188,8 +188,7 @@ fn bad(path: &Path, reason: impl Into<String>) -> TrainError {
 
 fn name_ok(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
@@ -282,9 +281,9 @@ impl SweepSpec {
                 };
                 let batch_size = size.batch_size.unwrap_or(self.batch_size);
                 let per_step = (batch_size * self.seq_len) as f64;
-                let steps =
-                    ((self.tokens_per_param * budget_params as f64 / per_step).ceil() as usize)
-                        .max(1);
+                let steps = ((self.tokens_per_param * budget_params as f64 / per_step).ceil()
+                    as usize)
+                    .max(1);
                 let tokens = (steps as f64 * per_step) as u64;
                 for &seed in &self.seeds {
                     runs.push(PlannedRun {
@@ -319,7 +318,7 @@ impl SweepSpec {
         vocab: usize,
     ) -> std::result::Result<Config, String> {
         let p = &kind.pattern;
-        if p.is_empty() || size.layers % p.chars().count() != 0 {
+        if p.is_empty() || !size.layers.is_multiple_of(p.chars().count()) {
             return Err(format!(
                 "pattern {p:?} does not divide layers = {} (the pattern repeats to the layer count)",
                 size.layers
