@@ -5,6 +5,7 @@
 #   BUNDLE/corpus.tar.xz   scripts/prepare-corpus.py --tar (the machine has no network)
 #   BUNDLE/sweep-prev.tar  optional: the results of earlier sessions (result.json files),
 #                          so that finished runs are skipped
+#   BUNDLE/after.sh        optional: more commands after the sweep (the binary is $BIN)
 # The eval sets are the repository's evals/ (committed). Usage:
 #   bash scripts/gpu-study.sh BUNDLE SWEEP_SECONDS [MATCH3_SECONDS COMPARE_ARGS...]
 # Writes $OUT/study.tar (the sweep folder without checkpoints, the Match3 folders, logs).
@@ -24,6 +25,9 @@ mkdir -p runs
 if [ -f "$bundle/sweep-prev.tar" ]; then tar -xf "$bundle/sweep-prev.tar" -C runs; fi
 "$bin" sweep configs/scaling-small.toml --device cuda --out runs/scaling-small \
   --time-limit "$seconds" 2>&1 | tee "$OUT/logs/sweep.log"
+if [ -f "$bundle/after.sh" ]; then
+  BIN=$bin bash "$bundle/after.sh" 2>&1 | tee "$OUT/logs/after.log"
+fi
 if [ $# -gt 1 ]; then
   limit=$1
   shift

@@ -25,6 +25,7 @@
 //! layers = 4
 //! heads = 2                     # head dim = d_model / heads
 //! # mlp_hidden = 352            # default: 8/3 d_model rounded up to a multiple of 32
+//! # lr, batch_size, seeds       # optional: this size's own
 //! ```
 //! A run is named `SIZE-KIND-sSEED`. Every run of a kind gets the same data, sequence length,
 //! batch and token budget per parameter, so the kinds differ only in their attention.
@@ -85,6 +86,9 @@ pub struct SizeSpec {
     /// Sequences per update of this size [default: the sweep's].
     #[serde(default)]
     pub batch_size: Option<usize>,
+    /// Seeds of this size [default: the sweep's] (fewer for the largest, costliest sizes).
+    #[serde(default)]
+    pub seeds: Option<Vec<u64>>,
 }
 
 /// A sweep file.
@@ -263,6 +267,12 @@ impl SweepSpec {
             if !seen.insert(&s.name) {
                 problems.push(format!("sizes name {:?}: given twice", s.name));
             }
+            if s.seeds.as_ref().is_some_and(|v| v.is_empty()) {
+                problems.push(format!(
+                    "sizes {:?}: seeds = []: give at least one seed",
+                    s.name
+                ));
+            }
         }
         let mut runs = Vec::new();
         for size in &self.sizes {
@@ -285,7 +295,7 @@ impl SweepSpec {
                     as usize)
                     .max(1);
                 let tokens = (steps as f64 * per_step) as u64;
-                for &seed in &self.seeds {
+                for &seed in size.seeds.as_ref().unwrap_or(&self.seeds) {
                     runs.push(PlannedRun {
                         name: format!("{}-{kind_name}-s{seed}", size.name),
                         size: size.name.clone(),
