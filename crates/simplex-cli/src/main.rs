@@ -3,6 +3,7 @@
 mod attn_cmd;
 mod bench_cmd;
 mod compare_cmd;
+mod data_args;
 mod device;
 mod eval_cmd;
 mod eval_task_cmd;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use simplex_train::data::{self, DataOptions, FileFilter};
+use simplex_train::data::{self, DataOptions};
 
 #[derive(Args, Debug)]
 pub struct PrepareArgs {
@@ -15,16 +15,8 @@ pub struct PrepareArgs {
     /// The dataset folder to write (must not exist): meta.json, tokenizer.json, token shards.
     #[arg(long)]
     pub out: PathBuf,
-    /// Read only files whose path below a folder given matches one of these globs
-    /// (`*` crosses `/`: `*.py` matches at any depth); repeatable.
-    #[arg(long)]
-    pub include: Vec<String>,
-    /// Leave out files whose path matches one of these globs; repeatable.
-    #[arg(long)]
-    pub exclude: Vec<String>,
-    /// A file in a folder that is not UTF-8 text is an error (default: skipped and counted).
-    #[arg(long)]
-    pub strict: bool,
+    #[command(flatten)]
+    pub files: crate::data_args::FileFilterArgs,
     /// bytes, bpe:VOCAB (trained on the training documents) or a tokenizers JSON file.
     #[arg(long, default_value = "bytes")]
     pub tokenizer: String,
@@ -55,11 +47,7 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     opts.val_frac = a.val_frac;
     opts.split_seed = a.split_seed;
     opts.shard_tokens = a.shard_tokens;
-    opts.filter = FileFilter {
-        include: a.include,
-        exclude: a.exclude,
-        strict: a.strict,
-    };
+    opts.filter = a.files.filter();
     let d = data::prepare(&opts, &a.out)?;
     let m = &d.meta;
     println!(

@@ -73,8 +73,15 @@ impl Observer for Progress {
 }
 
 impl SweepObserver for Progress {
-    fn plan(&mut self, runs: &[PlannedRun], done: usize) {
+    fn plan(&mut self, runs: &[PlannedRun], finished: &[bool]) {
+        let done = finished.iter().filter(|&&f| f).count();
         self.total_flops = runs.iter().map(|r| r.flops).sum();
+        self.done_flops = runs
+            .iter()
+            .zip(finished)
+            .filter(|(_, &f)| f)
+            .map(|(r, _)| r.flops)
+            .sum();
         self.sweep.set_length(runs.len() as u64);
         self.sweep.set_position(done as u64);
         self.line(format!(
@@ -85,7 +92,11 @@ impl SweepObserver for Progress {
         ));
     }
     fn run_start(&mut self, index: usize, r: &PlannedRun) {
-        self.sweep.set_message(r.name.clone());
+        self.sweep.set_message(format!(
+            "{} ({:.0}% of the sweep's FLOPs done)",
+            r.name,
+            100.0 * self.done_flops / self.total_flops.max(1.0)
+        ));
         self.line(format!(
             "run {}: {} ({:.2}M params, {:.2}M non-embedding), {} updates, {:.1}M tokens, {:.2e} FLOPs",
             index + 1,

@@ -16,15 +16,8 @@ pub struct TrainArgs {
     /// (used as is); optional with --resume (the stored shards are used).
     #[arg(long, num_args = 1.., required_unless_present = "resume")]
     pub data: Vec<PathBuf>,
-    /// Read only the files of the --data folders whose path matches one of these globs.
-    #[arg(long)]
-    pub include: Vec<String>,
-    /// Leave out the files of the --data folders whose path matches one of these globs.
-    #[arg(long)]
-    pub exclude: Vec<String>,
-    /// A file in a --data folder that is not UTF-8 text is an error (default: skipped).
-    #[arg(long)]
-    pub strict: bool,
+    #[command(flatten)]
+    pub files: crate::data_args::FileFilterArgs,
     /// The run folder: config.toml, train.toml, data/, metrics.jsonl|csv, checkpoint/.
     #[arg(long)]
     pub out: PathBuf,
@@ -215,11 +208,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     opts.resume = a.resume;
     opts.until = a.until;
     opts.peak_flops = a.peak_tflops.map(|t| t * 1e12);
-    opts.filter = simplex_train::data::FileFilter {
-        include: a.include,
-        exclude: a.exclude,
-        strict: a.strict,
-    };
+    opts.filter = a.files.filter();
     opts.stop = Some(crate::interrupt::stop_on_signal()?);
     let tty = std::io::stderr().is_terminal();
     let target = if tty {

@@ -49,8 +49,8 @@ pub struct SweepOptions {
 
 /// Receives a sweep's progress (the CLI draws bars from it).
 pub trait SweepObserver: Observer {
-    /// The plan, and how many runs are already done.
-    fn plan(&mut self, _runs: &[PlannedRun], _done: usize) {}
+    /// The plan, and which of its runs are already done.
+    fn plan(&mut self, _runs: &[PlannedRun], _finished: &[bool]) {}
     /// A run starts (or continues).
     fn run_start(&mut self, _index: usize, _run: &PlannedRun) {}
     /// A run is trained and scored.
@@ -119,7 +119,8 @@ pub fn run_sweep(
         trained: 0,
         stopped: false,
     };
-    obs.plan(&runs, summary.done);
+    let done_flags: Vec<bool> = finished.iter().map(Option::is_some).collect();
+    obs.plan(&runs, &done_flags);
     write_tables(&opts.out, &finished, &spec.eval_sets)?;
     // FLOP/s of the last run of each kind this session (training and scoring)
     let mut rate: std::collections::BTreeMap<String, f64> = Default::default();
