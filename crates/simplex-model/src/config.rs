@@ -290,6 +290,74 @@ impl Config {
         Ok(toml::to_string(self)?)
     }
 
+    /// The config as TOML with every key written out, each with a comment, the optional head
+    /// layouts at their resolved values and the `[simplicial]` section included: a file to
+    /// start a hand-written config from (`from_toml_str` reads it back).
+    pub fn to_full_toml_string(&self) -> String {
+        use toml::Value;
+        let int = |n: usize| Value::Integer(n as i64);
+        let (d, s) = (self.dot_heads(), self.simplicial_heads());
+        let variant = match self.simplicial.variant {
+            SimplicialVariant::Trilinear => "trilinear",
+            SimplicialVariant::Determinant => "determinant",
+        };
+        let top: [(&str, Value, &str); 14] = [
+            ("vocab_size", int(self.vocab_size), "token ids; must cover the tokenizer's (bytes: 257, end-of-text included)"),
+            ("d_model", int(self.d_model), "width of the residual stream"),
+            ("pattern", Value::String(self.pattern.clone()), "one letter per layer, bottom to top: D (dot-product), L (sliding window), S (2-simplicial)"),
+            ("heads_q", int(self.heads_q), "query heads of the D/L layers"),
+            ("heads_kv", int(d.kv), "key/value heads of the D/L layers (default: heads_q)"),
+            ("head_dim", int(d.dim), "head dim of the D/L layers (default: d_model / heads_q)"),
+            ("window", int(self.window), "sliding window of the L layers"),
+            ("mlp_hidden", int(self.mlp_hidden), "hidden width of the SwiGLU MLP"),
+            ("rope_theta", Value::Float(self.rope_theta), "RoPE base"),
+            ("tie_embeddings", Value::Boolean(self.tie_embeddings), "the output head is the transposed token embedding"),
+            ("norm_eps", Value::Float(self.norm_eps), "RMSNorm epsilon"),
+            ("max_seq_len", int(self.max_seq_len), "longest sequence"),
+            ("bidirectional", Value::Boolean(self.bidirectional), "true: an encoder (task models); a language model is causal"),
+            ("rope", Value::Boolean(self.rope), "false: no RoPE (no position signal in D/L layers)"),
+        ];
+        let simplicial: [(&str, Value, &str); 7] = [
+            (
+                "heads_q",
+                int(s.q),
+                "query heads of the S layers (default: the top-level heads_q)",
+            ),
+            (
+                "heads_kv",
+                int(s.kv),
+                "key/value heads of the S layers (default: simplicial heads_q)",
+            ),
+            (
+                "head_dim",
+                int(s.dim),
+                "head dim of the S layers (default: d_model / simplicial heads_q)",
+            ),
+            ("w1", int(self.simplicial.w1), "first window (k1, v1)"),
+            ("w2", int(self.simplicial.w2), "second window (k2, v2)"),
+            (
+                "variant",
+                Value::String(variant.into()),
+                "\"trilinear\" or \"determinant\"",
+            ),
+            (
+                "rotate",
+                Value::Boolean(self.simplicial.rotate),
+                "determinant only: rotate 3-chunks by position",
+            ),
+        ];
+        let lines = |keys: &[(&str, Value, &str)]| -> String {
+            keys.iter()
+                .map(|(k, v, c)| format!("{:<28}# {c}\n", format!("{k} = {v}")))
+                .collect()
+        };
+        format!(
+            "{}\n[simplicial]               # the S layers\n{}",
+            lines(&top),
+            lines(&simplicial)
+        )
+    }
+
     /// The layer kinds, bottom to top (call after `validate`; unknown letters are skipped).
     pub fn layers(&self) -> Vec<LayerKind> {
         self.pattern

@@ -248,3 +248,50 @@ fn bad_tokens_are_errors() -> anyhow::Result<()> {
     assert!(e.contains("`window` = 0"), "{e}");
     Ok(())
 }
+
+/// The keys of a TOML document, section keys as `section.key`.
+fn keys(text: &str) -> std::collections::BTreeSet<String> {
+    let t: toml::Table = toml::from_str(text).expect("TOML");
+    let mut out = std::collections::BTreeSet::new();
+    for (k, v) in &t {
+        match v {
+            toml::Value::Table(sub) => out.extend(sub.keys().map(|s| format!("{k}.{s}"))),
+            _ => {
+                out.insert(k.clone());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_full_toml_has_every_key_and_reads_back() -> anyhow::Result<()> {
+    let mut cfgs: Vec<Config> = PRESETS
+        .iter()
+        .map(|p| Config::preset(p))
+        .collect::<Result<_, _>>()?;
+    cfgs.push(Config::from_toml_str(TINY_TOML)?);
+    for cfg in cfgs {
+        let full = cfg.to_full_toml_string();
+        let back = Config::from_toml_str(&full)?;
+        // the optional head layouts come back as their resolved values
+        let mut resolved = cfg.clone();
+        let (d, s) = (cfg.dot_heads(), cfg.simplicial_heads());
+        resolved.heads_kv = Some(d.kv);
+        resolved.head_dim = Some(d.dim);
+        resolved.simplicial.heads_q = Some(s.q);
+        resolved.simplicial.heads_kv = Some(s.kv);
+        resolved.simplicial.head_dim = Some(s.dim);
+        assert_eq!(back, resolved, "{full}");
+        // every key that the config has: serialize one with nothing left at a skipped default
+        let mut every = resolved.clone();
+        every.bidirectional = true;
+        every.rope = false;
+        assert_eq!(keys(&full), keys(&every.to_toml_string()?), "{full}");
+        assert!(
+            full.contains("[simplicial]") && full.contains("# "),
+            "{full}"
+        );
+    }
+    Ok(())
+}
