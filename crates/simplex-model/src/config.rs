@@ -25,7 +25,7 @@
 //! variant = "determinant"   # or "trilinear" (default)
 //! rotate = false            # determinant only: rotate 3-chunks by position (relative positions)
 //! ```
-//! Keys that do not exist are rejected.
+//! Keys that do not exist are rejected; absent required keys are all listed in one error.
 
 use serde::{Deserialize, Serialize};
 
@@ -278,8 +278,36 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Parses and validates a TOML config; unknown keys are errors.
+    /// Parses and validates a TOML config; unknown keys are errors, and all absent required
+    /// keys are reported at once.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table = toml::from_str(text)?;
+        let mut missing: Vec<String> = [
+            "vocab_size",
+            "d_model",
+            "pattern",
+            "heads_q",
+            "mlp_hidden",
+            "max_seq_len",
+        ]
+        .iter()
+        .filter(|k| !table.contains_key(**k))
+        .map(|k| k.to_string())
+        .collect();
+        if let Some(toml::Value::Table(s)) = table.get("simplicial") {
+            missing.extend(
+                ["w1", "w2"]
+                    .iter()
+                    .filter(|k| !s.contains_key(**k))
+                    .map(|k| format!("simplicial.{k}")),
+            );
+        }
+        if !missing.is_empty() {
+            return Err(ConfigError::Missing {
+                keys: missing.join(", "),
+            });
+        }
+        // from the text again, so that errors keep their line
         let cfg: Config = toml::from_str(text)?;
         cfg.validate()?;
         Ok(cfg)

@@ -208,8 +208,20 @@ fn unknown_keys_and_wrong_types_are_rejected() {
     assert!(e.contains("cubic") && e.contains("trilinear"), "{e}");
     let e = err(&edit("d_model = 64", "d_model = \"big\""));
     assert!(e.contains("d_model") || e.contains("invalid type"), "{e}");
+    // every absent required key at once, section keys dotted
     let e = err("vocab_size = 10");
-    assert!(e.contains("missing field"), "{e}");
+    assert!(
+        e.contains("d_model, pattern, heads_q, mlp_hidden, max_seq_len"),
+        "{e}"
+    );
+    let e = err(&edit("d_model = 64", "")
+        .replace("w1 = 8", "")
+        .replace("mlp_hidden = 128", ""));
+    assert!(e.contains("d_model, mlp_hidden, simplicial.w1"), "{e}");
+    assert!(!e.contains("vocab_size") && !e.contains("w2"), "{e}");
+    // a section that is absent takes its defaults
+    let no_section = "vocab_size = 10\nd_model = 8\npattern = \"D\"\nheads_q = 2\nmlp_hidden = 8\nmax_seq_len = 8\n";
+    Config::from_toml_str(no_section).expect("no [simplicial] section");
 }
 
 #[test]
