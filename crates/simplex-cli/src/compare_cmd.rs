@@ -44,10 +44,10 @@ pub struct CompareArgs {
     pub equal: String,
     /// Peak learning rate (linear warmup, cosine to 1% of it): one value for every kind, and/or
     /// KIND=VALUE items, comma-separated (e.g. `3e-3,trilinear=1e-2`).
-    #[arg(long, default_value = "3e-3,dot=2e-3")]
+    #[arg(long, default_value = "3e-3,dot=2e-3", allow_hyphen_values = true)]
     pub lr: String,
     /// Examples per update (all of one length).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long = "batch-size", alias = "batch", default_value_t = 32)]
     pub batch: usize,
     /// Warmup updates [default: 5% of --steps].
     #[arg(long)]

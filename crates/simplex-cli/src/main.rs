@@ -16,7 +16,7 @@ mod prepare_cmd;
 mod sweep_cmd;
 mod train_cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -71,7 +71,48 @@ enum Command {
     Fit(fit_cmd::FitArgs),
 }
 
+/// Restores the default action of SIGPIPE (the Rust runtime ignores it), so that writing to a
+/// closed pipe (`simplex model info | head -1`) ends the process quietly, as other Unix tools
+/// do, instead of `println!` panicking on the broken-pipe error.
+#[cfg(unix)]
+fn quiet_on_closed_pipe() {
+    // SAFETY: called first thing in `main`, before any other thread exists; `signal` with
+    // SIG_DFL installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn quiet_on_closed_pipe() {}
+
+/// Lets every option that takes a value take a negative number (`--lr -1`), in `cmd` and all
+/// its subcommands, so that the value reaches its check and the error explains it, instead of
+/// clap reading `-1` as an unknown flag. Options of floating-point numbers take any value that
+/// starts with `-` (`-1e-3`, `-inf`, which clap does not count as numbers) and report it.
+fn negative_numbers_as_values(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| {
+        if !a.get_action().takes_values() {
+            a
+        } else if a.get_value_parser().type_id() == std::any::TypeId::of::<f64>() {
+            a.allow_hyphen_values(true)
+        } else {
+            a.allow_negative_numbers(true)
+        }
+    })
+    .mut_subcommands(negative_numbers_as_values)
+}
+
+/// Whether `e` comes from writing to a closed pipe (a reader such as `head` that went away).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() {
+    quiet_on_closed_pipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -79,7 +120,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&negative_numbers_as_values(Cli::command()).get_matches())
+        .unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Compare(a) => compare_cmd::run(*a),
         Command::EvalTask(a) => eval_task_cmd::run(a),
@@ -95,6 +137,9 @@ fn main() {
         Command::Fit(a) => fit_cmd::run(a),
     };
     if let Err(e) = result {
+        if is_broken_pipe(&e) {
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

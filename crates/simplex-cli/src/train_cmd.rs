@@ -24,9 +24,13 @@ pub struct TrainArgs {
     /// A model preset: tiny (default), small, 25m, 100m, 300m.
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
-    /// A model config TOML file.
+    /// A model config TOML file (`simplex model config --preset NAME` prints one to start from).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Layer pattern replacing the preset's or config's, one letter per layer, bottom to top:
+    /// D (dot-product), L (sliding window), S (2-simplicial), e.g. DDLS.
+    #[arg(long)]
+    pub pattern: Option<String>,
     /// Continue the run in --out from its checkpoint (same losses as an uninterrupted run).
     #[arg(long)]
     pub resume: bool,
@@ -204,6 +208,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     let mut opts = RunOptions::new(a.out, a.data, device);
     opts.model = model;
+    opts.pattern = a.pattern;
     opts.overrides = overrides;
     opts.resume = a.resume;
     opts.until = a.until;

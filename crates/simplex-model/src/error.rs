@@ -16,6 +16,12 @@ pub enum ConfigError {
     /// The TOML does not parse, or has unknown keys or wrong types (the message has the line).
     #[error("config TOML: {0}")]
     Parse(#[from] toml::de::Error),
+    /// Required keys are absent (all of them listed, dotted for sections: `simplicial.w1`).
+    #[error("config is missing the required key(s) {keys} (`simplex model config` prints a complete config)")]
+    Missing {
+        /// The absent keys, comma-separated.
+        keys: String,
+    },
     /// The config cannot be written as TOML.
     #[error("config TOML: {0}")]
     Write(#[from] toml::ser::Error),

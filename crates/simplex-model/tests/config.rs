@@ -208,8 +208,20 @@ fn unknown_keys_and_wrong_types_are_rejected() {
     assert!(e.contains("cubic") && e.contains("trilinear"), "{e}");
     let e = err(&edit("d_model = 64", "d_model = \"big\""));
     assert!(e.contains("d_model") || e.contains("invalid type"), "{e}");
+    // every absent required key at once, section keys dotted
     let e = err("vocab_size = 10");
-    assert!(e.contains("missing field"), "{e}");
+    assert!(
+        e.contains("d_model, pattern, heads_q, mlp_hidden, max_seq_len"),
+        "{e}"
+    );
+    let e = err(&edit("d_model = 64", "")
+        .replace("w1 = 8", "")
+        .replace("mlp_hidden = 128", ""));
+    assert!(e.contains("d_model, mlp_hidden, simplicial.w1"), "{e}");
+    assert!(!e.contains("vocab_size") && !e.contains("w2"), "{e}");
+    // a section that is absent takes its defaults
+    let no_section = "vocab_size = 10\nd_model = 8\npattern = \"D\"\nheads_q = 2\nmlp_hidden = 8\nmax_seq_len = 8\n";
+    Config::from_toml_str(no_section).expect("no [simplicial] section");
 }
 
 #[test]
@@ -246,5 +258,52 @@ fn bad_tokens_are_errors() -> anyhow::Result<()> {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`window` = 0"), "{e}");
+    Ok(())
+}
+
+/// The keys of a TOML document, section keys as `section.key`.
+fn keys(text: &str) -> std::collections::BTreeSet<String> {
+    let t: toml::Table = toml::from_str(text).expect("TOML");
+    let mut out = std::collections::BTreeSet::new();
+    for (k, v) in &t {
+        match v {
+            toml::Value::Table(sub) => out.extend(sub.keys().map(|s| format!("{k}.{s}"))),
+            _ => {
+                out.insert(k.clone());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_full_toml_has_every_key_and_reads_back() -> anyhow::Result<()> {
+    let mut cfgs: Vec<Config> = PRESETS
+        .iter()
+        .map(|p| Config::preset(p))
+        .collect::<Result<_, _>>()?;
+    cfgs.push(Config::from_toml_str(TINY_TOML)?);
+    for cfg in cfgs {
+        let full = cfg.to_full_toml_string();
+        let back = Config::from_toml_str(&full)?;
+        // the optional head layouts come back as their resolved values
+        let mut resolved = cfg.clone();
+        let (d, s) = (cfg.dot_heads(), cfg.simplicial_heads());
+        resolved.heads_kv = Some(d.kv);
+        resolved.head_dim = Some(d.dim);
+        resolved.simplicial.heads_q = Some(s.q);
+        resolved.simplicial.heads_kv = Some(s.kv);
+        resolved.simplicial.head_dim = Some(s.dim);
+        assert_eq!(back, resolved, "{full}");
+        // every key that the config has: serialize one with nothing left at a skipped default
+        let mut every = resolved.clone();
+        every.bidirectional = true;
+        every.rope = false;
+        assert_eq!(keys(&full), keys(&every.to_toml_string()?), "{full}");
+        assert!(
+            full.contains("[simplicial]") && full.contains("# "),
+            "{full}"
+        );
+    }
     Ok(())
 }

@@ -261,8 +261,17 @@ pub fn merge_legacy(
     Ok(())
 }
 
+/// Whether every value of the f32 tensor `t` is finite: `0 * t` is 0 where `t` is finite
+/// and NaN where it is NaN or infinite, so its sum is finite exactly when all of `t` is.
+fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok(t.affine(0.0, 0.0)?
+        .sum_all()?
+        .to_scalar::<f32>()?
+        .is_finite())
+}
+
 /// Checks that `tensors` (read from `path`, named in errors) hold exactly the f32 tensors
-/// named in `shapes`: every one present with its shape, and no other.
+/// named in `shapes`: every one present with its shape, finite, and no other.
 pub fn check_tensors(
     path: &Path,
     tensors: &HashMap<String, Tensor>,
@@ -290,6 +299,12 @@ pub fn check_tensors(
                 format!("tensor `{name}` is {:?}; checkpoints hold f32", t.dtype()),
             ));
         }
+        if !all_finite(t)? {
+            return Err(TrainError::checkpoint(
+                path,
+                format!("tensor `{name}` holds NaN or infinite values: the run that saved it diverged (or the file is damaged); use an earlier checkpoint"),
+            ));
+        }
     }
     let known: std::collections::HashSet<&str> = shapes.iter().map(|(n, _)| n.as_str()).collect();
     if let Some(extra) = tensors.keys().filter(|k| !known.contains(k.as_str())).min() {
@@ -302,7 +317,7 @@ pub fn check_tensors(
 }
 
 /// Copies `weights` (read from `path`, named in errors) into `params`: every parameter must be
-/// present with its shape in f32, and no other tensor may be.
+/// present with its shape in f32 and finite, and no other tensor may be.
 pub fn load_weights(
     path: &Path,
     weights: &HashMap<String, Tensor>,

@@ -33,6 +33,9 @@ pub struct RunOptions {
     pub data: Vec<PathBuf>,
     /// The model (default: preset `tiny`; when resuming, must agree with the saved config).
     pub model: Option<ModelChoice>,
+    /// A layer pattern (`--pattern`, e.g. `DDLS`) replacing the model's; when resuming, it
+    /// must agree with the saved config.
+    pub pattern: Option<String>,
     /// Settings given on the command line.
     pub overrides: TrainOverrides,
     /// Continue the run in `out` from its checkpoint.
@@ -87,6 +90,7 @@ impl RunOptions {
             out: out.into(),
             data,
             model: None,
+            pattern: None,
             overrides: TrainOverrides::default(),
             resume: false,
             device,
@@ -109,6 +113,48 @@ pub struct Prepared {
     pub data: Dataset,
     /// The checkpoint to continue from.
     pub checkpoint: Option<Checkpoint>,
+    /// A resume whose command line changed the saved settings: the run's `train.toml`, not
+    /// yet rewritten (see [`Prepared::save_settings`]).
+    pub settings_to_save: Option<PathBuf>,
+}
+
+impl Prepared {
+    /// Writes the resumed run's changed settings to its `train.toml`; the trainer calls it only
+    /// once everything that can fail has been set up and there are updates to run, so a
+    /// resume that fails or has nothing to do leaves `train.toml` as it was.
+    pub fn save_settings(&self) -> Result<()> {
+        match &self.settings_to_save {
+            Some(path) => write_text(path, &self.train_cfg.to_toml()?),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `cfg` with its layer pattern replaced by `pattern` (the `--pattern` flag), checked: one
+/// letter per layer, D, L or S, and a model that is valid with it; errors name the flag.
+pub fn with_pattern(mut cfg: Config, pattern: Option<&str>) -> Result<Config> {
+    let Some(p) = pattern else {
+        return Ok(cfg);
+    };
+    let bad = |reason: String| TrainError::setting("pattern", format!("{p:?}"), reason);
+    if p.is_empty() {
+        return Err(bad(
+            "--pattern needs at least one layer letter: D (dot-product), L (sliding window) or S (2-simplicial)".into(),
+        ));
+    }
+    if let Some((pos, c)) = p
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !matches!(c, 'D' | 'L' | 'S'))
+    {
+        return Err(bad(format!(
+            "--pattern letter `{c}` at position {pos} is not a layer kind: D (dot-product), L (sliding window) or S (2-simplicial)"
+        )));
+    }
+    cfg.pattern = p.to_string();
+    cfg.validate()
+        .map_err(|e| bad(format!("--pattern gives an invalid model: {e}")))?;
+    Ok(cfg)
 }
 
 /// Reads a model config file; errors name the file and the key.
@@ -297,11 +343,20 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
             &train_path,
         )?;
         let train_cfg = saved.resume_with(&opts.overrides, model_cfg.max_seq_len)?;
-        if let Some(choice) = &opts.model {
-            let mut given = resolve_model(choice)?;
-            if matches!(choice, ModelChoice::Preset(_)) {
-                given.vocab_size = model_cfg.vocab_size;
+        let given = match &opts.model {
+            Some(choice) => {
+                let mut given = resolve_model(choice)?;
+                if matches!(choice, ModelChoice::Preset(_)) {
+                    given.vocab_size = model_cfg.vocab_size;
+                }
+                Some(with_pattern(given, opts.pattern.as_deref())?)
             }
+            None if opts.pattern.is_some() => {
+                Some(with_pattern(model_cfg.clone(), opts.pattern.as_deref())?)
+            }
+            None => None,
+        };
+        if let Some(given) = given {
             if let Some((key, a, b)) = first_difference(&given, &model_cfg) {
                 return Err(TrainError::ConfigFile {
                     path: cfg_path,
@@ -333,9 +388,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
             });
         };
         check_vocab(&model_cfg, &data, &cfg_path)?;
-        if train_cfg != saved {
-            write_text(&train_path, &train_cfg.to_toml()?)?;
-        }
+        let settings_to_save = (train_cfg != saved).then_some(train_path);
         let checkpoint = match checkpoint::locate(run) {
             Some(dir) => Some(Checkpoint::read(&dir, &opts.device)?),
             None => {
@@ -348,6 +401,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
             train_cfg,
             data,
             checkpoint,
+            settings_to_save,
         });
     }
     let taken = [
@@ -371,7 +425,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
         .model
         .clone()
         .unwrap_or(ModelChoice::Preset("tiny".into()));
-    let mut model_cfg = resolve_model(&choice)?;
+    let mut model_cfg = with_pattern(resolve_model(&choice)?, opts.pattern.as_deref())?;
     let mut train_cfg = TrainConfig::resolve(
         &opts.overrides,
         model_cfg.max_seq_len,
@@ -424,6 +478,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
         train_cfg,
         data,
         checkpoint: None,
+        settings_to_save: None,
     })
 }
 

@@ -219,6 +219,10 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
     let mut interval = Interval::default();
     let elapsed0 = state.elapsed_s;
     let mut train_time = 0f64;
+    if state.step < end {
+        // a resume that changed settings records them only now that it runs
+        prep.save_settings()?;
+    }
     let mut t0 = Instant::now();
     while state.step < end {
         let lr = schedule.lr(state.step as usize);

@@ -119,3 +119,87 @@ fn settings_and_run_folders_are_checked() -> anyhow::Result<()> {
     assert_eq!((s.losses.len(), s.step), (1, 3));
     Ok(())
 }
+
+/// Overwrites the first value of tensor `name` in the safetensors file `path` with `value`.
+fn poison(path: &std::path::Path, name: &str, value: f32) -> anyhow::Result<()> {
+    let dev = candle_core::Device::Cpu;
+    let mut t = candle_core::safetensors::load(path, &dev)?;
+    let w = &t[name];
+    let mut v = w.flatten_all()?.to_vec1::<f32>()?;
+    v[0] = value;
+    let bad = candle_core::Tensor::from_vec(v, w.dims(), &dev)?;
+    t.insert(name.to_string(), bad);
+    candle_core::safetensors::save(&t, path)?;
+    Ok(())
+}
+
+#[test]
+fn a_failed_or_idle_resume_leaves_train_toml_alone() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let run = tmp.path().join("run");
+    let o = tiny_run(&run, 2);
+    train(&o, &mut Quiet)?;
+    let train_toml = run.join("train.toml");
+    let before = std::fs::read(&train_toml)?;
+    let unchanged = || -> anyhow::Result<()> {
+        assert_eq!(std::fs::read(&train_toml)?, before, "train.toml rewritten");
+        Ok(())
+    };
+    // an eval set that does not exist: the error comes after the settings were merged
+    let mut r = o.clone();
+    r.resume = true;
+    r.overrides.steps = Some(4);
+    r.overrides.eval_every = Some(1);
+    r.overrides.eval_sets = Some(vec![tmp.path().join("nope.jsonl").display().to_string()]);
+    assert_mentions(
+        &train(&r, &mut Quiet)
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("no error"))?,
+        &["nope.jsonl"],
+    );
+    unchanged()?;
+    // a bad flag value
+    let mut r = o.clone();
+    r.resume = true;
+    r.overrides.steps = Some(4);
+    r.overrides.eval_batches = Some(0);
+    assert!(train(&r, &mut Quiet).is_err());
+    unchanged()?;
+    // nothing to do: the run is past --until
+    let mut r = o.clone();
+    r.resume = true;
+    r.until = Some(1);
+    r.overrides.log_every = Some(2);
+    assert_eq!(train(&r, &mut Quiet)?.losses.len(), 0);
+    unchanged()?;
+    // a checkpoint whose weights are NaN: an error naming the file and the tensor
+    let weights = run.join("checkpoint/model.safetensors");
+    let good = std::fs::read(&weights)?;
+    poison(&weights, "embed.weight", f32::NAN)?;
+    let mut r = o.clone();
+    r.resume = true;
+    r.overrides.steps = Some(4);
+    let e = train(&r, &mut Quiet)
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("resumed from NaN weights"))?;
+    assert_mentions(&e, &["model.safetensors", "`embed.weight`", "NaN"]);
+    unchanged()?;
+    match simplex_train::Generator::load(&run, &candle_core::Device::Cpu) {
+        Ok(_) => anyhow::bail!("loaded NaN weights"),
+        Err(e) => assert_mentions(&e, &["model.safetensors", "`embed.weight`", "NaN"]),
+    }
+    // and infinity too; a sound resume then records its new settings
+    poison(&weights, "embed.weight", f32::INFINITY)?;
+    assert_mentions(
+        &train(&r, &mut Quiet)
+            .err()
+            .ok_or_else(|| anyhow::anyhow!("resumed from infinite weights"))?,
+        &["`embed.weight`", "infinite"],
+    );
+    unchanged()?;
+    std::fs::write(&weights, good)?;
+    assert_eq!(train(&r, &mut Quiet)?.step, 4);
+    let after = std::fs::read_to_string(&train_toml)?;
+    assert!(after.contains("steps = 4"), "{after}");
+    Ok(())
+}

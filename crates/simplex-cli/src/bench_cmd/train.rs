@@ -42,10 +42,10 @@ pub struct TrainBenchArgs {
     #[arg(long)]
     pub pattern: Option<String>,
     /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long = "batch-size", alias = "batch", default_value_t = 32)]
     pub batch: usize,
     /// Tokens per sequence (default: the model's max_seq_len).
-    #[arg(long)]
+    #[arg(long = "seq-len", alias = "seq")]
     pub seq: Option<usize>,
     /// Micro-batches per update.
     #[arg(long, default_value_t = 1)]
@@ -110,7 +110,7 @@ fn median(xs: &[f64]) -> f64 {
 
 pub fn run(a: &TrainBenchArgs) -> Result<()> {
     if a.steps == 0 || a.batch == 0 || a.grad_accum == 0 {
-        bail!("--steps, --batch and --grad-accum must be at least 1");
+        bail!("--steps, --batch-size and --grad-accum must be at least 1");
     }
     let device = crate::device::parse(&a.device)?;
     let (cfg, name) = model_config(a)?;

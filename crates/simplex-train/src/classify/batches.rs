@@ -35,13 +35,13 @@ pub struct TrainBatches {
 
 impl TrainBatches {
     /// Batches of `batch` examples of `examples` in an order fixed by `seed`; an error when no
-    /// length has `batch` examples (the error names `--batch`).
+    /// length has `batch` examples (the error names `--batch-size`).
     pub fn new(examples: &[Example], batch: usize, seed: u64) -> Result<Self> {
         let groups = by_length(examples);
         let largest = groups.iter().map(Vec::len).max().unwrap_or(0);
         if batch == 0 || largest < batch {
             return Err(TrainError::setting(
-                "--batch",
+                "--batch-size",
                 batch,
                 format!(
                     "batches hold examples of one length and the largest length group of the \

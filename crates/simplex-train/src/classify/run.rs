@@ -86,7 +86,7 @@ impl Optimization {
             return Err(TrainError::setting("--steps", 0, "must be at least 1"));
         }
         if self.batch == 0 {
-            return Err(TrainError::setting("--batch", 0, "must be at least 1"));
+            return Err(TrainError::setting("--batch-size", 0, "must be at least 1"));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(TrainError::setting(
