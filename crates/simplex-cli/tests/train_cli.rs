@@ -120,6 +120,9 @@ fn train_generate_info_plot() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let svg = std::fs::read_to_string(run.join("plots/loss.svg")).expect("loss.svg");
     assert!(svg.contains("<svg") && svg.contains("val"));
+    for panel in ["tokens seen", "learning rate", "step"] {
+        assert!(svg.contains(panel), "the plot has a `{panel}` panel");
+    }
     std::fs::remove_dir_all(&tmp).ok();
 }
 
