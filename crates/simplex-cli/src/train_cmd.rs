@@ -79,6 +79,14 @@ pub struct TrainArgs {
     /// Checkpoint every N updates and at the end (0: only at the end) [default: 100].
     #[arg(long)]
     pub ckpt_every: Option<usize>,
+    /// Also keep the newest N checkpoints as RUN_DIR/checkpoints/step-NNNNNNNN/ (0: only the
+    /// latest, RUN_DIR/checkpoint/).
+    #[arg(long, default_value_t = 0)]
+    pub keep_last: usize,
+    /// Also keep the checkpoint of the lowest held-out loss as RUN_DIR/checkpoint-best/
+    /// (written at every eval that improves it).
+    #[arg(long)]
+    pub keep_best: bool,
     /// A metrics row every N updates [default: 10].
     #[arg(long)]
     pub log_every: Option<usize>,
@@ -214,6 +222,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     opts.until = a.until;
     opts.peak_flops = a.peak_tflops.map(|t| t * 1e12);
     opts.filter = a.files.filter();
+    opts.keep = simplex_train::KeepCheckpoints {
+        last: a.keep_last,
+        best: a.keep_best,
+    };
     opts.stop = Some(crate::interrupt::stop_on_signal()?);
     let tty = std::io::stderr().is_terminal();
     let target = if tty {

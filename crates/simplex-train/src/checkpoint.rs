@@ -149,6 +149,73 @@ pub fn save_atomic(run_dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> R
     Ok(dst)
 }
 
+/// Folder of the kept checkpoints (`--keep-last`) in a run folder.
+pub const KEPT: &str = "checkpoints";
+/// Folder of the best checkpoint by held-out loss (`--keep-best`) in a run folder.
+pub const BEST: &str = "checkpoint-best";
+
+/// Keeps copies of the checkpoint just written to `dir` at `step`: with `keep_last > 0` as
+/// `run_dir/checkpoints/step-NNNNNNNN/`, removing all but the newest `keep_last`; with `best`
+/// as `run_dir/checkpoint-best/`. The copies are hard links where the file system allows
+/// (a checkpoint's files are never written again, a new save makes new files), each built in
+/// a `.tmp` folder and renamed into place, so every copy is complete or absent.
+pub fn keep_copies(
+    run_dir: &Path,
+    dir: &Path,
+    step: u64,
+    keep_last: usize,
+    best: bool,
+) -> Result<()> {
+    if keep_last > 0 {
+        let kept = run_dir.join(KEPT);
+        std::fs::create_dir_all(&kept).at(&kept)?;
+        mirror(dir, &kept.join(format!("step-{step:08}")))?;
+        let mut steps: Vec<PathBuf> = std::fs::read_dir(&kept)
+            .at(&kept)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
+            })
+            .collect();
+        steps.sort();
+        let extra = steps.len().saturating_sub(keep_last);
+        for old in &steps[..extra] {
+            std::fs::remove_dir_all(old).at(old)?;
+        }
+    }
+    if best {
+        mirror(dir, &run_dir.join(BEST))?;
+    }
+    Ok(())
+}
+
+/// Replaces `dst` with a copy of the files of `src` (see [`keep_copies`]).
+fn mirror(src: &Path, dst: &Path) -> Result<()> {
+    let tmp = dst.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).at(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp).at(&tmp)?;
+    for entry in std::fs::read_dir(src).at(src)? {
+        let from = entry.at(src)?.path();
+        let to = tmp.join(from.file_name().unwrap_or_default());
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).at(&to)?;
+        }
+    }
+    sync_dir(&tmp)?;
+    if dst.exists() {
+        std::fs::remove_dir_all(dst).at(dst)?;
+    }
+    std::fs::rename(&tmp, dst).at(dst)?;
+    match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => Ok(()),
+    }
+}
+
 /// The complete checkpoint of a run folder: `checkpoint/`, else `checkpoint.old/` (a save
 /// interrupted between its two renames); `path` may also be a checkpoint folder itself.
 pub fn locate(path: &Path) -> Option<PathBuf> {

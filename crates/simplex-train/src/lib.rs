@@ -40,5 +40,5 @@ pub use error::{Result, TrainError};
 pub use generate::{Generated, Generator};
 pub use metrics::Record;
 pub use plot::plot_runs;
-pub use run::{ModelChoice, RunOptions, StopFlag};
+pub use run::{KeepCheckpoints, ModelChoice, RunOptions, StopFlag};
 pub use trainer::{train, Observer, Quiet, StartInfo, Summary, H100_BF16_PEAK};

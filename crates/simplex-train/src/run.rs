@@ -50,9 +50,21 @@ pub struct RunOptions {
     pub shard_tokens: Option<u64>,
     /// Which files of the `data` folders are read.
     pub filter: FileFilter,
+    /// Checkpoints kept besides the latest.
+    pub keep: KeepCheckpoints,
     /// Set from elsewhere (a signal handler, a deadline) to stop after the current update
     /// with a checkpoint ([`crate::Summary::stopped`]).
     pub stop: Option<StopFlag>,
+}
+
+/// Which checkpoints a run keeps besides the latest (`RUN_DIR/checkpoint/`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepCheckpoints {
+    /// The newest N checkpoints as `RUN_DIR/checkpoints/step-NNNNNNNN/` (0: none).
+    pub last: usize,
+    /// The checkpoint of the lowest held-out loss as `RUN_DIR/checkpoint-best/` (a checkpoint
+    /// is written at every eval that improves it).
+    pub best: bool,
 }
 
 /// A flag that asks a run to stop after its current update (shared with whoever sets it).
@@ -98,6 +110,7 @@ impl RunOptions {
             peak_flops: None,
             shard_tokens: None,
             filter: FileFilter::default(),
+            keep: KeepCheckpoints::default(),
             stop: None,
         }
     }

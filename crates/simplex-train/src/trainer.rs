@@ -241,6 +241,8 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
         if !(row || do_ckpt) {
             continue;
         }
+        // whether this step's held-out loss is the run's best so far
+        let mut best = false;
         // reading the losses waits for the device: the timed interval ends here
         interval.resolve(&mut summary.losses)?;
         let dt = t0.elapsed().as_secs_f64();
@@ -279,12 +281,14 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
             if let Some((vl, vb)) = eval {
                 tracing::info!("step {s}: val_loss {vl:.4}, val_bpb {vb:.4}");
                 (m.val_loss, m.val_bpb) = (Some(vl), Some(vb));
+                best = m.best_val_loss.is_none_or(|b| vl < b);
                 m.best_val_loss = Some(m.best_val_loss.map_or(vl, |b| b.min(vl)));
             }
             summary.last = Some(rec);
             interval = Interval::default();
         }
-        if do_ckpt {
+        let best = best && opts.keep.best;
+        if do_ckpt || best {
             state.elapsed_s = elapsed0 + train_time;
             let opt = &learner.opt;
             let dir = checkpoint::save(
@@ -295,6 +299,7 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
                 &files,
             )?;
             tracing::info!("step {s}: checkpoint {}", dir.display());
+            checkpoint::keep_copies(&opts.out, &dir, s, opts.keep.last, best)?;
             obs.checkpoint(s, &dir);
             summary.checkpoint = Some(dir);
         }

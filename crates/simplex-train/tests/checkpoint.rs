@@ -141,3 +141,49 @@ fn a_cut_last_metrics_line_is_dropped_on_resume() -> anyhow::Result<()> {
     assert_eq!(steps, vec![1, 2, 3, 4]);
     Ok(())
 }
+
+#[test]
+fn keep_last_and_best_checkpoints() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let run = tmp.path().join("run");
+    // lr 3e-2 makes the held-out loss of this tiny run go up after its first eval (step 2)
+    let mut o = common::tiny_run(&run, 8);
+    o.overrides.lr = Some(3e-2);
+    o.overrides.ckpt_every = Some(3);
+    o.overrides.eval_every = Some(2);
+    o.keep = simplex_train::KeepCheckpoints {
+        last: 2,
+        best: true,
+    };
+    simplex_train::train(&o, &mut simplex_train::Quiet)?;
+    // checkpoints at steps 3, 6, 8 (the end) and at the improving eval (2); the newest two stay
+    let mut kept: Vec<String> = std::fs::read_dir(run.join("checkpoints"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    kept.sort();
+    assert_eq!(kept, ["step-00000006", "step-00000008"]);
+    let step_of = |dir: &std::path::Path| -> anyhow::Result<u64> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)?;
+        v["step"].as_u64().ok_or_else(|| anyhow::anyhow!("no step"))
+    };
+    assert_eq!(step_of(&run.join("checkpoints/step-00000006"))?, 6);
+    // the best checkpoint is the eval step with the lowest held-out loss
+    let rows = simplex_train::metrics::read_jsonl(&run.join("metrics.jsonl"))?;
+    let best = rows
+        .iter()
+        .filter_map(|r| r.val_loss.map(|v| (v, r.step)))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, s)| s)
+        .ok_or_else(|| anyhow::anyhow!("no eval rows"))?;
+    assert_eq!(
+        best, 2,
+        "the case this test is for: the best eval is not the last"
+    );
+    assert_eq!(step_of(&run.join("checkpoint-best"))?, best);
+    // and it loads like any checkpoint
+    let g =
+        simplex_train::Generator::load(&run.join("checkpoint-best"), &candle_core::Device::Cpu)?;
+    assert_eq!(g.step, best);
+    Ok(())
+}
