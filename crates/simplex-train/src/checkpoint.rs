@@ -70,6 +70,16 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().at(path)
 }
 
+/// Replaces `path` with `bytes` atomically: written and fsynced as `path.tmp`, then renamed
+/// over it, so a reader sees the old file or the new one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    write_synced(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).at(path)
+}
+
 /// Fsyncs a folder (makes renames and new names in it durable).
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).at(dir)?.sync_all().at(dir)

@@ -143,9 +143,7 @@ impl MetricsLog {
             }
         }
         for (path, text) in [(&jp, &jtext), (&cp, &ctext)] {
-            let tmp = path.with_extension("tmp");
-            crate::checkpoint::write_synced(&tmp, text.as_bytes())?;
-            std::fs::rename(&tmp, path).at(path)?;
+            crate::checkpoint::write_atomic(path, text.as_bytes())?;
         }
         let append = |p: &PathBuf| OpenOptions::new().append(true).open(p).at(p);
         Ok(MetricsLog {

@@ -137,7 +137,7 @@ impl Prepared {
     /// resume that fails or has nothing to do leaves `train.toml` as it was.
     pub fn save_settings(&self) -> Result<()> {
         match &self.settings_to_save {
-            Some(path) => write_text(path, &self.train_cfg.to_toml()?),
+            Some(path) => checkpoint::write_atomic(path, self.train_cfg.to_toml()?.as_bytes()),
             None => Ok(()),
         }
     }
@@ -224,12 +224,6 @@ pub fn first_difference(a: &Config, b: &Config) -> Option<(String, String, Strin
         }
     }
     walk("", &ta, &tb)
-}
-
-fn write_text(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    checkpoint::write_synced(&tmp, text.as_bytes())?;
-    std::fs::rename(&tmp, path).at(path)
 }
 
 fn data_options(paths: &[PathBuf], c: &TrainConfig, opts: &RunOptions) -> Result<DataOptions> {
@@ -479,13 +473,11 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
         ModelChoice::Given(_) => cfg_path.clone(),
     };
     check_vocab(&model_cfg, &data, &cfg_source)?;
-    write_text(
-        &cfg_path,
-        &model_cfg
-            .to_toml_string()
-            .map_err(simplex_model::ModelError::from)?,
-    )?;
-    write_text(&train_path, &train_cfg.to_toml()?)?;
+    let cfg_text = model_cfg
+        .to_toml_string()
+        .map_err(simplex_model::ModelError::from)?;
+    checkpoint::write_atomic(&cfg_path, cfg_text.as_bytes())?;
+    checkpoint::write_atomic(&train_path, train_cfg.to_toml()?.as_bytes())?;
     Ok(Prepared {
         model_cfg,
         train_cfg,

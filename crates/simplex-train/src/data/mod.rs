@@ -115,12 +115,6 @@ pub struct Dataset {
     pub val: TokenStream,
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| TrainError::io(path, std::io::Error::other(e)))?;
-    crate::checkpoint::write_synced(path, text.as_bytes())
-}
-
 /// Tokenizes `opts.paths` into `dir` (which must not exist yet), building it as
 /// `dir.tmp` first. Returns the opened dataset.
 pub fn prepare(opts: &DataOptions, dir: &Path) -> Result<Dataset> {
@@ -183,7 +177,7 @@ pub fn prepare(opts: &DataOptions, dir: &Path) -> Result<Dataset> {
         train: train_w.finish()?,
         val: val_w.finish()?,
     };
-    write_json(&tmp.join("meta.json"), &meta)?;
+    crate::checkpoint::write_json(&tmp.join("meta.json"), &meta)?;
     crate::checkpoint::sync_dir(&tmp)?;
     std::fs::rename(&tmp, dir).at(dir)?;
     match dir.parent() {

@@ -126,9 +126,5 @@ pub fn append_record(path: &Path, record: &EvalRecord) -> Result<()> {
     all.push(record.clone());
     let text = serde_json::to_string_pretty(&all)
         .map_err(|e| TrainError::io(path, std::io::Error::other(e)))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    checkpoint::write_synced(&tmp, format!("{text}\n").as_bytes())?;
-    std::fs::rename(&tmp, path).at(path)
+    checkpoint::write_atomic(path, format!("{text}\n").as_bytes())
 }

@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 
+use crate::checkpoint;
 use crate::data::Dataset;
 use crate::error::{IoContext, Result, TrainError};
 use crate::evalsets::{self, EvalRun, EvalSource};
@@ -90,7 +91,7 @@ pub fn run_sweep(
     std::fs::create_dir_all(opts.out.join("runs")).at(&opts.out)?;
     let spec_text = toml::to_string(spec)
         .map_err(|e| TrainError::io(opts.out.join("sweep.toml"), std::io::Error::other(e)))?;
-    results::write_atomic(&opts.out.join("sweep.toml"), &spec_text)?;
+    checkpoint::write_atomic(&opts.out.join("sweep.toml"), spec_text.as_bytes())?;
     let mut finished: Vec<Option<RunResult>> = Vec::with_capacity(runs.len());
     for r in &runs {
         let dir = opts.out.join("runs").join(&r.name);
@@ -174,8 +175,14 @@ fn model_toml(r: &PlannedRun) -> Result<String> {
 
 fn write_tables(out: &Path, finished: &[Option<RunResult>], sets: &[String]) -> Result<()> {
     let done: Vec<RunResult> = finished.iter().flatten().cloned().collect();
-    results::write_atomic(&out.join("results.csv"), &results::results_csv(&done))?;
-    results::write_atomic(&out.join("runs.csv"), &results::runs_csv(&done, sets))
+    checkpoint::write_atomic(
+        &out.join("results.csv"),
+        results::results_csv(&done).as_bytes(),
+    )?;
+    checkpoint::write_atomic(
+        &out.join("runs.csv"),
+        results::runs_csv(&done, sets).as_bytes(),
+    )
 }
 
 /// Trains (or continues) one run and scores it; `None` when it was stopped.

@@ -91,15 +91,8 @@ impl RunResult {
         let path = Self::path(run_dir);
         let text = serde_json::to_string_pretty(self)
             .map_err(|e| TrainError::io(&path, std::io::Error::other(e)))?;
-        write_atomic(&path, &text)
+        crate::checkpoint::write_atomic(&path, text.as_bytes())
     }
-}
-
-/// Writes `text` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    crate::checkpoint::write_synced(&tmp, text.as_bytes())?;
-    std::fs::rename(&tmp, path).at(path)
 }
 
 /// `results.csv` (long: one row per run and eval set).
