@@ -146,10 +146,7 @@ pub fn prepare(opts: &DataOptions, dir: &Path) -> Result<Dataset> {
     let mut val_w = ShardWriter::new(&tmp, "val", width, opts.shard_tokens);
     let eot = tokenizer.eot();
     corpus.for_each_file(|first, docs| {
-        for (i, ids) in tokenizer.encode_batch(&docs)?.into_iter().enumerate() {
-            let mut toks = Vec::with_capacity(ids.len() + 1);
-            toks.push(eot);
-            toks.extend(ids);
+        for (i, toks) in tokenizer.encode_documents(&docs)?.into_iter().enumerate() {
             let w = if val[first + i] {
                 &mut val_w
             } else {

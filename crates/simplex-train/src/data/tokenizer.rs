@@ -224,6 +224,22 @@ impl Tokenizer {
         }
     }
 
+    /// Whole documents as the shards store them: the end-of-text token, then the document's
+    /// tokens (every training document starts with one).
+    pub fn encode_documents(&self, docs: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let eot = self.eot();
+        Ok(self
+            .encode_batch(docs)?
+            .into_iter()
+            .map(|ids| {
+                let mut toks = Vec::with_capacity(ids.len() + 1);
+                toks.push(eot);
+                toks.extend(ids);
+                toks
+            })
+            .collect())
+    }
+
     /// The text of `ids`; special tokens are dropped, invalid UTF-8 (a cut multi-byte
     /// character) becomes U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

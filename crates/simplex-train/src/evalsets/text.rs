@@ -32,13 +32,9 @@ pub fn text_name(paths: &[PathBuf]) -> String {
 /// The token stream of the documents under `paths` (each `[EOT] + tokens`).
 pub fn text_stream(tokenizer: &Tokenizer, paths: &[PathBuf], doc_sep: &str) -> Result<Vec<u32>> {
     let corpus = Corpus::scan(paths, doc_sep, &crate::data::FileFilter::default())?;
-    let eot = tokenizer.eot();
     let mut stream = Vec::new();
     corpus.for_each_file(|_, docs| {
-        for ids in tokenizer.encode_batch(&docs)? {
-            stream.push(eot);
-            stream.extend(ids);
-        }
+        stream.extend(tokenizer.encode_documents(&docs)?.into_iter().flatten());
         Ok(())
     })?;
     Ok(stream)
