@@ -14,6 +14,7 @@
 //! * [`dot`]: dot-product attention laid out the same way (oracle, CPU kernels, op [`dot_attn`]).
 //! * [`fused`]: the model's other fused ops with backward (RMSNorm, heads + RoPE, SwiGLU,
 //!   linear cross-entropy) and the flat multi-tensor AdamW.
+//! * [`moe`]: mixture-of-experts routing, row permutation and grouped products with backward.
 
 // Kernels and the oracle loop over indices the way the einsum is written.
 #![allow(clippy::needless_range_loop)]
@@ -29,6 +30,7 @@ pub mod dot;
 mod error;
 pub mod fused;
 mod inputs;
+pub mod moe;
 mod op;
 pub mod reference;
 pub mod slow;

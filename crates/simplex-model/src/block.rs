@@ -10,6 +10,7 @@ use crate::config::{Config, LayerKind};
 use crate::error::Result;
 use crate::init::residual_std;
 use crate::mlp::Mlp;
+use crate::moe::{MoeMlp, MoeStats};
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
 use crate::simplicial::SimplicialAttention;
@@ -35,6 +36,28 @@ impl Attention {
             Attention::Dot(a) => a.forward(x, pos, cache),
             Attention::Simplicial(a) => a.forward(x, pos, cache),
         }
+    }
+}
+
+/// The feed-forward sublayer of a block.
+#[derive(Debug, Clone)]
+pub enum FeedForward {
+    /// One SwiGLU MLP.
+    Dense(Mlp),
+    /// Routed SwiGLU experts (and optional shared ones).
+    Experts(MoeMlp),
+}
+
+impl FeedForward {
+    /// `x [.., C]` through the sublayer, with the routing statistics of an MoE layer.
+    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Option<MoeStats>)> {
+        Ok(match self {
+            FeedForward::Dense(m) => (m.forward(x)?, None),
+            FeedForward::Experts(m) => {
+                let (y, stats) = m.forward(x)?;
+                (y, Some(stats))
+            }
+        })
     }
 }
 
@@ -67,12 +90,19 @@ pub struct Block {
     attn_norm: RmsNorm,
     attn: Attention,
     mlp_norm: RmsNorm,
-    mlp: Mlp,
+    mlp: FeedForward,
 }
 
 impl Block {
-    /// Weights under `vb`: `attn_norm`, `attn.{qkv,o}`, `mlp_norm`, `mlp.{gate_up,down}`.
-    pub fn new(cfg: &Config, kind: LayerKind, rope: Option<&Rope>, vb: VarBuilder) -> Result<Self> {
+    /// Layer `index` with weights under `vb`: `attn_norm`, `attn.{qkv,o}`, `mlp_norm`, and
+    /// `mlp.{gate_up,down}` (dense) or `mlp.{router,experts,shared}` (an MoE layer).
+    pub fn new(
+        cfg: &Config,
+        index: usize,
+        kind: LayerKind,
+        rope: Option<&Rope>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let attn = match kind {
             LayerKind::Dot | LayerKind::Local => {
                 Attention::Dot(DotAttention::new(cfg, kind, rope.cloned(), vb.pp("attn"))?)
@@ -86,12 +116,21 @@ impl Block {
             attn_norm: RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("attn_norm"))?,
             attn,
             mlp_norm: RmsNorm::new(cfg.d_model, cfg.norm_eps, vb.pp("mlp_norm"))?,
-            mlp: Mlp::new(
-                cfg.d_model,
-                cfg.mlp_hidden,
-                residual_std(cfg.n_layers()),
-                vb.pp("mlp"),
-            )?,
+            mlp: match cfg.moe.as_ref().filter(|m| m.applies_to(index)) {
+                Some(m) => FeedForward::Experts(MoeMlp::new(
+                    m,
+                    cfg.d_model,
+                    cfg.mlp_hidden,
+                    residual_std(cfg.n_layers()),
+                    vb.pp("mlp"),
+                )?),
+                None => FeedForward::Dense(Mlp::new(
+                    cfg.d_model,
+                    cfg.mlp_hidden,
+                    residual_std(cfg.n_layers()),
+                    vb.pp("mlp"),
+                )?),
+            },
         })
     }
 
@@ -100,26 +139,35 @@ impl Block {
         self.kind
     }
 
+    /// Whether the feed-forward sublayer is MoE.
+    pub fn is_moe(&self) -> bool {
+        matches!(self.mlp, FeedForward::Experts(_))
+    }
+
     /// The stream at positions `pos..pos+N` (`[B, N, C]`) through the block:
     ///
     /// ```text
     /// (h, y) = add_rms_norm(x, delta);  a = attn(y)
     /// (h2, y2) = add_rms_norm(h, a);    m = mlp(y2)      -> Stream { x: h2, delta: m }
     /// ```
+    /// with the routing statistics when the MLP is MoE.
     pub fn forward(
         &self,
         s: &Stream,
         pos: usize,
         cache: Option<&mut LayerCache>,
-    ) -> Result<Stream> {
+    ) -> Result<(Stream, Option<MoeStats>)> {
         let (h, y) = s.normed(&self.attn_norm)?;
         let a = self.attn.forward(&y, pos, cache)?;
         let (h2, y2) = self.mlp_norm.forward_residual(&h, Some(&a))?;
-        let m = self.mlp.forward(&y2)?;
-        Ok(Stream {
-            x: h2,
-            delta: Some(m),
-        })
+        let (m, stats) = self.mlp.forward(&y2)?;
+        Ok((
+            Stream {
+                x: h2,
+                delta: Some(m),
+            },
+            stats,
+        ))
     }
 }
 
@@ -143,6 +191,6 @@ pub fn build_blocks(cfg: &Config, vb: &VarBuilder) -> Result<Vec<Block>> {
     layers
         .into_iter()
         .enumerate()
-        .map(|(i, kind)| Block::new(cfg, kind, rope.as_ref(), vb.pp(format!("layers.{i}"))))
+        .map(|(i, kind)| Block::new(cfg, i, kind, rope.as_ref(), vb.pp(format!("layers.{i}"))))
         .collect()
 }

@@ -30,6 +30,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::moe::MoeConfig;
 
 /// What one layer's attention is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -189,6 +190,82 @@ pub struct Config {
     /// model is then permutation-equivariant, which suits tasks whose labels ignore positions.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub rope: bool,
+    /// Mixture-of-experts feed-forward layers (the `[moe]` section); absent: every layer is
+    /// a dense SwiGLU MLP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeConfig>,
+}
+
+/// The `[moe]` section of [`Config::to_full_toml_string`]: every key, the expert width
+/// resolved, the optional keys that are absent as comments.
+fn moe_toml(
+    m: &MoeConfig,
+    mlp_hidden: usize,
+    lines: &dyn Fn(&[(&str, toml::Value, &str)]) -> String,
+) -> String {
+    use toml::Value;
+    let int = |n: usize| Value::Integer(n as i64);
+    let router = match m.router {
+        crate::moe::RouterKind::Softmax => "softmax",
+        crate::moe::RouterKind::Sigmoid => "sigmoid",
+    };
+    let keys: [(&str, Value, &str); 8] = [
+        ("experts", int(m.experts), "routed experts per MoE layer"),
+        ("top_k", int(m.top_k), "experts per token"),
+        (
+            "expert_hidden",
+            int(m.hidden(mlp_hidden)),
+            "hidden width of one expert (default: mlp_hidden / top_k)",
+        ),
+        (
+            "shared_experts",
+            int(m.shared_experts),
+            "always-on experts of the same width",
+        ),
+        (
+            "router",
+            Value::String(router.into()),
+            "\"softmax\" or \"sigmoid\" scores",
+        ),
+        (
+            "normalize",
+            Value::Boolean(m.normalize),
+            "the top-k weights sum to 1",
+        ),
+        (
+            "balance_weight",
+            Value::Float(m.balance_weight),
+            "load-balancing loss weight",
+        ),
+        (
+            "z_loss_weight",
+            Value::Float(m.z_loss_weight),
+            "router z-loss weight",
+        ),
+    ];
+    let mut text = format!(
+        "\n[moe]                      # mixture-of-experts feed-forward layers\n{}",
+        lines(&keys)
+    );
+    match m.capacity_factor {
+        Some(c) => text.push_str(&lines(&[(
+            "capacity_factor",
+            Value::Float(c),
+            "at most ceil(factor * tokens * top_k / experts) per expert",
+        )])),
+        None => {
+            text.push_str("# capacity_factor = 1.25     # absent: dropless (no token dropped)\n")
+        }
+    }
+    match &m.layers {
+        Some(l) => text.push_str(&lines(&[(
+            "layers",
+            Value::Array(l.iter().map(|&i| int(i)).collect()),
+            "MoE layers (indices from 0)",
+        )])),
+        None => text.push_str("# layers = [1, 3]           # absent: every layer is MoE\n"),
+    }
+    text
 }
 
 /// Resolved head layout of one attention kind.
@@ -202,8 +279,17 @@ pub struct Heads {
     pub dim: usize,
 }
 
-/// The preset names, smallest first.
-pub const PRESETS: [&str; 5] = ["tiny", "small", "25m", "100m", "300m"];
+/// The preset names: the dense models smallest first, then the mixture-of-experts ones.
+pub const PRESETS: [&str; 8] = [
+    "tiny",
+    "small",
+    "25m",
+    "100m",
+    "300m",
+    "tiny-moe",
+    "25m-moe",
+    "25m-moe-dot",
+];
 
 fn invalid(
     key: &'static str,
@@ -222,8 +308,11 @@ impl Config {
     ///
     /// Sizes are non-embedding parameters: `tiny` 0.9M (trains on 2 CPU cores), `small` 6.7M,
     /// `25m` 26.7M (`DDDS` x2, d_model 512: the spec's reference model), `100m` 103M,
-    /// `300m` 321M. The byte-level vocabulary (256) is the default; a trainer with another
-    /// tokenizer sets `vocab_size`.
+    /// `300m` 321M. Mixture of experts (8 experts, top-2, expert width `mlp_hidden / 2`, so
+    /// that a token's active parameters equal the dense model's): `tiny-moe` (`tiny` with 4
+    /// experts, top-2), `25m-moe` (`25m`: `DDDS` x2, 26.7M active of 78.6M non-embedding) and
+    /// its all-dot-product twin `25m-moe-dot` (`DDDDDDDD`, 25.7M active). The byte-level vocabulary (256) is
+    /// the default; a trainer with another tokenizer sets `vocab_size`.
     pub fn preset(name: &str) -> Result<Config, ConfigError> {
         let base =
             |d_model: usize, pattern: &str, heads: usize, mlp_hidden: usize, max_seq_len: usize| {
@@ -243,6 +332,7 @@ impl Config {
                     max_seq_len,
                     bidirectional: false,
                     rope: true,
+                    moe: None,
                 }
             };
         let cfg = match name {
@@ -267,6 +357,18 @@ impl Config {
             "25m" => base(512, "DDDSDDDS", 8, 1408, 1024),
             "100m" => base(768, "DDDSDDDSDDDS", 12, 2560, 2048),
             "300m" => base(1024, &"DDDS".repeat(6), 16, 2816, 2048),
+            "tiny-moe" => Config {
+                moe: Some(MoeConfig::new(4, 2)),
+                ..Config::preset("tiny")?
+            },
+            "25m-moe" => Config {
+                moe: Some(MoeConfig::new(8, 2)),
+                ..base(512, "DDDSDDDS", 8, 1408, 1024)
+            },
+            "25m-moe-dot" => Config {
+                moe: Some(MoeConfig::new(8, 2)),
+                ..base(512, "DDDDDDDD", 8, 1408, 1024)
+            },
             other => {
                 return Err(ConfigError::UnknownPreset {
                     name: other.to_string(),
@@ -300,6 +402,14 @@ impl Config {
                     .iter()
                     .filter(|k| !s.contains_key(**k))
                     .map(|k| format!("simplicial.{k}")),
+            );
+        }
+        if let Some(toml::Value::Table(m)) = table.get("moe") {
+            missing.extend(
+                ["experts", "top_k"]
+                    .iter()
+                    .filter(|k| !m.contains_key(**k))
+                    .map(|k| format!("moe.{k}")),
             );
         }
         if !missing.is_empty() {
@@ -379,11 +489,15 @@ impl Config {
                 .map(|(k, v, c)| format!("{:<28}# {c}\n", format!("{k} = {v}")))
                 .collect()
         };
-        format!(
+        let mut text = format!(
             "{}\n[simplicial]               # the S layers\n{}",
             lines(&top),
             lines(&simplicial)
-        )
+        );
+        if let Some(m) = &self.moe {
+            text.push_str(&moe_toml(m, self.mlp_hidden, &lines));
+        }
+        text
     }
 
     /// The layer kinds, bottom to top (call after `validate`; unknown letters are skipped).
@@ -397,6 +511,11 @@ impl Config {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Whether layer `i` (from 0) has an MoE feed-forward.
+    pub fn is_moe_layer(&self, i: usize) -> bool {
+        self.moe.as_ref().is_some_and(|m| m.applies_to(i))
     }
 
     /// Number of layers.
@@ -515,6 +634,9 @@ impl Config {
                     "only the determinant variant is rotation invariant; set variant = \"determinant\"",
                 ));
             }
+        }
+        if let Some(m) = &self.moe {
+            m.validate(self.n_layers(), self.mlp_hidden)?;
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
             return Err(invalid(

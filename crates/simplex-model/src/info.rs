@@ -3,7 +3,8 @@
 //! FLOP convention: forward pass, 2 FLOPs per multiply-add, per token, averaged over the
 //! positions `0..seq` of one sequence (causal ramps and bidirectional window edges counted
 //! exactly).
-//! * Projections and MLP: `2 * weights`.
+//! * Projections and MLP: `2 * weights`; an MoE layer counts its router and the `top_k`
+//!   routed plus the shared experts a token passes through (its active weights).
 //! * D/L attention: `4 * Hq * Dh * keys` (`q.k` and `p.v`), `keys` the mean number of keys a
 //!   query sees.
 //! * S attention: `4 * Hq * Dk * pairs` (the spec's section 4, Meta's count), `pairs` the mean
@@ -22,10 +23,15 @@ use crate::config::{Config, LayerKind, SimplicialVariant};
 pub struct LayerInfo {
     /// The kind.
     pub kind: LayerKind,
+    /// Whether the feed-forward of these layers is MoE.
+    pub moe: bool,
     /// Layers of this kind.
     pub count: usize,
-    /// Parameters of one layer (attention, MLP, both norms).
+    /// Parameters of one layer (attention, MLP or every expert and the router, both norms).
     pub params: u64,
+    /// Parameters one token passes through in one layer (`params` less the experts it is
+    /// not routed to).
+    pub active_params: u64,
     /// Forward FLOPs per token of one layer in its projections and MLP.
     pub matmul_flops: f64,
     /// Forward FLOPs per token of one layer in attention proper (scores and values).
@@ -43,6 +49,9 @@ pub struct ModelInfo {
     pub params_embedding: u64,
     /// `params_total - params_embedding`.
     pub params_non_embedding: u64,
+    /// Non-embedding parameters one token passes through (`params_non_embedding` for a dense
+    /// model; MoE layers count their router, `top_k` routed and the shared experts).
+    pub params_active: u64,
     /// One entry per layer kind present, in the order D, L, S.
     pub layers: Vec<LayerInfo>,
     /// Forward FLOPs per token of the output head.
@@ -75,8 +84,19 @@ impl ModelInfo {
     pub fn new(cfg: &Config, seq: usize) -> ModelInfo {
         let c = cfg.d_model as u64;
         let norms = 2 * c;
-        let mlp = 3 * c * cfg.mlp_hidden as u64;
-        let layer = |kind: LayerKind| -> LayerInfo {
+        // (all, active) feed-forward parameters of a dense or an MoE layer
+        let ffn = |moe: bool| -> (u64, u64) {
+            match cfg.moe.as_ref().filter(|_| moe) {
+                None => (3 * c * cfg.mlp_hidden as u64, 3 * c * cfg.mlp_hidden as u64),
+                Some(m) => {
+                    let expert = 3 * c * m.hidden(cfg.mlp_hidden) as u64;
+                    let (e, k, s) = (m.experts as u64, m.top_k as u64, m.shared_experts as u64);
+                    let router = c * e;
+                    (router + (e + s) * expert, router + (k + s) * expert)
+                }
+            }
+        };
+        let layer = |kind: LayerKind, moe: bool| -> LayerInfo {
             let (attn_params, attn_flops) = match kind {
                 LayerKind::Dot | LayerKind::Local => {
                     let h = cfg.dot_heads();
@@ -104,20 +124,31 @@ impl ModelInfo {
                     (p, 4.0 * (h.q * dk) as f64 * pairs)
                 }
             };
+            let (mlp, mlp_active) = ffn(moe);
             LayerInfo {
                 kind,
+                moe,
                 count: 0,
                 params: attn_params + mlp + norms,
-                matmul_flops: 2.0 * (attn_params + mlp) as f64,
+                active_params: attn_params + mlp_active + norms,
+                matmul_flops: 2.0 * (attn_params + mlp_active) as f64,
                 attn_flops,
             }
         };
         let kinds = cfg.layers();
         let layers: Vec<LayerInfo> = [LayerKind::Dot, LayerKind::Local, LayerKind::Simplicial]
             .into_iter()
-            .filter_map(|k| {
-                let count = kinds.iter().filter(|&&x| x == k).count();
-                (count > 0).then(|| LayerInfo { count, ..layer(k) })
+            .flat_map(|k| [(k, false), (k, true)])
+            .filter_map(|(k, moe)| {
+                let count = kinds
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, &x)| x == k && cfg.is_moe_layer(i) == moe)
+                    .count();
+                (count > 0).then(|| LayerInfo {
+                    count,
+                    ..layer(k, moe)
+                })
             })
             .collect();
         let v = cfg.vocab_size as u64;
@@ -125,6 +156,11 @@ impl ModelInfo {
         let params_non_embedding = layers
             .iter()
             .map(|l| l.params * l.count as u64)
+            .sum::<u64>()
+            + c;
+        let params_active = layers
+            .iter()
+            .map(|l| l.active_params * l.count as u64)
             .sum::<u64>()
             + c;
         let head_flops = 2.0 * (c * v) as f64;
@@ -138,6 +174,7 @@ impl ModelInfo {
             params_total: params_embedding + params_non_embedding,
             params_embedding,
             params_non_embedding,
+            params_active,
             layers,
             head_flops,
             flops_per_token,
@@ -155,15 +192,27 @@ impl std::fmt::Display for ModelInfo {
             m(self.params_non_embedding),
             m(self.params_embedding)
         )?;
+        if self.params_active != self.params_non_embedding {
+            writeln!(
+                f,
+                "active: {:.2}M non-embedding parameters per token (mixture of experts)",
+                m(self.params_active)
+            )?;
+        }
         writeln!(
             f,
             "forward FLOPs per token at seq {} (2 per multiply-add):",
             self.seq
         )?;
         for l in &self.layers {
+            let moe = if l.moe {
+                format!(", MoE: {:.2}M active", m(l.active_params))
+            } else {
+                String::new()
+            };
             writeln!(
                 f,
-                "  {} x{} ({}): {:.2}M params each, {:.2} MFLOP projections+MLP + {:.2} MFLOP attention",
+                "  {} x{} ({}{moe}): {:.2}M params each, {:.2} MFLOP projections+MLP + {:.2} MFLOP attention",
                 l.kind.letter(),
                 l.count,
                 l.kind.name(),

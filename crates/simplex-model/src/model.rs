@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::info::ModelInfo;
 use crate::init::{linear_weight, STD};
+use crate::moe::MoeStats;
 use crate::norm::RmsNorm;
 use crate::sample::Sampler;
 
@@ -84,6 +85,28 @@ impl TokenBatch {
     }
 }
 
+/// The loss of one training batch ([`Model::training_loss`]); all on the device.
+#[derive(Debug, Clone)]
+pub struct TrainingLoss {
+    /// What the update differentiates: `lm` plus the weighted auxiliary losses.
+    pub total: Tensor,
+    /// Mean next-token cross-entropy (nats per token), a scalar f32.
+    pub lm: Tensor,
+    /// The MoE layers' auxiliary losses and loads, when the model has MoE layers.
+    pub moe: Option<MoeLoss>,
+}
+
+/// The routing statistics of a batch over the MoE layers (not differentiable).
+#[derive(Debug, Clone)]
+pub struct MoeLoss {
+    /// Mean load-balancing loss over the MoE layers (1 when balanced), unweighted.
+    pub balance: Tensor,
+    /// Mean router z-loss over the MoE layers, unweighted.
+    pub z: Tensor,
+    /// `[MoE layers, E]` u32: assignments routed to each expert, bottom layer first.
+    pub load: Tensor,
+}
+
 impl Model {
     /// Builds (or loads, depending on `vb`) the model; validates the config first.
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
@@ -146,36 +169,75 @@ impl Model {
         Ok(project(&y, &self.head)?)
     }
 
-    /// The final normalized hidden states `[B, N, C]` of `tokens [B, N]` (positions `0..N`).
-    fn hidden(&self, tokens: &Tensor) -> Result<Tensor> {
+    /// The final normalized hidden states `[B, N, C]` of `tokens [B, N]` (positions `0..N`)
+    /// and the routing statistics of the MoE layers, bottom to top.
+    fn hidden(&self, tokens: &Tensor) -> Result<(Tensor, Vec<MoeStats>)> {
         let mut s = Stream::new(self.embed.forward(tokens)?);
+        let mut stats = Vec::new();
         for block in &self.blocks {
-            s = block.forward(&s, 0, None)?;
+            let (next, st) = block.forward(&s, 0, None)?;
+            s = next;
+            stats.extend(st);
         }
-        Ok(s.normed(&self.norm)?.1)
+        Ok((s.normed(&self.norm)?.1, stats))
     }
 
     /// Logits `[B, N, V]` of `tokens [B, N]` (positions `0..N`, the fused ops; differentiable).
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         check_tokens(tokens, 0, &self.cfg)?;
-        Ok(project(&self.hidden(tokens)?, &self.head)?)
+        Ok(project(&self.hidden(tokens)?.0, &self.head)?)
     }
 
     /// Mean next-token cross-entropy of `batch` (nats per token; a scalar f32 tensor on the
     /// device, differentiable). The head and the loss run as one fused op that never holds
     /// more than a chunk of the `[B * N, V]` logits.
+    /// This is the language-model loss only; training adds the MoE layers' auxiliary losses
+    /// ([`Model::training_loss`]).
     pub fn loss(&self, batch: &TokenBatch) -> Result<Tensor> {
-        let y = self.hidden(&batch.inputs)?;
+        Ok(self.training_loss(batch)?.lm)
+    }
+
+    /// The loss a training update differentiates: the mean next-token cross-entropy plus, for
+    /// MoE layers, `balance_weight` times the mean load-balancing loss and `z_loss_weight`
+    /// times the mean router z-loss over the MoE layers.
+    pub fn training_loss(&self, batch: &TokenBatch) -> Result<TrainingLoss> {
+        let (y, stats) = self.hidden(&batch.inputs)?;
         let (b, n, c) = y.dims3()?;
         let targets = Targets {
             ids: &batch.targets,
             ignore: None,
         };
-        Ok(linear_cross_entropy(
-            &y.reshape((b * n, c))?,
-            &self.head,
-            targets,
-        )?)
+        let lm = linear_cross_entropy(&y.reshape((b * n, c))?, &self.head, targets)?;
+        let Some(moe) = self.cfg.moe.as_ref().filter(|_| !stats.is_empty()) else {
+            return Ok(TrainingLoss {
+                total: lm.clone(),
+                lm,
+                moe: None,
+            });
+        };
+        let mean = |f: fn(&MoeStats) -> &Tensor| -> Result<Tensor> {
+            let all: Vec<Tensor> = stats
+                .iter()
+                .map(|s| f(s).reshape(1))
+                .collect::<candle_core::Result<_>>()?;
+            Ok(Tensor::cat(&all, 0)?.mean_all()?.to_dtype(lm.dtype())?)
+        };
+        let balance = mean(|s| &s.balance_loss)?;
+        let z = mean(|s| &s.z_loss)?;
+        let total = ((&lm + (&balance * moe.balance_weight)?)? + (&z * moe.z_loss_weight)?)?;
+        let loads: Vec<Tensor> = stats
+            .iter()
+            .map(|s| s.load.unsqueeze(0))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(TrainingLoss {
+            total,
+            lm,
+            moe: Some(MoeLoss {
+                balance: balance.detach(),
+                z: z.detach(),
+                load: Tensor::cat(&loads, 0)?,
+            }),
+        })
     }
 
     /// Logits `[B, n, V]` of `n` new tokens `[B, n]` that follow what `cache` has seen; appends
@@ -193,7 +255,7 @@ impl Model {
         cache.check_dtype(self.dtype)?;
         let mut s = Stream::new(self.embed.forward(tokens)?);
         for (block, lc) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            s = block.forward(&s, pos, Some(lc))?;
+            s = block.forward(&s, pos, Some(lc))?.0;
         }
         cache.pos += n;
         self.logits(&s)

@@ -39,6 +39,9 @@ pub fn fused_params(cfg: &Config) -> Vec<FusedParam> {
                 })
                 .collect(),
         });
+        if cfg.is_moe_layer(i) {
+            continue;
+        }
         out.push(FusedParam {
             name: format!("{l}.mlp.gate_up.weight"),
             parts: ["gate", "up"]

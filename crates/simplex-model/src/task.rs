@@ -49,6 +49,13 @@ impl TaskModel {
                 "classes = {classes}: a classifier needs at least 2"
             )));
         }
+        if cfg.moe.is_some() {
+            return Err(ModelError::Input(
+                "config [moe]: task models have no mixture-of-experts layers (their loss has no \
+                 router losses); drop the [moe] section"
+                    .into(),
+            ));
+        }
         let c = cfg.d_model;
         let init = Init::Randn {
             mean: 0.0,
@@ -94,7 +101,7 @@ impl TaskModel {
         check_tokens(tokens, 0, &self.cfg)?;
         let mut s = Stream::new(self.embed.forward(tokens)?);
         for block in &self.blocks {
-            s = block.forward(&s, 0, None)?;
+            s = block.forward(&s, 0, None)?.0;
         }
         let (_, y) = s.normed(&self.norm)?;
         Ok(self.cls.forward(&y)?)

@@ -57,12 +57,18 @@ fn presets_validate_round_trip_and_have_their_sizes() -> anyhow::Result<()> {
         (26.6, 26.8),
         (90.0, 115.0),
         (280.0, 340.0),
+        (0.5, 1.5),
+        (26.6, 26.8),
+        (25.6, 25.8),
     ];
     for (name, (lo, hi)) in PRESETS.iter().zip(sizes) {
         let c = Config::preset(name)?;
         assert_eq!(Config::from_toml_str(&c.to_toml_string()?)?, c, "{name}");
-        let m = ModelInfo::new(&c, c.max_seq_len).params_non_embedding as f64 / 1e6;
-        assert!(m > lo && m < hi, "{name}: {m}M non-embedding parameters");
+        let m = ModelInfo::new(&c, c.max_seq_len).params_active as f64 / 1e6;
+        assert!(
+            m > lo && m < hi,
+            "{name}: {m}M active non-embedding parameters"
+        );
     }
     let e = Config::preset("huge").unwrap_err().to_string();
     assert!(
@@ -294,6 +300,9 @@ fn the_full_toml_has_every_key_and_reads_back() -> anyhow::Result<()> {
         resolved.simplicial.heads_q = Some(s.q);
         resolved.simplicial.heads_kv = Some(s.kv);
         resolved.simplicial.head_dim = Some(s.dim);
+        if let Some(m) = resolved.moe.as_mut() {
+            m.expert_hidden = Some(m.hidden(cfg.mlp_hidden));
+        }
         assert_eq!(back, resolved, "{full}");
         // every key that the config has: serialize one with nothing left at a skipped default
         let mut every = resolved.clone();

@@ -168,14 +168,14 @@ fn decoder_blocks() -> anyhow::Result<()> {
     for kind in [LayerKind::Dot, LayerKind::Simplicial] {
         check_layer(
             &format!("block {kind:?}"),
-            |vb| Ok(Block::new(&c, kind, Some(&rope()?), vb)?),
+            |vb| Ok(Block::new(&c, 0, kind, Some(&rope()?), vb)?),
             |l, x| {
                 // a pending delta in, as between blocks: both residual adds are fused
                 let s = Stream {
                     x: x.clone(),
                     delta: Some((x * 0.5)?),
                 };
-                let out = l.forward(&s, 0, None)?;
+                let out = l.forward(&s, 0, None)?.0;
                 Ok((out.x + out.delta.expect("a block leaves its MLP output pending"))?)
             },
         )?;

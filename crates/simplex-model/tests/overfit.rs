@@ -33,6 +33,7 @@ fn tiny_model_overfits_one_batch() -> anyhow::Result<()> {
         max_seq_len: 32,
         bidirectional: false,
         rope: true,
+        moe: None,
     };
     let vm = VarMap::new();
     let model = Model::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;

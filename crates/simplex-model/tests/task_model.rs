@@ -17,6 +17,7 @@ fn encoder(pattern: &str, variant: SimplicialVariant) -> Config {
     Config {
         bidirectional: true,
         rope: false,
+        moe: None,
         window: 32,
         simplicial: SimplicialConfig {
             w1: 32,

@@ -55,6 +55,8 @@ pub(crate) enum Family {
     DotForwardWgmma,
     /// `kernels/dot_attn_bwd_wgmma.cu` (dot-product dq and dk, dv, Hopper wgmma)
     DotBackwardWgmma,
+    /// `kernels/moe.cu` (mixture of experts: routing, row moves, grouped products)
+    Moe,
 }
 
 impl Family {
@@ -105,6 +107,7 @@ impl Family {
             Family::DotBackwardWgmma => {
                 include_bytes!(concat!(env!("OUT_DIR"), "/dot_attn_bwd_wgmma.cubin"))
             }
+            Family::Moe => include_bytes!(concat!(env!("OUT_DIR"), "/moe.cubin")),
         }
     }
 
@@ -127,6 +130,7 @@ impl Family {
             Family::FusedOps => "kernels/fused_ops.cu",
             Family::DotForwardWgmma => "kernels/dot_attn_fwd_wgmma.cu",
             Family::DotBackwardWgmma => "kernels/dot_attn_bwd_wgmma.cu",
+            Family::Moe => "kernels/moe.cu",
         }
     }
 }

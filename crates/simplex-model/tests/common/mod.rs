@@ -32,6 +32,7 @@ pub fn small_cfg(pattern: &str, variant: SimplicialVariant, rotate: bool) -> Con
         max_seq_len: 32,
         bidirectional: false,
         rope: true,
+        moe: None,
     }
 }
 

@@ -205,6 +205,7 @@ impl Size {
             max_seq_len: max_len,
             bidirectional: true,
             rope: false,
+            moe: None,
         };
         cfg.validate().map_err(simplex_model::ModelError::from)?;
         Ok(cfg)

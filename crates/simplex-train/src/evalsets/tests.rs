@@ -34,6 +34,7 @@ fn model(max_seq_len: usize) -> Result<Model> {
         max_seq_len,
         bidirectional: false,
         rope: true,
+        moe: None,
     };
     let (vars, vb) = SeededInit::builder(7, &Device::Cpu, &fused_params(&cfg));
     let m = Model::new(&cfg, vb)?;

@@ -353,6 +353,7 @@ impl SweepSpec {
             max_seq_len: self.seq_len,
             bidirectional: false,
             rope: true,
+            moe: None,
         };
         cfg.validate().map_err(|e| e.to_string())?;
         Ok(cfg)

@@ -1,0 +1,314 @@
+//! The mixture-of-experts feed-forward block: a router picks `top_k` of `experts` SwiGLU
+//! experts per token, optional shared experts see every token.
+//!
+//! ```text
+//! logits [T, E] = x W_router^T (f32)            p = softmax(logits) | sigmoid(logits)
+//! ids [T, k]    = top-k of p (ties: lower expert)  w = p[ids] (/ sum_j p[ids], `normalize`)
+//! out[t]        = sum_j w[t, j] expert_{ids[t, j]}(x_t)  +  shared(x_t)
+//! expert_e(x)   = down_e (silu(gate_e x) * (up_e x))
+//! ```
+//!
+//! The routed experts run as one grouped product per projection over all experts
+//! (`simplex_attn::moe`: tokens permuted into expert order, `gate_up [E, 2H, C]` and `down
+//! [E, C, H]` applied group by group, the outputs weighted and summed back per token). Every
+//! token keeps all its `k` choices (dropless) unless `capacity_factor` is set: each expert then
+//! takes at most `ceil(capacity_factor * T * k / E)` assignments of the batch, earlier tokens
+//! first, and a dropped choice adds nothing (the token still has its residual stream).
+//!
+//! Auxiliary losses, per MoE layer, averaged over the MoE layers by the model:
+//! * load balance (Switch Transformer): `E * sum_e f_e P_e`, `f_e` the share of the batch's
+//!   assignments routed to `e` (no gradient), `P_e` the mean over tokens of `p[t, e]` (for the
+//!   sigmoid router, `p` normalized over experts first); 1 when perfectly balanced;
+//! * router z-loss (ST-MoE): the mean over tokens of `logsumexp(logits)^2`.
+
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+use simplex_attn::fused::swiglu;
+use simplex_attn::moe::{combine, dispatch, grouped_matmul, permute, top_k};
+
+use crate::error::ConfigError;
+use crate::init::{linear_weight, STD};
+use crate::mlp::Mlp;
+
+/// How router logits become scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouterKind {
+    /// `softmax` over experts (Switch, Mixtral).
+    #[default]
+    Softmax,
+    /// An independent `sigmoid` per expert (DeepSeek-V3).
+    Sigmoid,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_balance() -> f64 {
+    0.01
+}
+fn default_z() -> f64 {
+    0.001
+}
+
+/// The `[moe]` section: which layers use experts and how they route.
+///
+/// ```toml
+/// [moe]
+/// experts = 8
+/// top_k = 2
+/// expert_hidden = 704         # optional, default: mlp_hidden / top_k
+/// shared_experts = 0          # optional: always-on experts of the same width
+/// router = "softmax"          # or "sigmoid"
+/// normalize = true            # the top-k weights sum to 1
+/// balance_weight = 0.01       # load-balancing loss weight
+/// z_loss_weight = 0.001       # router z-loss weight
+/// capacity_factor = 1.25      # optional; absent: dropless
+/// layers = [1, 3]             # optional, layer indices from 0; default: every layer
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoeConfig {
+    /// Routed experts per MoE layer.
+    pub experts: usize,
+    /// Experts each token is routed to.
+    pub top_k: usize,
+    /// Hidden width of one expert; default `mlp_hidden / top_k` (the dense MLP's active width).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expert_hidden: Option<usize>,
+    /// Always-on experts (one SwiGLU MLP of `shared_experts * expert_hidden`).
+    #[serde(default)]
+    pub shared_experts: usize,
+    /// Softmax or sigmoid scores.
+    #[serde(default)]
+    pub router: RouterKind,
+    /// Divide the chosen scores by their sum.
+    #[serde(default = "default_true")]
+    pub normalize: bool,
+    /// Weight of the load-balancing loss in the training loss.
+    #[serde(default = "default_balance")]
+    pub balance_weight: f64,
+    /// Weight of the router z-loss in the training loss.
+    #[serde(default = "default_z")]
+    pub z_loss_weight: f64,
+    /// Each expert takes at most `ceil(capacity_factor * tokens * top_k / experts)` assignments
+    /// per batch; absent: no token is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_factor: Option<f64>,
+    /// Layers (indices from 0, bottom to top) whose feed-forward is MoE; default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<usize>>,
+}
+
+impl MoeConfig {
+    /// `experts` experts, `top_k` per token, every other setting at its default.
+    pub fn new(experts: usize, top_k: usize) -> MoeConfig {
+        MoeConfig {
+            experts,
+            top_k,
+            expert_hidden: None,
+            shared_experts: 0,
+            router: RouterKind::Softmax,
+            normalize: true,
+            balance_weight: default_balance(),
+            z_loss_weight: default_z(),
+            capacity_factor: None,
+            layers: None,
+        }
+    }
+
+    /// The expert width given the dense `mlp_hidden`.
+    pub fn hidden(&self, mlp_hidden: usize) -> usize {
+        self.expert_hidden.unwrap_or(mlp_hidden / self.top_k.max(1))
+    }
+
+    /// Whether layer `i` (from 0) is an MoE layer.
+    pub fn applies_to(&self, i: usize) -> bool {
+        self.layers.as_ref().is_none_or(|l| l.contains(&i))
+    }
+
+    /// Checks every key against a model of `n_layers` layers and `mlp_hidden`.
+    pub fn validate(&self, n_layers: usize, mlp_hidden: usize) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, value: String, reason: String| ConfigError::Invalid {
+            key,
+            value,
+            reason,
+        };
+        if self.experts == 0 {
+            return Err(invalid(
+                "moe.experts",
+                "0".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.top_k == 0 || self.top_k > self.experts {
+            return Err(invalid(
+                "moe.top_k",
+                self.top_k.to_string(),
+                format!("must be in 1..={} (moe.experts)", self.experts),
+            ));
+        }
+        if self.hidden(mlp_hidden) == 0 {
+            return Err(invalid(
+                "moe.expert_hidden",
+                self.hidden(mlp_hidden).to_string(),
+                "must be at least 1 (set it, or a larger mlp_hidden)".into(),
+            ));
+        }
+        for (key, v) in [
+            ("moe.balance_weight", self.balance_weight),
+            ("moe.z_loss_weight", self.z_loss_weight),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(invalid(
+                    key,
+                    v.to_string(),
+                    "must be finite and >= 0".into(),
+                ));
+            }
+        }
+        if let Some(c) = self.capacity_factor {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(invalid(
+                    "moe.capacity_factor",
+                    c.to_string(),
+                    "must be finite and positive (leave it out for dropless routing)".into(),
+                ));
+            }
+        }
+        if let Some(layers) = &self.layers {
+            if let Some(&bad) = layers.iter().find(|&&i| i >= n_layers) {
+                return Err(invalid(
+                    "moe.layers",
+                    format!("{layers:?}"),
+                    format!(
+                        "layer {bad} does not exist (the pattern has {n_layers} layers, 0..{})",
+                        n_layers
+                    ),
+                ));
+            }
+            if layers.is_empty() {
+                return Err(invalid(
+                    "moe.layers",
+                    "[]".into(),
+                    "lists no layer (leave it out for every layer, or drop [moe])".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one MoE layer leaves for the training loss and the metrics (on the device).
+#[derive(Debug, Clone)]
+pub struct MoeStats {
+    /// Load-balancing loss, a scalar in the router's dtype (f32; f64 for an f64 model),
+    /// differentiable.
+    pub balance_loss: Tensor,
+    /// Router z-loss, a scalar in the router's dtype, differentiable.
+    pub z_loss: Tensor,
+    /// `[E]` u32: assignments routed to each expert in this batch (before any capacity).
+    pub load: Tensor,
+}
+
+/// An MoE feed-forward layer.
+#[derive(Debug, Clone)]
+pub struct MoeMlp {
+    cfg: MoeConfig,
+    router: Tensor,
+    gate_up: Tensor,
+    down: Tensor,
+    shared: Option<Mlp>,
+}
+
+impl MoeMlp {
+    /// Weights under `vb`: `router.weight [E, C]`, `experts.gate_up [E, 2H, C]` (gate rows
+    /// first), `experts.down [E, C, H]`, and `shared.{gate_up,down}` when there are shared
+    /// experts; `out_std` is the init scale of the down projections.
+    pub fn new(
+        cfg: &MoeConfig,
+        d_model: usize,
+        mlp_hidden: usize,
+        out_std: f64,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let (e, h) = (cfg.experts, cfg.hidden(mlp_hidden));
+        let randn = |stdev: f64| Init::Randn { mean: 0.0, stdev };
+        let ex = vb.pp("experts");
+        Ok(MoeMlp {
+            cfg: cfg.clone(),
+            router: linear_weight(d_model, e, STD, vb.pp("router"))?,
+            gate_up: ex.get_with_hints((e, 2 * h, d_model), "gate_up", randn(STD))?,
+            down: ex.get_with_hints((e, d_model, h), "down", randn(out_std))?,
+            shared: (cfg.shared_experts > 0)
+                .then(|| Mlp::new(d_model, cfg.shared_experts * h, out_std, vb.pp("shared")))
+                .transpose()?,
+        })
+    }
+
+    /// `x [.., C] -> [.., C]` and the layer's routing statistics.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, MoeStats)> {
+        let shape = x.shape().clone();
+        let c = x.dim(D::Minus1)?;
+        let xt = x.reshape(((), c))?;
+        let t = xt.dim(0)?;
+        let (e, k) = (self.cfg.experts, self.cfg.top_k);
+        // the router in f32 (f64 for an f64 model)
+        let rd = if x.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let logits = xt.matmul(&self.router.t()?)?.to_dtype(rd)?;
+        let scores = match self.cfg.router {
+            RouterKind::Softmax => {
+                // (candle_nn's softmax_last_dim has no backward)
+                let e = logits
+                    .broadcast_sub(&logits.max_keepdim(1)?.detach())?
+                    .exp()?;
+                e.broadcast_div(&e.sum_keepdim(1)?)?
+            }
+            RouterKind::Sigmoid => candle_nn::ops::sigmoid(&logits)?,
+        };
+        let ids = top_k(&scores.detach(), k)?;
+        let mut w = scores.gather(&ids, 1)?;
+        if self.cfg.normalize {
+            w = w.broadcast_div(&w.sum_keepdim(1)?)?;
+        }
+        let capacity = self
+            .cfg
+            .capacity_factor
+            .map(|f| (f * (t * k) as f64 / e as f64).ceil() as usize);
+        let d = dispatch(&ids, e, capacity)?;
+        let xp = permute(&xt, &d)?;
+        let h = swiglu(&grouped_matmul(&xp, &self.gate_up, &d.offsets)?)?;
+        let y = grouped_matmul(&h, &self.down, &d.offsets)?;
+        let mut out = combine(&y, &w, &d)?;
+        if let Some(shared) = &self.shared {
+            out = (out + shared.forward(&xt)?)?;
+        }
+        // f_e: share of the assignments (no gradient); P_e: mean routing probability
+        let f = (d.counts.to_dtype(rd)? / (t * k) as f64)?;
+        let probs = match self.cfg.router {
+            RouterKind::Softmax => scores,
+            RouterKind::Sigmoid => scores.broadcast_div(&scores.sum_keepdim(1)?)?,
+        };
+        let p = probs.mean(0)?;
+        let balance_loss = ((f * p)?.sum_all()? * e as f64)?;
+        let z_loss = logits.log_sum_exp(1)?.sqr()?.mean_all()?;
+        Ok((
+            out.reshape(shape)?,
+            MoeStats {
+                balance_loss,
+                z_loss,
+                load: d.counts,
+            },
+        ))
+    }
+
+    /// The layer's config.
+    pub fn config(&self) -> &MoeConfig {
+        &self.cfg
+    }
+}
