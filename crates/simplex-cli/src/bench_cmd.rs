@@ -10,6 +10,7 @@ use simplex_attn::bench::{
 };
 use simplex_attn::dot::bench as dot_bench;
 
+mod moe;
 mod train;
 
 #[derive(Subcommand)]
@@ -20,6 +21,9 @@ pub enum BenchCommand {
     /// Training throughput (tokens/s, median update time) and peak device memory of a model
     /// on random tokens, through the trainer's update (no data files).
     Train(train::TrainBenchArgs),
+    /// Mixture of experts: the grouped products and the routed expert path beside dense
+    /// products of the same work (cuBLAS on CUDA).
+    Moe(moe::MoeBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -53,6 +57,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Attn(a) => attn(&a),
         BenchCommand::Train(a) => train::run(&a),
+        BenchCommand::Moe(a) => moe::run(&a),
     }
 }
 

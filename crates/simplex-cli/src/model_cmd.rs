@@ -19,7 +19,7 @@ pub enum ModelCommand {
 /// Which model a `model` command reads.
 #[derive(Args, Debug)]
 pub struct ModelSource {
-    /// A preset: tiny (default), small, 25m, 100m, 300m.
+    /// A preset: tiny (default), small, 25m, 100m, 300m, tiny-moe, 25m-moe, 25m-moe-dot.
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
     /// A model config TOML file.

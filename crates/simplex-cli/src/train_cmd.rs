@@ -21,7 +21,7 @@ pub struct TrainArgs {
     /// The run folder: config.toml, train.toml, data/, metrics.jsonl|csv, checkpoint/.
     #[arg(long)]
     pub out: PathBuf,
-    /// A model preset: tiny (default), small, 25m, 100m, 300m.
+    /// A model preset: tiny (default), small, 25m, 100m, 300m, tiny-moe, 25m-moe, 25m-moe-dot.
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
     /// A model config TOML file (`simplex model config --preset NAME` prints one to start from).

@@ -7,6 +7,9 @@
 //! * `val_loss`: mean nats per token over the fixed held-out windows; `val_bpb`: total nats /
 //!   total UTF-8 bytes of the predicted tokens / ln 2 (end-of-text tokens add nats, no bytes).
 //! * `mfu`: tokens/s * 3 * forward FLOPs per token (simplex-model's count) / the stated peak.
+//! * `moe_balance_loss`, `moe_z_loss`, `moe_max_load`, `moe_load` (MoE models): the
+//!   auxiliary losses and the tokens routed to each expert of each MoE layer in the row's last
+//!   update (in metrics.jsonl only).
 //! * `eval/<name>_nll`: nats per continuation token of each eval set of `eval_sets`
 //!   (evalsets), when evaluated; in metrics.jsonl only (the CSV keeps its fixed columns).
 //!
@@ -47,10 +50,50 @@ pub struct Record {
     /// Model FLOP utilization, when a peak is known (CUDA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfu: Option<f64>,
+    /// Mixture of experts: mean load-balancing loss over the MoE layers in the row's last
+    /// update (unweighted; 1 when perfectly balanced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe_balance_loss: Option<f64>,
+    /// Mixture of experts: mean router z-loss over the MoE layers (unweighted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe_z_loss: Option<f64>,
+    /// Mixture of experts: the busiest expert's assignments over the even share
+    /// (`tokens * top_k / experts`), the largest over the MoE layers; 1 when balanced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe_max_load: Option<f64>,
+    /// Mixture of experts: assignments (tokens) routed to each expert in the row's last
+    /// micro-batch, one list per MoE layer, bottom first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe_load: Option<Vec<Vec<u64>>>,
     /// `eval/<name>_nll` of the eval sets scored at this step (flattened into the row; any
     /// other unknown number in a row lands here too).
     #[serde(flatten, default)]
     pub evals: BTreeMap<String, f64>,
+}
+
+/// The MoE fields of a row from an update's [`simplex_model::MoeLoss`] (waits for the
+/// device): `(balance, z, max load, loads)`.
+pub fn moe_fields(m: &simplex_model::MoeLoss) -> Result<(f64, f64, f64, Vec<Vec<u64>>)> {
+    let balance = m
+        .balance
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
+    let z = m.z.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    let load: Vec<Vec<u32>> = m.load.to_vec2()?;
+    let load: Vec<Vec<u64>> = load
+        .into_iter()
+        .map(|l| l.into_iter().map(u64::from).collect())
+        .collect();
+    let max = load
+        .iter()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let total: u64 = l.iter().sum();
+            let even = total as f64 / l.len() as f64;
+            l.iter().copied().max().unwrap_or(0) as f64 / even.max(1e-12)
+        })
+        .fold(0.0f64, f64::max);
+    Ok((balance, z, max, load))
 }
 
 /// The metrics key of eval set `name`'s NLL.

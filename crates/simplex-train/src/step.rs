@@ -3,6 +3,7 @@
 //! ```text
 //! for each of grad_accum micro-batches x, y [B, N]:
 //!     loss_k = cross_entropy(model(x), y)          fused head + loss, f32 statistics
+//!              (+ the MoE layers' weighted balance and z losses)
 //!     grad  (+)= grad(loss_k / grad_accum)         gathered into one flat f32 buffer
 //! g *= min(1, grad_clip / |g|)                     global norm, on the device
 //! AdamW(g, lr)                                     f32 masters; writes the working copies
@@ -14,7 +15,7 @@
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
-use simplex_model::{fused_params, Config, Model, TokenBatch};
+use simplex_model::{fused_params, Config, Model, MoeLoss, TokenBatch};
 
 use crate::config::{Precision, TrainConfig};
 use crate::data::Batcher;
@@ -29,6 +30,8 @@ pub struct Update {
     pub loss: Tensor,
     /// Global gradient norm before clipping, a one-element f32 tensor.
     pub grad_norm: Tensor,
+    /// The MoE layers' auxiliary losses and expert loads of the last micro-batch.
+    pub moe: Option<MoeLoss>,
 }
 
 impl Update {
@@ -88,14 +91,17 @@ impl Learner {
     pub fn update(&mut self, batcher: &mut Batcher, t: &TrainConfig, lr: f64) -> Result<Update> {
         let (b, n) = (t.batch_size, t.seq_len);
         let mut loss_sum: Option<Tensor> = None;
+        let mut moe = None;
         for k in 0..t.grad_accum {
             let (x, y) = batcher.next_batch(b)?;
             let batch = TokenBatch::new(&x, &y, (b, n), &self.cfg, &self.device)?;
-            let loss = self.model.loss(&batch)?;
+            let parts = self.model.training_loss(&batch)?;
+            moe = parts.moe;
+            let loss = parts.lm;
             let scaled = if t.grad_accum > 1 {
-                (&loss / t.grad_accum as f64)?
+                (&parts.total / t.grad_accum as f64)?
             } else {
-                loss.clone()
+                parts.total
             };
             let grads = scaled.backward()?;
             self.opt.gather(&grads, k > 0)?;
@@ -110,6 +116,7 @@ impl Learner {
         Ok(Update {
             loss: loss.reshape(1)?,
             grad_norm: self.opt.grad_norm()?,
+            moe,
         })
     }
 }

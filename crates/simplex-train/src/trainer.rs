@@ -103,6 +103,8 @@ struct Interval {
     steps: u64,
     grad_norm: f64,
     seconds: f64,
+    /// The MoE statistics of the last resolved update.
+    moe: Option<simplex_model::MoeLoss>,
 }
 
 impl Interval {
@@ -130,6 +132,9 @@ impl Interval {
             self.loss += loss;
             self.steps += 1;
             self.grad_norm = v[1] as f64;
+        }
+        if let Some((_, u)) = self.pending.last() {
+            self.moe = u.moe.clone();
         }
         self.pending.clear();
         Ok(())
@@ -261,6 +266,11 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
             } else {
                 Default::default()
             };
+            let moe = interval
+                .moe
+                .as_ref()
+                .map(crate::metrics::moe_fields)
+                .transpose()?;
             let rec = Record {
                 step: s,
                 train_loss: interval.loss / interval.steps.max(1) as f64,
@@ -272,6 +282,10 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
                 val_loss: eval.map(|e| e.0),
                 val_bpb: eval.map(|e| e.1),
                 mfu: peak.map(|p| tps * 3.0 * info.flops_per_token / p),
+                moe_balance_loss: moe.as_ref().map(|m| m.0),
+                moe_z_loss: moe.as_ref().map(|m| m.1),
+                moe_max_load: moe.as_ref().map(|m| m.2),
+                moe_load: moe.map(|m| m.3),
                 evals,
             };
             metrics.append(&rec)?;

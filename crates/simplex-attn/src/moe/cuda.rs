@@ -1,13 +1,14 @@
 //! Launch code of the MoE kernels (`kernels/moe.cu`): routing tables, row moves and grouped
 //! products, element types bf16 and f32 (symbol suffix `_bf16`, `_f32`).
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{DType, Layout, Result, Shape, Storage, Tensor};
 use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::{Dispatch, GmmKind};
 use crate::cuda::module::{self, Family};
-use crate::cuda::{cuda_err, output, wrap_tensor};
+use crate::cuda::{cuda_err, output};
 
 /// Output tile of the tensor-core products (rows and columns; `BM` in `kernels/moe.cu`).
 const MMA_TILE: usize = 128;
@@ -59,9 +60,16 @@ fn alloc(dev: &CudaDevice, dtype: DType, len: usize, name: &str) -> Result<CudaS
             CudaStorage::wrap_cuda_slice(output::<half::bf16>(&stream, len, name)?, dev.clone())
         }
         DType::F32 => CudaStorage::wrap_cuda_slice(output::<f32>(&stream, len, name)?, dev.clone()),
-        DType::U32 => CudaStorage::wrap_cuda_slice(output::<u32>(&stream, len, name)?, dev.clone()),
+        DType::U32 => CudaStorage::wrap_cuda_slice(index_table(dev, len, name)?, dev.clone()),
         other => candle_core::bail!("moe on CUDA: cannot allocate {other:?}"),
     })
+}
+
+/// A zeroed u32 buffer (index tables are small; the kernels write every entry they own).
+fn index_table(dev: &CudaDevice, len: usize, name: &str) -> Result<cudarc::driver::CudaSlice<u32>> {
+    dev.cuda_stream()
+        .alloc_zeros::<u32>(len.max(1))
+        .map_err(|e| cuda_err(format!("allocating {name}"), e))
 }
 
 fn grid(x: usize, y: usize, z: usize, threads: u32, smem: usize) -> Result<LaunchConfig> {
@@ -124,8 +132,8 @@ pub(crate) fn top_k(scores: &Tensor, k: usize) -> Result<Tensor> {
     let op = "moe top_k";
     let (t, e) = scores.dims2()?;
     let dev = cuda_dev(scores, op)?;
-    let idx = output::<u32>(&dev.cuda_stream(), t * k, "expert ids")?;
-    let out = wrap_tensor(idx, &dev, &Shape::from((t, k)));
+    let idx = index_table(&dev, t * k, "expert ids")?;
+    let out = storage_tensor(CudaStorage::wrap_cuda_slice(idx, dev.clone()), (t, k));
     let (s, o) = (
         tensor_addr(scores, op, "scores")?,
         tensor_addr(&out, op, "ids")?,

@@ -28,6 +28,7 @@
 //! op); on CUDA in bf16 (tensor cores) or f32, f32 accumulation, router weights in f32. The
 //! bf16 products take the tensor cores when the widths are multiples of 8, else CUDA cores.
 
+pub mod bench;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;

@@ -32,7 +32,7 @@ pub struct TrainBenchArgs {
     /// cpu or cuda[:N].
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// A model preset: tiny, small, 25m (default), 100m, 300m.
+    /// A model preset: tiny, small, 25m (default), 100m, 300m, tiny-moe, 25m-moe, 25m-moe-dot.
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
     /// A model config TOML file (see `simplex model info`).

@@ -249,7 +249,7 @@ fn run_one(
         model_toml: model_toml(r)?,
         params_total: r.info.params_total,
         params_nonembedding: r.info.params_non_embedding,
-        params_active: r.info.params_total,
+        params_active: r.info.params_active,
         params_budget: r.budget_params,
         tokens: r.tokens,
         flops: r.flops,

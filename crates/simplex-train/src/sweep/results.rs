@@ -48,7 +48,8 @@ pub struct RunResult {
     pub params_total: u64,
     /// Parameters outside the embedding and output head.
     pub params_nonembedding: u64,
-    /// Parameters a token uses.
+    /// Non-embedding parameters a token passes through (`params_nonembedding` for a dense
+    /// model; an MoE layer counts its router, its top-k routed and its shared experts).
     pub params_active: u64,
     /// The count the token budget multiplied.
     pub params_budget: u64,

@@ -47,7 +47,8 @@ pub enum BudgetParams {
     NonEmbedding,
     /// Every parameter.
     Total,
-    /// Parameters a token uses (equal to total for dense models).
+    /// Non-embedding parameters a token passes through (equal to non-embedding for dense
+    /// models; MoE layers count their router, routed top-k and shared experts).
     Active,
 }
 
@@ -63,6 +64,10 @@ pub struct KindSpec {
     /// Sliding window of L layers [default: the sequence length].
     #[serde(default)]
     pub window: Option<usize>,
+    /// Mixture-of-experts feed-forward layers (the model config's `[moe]` section); fit such
+    /// kinds on `params_active` and set `budget_params = "active"`.
+    #[serde(default)]
+    pub moe: Option<simplex_model::MoeConfig>,
 }
 
 /// One model size of the sweep.
@@ -287,7 +292,8 @@ impl SweepSpec {
                 let info = ModelInfo::new(&model, self.seq_len);
                 let budget_params = match self.budget_params {
                     BudgetParams::NonEmbedding => info.params_non_embedding,
-                    BudgetParams::Total | BudgetParams::Active => info.params_total,
+                    BudgetParams::Total => info.params_total,
+                    BudgetParams::Active => info.params_active,
                 };
                 let batch_size = size.batch_size.unwrap_or(self.batch_size);
                 let per_step = (batch_size * self.seq_len) as f64;
@@ -353,7 +359,7 @@ impl SweepSpec {
             max_seq_len: self.seq_len,
             bidirectional: false,
             rope: true,
-            moe: None,
+            moe: kind.moe.clone(),
         };
         cfg.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
