@@ -196,13 +196,12 @@ pub struct Config {
     pub moe: Option<MoeConfig>,
 }
 
+/// One commented line of [`Config::to_full_toml_string`]: key, value, comment.
+type TomlLine<'a> = (&'a str, toml::Value, &'a str);
+
 /// The `[moe]` section of [`Config::to_full_toml_string`]: every key, the expert width
 /// resolved, the optional keys that are absent as comments.
-fn moe_toml(
-    m: &MoeConfig,
-    mlp_hidden: usize,
-    lines: &dyn Fn(&[(&str, toml::Value, &str)]) -> String,
-) -> String {
+fn moe_toml(m: &MoeConfig, mlp_hidden: usize, lines: &dyn Fn(&[TomlLine]) -> String) -> String {
     use toml::Value;
     let int = |n: usize| Value::Integer(n as i64);
     let router = match m.router {
