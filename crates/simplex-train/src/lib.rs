@@ -37,7 +37,7 @@ pub mod trainer;
 
 pub use config::{Precision, TrainConfig, TrainOverrides};
 pub use error::{Result, TrainError};
-pub use generate::{Generated, Generator};
+pub use generate::{GenerateOptions, Generated, Generator};
 pub use metrics::Record;
 pub use plot::plot_runs;
 pub use run::{KeepCheckpoints, ModelChoice, RunOptions, StopFlag};
