@@ -55,6 +55,9 @@ pub struct RunOptions {
     /// Set from elsewhere (a signal handler, a deadline) to stop after the current update
     /// with a checkpoint ([`crate::Summary::stopped`]).
     pub stop: Option<StopFlag>,
+    /// Also write the metrics rows as a TensorBoard event file in this folder
+    /// ([`crate::tensorboard`]; a new file per session).
+    pub tensorboard: Option<PathBuf>,
 }
 
 /// Which checkpoints a run keeps besides the latest (`RUN_DIR/checkpoint/`).
@@ -112,6 +115,7 @@ impl RunOptions {
             filter: FileFilter::default(),
             keep: KeepCheckpoints::default(),
             stop: None,
+            tensorboard: None,
         }
     }
 }
