@@ -30,6 +30,7 @@ pub mod plot;
 pub mod rng;
 pub mod run;
 pub mod schedule;
+mod scratch;
 pub mod step;
 pub mod sweep;
 pub mod tasks;

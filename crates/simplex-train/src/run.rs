@@ -12,6 +12,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::config::{TrainConfig, TrainOverrides};
 use crate::data::{self, DataOptions, Dataset, FileFilter};
 use crate::error::{IoContext, Result, TrainError};
+use crate::scratch::Scratch;
 
 /// Where the model config comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +134,10 @@ pub struct Prepared {
     /// A resume whose command line changed the saved settings: the run's `train.toml`, not
     /// yet rewritten (see [`Prepared::save_settings`]).
     pub settings_to_save: Option<PathBuf>,
+    /// A new run's folder, removed with what was written into it if this value is dropped
+    /// while it is set; the trainer takes and keeps it once its setup succeeded (a setup that
+    /// fails leaves nothing behind).
+    pub(crate) scratch: Option<Scratch>,
 }
 
 impl Prepared {
@@ -413,6 +418,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
             data,
             checkpoint,
             settings_to_save,
+            scratch: None,
         });
     }
     let taken = [
@@ -431,7 +437,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
             ),
         });
     }
-    std::fs::create_dir_all(run).at(run)?;
+    // everything that can be checked without writing is checked before the folder exists
     let choice = opts
         .model
         .clone()
@@ -442,6 +448,12 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
         model_cfg.max_seq_len,
         opts.device.is_cuda(),
     )?;
+    if prepared_dir(&opts.data).is_none() {
+        data_options(&opts.data, &train_cfg, opts)?;
+    }
+    crate::evalsets::resolve(&train_cfg.eval_sets, &train_cfg.eval_sets_dir())?;
+    // removed again (with what it holds) if the setup fails before training starts
+    let scratch = Scratch::create(run)?;
     if data_dir.is_symlink() {
         // a run killed before writing its settings left its link to prepared data
         std::fs::remove_file(&data_dir).at(&data_dir)?;
@@ -488,6 +500,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
         data,
         checkpoint: None,
         settings_to_save: None,
+        scratch: Some(scratch),
     })
 }
 

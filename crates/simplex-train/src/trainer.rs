@@ -143,7 +143,7 @@ impl Interval {
 
 /// Trains as `opts` says (a new run or a resumed one); see the module doc.
 pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
-    let prep = run::prepare(opts)?;
+    let mut prep = run::prepare(opts)?;
     let (mcfg, cfg, data, dev) = (&prep.model_cfg, &prep.train_cfg, &prep.data, &opts.device);
     let mut learner = Learner::new(mcfg, cfg, dev)?;
     let mut state = TrainState {
@@ -234,6 +234,10 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
             tracing::info!("TensorBoard events: {}", w.path().display());
             board = Some(w);
         }
+    }
+    // set up: from here on a new run's folder stays, even if training fails
+    if let Some(s) = prep.scratch.take() {
+        s.keep();
     }
     let mut t0 = Instant::now();
     while state.step < end {

@@ -7,7 +7,8 @@
 //! RUN_DIR/data/val-NNNNN.bin    the held-out documents, likewise
 //! ```
 //! The folder is built as `data.tmp/` and renamed into place when complete, so a run killed
-//! while tokenizing starts over cleanly.
+//! while tokenizing starts over cleanly; an error removes `data.tmp/` (and any parent folder it
+//! had to create).
 
 pub mod batches;
 pub mod corpus;
@@ -131,7 +132,8 @@ pub fn prepare(opts: &DataOptions, dir: &Path) -> Result<Dataset> {
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).at(&tmp)?;
     }
-    std::fs::create_dir_all(&tmp).at(&tmp)?;
+    // removed again (with the parents it needed) if anything below fails
+    let scratch = crate::scratch::Scratch::create(&tmp)?;
     let tokenizer = match &opts.tokenizer {
         TokenizerSpec::Bytes => Tokenizer::Bytes,
         TokenizerSpec::File(p) => Tokenizer::from_file(p)?,
@@ -177,6 +179,7 @@ pub fn prepare(opts: &DataOptions, dir: &Path) -> Result<Dataset> {
     crate::checkpoint::write_json(&tmp.join("meta.json"), &meta)?;
     crate::checkpoint::sync_dir(&tmp)?;
     std::fs::rename(&tmp, dir).at(dir)?;
+    scratch.keep();
     match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => crate::checkpoint::sync_dir(p)?,
         _ => crate::checkpoint::sync_dir(Path::new("."))?,
