@@ -45,14 +45,20 @@ fn reference(
     Ok((toks, logits))
 }
 
-/// Greedy decoding of `prompts` (one batch) with the decoder; per row, the tokens and the
-/// logits of every step, and the slides.
+/// What [`decode`] returns: per row, the tokens and the logits of every step; the slides.
+struct Decoded {
+    tokens: Vec<Vec<u32>>,
+    logits: Vec<Vec<Vec<f64>>>,
+    slides: usize,
+}
+
+/// Greedy decoding of `prompts` (one batch) with the decoder.
 fn decode(
     model: &Model,
     prompts: &[Vec<u32>],
     steps: usize,
     shift: Option<usize>,
-) -> anyhow::Result<(Vec<Vec<u32>>, Vec<Vec<Vec<f64>>>, usize)> {
+) -> anyhow::Result<Decoded> {
     let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let (mut dec, mut logits) = Decoder::new(model, &rows, shift)?;
     let b = prompts.len();
@@ -73,7 +79,11 @@ fn decode(
             logits = dec.step(&next)?;
         }
     }
-    Ok((toks, all, dec.slides()))
+    Ok(Decoded {
+        tokens: toks,
+        logits: all,
+        slides: dec.slides(),
+    })
 }
 
 fn seeded_prompt(n: usize, vocab: usize, seed: u32) -> Vec<u32> {
@@ -91,7 +101,11 @@ fn check_kind(pattern: &str, variant: SimplicialVariant, rotate: bool) -> anyhow
     let steps = 70;
     for shift in [1, Decoder::default_shift(max), 13, max] {
         let (want, want_logits) = reference(&model, &prompt, steps, shift)?;
-        let (got, got_logits, slides) = decode(&model, &[prompt.clone()], steps, Some(shift))?;
+        let Decoded {
+            tokens: got,
+            logits: got_logits,
+            slides,
+        } = decode(&model, std::slice::from_ref(&prompt), steps, Some(shift))?;
         assert_eq!(got[0], want, "{pattern} {variant:?} shift {shift}: tokens");
         for (s, (g, w)) in got_logits[0].iter().zip(&want_logits).enumerate() {
             assert_close(
@@ -131,7 +145,11 @@ fn a_batch_decodes_each_row_as_alone_and_short_prompts_slide_later() -> anyhow::
         .map(|s| seeded_prompt(5, cfg.vocab_size, s))
         .collect();
     let steps = 50;
-    let (got, _, slides) = decode(&model, &prompts, steps, Some(6))?;
+    let Decoded {
+        tokens: got,
+        slides,
+        ..
+    } = decode(&model, &prompts, steps, Some(6))?;
     for (p, g) in prompts.iter().zip(&got) {
         let (want, _) = reference(&model, p, steps, 6)?;
         assert_eq!(g, &want, "prompt {p:?}");
