@@ -172,14 +172,32 @@ fn rows(run: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
         .collect()
 }
 
-/// The tag a metrics.jsonl key is written under.
-fn tag(key: &str) -> String {
+/// The `(tag, value)` scalars a metrics.jsonl entry is written as.
+fn tags(key: &str, v: &serde_json::Value) -> Vec<(String, f32)> {
+    let num = |v: &serde_json::Value| v.as_f64().expect("a number") as f32;
+    let one = |t: String| vec![(t, num(v))];
     match key {
-        "train_loss" => "train/loss".into(),
-        "val_loss" => "val/loss".into(),
-        "val_bpb" => "val/bpb".into(),
-        k if k.starts_with("eval/") => k.into(),
-        k => format!("train/{k}"),
+        "train_loss" => one("train/loss".into()),
+        "val_loss" => one("val/loss".into()),
+        "val_bpb" => one("val/bpb".into()),
+        "moe_load" => {
+            let layers = v.as_array().expect("a list per layer");
+            let mut out = Vec::new();
+            for (l, layer) in layers.iter().enumerate() {
+                for (e, n) in layer
+                    .as_array()
+                    .expect("a load per expert")
+                    .iter()
+                    .enumerate()
+                {
+                    out.push((format!("moe/layer{l}/expert{e}_load"), num(n)));
+                }
+            }
+            out
+        }
+        k if k.starts_with("moe_") => one(format!("moe/{}", &k[4..])),
+        k if k.starts_with("eval/") => one(k.into()),
+        k => one(format!("train/{k}")),
     }
 }
 
@@ -203,7 +221,7 @@ fn check_file(path: &Path, rows: &[serde_json::Map<String, serde_json::Value>], 
         let mut want: Vec<(String, f32)> = row
             .iter()
             .filter(|(k, _)| *k != "step")
-            .map(|(k, v)| (tag(k), v.as_f64().expect("a number") as f32))
+            .flat_map(|(k, v)| tags(k, v))
             .collect();
         let mut got = e.scalars.clone();
         want.sort_by(|a, b| a.0.cmp(&b.0));
@@ -273,4 +291,49 @@ fn train_writes_the_metrics_rows_as_tensorboard_events() {
     assert_eq!(files.len(), 1);
     assert!(out.contains(files[0].to_str().expect("path")), "{out}");
     check_file(&files[0], &all, 4);
+}
+
+#[test]
+fn a_mixture_of_experts_run_writes_its_router_statistics() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (run, board) = (tmp.path().join("moe"), tmp.path().join("tb"));
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../simplex-train/corpus");
+    let (ok, out, err) = simplex(&[
+        "train",
+        "--data",
+        corpus.to_str().expect("path"),
+        "--out",
+        run.to_str().expect("path"),
+        "--preset",
+        "tiny-moe",
+        "--tensorboard",
+        board.to_str().expect("path"),
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--log-every",
+        "2",
+        "--eval-every",
+        "0",
+        "--eval-batches",
+        "1",
+    ]);
+    assert!(ok, "train failed:\n{out}\n{err}");
+    let rows = rows(&run);
+    assert!(rows[0].contains_key("moe_load"), "{:?}", rows[0]);
+    let files = events_in(&board);
+    assert_eq!(files.len(), 1);
+    check_file(&files[0], &rows, 1);
+    let first = event(&records(&files[0])[2]);
+    assert!(
+        first
+            .scalars
+            .iter()
+            .any(|(t, _)| t == "moe/layer0/expert0_load"),
+        "{:?}",
+        first.scalars
+    );
 }

@@ -22,8 +22,9 @@
 //!
 //! Tags: `train/loss`, `train/lr`, `train/grad_norm`, `train/tokens_per_s`,
 //! `train/tokens_seen`, `train/elapsed_s`, `train/mfu` (CUDA), `val/loss`, `val/bpb` (when
-//! evaluated) and each eval set's `eval/NAME_nll`: every number of a metrics.jsonl row, at its
-//! step.
+//! evaluated), `moe/balance_loss`, `moe/z_loss`, `moe/max_load` and
+//! `moe/layer{L}/expert{E}_load` (MoE models; `moe_load[L][E]` of the row) and each eval set's
+//! `eval/NAME_nll`: every number of a metrics.jsonl row, at its step.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -208,10 +209,18 @@ pub fn record_scalars(r: &Record) -> Vec<(String, f64)> {
         ("train/mfu", r.mfu),
         ("val/loss", r.val_loss),
         ("val/bpb", r.val_bpb),
+        ("moe/balance_loss", r.moe_balance_loss),
+        ("moe/z_loss", r.moe_z_loss),
+        ("moe/max_load", r.moe_max_load),
     ]
     .into_iter()
     .filter_map(|(k, x)| x.map(|x| (k.to_string(), x)))
     .collect();
+    for (l, layer) in r.moe_load.iter().flatten().enumerate() {
+        for (e, &n) in layer.iter().enumerate() {
+            v.push((format!("moe/layer{l}/expert{e}_load"), n as f64));
+        }
+    }
     v.extend(r.evals.iter().map(|(k, x)| (k.clone(), *x)));
     v
 }

@@ -40,6 +40,7 @@ fn cfg(pattern: &str, variant: SimplicialVariant, rotate: bool) -> Config {
         max_seq_len: MAX,
         bidirectional: false,
         rope: true,
+        moe: None,
     }
 }
 
