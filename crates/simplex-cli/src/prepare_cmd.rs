@@ -32,9 +32,23 @@ pub struct PrepareArgs {
     /// Tokens per shard file.
     #[arg(long, default_value_t = 1 << 26)]
     pub shard_tokens: u64,
+    /// Bytes of a file read, split and tokenized at a time, so that no file is held whole
+    /// (at least 64). Pieces end at a document boundary or before the last whitespace
+    /// character ahead of a word, which gives the same tokens as the whole file for the byte
+    /// tokenizer and bpe:VOCAB; only a stretch of half this size without whitespace is cut
+    /// anywhere, where BPE may tokenize the few characters around the cut differently.
+    #[arg(long, default_value_t = simplex_train::data::corpus::DEFAULT_CHUNK)]
+    pub chunk_bytes: usize,
 }
 
 pub fn run(a: PrepareArgs) -> Result<()> {
+    if a.chunk_bytes < simplex_train::data::stream::MIN_CHUNK {
+        bail!(
+            "--chunk-bytes {}: must be at least {}",
+            a.chunk_bytes,
+            simplex_train::data::stream::MIN_CHUNK
+        );
+    }
     if a.out.exists() {
         bail!(
             "{}: already exists; a prepared dataset is written once (choose another --out)",
@@ -47,6 +61,7 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     opts.val_frac = a.val_frac;
     opts.split_seed = a.split_seed;
     opts.shard_tokens = a.shard_tokens;
+    opts.chunk_bytes = a.chunk_bytes;
     opts.filter = a.files.filter();
     let d = data::prepare(&opts, &a.out)?;
     let m = &d.meta;

@@ -115,6 +115,11 @@ pub struct TrainArgs {
     /// Peak TFLOP/s for MFU [default: 989.4 on CUDA (H100/H200 dense bf16); none on CPU].
     #[arg(long)]
     pub peak_tflops: Option<f64>,
+    /// Also write every metrics row (train/loss, train/lr, train/grad_norm,
+    /// train/tokens_per_s, val/loss, val/bpb, eval/NAME_nll, ...) as TensorBoard events in this
+    /// folder (a new events.out.tfevents.* file per session; `tensorboard --logdir DIR`).
+    #[arg(long)]
+    pub tensorboard: Option<PathBuf>,
 }
 
 /// A progress bar on stderr with one line per eval; when stderr is not a terminal (a log
@@ -226,6 +231,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         last: a.keep_last,
         best: a.keep_best,
     };
+    opts.tensorboard = a.tensorboard;
     opts.stop = Some(crate::interrupt::stop_on_signal()?);
     let tty = std::io::stderr().is_terminal();
     let target = if tty {

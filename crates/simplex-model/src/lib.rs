@@ -8,6 +8,7 @@
 //! * [`Config`]: TOML config, presets ([`PRESETS`]), validation that names the key.
 //! * [`Model`]: `new(&cfg, VarBuilder)`, `forward(tokens)` (training, fused ops with backward),
 //!   `forward_step(tokens, &mut Cache)` (KV-cache prefill and decode), `generate`.
+//! * [`Decoder`]: cached decoding of a batch past `max_seq_len`, the context sliding by a shift.
 //! * [`TaskModel`]: the same blocks (bidirectional with `bidirectional = true`) under a per-token
 //!   classification head, and [`classification_loss`] (mean cross-entropy over labeled positions).
 //! * [`ModelInfo`]: parameter counts and FLOPs per token per layer kind.
@@ -20,6 +21,7 @@ pub mod attention;
 pub mod block;
 pub mod cache;
 pub mod config;
+pub mod decode;
 pub mod embedding;
 mod error;
 pub mod info;
@@ -36,6 +38,7 @@ pub mod task;
 
 pub use cache::Cache;
 pub use config::{Config, LayerKind, SimplicialConfig, SimplicialVariant, PRESETS};
+pub use decode::Decoder;
 pub use error::{ConfigError, ModelError, Result};
 pub use info::{LayerInfo, ModelInfo};
 pub use model::{Model, MoeLoss, TokenBatch, TrainingLoss};

@@ -15,6 +15,7 @@ use crate::embedding::TokenEmbedding;
 use crate::block::{build_blocks, Block, Stream};
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::decode::Decoder;
 use crate::error::{ModelError, Result};
 use crate::info::ModelInfo;
 use crate::init::{linear_weight, STD};
@@ -261,7 +262,9 @@ impl Model {
         self.logits(&s)
     }
 
-    /// Continues `prompt` by `max_new` tokens drawn by `sampler` (batch 1, KV cache).
+    /// Continues `prompt` by `max_new` tokens drawn by `sampler` (batch 1, KV cache). Past
+    /// `max_seq_len` the context slides by the default shift ([`Decoder`]); a prompt longer
+    /// than `max_seq_len` is cropped to its last `max_seq_len` tokens.
     pub fn generate(
         &self,
         prompt: &[u32],
@@ -273,25 +276,19 @@ impl Model {
                 "empty prompt: generation needs at least one token".into(),
             ));
         }
-        if prompt.len() + max_new > self.cfg.max_seq_len {
-            return Err(ModelError::Input(format!(
-                "prompt of {} tokens + {max_new} new ones exceeds max_seq_len = {}",
-                prompt.len(),
-                self.cfg.max_seq_len
-            )));
-        }
-        let dev = self.embed.weight().device();
-        let mut cache = Cache::new(&self.cfg);
         let mut out = Vec::with_capacity(max_new);
-        let mut input = Tensor::new(prompt, dev)?.unsqueeze(0)?;
-        for _ in 0..max_new {
-            let logits = self.forward_step(&input, &mut cache)?;
-            let last = logits.squeeze(0)?.get(logits.dim(1)? - 1)?;
-            let next = sampler.sample(&last)?;
-            out.push(next);
-            input = Tensor::new(&[next], dev)?.unsqueeze(0)?;
+        if max_new == 0 {
+            return Ok(out);
         }
-        Ok(out)
+        let (mut dec, mut logits) = Decoder::new(self, &[prompt], None)?;
+        loop {
+            let next = sampler.sample(&logits.get(0)?)?;
+            out.push(next);
+            if out.len() == max_new {
+                return Ok(out);
+            }
+            logits = dec.step(&[next])?;
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 //! * [`train`] runs a new or resumed run ([`RunOptions`]); [`Observer`] receives progress.
 //! * [`checkpoint`]: atomic save, [`checkpoint::locate`], loading with checks that name the file.
 //! * [`Generator`] samples from a checkpoint with the KV cache.
-//! * [`plot_runs`] draws loss curves.
+//! * [`plot_runs`] draws loss curves; [`tensorboard`] writes the metrics as TensorBoard events.
 //! * [`evalsets`]: eval sets scored as NLL (MMLU, HumanEval, generated grade-school math, the
 //!   held-out split, any text), for `simplex eval` and for evals during training.
 
@@ -30,14 +30,16 @@ pub mod plot;
 pub mod rng;
 pub mod run;
 pub mod schedule;
+mod scratch;
 pub mod step;
 pub mod sweep;
 pub mod tasks;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use config::{Precision, TrainConfig, TrainOverrides};
 pub use error::{Result, TrainError};
-pub use generate::{Generated, Generator};
+pub use generate::{GenerateOptions, Generated, Generator};
 pub use metrics::Record;
 pub use plot::plot_runs;
 pub use run::{KeepCheckpoints, ModelChoice, RunOptions, StopFlag};

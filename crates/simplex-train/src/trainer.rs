@@ -143,7 +143,7 @@ impl Interval {
 
 /// Trains as `opts` says (a new run or a resumed one); see the module doc.
 pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
-    let prep = run::prepare(opts)?;
+    let mut prep = run::prepare(opts)?;
     let (mcfg, cfg, data, dev) = (&prep.model_cfg, &prep.train_cfg, &prep.data, &opts.device);
     let mut learner = Learner::new(mcfg, cfg, dev)?;
     let mut state = TrainState {
@@ -224,9 +224,20 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
     let mut interval = Interval::default();
     let elapsed0 = state.elapsed_s;
     let mut train_time = 0f64;
+    let mut board = None;
     if state.step < end {
         // a resume that changed settings records them only now that it runs
         prep.save_settings()?;
+        if let Some(dir) = &opts.tensorboard {
+            let mut w = crate::tensorboard::EventWriter::create(dir)?;
+            w.session_start(state.step + 1)?;
+            tracing::info!("TensorBoard events: {}", w.path().display());
+            board = Some(w);
+        }
+    }
+    // set up: from here on a new run's folder stays, even if training fails
+    if let Some(s) = prep.scratch.take() {
+        s.keep();
     }
     let mut t0 = Instant::now();
     while state.step < end {
@@ -289,6 +300,9 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
                 evals,
             };
             metrics.append(&rec)?;
+            if let Some(w) = &mut board {
+                w.record(&rec)?;
+            }
             obs.record(&rec);
             let m = &mut state.metrics;
             m.train_loss = Some(rec.train_loss);

@@ -198,3 +198,69 @@ fn folders_skip_binary_files_and_follow_globs() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Every token id of a split, in order.
+fn all_tokens(d: &Dataset, val: bool) -> Vec<u32> {
+    let s = if val { &d.val } else { &d.train };
+    let mut out = Vec::new();
+    s.read(0, s.len() as usize, &mut out);
+    out
+}
+
+#[test]
+fn one_big_file_read_in_small_chunks_gives_the_same_dataset() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // one file of ~75 KB: 200 documents of prose, a few far longer than the chunk
+    let mut text = String::new();
+    for (i, d) in docs(200).iter().enumerate() {
+        let paragraphs = if i % 50 == 7 { 60 } else { 1 + i % 4 };
+        for p in 0..paragraphs {
+            text.push_str(&format!(
+                "{d}\n  said the {p}th voice,\tthen  went on.\r\n\n"
+            ));
+        }
+        text.push_str("<|endoftext|>");
+    }
+    let file = tmp.path().join("big.txt");
+    std::fs::write(&file, &text)?;
+    for (name, spec) in [
+        ("bytes", TokenizerSpec::Bytes),
+        ("bpe", TokenizerSpec::Bpe(400)),
+    ] {
+        let mut opts = DataOptions::new(vec![file.clone()]);
+        opts.tokenizer = spec;
+        opts.val_frac = 0.05;
+        let whole = prepare(&opts, &tmp.path().join(format!("{name}-whole")))?;
+        opts.chunk_bytes = 1000;
+        let chunked = prepare(&opts, &tmp.path().join(format!("{name}-chunked")))?;
+        assert!(text.len() > 50 * opts.chunk_bytes, "{} bytes", text.len());
+        assert_eq!(
+            chunked.meta, whole.meta,
+            "{name}: counts, bytes, fingerprint"
+        );
+        assert_eq!(chunked.meta.train.docs + chunked.meta.val.docs, 200);
+        for val in [false, true] {
+            assert_eq!(all_tokens(&chunked, val), all_tokens(&whole, val), "{name}");
+        }
+        if name == "bpe" {
+            // the BPE trained on pieces is the one trained on whole documents
+            let t = |d: &Dataset| std::fs::read_to_string(d.dir.join("tokenizer.json"));
+            assert_eq!(t(&chunked)?, t(&whole)?);
+        }
+    }
+    // each file a document (--doc-sep ""): a 60 KB document read 1000 bytes at a time
+    let src = tmp.path().join("files");
+    std::fs::create_dir(&src)?;
+    std::fs::write(src.join("a.txt"), &text[..60_000])?;
+    std::fs::write(src.join("b.txt"), "a short one")?;
+    let mut opts = DataOptions::new(vec![src]);
+    opts.doc_sep = String::new();
+    let whole = prepare(&opts, &tmp.path().join("files-whole"))?;
+    opts.chunk_bytes = 1000;
+    let chunked = prepare(&opts, &tmp.path().join("files-chunked"))?;
+    assert_eq!(chunked.meta, whole.meta);
+    for val in [false, true] {
+        assert_eq!(all_tokens(&chunked, val), all_tokens(&whole, val));
+    }
+    Ok(())
+}

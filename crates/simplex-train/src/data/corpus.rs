@@ -8,14 +8,17 @@
 //! bytes: a file named on its own that is not is an error naming the file and the first bad
 //! byte (a silently lossy decode would corrupt bits-per-byte and the byte tokenizer's round
 //! trip); a file found by walking a folder (a `.pyc` in a source tree) is skipped and counted,
-//! or is the same error with [`FileFilter::strict`].
+//! or is the same error with [`FileFilter::strict`]. Files are read a chunk at a time (16 MiB by
+//! default, [`Corpus::scan_chunked`]), never whole ([`super::stream`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use super::stream::{DocPiece, DocPieces};
 use crate::error::{IoContext, Result, TrainError};
-use crate::rng::{fnv1a, SplitMix64, FNV_OFFSET};
+use crate::rng::{SplitMix64, FNV_OFFSET};
 
 /// Which files of the folders given are read.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -78,7 +81,12 @@ pub struct Corpus {
     pub doc_sep: String,
     /// Files found in folders and skipped because they are not text.
     pub skipped: Vec<PathBuf>,
+    /// Files are read this many bytes at a time ([`super::stream`]).
+    pub chunk_bytes: usize,
 }
+
+/// Bytes read at a time by default: 16 MiB.
+pub const DEFAULT_CHUNK: usize = 1 << 24;
 
 /// Reads a file as UTF-8 text (the error names the file, the offset and the line of the first
 /// bad byte).
@@ -126,6 +134,19 @@ pub fn documents<'a>(text: &'a str, doc_sep: &'a str) -> Box<dyn Iterator<Item =
     Box::new(pieces.filter(|d| !d.trim().is_empty()))
 }
 
+/// The documents of the file `path` (read `chunk` bytes at a time), the FNV-1a of its text
+/// continuing `hash`, and its text's bytes.
+fn count_documents(
+    path: &Path,
+    doc_sep: &str,
+    chunk: usize,
+    hash: u64,
+) -> Result<(usize, u64, u64)> {
+    let mut docs = DocPieces::open(path, doc_sep, chunk, 0, hash)?;
+    while !docs.next_chunk()?.is_empty() {}
+    Ok((docs.next_doc(), docs.reader().hash(), docs.reader().bytes()))
+}
+
 /// Files under `path` (itself if a file), recursively, in name order, hidden names skipped.
 fn walk(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let meta = std::fs::metadata(path).at(path)?;
@@ -155,6 +176,17 @@ impl Corpus {
     /// the module doc for what happens to those that are not), counts documents. Missing
     /// paths, empty files given by name, and folders without text are errors naming the path.
     pub fn scan(paths: &[PathBuf], doc_sep: &str, filter: &FileFilter) -> Result<Corpus> {
+        Self::scan_chunked(paths, doc_sep, filter, DEFAULT_CHUNK)
+    }
+
+    /// [`Corpus::scan`] reading files `chunk_bytes` at a time (then kept for
+    /// [`Corpus::for_each_chunk`] and [`Corpus::pieces`]), so that no file is held whole.
+    pub fn scan_chunked(
+        paths: &[PathBuf],
+        doc_sep: &str,
+        filter: &FileFilter,
+        chunk_bytes: usize,
+    ) -> Result<Corpus> {
         let globs = Globs::new(filter)?;
         if paths.is_empty() {
             return Err(TrainError::setting(
@@ -170,6 +202,7 @@ impl Corpus {
             bytes: 0,
             doc_sep: doc_sep.to_string(),
             skipped: Vec::new(),
+            chunk_bytes,
         };
         for p in paths {
             if !p.exists() {
@@ -189,16 +222,16 @@ impl Corpus {
             }
             let before = c.files.len();
             for f in files {
-                let text = match read_text(&f) {
-                    Ok(t) => t,
-                    Err(TrainError::NotUtf8 { .. }) if !named && !filter.strict => {
-                        tracing::debug!("{}: not text, skipped", f.display());
-                        c.skipped.push(f);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                let n = documents(&text, doc_sep).count();
+                let (n, hash, bytes) =
+                    match count_documents(&f, doc_sep, chunk_bytes, c.fingerprint) {
+                        Ok(t) => t,
+                        Err(TrainError::NotUtf8 { .. }) if !named && !filter.strict => {
+                            tracing::debug!("{}: not text, skipped", f.display());
+                            c.skipped.push(f);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                 if n == 0 {
                     if f == *p {
                         return Err(TrainError::data(
@@ -209,8 +242,8 @@ impl Corpus {
                     tracing::debug!("{}: no text, skipped", f.display());
                     continue;
                 }
-                c.fingerprint = fnv1a(text.as_bytes(), c.fingerprint);
-                c.bytes += text.len() as u64;
+                c.fingerprint = hash;
+                c.bytes += bytes;
                 c.files.push(f);
                 c.docs_per_file.push(n);
             }
@@ -226,25 +259,78 @@ impl Corpus {
         self.docs_per_file.iter().sum()
     }
 
-    /// Calls `f(doc_index, text)` for every document in order (files are read again).
-    pub fn for_each_file<F>(&self, mut f: F) -> Result<()>
+    /// Calls `f(pieces)` with the document pieces of every chunk of every file in order
+    /// (files are read again, [`Corpus::chunk_bytes`] at a time; see [`super::stream`] for
+    /// where pieces end).
+    pub fn for_each_chunk<F>(&self, mut f: F) -> Result<()>
     where
-        F: FnMut(usize, Vec<&str>) -> Result<()>,
+        F: FnMut(Vec<DocPiece>) -> Result<()>,
     {
         let mut first = 0;
         for (path, &n) in self.files.iter().zip(&self.docs_per_file) {
-            let text = read_text(path)?;
-            let docs: Vec<&str> = documents(&text, &self.doc_sep).collect();
-            if docs.len() != n {
+            let mut docs = DocPieces::open(path, &self.doc_sep, self.chunk_bytes, first, 0)?;
+            loop {
+                let pieces = docs.next_chunk()?;
+                if pieces.is_empty() {
+                    break;
+                }
+                f(pieces)?;
+            }
+            if docs.next_doc() != first + n {
                 return Err(TrainError::data(
                     path,
                     "changed while being read (document count differs); run again",
                 ));
             }
-            f(first, docs)?;
             first += n;
         }
         Ok(())
+    }
+
+    /// Every document piece of the corpus in order, as an iterator (for BPE training, which
+    /// takes one); the first error ends it and is stored in `failed`.
+    pub fn pieces<'a>(
+        &'a self,
+        failed: Arc<Mutex<Option<TrainError>>>,
+    ) -> impl Iterator<Item = DocPiece> + Send + 'a {
+        let (mut file, mut first) = (0usize, 0usize);
+        let mut current: Option<DocPieces> = None;
+        let mut buf = Vec::new().into_iter();
+        let fail = move |e: TrainError| {
+            if let Ok(mut f) = failed.lock() {
+                f.get_or_insert(e);
+            }
+        };
+        std::iter::from_fn(move || loop {
+            if let Some(p) = buf.next() {
+                return Some(p);
+            }
+            let docs = match &mut current {
+                Some(d) => d,
+                None => {
+                    let path = self.files.get(file)?;
+                    match DocPieces::open(path, &self.doc_sep, self.chunk_bytes, first, 0) {
+                        Ok(d) => {
+                            first += self.docs_per_file[file];
+                            file += 1;
+                            current.insert(d)
+                        }
+                        Err(e) => {
+                            fail(e);
+                            return None;
+                        }
+                    }
+                }
+            };
+            match docs.next_chunk() {
+                Ok(v) if v.is_empty() => current = None,
+                Ok(v) => buf = v.into_iter(),
+                Err(e) => {
+                    fail(e);
+                    return None;
+                }
+            }
+        })
     }
 
     /// The held-out documents: `round(val_frac * n_docs)` of them, at least one and at most

@@ -7,11 +7,13 @@
 //! RUN_DIR/data/val-NNNNN.bin    the held-out documents, likewise
 //! ```
 //! The folder is built as `data.tmp/` and renamed into place when complete, so a run killed
-//! while tokenizing starts over cleanly.
+//! while tokenizing starts over cleanly; an error removes `data.tmp/` (and any parent folder it
+//! had to create).
 
 pub mod batches;
 pub mod corpus;
 pub mod shards;
+pub mod stream;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use crate::error::{IoContext, Result, TrainError};
 pub use batches::{eval_windows, Batcher, DataPosition};
 pub use corpus::{Corpus, FileFilter};
 pub use shards::{ShardWriter, SplitInfo, TokenStream};
+pub use stream::DocPiece;
 pub use tokenizer::{Tokenizer, TokenizerSpec, EOT};
 
 /// How to turn text into a dataset.
@@ -42,11 +45,14 @@ pub struct DataOptions {
     pub shard_tokens: u64,
     /// Which files of the folders are read.
     pub filter: FileFilter,
+    /// Files are read, split and tokenized this many bytes at a time, so that a file of any
+    /// size is never held whole (see [`stream`] for where the pieces end).
+    pub chunk_bytes: usize,
 }
 
 impl DataOptions {
     /// Defaults: byte tokenizer, `<|endoftext|>` separates documents, 1% held out, split seed 0,
-    /// 64 Mi tokens per shard.
+    /// 64 Mi tokens per shard, files read 16 MiB at a time.
     pub fn new(paths: Vec<PathBuf>) -> Self {
         DataOptions {
             paths,
@@ -56,6 +62,7 @@ impl DataOptions {
             split_seed: 0,
             shard_tokens: 1 << 26,
             filter: FileFilter::default(),
+            chunk_bytes: corpus::DEFAULT_CHUNK,
         }
     }
 }
@@ -118,7 +125,7 @@ pub struct Dataset {
 /// Tokenizes `opts.paths` into `dir` (which must not exist yet), building it as
 /// `dir.tmp` first. Returns the opened dataset.
 pub fn prepare(opts: &DataOptions, dir: &Path) -> Result<Dataset> {
-    let corpus = Corpus::scan(&opts.paths, &opts.doc_sep, &opts.filter)?;
+    let corpus = Corpus::scan_chunked(&opts.paths, &opts.doc_sep, &opts.filter, opts.chunk_bytes)?;
     if !corpus.skipped.is_empty() {
         tracing::warn!(
             "skipped {} files that are not UTF-8 text (first: {}); --strict makes that an error",
@@ -131,7 +138,8 @@ pub fn prepare(opts: &DataOptions, dir: &Path) -> Result<Dataset> {
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).at(&tmp)?;
     }
-    std::fs::create_dir_all(&tmp).at(&tmp)?;
+    // removed again (with the parents it needed) if anything below fails
+    let scratch = crate::scratch::Scratch::create(&tmp)?;
     let tokenizer = match &opts.tokenizer {
         TokenizerSpec::Bytes => Tokenizer::Bytes,
         TokenizerSpec::File(p) => Tokenizer::from_file(p)?,
@@ -145,14 +153,10 @@ pub fn prepare(opts: &DataOptions, dir: &Path) -> Result<Dataset> {
     let mut train_w = ShardWriter::new(&tmp, "train", width, opts.shard_tokens);
     let mut val_w = ShardWriter::new(&tmp, "val", width, opts.shard_tokens);
     let eot = tokenizer.eot();
-    corpus.for_each_file(|first, docs| {
-        for (i, toks) in tokenizer.encode_documents(&docs)?.into_iter().enumerate() {
-            let w = if val[first + i] {
-                &mut val_w
-            } else {
-                &mut train_w
-            };
-            w.push_doc(&toks, docs[i].len())?;
+    corpus.for_each_chunk(|pieces| {
+        for (p, toks) in pieces.iter().zip(tokenizer.encode_pieces(&pieces)?) {
+            let w = if val[p.doc] { &mut val_w } else { &mut train_w };
+            w.push_piece(&toks, p.text.len(), p.first)?;
         }
         Ok(())
     })?;
@@ -177,6 +181,7 @@ pub fn prepare(opts: &DataOptions, dir: &Path) -> Result<Dataset> {
     crate::checkpoint::write_json(&tmp.join("meta.json"), &meta)?;
     crate::checkpoint::sync_dir(&tmp)?;
     std::fs::rename(&tmp, dir).at(dir)?;
+    scratch.keep();
     match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => crate::checkpoint::sync_dir(p)?,
         _ => crate::checkpoint::sync_dir(Path::new("."))?,
@@ -193,39 +198,14 @@ pub fn prepare(opts: &DataOptions, dir: &Path) -> Result<Dataset> {
     Dataset::open(dir)
 }
 
-/// Trains BPE on the training documents, reading files lazily.
+/// Trains BPE on the training documents, reading files a chunk at a time.
 fn train_bpe(corpus: &Corpus, val: &[bool], vocab: usize) -> Result<Tokenizer> {
     let failed: Arc<Mutex<Option<TrainError>>> = Arc::new(Mutex::new(None));
-    let mut first = 0usize;
-    let plan: Vec<(PathBuf, usize)> = corpus
-        .files
-        .iter()
-        .cloned()
-        .zip(corpus.docs_per_file.iter().map(|&n| {
-            let f = first;
-            first += n;
-            f
-        }))
-        .collect();
-    let doc_sep = corpus.doc_sep.clone();
-    let fail = failed.clone();
-    let docs = plan.into_iter().flat_map(move |(path, first)| {
-        let text = match corpus::read_text(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                if let Ok(mut f) = fail.lock() {
-                    f.get_or_insert(e);
-                }
-                String::new()
-            }
-        };
-        corpus::documents(&text, &doc_sep)
-            .enumerate()
-            .filter(|(i, _)| !val.get(first + i).copied().unwrap_or(true))
-            .map(|(_, d)| d.to_string())
-            .collect::<Vec<_>>()
-    });
-    let tok = Tokenizer::train_bpe(vocab, docs)?;
+    let pieces = corpus
+        .pieces(failed.clone())
+        .filter(|p| !val.get(p.doc).copied().unwrap_or(true))
+        .map(|p| p.text);
+    let tok = Tokenizer::train_bpe(vocab, pieces)?;
     if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
         return Err(e);
     }
@@ -298,7 +278,8 @@ impl Dataset {
                 format!("the run used {} (split seed {})", m.val_frac, m.split_seed),
             ));
         }
-        let corpus = Corpus::scan(&opts.paths, &opts.doc_sep, &opts.filter)?;
+        let corpus =
+            Corpus::scan_chunked(&opts.paths, &opts.doc_sep, &opts.filter, opts.chunk_bytes)?;
         let fp = format!("{:016x}", corpus.fingerprint);
         if fp != m.fingerprint {
             return Err(TrainError::data(

@@ -81,7 +81,13 @@ impl ShardWriter {
 
     /// Appends one document's tokens (`text_bytes`: its UTF-8 length).
     pub fn push_doc(&mut self, tokens: &[u32], text_bytes: usize) -> Result<()> {
-        self.info.docs += 1;
+        self.push_piece(tokens, text_bytes, true)
+    }
+
+    /// Appends the tokens of a piece of a document (`text_bytes`: the piece's UTF-8 length;
+    /// `first`: the piece starts a document, which is then counted).
+    pub fn push_piece(&mut self, tokens: &[u32], text_bytes: usize, first: bool) -> Result<()> {
+        self.info.docs += u64::from(first);
         self.info.bytes += text_bytes as u64;
         let mut rest = tokens;
         while !rest.is_empty() {

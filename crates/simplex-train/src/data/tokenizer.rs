@@ -240,6 +240,30 @@ impl Tokenizer {
             .collect())
     }
 
+    /// Document pieces as the shards store them: the pieces' tokens, with the end-of-text
+    /// token before each piece that starts a document ([`super::stream`]: the same tokens as
+    /// [`Tokenizer::encode_documents`] of the whole documents, but for the boundary effect
+    /// described there).
+    pub fn encode_pieces(&self, pieces: &[super::DocPiece]) -> Result<Vec<Vec<u32>>> {
+        let texts: Vec<&str> = pieces.iter().map(|p| p.text.as_str()).collect();
+        let eot = self.eot();
+        Ok(self
+            .encode_batch(&texts)?
+            .into_iter()
+            .zip(pieces)
+            .map(|(ids, p)| {
+                if p.first {
+                    let mut toks = Vec::with_capacity(ids.len() + 1);
+                    toks.push(eot);
+                    toks.extend(ids);
+                    toks
+                } else {
+                    ids
+                }
+            })
+            .collect())
+    }
+
     /// The text of `ids`; special tokens are dropped, invalid UTF-8 (a cut multi-byte
     /// character) becomes U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

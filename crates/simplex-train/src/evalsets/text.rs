@@ -33,8 +33,8 @@ pub fn text_name(paths: &[PathBuf]) -> String {
 pub fn text_stream(tokenizer: &Tokenizer, paths: &[PathBuf], doc_sep: &str) -> Result<Vec<u32>> {
     let corpus = Corpus::scan(paths, doc_sep, &crate::data::FileFilter::default())?;
     let mut stream = Vec::new();
-    corpus.for_each_file(|_, docs| {
-        stream.extend(tokenizer.encode_documents(&docs)?.into_iter().flatten());
+    corpus.for_each_chunk(|pieces| {
+        stream.extend(tokenizer.encode_pieces(&pieces)?.into_iter().flatten());
         Ok(())
     })?;
     Ok(stream)

@@ -29,7 +29,7 @@ use crate::error::{IoContext, Result, TrainError};
 use crate::evalsets::{self, EvalRun, EvalSource};
 use crate::run::{ModelChoice, RunOptions, StopFlag};
 use crate::trainer::{train, Observer};
-use crate::{Precision, TrainOverrides};
+use crate::{Precision, TrainConfig, TrainOverrides};
 pub use results::{EvalResult, RunResult};
 pub use spec::{BudgetParams, KindSpec, PlannedRun, SizeSpec, SweepSpec};
 
@@ -88,6 +88,26 @@ pub fn run_sweep(
     let data = Dataset::open(&spec.data)?;
     let runs = spec.plan(data.tokenizer.vocab_size())?;
     let sources = evalsets::resolve(&spec.eval_sets, &spec.eval_dir)?;
+    if data.train.len() < spec.seq_len as u64 + 1 {
+        return Err(TrainError::setting(
+            "seq_len",
+            spec.seq_len,
+            format!(
+                "the training split of {} has only {} tokens; a window needs seq_len + 1",
+                spec.data.display(),
+                data.train.len()
+            ),
+        ));
+    }
+    for r in &runs {
+        // every run's settings are checked before anything is written
+        TrainConfig::resolve(
+            &overrides(spec, r)?,
+            r.model.max_seq_len,
+            opts.device.is_cuda(),
+        )?;
+    }
+    let scratch = crate::scratch::Scratch::create(&opts.out)?;
     std::fs::create_dir_all(opts.out.join("runs")).at(&opts.out)?;
     let spec_text = toml::to_string(spec)
         .map_err(|e| TrainError::io(opts.out.join("sweep.toml"), std::io::Error::other(e)))?;
@@ -123,6 +143,7 @@ pub fn run_sweep(
     let done_flags: Vec<bool> = finished.iter().map(Option::is_some).collect();
     obs.plan(&runs, &done_flags);
     write_tables(&opts.out, &finished, &spec.eval_sets)?;
+    scratch.keep();
     // FLOP/s of the last run of each kind this session (training and scoring)
     let mut rate: std::collections::BTreeMap<String, f64> = Default::default();
     for (i, r) in runs.iter().enumerate() {
@@ -185,19 +206,9 @@ fn write_tables(out: &Path, finished: &[Option<RunResult>], sets: &[String]) -> 
     )
 }
 
-/// Trains (or continues) one run and scores it; `None` when it was stopped.
-fn run_one(
-    spec: &SweepSpec,
-    r: &PlannedRun,
-    opts: &SweepOptions,
-    sources: &[EvalSource],
-    obs: &mut dyn SweepObserver,
-) -> Result<Option<RunResult>> {
-    let dir = opts.out.join("runs").join(&r.name);
-    let mut o = RunOptions::new(&dir, vec![spec.data.clone()], opts.device.clone());
-    o.resume = dir.join("train.toml").is_file();
-    o.model = Some(ModelChoice::Given(Box::new(r.model.clone())));
-    o.overrides = TrainOverrides {
+/// The training settings of planned run `r`.
+fn overrides(spec: &SweepSpec, r: &PlannedRun) -> Result<TrainOverrides> {
+    Ok(TrainOverrides {
         steps: Some(r.steps),
         batch_size: Some(r.batch_size),
         seq_len: Some(spec.seq_len),
@@ -214,7 +225,22 @@ fn run_one(
             .map(str::parse::<Precision>)
             .transpose()?,
         ..TrainOverrides::default()
-    };
+    })
+}
+
+/// Trains (or continues) one run and scores it; `None` when it was stopped.
+fn run_one(
+    spec: &SweepSpec,
+    r: &PlannedRun,
+    opts: &SweepOptions,
+    sources: &[EvalSource],
+    obs: &mut dyn SweepObserver,
+) -> Result<Option<RunResult>> {
+    let dir = opts.out.join("runs").join(&r.name);
+    let mut o = RunOptions::new(&dir, vec![spec.data.clone()], opts.device.clone());
+    o.resume = dir.join("train.toml").is_file();
+    o.model = Some(ModelChoice::Given(Box::new(r.model.clone())));
+    o.overrides = overrides(spec, r)?;
     o.peak_flops = opts.peak_flops;
     o.stop = Some(opts.stop.clone());
     if train(&o, obs)?.stopped {

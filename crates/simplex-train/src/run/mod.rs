@@ -8,10 +8,14 @@ use std::sync::Arc;
 use candle_core::Device;
 use simplex_model::Config;
 
+mod data;
+
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{TrainConfig, TrainOverrides};
-use crate::data::{self, DataOptions, Dataset, FileFilter};
+use crate::data::{Dataset, FileFilter};
 use crate::error::{IoContext, Result, TrainError};
+use crate::scratch::Scratch;
+use data::{adopt_data_settings, check_same_prepared, data_options, link_relative};
 
 /// Where the model config comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +59,9 @@ pub struct RunOptions {
     /// Set from elsewhere (a signal handler, a deadline) to stop after the current update
     /// with a checkpoint ([`crate::Summary::stopped`]).
     pub stop: Option<StopFlag>,
+    /// Also write the metrics rows as a TensorBoard event file in this folder
+    /// ([`crate::tensorboard`]; a new file per session).
+    pub tensorboard: Option<PathBuf>,
 }
 
 /// Which checkpoints a run keeps besides the latest (`RUN_DIR/checkpoint/`).
@@ -112,6 +119,7 @@ impl RunOptions {
             filter: FileFilter::default(),
             keep: KeepCheckpoints::default(),
             stop: None,
+            tensorboard: None,
         }
     }
 }
@@ -129,6 +137,10 @@ pub struct Prepared {
     /// A resume whose command line changed the saved settings: the run's `train.toml`, not
     /// yet rewritten (see [`Prepared::save_settings`]).
     pub settings_to_save: Option<PathBuf>,
+    /// A new run's folder, removed with what was written into it if this value is dropped
+    /// while it is set; the trainer takes and keeps it once its setup succeeded (a setup that
+    /// fails leaves nothing behind).
+    pub(crate) scratch: Option<Scratch>,
 }
 
 impl Prepared {
@@ -226,107 +238,6 @@ pub fn first_difference(a: &Config, b: &Config) -> Option<(String, String, Strin
     walk("", &ta, &tb)
 }
 
-fn data_options(paths: &[PathBuf], c: &TrainConfig, opts: &RunOptions) -> Result<DataOptions> {
-    let mut d = DataOptions::new(paths.to_vec());
-    d.tokenizer = c.tokenizer.parse()?;
-    d.doc_sep = c.doc_sep.clone();
-    d.val_frac = c.val_frac;
-    d.split_seed = c.split_seed;
-    d.filter = opts.filter.clone();
-    if let Some(s) = opts.shard_tokens {
-        d.shard_tokens = s;
-    }
-    Ok(d)
-}
-
-/// Takes the data settings of a prepared dataset into `cfg`; a setting given on the command
-/// line that differs from the dataset's is an error naming it.
-fn adopt_data_settings(cfg: &mut TrainConfig, o: &TrainOverrides, d: &Dataset) -> Result<()> {
-    let m = &d.meta;
-    let clash = |key: &'static str, given: String, stored: String| {
-        TrainError::setting(
-            key,
-            given,
-            format!(
-                "the prepared data in {} has {stored}; prepare it again to change it",
-                d.dir.display()
-            ),
-        )
-    };
-    if let Some(t) = o.tokenizer.as_ref().filter(|t| **t != m.tokenizer) {
-        return Err(clash("tokenizer", t.clone(), m.tokenizer.clone()));
-    }
-    if let Some(s) = o.doc_sep.as_ref().filter(|s| **s != m.doc_sep) {
-        return Err(clash(
-            "doc_sep",
-            format!("{s:?}"),
-            format!("{:?}", m.doc_sep),
-        ));
-    }
-    if let Some(v) = o.val_frac.filter(|v| *v != m.val_frac) {
-        return Err(clash("val_frac", v.to_string(), m.val_frac.to_string()));
-    }
-    if let Some(v) = o.split_seed.filter(|v| *v != m.split_seed) {
-        return Err(clash("split_seed", v.to_string(), m.split_seed.to_string()));
-    }
-    cfg.tokenizer = m.tokenizer.clone();
-    cfg.doc_sep = m.doc_sep.clone();
-    cfg.val_frac = m.val_frac;
-    cfg.split_seed = m.split_seed;
-    Ok(())
-}
-
-/// `link -> target` as a relative symbolic link (so that the two folders can move together).
-fn link_relative(target: &Path, link: &Path) -> Result<()> {
-    let target_abs = target.canonicalize().at(target)?;
-    let parent = link.parent().unwrap_or(Path::new("."));
-    let from = parent.canonicalize().at(parent)?;
-    let common = from
-        .components()
-        .zip(target_abs.components())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let mut rel = PathBuf::new();
-    for _ in from.components().skip(common) {
-        rel.push("..");
-    }
-    for c in target_abs.components().skip(common) {
-        rel.push(c);
-    }
-    #[cfg(unix)]
-    {
-        std::os::unix::fs::symlink(&rel, link).at(link)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = rel;
-        Err(TrainError::data(
-            target,
-            "a prepared data folder is linked into the run, which needs a Unix system",
-        ))
-    }
-}
-
-/// Checks that the prepared folder `given` holds the same data as the run's `stored` one.
-fn check_same_prepared(given: &Path, stored: &Dataset) -> Result<()> {
-    let g = Dataset::open(given)?;
-    let (a, b) = (&g.meta, &stored.meta);
-    if a.fingerprint != b.fingerprint
-        || a.tokenizer != b.tokenizer
-        || a.train != b.train
-        || a.val != b.val
-    {
-        return Err(TrainError::data(
-            given,
-            format!(
-                "holds other data than the run's ({}): resume without --data, or start a new run",
-                stored.dir.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Sets up `opts.out` for training (see the module doc).
 pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
     let run = &opts.out;
@@ -387,7 +298,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
             link_relative(p, &data_dir)?;
             d
         } else if !opts.data.is_empty() {
-            data::prepare(&data_options(&opts.data, &train_cfg, opts)?, &data_dir)?
+            crate::data::prepare(&data_options(&opts.data, &train_cfg, opts)?, &data_dir)?
         } else {
             return Err(TrainError::RunDir {
                 path: run.clone(),
@@ -409,6 +320,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
             data,
             checkpoint,
             settings_to_save,
+            scratch: None,
         });
     }
     let taken = [
@@ -427,7 +339,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
             ),
         });
     }
-    std::fs::create_dir_all(run).at(run)?;
+    // everything that can be checked without writing is checked before the folder exists
     let choice = opts
         .model
         .clone()
@@ -438,6 +350,12 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
         model_cfg.max_seq_len,
         opts.device.is_cuda(),
     )?;
+    if prepared_dir(&opts.data).is_none() {
+        data_options(&opts.data, &train_cfg, opts)?;
+    }
+    crate::evalsets::resolve(&train_cfg.eval_sets, &train_cfg.eval_sets_dir())?;
+    // removed again (with what it holds) if the setup fails before training starts
+    let scratch = Scratch::create(run)?;
     if data_dir.is_symlink() {
         // a run killed before writing its settings left its link to prepared data
         std::fs::remove_file(&data_dir).at(&data_dir)?;
@@ -462,7 +380,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
             link_relative(p, &data_dir)?;
             Dataset::open(&data_dir)?
         }
-        None => data::prepare(&data_options(&opts.data, &train_cfg, opts)?, &data_dir)?,
+        None => crate::data::prepare(&data_options(&opts.data, &train_cfg, opts)?, &data_dir)?,
     };
     let cfg_source = match &choice {
         ModelChoice::Preset(_) => {
@@ -484,6 +402,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
         data,
         checkpoint: None,
         settings_to_save: None,
+        scratch: Some(scratch),
     })
 }
 
