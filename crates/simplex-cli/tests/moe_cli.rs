@@ -123,7 +123,12 @@ fn bench_moe_runs_on_the_cpu_and_checks_its_flags() {
         "1",
     ]);
     assert!(ok, "{stderr}");
-    for row in ["grouped fwd", "grouped fwd+bwd", "routed experts f+b"] {
+    for row in [
+        "grouped fwd",
+        "grouped dx + dw",
+        "routing + row moves",
+        "routed experts f+b",
+    ] {
         assert!(stdout.contains(row), "{stdout}");
     }
     let (ok, _, stderr) = simplex(&["bench", "moe", "--experts", "2", "--top-k", "3"]);

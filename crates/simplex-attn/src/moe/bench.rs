@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::{combine, dispatch, grouped_matmul, permute, top_k};
+use super::{combine, dispatch, grouped_matmul, grouped_matmul_backward, permute, top_k};
 use crate::bench::time_it;
 use crate::fused::{swiglu, swiglu_mlp};
 use crate::AttnError;
@@ -81,7 +81,7 @@ pub fn run(
         Ok(())
     };
     let flops = 2.0 * (m * c * 2 * h) as f64;
-    // forward y = x W_e^T against one [m, C] x [C, 2H] product
+    // y = x W_e^T against one [m, C] x [C, 2H] product
     timed(
         "grouped fwd",
         flops,
@@ -94,32 +94,47 @@ pub fn run(
             Ok(())
         },
     )?;
-    // backward products through autograd of a differentiable call
-    let xv = Var::from_tensor(&xp)?;
-    let wv = Var::from_tensor(&gu)?;
-    let dense_wv = Var::from_tensor(&dense_w)?;
+    // dx = dy W_e and dW_e = dy_e^T x_e against dense products of the same work
     timed(
-        "grouped fwd+bwd",
-        3.0 * flops,
+        "grouped dx + dw",
+        2.0 * flops,
         &mut || {
-            let y = grouped_matmul(xv.as_tensor(), wv.as_tensor(), &d.offsets)?;
-            (y * &dy)?.sum_all()?.backward()?;
+            grouped_matmul_backward(&xp, &gu, &d.offsets, &dy)?;
             Ok(())
         },
         &mut || {
-            let y = xv.as_tensor().matmul(&dense_wv.as_tensor().t()?)?;
-            (y * &dy)?.sum_all()?.backward()?;
+            dy.matmul(&dense_w)?;
+            dy.t()?.matmul(&xp)?;
             Ok(())
         },
     )?;
-    // the routed path (top-k and dispatch of given scores, permute, gate_up, SwiGLU, down,
-    // combine) against a dense SwiGLU MLP of hidden k H, forward and backward
-    let xt = Var::from_tensor(&x)?;
-    let down = Var::from_tensor(&rand(&[e, c, h], 0.02)?)?;
+    // the glue around the products: top-k, dispatch, permute and combine (dense: nothing)
+    let yp = rand(&[m, c], 1.0)?;
     let w = Var::from_tensor(&Tensor::full(1.0 / k as f32, (t, k), device)?)?;
+    timed(
+        "routing + row moves",
+        0.0,
+        &mut || {
+            let d = dispatch(&top_k(&scores, k)?, e, None)?;
+            permute(&x, &d)?;
+            combine(&yp, w.as_tensor(), &d)?;
+            Ok(())
+        },
+        &mut || Ok(()),
+    )?;
+    // the routed path (top-k and dispatch of given scores, permute, gate_up, SwiGLU, down,
+    // combine) against a dense SwiGLU MLP of hidden k H, forward and backward; the loss sums
+    // rows first (candle's sum over all elements at once runs on one thread block)
+    let xt = Var::from_tensor(&x)?;
+    let wv = Var::from_tensor(&gu)?;
+    let down = Var::from_tensor(&rand(&[e, c, h], 0.02)?)?;
     let dgu = Var::from_tensor(&rand(&[2 * k * h, c], 0.02)?)?;
     let ddown = Var::from_tensor(&rand(&[c, k * h], 0.02)?)?;
     let dout = rand(&[t, c], 1.0)?;
+    let loss = |out: Tensor| -> Result<(), AttnError> {
+        (out * &dout)?.sum_keepdim(1)?.sum_all()?.backward()?;
+        Ok(())
+    };
     timed(
         "routed experts f+b",
         3.0 * 2.0 * (m * 3 * c * h) as f64,
@@ -128,14 +143,14 @@ pub fn run(
             let xp = permute(xt.as_tensor(), &d)?;
             let a = swiglu(&grouped_matmul(&xp, wv.as_tensor(), &d.offsets)?)?;
             let y = grouped_matmul(&a, down.as_tensor(), &d.offsets)?;
-            let out = combine(&y, w.as_tensor(), &d)?;
-            (out * &dout)?.sum_all()?.backward()?;
-            Ok(())
+            loss(combine(&y, w.as_tensor(), &d)?)
         },
         &mut || {
-            let out = swiglu_mlp(xt.as_tensor(), dgu.as_tensor(), ddown.as_tensor())?;
-            (out * &dout)?.sum_all()?.backward()?;
-            Ok(())
+            loss(swiglu_mlp(
+                xt.as_tensor(),
+                dgu.as_tensor(),
+                ddown.as_tensor(),
+            )?)
         },
     )?;
     Ok(rows)

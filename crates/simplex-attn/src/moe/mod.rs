@@ -35,7 +35,7 @@ mod cuda;
 mod ops;
 mod reference;
 
-pub use ops::{combine, grouped_matmul, permute};
+pub use ops::{combine, grouped_matmul, grouped_matmul_backward, permute};
 pub use reference::{grouped_matmul_twin, moe_reference};
 
 use candle_core::{DType, Device, Result, Tensor};

@@ -127,6 +127,35 @@ pub fn grouped_matmul(x: &Tensor, w: &Tensor, offsets: &Tensor) -> candle_core::
     xc.apply_op2(&wc, op)?.to_dtype(dtype)
 }
 
+/// The gradients `(dx, dw)` of [`grouped_matmul`]`(x, w, offsets)` given the output's
+/// gradient `dy [M, N]`, without autograd: `dx = dy W_e` for the rows of group `e` (zero past
+/// `offsets[E]`) and `dW_e = dy_e^T x_e`. The products the backward runs, callable directly.
+pub fn grouped_matmul_backward(
+    x: &Tensor,
+    w: &Tensor,
+    offsets: &Tensor,
+    dy: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (m, k) = dims2("grouped_matmul backward", "x", x)?;
+    let (_, n, _) = w.dims3()?;
+    if dy.dims() != [m, n] {
+        candle_core::bail!(
+            "grouped_matmul backward: dy {:?} must be [{m}, {n}] (x rows, weight rows)",
+            dy.dims()
+        )
+    }
+    let cd = compute_dtype("grouped_matmul", x)?;
+    let op = Gmm {
+        kind: GmmKind::Forward,
+        offsets: offsets.clone(),
+        m,
+        nk: (n, k),
+    };
+    let (xc, wc) = (x.to_dtype(cd)?.contiguous()?, w.to_dtype(cd)?.contiguous()?);
+    let (dx, dw) = op.grads(&xc, &wc, dy)?;
+    Ok((dx.to_dtype(x.dtype())?, dw.to_dtype(w.dtype())?))
+}
+
 /// One grouped product; `m` rows of the grouped operand, `nk` the dims of one expert weight.
 #[derive(Clone)]
 struct Gmm {
@@ -200,6 +229,14 @@ impl CustomOp2 for Gmm {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.grads(x, w, dy)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl Gmm {
+    /// `(dx, dw)` of the forward product from `dy`.
+    fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let dy = dy.to_dtype(x.dtype())?.contiguous()?;
         let dx = dy.apply_op2_no_bwd(
             w,
@@ -215,7 +252,7 @@ impl CustomOp2 for Gmm {
                 ..self.clone()
             },
         )?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, dw))
     }
 }
 
