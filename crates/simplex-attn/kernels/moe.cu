@@ -226,10 +226,9 @@ __device__ void gmm_simt(Gmm<T> g) {
 
 // -- bf16 tensor cores --
 constexpr int BM = 128, BN = 128, BK = 64, STAGES = 3, THREADS = 256;
-// Thread blocks per SM the register budget is cut for (2: at most 128 registers a thread).
-#ifndef MOE_MIN_BLOCKS
-#define MOE_MIN_BLOCKS 2
-#endif
+// Thread blocks per SM the register budget is cut for: 2, at most 128 registers a thread (a few
+// spill; 1 block per SM with 190 registers and no spills measured no faster: docs/history/moe.md).
+constexpr int MIN_BLOCKS = 2;
 constexpr int TILE_BYTES = BM * BK * 2;  // one operand tile of one stage (BN == BM)
 constexpr int SMEM = STAGES * 2 * TILE_BYTES;
 static_assert(SMEM == 98304, "src/moe/cuda.rs (MMA_SMEM) launches the products with 96 KB of shared memory");
@@ -459,6 +458,6 @@ extern "C" __global__ void moe_slots(const uint32_t* idx, const uint32_t* rank, 
 MOE_ROWS(bf16, bf16)
 MOE_ROWS(f32, float)
 
-extern "C" __global__ void __launch_bounds__(THREADS, MOE_MIN_BLOCKS) gmm_mma_fwd_bf16(Gmm<bf16> g) { gmm_mma<false, false, false>(g); }
-extern "C" __global__ void __launch_bounds__(THREADS, MOE_MIN_BLOCKS) gmm_mma_dx_bf16(Gmm<bf16> g) { gmm_mma<false, true, false>(g); }
-extern "C" __global__ void __launch_bounds__(THREADS, MOE_MIN_BLOCKS) gmm_mma_dw_bf16(Gmm<bf16> g) { gmm_mma<true, true, true>(g); }
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) gmm_mma_fwd_bf16(Gmm<bf16> g) { gmm_mma<false, false, false>(g); }
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) gmm_mma_dx_bf16(Gmm<bf16> g) { gmm_mma<false, true, false>(g); }
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) gmm_mma_dw_bf16(Gmm<bf16> g) { gmm_mma<true, true, true>(g); }
