@@ -618,7 +618,7 @@ impl FlatBuffers {
             .stream
             .clone_dtod(&self.norm)
             .map_err(|e| cuda_err("copying the gradient norm", e))?;
-        Ok(wrap_tensor(copy, &self.dev, &Shape::from(1)))
+        Ok(wrap_tensor(copy, &self.dev, Shape::from(1)))
     }
 
     pub(crate) fn state(&self, s: Slice, shape: &Shape) -> Result<[Tensor; 3]> {
@@ -631,7 +631,7 @@ impl FlatBuffers {
                     .memcpy_dtod(&view, &mut out)
                     .map_err(|e| cuda_err("copying optimizer state", e))?;
             }
-            wrap_tensor(out, &self.dev, &Shape::from(s.len)).reshape(shape.clone())
+            wrap_tensor(out, &self.dev, Shape::from(s.len)).reshape(shape.clone())
         };
         Ok([part(&self.master)?, part(&self.m)?, part(&self.v)?])
     }
