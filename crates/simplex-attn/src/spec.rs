@@ -275,6 +275,16 @@ impl Dims {
         self.heads_q / self.heads_kv
     }
 
+    /// Elements of q (`B*N*Hq*D`), of k1 or k2 (`B*N*Hkv*D`), of v1 or v2 (`B*N*Hkv*Dv`) and
+    /// of o (`B*N*Hq*Dv`).
+    pub fn lens(&self) -> [usize; 4] {
+        let (q, kv) = (
+            self.batch * self.seq * self.heads_q,
+            self.batch * self.seq * self.heads_kv,
+        );
+        [q * self.d, kv * self.d, kv * self.dv, q * self.dv]
+    }
+
     /// The same dims with another q/k head dim (the determinant lift doubles it).
     pub fn with_d(self, d: usize) -> Dims {
         Dims { d, ..self }

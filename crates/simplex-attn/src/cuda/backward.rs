@@ -12,14 +12,12 @@
 //! The CUDA-core backward is deterministic: no atomics; every block owns the gradient rows it
 //! writes.
 
-use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{Layout, Result, Tensor};
 use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 
 use super::buffers::{cuda_storages, output_poisoned, typed_views, wrap_tensor, Element};
-use super::launch::Planned;
-use super::module;
+use super::launch::{self, Planned};
 use super::shape::{oriented, KernelShape};
 use crate::kernels::dispatch::simplicial::{self, exchange_sets, Backward};
 use crate::kernels::{Elem, Launch};
@@ -31,9 +29,7 @@ pub(crate) fn backward(call: &Call, tensors: [&Tensor; 8]) -> Result<[Tensor; 5]
     let names = ["q", "k1", "k2", "v1", "v2", "o", "dout", "lse"];
     let guards = tensors.map(|t| t.storage_and_layout());
     let st = cuda_storages("simplicial attention backward", names, &guards)?;
-    let dev = st[0].0.device();
-    let dtype = tensors[0].dtype();
-    let limits = module::limits(dev)?;
+    let (dtype, dev, limits) = launch::target(st[0].0)?;
     let plan = simplicial::backward(&call.dims, &call.win, dtype, &call.kernels, &limits)?;
     Ok(match (plan, Elem::of(dtype, "simplicial attention")?) {
         (Backward::Core { delta, dq, dkv }, Elem::Bf16) => wrap_grads(
@@ -80,14 +76,7 @@ pub(super) struct Inputs<'a, T> {
 impl<'a, T: Element> Inputs<'a, T> {
     /// Views of `[q, k1, k2, v1, v2, o, dout, lse]`, their element counts checked for `call`.
     pub(super) fn new(call: &Call, st: &[(&'a CudaStorage, &'a Layout); 8]) -> Result<Self> {
-        let d = call.dims;
-        let (b, n) = (d.batch, d.seq);
-        let (nq, nk, nv, no) = (
-            b * n * d.heads_q * d.d,
-            b * n * d.heads_kv * d.d,
-            b * n * d.heads_kv * d.dv,
-            b * n * d.heads_q * d.dv,
-        );
+        let [nq, nk, nv, no] = call.dims.lens();
         let op = "simplicial attention";
         let [q, k1, k2, v1, v2, o, dout] = typed_views::<T, 7>(
             op,
@@ -95,7 +84,8 @@ impl<'a, T: Element> Inputs<'a, T> {
             ["q", "k1", "k2", "v1", "v2", "o", "dout"],
             [nq, nk, nk, nv, nv, no, no],
         )?;
-        let [lse] = typed_views::<f32, 1>(op, [st[7]], ["lse"], [b * n * d.heads_q])?;
+        let rows = no / call.dims.dv;
+        let [lse] = typed_views::<f32, 1>(op, [st[7]], ["lse"], [rows])?;
         Ok(Inputs {
             q,
             k: [k1, k2],

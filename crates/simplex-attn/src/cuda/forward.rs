@@ -7,7 +7,6 @@ use candle_core::cuda_backend::CudaStorage;
 use candle_core::{Layout, Result, Shape, Tensor};
 
 use super::launch::{self, Planned};
-use super::module;
 use super::shape::{key_value_views, view, KernelShape};
 use crate::kernels::dispatch::{self, simplicial::exchange_sets};
 use crate::kernels::{Elem, Launch};
@@ -19,9 +18,7 @@ pub(crate) fn forward(
     call: &Call,
     inputs: [(&CudaStorage, &Layout); 5],
 ) -> Result<(CudaStorage, Shape, Tensor)> {
-    let dtype = inputs[0].0.dtype();
-    let dev = inputs[0].0.device();
-    let limits = module::limits(dev)?;
+    let (dtype, _, limits) = launch::target(inputs[0].0)?;
     let launch =
         dispatch::simplicial::forward(&call.dims, &call.win, dtype, &call.kernels, &limits)?;
     match Elem::of(dtype, "simplicial attention")? {
@@ -41,9 +38,8 @@ fn forward_typed<T: super::Element>(
     let shape = KernelShape::new(&d, &call.win, call.scale)?.oriented(ex);
     let dev = q.device();
     let planned = Planned::new(dev, launch)?;
-    let nk = b * n * d.heads_kv * d.d;
-    let nv = b * n * d.heads_kv * d.dv;
-    let qv = view::<T>(q, lq, "q", b * n * hq * d.d)?;
+    let [nq, nk, nv, _] = d.lens();
+    let qv = view::<T>(q, lq, "q", nq)?;
     let [k1, k2, v1, v2] =
         key_value_views::<T>(ex, [(k1, lk1), (k2, lk2), (v1, lv1), (v2, lv2)], nk, nv)?;
     // SAFETY: every 2-simplicial forward takes (q, k1, k2, v1, v2, o, lse, Shape) of element

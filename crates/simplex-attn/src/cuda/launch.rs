@@ -5,12 +5,20 @@
 use std::sync::Arc;
 
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
-use candle_core::{Result, Shape, Tensor};
+use candle_core::{DType, Result, Shape, Tensor};
 use cudarc::driver::{CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg};
 
 use super::buffers::{cuda_err, output_poisoned, wrap_tensor, Element};
-use super::module::{self, Kernel};
-use crate::kernels::Launch;
+use super::module::{self, Family, Kernel};
+use crate::kernels::{DeviceLimits, Launch};
+
+/// What the choice of kernels reads of a call's first input: its dtype, its device and the
+/// device's limits.
+pub(crate) fn target(s: &CudaStorage) -> Result<(DType, &CudaDevice, DeviceLimits)> {
+    use candle_core::backend::BackendStorage;
+    let dev = s.device();
+    Ok((s.dtype(), dev, module::limits(dev)?))
+}
 
 /// A launch whose kernel is loaded on the device, ready to run.
 pub(crate) struct Planned {
@@ -23,20 +31,31 @@ impl Planned {
     /// Loads the kernel of `launch` on `dev`; an error where its shared memory is more than the
     /// device gives one block of it.
     pub(crate) fn new(dev: &CudaDevice, launch: &Launch) -> Result<Planned> {
-        let kernel = module::load(dev, launch.kernel)?;
-        let symbol = launch.symbol();
-        if launch.smem > kernel.max_smem {
-            candle_core::bail!(
-                "{symbol}: needs {} bytes of shared memory, the device allows {}",
-                launch.smem,
-                kernel.max_smem
-            );
-        }
         let cfg = LaunchConfig {
             grid_dim: launch.grid,
             block_dim: (launch.threads(), 1, 1),
             shared_mem_bytes: launch.smem as u32,
         };
+        Planned::named(dev, launch.kernel.family, launch.symbol(), cfg)
+    }
+
+    /// Loads kernel `symbol` of `family` on `dev` for a launch of `cfg` (the fused ops' kernels,
+    /// which are not in the attention table); an error where its shared memory is more than
+    /// the device gives one block of it.
+    pub(crate) fn named(
+        dev: &CudaDevice,
+        family: Family,
+        symbol: &'static str,
+        cfg: LaunchConfig,
+    ) -> Result<Planned> {
+        let kernel = module::kernel(dev, family, symbol)?;
+        let smem = cfg.shared_mem_bytes as usize;
+        if smem > kernel.max_smem {
+            candle_core::bail!(
+                "{symbol}: needs {smem} bytes of shared memory, the device allows {}",
+                kernel.max_smem
+            );
+        }
         Ok(Planned {
             kernel,
             cfg,

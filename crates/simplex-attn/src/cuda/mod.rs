@@ -27,6 +27,6 @@ mod shape;
 pub(crate) use backward::backward;
 pub use buffers::retain_pool_memory;
 pub(crate) use buffers::{
-    cuda_err, cuda_storages, output, output_poisoned, typed_view, wrap_tensor, Element,
+    cuda_err, cuda_storages, output, output_poisoned, typed_views, wrap_tensor, Element,
 };
 pub(crate) use forward::forward;

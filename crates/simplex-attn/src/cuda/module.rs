@@ -15,8 +15,8 @@ use cudarc::driver::{CudaFunction, CudaModule};
 use cudarc::nvrtc::Ptx;
 
 use super::buffers::cuda_err;
+use crate::kernels::DeviceLimits;
 pub(crate) use crate::kernels::Family;
-use crate::kernels::{DeviceLimits, KernelInfo};
 
 /// The cubin build.rs compiled from a family's file.
 fn cubin(family: Family) -> &'static [u8] {
@@ -97,11 +97,6 @@ pub(crate) fn limits(dev: &CudaDevice) -> Result<DeviceLimits> {
         loaded.limits = Some(l);
         Ok(l)
     })
-}
-
-/// The kernel of a [`crate::kernels::TABLE`] entry on `dev`.
-pub(crate) fn load(dev: &CudaDevice, info: &KernelInfo) -> Result<Kernel> {
-    kernel(dev, info.family, info.symbol)
 }
 
 /// The kernel `name` of `family` on `dev`, loading its module on first use.

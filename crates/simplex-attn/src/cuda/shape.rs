@@ -32,14 +32,7 @@ impl KernelShape {
     /// The shape of a call, after checking that the kernels' 32-bit row indices and grid
     /// dimensions hold it.
     pub(crate) fn new(dims: &Dims, win: &Windows, scale: f64) -> Result<KernelShape> {
-        let Dims {
-            batch,
-            seq,
-            heads_q,
-            heads_kv,
-            d,
-            dv,
-        } = *dims;
+        let (batch, seq, heads_q, heads_kv) = (dims.batch, dims.seq, dims.heads_q, dims.heads_kv);
         // The kernels index rows (b * N + i) * Hq + h in 32-bit ints and elements in 64-bit.
         if batch
             .checked_mul(seq)
@@ -61,8 +54,8 @@ impl KernelShape {
             seq: i(seq),
             heads_q: i(heads_q),
             heads_kv: i(heads_kv),
-            d: i(d),
-            dv: i(dv),
+            d: i(dims.d),
+            dv: i(dims.dv),
             causal: i32::from(win.causal),
             w1: i(win.w1),
             w2: i(win.w2),

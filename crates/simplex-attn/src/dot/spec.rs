@@ -199,6 +199,15 @@ impl DotDims {
     pub fn group(&self) -> usize {
         self.heads_q / self.heads_kv
     }
+
+    /// Elements of q (`B*Nq*Hq*D`), k (`B*Nk*Hkv*D`), v (`B*Nk*Hkv*Dv`) and o (`B*Nq*Hq*Dv`).
+    pub fn lens(&self) -> [usize; 4] {
+        let (q, kv) = (
+            self.batch * self.seq_q * self.heads_q,
+            self.batch * self.seq_k * self.heads_kv,
+        );
+        [q * self.d, kv * self.d, kv * self.dv, q * self.dv]
+    }
 }
 
 /// One call as the kernels see it: what the op hands its CUDA launch code.

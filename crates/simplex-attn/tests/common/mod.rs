@@ -62,6 +62,18 @@ impl Case {
     }
 }
 
+/// The dims of a 2-simplicial call: B, N, Hq, Hkv, D, Dv.
+pub fn dims(b: usize, n: usize, hq: usize, hkv: usize, d: usize, dv: usize) -> Dims {
+    Dims {
+        batch: b,
+        seq: n,
+        heads_q: hq,
+        heads_kv: hkv,
+        d,
+        dv,
+    }
+}
+
 /// Random inputs of a case, uniform in [-amp, amp], seeded.
 pub struct Data {
     pub q: Vec<f64>,

@@ -12,14 +12,13 @@
 //! Deterministic: no atomics; every block owns the gradient rows it writes, so two runs give the
 //! same bits.
 
-use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{Layout, Result, Tensor};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::{aligned, view, DotCall, DotKernelShape};
-use crate::cuda::launch::Planned;
-use crate::cuda::{cuda_storages, module, output_poisoned, wrap_tensor, Element};
+use super::{aligned, DotCall, DotKernelShape};
+use crate::cuda::launch::{self, Planned};
+use crate::cuda::{cuda_storages, output_poisoned, typed_views, wrap_tensor, Element};
 use crate::kernels::dispatch::dot::{self as plan, DotBackward};
 use crate::kernels::Elem;
 
@@ -33,10 +32,9 @@ pub(crate) fn backward(call: &DotCall, ts: [&Tensor; 6]) -> Result<(Tensor, Tens
     let names = ["q", "k", "v", "o", "dout", "lse"];
     let guards = ts.each_ref().map(|t| t.storage_and_layout());
     let st = cuda_storages("dot attention", names, &guards)?;
-    let dev = st[0].0.device();
+    let (_, dev, limits) = launch::target(st[0].0)?;
     // q, k, v and dout feed cp.async in the tensor-core kernels; o only the delta pre-pass
     let all_aligned = [0, 1, 2, 4].iter().all(|&t| aligned(st[t].1, dtype));
-    let limits = module::limits(dev)?;
     let plan = plan::backward(&call.dims, dtype, all_aligned, &call.kernels, &limits)?;
     let [dq, dk, dv] = match Elem::of(dtype, "dot attention")? {
         Elem::Bf16 => backward_typed::<half::bf16>(call, dev, &plan, st, &ts)?,
@@ -55,25 +53,22 @@ fn backward_typed<T: Element>(
     let d = call.dims;
     let poison = call.kernels.poison_outputs;
     let shape = DotKernelShape::new(call)?;
-    let (b, nq, nk) = (d.batch, d.seq_q, d.seq_k);
-    let (nqd, nkd, nkv, nqv) = (
-        b * nq * d.heads_q * d.d,
-        b * nk * d.heads_kv * d.d,
-        b * nk * d.heads_kv * d.dv,
-        b * nq * d.heads_q * d.dv,
-    );
-    let qv = view::<T>(st[0].0, st[0].1, "q", nqd)?;
-    let kv = view::<T>(st[1].0, st[1].1, "k", nkd)?;
-    let vv = view::<T>(st[2].0, st[2].1, "v", nkv)?;
-    let ov = view::<T>(st[3].0, st[3].1, "o", nqv)?;
-    let dov = view::<T>(st[4].0, st[4].1, "dout", nqv)?;
-    let lsev = view::<f32>(st[5].0, st[5].1, "lse", b * nq * d.heads_q)?;
+    let [nqd, nkd, nkv, nqv] = d.lens();
+    let rows = d.batch * d.seq_q * d.heads_q;
+    let op = "dot attention";
+    let [qv, kv, vv, ov, dov] = typed_views::<T, 5>(
+        op,
+        [st[0], st[1], st[2], st[3], st[4]],
+        ["q", "k", "v", "o", "dout"],
+        [nqd, nkd, nkv, nqv, nqv],
+    )?;
+    let [lsev] = typed_views::<f32, 1>(op, [st[5]], ["lse"], [rows])?;
     let stream = dev.cuda_stream();
     let out = |len, name| output_poisoned::<T>(&stream, len, name, poison);
 
     // delta = rowsum(o * dout): a pre-pass, except for the wgmma kernels, whose dq kernel
     // computes it (and writes it for their dk/dv kernel, which runs after it)
-    let mut delta: CudaSlice<f32> = output_poisoned(&stream, b * nq * d.heads_q, "delta", poison)?;
+    let mut delta: CudaSlice<f32> = output_poisoned(&stream, rows, "delta", poison)?;
     if let Some(pre) = &plan.delta {
         let planned = Planned::new(dev, pre)?;
         // SAFETY: (const T* o, const T* dout, float* delta, DotShape) as the kernel declares; o
@@ -90,7 +85,7 @@ fn backward_typed<T: Element>(
     let mut dq = out(nqd, "dq")?;
     // SAFETY: (q, k, v, dout, lse, delta, dq, DotShape) as the kernel declares, and for the
     // wgmma kernel (q, k, v, dout, o, lse, delta (written: every row), dq, DotShape); every
-    // view holds the counts it indexes (checked by `view`), and the grid covers all
+    // view holds the counts it indexes (checked by `typed_views`), and the grid covers all
     // B * Nq * Hq rows of dq and delta (the persistent wgmma CTAs between them).
     unsafe {
         planned.run(&stream, |a| {

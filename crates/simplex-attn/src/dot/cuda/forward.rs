@@ -7,9 +7,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::{Layout, Result, Shape, Tensor};
 
-use super::{aligned, view, DotCall, DotKernelShape};
+use super::{aligned, DotCall, DotKernelShape};
 use crate::cuda::launch::{self, Planned};
-use crate::cuda::{module, Element};
+use crate::cuda::{typed_views, Element};
 use crate::kernels::{dispatch, Elem};
 
 /// The forward on CUDA: o in the input dtype, its shape, and lse (f32).
@@ -17,10 +17,8 @@ pub(crate) fn forward(
     call: &DotCall,
     inputs: [(&CudaStorage, &Layout); 3],
 ) -> Result<(CudaStorage, Shape, Tensor)> {
-    let dtype = inputs[0].0.dtype();
-    let dev = inputs[0].0.device();
+    let (dtype, dev, limits) = launch::target(inputs[0].0)?;
     let all_aligned = inputs.iter().all(|(_, l)| aligned(l, dtype));
-    let limits = module::limits(dev)?;
     let plan = dispatch::dot::forward(&call.dims, dtype, all_aligned, &call.kernels, &limits)?;
     let planned = Planned::new(dev, &plan)?;
     match Elem::of(dtype, "dot attention")? {
@@ -32,23 +30,27 @@ pub(crate) fn forward(
 fn forward_typed<T: Element>(
     call: &DotCall,
     planned: &Planned,
-    [(q, lq), (k, lk), (v, lv)]: [(&CudaStorage, &Layout); 3],
+    inputs: [(&CudaStorage, &Layout); 3],
 ) -> Result<(CudaStorage, Shape, Tensor)> {
     let d = call.dims;
     let (b, nq, hq) = (d.batch, d.seq_q, d.heads_q);
     let shape = DotKernelShape::new(call)?;
-    let qv = view::<T>(q, lq, "q", b * nq * hq * d.d)?;
-    let kv = view::<T>(k, lk, "k", b * d.seq_k * d.heads_kv * d.d)?;
-    let vv = view::<T>(v, lv, "v", b * d.seq_k * d.heads_kv * d.dv)?;
+    let [nq_d, nk_d, nk_dv, _] = d.lens();
+    let [qv, kv, vv] = typed_views::<T, 3>(
+        "dot attention",
+        inputs,
+        ["q", "k", "v"],
+        [nq_d, nk_d, nk_dv],
+    )?;
     // SAFETY: every dot-product forward takes (const T* q, const T* k, const T* v, T* o, float*
     // lse, DotShape) (the dispatch picked a kernel of the inputs' dtype); the views hold the
-    // element counts the kernel indexes (checked by `view`), and the grid covers every (query,
+    // element counts the kernel indexes (checked by `typed_views`), and the grid covers every (query,
     // head) row of o and lse (all Nq queries of every head and batch for the mma.sync kernel;
     // the persistent wgmma kernel's CTAs walk all Nq * G rows of every K/V head and batch
     // between them; all B * Nq * Hq rows for the CUDA-core one).
     unsafe {
         launch::forward(
-            q.device(),
+            inputs[0].0.device(),
             planned,
             call.kernels.poison_outputs,
             &[&qv, &kv, &vv],

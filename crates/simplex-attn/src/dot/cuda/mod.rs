@@ -15,12 +15,10 @@ mod forward;
 pub(crate) use backward::backward;
 pub(crate) use forward::forward;
 
-use candle_core::cuda_backend::CudaStorage;
 use candle_core::{DType, Layout, Result};
-use cudarc::driver::{CudaView, DeviceRepr};
+use cudarc::driver::DeviceRepr;
 
-use super::{DotCall, DotDims};
-use crate::cuda::{typed_view, Element};
+use super::DotCall;
 
 /// The launch shape every dot-product kernel takes by value; mirrors `struct DotShape` in
 /// `kernels/dot_attn.cuh` field by field.
@@ -46,15 +44,9 @@ impl DotKernelShape {
     /// The shape of a call, after checking that the kernels' 32-bit row indices and grid
     /// dimensions hold it.
     fn new(call: &DotCall) -> Result<DotKernelShape> {
-        let DotDims {
-            batch,
-            seq_q,
-            seq_k,
-            heads_q,
-            heads_kv,
-            d,
-            dv,
-        } = call.dims;
+        let dims = call.dims;
+        let (batch, seq_q, seq_k) = (dims.batch, dims.seq_q, dims.seq_k);
+        let (heads_q, heads_kv) = (dims.heads_q, dims.heads_kv);
         let rows = |n: usize, h: usize| {
             batch
                 .checked_mul(n)
@@ -79,8 +71,8 @@ impl DotKernelShape {
             seq_k: i(seq_k),
             heads_q: i(heads_q),
             heads_kv: i(heads_kv),
-            d: i(d),
-            dv: i(dv),
+            d: i(dims.d),
+            dv: i(dims.dv),
             causal: i32::from(call.keys.causal),
             window: i(call.keys.w),
             scale: call.scale as f32,
@@ -92,14 +84,4 @@ impl DotKernelShape {
 /// chunks with cp.async; candle's buffers themselves are 256-byte aligned).
 fn aligned(l: &Layout, dtype: DType) -> bool {
     (l.start_offset() * dtype.size_in_bytes()).is_multiple_of(16)
-}
-
-/// The contiguous data of a CUDA storage as a typed view of `len` elements.
-fn view<'a, T: Element>(
-    s: &'a CudaStorage,
-    l: &Layout,
-    name: &str,
-    len: usize,
-) -> Result<CudaView<'a, T>> {
-    typed_view("dot attention", s, l, name, len)
 }
