@@ -1,4 +1,4 @@
-//! Which kernels run a 2-simplicial call (shapes of [`crate::spec`]).
+//! Which kernels run a 2-simplicial call (shapes as in [`crate::AttnSpec`]).
 //!
 //! The tensor-core kernels walk their window 1 one position (or offset) at a time and tile
 //! window 2, so they want the smaller window first: where `w1 > w2` the launch code exchanges
