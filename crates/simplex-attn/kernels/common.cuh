@@ -13,7 +13,7 @@ constexpr int WARP = 32;
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr float LN2 = 0.6931471805599453f;
 
-// Mirrored field by field by `KernelShape` in src/cuda/mod.rs (#[repr(C)], all 4-byte fields).
+// Mirrored field by field by `KernelShape` in src/cuda/shape.rs (#[repr(C)], all 4-byte fields).
 struct Shape {
   int batch, seq, heads_q, heads_kv, d, dv;
   int causal;  // 1: i-w < j <= i; 0: |i-j| < w

@@ -16,7 +16,7 @@ using simplex::LOG2E;
 using simplex::WARP;
 typedef __nv_bfloat16 bf16;
 
-// Mirrored field by field by `DotKernelShape` in src/cuda/dot.rs (#[repr(C)], 4-byte fields).
+// Mirrored field by field by `DotKernelShape` in src/dot/cuda/mod.rs (#[repr(C)], 4-byte fields).
 struct DotShape {
   int batch, seq_q, seq_k, heads_q, heads_kv, d, dv;
   int causal;  // 1: p - w < j <= p; 0: |p - j| < w

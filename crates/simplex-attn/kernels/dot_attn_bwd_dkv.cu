@@ -5,7 +5,7 @@
 // bf16 inputs, dk and dv; f32 accumulation; D = Dv in {64, 128}. Deterministic: each CTA owns
 // BN keys of one K/V head and sums over the G query heads of its group and all their query
 // tiles in a fixed order (no atomics). Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs;
-// speed: kernels/NOTES.md.
+// speed: docs/kernels.md.
 //
 // Grid: x = blocks of BN = 128 keys, y = K/V head, z = batch. Block: 8 warps of 16 keys (one m16
 // tile each, keys as the M dimension: the transposed products). K and V of the block stay in
@@ -22,10 +22,8 @@
 // One CTA (8 warps) per SM.
 // Registers per thread: dK, dV D/2 each + S^T, dP^T BQ/2 each floats; ptxas -v: 210 (D = 64),
 // 240 (D = 128), no spills.
-// Measured with the forward (H200, 2026-11-28, fwd+bwd = 3.5x forward FLOPs): 118 TFLOP/s at
-// B=4 N=4096 Hq=32 Hkv=8 D=128 causal, 44 at the LM layer (B=32 N=1024 H=8 D=64).
 // Runs only for DotTensorCores::MmaSync (side-by-side measurements): the wgmma backward,
-// dot_attn_bwd_wgmma.cu, is faster at both measured shapes (kernels/NOTES.md).
+// dot_attn_bwd_wgmma.cu, is faster at both measured shapes (docs/kernels.md).
 #include "dot_attn.cuh"
 
 using namespace dot;

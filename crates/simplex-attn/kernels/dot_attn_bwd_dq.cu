@@ -4,7 +4,7 @@
 //   dq_i   = scale sum_j dS[i,j] k_j        (delta = rowsum(o * dout): dot_attn_simple.cu)
 // bf16 inputs and dq, f32 accumulation; D = Dv in {64, 128}. Deterministic: each CTA owns its
 // dq rows (the key side is dot_attn_bwd_dkv.cu). Reference: src/dot/reference.rs; tests:
-// tests/cuda_dot.rs; speed: kernels/NOTES.md.
+// tests/cuda_dot.rs; speed: docs/kernels.md.
 //
 // Grid: x = blocks of BM = 128 queries (last block first), y = query head, z = batch. Block: 8
 // warps of 16 queries (one m16 tile each). Per key tile of BN = 64 keys (only tiles that meet
@@ -16,10 +16,8 @@
 // Shared memory: Q, dO 128 x (D + 8) + 2 x (K, V) 64 x (D + 8) bf16 = 72 KiB (D = 64),
 // 136 KiB (D = 128): one CTA (8 warps) per SM. Registers: dQ D/2 + S 32 + dP 32 floats per
 // thread; ptxas -v: 208 (D = 64), 238 (D = 128), no spills.
-// Measured with the forward (H200, 2026-11-28, fwd+bwd = 3.5x forward FLOPs): 118 TFLOP/s at
-// B=4 N=4096 Hq=32 Hkv=8 D=128 causal, 44 at the LM layer (B=32 N=1024 H=8 D=64).
 // Runs only for DotTensorCores::MmaSync (side-by-side measurements): the wgmma backward,
-// dot_attn_bwd_wgmma.cu, is faster at both measured shapes (kernels/NOTES.md).
+// dot_attn_bwd_wgmma.cu, is faster at both measured shapes (docs/kernels.md).
 #include "dot_attn.cuh"
 
 using namespace dot;

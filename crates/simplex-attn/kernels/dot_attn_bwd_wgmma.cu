@@ -6,8 +6,8 @@
 // kernel; the sums over i run over the G query heads of a K/V head too). bf16 inputs and
 // gradients, f32 accumulation; D = Dv in {64, 128}; any G, causal or bidirectional, sliding
 // windows, Nk >= Nq. Deterministic: every CTA owns the gradient rows it writes and sums in a
-// fixed order (no atomics). Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; speed:
-// kernels/NOTES.md ("Dot-product attention on wgmma").
+// fixed order (no atomics). Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; when it
+// runs, speed: docs/kernels.md.
 //
 // Both kernels: persistent (one CTA per SM, work blocks in the snake order of
 // dot_attn_wgmma.cuh), 384 threads: a producer warpgroup (setmaxnreg 40: cp.async into a ring
@@ -38,11 +38,6 @@
 // Shared memory: D = 64: NS x (Q, dO) 64 x 64 tiles + lse, delta: 49.5 KB; D = 128: the
 // consumers' K, V 64 KB + NS x (Q, dO) 64 x 128: 161.5 KB.
 // Registers (D = 128): dK 64 + dV 64 + S^T 32 + dP^T 32 + P^T, dS^T fragments 32.
-//
-// Measured (H100, 2026-12-06, ncu kernel times; the mma.sync backward of dot_attn_bwd_dq.cu /
-// dot_attn_bwd_dkv.cu in brackets, with its delta pre-pass): LM layer B=32 N=1024 H=8 D=64
-// causal: dq 276-279 us, dk/dv 279-281 us [delta 65 + dq 288 + dk/dv 410]; B=4 N=4096 Hq=32
-// Hkv=8 D=128 causal: dq 1.97 ms, dk/dv 2.41 ms [0.11 + 3.1 + 5.4].
 #include "dot_attn_wgmma.cuh"
 
 namespace dot_wgmma {
@@ -55,7 +50,7 @@ template <int D>
 struct DqSmem {
   static constexpr int KT = TKQ * D * 2;  // one K (or V) tile
   static constexpr int STAGE = 2 * KT;    // K, then V
-  static constexpr int BYTES = NS * STAGE + 1024;  // + alignment slack (src/dot/plan.rs)
+  static constexpr int BYTES = NS * STAGE + 1024;  // + alignment slack (src/kernels/table.rs)
 };
 static_assert(DqSmem<64>::BYTES <= 227 * 1024 && DqSmem<128>::BYTES <= 227 * 1024, "one CTA per SM fits");
 
@@ -225,7 +220,7 @@ struct DkvSmem {
   static constexpr int STAGE_OFF = KV_SMEM ? 4 * T : 0;
   static constexpr int STAGE = 2 * T;      // q rows, then dout rows (1024-byte aligned)
   static constexpr int LD_OFF = STAGE_OFF + NS * STAGE;  // per stage: lse [TQ], delta [TQ] (f32)
-  static constexpr int BYTES = LD_OFF + NS * 2 * TQ * 4 + 1024;  // + alignment slack (src/dot/plan.rs)
+  static constexpr int BYTES = LD_OFF + NS * 2 * TQ * 4 + 1024;  // + alignment slack (src/kernels/table.rs)
 };
 static_assert(DkvSmem<64>::BYTES <= 227 * 1024 && DkvSmem<128>::BYTES <= 227 * 1024, "one CTA per SM fits");
 

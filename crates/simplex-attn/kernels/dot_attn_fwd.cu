@@ -3,8 +3,8 @@
 //   S[i,j] = scale * q_i . k_j  (j in the keys of query i),  o_i = sum_j softmax_j(S[i]) v_j,
 //   lse_i = log sum_j exp S[i,j]   (natural log, f32)
 // bf16 q, k, v, o; f32 accumulation and softmax. D = Dv in {64, 128} (other head dims and f32
-// run dot_attn_simple.cu). Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; speed:
-// kernels/NOTES.md ("dot-product attention").
+// run dot_attn_simple.cu). Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; when it
+// runs, speed: docs/kernels.md.
 //
 // Grid: x = blocks of BM = 128 queries, y = query head h, z = batch. Block: 4 warps; warp w owns
 // queries 32 w .. 32 w + 31 as MT = 2 m16 tiles, so each K/V fragment read from shared memory
@@ -20,12 +20,9 @@
 //   D = 128: BN = 32: Q 128 x 136 + 2 x (K, V) 32 x 136 = 68 KiB
 // Registers per thread: O MT * D/2 and S MT * BN/2 floats (D = 64: 64 + 64; D = 128: 128 + 32);
 // ptxas -v: 236 (D = 64) and 255 (D = 128), no spills: two CTAs (8 warps) per SM.
-// Measured (H200, 2026-11-28, causal bf16, exact-pair FLOPs): 243 TFLOP/s at B=4 N=4096 Hq=32
-// D=128; 83-108 at the LM layer B=32 N=1024 H=8 D=64 (0.33-0.42 ms, op costs included).
-// Chosen (src/dot/plan.rs `DotKernel::forward`) for the forward at D = 64 also with the wgmma
-// backward: at the LM layer its kernel ran 172-173 us against 180-188 us for the wgmma forward
-// (H100, ncu, 2026-12-06); at D = 128 it runs only for DotTensorCores::MmaSync (the wgmma
-// forward, dot_attn_fwd_wgmma.cu, is faster there).
+// Chosen (src/kernels/dispatch/dot.rs `DotKernel::forward`) for the forward at D = 64 also with
+// the wgmma backward (faster there than the wgmma forward); at D = 128 it runs only for
+// DotTensorCores::MmaSync (the wgmma forward, dot_attn_fwd_wgmma.cu, is faster there).
 #include "dot_attn.cuh"
 
 using namespace dot;

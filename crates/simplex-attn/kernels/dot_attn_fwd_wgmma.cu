@@ -4,8 +4,8 @@
 //   lse_i = log sum_j exp S[i,j]   (natural log, f32)
 // bf16 q, k, v, o; f32 accumulation and softmax; D = Dv = 128 (the template also builds D = 64,
 // dropped: see the kernel's entry below); any G = Hq / Hkv, causal or bidirectional, sliding
-// windows, Nk >= Nq. Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; speed:
-// kernels/NOTES.md ("Dot-product attention on wgmma").
+// windows, Nk >= Nq. Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; when it runs,
+// speed: docs/kernels.md.
 //
 // Work: blocks of 128 rows of a (batch, K/V head)'s row space r = i G + hh (the G heads of a
 // K/V head share its tiles), the last block first (it sees the most keys under a causal mask).
@@ -29,9 +29,6 @@
 // Shared memory: NS x (K, V) tiles of 128 x D bf16: 192 KB (D = 128).
 // Registers (consumer, D = 128): Q 32 + O 64 + S 64 + P 32; ptxas: no spills at 40 / 232 (at
 // 56 / 224 the D = 128 consumers spill 192 bytes).
-// Measured (H100, 2026-12-06, ncu kernel time): B=4 N=4096 Hq=32 Hkv=8 D=128 causal 1.51-1.53 ms
-// = 359-364 TFLOP/s (mma.sync dot_attn_fwd.cu: 1.9 ms; cuDNN through PyTorch on the same card:
-// 0.93-1.02 ms for the whole call).
 #include "dot_attn_wgmma.cuh"
 
 namespace dot_wgmma {
@@ -43,7 +40,7 @@ template <int D>
 struct FwdSmem {
   static constexpr int KT = TK * D * 2;  // one K (or V) tile
   static constexpr int STAGE = 2 * KT;    // K, then V
-  static constexpr int BYTES = NS * STAGE + 1024;  // + alignment slack (src/dot/plan.rs)
+  static constexpr int BYTES = NS * STAGE + 1024;  // + alignment slack (src/kernels/table.rs)
 };
 static_assert(FwdSmem<64>::BYTES <= 227 * 1024 && FwdSmem<128>::BYTES <= 227 * 1024, "one CTA per SM fits");
 
@@ -251,7 +248,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
 
 // dot_fwd_wgmma_bf16_d{D}: D = Dv; 384 threads, 128 rows per work block; same arguments as
 // dot_fwd_bf16_d{D} (dot_attn_fwd.cu). Built for D = 128 only: at D = 64 the mma.sync forward
-// of dot_attn_fwd.cu measured faster (LM layer, kernels/NOTES.md), and DOT_FWD_WGMMA(64) was
+// of dot_attn_fwd.cu measured faster (LM layer, docs/kernels.md), and DOT_FWD_WGMMA(64) was
 // dropped.
 #define DOT_FWD_WGMMA(D)                                                                                    \
   extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_fwd_wgmma_bf16_d##D(               \

@@ -16,7 +16,7 @@
 //     the lanes across the columns for the value-side sum (lane owns columns lane + 32 c).
 //   dkv: a row is (b, j, K/V head); the warp walks the G query heads and the queries that see
 //     key j the same way, so the sum over the group is in one thread: deterministic.
-// Shared memory (dynamic, src/dot/plan.rs `simple_smem`): 4 warps x (1 or 2) rows x W f32,
+// Shared memory (dynamic, src/kernels/smem.rs `SimpleRows`): 4 warps x (1 or 2) rows x W f32,
 // 8 KiB at W = 256. Registers: 2 W / 32 accumulators.
 #include "dot_attn.cuh"
 

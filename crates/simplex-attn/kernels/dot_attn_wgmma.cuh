@@ -32,7 +32,7 @@ constexpr int PTHREADS = 128;  // producer threads
 constexpr int NS = 3;          // ring stages
 // setmaxnreg: the launch gives every thread 168 registers (65536 / 384 rounded down to 8); the
 // consumers can only take what the producer gives back (an excess blocks setmaxnreg.inc).
-// 40 / 232 chosen by compiling 24/240 .. 72/216 and reading the spill report (kernels/NOTES.md).
+// 40 / 232 chosen by compiling 24/240 .. 72/216 and reading the spill report.
 constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;
 static_assert(PRODUCER_REGS + 2 * CONSUMER_REGS <= 3 * 168, "the launch's registers");
 // Named barriers: ids 2, 3 (BAR_WG + warpgroup) are one consumer warpgroup's alone.
@@ -59,7 +59,7 @@ __device__ __forceinline__ void cp_async4(uint32_t dst, const void* src, bool va
 
 // Work items: blocks of CTA_ROWS rows (forward, dq) or keys (dk/dv) of every (batch, K/V head),
 // listed group by group (the blocks of one (batch, K/V head) adjacent, the longest first within
-// the group). The grid is persistent (one CTA per SM, src/dot/plan.rs `wgmma_grid`): CTA x takes
+// the group). The grid is persistent (one CTA per SM, src/kernels/dispatch): CTA x takes
 // items in a snake order over the list (x, 2 grid - 1 - x, 2 grid + x, ...), so the CTAs running
 // at once work on few groups and share their K, V (or q, dout) rows in L2, and each CTA gets a
 // similar total; with one CTA per item it is the plain grid.

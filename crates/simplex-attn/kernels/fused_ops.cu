@@ -1,5 +1,5 @@
 // The model's fused ops around attention (src/fused/*.rs has the math, the CPU versions and
-// the candle-op twins the tests compare against; launch code in src/fused/cuda.rs).
+// the candle-op twins the tests compare against; launch code in src/fused/cuda/).
 //
 //   rms_norm_fwd      h = x + a (optional), y = h * rstd * w, rstd = 1/sqrt(mean h^2 + eps)
 //   rms_norm_bwd      dh = rstd (dy w - xhat mean(dy w xhat)), per-block partial sums of dy xhat
@@ -197,7 +197,7 @@ __device__ void norm_dw(const float* __restrict__ part, T* __restrict__ dw, int 
 }
 
 // ---------------------------------------------------------------- split heads + RoPE
-// Mirrored by `SplitArgs` in src/fused/cuda.rs (#[repr(C)]).
+// Mirrored by `SplitArgs` in src/fused/cuda/heads.rs (#[repr(C)]).
 struct SplitArgs {
   long long rows;  // B * N
   int n, width, d, pos, parts;
@@ -338,7 +338,7 @@ __device__ void xent(const T* __restrict__ z, const uint32_t* __restrict__ ids, 
 }
 
 // ---------------------------------------------------------------- flat AdamW
-// Mirrored by `FlatEntry` and `AdamWArgs` in src/fused/cuda.rs (#[repr(C)]).
+// Mirrored by `FlatEntry` and `AdamWArgs` in src/fused/cuda/adamw.rs (#[repr(C)]).
 struct FlatEntry {
   unsigned long long offset, len, work, grad;  // work / grad: device addresses (grad 0: none)
   int work_bf16, grad_bf16, decay, pad;

@@ -17,7 +17,7 @@ constexpr int BAR_WG = 1;  // + warpgroup: one warpgroup alone (epilogue)
 
 // Positions of the partners `rows` consecutive rows stage (window-1 keys of their queries, or
 // queries of their window-1 keys): their own positions widened by the window-1 span, at most
-// the sequence. Mirrored by `partner_positions` (src/backward_plan.rs, which also sizes the
+// the sequence. Mirrored by `partner_positions` (src/kernels/smem.rs, which also sizes the
 // forward's shared memory through it).
 __device__ __forceinline__ int partner_positions(const Shape& s, int rows = CTA_ROWS) {
   const int G = s.heads_q / s.heads_kv;

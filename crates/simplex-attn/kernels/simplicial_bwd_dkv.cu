@@ -18,8 +18,7 @@
 // -> accumulate (warp = 4 owned keys, lane = columns lane + 32*c, c < C, in registers).
 // Shared memory (f32): k2 KB*(D|1) + v2 KB*(Dv|1) + x RS*D + y RS*Dv + P, dS 2*RS*(KB+1)
 //   = 73 KiB at D = Dv = 128, 137 KiB at 256. Registers 116-166, no spills.
-// Deterministic: every block owns its keys, no atomics. Speed: the whole backward takes 7.6 s
-// at the anchor shape, 13x the forward (kernels/NOTES.md).
+// Deterministic: every block owns its keys, no atomics. When it runs, speed: docs/kernels.md.
 #include "common.cuh"
 
 using namespace simplex;
@@ -194,7 +193,7 @@ __device__ void dkv(const T* __restrict__ q,        // [B,N,Hq,D]
 
 }  // namespace
 
-// Symbols: simplicial_bwd_dkv_<dtype>_d<max(D, Dv)>; src/cuda/backward.rs picks one.
+// Symbols: simplicial_bwd_dkv_<dtype>_d<max(D, Dv)>; src/kernels/dispatch picks one.
 #define SIMPLICIAL_DKV(NAME, T, C)                                                             \
   extern "C" __global__ void __launch_bounds__(THREADS, 1)                                     \
       NAME(const T* q, const T* k1, const T* k2, const T* v1, const T* v2, const T* dout,      \

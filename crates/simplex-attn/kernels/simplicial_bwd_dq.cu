@@ -15,8 +15,7 @@
 // Shared memory (f32): k2 TK*(D|1) + v2 TK*(Dv|1) + q, x RB*D + dout, y RB*Dv + dS RB*TK
 //   = 100 KiB at D = Dv = 128, 196 KiB at 256. Registers 109-128, no spills.
 // Deterministic (no atomics). The launch puts the larger window in window 2 (tiled).
-// Speed: the whole backward (delta, dq, dkv twice) takes 7.6 s at the anchor shape (b=2 n=8192
-// Hq=64 D=128, (32,512)), 13x the forward: kernels/NOTES.md.
+// When it runs, speed: docs/kernels.md.
 #include "common.cuh"
 
 using namespace simplex;
@@ -225,7 +224,7 @@ __device__ void dq_kernel(const T* __restrict__ q,        // [B,N,Hq,D]
 }  // namespace
 
 // Symbols: simplicial_bwd_delta_<dtype>, simplicial_bwd_dq_<dtype>_d<max D>;
-// src/cuda/backward.rs picks them.
+// src/kernels/dispatch picks them (src/kernels/table.rs lists them).
 #define SIMPLICIAL_DELTA(NAME, T)                                                           \
   extern "C" __global__ void __launch_bounds__(THREADS) NAME(const T* o, const T* dout,     \
                                                              float* dlt, const Shape s) {  \

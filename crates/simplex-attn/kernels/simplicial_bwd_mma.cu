@@ -9,8 +9,8 @@
 //   dk2[k]  = s sum_j (dS_j^T @ (Q ∘ k1[j]))[k],   dv2[k] = sum_j (P_j^T @ (dout ∘ v1[j]))[k]
 // in the kernels' orientation: window 1 (k1, v1) is the SMALL window, walked one j at a time;
 // window 2 (k2, v2) the large one, in tiles (the launch exchanges the sets when needed, as for
-// the forward). Reference: src/reference.rs; tests: tests/cuda_vs_oracle.rs; history:
-// kernels/NOTES.md.
+// the forward). Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs;
+// when they run, speed: docs/kernels.md.
 //
 // Two kernels, each recomputing P and dS (2 of its 4 GEMMs):
 //
@@ -38,7 +38,7 @@
 //
 // Determinism: dq, dk2, dv2 are summed in a fixed order; dk1, dv1 are added with f32 atomics
 // across row blocks (order not fixed: bits may differ run to run). The CUDA-core backward is
-// deterministic (SIMPLEX_DETERMINISTIC=1 selects it).
+// deterministic (`Kernels::deterministic` selects it).
 #include "common.cuh"
 #include "tensor_core.cuh"
 

@@ -2,8 +2,8 @@
 // offset walk of simplicial_fwd_offsets.cu applied to the backward. bf16 in, f32 accumulation.
 // Two kernels: the qk1 pass (dq, dk1, dv1: window 1, the small window), replacing the q kernel
 // of simplicial_bwd_mma.cu / simplicial_bwd_wgmma.cu, and the k2 pass (dk2, dv2: window 2),
-// replacing their k kernel. Which run is chosen in src/backward_plan.rs (`OffsetsBackward`): as
-// measured, both for G = Hq/Hkv <= 16 at D = 64 (kernels/NOTES.md v7, v8).
+// replacing their k kernel. Which run is chosen in src/kernels/dispatch (`OffsetsBackward`): as
+// measured, both for G = Hq/Hkv <= 16 at D = 64 (docs/kernels.md).
 //
 // With P = exp(S - lse), dS = scale P ∘ (dP - delta), dP[r,j,k] = dout_r · (v1_j ∘ v2_k):
 //   dq_r  = sum_{j,k} dS[r,j,k] k1_j ∘ k2_k
@@ -17,8 +17,6 @@
 // offset; the k2 pass owns 64 window-2 keys per warpgroup and walks (query tile, offset) steps.
 // Details above each kernel. Shared pieces (tile loads, the tile products, the row stores):
 // offset_walk.cuh.
-// Measured (H200, LM layer B=32 N=1024 H=8 D=64 (512, 32)): qk1 pass 5.8-5.9 ms (the mma.sync
-// q kernel: 17.2), k2 pass 7.1-7.3 (the mma.sync k kernel: 15.8). kernels/NOTES.md v7, v8.
 // Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs.
 #include "offset_walk.cuh"
 
@@ -43,9 +41,7 @@ namespace {
 // overlaps the products of step s) and meet at a barrier per step (a warpgroup whose keys miss
 // the tile builds and waits). dk2, dv2 sum over every (query, head) row: no atomics,
 // deterministic.
-// The masking runs only in steps not wholly inside the windows (a warpgroup-uniform branch);
-// a first version that decided per element (integer divisions by G in the hot loop) took
-// 20.2 ms at the LM layer, this one 7.7.
+// The masking runs only in steps not wholly inside the windows (a warpgroup-uniform branch).
 // A compile-time flag for generic lambdas (`if constexpr (decltype(f)::value)`).
 template <bool B>
 struct Flag {
@@ -307,8 +303,6 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
 // Shared memory (D = 64, G = 1, window 1 = 32): tiles 48 KB, (A_o, B_o) x 2 32 KB, q and dout
 // rows 18 KB, window-1 k1 and v1 rows 2 x 96 x 144 B, key sums 2 x 2 x 79 x 256 B: 204 KB.
 // Registers: X, Y, dq (96), S, dP (64), P, dS as bf16 A fragments (32); ptxas 255, 24 B spill.
-// Measured at the LM layer: 5.8-5.9 ms; the same walk as a q pass plus a k1 pass (session 4,
-// seven products per step pair instead of four) took 7.8 + 10.3 ms.
 template <int D>
 struct Qk1Layout {
   static constexpr int JS = D + 8;              // padded staged row, elements

@@ -25,10 +25,8 @@
 // P^T, dS^T fragments 32). ptxas: the consumers spill 400 B at 216; at 56 the producer
 // spills 8 B (44 B with its loops unrolled further; 120 B at 40).
 // dk2, dv2 are sums in a fixed order per key (deterministic).
-// Measured (H200, 2026-11-29, SIMPLEX_BWD_TIMING=1): 33.8 ms at the anchor (B=2 N=8192 Hq=64
-// D=128 (32, 512); the mma.sync k kernel: 63.1), 21.3 at B=4 N=4096 Hq=64 D=64 (34.0).
 // Reference: src/reference.rs; tests: tests/cuda_wgmma.rs (every backward case with this kernel
-// where G is a multiple of 64), tests/cuda_vs_oracle.rs; history: kernels/NOTES.md (v9).
+// where G is a multiple of 64), tests/cuda_vs_oracle.rs; when it runs, speed: docs/kernels.md.
 #include "offset_walk.cuh"
 
 using namespace simplex;

@@ -31,7 +31,7 @@
 //         step's rows (columns 64c..), times v1_j / k1_j per row of A; B: P^T, dS^T from smem
 //         Accumulators stay in registers for the whole block; no atomics.
 // Determinism: dq, dk2, dv2 are summed in a fixed order; dk1, dv1 with f32 atomics across row
-// blocks, as in the mma.sync backward (SIMPLEX_DETERMINISTIC=1 selects the CUDA-core one).
+// blocks, as in the mma.sync backward (`Kernels::deterministic` selects the CUDA-core one).
 //
 // Shared memory (D = 128): q kernel: K2, V2 tiles 2 x 2 x 16 KB, P/dS 2 x 2 x 8 KB, q and dout
 // rows 2 x 17 KB, window-1 rows 2 x JC x 256 B, dk1/dv1 accumulators 2 x JC x 512 B (JC = 48):
@@ -39,7 +39,7 @@
 // k2, v2 2 x 17 KB, row metadata 3 KB: 199 KB. One CTA of 128 (1 + D/64) threads per SM.
 // Registers: WG0 holds two A operands (2 x D/4) and two accumulators (2 x 32); a consumer two
 // accumulators (64) plus, in the q kernel, dq^T (32) and the q, dout values of its 16 rows (32).
-// History and measurements: kernels/NOTES.md (v4).
+// When they run, speed: docs/kernels.md.
 #include "common.cuh"
 #include "tensor_core.cuh"
 #include "wgmma.cuh"

@@ -3,7 +3,7 @@
 //   S[r,j,k] = scale * sum_l q[r,l] k1[j,l] k2[k,l]           r = (query i, query head h)
 //   o[r]     = sum_{j,k} softmax_{(j,k)}(S[r])[j,k] * v1[j] ∘ v2[k],   lse[r] = log sum exp S[r]
 // over j in window 1 and k in window 2 of query i (common.cuh `window`, as src/spec.rs).
-// Reference: src/reference.rs; tests: tests/cuda_vs_oracle.rs; speed: kernels/NOTES.md.
+// Reference: src/reference.rs; tests: tests/cuda_vs_oracle.rs; speed: docs/kernels.md.
 //
 // Grid: x = row blocks of RB = 16 consecutive rows (query-major: i * G + h, so a block is 16
 // heads of one query when G >= 16, or several whole queries packed when G < 16), y = K/V head,
@@ -16,8 +16,7 @@
 // Shared memory (f32): k2 TK*(D|1) + v2 TK*Dv + q RB*D + x RB*D + p RB*TK
 //   = 84 KiB at D = Dv = 128, 164 KiB at 256 (dynamic; the launch raises the limit).
 // Registers 104-122, no spills. The launch puts the larger window in window 2 (tiled).
-// Speed (H200, bf16, b=2 n=8192 Hq=64 Hkv=1 D=128, (32,512) or (512,32)): 571 ms, 15.4 TFLOP/s
-// (4*n*w1*w2*d): shared-memory bound, about one LDS per FMA. History: kernels/NOTES.md.
+// Shared-memory bound: about one shared-memory load per FMA.
 #include "common.cuh"
 
 using namespace simplex;
@@ -212,7 +211,7 @@ __device__ void fwd(const T* __restrict__ q,   // [B,N,Hq,D]
 
 }  // namespace
 
-// Symbols: simplicial_fwd_<dtype>_dv<max Dv>; src/cuda/forward.rs picks one.
+// Symbols: simplicial_fwd_<dtype>_dv<max Dv>; src/kernels/dispatch picks one.
 #define SIMPLICIAL_FWD(NAME, T, CI)                                                          \
   extern "C" __global__ void __launch_bounds__(THREADS, 2)                                   \
       NAME(const T* q, const T* k1, const T* k2, const T* v1, const T* v2, T* o, float* lse, \

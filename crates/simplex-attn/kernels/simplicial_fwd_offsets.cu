@@ -15,7 +15,7 @@
 //   O[r]      += v1_{j_r} ∘ (P_o @ V2_tile)[r]             a fresh product per step, then FMAs
 // and a row's steps are inside its window except at the sequence ends (offsets o in
 // (-w1, 0] causal, (-w1, w1) bidirectional). Nothing is packed, so it wins only at small G
-// (ForwardVariant::fastest in src/cuda/forward_wgmma.rs has the measured threshold).
+// (ForwardVariant::fastest in src/kernels/choice.rs has the measured threshold).
 //
 // Layout: 128 rows per CTA, two warpgroups of 128 threads, each owning 64 rows and running
 // logits, softmax and values for them. P goes from the logits accumulator straight into the
@@ -34,10 +34,8 @@
 // TO offsets per step (1 or 2) share one softmax update and one wait per product kind.
 // Registers (D = 128): Q 32 + O 64 + Ot 64 + S 32 (+ A 32 while the logits run); ptxas: TO = 1
 // 197 (D = 64), 255 + 16 B spill (D = 128); TO = 2 (D = 64) 255 + 100 B spill.
-// Measured (H200, 2026-11-28, exact-pair FLOPs): LM layer B=32 N=1024 H=8 D=64 (512, 32): 174-185
-// TFLOP/s with TO = 2 (the packed layouts: 46-51); B=4 N=4096 Hq=64 D=64: 234-238 (ping-pong 201).
-// Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; history
-// and measurements: kernels/NOTES.md (v7).
+// Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; when it
+// runs, speed: docs/kernels.md.
 #include "offset_walk.cuh"
 
 using namespace simplex;

@@ -44,12 +44,9 @@
 // setmaxnreg 72 (producer) / 216 (consumers), chosen by compiling splits from 24/240 to
 // 88/208: the consumers spill at 208 (32 B), the producer below 72 (174 B at 24, 46 at 56;
 // at 72 none once its load loops are unrolled by 2 instead of 4).
-// Measured (H200, 2026-11-29, B=2 N=8192 D=128 (32, 512), pairs of the causal ramps counted
-// exactly): 396-410 TFLOP/s at Hq = 64 over the session's runs, 403-423 at Hq = 128 (the
-// ping-pong layout: 317-320, 354); B=4 N=4096 Hq=64 D=64: 264-269. Chosen for G >= 64, and
-// G >= 16 at D = 128.
-// Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; history
-// and measurements: kernels/NOTES.md (v9).
+// Chosen automatically for G >= 64, and G >= 16 at D = 128.
+// Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; speed:
+// docs/kernels.md.
 #include "offset_walk.cuh"
 
 using namespace simplex;
@@ -94,7 +91,7 @@ struct Smem {
   static constexpr int VP_OFF = 4 * KT;  // NV V' tiles
   static constexpr int J1_OFF = VP_OFF + NV * KT;
   static constexpr int JV_OFF = J1_OFF + JR;
-  static constexpr int BYTES = JV_OFF + JR + 1024;  // + alignment slack (mirrored in forward_wgmma.rs)
+  static constexpr int BYTES = JV_OFF + JR + 1024;  // + alignment slack (src/kernels/table.rs)
 };
 static_assert(Smem<128>::BYTES <= 227 * 1024, "one CTA per SM fits the shared memory");
 

@@ -5,7 +5,7 @@
 // in the kernel's orientation: window 1 (k1, v1) is the SMALL window, walked one j at a time;
 // window 2 (k2, v2) the large one, in tensor-core tiles of TK keys (the launcher swaps the two
 // key/value sets when needed; the layer is symmetric in them). Reference: src/reference.rs;
-// tests: tests/cuda_vs_oracle.rs; speed and history: kernels/NOTES.md.
+// tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; when it runs, speed: docs/kernels.md.
 //
 // Rows. For one (batch, K/V head), rows r = i * G + h (G = Hq / Hkv query heads per K/V head)
 // in blocks of ROWS = 64 = wgmma M: 64 heads of one query when G = 64, both halves of a query
@@ -21,25 +21,23 @@
 //     from registers (ldmatrix.trans once per tile, scaled by v1_j per row c: bf16x2 products)
 //     and B = P from smem; alpha rescales its accumulator columns first. Folding v1_j into the A
 //     operand this way avoids a second accumulator for (P_j @ V2) ∘ v1_j.
-// Ping-pong (PP; 128 rows per CTA, the default at D = 128 for G >= 8): each warpgroup runs both the
-//   logits and the values steps above for its own 64 rows, with its own P buffer; the two meet
-//   only at the tile barriers, so one's softmax overlaps the other's products (no FULL/EMPTY).
+// Ping-pong (PP; 128 rows per CTA; for G >= 8 where the offset walk does not fit): each
+//   warpgroup runs both the logits and the values steps above for its own 64 rows, with its own
+//   P buffer; the two meet only at the tile barriers, so one's softmax overlaps the other's
+//   products (no FULL/EMPTY).
 // Schedule per key tile: both warpgroups walk all j of window 1; P is double-buffered and
 // handed over with named barriers (FULL/EMPTY per buffer), so WG0's softmax of j+1 overlaps
 // WG1's product of j. The next K2/V2 tile is fetched by cp.async during the current one.
 // Shared memory (D = Dv = 128): K2 tiles 2 x 16 KB, V2 tiles 2 x 17 KB (rows padded by 16 B:
 // ldmatrix without bank conflicts), P 2 x 8 KB, window-1 rows (k1, v1) 2 x 32 KB (JC = 128 rows;
 // longer windows are restaged per tile), alpha/l 1.5 KB: about 150 KB, one CTA per SM.
-// TJ window-1 positions per hand-over (1 or 2; 2 by default): one softmax update, one barrier
-// pair and one rescale per TJ positions.
+// TJ window-1 positions per hand-over (1 or 2; the automatic choice runs 2): one softmax update,
+// one barrier pair and one rescale per TJ positions.
 // Registers (ptxas, D = 128): TJ = 1: 203; TJ = 2: 255 with 32 bytes of spills. WG0 holds
 // Q (32) + A_j (32 TJ) + S (32 TJ); WG1 O^T (64) + V^T (32) + scaled V^T (32 TJ).
 // Hand-overs whose pairs are all inside the windows (every one at the anchor shapes) skip the
 // masking and fold the scale into the exp's FMA.
 // Registers (ping-pong, D = 128, TJ = 1): 254, no spills; TJ = 2 spills, so PP runs TJ = 1.
-// Measured (H200, 2026-11-28, B=2 N=8192 D=128 (32,512), exact-pair FLOPs): specialized TJ = 2
-// 288-294 TFLOP/s; ping-pong 318-320 at Hq = 64, 346-350 at Hq = 128; history, profile and next
-// steps in kernels/NOTES.md.
 #include "offset_walk.cuh"
 
 using namespace simplex;

@@ -10,7 +10,10 @@
 //! * [`simplicial_attn`]: the candle op (CPU; CUDA behind the `cuda` feature), with backward.
 //! * [`reference`]: the float64 oracle every kernel is tested against.
 //! * [`cpu`]: the fast multi-threaded CPU kernels on plain slices.
-//! * [`AttnSpec`]: windows, variant, scale and biases, validated with the shapes in one place.
+//! * [`AttnSpec`]: windows, variant, scale, biases and the kernel choice, validated with the
+//!   shapes in one place.
+//! * [`kernels`]: which CUDA kernel runs a call: the caller's choice ([`Kernels`], automatic by
+//!   default), the list of compiled kernels and the pure function of the shape that picks them.
 //! * [`dot`]: dot-product attention laid out the same way (oracle, CPU kernels, op [`dot_attn`]).
 //! * [`fused`]: the model's other fused ops with backward (RMSNorm, heads + RoPE, SwiGLU,
 //!   linear cross-entropy) and the flat multi-tensor AdamW.
@@ -19,7 +22,6 @@
 // Kernels and the oracle loop over indices the way the einsum is written.
 #![allow(clippy::needless_range_loop)]
 
-pub mod backward_plan;
 pub mod bench;
 pub mod cpu;
 mod cpu_data;
@@ -30,6 +32,7 @@ pub mod dot;
 mod error;
 pub mod fused;
 mod inputs;
+pub mod kernels;
 pub mod moe;
 mod op;
 pub mod reference;
@@ -38,5 +41,6 @@ mod spec;
 
 pub use dot::{dot_attn, DotOutput, DotSpec};
 pub use error::AttnError;
+pub use kernels::Kernels;
 pub use op::{simplicial_attn, SimplicialOutput};
 pub use spec::{AttnSpec, Dims, Variant, Windows};

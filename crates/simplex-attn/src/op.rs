@@ -24,7 +24,7 @@ use crate::inputs::{
     compute_dtype, fill_slot, lse_for_backward, marker_cpu, saved_lse, store_lse, take_slot,
     LseSlot,
 };
-use crate::spec::{AttnSpec, Dims, Variant, Windows};
+use crate::spec::{AttnSpec, Call, Dims, Variant};
 use crate::{determinant, AttnError};
 
 /// Output of [`simplicial_attn`].
@@ -81,9 +81,12 @@ pub fn simplicial_attn(
         },
     )?;
     let op = SimplicialOp {
-        dims: dims.with_d(q.dim(3)?),
-        win: spec.windows(dims.seq),
-        scale: spec.scale_for(dims.d),
+        call: Call {
+            dims: dims.with_d(q.dim(3)?),
+            win: spec.windows(dims.seq),
+            scale: spec.scale_for(dims.d),
+            kernels: spec.kernels,
+        },
         lse: lse.clone(),
         query_keys: [q, k1, k2],
         key_grads,
@@ -151,15 +154,11 @@ impl CustomOp3 for QueryKeys {
 
 /// The second of the two ops (see the module doc): `(handle, v1, v2)` -> `o`, with q, k1, k2
 /// held here.
-pub(crate) struct SimplicialOp {
-    /// Dimensions as the kernel sees them (D doubled by the determinant lift).
-    pub(crate) dims: Dims,
-    /// Key ranges per query.
-    pub(crate) win: Windows,
-    /// Softmax scale.
-    pub(crate) scale: f64,
+struct SimplicialOp {
+    /// The call as the kernels see it (D doubled by the determinant lift).
+    call: Call,
     /// The forward's log-sum-exp `[B,N,Hq]` (f32, or f64 for f64 inputs), for the backward.
-    pub(crate) lse: LseSlot,
+    lse: LseSlot,
     /// q, k1, k2 (contiguous, in the compute dtype).
     query_keys: [Tensor; 3],
     /// The backward's (dq, dk1, dk2), for [`QueryKeys`].
@@ -168,17 +167,15 @@ pub(crate) struct SimplicialOp {
 
 impl SimplicialOp {
     /// Stores the forward's log-sum-exp.
-    pub(crate) fn save_lse(&self, lse: Tensor) -> candle_core::Result<()> {
+    fn save_lse(&self, lse: Tensor) -> candle_core::Result<()> {
         store_lse(&self.lse, lse)
     }
-}
 
-impl SimplicialOp {
     fn problem<'a, T: Real>(&self, [q, k1, k2, v1, v2]: [&'a [T]; 5]) -> Problem<'a, T> {
         Problem {
-            dims: self.dims,
-            win: self.win,
-            scale: T::from_f64(self.scale),
+            dims: self.call.dims,
+            win: self.call.win,
+            scale: T::from_f64(self.call.scale),
             q,
             k1,
             k2,
@@ -206,7 +203,7 @@ impl SimplicialOp {
                 heads_q,
                 dv,
                 ..
-            } = self.dims;
+            } = self.call.dims;
             self.save_lse(Tensor::from_vec(lse, (batch, seq, heads_q), &Device::Cpu)?)?;
             Ok((
                 T::to_cpu_storage_owned(o),
@@ -281,7 +278,9 @@ impl CustomOp3 for SimplicialOp {
         let guards = self.query_keys.each_ref().map(|t| t.storage_and_layout());
         let [q, k1, k2] =
             crate::cuda::cuda_storages("simplicial attention", ["q", "k1", "k2"], &guards)?;
-        crate::cuda::forward(self, [q, k1, k2, (s2, l2), (s3, l3)])
+        let (o, shape, lse) = crate::cuda::forward(&self.call, [q, k1, k2, (s2, l2), (s3, l3)])?;
+        self.save_lse(lse)?;
+        Ok((o, shape))
     }
 
     fn bwd(
@@ -300,7 +299,7 @@ impl CustomOp3 for SimplicialOp {
             (Device::Cpu, DType::F32) => self.cpu_bwd_typed::<f32>(args)?,
             (Device::Cpu, DType::F64) => self.cpu_bwd_typed::<f64>(args)?,
             #[cfg(feature = "cuda")]
-            (Device::Cuda(_), _) => crate::cuda::backward(self, args)?,
+            (Device::Cuda(_), _) => crate::cuda::backward(&self.call, args)?,
             (dev, dt) => candle_core::bail!(
                 "simplicial attention backward: no kernel for {dt:?} on {:?}",
                 dev.location()

@@ -16,6 +16,7 @@
 //! A window of `None` is unbounded (the whole causal prefix, or the whole sequence).
 
 use crate::error::AttnError;
+use crate::kernels::Kernels;
 
 /// How the logit of a (query, key1, key2) triple is formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +68,9 @@ pub struct AttnSpec {
     pub k2_bias: f64,
     /// Constant added to every element of v2 before the values (Meta's reference code: 1).
     pub v2_bias: f64,
+    /// Which compiled CUDA kernels run the call (default: chosen per shape; CPU calls ignore
+    /// it).
+    pub kernels: Kernels,
 }
 
 impl Default for AttnSpec {
@@ -86,6 +90,7 @@ impl AttnSpec {
             scale: None,
             k2_bias: 0.0,
             v2_bias: 0.0,
+            kernels: Kernels::default(),
         }
     }
 
@@ -122,6 +127,12 @@ impl AttnSpec {
     pub fn with_biases(mut self, k2_bias: f64, v2_bias: f64) -> Self {
         self.k2_bias = k2_bias;
         self.v2_bias = v2_bias;
+        self
+    }
+
+    /// Sets the kernel choice of CUDA calls (default [`Kernels::default`]: chosen per shape).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
         self
     }
 
@@ -264,10 +275,34 @@ impl Dims {
         self.heads_q / self.heads_kv
     }
 
+    /// Elements of q (`B*N*Hq*D`), of k1 or k2 (`B*N*Hkv*D`), of v1 or v2 (`B*N*Hkv*Dv`) and
+    /// of o (`B*N*Hq*Dv`).
+    pub fn lens(&self) -> [usize; 4] {
+        let (q, kv) = (
+            self.batch * self.seq * self.heads_q,
+            self.batch * self.seq * self.heads_kv,
+        );
+        [q * self.d, kv * self.d, kv * self.dv, q * self.dv]
+    }
+
     /// The same dims with another q/k head dim (the determinant lift doubles it).
     pub fn with_d(self, d: usize) -> Dims {
         Dims { d, ..self }
     }
+}
+
+/// One call as the kernels see it: what the op hands its CUDA launch code.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Call {
+    /// Dimensions (D doubled by the determinant lift).
+    pub(crate) dims: Dims,
+    /// Key ranges per query.
+    pub(crate) win: Windows,
+    /// Softmax scale.
+    pub(crate) scale: f64,
+    /// The kernel choice.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) kernels: Kernels,
 }
 
 /// Key ranges per query: `j` in `range1(i)`, `k` in `range2(i)` (half-open).

@@ -2,28 +2,27 @@
 //! f32) against the float64 oracle: o, lse, dq, dk and dv.
 //!
 //! bf16 with D = Dv in {64, 128} runs the tensor-core kernels (the wgmma ones by default, the
-//! mma.sync ones where a test asks for `DotTensorCores::MmaSync`); f32, other head dims and
-//! misaligned views run the CUDA-core kernels (`dot::DotKernel`). Built only with
+//! mma.sync ones where a test asks for `DotTensorCores::MmaSync` in its `Kernels`); f32, other
+//! head dims and misaligned views run the CUDA-core kernels (`dot::DotKernel`). Built only with
 //! `--features cuda`; without a CUDA device each test prints that it was skipped and passes,
 //! unless `SIMPLEX_REQUIRE_CUDA=1` (gpu-bundle/run.sh sets it). Outputs are poisoned with NaN
-//! before every kernel. Errors: relative L2 ||got - want|| / ||want|| and the worst element
-//! against atol + rtol * max|want|; every comparison is printed, and a test lists all failing
-//! comparisons before it fails.
+//! before every kernel (the calls ask for it). Errors: relative L2 ||got - want|| / ||want||
+//! and the worst element against atol + rtol * max|want|; every comparison is printed, and a
+//! test lists all failing comparisons before it fails.
 #![cfg(feature = "cuda")]
 
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{
-    check_all_cuda, compare_outputs, cuda, dot_case as case, round_to, DotCase as Case,
+    check_all_cuda, compare_outputs, cuda, dot_case as case, poisoned, round_to, DotCase as Case,
     DotData as Data,
 };
 use rand::{rngs::StdRng, SeedableRng};
 use simplex_attn::dot::{
-    dot_attn_backward_reference, dot_attn_reference, dot_attn_with, has_fused_kernel,
-    DotTensorCores,
+    dot_attn_backward_reference, dot_attn_reference, has_fused_kernel, DotTensorCores,
 };
-use simplex_attn::{dot_attn, DotSpec};
+use simplex_attn::{dot_attn, DotSpec, Kernels};
 
 /// Seeded inputs of a case, rounded to what `dtype` stores so the oracle sees the kernel's
 /// inputs.
@@ -78,7 +77,11 @@ fn run_op(
     let (q, qt) = input(&x.q, qs, dtype, dev, offset)?;
     let (k, kt) = input(&x.k, ks, dtype, dev, offset)?;
     let (v, vt) = input(&x.v, vs, dtype, dev, offset)?;
-    let out = dot_attn_with(&qt, &kt, &vt, &c.spec, tc)?;
+    let kernels = Kernels {
+        dot: tc,
+        ..poisoned(c.spec.kernels)
+    };
+    let out = dot_attn(&qt, &kt, &vt, &c.spec.with_kernels(kernels))?;
     anyhow::ensure!(out.o.dtype() == dtype, "o is {:?}", out.o.dtype());
     anyhow::ensure!(
         out.lse.dtype() == DType::F32,
@@ -341,6 +344,18 @@ fn retain_pool_memory(dev: &candle_core::CudaDevice) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A bench row without the NaN fill of outputs (the test bundle turns it on by default), as the
+/// bench runs it.
+fn unpoisoned(
+    mut s: simplex_attn::dot::bench::DotBenchShape,
+) -> simplex_attn::dot::bench::DotBenchShape {
+    s.spec = s.spec.with_kernels(Kernels {
+        poison_outputs: false,
+        ..s.spec.kernels
+    });
+    s
+}
+
 /// Not a check: times the bench's dot rows (whole op calls, as `simplex bench attn --only dot`)
 /// as candle runs them, then with freed device memory kept in the pool, then also without
 /// cudarc's per-buffer event tracking, to separate the op's framework costs from its kernels.
@@ -353,10 +368,10 @@ fn op_costs_outside_the_kernels() -> anyhow::Result<()> {
     let Device::Cuda(cd) = &dev else {
         return Ok(());
     };
-    simplex_attn::cuda::set_poison_outputs(false); // as in the bench
     let shapes: Vec<_> = cuda_shapes()
         .into_iter()
         .filter(|s| !s.name.ends_with("-slow"))
+        .map(unpoisoned)
         .collect();
     for setting in ["as is", "pool retained", "pool retained, no event tracking"] {
         match setting {
@@ -390,11 +405,11 @@ fn op_costs_outside_the_kernels() -> anyhow::Result<()> {
 fn one_bench_row_for_a_profiler() -> anyhow::Result<()> {
     use simplex_attn::dot::bench::{cuda_shapes, run_shape};
     let Some(dev) = cuda() else { return Ok(()) };
-    simplex_attn::cuda::set_poison_outputs(false);
     let name = std::env::var("SIMPLEX_PROFILE_ROW").unwrap_or_else(|_| "dot-lm-layer".into());
     let s = cuda_shapes()
         .into_iter()
         .find(|s| s.name == name)
+        .map(unpoisoned)
         .ok_or_else(|| anyhow::anyhow!("no bench row {name}"))?;
     let r = run_shape(&s, &dev, 1, 0.0, false)?;
     println!(

@@ -3,19 +3,21 @@
 //!
 //! Built only with `--features cuda`. Without a CUDA device each test prints that it was skipped
 //! and passes, unless `SIMPLEX_REQUIRE_CUDA=1` (gpu-bundle/run.sh sets it). Outputs are poisoned
-//! with NaN before every kernel, so an unwritten element fails. Errors are measured as the
-//! relative L2 error ||got - want|| / ||want|| (METHOD.md: f32 far under 1e-3, bf16 operands
-//! 1e-3..1e-2) and the worst element against atol + rtol * max|want|; every comparison is
-//! printed, and a test reports all failing cases before it fails.
+//! with NaN before every kernel (the calls ask for it), so an unwritten element fails. Errors
+//! are measured as the relative L2 error ||got - want|| / ||want|| (METHOD.md: f32 far under
+//! 1e-3, bf16 operands 1e-3..1e-2) and the worst element against atol + rtol * max|want|;
+//! every comparison is printed, and a test reports all failing cases before it fails.
 #![cfg(feature = "cuda")]
 
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::{cases, check_all_cuda, compare_outputs, cuda, max_abs, round_to, Case, Data};
+use common::{
+    cases, check_all_cuda, compare_outputs, cuda, max_abs, poisoned, round_to, Case, Data,
+};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use simplex_attn::reference::{simplicial_attn_backward_reference, simplicial_attn_reference};
-use simplex_attn::{simplicial_attn, AttnSpec, Variant};
+use simplex_attn::{simplicial_attn, AttnSpec, Kernels, Variant};
 
 struct Run {
     o: Vec<f64>,
@@ -34,7 +36,8 @@ fn run_op(dev: &Device, c: &Case, x: &Data, dout: &[f64], dtype: DType) -> anyho
     let k2 = t(&x.k2, c.k_shape())?;
     let v1 = t(&x.v1, c.v_shape())?;
     let v2 = t(&x.v2, c.v_shape())?;
-    let out = simplicial_attn(&q, &k1, &k2, &v1, &v2, &c.spec)?;
+    let spec = c.spec.with_kernels(poisoned(c.spec.kernels));
+    let out = simplicial_attn(&q, &k1, &k2, &v1, &v2, &spec)?;
     anyhow::ensure!(
         out.o.dtype() == dtype,
         "o is {:?}, want {dtype:?}",
@@ -255,11 +258,15 @@ fn results_are_deterministic() -> anyhow::Result<()> {
     let x = Data::new(&c, 6);
     let dout = common::random(c.b * c.n * c.hq * c.dv, 1.0, &mut StdRng::seed_from_u64(7));
     // the deterministic backward: every output bitwise equal
-    simplex_attn::cuda::set_deterministic(true);
-    let runs = [0, 1].map(|_| run_op(&dev, &c, &x, &dout, DType::BF16));
-    simplex_attn::cuda::set_deterministic(false);
-    let [a, b] = runs;
-    let (a, b) = (a?, b?);
+    let det = Case {
+        spec: c.spec.with_kernels(Kernels {
+            deterministic: true,
+            ..Kernels::default()
+        }),
+        ..c
+    };
+    let a = run_op(&dev, &det, &x, &dout, DType::BF16)?;
+    let b = run_op(&dev, &det, &x, &dout, DType::BF16)?;
     anyhow::ensure!(
         a.o == b.o && a.lse == b.lse,
         "forward differs between two runs"

@@ -10,9 +10,9 @@
 mod common;
 
 use candle_core::{DType, Tensor};
-use common::cuda;
-use simplex_attn::cuda::{ForwardVariant, OffsetsBackward, WgmmaBackward};
-use simplex_attn::{simplicial_attn, AttnSpec};
+use common::{cuda, poisoned};
+use simplex_attn::kernels::{ForwardVariant, OffsetsBackward, WgmmaBackward};
+use simplex_attn::{simplicial_attn, AttnSpec, Kernels};
 
 fn rel_l2(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
     let a = a.to_dtype(DType::F64)?.flatten_all()?;
@@ -100,10 +100,11 @@ fn wgmma_forward_matches_the_f32_kernel() -> anyhow::Result<()> {
                 offsets_per_step: 2,
             },
         ] {
-            simplex_attn::cuda::set_forward_variant(Some(variant));
-            let fast = simplicial_attn(&q, &k1, &k2, &v1, &v2, &spec);
-            simplex_attn::cuda::set_forward_variant(None);
-            let fast = fast?;
+            let kernels = Kernels {
+                forward: Some(variant),
+                ..poisoned(Kernels::default())
+            };
+            let fast = simplicial_attn(&q, &k1, &k2, &v1, &v2, &spec.with_kernels(kernels))?;
             let eo = rel_l2(&fast.o, &slow.o)?;
             let el = rel_l2(&fast.lse, &slow.lse)?;
             // lse: a single pair's logit carries the bf16 rounding of q ∘ k1 (2^-9 relative)
@@ -160,11 +161,12 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
     for (t, &(b, n, hq, hkv, d, spec)) in cases.iter().enumerate() {
         let x = bf16_inputs(&dev, b, n, hq, hkv, d)?;
         let dout = Tensor::randn(0f32, 1.0, (b, n, hq, d), &dev)?.to_dtype(DType::BF16)?;
-        let grads = |x: &[Tensor; 5]| -> anyhow::Result<Vec<Tensor>> {
+        let grads = |x: &[Tensor; 5], kernels: Kernels| -> anyhow::Result<Vec<Tensor>> {
             let vars = x
                 .iter()
                 .map(candle_core::Var::from_tensor)
                 .collect::<candle_core::Result<Vec<_>>>()?;
+            let spec = spec.with_kernels(poisoned(kernels));
             let o = simplicial_attn(&vars[0], &vars[1], &vars[2], &vars[3], &vars[4], &spec)?.o;
             let loss = (o.to_dtype(DType::F32)? * dout.to_dtype(DType::F32)?)?.sum_all()?;
             let g = loss.backward()?;
@@ -176,7 +178,10 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
                 })
                 .collect()
         };
-        let slow = grads(&x.clone().map(|t| t.to_dtype(DType::F32).expect("to f32")))?;
+        let slow = grads(
+            &x.clone().map(|t| t.to_dtype(DType::F32).expect("to f32")),
+            Kernels::default(),
+        )?;
         // every tensor-core backward kernel: wgmma for both kernels, mma.sync for both, the
         // offset walk for dq, dk1, dv1 (where it covers the call; D = 64), the producer k side
         // (where it covers the call: G a multiple of 64, D = 64 or 128)
@@ -199,16 +204,16 @@ fn tensor_core_backward_matches_the_f32_kernels() -> anyhow::Result<()> {
             } else {
                 format!("{mode:?}")
             };
-            simplex_attn::cuda::set_wgmma_backward(mode);
-            simplex_attn::cuda::set_offsets_backward(if offsets {
-                OffsetsBackward::Both
-            } else {
-                OffsetsBackward::Off
-            });
-            let fast = grads(&x);
-            simplex_attn::cuda::set_wgmma_backward(WgmmaBackward::Auto);
-            simplex_attn::cuda::set_offsets_backward(OffsetsBackward::Auto);
-            let fast = fast?;
+            let kernels = Kernels {
+                wgmma_backward: mode,
+                offsets_backward: if offsets {
+                    OffsetsBackward::Both
+                } else {
+                    OffsetsBackward::Off
+                },
+                ..Kernels::default()
+            };
+            let fast = grads(&x, kernels)?;
             let mut line =
                 format!("case {t} {mode_name}: b={b} n={n} hq={hq} hkv={hkv} d={d} {spec:?}:");
             let mut ok = true;

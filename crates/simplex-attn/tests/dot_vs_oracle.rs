@@ -316,7 +316,7 @@ proptest! {
         unbounded in any::<bool>(), seed in 0u64..1000,
     ) {
         let window = if unbounded { None } else { Some(w) };
-        let spec = DotSpec { causal, window, scale: None };
+        let spec = DotSpec { causal, window, ..DotSpec::causal() };
         let c = Case { b, nq, nk: nq + extra, hq: g * hkv, hkv, d, dv, spec };
         check_case(&c, seed, DType::F64).map_err(|e| TestCaseError::fail(e.to_string()))?;
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, Var};
 use clap::{Args, Subcommand};
-use simplex_attn::{simplicial_attn, AttnSpec, Variant};
+use simplex_attn::{simplicial_attn, AttnSpec, Kernels, Variant};
 
 #[derive(Subcommand)]
 pub enum AttnCommand {
@@ -43,6 +43,16 @@ pub struct SpecArgs {
     /// Constant added to v2 (Meta's reference code uses 1).
     #[arg(long, default_value_t = 0.0)]
     pub v2_bias: f64,
+    /// Which CUDA kernels run the call: `auto` (chosen per shape), or `key=value` pairs such as
+    /// `forward=pp,bwd-wgmma=0` or `deterministic=on` (keys: docs/kernels.md).
+    #[arg(long, default_value = "auto", value_parser = parse_kernels)]
+    pub kernels: Kernels,
+}
+
+/// `--kernels`: a bad key or value is an error naming it.
+pub fn parse_kernels(text: &str) -> Result<Kernels, String> {
+    text.parse()
+        .map_err(|e: simplex_attn::AttnError| e.to_string())
 }
 
 impl SpecArgs {
@@ -55,6 +65,7 @@ impl SpecArgs {
             scale: self.scale,
             k2_bias: self.k2_bias,
             v2_bias: self.v2_bias,
+            kernels: self.kernels,
         }
     }
 }

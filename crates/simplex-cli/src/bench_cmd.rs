@@ -46,6 +46,11 @@ pub struct AttnBenchArgs {
     /// Also write the results as JSON lines to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Which CUDA kernels run every row: `auto` (chosen per shape), or `key=value` pairs such as
+    /// `forward=pp` (one forward layout), `bwd-wgmma=0`, `timing=on` (the backward per kernel
+    /// on stderr) or `dot=mma` (keys: docs/kernels.md).
+    #[arg(long, default_value = "auto", value_parser = crate::attn_cmd::parse_kernels)]
+    pub kernels: simplex_attn::Kernels,
     /// Your own shape instead of the built-in ones (repeatable), e.g.
     /// `b=2,n=8192,hq=64,hkv=1,d=128,w1=32,w2=512`; optional `causal=false`, `variant=det`,
     /// `dtype=f32` (default bf16), windows may be `all`. Rows are named shape-1, shape-2, ...
@@ -78,13 +83,20 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
     }
     .into_iter()
     .filter(|s| a.only.as_ref().is_none_or(|o| s.name.contains(o.as_str())))
+    .map(|mut s| {
+        s.spec = s.spec.with_kernels(a.kernels);
+        s
+    })
     .collect();
     let (unit, div) = if cuda {
         ("TFLOP/s", 1e12)
     } else {
         ("GFLOP/s", 1e9)
     };
-    println!("# simplex bench attn --device {}", a.device);
+    println!(
+        "# simplex bench attn --device {} --kernels {}",
+        a.device, a.kernels
+    );
     println!("# FLOPs: forward = 2*(D+Dv)*pairs*Hq*B (Meta's 4*n*w1*w2*d per head, causal ramps counted exactly); fwd+bwd = 3.5x forward");
     let ceiling = if cuda {
         let r = candle_matmul_rate(&device, DType::BF16, 8192, a.seconds.min(2.0))?;
@@ -124,6 +136,10 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
     }
     .into_iter()
     .filter(|s| a.only.as_ref().is_none_or(|o| s.name.contains(o.as_str())))
+    .map(|mut s| {
+        s.spec = s.spec.with_kernels(a.kernels);
+        s
+    })
     .collect();
     if !dot_shapes.is_empty() {
         println!("# dot-*: dot-product attention, forward = 4*D*pairs*Hq*B (causal pairs counted exactly); fwd+bwd = 3.5x forward");

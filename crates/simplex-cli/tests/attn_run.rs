@@ -180,7 +180,12 @@ fn bad_input_is_a_clear_error() {
     );
     let (ok, text) = run(&good, &["--device", "tpu"]);
     assert!(!ok && text.contains("expected `cpu` or `cuda"), "{text}");
+    // a kernel choice with a bad value is an error naming it (a good one runs on the CPU)
+    let (ok, text) = run(&good, &["--kernels", "forward=fast"]);
+    assert!(!ok && text.contains("forward=\"fast\""), "{text}");
     assert!(!out.exists(), "no output is written on error");
+    let (ok, text) = run(&good, &["--kernels", "forward=pp,deterministic=on"]);
+    assert!(ok, "{text}");
 }
 
 fn tempdir() -> std::path::PathBuf {

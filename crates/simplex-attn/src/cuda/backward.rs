@@ -1,5 +1,7 @@
-//! Launches of the backward: `kernels/simplicial_bwd_dq.cu` (delta pre-pass, dq) and
-//! `kernels/simplicial_bwd_dkv.cu` (dk, dv of one key/value set), the latter once per set.
+//! The 2-simplicial backward on CUDA, as [`dispatch::simplicial::backward`] plans it: the
+//! CUDA-core kernels here (`kernels/simplicial_bwd_dq.cu`: delta pre-pass, dq;
+//! `kernels/simplicial_bwd_dkv.cu`: dk, dv of one key/value set, launched once per set), the
+//! tensor-core ones in [`super::backward_tc`].
 //!
 //! ```text
 //! delta [B,N,Hq]  = sum_c o * dout                       pre-pass
@@ -7,196 +9,176 @@
 //! dk1, dk2 [B,N,Hkv,D], dv1, dv2 [B,N,Hkv,Dv]           dkv launched for (k2,v2) owning, then
 //!                                                        with the sets exchanged for (k1,v1)
 //! ```
-//! Deterministic: no atomics; every block owns the gradient rows it writes. bf16 calls that
-//! `backward_mma` covers run the tensor-core kernels instead (unless SIMPLEX_DETERMINISTIC=1).
+//! The CUDA-core backward is deterministic: no atomics; every block owns the gradient rows it
+//! writes.
 
-use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::CudaDevice;
-use candle_core::{Result, Tensor};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+use candle_core::{Layout, Result, Tensor};
 use cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
 
-use super::module::{self, Family};
-use super::{
-    blocks, check_smem, cuda_err, cuda_storages, exchange_sets, launch_config, oriented, output,
-    variant, view, width, wrap_tensor, Elem, Element, KernelShape,
-};
-use crate::op::SimplicialOp;
-
-const THREADS: u32 = 256;
-/// Rows per block of the delta pre-pass (one warp each).
-const DELTA_ROWS: usize = 8;
-/// Rows per block and keys per tile of the dq kernel; must match `RB`, `TK` in
-/// simplicial_bwd_dq.cu.
-const DQ_ROWS: usize = 16;
-const DQ_KEYS: usize = 64;
-/// Owned keys per block and streamed rows per batch of the dkv kernel; must match `KB`, `RS` in
-/// simplicial_bwd_dkv.cu.
-const DKV_KEYS: usize = 32;
-const DKV_ROWS: usize = 32;
-
-fn dq_smem_bytes(d: usize, dv: usize) -> usize {
-    4 * (DQ_KEYS * (d | 1)
-        + DQ_KEYS * (dv | 1)
-        + 2 * DQ_ROWS * d
-        + 2 * DQ_ROWS * dv
-        + DQ_ROWS * DQ_KEYS)
-}
-
-fn dkv_smem_bytes(d: usize, dv: usize) -> usize {
-    let floats = DKV_KEYS * (d | 1)
-        + DKV_KEYS * (dv | 1)
-        + DKV_ROWS * (d + dv)
-        + 2 * DKV_ROWS * (DKV_KEYS + 1)
-        + 2 * DKV_ROWS;
-    4 * floats + DKV_ROWS * (8 + 3 * 4)
-}
+use super::buffers::{cuda_storages, output_poisoned, typed_views, wrap_tensor, Element};
+use super::launch::{self, Planned};
+use super::shape::{oriented, KernelShape};
+use crate::kernels::dispatch::simplicial::{self, exchange_sets, Backward};
+use crate::kernels::{Elem, Launch};
+use crate::spec::Call;
 
 /// The backward on CUDA from `[q, k1, k2, v1, v2, o, dout, lse]`: `[dq, dk1, dk2, dv1, dv2]`,
 /// each like its input, in the input dtype.
-pub(crate) fn backward(op: &SimplicialOp, ts: [&Tensor; 8]) -> Result<[Tensor; 5]> {
-    if super::backward_mma::covers(op, ts[0].dtype()) {
-        return super::backward_mma::backward(op, ts);
-    }
-    match Elem::of(ts[0].dtype())? {
-        Elem::Bf16 => backward_typed::<half::bf16>(op, ts),
-        Elem::F32 => backward_typed::<f32>(op, ts),
-    }
-}
-
-fn backward_typed<T: Element>(op: &SimplicialOp, tensors: [&Tensor; 8]) -> Result<[Tensor; 5]> {
-    let dims = op.dims;
-    let (b, n, hq, hkv, d, dv) = (
-        dims.batch,
-        dims.seq,
-        dims.heads_q,
-        dims.heads_kv,
-        dims.d,
-        dims.dv,
-    );
-    let shape = KernelShape::new(&dims, &op.win, op.scale)?;
+pub(crate) fn backward(call: &Call, tensors: [&Tensor; 8]) -> Result<[Tensor; 5]> {
     let names = ["q", "k1", "k2", "v1", "v2", "o", "dout", "lse"];
     let guards = tensors.map(|t| t.storage_and_layout());
     let st = cuda_storages("simplicial attention backward", names, &guards)?;
-    let (nq, nk, nv, no) = (
-        b * n * hq * d,
-        b * n * hkv * d,
-        b * n * hkv * dv,
-        b * n * hq * dv,
-    );
-    let qv = view::<T>(st[0].0, st[0].1, "q", nq)?;
-    let k1 = view::<T>(st[1].0, st[1].1, "k1", nk)?;
-    let k2 = view::<T>(st[2].0, st[2].1, "k2", nk)?;
-    let v1 = view::<T>(st[3].0, st[3].1, "v1", nv)?;
-    let v2 = view::<T>(st[4].0, st[4].1, "v2", nv)?;
-    let ov = view::<T>(st[5].0, st[5].1, "o", no)?;
-    let dov = view::<T>(st[6].0, st[6].1, "dout", no)?;
-    let lsev = view::<f32>(st[7].0, st[7].1, "lse", b * n * hq)?;
+    let (dtype, dev, limits) = launch::target(st[0].0)?;
+    let plan = simplicial::backward(&call.dims, &call.win, dtype, &call.kernels, &limits)?;
+    Ok(match (plan, Elem::of(dtype, "simplicial attention")?) {
+        (Backward::Core { delta, dq, dkv }, Elem::Bf16) => wrap_grads(
+            dev,
+            core::<half::bf16>(call, dev, &st, [&delta, &dq, &dkv])?,
+            &tensors,
+        ),
+        (Backward::Core { delta, dq, dkv }, Elem::F32) => wrap_grads(
+            dev,
+            core::<f32>(call, dev, &st, [&delta, &dq, &dkv])?,
+            &tensors,
+        ),
+        (Backward::TensorCore { delta, q, k, round }, _) => {
+            let grads = super::backward_tc::backward(call, dev, &st, [&delta, &q, &k, &round])?;
+            wrap_grads(dev, grads, &tensors)
+        }
+    })
+}
 
-    let dev = st[0].0.device().clone();
-    let stream = dev.cuda_stream();
-    let dt = T::NAME;
+/// `[dq, dk1, dk2, dv1, dv2]` as tensors shaped like `[q, k1, k2, v1, v2]`.
+fn wrap_grads<T: Element>(
+    dev: &CudaDevice,
+    grads: [CudaSlice<T>; 5],
+    like: &[&Tensor; 8],
+) -> [Tensor; 5] {
+    let mut i = 0;
+    grads.map(|g| {
+        let t = wrap_tensor(g, dev, like[i].shape());
+        i += 1;
+        t
+    })
+}
 
-    let delta = delta::<T>(&dev, &shape, &ov, &dov, b * n * hq)?;
+/// Views of the backward's inputs, the key/value sets in the caller's order.
+pub(super) struct Inputs<'a, T> {
+    pub(super) q: CudaView<'a, T>,
+    pub(super) k: [CudaView<'a, T>; 2],
+    pub(super) v: [CudaView<'a, T>; 2],
+    pub(super) o: CudaView<'a, T>,
+    pub(super) dout: CudaView<'a, T>,
+    pub(super) lse: CudaView<'a, f32>,
+}
 
-    // dq
-    let name = variant("simplicial_bwd_dq", dt, "d", width(d, "D")?);
-    width(dv, "Dv")?;
-    let kernel = module::kernel(&dev, Family::BackwardQuery, &name)?;
-    let smem = dq_smem_bytes(d, dv);
-    check_smem(&name, smem, kernel.max_smem, d, dv)?;
-    let mut dq = output::<T>(&stream, nq, "dq")?;
-    let cfg = launch_config(
-        (blocks(n * (hq / hkv), DQ_ROWS)?, hkv as u32, b as u32),
-        THREADS,
-        smem,
-    );
-    // Like the forward, the dq kernel tiles its window 2: give it the larger window there.
-    let ex = exchange_sets(&op.win);
-    let ((qk1, qv1), (qk2, qv2)) = oriented(ex, (&k1, &v1), (&k2, &v2));
-    let qshape = shape.oriented(ex);
-    let mut launch = stream.launch_builder(&kernel.func);
-    launch.arg(&qv).arg(qk1).arg(qk2).arg(qv1).arg(qv2);
-    launch
-        .arg(&dov)
-        .arg(&lsev)
-        .arg(&delta)
-        .arg(&mut dq)
-        .arg(&qshape);
-    // SAFETY: the arguments follow the kernel's signature; the views hold the counts it indexes
-    // (checked by `view`) and its grid covers all B * N * Hq rows of dq.
-    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
-
-    // dk, dv: the dkv kernel owns its "k2" argument; run it for (k2, v2) and for (k1, v1).
-    let name = variant(
-        "simplicial_bwd_dkv",
-        dt,
-        "d",
-        width(d.max(dv), "max(D, Dv)")?,
-    );
-    let kernel = module::kernel(&dev, Family::BackwardKey, &name)?;
-    let smem = dkv_smem_bytes(d, dv);
-    check_smem(&name, smem, kernel.max_smem, d, dv)?;
-    let mut dk = [
-        output::<T>(&stream, nk, "dk1")?,
-        output::<T>(&stream, nk, "dk2")?,
-    ];
-    let mut dvs = [
-        output::<T>(&stream, nv, "dv1")?,
-        output::<T>(&stream, nv, "dv2")?,
-    ];
-    let cfg = launch_config((blocks(n, DKV_KEYS)?, hkv as u32, b as u32), THREADS, smem);
-    for own_second in [true, false] {
-        let (kp, ko, vp, vo, sh) = if own_second {
-            (&k1, &k2, &v1, &v2, shape)
-        } else {
-            (&k2, &k1, &v2, &v1, shape.swapped())
-        };
-        let owned = usize::from(own_second);
-        let (dko, dvo) = (&mut dk[owned], &mut dvs[owned]);
-        let mut launch = stream.launch_builder(&kernel.func);
-        launch
-            .arg(&qv)
-            .arg(kp)
-            .arg(ko)
-            .arg(vp)
-            .arg(vo)
-            .arg(&dov)
-            .arg(&lsev)
-            .arg(&delta);
-        launch.arg(dko).arg(dvo).arg(&sh);
-        // SAFETY: the arguments follow the kernel's signature; every view holds the counts it
-        // indexes, and the grid covers all N keys of every (batch, K/V head) of the owned set.
-        unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
+impl<'a, T: Element> Inputs<'a, T> {
+    /// Views of `[q, k1, k2, v1, v2, o, dout, lse]`, their element counts checked for `call`.
+    pub(super) fn new(call: &Call, st: &[(&'a CudaStorage, &'a Layout); 8]) -> Result<Self> {
+        let [nq, nk, nv, no] = call.dims.lens();
+        let op = "simplicial attention";
+        let [q, k1, k2, v1, v2, o, dout] = typed_views::<T, 7>(
+            op,
+            [st[0], st[1], st[2], st[3], st[4], st[5], st[6]],
+            ["q", "k1", "k2", "v1", "v2", "o", "dout"],
+            [nq, nk, nk, nv, nv, no, no],
+        )?;
+        let rows = no / call.dims.dv;
+        let [lse] = typed_views::<f32, 1>(op, [st[7]], ["lse"], [rows])?;
+        Ok(Inputs {
+            q,
+            k: [k1, k2],
+            v: [v1, v2],
+            o,
+            dout,
+            lse,
+        })
     }
-
-    let [dk1, dk2] = dk;
-    let [dv1, dv2] = dvs;
-    Ok([
-        wrap_tensor(dq, &dev, tensors[0].shape()),
-        wrap_tensor(dk1, &dev, tensors[1].shape()),
-        wrap_tensor(dk2, &dev, tensors[2].shape()),
-        wrap_tensor(dv1, &dev, tensors[3].shape()),
-        wrap_tensor(dv2, &dev, tensors[4].shape()),
-    ])
 }
 
 /// The pre-pass `delta [B,N,Hq] = sum_c o * dout` (f32), shared by both backwards.
 pub(super) fn delta<T: Element>(
     dev: &CudaDevice,
+    launch: &Launch,
     shape: &KernelShape,
-    o: &CudaView<'_, T>,
-    dout: &CudaView<'_, T>,
-    rows: usize,
+    x: &Inputs<'_, T>,
+    poison: bool,
 ) -> Result<CudaSlice<f32>> {
-    let name = format!("simplicial_bwd_delta_{}", T::NAME);
     let stream = dev.cuda_stream();
-    let kernel = module::kernel(dev, Family::BackwardQuery, &name)?;
-    let mut delta = output::<f32>(&stream, rows, "delta")?;
-    let cfg = launch_config((blocks(rows, DELTA_ROWS)?, 1, 1), THREADS, 0);
-    let mut launch = stream.launch_builder(&kernel.func);
-    launch.arg(o).arg(dout).arg(&mut delta).arg(shape);
+    let planned = Planned::new(dev, launch)?;
+    let mut delta = output_poisoned::<f32>(&stream, x.lse.len(), "delta", poison)?;
     // SAFETY: (const T* o, const T* dout, float* delta, Shape) as the kernel declares; o and dout
     // hold B*N*Hq*Dv elements, delta B*N*Hq, and the grid covers every row.
-    unsafe { launch.launch(cfg) }.map_err(|e| cuda_err(&name, e))?;
+    unsafe {
+        planned.run(&stream, |a| {
+            a.arg(&x.o).arg(&x.dout).arg(&mut delta).arg(shape);
+        })
+    }?;
     Ok(delta)
+}
+
+/// The CUDA-core backward: delta, dq, then dk/dv for (k2, v2) owning and for (k1, v1).
+fn core<T: Element>(
+    call: &Call,
+    dev: &CudaDevice,
+    st: &[(&CudaStorage, &Layout); 8],
+    [delta, dq, dkv]: [&Launch; 3],
+) -> Result<[CudaSlice<T>; 5]> {
+    let d = call.dims;
+    let poison = call.kernels.poison_outputs;
+    let shape = KernelShape::new(&d, &call.win, call.scale)?;
+    let x = Inputs::<T>::new(call, st)?;
+    let stream = dev.cuda_stream();
+    let delta = self::delta::<T>(dev, delta, &shape, &x, poison)?;
+    let (nk, nv) = (x.k[0].len(), x.v[0].len());
+    let out = |len, name| output_poisoned::<T>(&stream, len, name, poison);
+
+    // dq: like the forward, the dq kernel tiles its window 2: give it the larger window there
+    let planned = Planned::new(dev, dq)?;
+    let mut dq = out(x.q.len(), "dq")?;
+    let ex = exchange_sets(&call.win);
+    let ((qk1, qv1), (qk2, qv2)) = oriented(ex, (&x.k[0], &x.v[0]), (&x.k[1], &x.v[1]));
+    let qshape = shape.oriented(ex);
+    // SAFETY: (q, k1, k2, v1, v2, dout, lse, delta, dq, Shape) as the kernel declares; the views
+    // hold the counts it indexes and its grid covers all B * N * Hq rows of dq.
+    unsafe {
+        planned.run(&stream, |a| {
+            a.arg(&x.q).arg(qk1).arg(qk2).arg(qv1).arg(qv2);
+            a.arg(&x.dout)
+                .arg(&x.lse)
+                .arg(&delta)
+                .arg(&mut dq)
+                .arg(&qshape);
+        })
+    }?;
+
+    // dk, dv: the dkv kernel owns its "k2" argument; run it for (k2, v2) and for (k1, v1)
+    let planned = Planned::new(dev, dkv)?;
+    let mut dk = [out(nk, "dk1")?, out(nk, "dk2")?];
+    let mut dvs = [out(nv, "dv1")?, out(nv, "dv2")?];
+    for own_second in [true, false] {
+        let owned = usize::from(own_second);
+        let other = 1 - owned;
+        let sh = if own_second { shape } else { shape.swapped() };
+        let (dko, dvo) = (&mut dk[owned], &mut dvs[owned]);
+        let (kp, ko, vp, vo) = (&x.k[other], &x.k[owned], &x.v[other], &x.v[owned]);
+        // SAFETY: (q, k1, k2, v1, v2, dout, lse, delta, dk2, dv2, Shape) as the kernel declares
+        // (the owned set second); every view holds the counts it indexes, and the grid covers
+        // all N keys of every (K/V head, batch) of the owned set.
+        unsafe {
+            planned.run(&stream, |a| {
+                a.arg(&x.q).arg(kp).arg(ko).arg(vp).arg(vo);
+                a.arg(&x.dout)
+                    .arg(&x.lse)
+                    .arg(&delta)
+                    .arg(dko)
+                    .arg(dvo)
+                    .arg(&sh);
+            })
+        }?;
+    }
+    let [dk1, dk2] = dk;
+    let [dv1, dv2] = dvs;
+    Ok([dq, dk1, dk2, dv1, dv2])
 }

@@ -9,9 +9,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::{dot_attn_slow, dot_attn_with, DotSpec, DotTensorCores};
+use super::{dot_attn, dot_attn_slow, DotSpec, DotTensorCores};
 use crate::bench::{backward_from, time_it};
-use crate::AttnError;
+use crate::{AttnError, Kernels};
 
 /// Which implementation a row times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +20,8 @@ pub enum DotImpl {
     /// {64, 128} the wgmma backward, and the wgmma forward at D = 128).
     Fused,
     /// The fused op with the earlier mma.sync tensor-core kernels
-    /// ([`DotTensorCores::MmaSync`]), for the comparison in the same run.
+    /// ([`DotTensorCores::MmaSync`] over the row's kernel choice), for the comparison in the
+    /// same run.
     FusedMmaSync,
     /// The slow twin [`dot_attn_slow`] (materialized `[B, Hq, Nq, Nk]` scores).
     Slow,
@@ -166,10 +167,14 @@ pub fn run_shape(
     };
     let (q, k, v) = (rand(s.hq)?, rand(s.hkv)?, rand(s.hkv)?);
     let dout = Tensor::randn(0f32, 1.0, (s.b, s.n, s.hq, s.d), device)?.to_dtype(s.dtype)?;
+    let mma_sync = s.spec.with_kernels(Kernels {
+        dot: DotTensorCores::MmaSync,
+        ..s.spec.kernels
+    });
     let attend = || -> Result<Tensor, AttnError> {
         Ok(match s.imp {
-            DotImpl::Fused => dot_attn_with(&q, &k, &v, &s.spec, DotTensorCores::Wgmma)?.o,
-            DotImpl::FusedMmaSync => dot_attn_with(&q, &k, &v, &s.spec, DotTensorCores::MmaSync)?.o,
+            DotImpl::Fused => dot_attn(&q, &k, &v, &s.spec)?.o,
+            DotImpl::FusedMmaSync => dot_attn(&q, &k, &v, &mma_sync)?.o,
             DotImpl::Slow => dot_attn_slow(&q, &k, &v, &s.spec)?.0,
         })
     };

@@ -11,23 +11,29 @@
 //! * [`reference`]: the float64 oracle, forward and backward.
 //! * [`cpu`]: the flash-style fused CPU kernels on plain slices.
 //! * [`slow`]: the twin built from candle tensor ops (tests; devices without a fused kernel).
-//! * [`DotSpec`]: causality, window and scale, validated with the shapes in one place.
-//! * [`DotKernel`], [`DotTensorCores`], [`has_fused_kernel`]: which CUDA kernels run a call
-//!   ([`plan`]); [`dot_attn_with`] picks the tensor-core family explicitly.
+//! * [`DotSpec`]: causality, window, scale and the kernel choice, validated with the shapes in
+//!   one place.
+//! * [`has_fused_kernel`]: whether a device and dtype have a fused kernel; [`plan`]: the tile
+//!   arithmetic the CUDA kernels share with their tests. Which CUDA kernel runs a call is
+//!   [`crate::kernels::dispatch::dot`] ([`DotKernel`]); its launch code is `dot::cuda`.
 //! * [`bench`]: the `dot-*` rows of `simplex bench attn`.
 
 pub mod bench;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod op;
 pub mod plan;
 pub mod reference;
 pub mod slow;
 mod spec;
 
-#[cfg(feature = "cuda")]
-pub(crate) use op::DotOp;
-pub use op::{dot_attn, dot_attn_with, DotAttnCall, DotOutput};
-pub use plan::{has_fused_kernel, DotKernel, DotTensorCores};
+pub use crate::kernels::dispatch::dot::DotKernel;
+pub use crate::kernels::DotTensorCores;
+pub use op::{dot_attn, DotAttnCall, DotOutput};
+pub use plan::has_fused_kernel;
 pub use reference::{dot_attn_backward_reference, dot_attn_reference, DotGrads, DotInputs};
 pub use slow::dot_attn_slow;
+#[cfg(feature = "cuda")]
+use spec::DotCall;
 pub use spec::{DotDims, DotSpec, KeyRanges};

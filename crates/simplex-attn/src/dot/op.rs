@@ -11,8 +11,7 @@ use candle_core::{
 };
 
 use super::cpu::{self, DotProblem, DotSaved};
-use super::plan::DotTensorCores;
-use super::spec::{DotDims, DotSpec, KeyRanges};
+use super::spec::{DotCall, DotDims, DotSpec};
 use crate::cpu::Real;
 use crate::cpu_data::{cpu_slice, with_cpu_slices};
 use crate::inputs::{compute_dtype, lse_for_backward, saved_lse, store_lse, LseSlot};
@@ -33,29 +32,14 @@ pub struct DotOutput {
 ///
 /// Inputs: f32, f64, bf16 or f16 (bf16/f16 are computed in f32 on the CPU), one device, any
 /// strides. On CUDA (feature `cuda`) bf16 and f32 with head dims up to 256: tensor cores for
-/// bf16 D = Dv in {64, 128}, CUDA-core kernels otherwise ([`super::DotKernel`]); f16 and f64
-/// are an error there. Gradients flow to q, k and v through candle's autograd. Errors name the
-/// offending shape, option or dtype.
+/// bf16 D = Dv in {64, 128}, CUDA-core kernels otherwise (`spec.kernels` chooses among them:
+/// [`crate::kernels::dispatch::dot`]); f16 and f64 are an error there. Gradients flow to q, k
+/// and v through candle's autograd. Errors name the offending shape, option or dtype.
 pub fn dot_attn(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     spec: &DotSpec,
-) -> Result<DotOutput, AttnError> {
-    dot_attn_with(q, k, v, spec, DotTensorCores::default())
-}
-
-/// [`dot_attn`] with the tensor-core kernel family of CUDA calls chosen by the caller (by
-/// default the fastest as measured: the wgmma backward, the wgmma forward at D = 128 and the
-/// mma.sync one at D = 64; [`DotTensorCores::MmaSync`] runs the earlier mma.sync kernels
-/// throughout, for side-by-side measurements). Calls those kernels do not cover, and CPU calls,
-/// are unaffected.
-pub fn dot_attn_with(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    spec: &DotSpec,
-    tensor_cores: DotTensorCores,
 ) -> Result<DotOutput, AttnError> {
     let dims = spec.dims(q.dims(), k.dims(), v.dims())?;
     let dtype = q.dtype();
@@ -64,10 +48,7 @@ pub fn dot_attn_with(
     let (q, k, v) = (up(q)?, up(k)?, up(v)?);
     let lse = Arc::new(Mutex::new(None));
     let op = DotOp {
-        dims,
-        keys: spec.keys(&dims),
-        scale: spec.scale_for(dims.d),
-        tensor_cores,
+        call: spec.call(dims),
         lse: lse.clone(),
     };
     let o = q.apply_op3(&k, &v, op)?.to_dtype(dtype)?;
@@ -97,10 +78,7 @@ impl DotAttnCall {
             v.detach().contiguous()?,
         );
         let op = DotOp {
-            dims,
-            keys: spec.keys(&dims),
-            scale: spec.scale_for(dims.d),
-            tensor_cores: DotTensorCores::default(),
+            call: spec.call(dims),
             lse: Arc::new(Mutex::new(None)),
         };
         let o = q.apply_op3_no_bwd(&k, &v, &op)?;
@@ -127,28 +105,23 @@ impl DotAttnCall {
 }
 
 /// The custom op on `(q, k, v)`.
-pub(crate) struct DotOp {
-    pub(crate) dims: DotDims,
-    pub(crate) keys: KeyRanges,
-    pub(crate) scale: f64,
-    /// The tensor-core kernel family of CUDA calls ([`super::DotKernel::choose`]).
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub(crate) tensor_cores: DotTensorCores,
+struct DotOp {
+    call: DotCall,
     /// The forward's log-sum-exp `[B,Nq,Hq]`, for the backward.
     lse: LseSlot,
 }
 
 impl DotOp {
     /// Stores the forward's log-sum-exp.
-    pub(crate) fn save_lse(&self, lse: Tensor) -> candle_core::Result<()> {
+    fn save_lse(&self, lse: Tensor) -> candle_core::Result<()> {
         store_lse(&self.lse, lse)
     }
 
     fn problem<'a, T: Real>(&self, q: &'a [T], k: &'a [T], v: &'a [T]) -> DotProblem<'a, T> {
         DotProblem {
-            dims: self.dims,
-            keys: self.keys,
-            scale: T::from_f64(self.scale),
+            dims: self.call.dims,
+            keys: self.call.keys,
+            scale: T::from_f64(self.call.scale),
             q,
             k,
             v,
@@ -173,7 +146,7 @@ impl DotOp {
             heads_q,
             dv,
             ..
-        } = self.dims;
+        } = self.call.dims;
         self.save_lse(Tensor::from_vec(
             lse,
             (batch, seq_q, heads_q),
@@ -241,7 +214,9 @@ impl CustomOp3 for DotOp {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        crate::cuda::dot_forward(self, (s1, l1), (s2, l2), (s3, l3))
+        let (o, shape, lse) = super::cuda::forward(&self.call, [(s1, l1), (s2, l2), (s3, l3)])?;
+        self.save_lse(lse)?;
+        Ok((o, shape))
     }
 
     fn bwd(
@@ -259,7 +234,7 @@ impl CustomOp3 for DotOp {
             (Device::Cpu, DType::F32) => self.cpu_bwd_typed::<f32>(args)?,
             (Device::Cpu, DType::F64) => self.cpu_bwd_typed::<f64>(args)?,
             #[cfg(feature = "cuda")]
-            (Device::Cuda(_), _) => crate::cuda::dot_backward(self, args)?,
+            (Device::Cuda(_), _) => super::cuda::backward(&self.call, args)?,
             (dev, dt) => candle_core::bail!(
                 "dot attention backward: no kernel for {dt:?} on {:?}",
                 dev.location()

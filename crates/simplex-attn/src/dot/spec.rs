@@ -16,6 +16,7 @@
 //! `|p - j| < w`. A window of `None` is unbounded.
 
 use crate::error::AttnError;
+use crate::kernels::Kernels;
 
 /// The options of one dot-product attention call (everything but the tensors).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,6 +27,9 @@ pub struct DotSpec {
     pub window: Option<usize>,
     /// Softmax scale; `None` means `1/sqrt(D)`.
     pub scale: Option<f64>,
+    /// Which compiled CUDA kernels run the call (default: chosen per shape; CPU calls ignore
+    /// it).
+    pub kernels: Kernels,
 }
 
 impl Default for DotSpec {
@@ -41,6 +45,7 @@ impl DotSpec {
             causal: true,
             window: None,
             scale: None,
+            kernels: Kernels::default(),
         }
     }
 
@@ -69,6 +74,12 @@ impl DotSpec {
     /// Sets the softmax scale (default `1/sqrt(D)`).
     pub fn with_scale(mut self, scale: f64) -> Self {
         self.scale = Some(scale);
+        self
+    }
+
+    /// Sets the kernel choice of CUDA calls (default [`Kernels::default`]: chosen per shape).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
         self
     }
 
@@ -187,6 +198,41 @@ impl DotDims {
     /// G = Hq / Hkv.
     pub fn group(&self) -> usize {
         self.heads_q / self.heads_kv
+    }
+
+    /// Elements of q (`B*Nq*Hq*D`), k (`B*Nk*Hkv*D`), v (`B*Nk*Hkv*Dv`) and o (`B*Nq*Hq*Dv`).
+    pub fn lens(&self) -> [usize; 4] {
+        let (q, kv) = (
+            self.batch * self.seq_q * self.heads_q,
+            self.batch * self.seq_k * self.heads_kv,
+        );
+        [q * self.d, kv * self.d, kv * self.dv, q * self.dv]
+    }
+}
+
+/// One call as the kernels see it: what the op hands its CUDA launch code.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct DotCall {
+    /// Dimensions.
+    pub(crate) dims: DotDims,
+    /// Key range per query.
+    pub(crate) keys: KeyRanges,
+    /// Softmax scale.
+    pub(crate) scale: f64,
+    /// The kernel choice.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) kernels: Kernels,
+}
+
+impl DotSpec {
+    /// The call of this spec for validated `dims`.
+    pub(crate) fn call(&self, dims: DotDims) -> DotCall {
+        DotCall {
+            dims,
+            keys: self.keys(&dims),
+            scale: self.scale_for(dims.d),
+            kernels: self.kernels,
+        }
     }
 }
 

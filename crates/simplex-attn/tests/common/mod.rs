@@ -5,7 +5,16 @@
 use candle_core::DType;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use simplex_attn::dot::{DotDims, DotInputs};
-use simplex_attn::{AttnSpec, Dims, DotSpec, Variant};
+use simplex_attn::{AttnSpec, Dims, DotSpec, Kernels, Variant};
+
+/// `kernels` with every output poisoned (NaN) before its kernel runs, so that a test sees any
+/// element a kernel leaves unwritten: what the GPU tests pass with each call.
+pub fn poisoned(kernels: Kernels) -> Kernels {
+    Kernels {
+        poison_outputs: true,
+        ..kernels
+    }
+}
 
 /// One test shape.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +59,18 @@ impl Case {
     }
     pub fn v_shape(&self) -> [usize; 4] {
         [self.b, self.n, self.hkv, self.dv]
+    }
+}
+
+/// The dims of a 2-simplicial call: B, N, Hq, Hkv, D, Dv.
+pub fn dims(b: usize, n: usize, hq: usize, hkv: usize, d: usize, dv: usize) -> Dims {
+    Dims {
+        batch: b,
+        seq: n,
+        heads_q: hq,
+        heads_kv: hkv,
+        d,
+        dv,
     }
 }
 
@@ -159,15 +180,12 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
-/// The CUDA device for the GPU tests, with outputs poisoned (NaN) before every kernel; None (the
-/// test is skipped) where there is none, unless `SIMPLEX_REQUIRE_CUDA=1` (gpu-bundle/run.sh).
+/// The CUDA device for the GPU tests; None (the test is skipped) where there is none, unless
+/// `SIMPLEX_REQUIRE_CUDA=1` (gpu-bundle/run.sh).
 #[cfg(feature = "cuda")]
 pub fn cuda() -> Option<candle_core::Device> {
     match candle_core::Device::new_cuda(0) {
-        Ok(dev) => {
-            simplex_attn::cuda::set_poison_outputs(true);
-            Some(dev)
-        }
+        Ok(dev) => Some(dev),
         Err(e) if std::env::var("SIMPLEX_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
             panic!("SIMPLEX_REQUIRE_CUDA=1 but no CUDA device: {e}")
         }

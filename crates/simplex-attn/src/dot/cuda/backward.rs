@@ -1,0 +1,123 @@
+//! The dot-product backward on CUDA (shapes of [`crate::dot::DotSpec`]), as
+//! [`crate::kernels::dispatch::dot::backward`] plans it:
+//!
+//! ```text
+//! delta [B,Nq,Hq]    = rowsum(o * dout)         dot_attn_simple.cu   (in the wgmma dq kernel
+//!                                                for the wgmma kernels)
+//! dq    [B,Nq,Hq,D]  per block of queries       dot_attn_bwd_wgmma.cu (or dot_attn_bwd_dq.cu,
+//!                                                dot_attn_simple.cu)
+//! dk, dv [B,Nk,Hkv,*] per block of keys, summed  dot_attn_bwd_wgmma.cu (or dot_attn_bwd_dkv.cu,
+//!                     over the G heads of a group dot_attn_simple.cu)
+//! ```
+//! Deterministic: no atomics; every block owns the gradient rows it writes, so two runs give the
+//! same bits.
+
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+use candle_core::{Layout, Result, Tensor};
+use cudarc::driver::{CudaSlice, PushKernelArg};
+
+use super::{aligned, DotCall, DotKernelShape};
+use crate::cuda::launch::{self, Planned};
+use crate::cuda::{cuda_storages, output_poisoned, typed_views, wrap_tensor, Element};
+use crate::kernels::dispatch::dot::{self as plan, DotBackward};
+use crate::kernels::Elem;
+
+/// The backward on CUDA: (dq like q, dk like k, dv like v) in the input dtype, from
+/// `[q, k, v, o, dout, lse]`.
+pub(crate) fn backward(call: &DotCall, ts: [&Tensor; 6]) -> Result<(Tensor, Tensor, Tensor)> {
+    let ts = ts.map(|t| t.contiguous());
+    let [q, k, v, o, dout, lse] = ts;
+    let ts = [q?, k?, v?, o?, dout?, lse?];
+    let dtype = ts[0].dtype();
+    let names = ["q", "k", "v", "o", "dout", "lse"];
+    let guards = ts.each_ref().map(|t| t.storage_and_layout());
+    let st = cuda_storages("dot attention", names, &guards)?;
+    let (_, dev, limits) = launch::target(st[0].0)?;
+    // q, k, v and dout feed cp.async in the tensor-core kernels; o only the delta pre-pass
+    let all_aligned = [0, 1, 2, 4].iter().all(|&t| aligned(st[t].1, dtype));
+    let plan = plan::backward(&call.dims, dtype, all_aligned, &call.kernels, &limits)?;
+    let [dq, dk, dv] = match Elem::of(dtype, "dot attention")? {
+        Elem::Bf16 => backward_typed::<half::bf16>(call, dev, &plan, st, &ts)?,
+        Elem::F32 => backward_typed::<f32>(call, dev, &plan, st, &ts)?,
+    };
+    Ok((dq, dk, dv))
+}
+
+fn backward_typed<T: Element>(
+    call: &DotCall,
+    dev: &CudaDevice,
+    plan: &DotBackward,
+    st: [(&CudaStorage, &Layout); 6],
+    ts: &[Tensor; 6],
+) -> Result<[Tensor; 3]> {
+    let d = call.dims;
+    let poison = call.kernels.poison_outputs;
+    let shape = DotKernelShape::new(call)?;
+    let [nqd, nkd, nkv, nqv] = d.lens();
+    let rows = d.batch * d.seq_q * d.heads_q;
+    let op = "dot attention";
+    let [qv, kv, vv, ov, dov] = typed_views::<T, 5>(
+        op,
+        [st[0], st[1], st[2], st[3], st[4]],
+        ["q", "k", "v", "o", "dout"],
+        [nqd, nkd, nkv, nqv, nqv],
+    )?;
+    let [lsev] = typed_views::<f32, 1>(op, [st[5]], ["lse"], [rows])?;
+    let stream = dev.cuda_stream();
+    let out = |len, name| output_poisoned::<T>(&stream, len, name, poison);
+
+    // delta = rowsum(o * dout): a pre-pass, except for the wgmma kernels, whose dq kernel
+    // computes it (and writes it for their dk/dv kernel, which runs after it)
+    let mut delta: CudaSlice<f32> = output_poisoned(&stream, rows, "delta", poison)?;
+    if let Some(pre) = &plan.delta {
+        let planned = Planned::new(dev, pre)?;
+        // SAFETY: (const T* o, const T* dout, float* delta, DotShape) as the kernel declares; o
+        // and dout hold B*Nq*Hq*Dv elements, delta B*Nq*Hq, one warp per row covers every row.
+        unsafe {
+            planned.run(&stream, |a| {
+                a.arg(&ov).arg(&dov).arg(&mut delta).arg(&shape);
+            })
+        }?;
+    }
+
+    // dq
+    let planned = Planned::new(dev, &plan.dq)?;
+    let mut dq = out(nqd, "dq")?;
+    // SAFETY: (q, k, v, dout, lse, delta, dq, DotShape) as the kernel declares, and for the
+    // wgmma kernel (q, k, v, dout, o, lse, delta (written: every row), dq, DotShape); every
+    // view holds the counts it indexes (checked by `typed_views`), and the grid covers all
+    // B * Nq * Hq rows of dq and delta (the persistent wgmma CTAs between them).
+    unsafe {
+        planned.run(&stream, |a| {
+            a.arg(&qv).arg(&kv).arg(&vv).arg(&dov);
+            if plan.delta.is_none() {
+                a.arg(&ov).arg(&lsev).arg(&mut delta);
+            } else {
+                a.arg(&lsev).arg(&delta);
+            }
+            a.arg(&mut dq).arg(&shape);
+        })
+    }?;
+
+    // dk, dv
+    let planned = Planned::new(dev, &plan.dkv)?;
+    let mut dk = out(nkd, "dk")?;
+    let mut dvs = out(nkv, "dv")?;
+    // SAFETY: (q, k, v, dout, lse, delta, dk, dv, DotShape) as the kernel declares; every view
+    // holds the counts it indexes, and the grid covers all B * Nk * Hkv key rows of dk and dv
+    // (the persistent wgmma CTAs between them).
+    unsafe {
+        planned.run(&stream, |a| {
+            a.arg(&qv)
+                .arg(&kv)
+                .arg(&vv)
+                .arg(&dov)
+                .arg(&lsev)
+                .arg(&delta);
+            a.arg(&mut dk).arg(&mut dvs).arg(&shape);
+        })
+    }?;
+
+    let wrap = |s, i: usize| wrap_tensor(s, dev, ts[i].shape());
+    Ok([wrap(dq, 0), wrap(dk, 1), wrap(dvs, 2)])
+}

@@ -1,0 +1,61 @@
+//! The dot-product forward on CUDA: o `[B,Nq,Hq,Dv]` and lse `[B,Nq,Hq]` from
+//! `q [B,Nq,Hq,D]`, `k [B,Nk,Hkv,D]`, `v [B,Nk,Hkv,Dv]`, by the kernel
+//! [`crate::kernels::dispatch::dot::forward`] picks (every forward has the signature
+//! `(q, k, v, o, lse, DotShape)`).
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::CudaStorage;
+use candle_core::{Layout, Result, Shape, Tensor};
+
+use super::{aligned, DotCall, DotKernelShape};
+use crate::cuda::launch::{self, Planned};
+use crate::cuda::{typed_views, Element};
+use crate::kernels::{dispatch, Elem};
+
+/// The forward on CUDA: o in the input dtype, its shape, and lse (f32).
+pub(crate) fn forward(
+    call: &DotCall,
+    inputs: [(&CudaStorage, &Layout); 3],
+) -> Result<(CudaStorage, Shape, Tensor)> {
+    let (dtype, dev, limits) = launch::target(inputs[0].0)?;
+    let all_aligned = inputs.iter().all(|(_, l)| aligned(l, dtype));
+    let plan = dispatch::dot::forward(&call.dims, dtype, all_aligned, &call.kernels, &limits)?;
+    let planned = Planned::new(dev, &plan)?;
+    match Elem::of(dtype, "dot attention")? {
+        Elem::Bf16 => forward_typed::<half::bf16>(call, &planned, inputs),
+        Elem::F32 => forward_typed::<f32>(call, &planned, inputs),
+    }
+}
+
+fn forward_typed<T: Element>(
+    call: &DotCall,
+    planned: &Planned,
+    inputs: [(&CudaStorage, &Layout); 3],
+) -> Result<(CudaStorage, Shape, Tensor)> {
+    let d = call.dims;
+    let (b, nq, hq) = (d.batch, d.seq_q, d.heads_q);
+    let shape = DotKernelShape::new(call)?;
+    let [nq_d, nk_d, nk_dv, _] = d.lens();
+    let [qv, kv, vv] = typed_views::<T, 3>(
+        "dot attention",
+        inputs,
+        ["q", "k", "v"],
+        [nq_d, nk_d, nk_dv],
+    )?;
+    // SAFETY: every dot-product forward takes (const T* q, const T* k, const T* v, T* o, float*
+    // lse, DotShape) (the dispatch picked a kernel of the inputs' dtype); the views hold the
+    // element counts the kernel indexes (checked by `typed_views`), and the grid covers every (query,
+    // head) row of o and lse (all Nq queries of every head and batch for the mma.sync kernel;
+    // the persistent wgmma kernel's CTAs walk all Nq * G rows of every K/V head and batch
+    // between them; all B * Nq * Hq rows for the CUDA-core one).
+    unsafe {
+        launch::forward(
+            inputs[0].0.device(),
+            planned,
+            call.kernels.poison_outputs,
+            &[&qv, &kv, &vv],
+            &shape,
+            (Shape::from((b, nq, hq, d.dv)), Shape::from((b, nq, hq))),
+        )
+    }
+}

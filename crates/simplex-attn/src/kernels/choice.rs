@@ -1,0 +1,448 @@
+//! The kernel choice a caller passes with a call: [`Kernels`] (a field of
+//! [`crate::AttnSpec`] and [`crate::DotSpec`]), `Auto` by default, and the per-part options it
+//! holds. Only CUDA calls read it; the CPU kernels have one implementation each.
+
+use crate::AttnError;
+
+/// Whether kernel outputs are filled with NaN before the kernel that writes them runs, unless a
+/// call says otherwise: in debug builds and with the `poison-outputs` feature (the GPU test
+/// bundle), so that a test sees any element a kernel leaves unwritten. Costs one memset per
+/// output.
+pub const POISON_BY_DEFAULT: bool = cfg!(debug_assertions) || cfg!(feature = "poison-outputs");
+
+/// Which compiled CUDA kernels run a call. `Kernels::default()` (every part automatic, as
+/// measured: [`crate::kernels::dispatch`]) is what every caller wants outside comparisons and
+/// tests; the other values force a kernel family where it covers the call (where it does not,
+/// the automatic choice runs) or turn on a debugging aid.
+///
+/// Text form (the CLI's `--kernels`, [`Kernels::from_str`](std::str::FromStr)): `auto`, or
+/// comma-separated `key=value` pairs: `tensor-cores=on|off`, `deterministic=on|off`,
+/// `forward=auto|tj1|tj2|pp|producer|offsets|offsets2`, `bwd-wgmma=auto|0|q|k|1|p`,
+/// `bwd-offsets=auto|0|q|k|1`, `dot=wgmma|mma`, `poison=on|off`, `timing=on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernels {
+    /// Use the tensor-core kernels where they cover the call (default on). Off: every call runs
+    /// the CUDA-core kernels (tests compare the two).
+    pub tensor_cores: bool,
+    /// Run the deterministic backward of 2-simplicial attention (the CUDA-core kernels: no
+    /// atomics, bitwise-equal results run to run) even where the tensor-core backward covers the
+    /// call (default off). The tensor-core backward adds dk1 and dv1 (the small window's set)
+    /// with f32 atomics, so their last bits may differ between runs.
+    pub deterministic: bool,
+    /// The layout of the 2-simplicial tensor-core forward; `None` (the default) picks
+    /// [`ForwardVariant::fastest`] per call.
+    pub forward: Option<ForwardVariant>,
+    /// Which tensor-core backward kernels of 2-simplicial attention run on wgmma.
+    pub wgmma_backward: WgmmaBackward,
+    /// Which parts of the 2-simplicial backward run the offset walk.
+    pub offsets_backward: OffsetsBackward,
+    /// Which tensor-core kernels of dot-product attention run the calls they cover.
+    pub dot: DotTensorCores,
+    /// Fill every output with NaN before its kernel runs (default [`POISON_BY_DEFAULT`]).
+    pub poison_outputs: bool,
+    /// Print the time of each 2-simplicial tensor-core backward launch to stderr (the stream is
+    /// synchronized around each, so for breakdowns, not totals; default off).
+    pub time_backward: bool,
+}
+
+impl Default for Kernels {
+    fn default() -> Self {
+        Kernels {
+            tensor_cores: true,
+            deterministic: false,
+            forward: None,
+            wgmma_backward: WgmmaBackward::Auto,
+            offsets_backward: OffsetsBackward::Auto,
+            dot: DotTensorCores::Wgmma,
+            poison_outputs: POISON_BY_DEFAULT,
+            time_backward: false,
+        }
+    }
+}
+
+/// Which compiled layout of the 2-simplicial tensor-core forward runs (bf16, D = Dv in
+/// {64, 128}).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardVariant {
+    /// `simplicial_fwd_wgmma.cu`, 64 rows per block: one warpgroup computes logits and softmax,
+    /// the other the values, handing P over through shared memory every
+    /// `positions_per_handover` window-1 positions (1 or 2).
+    Specialized {
+        /// Window-1 positions per hand-over (`TJ`): 1 or 2 (anything else runs 2).
+        positions_per_handover: usize,
+    },
+    /// `simplicial_fwd_wgmma.cu`, 128 rows per block: each warpgroup computes logits, softmax
+    /// and values for its own 64 (one position per step).
+    PingPong,
+    /// `simplicial_fwd_producer.cu`, 128 rows per block: the ping-pong walk with v1_j folded
+    /// into the values operand (O += P @ (V2_tile ∘ v1_j)), which a third, producer,
+    /// warpgroup builds in shared memory while the two consumers keep P in registers.
+    Producer,
+    /// `simplicial_fwd_offsets.cu`, 128 rows per block: steps over window-1 offsets, each row
+    /// with its own window-1 position, so rows of different queries waste no masked work
+    /// (for few query heads per K/V head). Needs the block's window-1 rows in shared memory;
+    /// where they do not fit, the ping-pong layout (G >= 8) or the specialized one (TJ = 2)
+    /// runs instead.
+    Offsets {
+        /// Window-1 offsets per step (`TO`): 1 or 2 (2 only for D = 64; else 1 runs).
+        offsets_per_step: usize,
+    },
+}
+
+impl ForwardVariant {
+    /// The fastest layout measured for G = Hq/Hkv query heads per K/V head and head dim `d`
+    /// (docs/kernels.md): the producer layout from G = 64 at D = 64 and from G = 16 at
+    /// D = 128; below, the offset walk (two offsets per step at D = 64, one at D = 128).
+    pub fn fastest(group: usize, d: usize) -> Self {
+        if group >= 64 || (d > 64 && group >= 16) {
+            ForwardVariant::Producer
+        } else if d <= 64 {
+            ForwardVariant::Offsets {
+                offsets_per_step: 2,
+            }
+        } else {
+            ForwardVariant::Offsets {
+                offsets_per_step: 1,
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ForwardVariant::Specialized {
+                positions_per_handover: 1,
+            } => "tj1",
+            ForwardVariant::Specialized { .. } => "tj2",
+            ForwardVariant::PingPong => "pp",
+            ForwardVariant::Producer => "producer",
+            ForwardVariant::Offsets {
+                offsets_per_step: 2,
+            } => "offsets2",
+            ForwardVariant::Offsets { .. } => "offsets",
+        }
+    }
+}
+
+impl std::str::FromStr for ForwardVariant {
+    type Err = AttnError;
+
+    /// `tj1`, `tj2`, `pp`, `producer`, `offsets` or `offsets2`.
+    fn from_str(s: &str) -> Result<Self, AttnError> {
+        Ok(match s {
+            "tj1" => ForwardVariant::Specialized {
+                positions_per_handover: 1,
+            },
+            "tj2" => ForwardVariant::Specialized {
+                positions_per_handover: 2,
+            },
+            "pp" => ForwardVariant::PingPong,
+            "producer" => ForwardVariant::Producer,
+            "offsets" => ForwardVariant::Offsets {
+                offsets_per_step: 1,
+            },
+            "offsets2" => ForwardVariant::Offsets {
+                offsets_per_step: 2,
+            },
+            other => return Err(bad_value("forward", other, FORWARD_VALUES)),
+        })
+    }
+}
+
+const FORWARD_VALUES: &str = "auto, tj1, tj2, pp, producer, offsets or offsets2";
+
+/// Which of the two tensor-core backward kernels of 2-simplicial attention (the q kernel: dq,
+/// dk1, dv1; the k kernel: dk2, dv2) run on wgmma (`simplicial_bwd_wgmma.cu`, D in {64, 128})
+/// instead of mma.sync (`simplicial_bwd_mma.cu`). All compute the same gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WgmmaBackward {
+    /// The faster per kernel as measured (docs/kernels.md): the q kernel on wgmma when
+    /// G = Hq/Hkv >= 8; dk2, dv2 from the producer kernel (`simplicial_bwd_producer.cu`) when G
+    /// is a multiple of 64, else the mma.sync k kernel.
+    #[default]
+    Auto,
+    /// Both on mma.sync.
+    Off,
+    /// The q kernel on wgmma, the k kernel on mma.sync.
+    Q,
+    /// The k kernel on wgmma, the q kernel on mma.sync.
+    K,
+    /// Both on wgmma.
+    Both,
+    /// The q kernel on wgmma, dk2 and dv2 from `simplicial_bwd_producer.cu` where it covers the
+    /// call (G a multiple of 64), else from the mma.sync k kernel.
+    Producer,
+}
+
+impl WgmmaBackward {
+    /// (q kernel on wgmma, k kernel on wgmma) for G query heads per K/V head.
+    pub(crate) fn kernels(self, group: usize) -> (bool, bool) {
+        match self {
+            WgmmaBackward::Auto => (group >= 8, false),
+            WgmmaBackward::Off => (false, false),
+            WgmmaBackward::Q => (true, false),
+            WgmmaBackward::K => (false, true),
+            WgmmaBackward::Both => (true, true),
+            WgmmaBackward::Producer => (true, false),
+        }
+    }
+
+    /// Whether dk2, dv2 come from the producer kernel for G query heads per K/V head.
+    pub(crate) fn producer_keys(self, group: usize) -> bool {
+        matches!(self, WgmmaBackward::Producer | WgmmaBackward::Auto) && group.is_multiple_of(64)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            WgmmaBackward::Auto => "auto",
+            WgmmaBackward::Off => "0",
+            WgmmaBackward::Q => "q",
+            WgmmaBackward::K => "k",
+            WgmmaBackward::Both => "1",
+            WgmmaBackward::Producer => "p",
+        }
+    }
+}
+
+impl std::str::FromStr for WgmmaBackward {
+    type Err = AttnError;
+
+    /// `auto`, `0` (off), `q` or `k` (that kernel only), `1` (both), `p` (the producer k side).
+    fn from_str(s: &str) -> Result<Self, AttnError> {
+        Ok(match s {
+            "auto" => WgmmaBackward::Auto,
+            "0" => WgmmaBackward::Off,
+            "q" => WgmmaBackward::Q,
+            "k" => WgmmaBackward::K,
+            "1" => WgmmaBackward::Both,
+            "p" => WgmmaBackward::Producer,
+            other => return Err(bad_value("bwd-wgmma", other, "auto, 0, q, k, 1 or p")),
+        })
+    }
+}
+
+/// Which parts of the 2-simplicial backward run the offset walk (`simplicial_bwd_offsets.cu`,
+/// bf16, D = 64): its q side (the qk1 pass for dq, dk1 and dv1, instead of the q kernel) and its
+/// k2 pass (dk2, dv2, instead of the k kernel). Where it does not cover a call (other D, or its
+/// staged rows do not fit shared memory) the other kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetsBackward {
+    /// As measured (docs/kernels.md): both for G = Hq/Hkv <= 16.
+    #[default]
+    Auto,
+    /// Neither.
+    Off,
+    /// The q side only.
+    Q,
+    /// The k2 pass only.
+    K,
+    /// Both.
+    Both,
+}
+
+impl OffsetsBackward {
+    /// (q side, k2 pass) on the offset walk for G query heads per K/V head.
+    pub(crate) fn sides(self, group: usize) -> (bool, bool) {
+        match self {
+            OffsetsBackward::Auto => (group <= 16, group <= 16),
+            OffsetsBackward::Off => (false, false),
+            OffsetsBackward::Q => (true, false),
+            OffsetsBackward::K => (false, true),
+            OffsetsBackward::Both => (true, true),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            OffsetsBackward::Auto => "auto",
+            OffsetsBackward::Off => "0",
+            OffsetsBackward::Q => "q",
+            OffsetsBackward::K => "k",
+            OffsetsBackward::Both => "1",
+        }
+    }
+}
+
+impl std::str::FromStr for OffsetsBackward {
+    type Err = AttnError;
+
+    /// `auto`, `0` (neither), `q` or `k` (that side only), `1` (both).
+    fn from_str(s: &str) -> Result<Self, AttnError> {
+        Ok(match s {
+            "auto" => OffsetsBackward::Auto,
+            "0" => OffsetsBackward::Off,
+            "q" => OffsetsBackward::Q,
+            "k" => OffsetsBackward::K,
+            "1" => OffsetsBackward::Both,
+            other => return Err(bad_value("bwd-offsets", other, "auto, 0, q, k or 1")),
+        })
+    }
+}
+
+/// Which tensor-core kernels of dot-product attention run the calls they cover (bf16, D = Dv in
+/// {64, 128}, 16-byte aligned inputs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DotTensorCores {
+    /// The fastest as measured: the wgmma backward, the wgmma forward at D = 128 and the
+    /// mma.sync forward at D = 64.
+    #[default]
+    Wgmma,
+    /// The mma.sync kernels throughout, for side-by-side measurements and tests.
+    MmaSync,
+}
+
+fn bad_value(key: &str, value: &str, expected: &str) -> AttnError {
+    AttnError::Config(format!("kernels: {key}={value:?}: expected {expected}"))
+}
+
+fn on_off(key: &str, value: &str) -> Result<bool, AttnError> {
+    match value {
+        "on" | "1" | "true" => Ok(true),
+        "off" | "0" | "false" => Ok(false),
+        other => Err(bad_value(key, other, "on or off")),
+    }
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = AttnError;
+
+    /// `auto` (or nothing) for the default, else comma-separated `key=value` pairs over the
+    /// default (keys and values in the type's doc). Unknown keys and values are errors.
+    fn from_str(text: &str) -> Result<Self, AttnError> {
+        let mut k = Kernels::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part == "auto" {
+                continue;
+            }
+            let (key, value) = part.split_once('=').ok_or_else(|| {
+                AttnError::Config(format!(
+                    "kernels: {part:?} is not key=value (pairs are separated by commas)"
+                ))
+            })?;
+            let (key, value) = (key.trim(), value.trim());
+            match key {
+                "tensor-cores" => k.tensor_cores = on_off(key, value)?,
+                "deterministic" => k.deterministic = on_off(key, value)?,
+                "forward" if value == "auto" => k.forward = None,
+                "forward" => k.forward = Some(value.parse()?),
+                "bwd-wgmma" => k.wgmma_backward = value.parse()?,
+                "bwd-offsets" => k.offsets_backward = value.parse()?,
+                "dot" => {
+                    k.dot = match value {
+                        "wgmma" => DotTensorCores::Wgmma,
+                        "mma" => DotTensorCores::MmaSync,
+                        other => return Err(bad_value(key, other, "wgmma or mma")),
+                    }
+                }
+                "poison" => k.poison_outputs = on_off(key, value)?,
+                "timing" => k.time_backward = on_off(key, value)?,
+                other => {
+                    return Err(AttnError::Config(format!(
+                        "kernels: unknown key {other:?} (keys: tensor-cores, deterministic, \
+                         forward, bwd-wgmma, bwd-offsets, dot, poison, timing)"
+                    )))
+                }
+            }
+        }
+        Ok(k)
+    }
+}
+
+impl std::fmt::Display for Kernels {
+    /// The text form [`Kernels::from_str`](std::str::FromStr) reads back: the pairs that differ
+    /// from the default, or `auto`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = Kernels::default();
+        let on = |b: bool| if b { "on" } else { "off" };
+        let mut parts = Vec::new();
+        if self.tensor_cores != d.tensor_cores {
+            parts.push(format!("tensor-cores={}", on(self.tensor_cores)));
+        }
+        if self.deterministic != d.deterministic {
+            parts.push(format!("deterministic={}", on(self.deterministic)));
+        }
+        if let Some(v) = self.forward {
+            parts.push(format!("forward={}", v.name()));
+        }
+        if self.wgmma_backward != d.wgmma_backward {
+            parts.push(format!("bwd-wgmma={}", self.wgmma_backward.name()));
+        }
+        if self.offsets_backward != d.offsets_backward {
+            parts.push(format!("bwd-offsets={}", self.offsets_backward.name()));
+        }
+        if self.dot != d.dot {
+            parts.push("dot=mma".to_string());
+        }
+        if self.poison_outputs != d.poison_outputs {
+            parts.push(format!("poison={}", on(self.poison_outputs)));
+        }
+        if self.time_backward != d.time_backward {
+            parts.push(format!("timing={}", on(self.time_backward)));
+        }
+        if parts.is_empty() {
+            f.write_str("auto")
+        } else {
+            f.write_str(&parts.join(","))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_form_reads_back_and_bad_values_are_errors() {
+        let k: Kernels = "forward=pp, bwd-wgmma=q,bwd-offsets=0,dot=mma,deterministic=on"
+            .parse()
+            .unwrap();
+        assert_eq!(k.forward, Some(ForwardVariant::PingPong));
+        assert_eq!(k.wgmma_backward, WgmmaBackward::Q);
+        assert_eq!(k.offsets_backward, OffsetsBackward::Off);
+        assert_eq!(k.dot, DotTensorCores::MmaSync);
+        assert!(k.deterministic && k.tensor_cores);
+        assert_eq!(k.to_string().parse::<Kernels>().unwrap(), k);
+        assert_eq!("auto".parse::<Kernels>().unwrap(), Kernels::default());
+        assert_eq!("".parse::<Kernels>().unwrap(), Kernels::default());
+        assert_eq!(Kernels::default().to_string(), "auto");
+        for v in ["tj1", "tj2", "pp", "producer", "offsets", "offsets2"] {
+            let k: Kernels = format!("forward={v}").parse().unwrap();
+            assert_eq!(k.to_string(), format!("forward={v}"));
+        }
+        let all: Kernels = "tensor-cores=off,poison=on,timing=1,bwd-wgmma=p,bwd-offsets=k"
+            .parse()
+            .unwrap();
+        assert_eq!(all.to_string().parse::<Kernels>().unwrap(), all);
+        for (text, want) in [
+            ("forward=pp2", "forward=\"pp2\""),
+            ("bwd-wgmma=2", "bwd-wgmma=\"2\""),
+            ("bwd-offsets=x", "bwd-offsets=\"x\""),
+            ("tensor-cores=maybe", "on or off"),
+            ("dot=tc", "wgmma or mma"),
+            ("speed=max", "unknown key \"speed\""),
+            ("forward", "not key=value"),
+        ] {
+            let e = text.parse::<Kernels>().unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_fastest_forward_is_as_measured() {
+        let producer = ForwardVariant::Producer;
+        let offsets = |o| ForwardVariant::Offsets {
+            offsets_per_step: o,
+        };
+        for (g, d, want) in [
+            (64, 128, producer),
+            (128, 128, producer),
+            (16, 128, producer),
+            (8, 128, offsets(1)),
+            (1, 128, offsets(1)),
+            (64, 64, producer),
+            (32, 64, offsets(2)),
+            (1, 64, offsets(2)),
+        ] {
+            assert_eq!(ForwardVariant::fastest(g, d), want, "G {g} D {d}");
+        }
+    }
+}

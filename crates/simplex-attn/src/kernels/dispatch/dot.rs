@@ -1,0 +1,206 @@
+//! Which kernels run a dot-product call (shapes of [`crate::dot::DotSpec`]: `q [B,Nq,Hq,D]`,
+//! `k [B,Nk,Hkv,D]`, `v [B,Nk,Hkv,Dv]`).
+
+use candle_core::DType;
+
+use super::{launch, persistent, DeviceLimits, Launch};
+use crate::dot::DotDims;
+use crate::kernels::smem::{SmemArgs, Window1};
+use crate::kernels::table::{Elem, Kernel};
+use crate::kernels::{DotTensorCores, Kernels, MAX_HEAD_DIM};
+use crate::AttnError;
+
+/// The kernel family that runs a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DotKernel {
+    /// Hopper tensor cores (wgmma, a producer warpgroup and two consumers):
+    /// `kernels/dot_attn_bwd_wgmma.cu` for the backward and `kernels/dot_attn_fwd_wgmma.cu` for
+    /// the forward at D = 128; the forward at D = 64 is the mma.sync one
+    /// ([`DotKernel::forward`]). bf16, `D = Dv = d` in {64, 128}, 16-byte aligned inputs, any
+    /// GQA ratio, window, causality and `Nk >= Nq`.
+    Wgmma {
+        /// D = Dv.
+        d: usize,
+    },
+    /// Tensor cores (mma.sync, FlashAttention-2 style): `kernels/dot_attn_fwd.cu`,
+    /// `dot_attn_bwd_dq.cu`, `dot_attn_bwd_dkv.cu`; the same calls as [`DotKernel::Wgmma`].
+    TensorCore {
+        /// D = Dv.
+        d: usize,
+    },
+    /// CUDA cores: `kernels/dot_attn_simple.cu`, bf16 or f32, compiled for `D, Dv <= width`.
+    Simple {
+        /// 32, 64, 128 or 256.
+        width: usize,
+    },
+}
+
+impl DotKernel {
+    /// Picks the kernels for inputs of `dtype` with head dims `d` (q, k) and `dv` (v).
+    /// `aligned`: every input view starts at a multiple of 16 bytes (cp.async needs it);
+    /// `tensor_cores`: the tensor-core kernels are allowed; `family`: which of them.
+    /// Errors name what no kernel takes.
+    pub fn choose(
+        dtype: DType,
+        d: usize,
+        dv: usize,
+        aligned: bool,
+        tensor_cores: bool,
+        family: DotTensorCores,
+    ) -> Result<DotKernel, AttnError> {
+        Elem::of(dtype, "dot attention")?;
+        for (name, x) in [("D", d), ("Dv", dv)] {
+            if x == 0 || x > MAX_HEAD_DIM {
+                return Err(AttnError::Shape(format!(
+                    "dot attention on CUDA: {name} = {x}, but the CUDA kernels take head dims \
+                     1..={MAX_HEAD_DIM}"
+                )));
+            }
+        }
+        if tensor_cores && aligned && dtype == DType::BF16 && d == dv && matches!(d, 64 | 128) {
+            return Ok(match family {
+                DotTensorCores::Wgmma => DotKernel::Wgmma { d },
+                DotTensorCores::MmaSync => DotKernel::TensorCore { d },
+            });
+        }
+        let width = d.max(dv).next_power_of_two().max(32);
+        Ok(DotKernel::Simple { width })
+    }
+
+    /// The kernels that run the forward of a call for which `self` was chosen: the wgmma
+    /// family's forward at D = 64 is the mma.sync kernel (`dot_attn_fwd.cu`: 2 CTAs of 4 warps
+    /// per SM; faster at the LM layer, docs/kernels.md), the rest is `self`. The backward
+    /// always runs `self` (both forwards leave the same o and lse).
+    pub fn forward(self) -> DotKernel {
+        match self {
+            DotKernel::Wgmma { d: 64 } => DotKernel::TensorCore { d: 64 },
+            k => k,
+        }
+    }
+}
+
+fn choose(
+    dims: &DotDims,
+    dtype: DType,
+    aligned: bool,
+    k: &Kernels,
+) -> Result<(DotKernel, Elem), AttnError> {
+    let kernel = DotKernel::choose(dtype, dims.d, dims.dv, aligned, k.tensor_cores, k.dot)?;
+    Ok((kernel, Elem::of(dtype, "dot attention")?))
+}
+
+fn smem(
+    kernel: Kernel,
+    width: usize,
+) -> Result<(&'static crate::kernels::KernelInfo, usize), AttnError> {
+    let info = kernel.info()?;
+    let args = SmemArgs {
+        d: 0,
+        dv: 0,
+        width,
+        group: 1,
+        window1: Window1 {
+            seq: 1,
+            w1: 1,
+            causal: true,
+        },
+    };
+    Ok((info, info.smem.bytes(&args)))
+}
+
+/// Work items of the wgmma forward and dq kernels: blocks of 128 of the `Nq * G` rows
+/// (query, head) of each (batch, K/V head).
+pub fn wgmma_row_items(dims: &DotDims) -> usize {
+    (dims.seq_q * dims.group()).div_ceil(128) * dims.heads_kv * dims.batch
+}
+
+/// Work items of the wgmma dk/dv kernel: blocks of 128 keys of each (batch, K/V head).
+pub fn wgmma_key_items(dims: &DotDims) -> usize {
+    dims.seq_k.div_ceil(128) * dims.heads_kv * dims.batch
+}
+
+/// The forward of a call (o and lse in one launch): [`DotKernel::choose`], then
+/// [`DotKernel::forward`]. `aligned`: q, k and v start on 16-byte boundaries.
+pub fn forward(
+    dims: &DotDims,
+    dtype: DType,
+    aligned: bool,
+    k: &Kernels,
+    dev: &DeviceLimits,
+) -> Result<Launch, AttnError> {
+    let (kernel, dtype) = choose(dims, dtype, aligned, k)?;
+    let b = dims.batch;
+    match kernel.forward() {
+        DotKernel::Wgmma { d } => {
+            let (info, smem) = smem(Kernel::DotFwdWgmma { d }, 0)?;
+            persistent(info, wgmma_row_items(dims), dev, smem)
+        }
+        DotKernel::TensorCore { d } => {
+            let (info, smem) = smem(Kernel::DotFwd { d }, 0)?;
+            launch(info, dims.seq_q, (dims.heads_q, b), smem)
+        }
+        DotKernel::Simple { width } => {
+            let (info, smem) = smem(Kernel::DotFwdSimple { dtype, width }, width)?;
+            launch(info, b * dims.seq_q * dims.heads_q, (1, 1), smem)
+        }
+    }
+}
+
+/// The launches of a dot-product backward, in order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DotBackward {
+    /// The delta pre-pass (`None` for the wgmma kernels, whose dq kernel computes delta and
+    /// writes it for the dk/dv kernel).
+    pub delta: Option<Launch>,
+    /// dq
+    pub dq: Launch,
+    /// dk, dv (the G query heads of a K/V head summed in the block: no atomics)
+    pub dkv: Launch,
+}
+
+/// The backward of a call. `aligned`: q, k, v and dout start on 16-byte boundaries.
+pub fn backward(
+    dims: &DotDims,
+    dtype: DType,
+    aligned: bool,
+    k: &Kernels,
+    dev: &DeviceLimits,
+) -> Result<DotBackward, AttnError> {
+    let (kernel, dtype) = choose(dims, dtype, aligned, k)?;
+    let (b, nq, nk) = (dims.batch, dims.seq_q, dims.seq_k);
+    let delta = launch(
+        Kernel::DotDelta { dtype }.info()?,
+        b * nq * dims.heads_q,
+        (1, 1),
+        0,
+    )?;
+    Ok(match kernel {
+        DotKernel::Wgmma { d } => {
+            let (dq, dq_smem) = smem(Kernel::DotDqWgmma { d }, 0)?;
+            let (dkv, dkv_smem) = smem(Kernel::DotDkvWgmma { d }, 0)?;
+            DotBackward {
+                delta: None,
+                dq: persistent(dq, wgmma_row_items(dims), dev, dq_smem)?,
+                dkv: persistent(dkv, wgmma_key_items(dims), dev, dkv_smem)?,
+            }
+        }
+        DotKernel::TensorCore { d } => {
+            let (dq, dq_smem) = smem(Kernel::DotDq { d }, 0)?;
+            let (dkv, dkv_smem) = smem(Kernel::DotDkv { d }, 0)?;
+            DotBackward {
+                delta: Some(delta),
+                dq: launch(dq, nq, (dims.heads_q, b), dq_smem)?,
+                dkv: launch(dkv, nk, (dims.heads_kv, b), dkv_smem)?,
+            }
+        }
+        DotKernel::Simple { width } => {
+            let (dq, dq_smem) = smem(Kernel::DotDqSimple { dtype, width }, width)?;
+            let (dkv, dkv_smem) = smem(Kernel::DotDkvSimple { dtype, width }, width)?;
+            DotBackward {
+                delta: Some(delta),
+                dq: launch(dq, b * nq * dims.heads_q, (1, 1), dq_smem)?,
+                dkv: launch(dkv, b * nk * dims.heads_kv, (1, 1), dkv_smem)?,
+            }
+        }
+    })
+}

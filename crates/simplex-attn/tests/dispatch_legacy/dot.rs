@@ -1,0 +1,166 @@
+//! The dot-product choice before issue 15 (`src/cuda/dot.rs`, `dot_backward.rs`,
+//! `src/dot/plan.rs`).
+
+use super::{blocks, L};
+
+#[derive(Debug, Clone, Copy)]
+pub struct DotShape {
+    pub b: usize,
+    pub nq: usize,
+    pub nk: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub d: usize,
+    pub dv: usize,
+    pub bf16: bool,
+    pub aligned: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum K {
+    Wgmma(usize),
+    Tc(usize),
+    Simple(usize),
+}
+
+fn choose(s: &DotShape, tensor_cores: bool, mma: bool) -> Result<K, String> {
+    for x in [s.d, s.dv] {
+        if x == 0 || x > 256 {
+            return Err(format!("head dim {x}"));
+        }
+    }
+    if tensor_cores && s.aligned && s.bf16 && s.d == s.dv && matches!(s.d, 64 | 128) {
+        return Ok(if mma { K::Tc(s.d) } else { K::Wgmma(s.d) });
+    }
+    Ok(K::Simple(s.d.max(s.dv).next_power_of_two().max(32)))
+}
+
+fn row_bytes(d: usize) -> usize {
+    2 * (d + 8)
+}
+
+fn fwd_keys(d: usize) -> usize {
+    if d <= 64 {
+        64
+    } else {
+        32
+    }
+}
+
+fn persistent(items: usize, sms: usize) -> (u32, u32, u32) {
+    (items.min(sms.max(1)) as u32, 1, 1)
+}
+
+fn row_items(s: &DotShape) -> usize {
+    (s.nq * (s.hq / s.hkv)).div_ceil(128) * s.hkv * s.b
+}
+
+fn key_items(s: &DotShape) -> usize {
+    s.nk.div_ceil(128) * s.hkv * s.b
+}
+
+fn ddt(s: &DotShape) -> &'static str {
+    if s.bf16 {
+        "bf16"
+    } else {
+        "f32"
+    }
+}
+
+pub fn dot_forward(
+    s: &DotShape,
+    tensor_cores: bool,
+    mma: bool,
+    sms: usize,
+) -> Result<Vec<L>, String> {
+    let k = match choose(s, tensor_cores, mma)? {
+        K::Wgmma(64) => K::Tc(64),
+        k => k,
+    };
+    Ok(vec![match k {
+        K::Wgmma(d) => (
+            format!("dot_fwd_wgmma_bf16_d{d}"),
+            persistent(row_items(s), sms),
+            384,
+            3 * 2 * 128 * d * 2 + 1024,
+        ),
+        K::Tc(d) => (
+            format!("dot_fwd_bf16_d{d}"),
+            (blocks(s.nq, 128), s.hq as u32, s.b as u32),
+            128,
+            (128 + 4 * fwd_keys(d)) * row_bytes(d),
+        ),
+        K::Simple(w) => (
+            format!("dot_fwd_simple_{}_w{w}", ddt(s)),
+            (blocks(s.b * s.nq * s.hq, 4), 1, 1),
+            128,
+            4 * w * 4,
+        ),
+    }])
+}
+
+pub fn dot_backward(
+    s: &DotShape,
+    tensor_cores: bool,
+    mma: bool,
+    sms: usize,
+) -> Result<Vec<L>, String> {
+    let k = choose(s, tensor_cores, mma)?;
+    let mut out = vec![];
+    if !matches!(k, K::Wgmma(_)) {
+        out.push((
+            format!("dot_bwd_delta_{}", ddt(s)),
+            (blocks(s.b * s.nq * s.hq, 4), 1, 1),
+            128,
+            0,
+        ));
+    }
+    match k {
+        K::Wgmma(d) => {
+            let tile = 64 * d * 2;
+            let own = if d > 64 { 4 * tile } else { 0 };
+            out.push((
+                format!("dot_bwd_dq_wgmma_bf16_d{d}"),
+                persistent(row_items(s), sms),
+                384,
+                3 * 2 * 64 * d * 2 + 1024,
+            ));
+            out.push((
+                format!("dot_bwd_dkv_wgmma_bf16_d{d}"),
+                persistent(key_items(s), sms),
+                384,
+                own + 3 * (2 * tile + 2 * 64 * 4) + 1024,
+            ));
+        }
+        K::Tc(d) => {
+            let bq = fwd_keys(d);
+            out.push((
+                format!("dot_bwd_dq_bf16_d{d}"),
+                (blocks(s.nq, 128), s.hq as u32, s.b as u32),
+                256,
+                (2 * 128 + 4 * 64) * row_bytes(d),
+            ));
+            out.push((
+                format!("dot_bwd_dkv_bf16_d{d}"),
+                (blocks(s.nk, 128), s.hkv as u32, s.b as u32),
+                256,
+                (2 * 128 + 4 * bq) * row_bytes(d) + 4 * 4 * bq,
+            ));
+        }
+        K::Simple(w) => {
+            out.push((
+                format!("dot_bwd_dq_simple_{}_w{w}", ddt(s)),
+                (blocks(s.b * s.nq * s.hq, 4), 1, 1),
+                128,
+                4 * 2 * w * 4,
+            ));
+            out.push((
+                format!("dot_bwd_dkv_simple_{}_w{w}", ddt(s)),
+                (blocks(s.b * s.nk * s.hkv, 4), 1, 1),
+                128,
+                4 * 2 * w * 4,
+            ));
+        }
+    }
+    Ok(out)
+}

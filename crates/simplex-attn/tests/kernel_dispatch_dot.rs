@@ -1,0 +1,111 @@
+//! Which kernels run a dot-product call ([`simplex_attn::kernels::dispatch::dot`]), checked
+//! without a GPU: the LM layer and a D = 128 GQA shape on the default (wgmma) and the mma.sync
+//! families, the CUDA-core kernels where the tensor cores do not apply, the persistent grids.
+
+use candle_core::DType;
+use simplex_attn::dot::DotDims;
+use simplex_attn::kernels::dispatch::dot;
+use simplex_attn::kernels::{DeviceLimits, DotTensorCores, Kernels};
+
+const HOPPER: DeviceLimits = DeviceLimits::HOPPER;
+
+#[test]
+fn the_dot_product_choice() {
+    let k = Kernels::default();
+    let mma = Kernels {
+        dot: DotTensorCores::MmaSync,
+        ..k
+    };
+    let lm = DotDims {
+        batch: 32,
+        seq_q: 1024,
+        seq_k: 1024,
+        heads_q: 8,
+        heads_kv: 8,
+        d: 64,
+        dv: 64,
+    };
+    let gqa = DotDims {
+        batch: 4,
+        seq_q: 4096,
+        seq_k: 4096,
+        heads_q: 32,
+        heads_kv: 8,
+        d: 128,
+        dv: 128,
+    };
+    let syms = |d: &DotDims, dtype, aligned, k: &Kernels| {
+        let f = dot::forward(d, dtype, aligned, k, &HOPPER).unwrap();
+        let b = dot::backward(d, dtype, aligned, k, &HOPPER).unwrap();
+        let mut v = vec![f.symbol()];
+        v.extend(b.delta.map(|l| l.symbol()));
+        v.extend([b.dq.symbol(), b.dkv.symbol()]);
+        v
+    };
+    let bf = DType::BF16;
+    // the LM layer: the mma.sync forward, the wgmma backward (which computes delta in dq)
+    assert_eq!(
+        syms(&lm, bf, true, &k),
+        [
+            "dot_fwd_bf16_d64",
+            "dot_bwd_dq_wgmma_bf16_d64",
+            "dot_bwd_dkv_wgmma_bf16_d64"
+        ]
+    );
+    assert_eq!(
+        syms(&gqa, bf, true, &k),
+        [
+            "dot_fwd_wgmma_bf16_d128",
+            "dot_bwd_dq_wgmma_bf16_d128",
+            "dot_bwd_dkv_wgmma_bf16_d128"
+        ]
+    );
+    assert_eq!(
+        syms(&gqa, bf, true, &mma),
+        [
+            "dot_fwd_bf16_d128",
+            "dot_bwd_delta_bf16",
+            "dot_bwd_dq_bf16_d128",
+            "dot_bwd_dkv_bf16_d128"
+        ]
+    );
+    // misaligned, f32, other head dims, tensor cores off: the CUDA-core kernels
+    let simple = |dt: &str, w| {
+        vec![
+            format!("dot_fwd_simple_{dt}_w{w}"),
+            format!("dot_bwd_delta_{dt}"),
+            format!("dot_bwd_dq_simple_{dt}_w{w}"),
+            format!("dot_bwd_dkv_simple_{dt}_w{w}"),
+        ]
+    };
+    let owned = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
+    assert_eq!(owned(syms(&lm, bf, false, &k)), simple("bf16", 64));
+    assert_eq!(owned(syms(&lm, DType::F32, true, &k)), simple("f32", 64));
+    let off = Kernels {
+        tensor_cores: false,
+        ..k
+    };
+    assert_eq!(owned(syms(&gqa, bf, true, &off)), simple("bf16", 128));
+    let odd = DotDims {
+        d: 96,
+        dv: 40,
+        ..lm
+    };
+    assert_eq!(owned(syms(&odd, bf, true, &k)), simple("bf16", 128));
+    // the persistent kernels: one block per multiprocessor, fewer when there are fewer items
+    let small = DotDims {
+        batch: 1,
+        seq_q: 100,
+        seq_k: 100,
+        heads_q: 3,
+        heads_kv: 1,
+        ..lm
+    };
+    let b = dot::backward(&small, bf, true, &k, &HOPPER).unwrap();
+    assert_eq!(b.dq.grid, (3, 1, 1));
+    assert_eq!(b.dkv.grid, (1, 1, 1));
+    assert_eq!(
+        dot::backward(&lm, bf, true, &k, &HOPPER).unwrap().dq.grid,
+        (132, 1, 1)
+    );
+}
