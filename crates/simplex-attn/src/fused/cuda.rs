@@ -26,7 +26,7 @@ fn suffix(dtype: DType, op: &str) -> Result<&'static str> {
 }
 
 /// The device address of the first element of a contiguous view (bf16, f32 or u32).
-fn addr(s: &CudaStorage, l: &Layout, op: &str, name: &str) -> Result<u64> {
+pub(crate) fn addr(s: &CudaStorage, l: &Layout, op: &str, name: &str) -> Result<u64> {
     let Some((start, _)) = l.contiguous_offsets() else {
         candle_core::bail!("{op} on CUDA: {name} {:?} must be contiguous", l.shape())
     };
@@ -41,7 +41,7 @@ fn addr(s: &CudaStorage, l: &Layout, op: &str, name: &str) -> Result<u64> {
 }
 
 /// [`addr`] of a tensor on the CUDA device.
-fn tensor_addr(t: &Tensor, op: &str, name: &str) -> Result<u64> {
+pub(crate) fn tensor_addr(t: &Tensor, op: &str, name: &str) -> Result<u64> {
     let (s, l) = t.storage_and_layout();
     match &*s {
         Storage::Cuda(c) => addr(c, l, op, name),

@@ -4,11 +4,12 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{DType, Layout, Result, Shape, Storage, Tensor};
-use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::{Dispatch, GmmKind};
 use crate::cuda::module::{self, Family};
 use crate::cuda::{cuda_err, output};
+use crate::fused::cuda::{addr, tensor_addr};
 
 /// Output tile of the tensor-core products (rows and columns; `BM` in `kernels/moe.cu`).
 const MMA_TILE: usize = 128;
@@ -24,30 +25,6 @@ fn suffix(dtype: DType, op: &str) -> Result<&'static str> {
         DType::BF16 => Ok("bf16"),
         DType::F32 => Ok("f32"),
         other => candle_core::bail!("{op} on CUDA: {other:?}; the kernels take bf16 or f32"),
-    }
-}
-
-/// The device address of the first element of a contiguous view (bf16, f32 or u32).
-fn addr(s: &CudaStorage, l: &Layout, op: &str, name: &str) -> Result<u64> {
-    let Some((start, _)) = l.contiguous_offsets() else {
-        candle_core::bail!("{op} on CUDA: {name} {:?} must be contiguous", l.shape())
-    };
-    let stream = s.device().cuda_stream();
-    let (base, size) = match s.dtype() {
-        DType::BF16 => (s.as_cuda_slice::<half::bf16>()?.device_ptr(&stream).0, 2),
-        DType::F32 => (s.as_cuda_slice::<f32>()?.device_ptr(&stream).0, 4),
-        DType::U32 => (s.as_cuda_slice::<u32>()?.device_ptr(&stream).0, 4),
-        other => candle_core::bail!("{op} on CUDA: {name} is {other:?}"),
-    };
-    Ok(base + (start * size) as u64)
-}
-
-/// [`addr`] of a tensor, which must live on the CUDA device.
-fn tensor_addr(t: &Tensor, op: &str, name: &str) -> Result<u64> {
-    let (s, l) = t.storage_and_layout();
-    match &*s {
-        Storage::Cuda(c) => addr(c, l, op, name),
-        _ => candle_core::bail!("{op}: {name} is not on the CUDA device"),
     }
 }
 
