@@ -40,6 +40,33 @@ pub(crate) use forward::forward;
 
 use crate::spec::{Dims, Windows};
 
+/// Loads kernel `$name` of `$family` on `$dev` and launches it with `$cfg` and the given
+/// arguments (device addresses and values, in the kernel's parameter order); checks the
+/// dynamic shared memory against the function's limit first. Used by the fused ops and the MoE
+/// launchers; each call site passes the parameters in order with buffers sized for its shape.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! launch_in_family {
+    ($family:expr, $dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
+        let name: &str = &$name;
+        let cfg: cudarc::driver::LaunchConfig = $cfg;
+        let k = $crate::cuda::module::kernel($dev, $family, name)?;
+        if cfg.shared_mem_bytes as usize > k.max_smem {
+            candle_core::bail!(
+                "{name}: needs {} bytes of shared memory, the device allows {}",
+                cfg.shared_mem_bytes,
+                k.max_smem
+            )
+        }
+        let stream = $dev.cuda_stream();
+        let mut b = stream.launch_builder(&k.func);
+        $( b.arg($arg); )*
+        // SAFETY: every call site passes the kernel's parameters in order, with buffers sized
+        // for the shape it passes (checked from the tensors' layouts).
+        unsafe { b.launch(cfg) }.map_err(|e| $crate::cuda::cuda_err(name, e))?;
+    }};
+}
+
 /// The largest head dim (D of q/k, Dv of v) the kernels are compiled for.
 pub const MAX_HEAD_DIM: usize = 256;
 

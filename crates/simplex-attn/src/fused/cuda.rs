@@ -11,7 +11,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
 
 use super::adamw::{AdamWStep, Slice, CHUNK};
 use super::heads::{Layout3, RopeTables, MAX_PARTS};
-use crate::cuda::module::{self, Family};
+use crate::cuda::module::Family;
 use crate::cuda::{cuda_err, wrap_tensor};
 
 const THREADS: u32 = 256;
@@ -88,27 +88,11 @@ fn cfg(blocks: usize, threads: u32, smem: usize) -> Result<LaunchConfig> {
     })
 }
 
-/// Loads `name` from the fused family and launches it with the given arguments (device
-/// addresses and values, in the kernel's parameter order).
+/// Loads `name` from `kernels/fused_ops.cu` and launches it ([`crate::launch_in_family`]).
 macro_rules! launch {
-    ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
-        let name: &str = &$name;
-        let cfg: LaunchConfig = $cfg;
-        let k = module::kernel($dev, Family::FusedOps, name)?;
-        if cfg.shared_mem_bytes as usize > k.max_smem {
-            candle_core::bail!(
-                "{name}: needs {} bytes of shared memory, the device allows {}",
-                cfg.shared_mem_bytes,
-                k.max_smem
-            )
-        }
-        let stream = $dev.cuda_stream();
-        let mut b = stream.launch_builder(&k.func);
-        $( b.arg($arg); )*
-        // SAFETY: every call site passes the kernel's parameters in order, with buffers sized
-        // for the shape it passes (checked from the tensors' layouts).
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
-    }};
+    ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {
+        crate::launch_in_family!(Family::FusedOps, $dev, $name, $cfg; $($arg),*)
+    };
 }
 
 /// What the RMSNorm forward produces.
