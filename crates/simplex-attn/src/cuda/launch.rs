@@ -2,6 +2,7 @@
 //! memory, push the arguments, launch, name the kernel in any error. Every attention launch
 //! goes through [`Planned::run`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
@@ -24,7 +25,7 @@ pub(crate) fn target(s: &CudaStorage) -> Result<(DType, &CudaDevice, DeviceLimit
 pub(crate) struct Planned {
     kernel: Kernel,
     cfg: LaunchConfig,
-    symbol: &'static str,
+    symbol: Cow<'static, str>,
 }
 
 impl Planned {
@@ -39,16 +40,17 @@ impl Planned {
         Planned::named(dev, launch.kernel.family, launch.symbol(), cfg)
     }
 
-    /// Loads kernel `symbol` of `family` on `dev` for a launch of `cfg` (the fused ops' kernels,
-    /// which are not in the attention table); an error where its shared memory is more than
-    /// the device gives one block of it.
+    /// Loads kernel `symbol` of `family` on `dev` for a launch of `cfg` (the fused ops' and MoE
+    /// kernels, which are not in the attention table); an error where its shared memory is more
+    /// than the device gives one block of it.
     pub(crate) fn named(
         dev: &CudaDevice,
         family: Family,
-        symbol: &'static str,
+        symbol: impl Into<Cow<'static, str>>,
         cfg: LaunchConfig,
     ) -> Result<Planned> {
-        let kernel = module::kernel(dev, family, symbol)?;
+        let symbol = symbol.into();
+        let kernel = module::kernel(dev, family, &symbol)?;
         let smem = cfg.shared_mem_bytes as usize;
         if smem > kernel.max_smem {
             candle_core::bail!(
@@ -64,8 +66,8 @@ impl Planned {
     }
 
     /// The kernel's symbol.
-    pub(crate) fn symbol(&self) -> &'static str {
-        self.symbol
+    pub(crate) fn symbol(&self) -> &str {
+        &self.symbol
     }
 
     /// Launches the kernel on `stream` with the arguments `push` adds.
@@ -82,9 +84,28 @@ impl Planned {
         let mut args = stream.launch_builder(&self.kernel.func);
         push(&mut args);
         // SAFETY: this function's contract.
-        unsafe { args.launch(self.cfg) }.map_err(|e| cuda_err(self.symbol, e))?;
+        unsafe { args.launch(self.cfg) }.map_err(|e| cuda_err(&self.symbol, e))?;
         Ok(())
     }
+}
+
+/// Loads kernel `$name` of `$family` on `$dev` and launches it with `$cfg` and the given
+/// arguments (device addresses and values, in the kernel's parameter order), through
+/// [`Planned`]. The fused ops' and the MoE launch code use it; each call site passes the
+/// kernel's parameters in order, with buffers sized for the shape it passes.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! launch_in_family {
+    ($family:expr, $dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
+        let planned = $crate::cuda::launch::Planned::named($dev, $family, $name, $cfg)?;
+        // SAFETY: every call site passes the kernel's parameters in order, with buffers sized
+        // for the shape it passes (checked from the tensors' layouts).
+        unsafe {
+            planned.run(&$dev.cuda_stream(), |b| {
+                $( cudarc::driver::PushKernelArg::arg(b, $arg); )*
+            })
+        }?;
+    }};
 }
 
 /// Runs a forward kernel of signature `(const T* inputs..., T* o, float* lse, S shape)` (every

@@ -7,7 +7,7 @@ use candle_core::{DType, Layout, Result, Shape, Storage, Tensor};
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::{Dispatch, GmmKind};
-use crate::cuda::module::{self, Family};
+use crate::cuda::module::Family;
 use crate::cuda::{cuda_err, output};
 use crate::fused::cuda::{addr, tensor_addr};
 
@@ -61,27 +61,11 @@ fn grid(x: usize, y: usize, z: usize, threads: u32, smem: usize) -> Result<Launc
     })
 }
 
-/// Loads `name` from `kernels/moe.cu` and launches it with the given arguments (device
-/// addresses and values, in the kernel's parameter order).
+/// Loads `name` from `kernels/moe.cu` and launches it ([`crate::launch_in_family`]).
 macro_rules! launch {
-    ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
-        let name: &str = &$name;
-        let cfg: LaunchConfig = $cfg;
-        let k = module::kernel($dev, Family::Moe, name)?;
-        if cfg.shared_mem_bytes as usize > k.max_smem {
-            candle_core::bail!(
-                "{name}: needs {} bytes of shared memory, the device allows {}",
-                cfg.shared_mem_bytes,
-                k.max_smem
-            )
-        }
-        let stream = $dev.cuda_stream();
-        let mut b = stream.launch_builder(&k.func);
-        $( b.arg($arg); )*
-        // SAFETY: every call site passes the kernel's parameters in order, with buffers sized
-        // for the shape it passes (checked from the tensors' layouts).
-        unsafe { b.launch(cfg) }.map_err(|e| cuda_err(name, e))?;
-    }};
+    ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {
+        crate::launch_in_family!(Family::Moe, $dev, $name, $cfg; $($arg),*)
+    };
 }
 
 fn cuda_dev(t: &Tensor, op: &str) -> Result<CudaDevice> {

@@ -81,24 +81,11 @@ fn cfg(blocks: usize, threads: u32, smem: usize) -> Result<LaunchConfig> {
     })
 }
 
-/// Loads kernel `name` of `kernels/fused_ops.cu` and launches it with `cfg` and the given
-/// arguments (device addresses and values, in the kernel's parameter order).
+/// Loads kernel `name` of `kernels/fused_ops.cu` and launches it ([`crate::launch_in_family`]).
 macro_rules! launch {
-    ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
-        let planned = $crate::cuda::launch::Planned::named(
-            $dev,
-            $crate::cuda::module::Family::FusedOps,
-            $name,
-            $cfg,
-        )?;
-        // SAFETY: every call site passes the kernel's parameters in order, with buffers sized
-        // for the shape it passes (checked from the tensors' layouts).
-        unsafe {
-            planned.run(&$dev.cuda_stream(), |b| {
-                $( cudarc::driver::PushKernelArg::arg(b, $arg); )*
-            })
-        }?;
-    }};
+    ($dev:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {
+        $crate::launch_in_family!($crate::cuda::module::Family::FusedOps, $dev, $name, $cfg; $($arg),*)
+    };
 }
 
 mod adamw;
