@@ -10,7 +10,7 @@ mod moe_common;
 
 use candle_core::{DType, Device};
 use common::{assert_close, cuda};
-use moe_common::{cases, run, MoeData};
+use moe_common::{cases, run, MoeData, Path, PATHS};
 
 #[test]
 fn moe_kernels_match_the_reference() {
@@ -18,30 +18,32 @@ fn moe_kernels_match_the_reference() {
     for (dtype, rtol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
         for (i, c) in cases(true).iter().enumerate() {
             let d = MoeData::new(c, 11 + i as u64).rounded(dtype);
-            let got = run(c, &d, &dev, dtype, false).unwrap();
-            let want = run(c, &d, &Device::Cpu, DType::F64, true).unwrap();
-            let cpu = run(c, &d, &Device::Cpu, DType::F64, false).unwrap();
-            assert_eq!(got.ids, want.ids, "{}: top-k", c.name);
-            assert_eq!(got.counts, cpu.counts, "{}: loads", c.name);
-            assert_eq!(got.offsets, cpu.offsets, "{}: offsets", c.name);
-            let name = format!("{} {dtype:?}", c.name);
-            assert_close(
-                &format!("{name}: out"),
-                &got.out,
-                &want.out,
-                rtol,
-                rtol * 1e-2,
-            );
-            for (n, (g, w)) in ["x", "weights", "gate_up", "down"]
-                .iter()
-                .zip(got.grads.iter().zip(&want.grads))
-            {
-                assert_close(&format!("{name}: d{n}"), g, w, rtol, rtol * 1e-2);
+            let want = run(c, &d, &Device::Cpu, DType::F64, Path::Reference).unwrap();
+            let cpu = run(c, &d, &Device::Cpu, DType::F64, Path::Composed).unwrap();
+            for path in PATHS {
+                let got = run(c, &d, &dev, dtype, path).unwrap();
+                assert_eq!(got.ids, want.ids, "{}: top-k", c.name);
+                assert_eq!(got.counts, cpu.counts, "{}: loads", c.name);
+                assert_eq!(got.offsets, cpu.offsets, "{}: offsets", c.name);
+                let name = format!("{} {dtype:?} {path:?}", c.name);
+                assert_close(
+                    &format!("{name}: out"),
+                    &got.out,
+                    &want.out,
+                    rtol,
+                    rtol * 1e-2,
+                );
+                for (n, (g, w)) in ["x", "weights", "gate_up", "down"]
+                    .iter()
+                    .zip(got.grads.iter().zip(&want.grads))
+                {
+                    assert_close(&format!("{name}: d{n}"), g, w, rtol, rtol * 1e-2);
+                }
+                let again = run(c, &d, &dev, dtype, path).unwrap();
+                assert_eq!(got.out, again.out, "{name}: two runs differ");
+                assert_eq!(got.grads, again.grads, "{name}: two runs' gradients differ");
+                println!("ok {name}");
             }
-            let again = run(c, &d, &dev, dtype, false).unwrap();
-            assert_eq!(got.out, again.out, "{name}: two runs differ");
-            assert_eq!(got.grads, again.grads, "{name}: two runs' gradients differ");
-            println!("ok {name}");
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The MoE ops on the CPU: the routed path (permute, grouped products, SwiGLU, combine) against
-//! the per-token reference, every gradient included, in f64, f32 and bf16; the routing tables;
+//! The MoE ops on the CPU: the routed path (the fused op and its composed twin: permute, grouped
+//! products, SwiGLU, combine) against the per-token reference, every gradient included, in f64,
+//! f32 and bf16; the fused op against the twin; the routing tables;
 //! the grouped product against its twin and finite differences; bad inputs.
 
 mod common;
@@ -7,33 +8,53 @@ mod moe_common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::assert_close;
-use moe_common::{cases, run, MoeData};
+use moe_common::{cases, run, MoeData, Path, PATHS};
 use simplex_attn::moe::{self, dispatch, grouped_matmul, grouped_matmul_twin, NONE};
 
 fn compare(dtype: DType, rtol: f64) {
     for (i, c) in cases(true).iter().enumerate() {
         let d = MoeData::new(c, 7 + i as u64);
-        let got = run(c, &d, &Device::Cpu, dtype, false).unwrap();
-        let want = run(c, &d, &Device::Cpu, DType::F64, true).unwrap();
-        assert_eq!(got.ids, want.ids, "{}: routing", c.name);
-        assert_close(
-            &format!("{} {dtype:?}: out", c.name),
-            &got.out,
-            &want.out,
-            rtol,
-            rtol * 1e-2,
-        );
-        for (n, (g, w)) in ["x", "weights", "gate_up", "down"]
-            .iter()
-            .zip(got.grads.iter().zip(&want.grads))
-        {
+        let want = run(c, &d, &Device::Cpu, DType::F64, Path::Reference).unwrap();
+        for path in PATHS {
+            let got = run(c, &d, &Device::Cpu, dtype, path).unwrap();
+            assert_eq!(got.ids, want.ids, "{}: routing", c.name);
+            let name = format!("{} {dtype:?} {path:?}", c.name);
             assert_close(
-                &format!("{} {dtype:?}: d{n}", c.name),
-                g,
-                w,
+                &format!("{name}: out"),
+                &got.out,
+                &want.out,
                 rtol,
                 rtol * 1e-2,
             );
+            for (n, (g, w)) in ["x", "weights", "gate_up", "down"]
+                .iter()
+                .zip(got.grads.iter().zip(&want.grads))
+            {
+                assert_close(&format!("{name}: d{n}"), g, w, rtol, rtol * 1e-2);
+            }
+        }
+    }
+}
+
+/// The fused op computes what its twin does, in the same order: equal in f64 to rounding.
+#[test]
+fn fused_routed_experts_equal_the_twin() {
+    for (i, c) in cases(true).iter().enumerate() {
+        let d = MoeData::new(c, 30 + i as u64);
+        let fused = run(c, &d, &Device::Cpu, DType::F64, Path::Fused).unwrap();
+        let twin = run(c, &d, &Device::Cpu, DType::F64, Path::Composed).unwrap();
+        assert_close(
+            &format!("{}: out", c.name),
+            &fused.out,
+            &twin.out,
+            1e-12,
+            1e-14,
+        );
+        for (n, (g, w)) in ["x", "weights", "gate_up", "down"]
+            .iter()
+            .zip(fused.grads.iter().zip(&twin.grads))
+        {
+            assert_close(&format!("{}: d{n}", c.name), g, w, 1e-12, 1e-14);
         }
     }
 }
@@ -231,4 +252,19 @@ fn bad_inputs_name_the_problem() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("3 rows"), "{e}");
+    // the fused routed path: 2 tokens, C = 6, H = 4, 2 experts
+    let z = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &dev).unwrap();
+    let routed = |x: &[usize], gu: &[usize], down: &[usize]| {
+        moe::routed_experts(&z(x), &z(&[2, 2]), &z(gu), &z(down), &d)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = routed(&[2, 6], &[2, 8, 5], &[2, 6, 4]);
+    assert!(e.contains("gate_up [2, 8, 5]"), "{e}");
+    let e = routed(&[2, 6], &[3, 8, 6], &[3, 6, 4]);
+    assert!(e.contains("gate_up [3, 8, 6] must be [2,"), "{e}");
+    let e = routed(&[2, 6], &[2, 8, 6], &[2, 6, 3]);
+    assert!(e.contains("down [2, 6, 3] must be [2, 6, 4]"), "{e}");
+    let e = routed(&[3, 6], &[2, 8, 6], &[2, 6, 4]);
+    assert!(e.contains("x has 3 rows"), "{e}");
 }

@@ -116,6 +116,7 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
         "{:<18} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}  config",
         "name", "fwd ms", unit, "f+b ms", unit, "fwd/mm", "f+b/mm"
     );
+    let limits = simplex_attn::kernels::device_limits(&device)?;
     let mut json = Vec::new();
     for s in &shapes {
         let r = run_shape(s, &device, a.reps, a.seconds, a.forward_only)?;
@@ -128,6 +129,9 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
             reps: r.reps,
         };
         json.push(row.print(&a.device, div, ceiling));
+        if cuda {
+            println!("#   kernels: {}", s.kernels(&limits)?);
+        }
     }
     let dot_shapes: Vec<_> = if cuda && !own {
         dot_bench::cuda_shapes()
@@ -155,6 +159,7 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
             reps: r.reps,
         };
         json.push(row.print(&a.device, div, ceiling));
+        println!("#   kernels: {}", s.kernels(&limits)?);
     }
     println!("# fwd/mm, f+b/mm: rate over the matrix-product rate measured above");
     if let Some(path) = &a.json {

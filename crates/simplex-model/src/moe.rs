@@ -24,8 +24,7 @@
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
-use simplex_attn::fused::swiglu;
-use simplex_attn::moe::{combine, dispatch, grouped_matmul, permute, top_k};
+use simplex_attn::moe::{dispatch, routed_experts, top_k};
 
 use crate::error::ConfigError;
 use crate::init::{linear_weight, STD};
@@ -281,10 +280,7 @@ impl MoeMlp {
             .capacity_factor
             .map(|f| (f * (t * k) as f64 / e as f64).ceil() as usize);
         let d = dispatch(&ids, e, capacity)?;
-        let xp = permute(&xt, &d)?;
-        let h = swiglu(&grouped_matmul(&xp, &self.gate_up, &d.offsets)?)?;
-        let y = grouped_matmul(&h, &self.down, &d.offsets)?;
-        let mut out = combine(&y, &w, &d)?;
+        let mut out = routed_experts(&xt, &w, &self.gate_up, &self.down, &d)?;
         if let Some(shared) = &self.shared {
             out = (out + shared.forward(&xt)?)?;
         }

@@ -46,6 +46,27 @@ pub struct BenchShape {
 }
 
 impl BenchShape {
+    /// The CUDA kernels [`crate::kernels::dispatch`] picks for this shape on a device with
+    /// `limits` under the shape's [`crate::Kernels`]: `fwd <symbol> bwd <q side>+<k side>`
+    /// (the CUDA-core backward: `<dq>+<dk/dv>`), so that a report names what it timed.
+    pub fn kernels(&self, limits: &crate::kernels::DeviceLimits) -> Result<String, AttnError> {
+        use crate::kernels::dispatch::simplicial::{self, Backward};
+        let q = [self.b, self.n, self.hq, self.d];
+        let kv = [self.b, self.n, self.hkv, self.d];
+        let mut dims = self.spec.dims(&q, &kv, &kv, &kv, &kv)?;
+        if self.spec.variant == Variant::Determinant {
+            dims = dims.with_d(2 * self.d);
+        }
+        let win = self.spec.windows(self.n);
+        let k = &self.spec.kernels;
+        let fwd = simplicial::forward(&dims, &win, self.dtype, k, limits)?;
+        let bwd = match simplicial::backward(&dims, &win, self.dtype, k, limits)? {
+            Backward::Core { dq, dkv, .. } => format!("{}+{}", dq.symbol(), dkv.symbol()),
+            Backward::TensorCore { q, k, .. } => format!("{}+{}", q.symbol(), k.symbol()),
+        };
+        Ok(format!("fwd {} bwd {bwd}", fwd.symbol()))
+    }
+
     /// Forward FLOPs under the convention of the module doc.
     pub fn forward_flops(&self) -> f64 {
         let d_kernel = match self.spec.variant {
@@ -257,6 +278,33 @@ pub fn cuda_shapes() -> Vec<BenchShape> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_names_the_kernels_the_dispatch_picks() {
+        let limits = crate::kernels::DeviceLimits::HOPPER;
+        let anchor = &cuda_shapes()[0];
+        let auto = anchor.kernels(&limits).unwrap();
+        assert!(auto.starts_with("fwd simplicial_fwd_producer"), "{auto}");
+        assert!(auto.contains(" bwd simplicial_bwd_"), "{auto}");
+        let forced = BenchShape {
+            spec: anchor.spec.with_kernels("forward=tj1".parse().unwrap()),
+            ..anchor.clone()
+        };
+        let tj1 = forced.kernels(&limits).unwrap();
+        assert!(
+            tj1.starts_with("fwd simplicial_fwd_wgmma_tj1_bf16_d128 "),
+            "{tj1}"
+        );
+        let f32 = BenchShape {
+            dtype: DType::F32,
+            ..anchor.clone()
+        };
+        let core = f32.kernels(&limits).unwrap();
+        assert!(
+            !core.contains("wgmma") && !core.contains("producer"),
+            "{core}"
+        );
+    }
 
     #[test]
     fn a_shape_parses_with_defaults_and_options() {

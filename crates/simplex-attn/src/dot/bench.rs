@@ -51,6 +51,32 @@ pub struct DotBenchShape {
 }
 
 impl DotBenchShape {
+    /// The CUDA kernels [`crate::kernels::dispatch::dot`] picks for this row (aligned inputs,
+    /// as the benchmark's are; the mma.sync rows with that choice forced) on a device with
+    /// `limits`: `fwd <symbol> bwd <dq>+<dk/dv>`.
+    pub fn kernels(&self, limits: &crate::kernels::DeviceLimits) -> Result<String, AttnError> {
+        use crate::kernels::dispatch::dot;
+        let (q, kv) = (
+            [self.b, self.n, self.hq, self.d],
+            [self.b, self.n, self.hkv, self.d],
+        );
+        let dims = self.spec.dims(&q, &kv, &kv)?;
+        let mut k = self.spec.kernels;
+        match self.imp {
+            DotImpl::Fused => {}
+            DotImpl::FusedMmaSync => k.dot = DotTensorCores::MmaSync,
+            DotImpl::Slow => return Ok("candle ops (the slow twin)".into()),
+        }
+        let fwd = dot::forward(&dims, self.dtype, true, &k, limits)?;
+        let bwd = dot::backward(&dims, self.dtype, true, &k, limits)?;
+        Ok(format!(
+            "fwd {} bwd {}+{}",
+            fwd.symbol(),
+            bwd.dq.symbol(),
+            bwd.dkv.symbol()
+        ))
+    }
+
     /// Forward FLOPs under the convention of the module doc.
     pub fn forward_flops(&self) -> f64 {
         let dims = self

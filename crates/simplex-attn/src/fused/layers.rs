@@ -21,8 +21,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 
 use super::heads::{split_no_grad, HeadSplit};
-use super::swiglu::{swiglu_grad, swiglu_no_grad};
 use super::{compute_dtype, put, rows_cols, same_as, slot, split_heads, swiglu, take, HeadPart};
+use super::{swiglu_grad, swiglu_no_grad};
 use super::{RopeTables, Slot};
 use crate::dot::{dot_attn, DotAttnCall, DotSpec};
 
@@ -143,7 +143,7 @@ impl Mlp {
 }
 
 /// The backend storage inside a storage of the same device kind.
-fn unwrap_storage<S: BackendStorage + 'static>(s: &Storage) -> candle_core::Result<&S> {
+pub(crate) fn unwrap_storage<S: BackendStorage + 'static>(s: &Storage) -> candle_core::Result<&S> {
     let any: &dyn std::any::Any = match s {
         Storage::Cpu(c) => c,
         #[cfg(feature = "cuda")]

@@ -31,11 +31,13 @@ mod swiglu;
 mod xent;
 
 pub use heads::{split_heads, split_heads_twin, HeadPart, RopeTables};
+pub(crate) use layers::unwrap_storage;
 pub use layers::{
     dot_attention_layer, dot_attention_layer_twin, project, swiglu_mlp, swiglu_mlp_twin, DotLayer,
 };
 pub use norm::{add_rms_norm, add_rms_norm_twin, rms_norm, rms_norm_twin};
 pub use swiglu::{swiglu, swiglu_twin};
+pub(crate) use swiglu::{swiglu_grad, swiglu_no_grad};
 pub use xent::{
     cross_entropy_twin, linear_cross_entropy, linear_cross_entropy_chunked,
     linear_cross_entropy_twin, Targets, CHUNK_LOGITS,

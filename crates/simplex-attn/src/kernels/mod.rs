@@ -25,3 +25,13 @@ pub use table::{Elem, Family, Kernel, KernelInfo, Smem, TABLE};
 
 /// The largest head dim (D of q/k, Dv of v) the CUDA kernels take.
 pub const MAX_HEAD_DIM: usize = 256;
+
+/// The limits [`dispatch`] reads of `device`: measured on a CUDA device (feature `cuda`), an
+/// H100/H200's ([`DeviceLimits::HOPPER`]) for any other device (nothing is launched there).
+pub fn device_limits(device: &candle_core::Device) -> Result<DeviceLimits, crate::AttnError> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(dev) => Ok(crate::cuda::module::limits(dev)?),
+        _ => Ok(DeviceLimits::HOPPER),
+    }
+}

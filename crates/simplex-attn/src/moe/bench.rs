@@ -7,9 +7,12 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::{combine, dispatch, grouped_matmul, grouped_matmul_backward, permute, top_k};
+use super::{
+    combine, dispatch, grouped_matmul, grouped_matmul_backward, permute, routed_experts,
+    routed_experts_twin, top_k,
+};
 use crate::bench::time_it;
-use crate::fused::{swiglu, swiglu_mlp};
+use crate::fused::swiglu_mlp;
 use crate::AttnError;
 
 /// The shape of one measurement.
@@ -122,9 +125,10 @@ pub fn run(
         },
         &mut || Ok(()),
     )?;
-    // the routed path (top-k and dispatch of given scores, permute, gate_up, SwiGLU, down,
-    // combine) against a dense SwiGLU MLP of hidden k H, forward and backward; the loss sums
-    // rows first (candle's sum over all elements at once runs on one thread block)
+    // the routed path (top-k and dispatch of given scores, then the fused op, or its composed
+    // twin: permute, gate_up, SwiGLU, down, combine) against a dense SwiGLU MLP of hidden k H,
+    // forward and backward; the loss sums rows first (candle's sum over all elements at once
+    // runs on one thread block)
     let xt = Var::from_tensor(&x)?;
     let wv = Var::from_tensor(&gu)?;
     let down = Var::from_tensor(&rand(&[e, c, h], 0.02)?)?;
@@ -135,23 +139,33 @@ pub fn run(
         (out * &dout)?.sum_keepdim(1)?.sum_all()?.backward()?;
         Ok(())
     };
-    timed(
-        "routed experts f+b",
-        3.0 * 2.0 * (m * 3 * c * h) as f64,
-        &mut || {
-            let d = dispatch(&top_k(&scores, k)?, e, None)?;
-            let xp = permute(xt.as_tensor(), &d)?;
-            let a = swiglu(&grouped_matmul(&xp, wv.as_tensor(), &d.offsets)?)?;
-            let y = grouped_matmul(&a, down.as_tensor(), &d.offsets)?;
-            loss(combine(&y, w.as_tensor(), &d)?)
-        },
-        &mut || {
-            loss(swiglu_mlp(
-                xt.as_tensor(),
-                dgu.as_tensor(),
-                ddown.as_tensor(),
-            )?)
-        },
-    )?;
+    let path_flops = 3.0 * 2.0 * (m * 3 * c * h) as f64;
+    let mut dense = || {
+        loss(swiglu_mlp(
+            xt.as_tensor(),
+            dgu.as_tensor(),
+            ddown.as_tensor(),
+        )?)
+    };
+    for (name, fused) in [
+        ("routed experts f+b", true),
+        ("routed experts f+b, composed", false),
+    ] {
+        let path = if fused {
+            routed_experts
+        } else {
+            routed_experts_twin
+        };
+        timed(
+            name,
+            path_flops,
+            &mut || {
+                let d = dispatch(&top_k(&scores, k)?, e, None)?;
+                let (x, w) = (xt.as_tensor(), w.as_tensor());
+                loss(path(x, w, wv.as_tensor(), down.as_tensor(), &d)?)
+            },
+            &mut dense,
+        )?;
+    }
     Ok(rows)
 }

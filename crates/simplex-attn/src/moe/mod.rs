@@ -19,6 +19,10 @@
 //! | [`grouped_matmul`] | `y[s] = xp[s] W_e^T` for the slots of expert `e`, zero past `offsets[E]` | `xp`, `W [E, N, K]` |
 //! | [`combine`] | `out[t] = sum_j w[t, j] y[slot_of[t k + j]]` | `y`, `w [T, k]` |
 //!
+//! [`routed_experts`] is the whole routed path of an MoE layer (permute, the gate/up product,
+//! SwiGLU, the down product, combine) with the backward of the first four written out as one
+//! op; [`routed_experts_twin`] composes it from the ops above.
+//!
 //! Nothing here reads a count back to the host: the CUDA products find each thread block's
 //! group from `offsets` on the device (`kernels/moe.cu`). Every op is tested against a plain
 //! per-token reference ([`moe_reference`]) and against finite differences (`tests/moe.rs`),
@@ -32,9 +36,11 @@ pub mod bench;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod experts;
 mod ops;
 mod reference;
 
+pub use experts::{routed_experts, routed_experts_twin};
 pub use ops::{combine, grouped_matmul, grouped_matmul_backward, permute};
 pub use reference::{grouped_matmul_twin, moe_reference};
 

@@ -158,7 +158,7 @@ pub fn grouped_matmul_backward(
 
 /// One grouped product; `m` rows of the grouped operand, `nk` the dims of one expert weight.
 #[derive(Clone)]
-struct Gmm {
+pub(super) struct Gmm {
     kind: GmmKind,
     offsets: Tensor,
     m: usize,
@@ -166,6 +166,16 @@ struct Gmm {
 }
 
 impl Gmm {
+    /// The forward product `[m, K] -> [m, N]` over weights `[E, N, K]` (`nk = (N, K)`).
+    pub(super) fn forward(offsets: &Tensor, m: usize, nk: (usize, usize)) -> Gmm {
+        Gmm {
+            kind: GmmKind::Forward,
+            offsets: offsets.clone(),
+            m,
+            nk,
+        }
+    }
+
     fn out_shape(&self) -> Shape {
         let (n, k) = self.nk;
         let groups = self.offsets.elem_count() - 1;
@@ -236,7 +246,12 @@ impl CustomOp2 for Gmm {
 
 impl Gmm {
     /// `(dx, dw)` of the forward product from `dy`.
-    fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    pub(super) fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let dy = dy.to_dtype(x.dtype())?.contiguous()?;
         let dx = dy.apply_op2_no_bwd(
             w,
@@ -268,11 +283,11 @@ pub(crate) enum RowsKind {
 }
 
 #[derive(Clone)]
-struct Rows {
-    kind: RowsKind,
-    d: Dispatch,
-    weights: Option<Tensor>,
-    c: usize,
+pub(super) struct Rows {
+    pub(super) kind: RowsKind,
+    pub(super) d: Dispatch,
+    pub(super) weights: Option<Tensor>,
+    pub(super) c: usize,
 }
 
 impl Rows {

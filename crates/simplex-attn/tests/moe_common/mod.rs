@@ -6,8 +6,7 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use simplex_attn::fused::swiglu;
-use simplex_attn::moe::{self, combine, dispatch, grouped_matmul, moe_reference, permute};
+use simplex_attn::moe::{self, dispatch, moe_reference, routed_experts, routed_experts_twin};
 
 /// One shape: tokens, model width, expert hidden width, experts, experts per token, capacity,
 /// and experts that the scores never pick (they receive no token).
@@ -139,15 +138,21 @@ fn to_host(t: &Tensor) -> Result<Vec<f64>> {
         .to_vec1::<f64>()
 }
 
-/// The routed path through the MoE ops on `dev` in `dtype`, or (`reference`) through
-/// [`moe_reference`] with the ids of the same routing.
-pub fn run(
-    c: &MoeCase,
-    d: &MoeData,
-    dev: &Device,
-    dtype: DType,
-    reference: bool,
-) -> Result<MoeRun> {
+/// Which implementation of the routed path a run takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// [`routed_experts`]: one op with a written-out backward (what the model runs).
+    Fused,
+    /// [`routed_experts_twin`]: permute, grouped products, SwiGLU, combine through autograd.
+    Composed,
+    /// [`moe_reference`]: a loop over tokens in candle ops, with the ids of the same routing.
+    Reference,
+}
+
+pub const PATHS: [Path; 2] = [Path::Fused, Path::Composed];
+
+/// The routed path on `dev` in `dtype` through `path`.
+pub fn run(c: &MoeCase, d: &MoeData, dev: &Device, dtype: DType, path: Path) -> Result<MoeRun> {
     let var = |v: &[f64], shape: &[usize]| -> Result<Var> {
         Var::from_tensor(
             &Tensor::from_slice(v, shape, &Device::Cpu)?
@@ -166,13 +171,10 @@ pub fn run(
         .to_device(&Device::Cpu)?
         .flatten_all()?
         .to_vec1::<u32>()?;
-    let out = if reference {
-        moe_reference(&x, &ids_host, &w, &gu, &dn, c.capacity)?
-    } else {
-        let xp = permute(&x, &disp)?;
-        let h = swiglu(&grouped_matmul(&xp, &gu, &disp.offsets)?)?;
-        let y = grouped_matmul(&h, &dn, &disp.offsets)?;
-        combine(&y, &w, &disp)?
+    let out = match path {
+        Path::Reference => moe_reference(&x, &ids_host, &w, &gu, &dn, c.capacity)?,
+        Path::Composed => routed_experts_twin(&x, &w, &gu, &dn, &disp)?,
+        Path::Fused => routed_experts(&x, &w, &gu, &dn, &disp)?,
     };
     let dout = Tensor::from_slice(&d.dout, (c.t, c.c), &Device::Cpu)?
         .to_dtype(dtype)?
