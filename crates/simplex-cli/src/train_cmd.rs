@@ -120,6 +120,11 @@ pub struct TrainArgs {
     /// folder (a new events.out.tfevents.* file per session; `tensorboard --logdir DIR`).
     #[arg(long)]
     pub tensorboard: Option<PathBuf>,
+    /// Which CUDA attention kernels run: `auto`, or `key=value` pairs such as
+    /// `deterministic=on` (bitwise repeatable 2-simplicial gradients; keys: docs/kernels.md).
+    /// Not stored in the run: pass it again when resuming.
+    #[arg(long, default_value = "auto", value_parser = crate::attn_cmd::parse_kernels)]
+    pub kernels: simplex_attn::Kernels,
 }
 
 /// A progress bar on stderr with one line per eval; when stderr is not a terminal (a log
@@ -232,6 +237,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         best: a.keep_best,
     };
     opts.tensorboard = a.tensorboard;
+    opts.kernels = a.kernels;
     opts.stop = Some(crate::interrupt::stop_on_signal()?);
     let tty = std::io::stderr().is_terminal();
     let target = if tty {

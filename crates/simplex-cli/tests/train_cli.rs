@@ -54,6 +54,8 @@ fn train_generate_info_plot() {
         "30",
         "--seed",
         "3",
+        "--kernels",
+        "deterministic=on",
     ]);
     assert!(ok, "train failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("step 40"), "{stdout}");
@@ -255,6 +257,16 @@ fn bad_input_names_the_path() {
         "--resume",
     ]);
     assert!(!ok && err.contains("nothing to resume"), "{err}");
+    let (ok, _, err) = simplex(&[
+        "train",
+        "--data",
+        corpus().to_str().expect("path"),
+        "--out",
+        out_s,
+        "--kernels",
+        "determinstic=on",
+    ]);
+    assert!(!ok && err.contains("determinstic"), "{err}");
     std::fs::remove_dir_all(&tmp).ok();
 }
 

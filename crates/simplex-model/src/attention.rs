@@ -15,7 +15,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use simplex_attn::dot::{dot_attn_slow, has_fused_kernel};
 use simplex_attn::fused::{dot_attention_layer, project, split_heads, DotLayer, HeadPart};
-use simplex_attn::{dot_attn, DotSpec};
+use simplex_attn::{dot_attn, DotSpec, Kernels};
 
 use crate::cache::LayerCache;
 use crate::config::{Config, Heads, LayerKind};
@@ -55,6 +55,11 @@ impl DotAttention {
             spec,
             rope: if cfg.rope { rope } else { None },
         })
+    }
+
+    /// Runs the attention through the CUDA kernels `kernels` chooses (the default: automatic).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.spec = self.spec.with_kernels(kernels);
     }
 
     /// `x [B, N, C]` at positions `pos..pos+N`; with a cache, attends to the cached positions

@@ -134,6 +134,14 @@ impl Block {
         })
     }
 
+    /// Runs the layer's attention through the CUDA kernels `kernels` chooses.
+    pub fn set_kernels(&mut self, kernels: simplex_attn::Kernels) {
+        match &mut self.attn {
+            Attention::Dot(a) => a.set_kernels(kernels),
+            Attention::Simplicial(a) => a.set_kernels(kernels),
+        }
+    }
+
     /// The layer kind.
     pub fn kind(&self) -> LayerKind {
         self.kind

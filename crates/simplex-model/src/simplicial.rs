@@ -17,7 +17,7 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use simplex_attn::fused::{project, split_heads, HeadPart};
-use simplex_attn::{determinant, simplicial_attn, AttnSpec, Variant};
+use simplex_attn::{determinant, simplicial_attn, AttnSpec, Kernels, Variant};
 
 use crate::cache::LayerCache;
 use crate::config::{Config, Heads, SimplicialVariant};
@@ -65,6 +65,11 @@ impl SimplicialAttention {
             .with_variant(s.variant.into()),
             rotation,
         })
+    }
+
+    /// Runs the attention through the CUDA kernels `kernels` chooses (the default: automatic).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.spec = self.spec.with_kernels(kernels);
     }
 
     /// `x [B, N, C]` at positions `pos..pos+N`; with a cache, attends to the cached windows too

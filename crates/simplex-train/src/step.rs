@@ -82,6 +82,13 @@ impl Learner {
         })
     }
 
+    /// The learner with its model's attention run through the CUDA kernels `kernels` chooses
+    /// ([`Model::with_kernels`]).
+    pub fn with_kernels(mut self, kernels: simplex_attn::Kernels) -> Self {
+        self.model = self.model.with_kernels(kernels);
+        self
+    }
+
     /// The model (its weights are the optimizer's working copies).
     pub fn model(&self) -> &Model {
         &self.model

@@ -145,7 +145,7 @@ impl Interval {
 pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
     let mut prep = run::prepare(opts)?;
     let (mcfg, cfg, data, dev) = (&prep.model_cfg, &prep.train_cfg, &prep.data, &opts.device);
-    let mut learner = Learner::new(mcfg, cfg, dev)?;
+    let mut learner = Learner::new(mcfg, cfg, dev)?.with_kernels(opts.kernels);
     let mut state = TrainState {
         format: 1,
         step: 0,

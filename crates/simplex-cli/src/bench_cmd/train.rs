@@ -68,6 +68,10 @@ pub struct TrainBenchArgs {
     /// Also append the result as one JSON line to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Which CUDA attention kernels run (`auto`, or e.g. `deterministic=on`; keys:
+    /// docs/kernels.md).
+    #[arg(long, default_value = "auto", value_parser = crate::attn_cmd::parse_kernels)]
+    pub kernels: simplex_attn::Kernels,
 }
 
 /// Removes the temporary shard folder however the bench ends.
@@ -160,7 +164,7 @@ pub fn run(a: &TrainBenchArgs) -> Result<()> {
         a.grad_accum,
         train.precision
     );
-    let mut learner = Learner::new(&cfg, &train, &device)?;
+    let mut learner = Learner::new(&cfg, &train, &device)?.with_kernels(a.kernels);
     let mut times = Vec::with_capacity(a.steps);
     let mut last_loss = f64::NAN;
     for step in 1..=(a.warmup_steps + a.steps) as u64 {

@@ -62,6 +62,9 @@ pub struct RunOptions {
     /// Also write the metrics rows as a TensorBoard event file in this folder
     /// ([`crate::tensorboard`]; a new file per session).
     pub tensorboard: Option<PathBuf>,
+    /// Which CUDA attention kernels run (default automatic; `deterministic=on` for bitwise
+    /// repeatable 2-simplicial gradients). A setting of this session, not stored in the run.
+    pub kernels: simplex_attn::Kernels,
 }
 
 /// Which checkpoints a run keeps besides the latest (`RUN_DIR/checkpoint/`).
@@ -120,6 +123,7 @@ impl RunOptions {
             keep: KeepCheckpoints::default(),
             stop: None,
             tensorboard: None,
+            kernels: simplex_attn::Kernels::default(),
         }
     }
 }
