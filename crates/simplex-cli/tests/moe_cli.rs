@@ -4,12 +4,7 @@
 
 mod common;
 
-use common::simplex;
-use std::path::{Path, PathBuf};
-
-fn corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../simplex-train/corpus")
-}
+use common::{simplex, small_run};
 
 #[test]
 fn moe_presets_report_active_parameters_and_print_their_config() {
@@ -39,32 +34,8 @@ fn moe_presets_report_active_parameters_and_print_their_config() {
 fn a_tiny_moe_run_logs_expert_loads_and_resumes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let run = tmp.path().join("run");
-    let run_s = run.to_str().expect("utf-8");
-    let corpus = corpus();
-    let args = |steps: &'static str| {
-        vec![
-            "train",
-            "--data",
-            corpus.to_str().expect("utf-8"),
-            "--out",
-            run_s,
-            "--preset",
-            "tiny-moe",
-            "--steps",
-            steps,
-            "--batch-size",
-            "2",
-            "--seq-len",
-            "32",
-            "--log-every",
-            "2",
-            "--eval-every",
-            "0",
-            "--ckpt-every",
-            "2",
-        ]
-    };
-    let (ok, stdout, stderr) = simplex(&args("4"));
+    let flags = ["--preset", "tiny-moe", "--ckpt-every", "2"];
+    let (ok, stdout, stderr) = small_run(&run, 4, &flags);
     assert!(ok, "{stdout}\n{stderr}");
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .expect("metrics")
@@ -93,9 +64,7 @@ fn a_tiny_moe_run_logs_expert_loads_and_resumes() {
         assert!(r["moe_max_load"].as_f64().expect("max load") >= 1.0);
         assert!(r["moe_z_loss"].as_f64().expect("z") > 0.0);
     }
-    let mut more = args("6");
-    more.push("--resume");
-    let (ok, stdout, stderr) = simplex(&more);
+    let (ok, stdout, stderr) = small_run(&run, 6, &[&flags[..], &["--resume"]].concat());
     assert!(ok, "{stdout}\n{stderr}");
     let n = std::fs::read_to_string(run.join("metrics.jsonl"))
         .expect("metrics")

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::simplex;
+use common::{simplex, small_run};
 
 /// CRC-32C bit by bit (independent of the table-driven one in simplex-train).
 fn crc32c(data: &[u8]) -> u32 {
@@ -297,30 +297,19 @@ fn train_writes_the_metrics_rows_as_tensorboard_events() {
 fn a_mixture_of_experts_run_writes_its_router_statistics() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let (run, board) = (tmp.path().join("moe"), tmp.path().join("tb"));
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../simplex-train/corpus");
-    let (ok, out, err) = simplex(&[
-        "train",
-        "--data",
-        corpus.to_str().expect("path"),
-        "--out",
-        run.to_str().expect("path"),
-        "--preset",
-        "tiny-moe",
-        "--tensorboard",
-        board.to_str().expect("path"),
-        "--steps",
-        "4",
-        "--batch-size",
-        "2",
-        "--seq-len",
-        "32",
-        "--log-every",
-        "2",
-        "--eval-every",
-        "0",
-        "--eval-batches",
-        "1",
-    ]);
+    let board_s = board.to_str().expect("path");
+    let (ok, out, err) = small_run(
+        &run,
+        4,
+        &[
+            "--preset",
+            "tiny-moe",
+            "--tensorboard",
+            board_s,
+            "--eval-batches",
+            "1",
+        ],
+    );
     assert!(ok, "train failed:\n{out}\n{err}");
     let rows = rows(&run);
     assert!(rows[0].contains_key("moe_load"), "{:?}", rows[0]);

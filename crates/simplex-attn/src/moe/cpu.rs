@@ -64,77 +64,60 @@ pub(crate) fn dispatch(
     (slot_of, slot_assign, offsets, counts)
 }
 
-/// `xp[s] = x[slot_assign[s] / k]` (zero rows for empty slots).
-pub(crate) fn permute<T: Real>(x: &[T], slot_assign: &[u32], c: usize, k: usize) -> Vec<T> {
-    let mut xp = poisoned::<T>(slot_assign.len() * c);
-    xp.par_chunks_mut(c)
+/// Rows of token-ordered `x [T, C]` into slot order: `out[s] = w[a] x[a / k]` for
+/// `a = slot_assign[s]` (`w` absent: 1), zero rows for empty slots. The permutation
+/// (`weights` None) and the backward of the combine (the router weights).
+pub(crate) fn gather_rows<T: Real>(
+    x: &[T],
+    weights: Option<&[T]>,
+    slot_assign: &[u32],
+    c: usize,
+    k: usize,
+) -> Vec<T> {
+    let mut out = poisoned::<T>(slot_assign.len() * c);
+    out.par_chunks_mut(c)
         .zip(slot_assign.par_iter())
         .for_each(|(row, &a)| {
             if a == NONE {
                 row.fill(T::ZERO);
-            } else {
-                let t = a as usize / k;
-                row.copy_from_slice(&x[t * c..(t + 1) * c]);
+                return;
             }
-        });
-    xp
-}
-
-/// `dx[t] = sum_j dxp[slot_of[t k + j]]` over the kept slots.
-pub(crate) fn permute_bwd<T: Real>(dxp: &[T], slot_of: &[u32], c: usize, k: usize) -> Vec<T> {
-    let tokens = slot_of.len() / k;
-    let mut dx = poisoned::<T>(tokens * c);
-    dx.par_chunks_mut(c)
-        .zip(slot_of.par_chunks(k))
-        .for_each(|(row, slots)| {
-            row.fill(T::ZERO);
-            for &s in slots.iter().filter(|&&s| s != NONE) {
-                let src = &dxp[s as usize * c..(s as usize + 1) * c];
-                row.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
-            }
-        });
-    dx
-}
-
-/// `out[t] = sum_j w[t k + j] yp[slot_of[t k + j]]`.
-pub(crate) fn combine<T: Real>(yp: &[T], w: &[T], slot_of: &[u32], c: usize, k: usize) -> Vec<T> {
-    let tokens = slot_of.len() / k;
-    let mut out = poisoned::<T>(tokens * c);
-    out.par_chunks_mut(c)
-        .zip(slot_of.par_chunks(k).zip(w.par_chunks(k)))
-        .for_each(|(row, (slots, ws))| {
-            row.fill(T::ZERO);
-            for (&s, &wj) in slots.iter().zip(ws).filter(|(&s, _)| s != NONE) {
-                let src = &yp[s as usize * c..(s as usize + 1) * c];
-                row.iter_mut().zip(src).for_each(|(d, &v)| *d += wj * v);
+            let src = &x[a as usize / k * c..][..c];
+            match weights {
+                None => row.copy_from_slice(src),
+                Some(w) => {
+                    let wa = w[a as usize];
+                    row.iter_mut().zip(src).for_each(|(d, &v)| *d = wa * v);
+                }
             }
         });
     out
 }
 
-/// `dyp[s] = w[a] dout[a / k]` for `a = slot_assign[s]` (zero rows for empty slots).
-pub(crate) fn combine_bwd_rows<T: Real>(
-    dout: &[T],
-    w: &[T],
-    slot_assign: &[u32],
+/// Slot rows `yp [A, C]` summed back per token: `out[t] = sum_j w[t k + j] yp[slot_of[t k +
+/// j]]` over the kept slots (`w` absent: 1). The combine, and (`weights` None) the backward of
+/// the permutation.
+pub(crate) fn sum_slots<T: Real>(
+    yp: &[T],
+    weights: Option<&[T]>,
+    slot_of: &[u32],
     c: usize,
     k: usize,
 ) -> Vec<T> {
-    let mut dyp = poisoned::<T>(slot_assign.len() * c);
-    dyp.par_chunks_mut(c)
-        .zip(slot_assign.par_iter())
-        .for_each(|(row, &a)| {
-            if a == NONE {
-                row.fill(T::ZERO);
-            } else {
-                let t = a as usize / k;
-                let wa = w[a as usize];
-                row.iter_mut()
-                    .zip(&dout[t * c..(t + 1) * c])
-                    .for_each(|(d, &v)| *d = wa * v);
+    let tokens = slot_of.len() / k;
+    let mut out = poisoned::<T>(tokens * c);
+    out.par_chunks_mut(c)
+        .zip(slot_of.par_chunks(k))
+        .enumerate()
+        .for_each(|(t, (row, slots))| {
+            row.fill(T::ZERO);
+            for (j, &s) in slots.iter().enumerate().filter(|(_, &s)| s != NONE) {
+                let wj = weights.map_or(T::ONE, |w| w[t * k + j]);
+                let src = &yp[s as usize * c..][..c];
+                row.iter_mut().zip(src).for_each(|(d, &v)| *d += wj * v);
             }
         });
-    dyp
+    out
 }
 
 /// `dw[a] = dout[a / k] . yp[slot_of[a]]` (zero when dropped).

@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape
 
 use super::{cpu, Dispatch, GmmKind};
 use crate::cpu::Real;
-use crate::fused::{compute_dtype, cpu_data, cpu_tensor};
+use crate::fused::{compute_dtype, cpu_data, cpu_tensor, with_cpu};
 
 /// The u32 data of a CPU tensor (an index table).
 fn indices(t: &Tensor, op: &str, name: &str) -> candle_core::Result<Vec<u32>> {
@@ -309,10 +309,11 @@ impl Rows {
         let (c, k) = (self.c, self.d.k);
         Ok(match self.kind {
             RowsKind::Permute => {
-                cpu::permute(x, &indices(&self.d.slot_assign, op, "slot_assign")?, c, k)
+                let sa = indices(&self.d.slot_assign, op, "slot_assign")?;
+                cpu::gather_rows(x, None, &sa, c, k)
             }
             RowsKind::PermuteGrad => {
-                cpu::permute_bwd(x, &indices(&self.d.slot_of, op, "slot_of")?, c, k)
+                cpu::sum_slots(x, None, &indices(&self.d.slot_of, op, "slot_of")?, c, k)
             }
             RowsKind::CombineGrad => {
                 let w = self
@@ -322,7 +323,7 @@ impl Rows {
                     .flatten_all()?
                     .to_vec1::<T>()?;
                 let sa = indices(&self.d.slot_assign, op, "slot_assign")?;
-                cpu::combine_bwd_rows(x, &w, &sa, c, k)
+                cpu::gather_rows(x, Some(&w), &sa, c, k)
             }
         })
     }
@@ -386,21 +387,19 @@ impl CustomOp2 for Combine {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let so = indices(&self.d.slot_of, "moe combine", "slot_of")?;
         let (c, k) = (self.c, self.d.k);
+        fn sum<T: Real + candle_core::WithDType>(
+            (y, ly): (&CpuStorage, &Layout),
+            (w, lw): (&CpuStorage, &Layout),
+            so: &[u32],
+            (c, k): (usize, usize),
+        ) -> candle_core::Result<Vec<T>> {
+            let y = cpu_data::<T>(y, ly, "moe combine", "y")?;
+            let w = cpu_data::<T>(w, lw, "moe combine", "weights")?;
+            Ok(cpu::sum_slots(y, Some(w), so, c, k))
+        }
         let out = match y {
-            CpuStorage::F32(_) => CpuStorage::F32(cpu::combine(
-                cpu_data::<f32>(y, ly, "moe combine", "y")?,
-                cpu_data::<f32>(w, lw, "moe combine", "weights")?,
-                &so,
-                c,
-                k,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(cpu::combine(
-                cpu_data::<f64>(y, ly, "moe combine", "y")?,
-                cpu_data::<f64>(w, lw, "moe combine", "weights")?,
-                &so,
-                c,
-                k,
-            )),
+            CpuStorage::F32(_) => CpuStorage::F32(sum::<f32>((y, ly), (w, lw), &so, (c, k))?),
+            CpuStorage::F64(_) => CpuStorage::F64(sum::<f64>((y, ly), (w, lw), &so, (c, k))?),
             _ => candle_core::bail!("moe combine: CPU inputs must be f32 or f64 here"),
         };
         Ok((out, Shape::from((so.len() / k, c))))
@@ -438,28 +437,21 @@ impl CustomOp2 for Combine {
             Device::Cpu => {
                 let so = indices(&self.d.slot_of, "moe combine", "slot_of")?;
                 let (c, k) = (self.c, self.d.k);
-                let t = so.len() / k;
+                fn grad<T: Real + candle_core::WithDType>(
+                    dout: &Tensor,
+                    y: &Tensor,
+                    so: &[u32],
+                    (c, k): (usize, usize),
+                ) -> candle_core::Result<Tensor> {
+                    let names = ["dout", "y"];
+                    with_cpu::<T, _, 2>("moe combine backward", [dout, y], names, |[d, y]| {
+                        let w = cpu::combine_bwd_weights(d, y, so, c, k);
+                        Ok(cpu_tensor(w, (so.len() / k, k)))
+                    })
+                }
                 match y.dtype() {
-                    DType::F32 => cpu_tensor(
-                        cpu::combine_bwd_weights(
-                            &dout.flatten_all()?.to_vec1::<f32>()?,
-                            &y.flatten_all()?.to_vec1::<f32>()?,
-                            &so,
-                            c,
-                            k,
-                        ),
-                        (t, k),
-                    ),
-                    DType::F64 => cpu_tensor(
-                        cpu::combine_bwd_weights(
-                            &dout.flatten_all()?.to_vec1::<f64>()?,
-                            &y.flatten_all()?.to_vec1::<f64>()?,
-                            &so,
-                            c,
-                            k,
-                        ),
-                        (t, k),
-                    ),
+                    DType::F32 => grad::<f32>(&dout, y, &so, (c, k))?,
+                    DType::F64 => grad::<f64>(&dout, y, &so, (c, k))?,
                     dt => candle_core::bail!("moe combine backward: {dt:?} on the CPU"),
                 }
             }
