@@ -134,11 +134,15 @@ impl Block {
         })
     }
 
-    /// Runs the layer's attention through the CUDA kernels `kernels` chooses.
+    /// Runs the layer's attention (and MoE products) through the CUDA kernels `kernels`
+    /// chooses.
     pub fn set_kernels(&mut self, kernels: simplex_attn::Kernels) {
         match &mut self.attn {
             Attention::Dot(a) => a.set_kernels(kernels),
             Attention::Simplicial(a) => a.set_kernels(kernels),
+        }
+        if let FeedForward::Experts(m) = &mut self.mlp {
+            m.set_products(kernels.moe);
         }
     }
 

@@ -145,10 +145,10 @@ impl Model {
         })
     }
 
-    /// The model with its attention layers run through the CUDA kernels `kernels` chooses
-    /// (`Kernels::default()`, what [`Model::new`] gives: automatic per shape). For example
-    /// `deterministic=on` makes the 2-simplicial backward bitwise repeatable; the CPU ignores
-    /// it.
+    /// The model with its attention layers (and MoE products) run through the CUDA kernels
+    /// `kernels` chooses (`Kernels::default()`, what [`Model::new`] gives: automatic per
+    /// shape). For example `deterministic=on` makes the 2-simplicial backward bitwise
+    /// repeatable; the CPU ignores it.
     pub fn with_kernels(mut self, kernels: simplex_attn::Kernels) -> Self {
         for b in &mut self.blocks {
             b.set_kernels(kernels);

@@ -24,7 +24,7 @@
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
-use simplex_attn::moe::{dispatch, routed_experts, top_k};
+use simplex_attn::moe::{dispatch, routed_experts, top_k, ExpertProducts};
 
 use crate::error::ConfigError;
 use crate::init::{linear_weight, STD};
@@ -215,6 +215,7 @@ pub struct MoeStats {
 #[derive(Debug, Clone)]
 pub struct MoeMlp {
     cfg: MoeConfig,
+    products: ExpertProducts,
     router: Tensor,
     gate_up: Tensor,
     down: Tensor,
@@ -237,6 +238,7 @@ impl MoeMlp {
         let ex = vb.pp("experts");
         Ok(MoeMlp {
             cfg: cfg.clone(),
+            products: ExpertProducts::Auto,
             router: linear_weight(d_model, e, STD, vb.pp("router"))?,
             gate_up: ex.get_with_hints((e, 2 * h, d_model), "gate_up", randn(STD))?,
             down: ex.get_with_hints((e, d_model, h), "down", randn(out_std))?,
@@ -279,7 +281,7 @@ impl MoeMlp {
             .cfg
             .capacity_factor
             .map(|f| (f * (t * k) as f64 / e as f64).ceil() as usize);
-        let d = dispatch(&ids, e, capacity)?;
+        let d = dispatch(&ids, e, capacity)?.with_products(self.products);
         let mut out = routed_experts(&xt, &w, &self.gate_up, &self.down, &d)?;
         if let Some(shared) = &self.shared {
             out = (out + shared.forward(&xt)?)?;
@@ -301,6 +303,11 @@ impl MoeMlp {
                 load: d.counts,
             },
         ))
+    }
+
+    /// Runs the routed experts' products on CUDA as `products` says (default automatic).
+    pub fn set_products(&mut self, products: ExpertProducts) {
+        self.products = products;
     }
 
     /// The layer's config.

@@ -18,7 +18,8 @@ pub const POISON_BY_DEFAULT: bool = cfg!(debug_assertions) || cfg!(feature = "po
 /// Text form (the CLI's `--kernels`, [`Kernels::from_str`](std::str::FromStr)): `auto`, or
 /// comma-separated `key=value` pairs: `tensor-cores=on|off`, `deterministic=on|off`,
 /// `forward=auto|tj1|tj2|pp|producer|offsets|offsets2`, `bwd-wgmma=auto|0|q|k|1|p`,
-/// `bwd-offsets=auto|0|q|k|1`, `dot=wgmma|mma`, `poison=on|off`, `timing=on|off`.
+/// `bwd-offsets=auto|0|q|k|1`, `dot=wgmma|mma`, `moe=auto|grouped|per-expert`, `poison=on|off`,
+/// `timing=on|off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernels {
     /// Use the tensor-core kernels where they cover the call (default on). Off: every call runs
@@ -38,6 +39,8 @@ pub struct Kernels {
     pub offsets_backward: OffsetsBackward,
     /// Which tensor-core kernels of dot-product attention run the calls they cover.
     pub dot: DotTensorCores,
+    /// How the routed experts' products of an MoE layer run on CUDA.
+    pub moe: ExpertProducts,
     /// Fill every output with NaN before its kernel runs (default [`POISON_BY_DEFAULT`]).
     pub poison_outputs: bool,
     /// Print the time of each 2-simplicial tensor-core backward launch to stderr (the stream is
@@ -54,9 +57,67 @@ impl Default for Kernels {
             wgmma_backward: WgmmaBackward::Auto,
             offsets_backward: OffsetsBackward::Auto,
             dot: DotTensorCores::Wgmma,
+            moe: ExpertProducts::Auto,
             poison_outputs: POISON_BY_DEFAULT,
             time_backward: false,
         }
+    }
+}
+
+/// How the grouped products of an MoE layer's routed experts (`simplex_attn::moe`) run on
+/// CUDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpertProducts {
+    /// [`ExpertProducts::choose`] per call.
+    Auto,
+    /// One launch per projection over all experts (`kernels/moe.cu`): each thread block finds
+    /// its expert from the offsets on the device, so nothing waits for the device.
+    Grouped,
+    /// One cuBLAS product per expert that has rows: the offsets are read to the host once per
+    /// layer and batch (one device synchronization), then each product is cuBLAS's.
+    PerExpert,
+}
+
+impl ExpertProducts {
+    /// Most experts for which [`ExpertProducts::Auto`] takes one cuBLAS product per expert:
+    /// beyond, the launches of small products cost more than one grouped launch.
+    pub const PER_EXPERT_MAX: usize = 16;
+
+    /// What `Auto` runs for `experts` experts in `dtype`: per-expert cuBLAS products for bf16
+    /// with at most [`Self::PER_EXPERT_MAX`] experts, else the grouped kernels; a forced choice
+    /// as given.
+    pub fn choose(self, experts: usize, dtype: candle_core::DType) -> ExpertProducts {
+        match self {
+            ExpertProducts::Auto
+                if dtype == candle_core::DType::BF16 && experts <= Self::PER_EXPERT_MAX =>
+            {
+                ExpertProducts::PerExpert
+            }
+            ExpertProducts::Auto => ExpertProducts::Grouped,
+            other => other,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ExpertProducts::Auto => "auto",
+            ExpertProducts::Grouped => "grouped",
+            ExpertProducts::PerExpert => "per-expert",
+        }
+    }
+}
+
+impl std::str::FromStr for ExpertProducts {
+    type Err = AttnError;
+
+    /// `auto`, `grouped` or `per-expert`.
+    fn from_str(s: &str) -> Result<Self, AttnError> {
+        Ok(match s {
+            "auto" => ExpertProducts::Auto,
+            "grouped" => ExpertProducts::Grouped,
+            "per-expert" => ExpertProducts::PerExpert,
+            other => return Err(bad_value("moe", other, "auto, grouped or per-expert")),
+        })
     }
 }
 
@@ -333,12 +394,13 @@ impl std::str::FromStr for Kernels {
                         other => return Err(bad_value(key, other, "wgmma or mma")),
                     }
                 }
+                "moe" => k.moe = value.parse()?,
                 "poison" => k.poison_outputs = on_off(key, value)?,
                 "timing" => k.time_backward = on_off(key, value)?,
                 other => {
                     return Err(AttnError::Config(format!(
                         "kernels: unknown key {other:?} (keys: tensor-cores, deterministic, \
-                         forward, bwd-wgmma, bwd-offsets, dot, poison, timing)"
+                         forward, bwd-wgmma, bwd-offsets, dot, moe, poison, timing)"
                     )))
                 }
             }
@@ -372,6 +434,9 @@ impl std::fmt::Display for Kernels {
         if self.dot != d.dot {
             parts.push("dot=mma".to_string());
         }
+        if self.moe != d.moe {
+            parts.push(format!("moe={}", self.moe.name()));
+        }
         if self.poison_outputs != d.poison_outputs {
             parts.push(format!("poison={}", on(self.poison_outputs)));
         }
@@ -391,6 +456,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn auto_takes_per_expert_products_for_few_experts_in_bf16() {
+        use candle_core::DType::{BF16, F32};
+        let auto = ExpertProducts::Auto;
+        assert_eq!(auto.choose(8, BF16), ExpertProducts::PerExpert);
+        assert_eq!(auto.choose(16, BF16), ExpertProducts::PerExpert);
+        assert_eq!(auto.choose(17, BF16), ExpertProducts::Grouped);
+        assert_eq!(auto.choose(8, F32), ExpertProducts::Grouped);
+        for forced in [ExpertProducts::Grouped, ExpertProducts::PerExpert] {
+            assert_eq!(forced.choose(64, F32), forced);
+        }
+    }
+
+    #[test]
     fn the_text_form_reads_back_and_bad_values_are_errors() {
         let k: Kernels = "forward=pp, bwd-wgmma=q,bwd-offsets=0,dot=mma,deterministic=on"
             .parse()
@@ -408,13 +486,15 @@ mod tests {
             let k: Kernels = format!("forward={v}").parse().unwrap();
             assert_eq!(k.to_string(), format!("forward={v}"));
         }
-        let all: Kernels = "tensor-cores=off,poison=on,timing=1,bwd-wgmma=p,bwd-offsets=k"
-            .parse()
-            .unwrap();
+        let all: Kernels =
+            "tensor-cores=off,poison=on,timing=1,bwd-wgmma=p,bwd-offsets=k,moe=per-expert"
+                .parse()
+                .unwrap();
         assert_eq!(all.to_string().parse::<Kernels>().unwrap(), all);
         for (text, want) in [
             ("forward=pp2", "forward=\"pp2\""),
             ("bwd-wgmma=2", "bwd-wgmma=\"2\""),
+            ("moe=cublas", "moe=\"cublas\""),
             ("bwd-offsets=x", "bwd-offsets=\"x\""),
             ("tensor-cores=maybe", "on or off"),
             ("dot=tc", "wgmma or mma"),

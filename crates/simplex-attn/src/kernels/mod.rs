@@ -17,7 +17,8 @@ pub mod smem;
 pub mod table;
 
 pub use choice::{
-    DotTensorCores, ForwardVariant, Kernels, OffsetsBackward, WgmmaBackward, POISON_BY_DEFAULT,
+    DotTensorCores, ExpertProducts, ForwardVariant, Kernels, OffsetsBackward, WgmmaBackward,
+    POISON_BY_DEFAULT,
 };
 pub use dispatch::{DeviceLimits, Launch};
 pub use smem::{partner_positions, SmemArgs, Window1};

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::{
     combine, dispatch, grouped_matmul, grouped_matmul_backward, permute, routed_experts,
-    routed_experts_twin, top_k,
+    routed_experts_twin, top_k, ExpertProducts,
 };
 use crate::bench::time_it;
 use crate::fused::swiglu_mlp;
@@ -147,22 +147,32 @@ pub fn run(
             ddown.as_tensor(),
         )?)
     };
-    for (name, fused) in [
-        ("routed experts f+b", true),
-        ("routed experts f+b, composed", false),
+    for (name, products) in [
+        (
+            "routed experts f+b, grouped kernels",
+            Some(ExpertProducts::Grouped),
+        ),
+        (
+            "routed experts f+b, cuBLAS per expert",
+            Some(ExpertProducts::PerExpert),
+        ),
+        ("routed experts f+b, composed ops", None),
     ] {
-        let path = if fused {
-            routed_experts
-        } else {
-            routed_experts_twin
-        };
         timed(
             name,
             path_flops,
             &mut || {
                 let d = dispatch(&top_k(&scores, k)?, e, None)?;
-                let (x, w) = (xt.as_tensor(), w.as_tensor());
-                loss(path(x, w, wv.as_tensor(), down.as_tensor(), &d)?)
+                let (x, w, gu, dn) = (
+                    xt.as_tensor(),
+                    w.as_tensor(),
+                    wv.as_tensor(),
+                    down.as_tensor(),
+                );
+                loss(match products {
+                    Some(p) => routed_experts(x, w, gu, dn, &d.with_products(p))?,
+                    None => routed_experts_twin(x, w, gu, dn, &d)?,
+                })
             },
             &mut dense,
         )?;

@@ -157,6 +157,151 @@ struct GmmArgs {
 // SAFETY: a plain `repr(C)` struct of integers with the layout of the kernel's parameter.
 unsafe impl DeviceRepr for GmmArgs {}
 
+/// One grouped product (see [`GmmKind`]) as one cuBLAS product per expert that has rows
+/// (`offsets` on the host), f32 accumulation; rows past `offsets[E]` and the weight gradient of
+/// an expert without rows are zero-filled. Row-major `[r, c]` is column-major `[c, r]` to
+/// cuBLAS, so each product is computed transposed:
+///
+/// ```text
+/// Forward    y_e  = x_e W_e^T     ->  y_e^T  = op_T(W_e) x_e^T      (m = N, n = rows, k = K)
+/// InputGrad  dx_e = dy_e W_e      ->  dx_e^T = W_e^T dy_e^T         (m = K, n = rows, k = N)
+/// WeightGrad dW_e = dy_e^T x_e    ->  dW_e^T = x_e^T op_T(dy_e^T)   (m = K, n = N, k = rows)
+/// ```
+pub(crate) fn gmm_per_expert(
+    kind: GmmKind,
+    (a, la): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+    offsets: &[u32],
+    m: usize,
+    (n, k): (usize, usize),
+) -> Result<CudaStorage> {
+    use cudarc::cublas::sys::cudaDataType_t;
+    use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t as Op};
+    let op = "grouped_matmul (per expert)";
+    let dev = a.device().clone();
+    let dt = a.dtype();
+    let data_type = match dt {
+        DType::BF16 => cudaDataType_t::CUDA_R_16BF,
+        DType::F32 => cudaDataType_t::CUDA_R_32F,
+        other => candle_core::bail!("{op}: {other:?} is not bf16 or f32"),
+    };
+    let groups = offsets.len() - 1;
+    let used = offsets[groups] as usize;
+    if offsets[0] != 0 || offsets.windows(2).any(|p| p[1] < p[0]) || used > m {
+        candle_core::bail!("{op}: offsets {offsets:?} must ascend from 0 to at most {m} rows")
+    }
+    let es = dt.size_in_bytes() as u64;
+    let (ap, bp) = (addr(a, la, op, "a")?, addr(b, lb, op, "b")?);
+    let out_len = match kind {
+        GmmKind::Forward => m * n,
+        GmmKind::InputGrad => m * k,
+        GmmKind::WeightGrad => groups * n * k,
+    };
+    let c = alloc(&dev, dt, out_len, "grouped product")?;
+    let cp = addr(&c, &Layout::contiguous(out_len), op, "out")?;
+    let stream = dev.cuda_stream();
+    let zero = |at: u64, elems: usize| -> Result<()> {
+        if elems == 0 {
+            return Ok(());
+        }
+        // SAFETY: `at .. at + elems * es` lies inside the output allocated above, on its stream.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(at, 0, elems * es as usize, stream.cu_stream())
+        }
+        .map_err(|e| cuda_err(op, e))
+    };
+    let blas = dev.cublas_handle();
+    let (one, nothing) = (1f32, 0f32);
+    let int = |v: usize, what: &str| i32_of(v, what);
+    for e in 0..groups {
+        let (r0, rows) = (offsets[e] as usize, (offsets[e + 1] - offsets[e]) as usize);
+        let w_e = (e * n * k) as u64 * es;
+        // (transa, transb, m, n, k, A, lda, B, ldb, C, ldc)
+        let call = match kind {
+            GmmKind::Forward if rows > 0 => Some((
+                Op::CUBLAS_OP_T,
+                Op::CUBLAS_OP_N,
+                n,
+                rows,
+                k,
+                bp + w_e,
+                k,
+                ap + (r0 * k) as u64 * es,
+                k,
+                cp + (r0 * n) as u64 * es,
+                n,
+            )),
+            GmmKind::InputGrad if rows > 0 => Some((
+                Op::CUBLAS_OP_N,
+                Op::CUBLAS_OP_N,
+                k,
+                rows,
+                n,
+                bp + w_e,
+                k,
+                ap + (r0 * n) as u64 * es,
+                n,
+                cp + (r0 * k) as u64 * es,
+                k,
+            )),
+            GmmKind::WeightGrad if rows > 0 => Some((
+                Op::CUBLAS_OP_N,
+                Op::CUBLAS_OP_T,
+                k,
+                n,
+                rows,
+                bp + (r0 * k) as u64 * es,
+                k,
+                ap + (r0 * n) as u64 * es,
+                n,
+                cp + w_e,
+                k,
+            )),
+            GmmKind::WeightGrad => {
+                zero(cp + w_e, n * k)?;
+                None
+            }
+            _ => None,
+        };
+        let Some((ta, tb, mm, nn, kk, pa, lda, pb, ldb, pc, ldc)) = call else {
+            continue;
+        };
+        // SAFETY: every pointer is inside its buffer for the extents given (the offsets were
+        // checked against the rows above; each expert's weight block is n * k elements), the
+        // handle runs on the device's stream, and alpha/beta are f32 for the f32 compute type.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *blas.handle(),
+                ta,
+                tb,
+                int(mm, "m")?,
+                int(nn, "n")?,
+                int(kk, "k")?,
+                (&one) as *const f32 as *const _,
+                pa as *const _,
+                data_type,
+                int(lda, "lda")?,
+                pb as *const _,
+                data_type,
+                int(ldb, "ldb")?,
+                (&nothing) as *const f32 as *const _,
+                pc as *mut _,
+                data_type,
+                int(ldc, "ldc")?,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| candle_core::Error::Msg(format!("{op}: cuBLAS: {e:?}")))?;
+    }
+    match kind {
+        GmmKind::Forward => zero(cp + (used * n) as u64 * es, (m - used) * n)?,
+        GmmKind::InputGrad => zero(cp + (used * k) as u64 * es, (m - used) * k)?,
+        GmmKind::WeightGrad => {}
+    }
+    Ok(c)
+}
+
 /// One grouped product (see [`GmmKind`]): `a`, `b` as the op gives them, `m` the rows of the
 /// grouped operand, `(n, k)` the dims of one expert's weight.
 pub(crate) fn gmm(

@@ -20,12 +20,15 @@
 //! edges are `x`, the two weights and `y`. The forward keeps `xp`, `gu` and `h` for the
 //! backward, as the composed graph does. [`routed_experts_twin`] is the composed version, the
 //! reference of the tests.
+//!
+//! On CUDA the four products run as `d.products` says ([`ExpertProducts`]): the grouped
+//! kernels, or one cuBLAS product per expert after reading the offsets to the host once.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 use super::ops::{Gmm, Rows, RowsKind};
-use super::{combine, grouped_matmul, permute, Dispatch};
+use super::{combine, grouped_matmul, permute, Dispatch, ExpertProducts};
 use crate::fused::{
     compute_dtype, put, same_as, slot, swiglu, swiglu_grad, swiglu_no_grad, take, unwrap_storage,
     Slot,
@@ -80,8 +83,12 @@ pub fn routed_experts(
     let cd = compute_dtype(op, x)?;
     let up = |t: &Tensor| t.to_dtype(cd)?.contiguous();
     let (xc, guc, downc) = (up(x)?, up(gate_up)?, up(down)?);
+    // per-expert cuBLAS products need the offsets on the host: one synchronization here
+    let per_expert =
+        x.device().is_cuda() && d.products.choose(d.experts, cd) == ExpertProducts::PerExpert;
     let experts = Experts {
         d: d.clone(),
+        host: per_expert.then(|| d.host_offsets()).transpose()?,
         c,
         h,
         x: xc.detach(),
@@ -112,6 +119,8 @@ pub fn routed_experts_twin(
 /// storage directly. The forward leaves `(xp, gu, h)` for the backward.
 struct Experts {
     d: Dispatch,
+    /// The offsets on the host where the products run per expert on cuBLAS.
+    host: Option<Vec<u32>>,
     c: usize,
     h: usize,
     x: Tensor,
@@ -131,12 +140,12 @@ impl Experts {
 
     /// The first product `gu [A, 2H]` of the slot rows `xp [A, C]`.
     fn gate_up_product(&self) -> Gmm {
-        Gmm::forward(&self.d.offsets, self.a(), (2 * self.h, self.c))
+        Gmm::forward(&self.d.offsets, self.a(), (2 * self.h, self.c)).per_expert(self.host.clone())
     }
 
     /// The second product `y [A, C]` of `h [A, H]`.
     fn down_product(&self) -> Gmm {
-        Gmm::forward(&self.d.offsets, self.a(), (self.c, self.h))
+        Gmm::forward(&self.d.offsets, self.a(), (self.c, self.h)).per_expert(self.host.clone())
     }
 
     fn a(&self) -> usize {

@@ -44,7 +44,11 @@ pub use experts::{routed_experts, routed_experts_twin};
 pub use ops::{combine, grouped_matmul, grouped_matmul_backward, permute};
 pub use reference::{grouped_matmul_twin, moe_reference};
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{DType, Device, Result, Tensor};
+
+pub use crate::kernels::ExpertProducts;
 
 /// An assignment dropped by the capacity, or a slot that holds none.
 pub const NONE: u32 = u32::MAX;
@@ -75,6 +79,27 @@ pub struct Dispatch {
     pub k: usize,
     /// Experts.
     pub experts: usize,
+    /// How [`routed_experts`] runs the expert products on CUDA (default automatic).
+    pub products: ExpertProducts,
+    /// `offsets` read to the host, once, where per-expert products need them.
+    host_offsets: Arc<OnceLock<Vec<u32>>>,
+}
+
+impl Dispatch {
+    /// The dispatch with the expert products run as `products` says.
+    pub fn with_products(mut self, products: ExpertProducts) -> Self {
+        self.products = products;
+        self
+    }
+
+    /// `offsets` on the host: read from the device once (a synchronization), then kept.
+    pub fn host_offsets(&self) -> Result<Vec<u32>> {
+        if let Some(v) = self.host_offsets.get() {
+            return Ok(v.clone());
+        }
+        let v = self.offsets.to_vec1::<u32>()?;
+        Ok(self.host_offsets.get_or_init(|| v).clone())
+    }
 }
 
 /// The `k` largest scores of each row of `scores [T, E]` as expert ids `[T, k]` (u32),
@@ -154,5 +179,7 @@ pub fn dispatch(experts: &Tensor, n_experts: usize, capacity: Option<usize>) -> 
         counts,
         k,
         experts: n_experts,
+        products: ExpertProducts::Auto,
+        host_offsets: Arc::new(OnceLock::new()),
     })
 }

@@ -118,12 +118,7 @@ pub fn grouped_matmul(x: &Tensor, w: &Tensor, offsets: &Tensor) -> candle_core::
     let cd = compute_dtype("grouped_matmul", x)?;
     let xc = x.to_dtype(cd)?.contiguous()?;
     let wc = w.to_dtype(cd)?.contiguous()?;
-    let op = Gmm {
-        kind: GmmKind::Forward,
-        offsets: offsets.clone(),
-        m,
-        nk: (n, k),
-    };
+    let op = Gmm::forward(offsets, m, (n, k));
     xc.apply_op2(&wc, op)?.to_dtype(dtype)
 }
 
@@ -145,12 +140,7 @@ pub fn grouped_matmul_backward(
         )
     }
     let cd = compute_dtype("grouped_matmul", x)?;
-    let op = Gmm {
-        kind: GmmKind::Forward,
-        offsets: offsets.clone(),
-        m,
-        nk: (n, k),
-    };
+    let op = Gmm::forward(offsets, m, (n, k));
     let (xc, wc) = (x.to_dtype(cd)?.contiguous()?, w.to_dtype(cd)?.contiguous()?);
     let (dx, dw) = op.grads(&xc, &wc, dy)?;
     Ok((dx.to_dtype(x.dtype())?, dw.to_dtype(w.dtype())?))
@@ -163,6 +153,10 @@ pub(super) struct Gmm {
     offsets: Tensor,
     m: usize,
     nk: (usize, usize),
+    /// `offsets` on the host: on CUDA, one cuBLAS product per expert instead of the grouped
+    /// kernel ([`crate::kernels::ExpertProducts::PerExpert`]).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    host: Option<Vec<u32>>,
 }
 
 impl Gmm {
@@ -173,6 +167,15 @@ impl Gmm {
             offsets: offsets.clone(),
             m,
             nk,
+            host: None,
+        }
+    }
+
+    /// The same product as one cuBLAS product per expert, with `offsets` read to the host.
+    pub(super) fn per_expert(self, host_offsets: Option<Vec<u32>>) -> Gmm {
+        Gmm {
+            host: host_offsets,
+            ..self
         }
     }
 
@@ -228,7 +231,12 @@ impl CustomOp2 for Gmm {
         b: &candle_core::CudaStorage,
         lb: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let out = super::cuda::gmm(self.kind, (a, la), (b, lb), &self.offsets, self.m, self.nk)?;
+        let out = match &self.host {
+            Some(off) => {
+                super::cuda::gmm_per_expert(self.kind, (a, la), (b, lb), off, self.m, self.nk)?
+            }
+            None => super::cuda::gmm(self.kind, (a, la), (b, lb), &self.offsets, self.m, self.nk)?,
+        };
         Ok((out, self.out_shape()))
     }
 

@@ -6,7 +6,9 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use simplex_attn::moe::{self, dispatch, moe_reference, routed_experts, routed_experts_twin};
+use simplex_attn::moe::{
+    self, dispatch, moe_reference, routed_experts, routed_experts_twin, ExpertProducts,
+};
 
 /// One shape: tokens, model width, expert hidden width, experts, experts per token, capacity,
 /// and experts that the scores never pick (they receive no token).
@@ -141,15 +143,29 @@ fn to_host(t: &Tensor) -> Result<Vec<f64>> {
 /// Which implementation of the routed path a run takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
-    /// [`routed_experts`]: one op with a written-out backward (what the model runs).
+    /// [`routed_experts`]: one op with a written-out backward (what the model runs), its
+    /// products chosen automatically.
     Fused,
+    /// [`routed_experts`] with the grouped product kernels forced.
+    FusedGrouped,
+    /// [`routed_experts`] with one cuBLAS product per expert forced (CUDA).
+    FusedPerExpert,
     /// [`routed_experts_twin`]: permute, grouped products, SwiGLU, combine through autograd.
     Composed,
     /// [`moe_reference`]: a loop over tokens in candle ops, with the ids of the same routing.
     Reference,
 }
 
+/// The paths a run on the CPU compares (the product choice applies to CUDA only).
 pub const PATHS: [Path; 2] = [Path::Fused, Path::Composed];
+
+/// The paths a run on CUDA compares.
+pub const CUDA_PATHS: [Path; 4] = [
+    Path::Fused,
+    Path::FusedGrouped,
+    Path::FusedPerExpert,
+    Path::Composed,
+];
 
 /// The routed path on `dev` in `dtype` through `path`.
 pub fn run(c: &MoeCase, d: &MoeData, dev: &Device, dtype: DType, path: Path) -> Result<MoeRun> {
@@ -175,6 +191,14 @@ pub fn run(c: &MoeCase, d: &MoeData, dev: &Device, dtype: DType, path: Path) -> 
         Path::Reference => moe_reference(&x, &ids_host, &w, &gu, &dn, c.capacity)?,
         Path::Composed => routed_experts_twin(&x, &w, &gu, &dn, &disp)?,
         Path::Fused => routed_experts(&x, &w, &gu, &dn, &disp)?,
+        Path::FusedGrouped => {
+            let disp = disp.clone().with_products(ExpertProducts::Grouped);
+            routed_experts(&x, &w, &gu, &dn, &disp)?
+        }
+        Path::FusedPerExpert => {
+            let disp = disp.clone().with_products(ExpertProducts::PerExpert);
+            routed_experts(&x, &w, &gu, &dn, &disp)?
+        }
     };
     let dout = Tensor::from_slice(&d.dout, (c.t, c.c), &Device::Cpu)?
         .to_dtype(dtype)?
