@@ -2,7 +2,7 @@
 //! checking that it belongs to the run, and (data-parallel runs) that every rank starts from
 //! the same state.
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use simplex_model::Config;
 
 use crate::checkpoint::{self, TrainState};
@@ -22,12 +22,11 @@ pub(crate) fn check_same_start(
     let weights = learner.opt.master_weights()?;
     let mut names: Vec<&String> = weights.keys().collect();
     names.sort();
+    // summed on the host in a fixed order: the same bits on every rank for the same weights
     let mut sum = 0f64;
     for n in names {
-        sum += weights[n]
-            .to_dtype(DType::F64)?
-            .sum_all()?
-            .to_scalar::<f64>()?;
+        let v = weights[n].flatten_all()?.to_vec1::<f32>()?;
+        sum += v.iter().map(|&x| f64::from(x)).sum::<f64>();
     }
     check_same(
         comm,
