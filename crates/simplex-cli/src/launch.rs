@@ -202,6 +202,8 @@ pub fn run_ranks(
             }
             forwarded += 1;
         }
+        // the ranks that ended since the last look; a failure stops the job
+        let mut failed: Vec<(usize, u32, ExitStatus)> = Vec::new();
         for i in 0..children.len() {
             if status[i].is_some() {
                 continue;
@@ -211,22 +213,30 @@ pub fn run_ranks(
                 continue;
             };
             status[i] = Some(st);
-            let (rank, pid) = (*rank, child.id());
             if !(st.success() || st.code() == Some(STOPPED)) {
-                let live: Vec<(usize, Child)> = children
-                    .drain(..)
-                    .enumerate()
-                    .filter(|(j, _)| status[*j].is_none())
-                    .map(|(_, c)| c)
-                    .collect();
-                let mut live = live;
-                stop_all(&mut live);
-                bail!(
-                    "rank {rank} (pid {pid}) {}; stopped the other ranks (the last complete checkpoint is kept: --resume continues from it)",
-                    ended(&st)
-                );
+                failed.push((*rank, child.id(), st));
             }
-            first_end.get_or_insert((rank, Instant::now()));
+            first_end.get_or_insert((*rank, Instant::now()));
+        }
+        if !failed.is_empty() {
+            let mut live: Vec<(usize, Child)> = children
+                .drain(..)
+                .enumerate()
+                .filter(|(j, _)| status[*j].is_none())
+                .map(|(_, c)| c)
+                .collect();
+            stop_all(&mut live);
+            // a rank killed by a signal is the likelier cause of the others' failing (they
+            // notice it at once and exit with an error): name it first
+            failed.sort_by_key(|(rank, _, st)| (st.code().is_some(), *rank));
+            let what: Vec<String> = failed
+                .iter()
+                .map(|(rank, pid, st)| format!("rank {rank} (pid {pid}) {}", ended(st)))
+                .collect();
+            bail!(
+                "{}; stopped the other ranks (the last complete checkpoint is kept: --resume continues from it)",
+                what.join("; ")
+            );
         }
         if status.iter().all(Option::is_some) {
             let stopped = status.iter().flatten().any(|s| s.code() == Some(STOPPED));

@@ -162,6 +162,8 @@ pub fn run_rank(a: &TrainArgs, topo: Topology, device: &str) -> Result<()> {
     } else {
         simplex_train::train_ranked(&opts, &mut Quiet, &dist)?
     };
+    // the job is over: let go of the communicator (and its watchdog) before anything else
+    drop(comm);
     if topo.rank == 0 || summary.stopped {
         report(&summary);
     }

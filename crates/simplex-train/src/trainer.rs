@@ -393,6 +393,11 @@ pub fn train_ranked(
         t0 = Instant::now();
     }
     summary.step = state.step;
+    if world > 1 {
+        // the ranks end together, once rank 0's last checkpoint is written: no rank sees
+        // another leave while it still works
+        comm.barrier()?;
+    }
     Ok(summary)
 }
 

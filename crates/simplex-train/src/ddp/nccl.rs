@@ -292,6 +292,11 @@ impl NcclComm {
             // SAFETY: a live communicator (Drop stops this thread before aborting it)
             let rc = unsafe { (api.async_error)(s.comm, &mut e) };
             if rc != SUCCESS || (e != SUCCESS && e != IN_PROGRESS) {
+                // the job may be ending: other ranks abort their communicators as they exit
+                std::thread::sleep(Duration::from_secs(2));
+                if s.done.load(Ordering::SeqCst) {
+                    return;
+                }
                 let code = if rc != SUCCESS { rc } else { e };
                 fatal(
                     &s,
