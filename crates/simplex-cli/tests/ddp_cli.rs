@@ -312,3 +312,48 @@ fn ctrl_c_stops_every_rank_with_a_checkpoint() {
         "the checkpoint is of the last update"
     );
 }
+
+/// A launcher that dies (SIGKILL) takes its ranks with it: they get SIGTERM, stop after the
+/// same update and rank 0 writes a checkpoint of it.
+#[cfg(target_os = "linux")]
+#[test]
+fn ranks_of_a_dead_launcher_stop_with_a_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("run");
+    let extra = [
+        "--batch-size",
+        "2",
+        "--ckpt-every",
+        "2",
+        "--gpus",
+        "2",
+        "--device",
+        "cpu",
+    ];
+    let mut launcher = spawn(&args(&dir, 1_000_000, &extra), &[]);
+    wait_for_checkpoint(&dir);
+    let ranks: Vec<u32> = (0..2)
+        .map(|r| rank_pid(launcher.id(), r).expect("a rank"))
+        .collect();
+    launcher.kill().expect("kill the launcher");
+    launcher.wait().expect("reap it");
+    let gone = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s[s.rfind(')').unwrap_or(0) + 2..].starts_with('Z')
+        })
+    };
+    let t0 = Instant::now();
+    while !ranks.iter().all(gone) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "ranks still running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let last = losses(&dir).last().expect("rows").0;
+    assert_eq!(
+        wait_for_checkpoint(&dir),
+        last,
+        "a checkpoint of the last update"
+    );
+}
