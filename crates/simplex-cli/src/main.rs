@@ -10,11 +10,13 @@ mod eval_task_cmd;
 mod fit_cmd;
 mod generate_cmd;
 mod interrupt;
+mod launch;
 mod model_cmd;
 mod plot_cmd;
 mod prepare_cmd;
 mod sweep_cmd;
 mod train_cmd;
+mod train_ranks;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 

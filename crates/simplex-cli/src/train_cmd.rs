@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use simplex_train::{
-    ModelChoice, Observer, Precision, Record, RunOptions, StartInfo, TrainOverrides,
+    ModelChoice, Observer, Precision, Record, RunOptions, StartInfo, Summary, TrainOverrides,
 };
 
 #[derive(Args, Debug)]
@@ -34,9 +34,24 @@ pub struct TrainArgs {
     /// Continue the run in --out from its checkpoint (same losses as an uninterrupted run).
     #[arg(long)]
     pub resume: bool,
-    /// cpu or cuda[:N].
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// cpu or cuda[:N] [default: cpu; with --gpus, cuda: rank r on cuda:r].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Data-parallel training on N GPUs of this node: starts N ranks (this command again, one
+    /// per GPU, cuda:0..N-1) that split every global batch of batch_size x grad_accum x N
+    /// sequences and sum their gradients over NCCL (a build with --features cuda,nccl);
+    /// --device cpu runs the ranks on the CPU over TCP (tests). Multi-node: NNODES, NODE_RANK,
+    /// MASTER_ADDR, MASTER_PORT; an external launcher sets RANK, WORLD_SIZE, LOCAL_RANK
+    /// instead (then leave --gpus out). See docs/multi-gpu.md.
+    #[arg(long)]
+    pub gpus: Option<usize>,
+    /// Gradient bucket size of data-parallel runs, in MiB of f32 gradients.
+    #[arg(long, default_value_t = 25.0)]
+    pub bucket_mb: f64,
+    /// Seconds a rank of a data-parallel run waits for the others before it ends the job with
+    /// an error (a rank that died or hangs); must exceed the longest eval plus checkpoint.
+    #[arg(long, default_value_t = 600)]
+    pub ddp_timeout: u64,
     /// Total optimizer updates [default: 1000].
     #[arg(long)]
     pub steps: Option<usize>,
@@ -129,7 +144,7 @@ pub struct TrainArgs {
 
 /// A progress bar on stderr with one line per eval; when stderr is not a terminal (a log
 /// file, CI), no bar but one line per metrics row instead.
-struct Progress {
+pub struct Progress {
     bar: ProgressBar,
     tty: bool,
 }
@@ -190,7 +205,23 @@ impl Observer for Progress {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let device = crate::device::parse(&a.device)?;
+    use crate::train_ranks::{self, Role};
+    match train_ranks::role(a.gpus, a.device.as_deref())? {
+        Role::Single(device) => {
+            let opts = options(&a, crate::device::parse(&device)?)?;
+            let mut progress = Progress::new()?;
+            let summary = simplex_train::train(&opts, &mut progress)?;
+            progress.finish();
+            report(&summary);
+            Ok(())
+        }
+        Role::Launcher { gpus, device } => train_ranks::launch(gpus, &device, a.ddp_timeout),
+        Role::Rank { topo, device } => train_ranks::run_rank(&a, topo, &device),
+    }
+}
+
+/// The run's options from the flags, on `device` (with a stop flag set by Ctrl-C/SIGTERM).
+pub fn options(a: &TrainArgs, device: candle_core::Device) -> Result<RunOptions> {
     let model = match (&a.preset, &a.config) {
         (Some(p), _) => Some(ModelChoice::Preset(p.clone())),
         (None, Some(c)) => Some(ModelChoice::File(c.clone())),
@@ -217,41 +248,55 @@ pub fn run(a: TrainArgs) -> Result<()> {
         ckpt_every: a.ckpt_every,
         log_every: a.log_every,
         precision,
-        tokenizer: a.tokenizer,
-        doc_sep: a.doc_sep,
+        tokenizer: a.tokenizer.clone(),
+        doc_sep: a.doc_sep.clone(),
         val_frac: a.val_frac,
         split_seed: a.split_seed,
-        eval_sets: (!a.eval_sets.is_empty()).then_some(a.eval_sets),
-        eval_dir: a.eval_dir,
+        eval_sets: (!a.eval_sets.is_empty()).then(|| a.eval_sets.clone()),
+        eval_dir: a.eval_dir.clone(),
     };
-    let mut opts = RunOptions::new(a.out, a.data, device);
+    let mut opts = RunOptions::new(a.out.clone(), a.data.clone(), device);
     opts.model = model;
-    opts.pattern = a.pattern;
+    opts.pattern = a.pattern.clone();
     opts.overrides = overrides;
     opts.resume = a.resume;
     opts.until = a.until;
     opts.peak_flops = a.peak_tflops.map(|t| t * 1e12);
-    opts.filter = a.files.filter();
+    opts.filter = a.files.clone().filter();
     opts.keep = simplex_train::KeepCheckpoints {
         last: a.keep_last,
         best: a.keep_best,
     };
-    opts.tensorboard = a.tensorboard;
+    opts.tensorboard = a.tensorboard.clone();
     opts.kernels = a.kernels;
     opts.stop = Some(crate::interrupt::stop_on_signal()?);
-    let tty = std::io::stderr().is_terminal();
-    let target = if tty {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let bar = ProgressBar::with_draw_target(None, target);
-    bar.set_style(ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-    )?);
-    let mut progress = Progress { bar, tty };
-    let summary = simplex_train::train(&opts, &mut progress)?;
-    progress.bar.finish_and_clear();
+    Ok(opts)
+}
+
+impl Progress {
+    /// A bar on a terminal; one line per metrics row otherwise.
+    pub fn new() -> Result<Progress> {
+        let tty = std::io::stderr().is_terminal();
+        let target = if tty {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar = ProgressBar::with_draw_target(None, target);
+        bar.set_style(ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+        )?);
+        Ok(Progress { bar, tty })
+    }
+
+    /// Clears the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// The closing lines of a run; a run stopped on a signal ends the process with status 130.
+pub fn report(summary: &Summary) {
     if summary.stopped {
         eprintln!(
             "{}: stopped at step {} on a signal; checkpoint {}; continue with --resume",
@@ -284,5 +329,4 @@ pub fn run(a: TrainArgs) -> Result<()> {
             summary.step
         ),
     }
-    Ok(())
 }

@@ -94,6 +94,20 @@ pub struct TrainConfig {
     /// Folder of the prepared eval sets (default `evals`, relative to the current directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_dir: Option<std::path::PathBuf>,
+    /// Data-parallel ranks the global batch is split over (`simplex train --gpus N`): every
+    /// update takes `batch_size x grad_accum x world_size` sequences, `grad_accum` micro-batches
+    /// of `batch_size` on each rank (absent from train.toml when 1). A resume on another number
+    /// of ranks keeps the global batch ([`crate::ddp::rebatch`]).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// Settings given on the command line; `None` means "not given".
@@ -179,6 +193,7 @@ impl TrainConfig {
             split_seed: o.split_seed.unwrap_or(0),
             eval_sets: o.eval_sets.clone().unwrap_or_default(),
             eval_dir: o.eval_dir.clone(),
+            world_size: 1,
         };
         cfg.validate(max_seq_len)?;
         Ok(cfg)
@@ -254,6 +269,7 @@ impl TrainConfig {
             ("grad_accum", self.grad_accum),
             ("eval_batches", self.eval_batches),
             ("log_every", self.log_every),
+            ("world_size", self.world_size),
         ];
         for (k, v) in at_least_1 {
             if v == 0 {

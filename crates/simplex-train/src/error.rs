@@ -83,6 +83,15 @@ pub enum TrainError {
         /// The loss.
         loss: f32,
     },
+    /// Data-parallel training across ranks failed: a rank that died or hung, a collective the
+    /// ranks disagree on, a rendezvous that did not complete, NCCL errors.
+    #[error("rank {rank}: {reason}")]
+    Distributed {
+        /// The rank that reports it.
+        rank: usize,
+        /// What went wrong (names the other rank where one is at fault).
+        reason: String,
+    },
     /// The model refused its config or inputs.
     #[error(transparent)]
     Model(#[from] simplex_model::ModelError),
@@ -112,6 +121,14 @@ impl TrainError {
     pub fn checkpoint(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
         TrainError::Checkpoint {
             path: path.as_ref().to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A data-parallel failure seen by `rank`.
+    pub fn distributed(rank: usize, reason: impl Into<String>) -> Self {
+        TrainError::Distributed {
+            rank,
             reason: reason.into(),
         }
     }

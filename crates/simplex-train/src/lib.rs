@@ -10,6 +10,8 @@
 //! * [`checkpoint`]: atomic save, [`checkpoint::locate`], loading with checks that name the file.
 //! * [`Generator`] samples from a checkpoint with the KV cache.
 //! * [`plot_runs`] draws loss curves; [`tensorboard`] writes the metrics as TensorBoard events.
+//! * [`train_ranked`] and [`ddp`]: data-parallel training over several processes (one per
+//!   GPU, NCCL with the feature `nccl`; TCP between CPU processes), `simplex train --gpus N`.
 //! * [`evalsets`]: eval sets scored as NLL (MMLU, HumanEval, generated grade-school math, the
 //!   held-out split, any text), for `simplex eval` and for evals during training.
 
@@ -19,6 +21,7 @@ pub mod checkpoint;
 pub mod classify;
 pub mod config;
 pub mod data;
+pub mod ddp;
 mod error;
 pub mod eval;
 pub mod evalsets;
@@ -27,6 +30,7 @@ pub mod init;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+mod restore;
 pub mod rng;
 pub mod run;
 pub mod schedule;
@@ -43,4 +47,4 @@ pub use generate::{GenerateOptions, Generated, Generator};
 pub use metrics::Record;
 pub use plot::plot_runs;
 pub use run::{KeepCheckpoints, ModelChoice, RunOptions, StopFlag};
-pub use trainer::{train, Observer, Quiet, StartInfo, Summary, H100_BF16_PEAK};
+pub use trainer::{train, train_ranked, Observer, Quiet, StartInfo, Summary, H100_BF16_PEAK};

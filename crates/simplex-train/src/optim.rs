@@ -112,12 +112,27 @@ impl Optimizer {
     /// Takes the working copies' gradients from `grads` into the flat gradient (replacing it, or
     /// adding to it when `accumulate`); a parameter without a gradient counts as zero.
     pub fn gather(&mut self, grads: &GradStore, accumulate: bool) -> Result<()> {
-        let gs: Vec<Option<Tensor>> = self
-            .working
+        let gs = self.grads_of(grads);
+        self.gather_tensors(&gs, accumulate)
+    }
+
+    /// The working copies' gradients in `grads`, in parameter order (`None`: no gradient).
+    pub fn grads_of(&self, grads: &GradStore) -> Vec<Option<Tensor>> {
+        self.working
             .iter()
             .map(|w| grads.get(w.as_tensor()).cloned())
-            .collect();
-        Ok(self.flat.gather(&gs, accumulate)?)
+            .collect()
+    }
+
+    /// As [`Optimizer::gather`], from gradients in parameter order (each of its parameter's
+    /// size, any float dtype; `None`: zero), e.g. summed over data-parallel ranks.
+    pub fn gather_tensors(&mut self, grads: &[Option<Tensor>], accumulate: bool) -> Result<()> {
+        Ok(self.flat.gather(grads, accumulate)?)
+    }
+
+    /// Elements of each parameter, in parameter order.
+    pub fn param_lens(&self) -> Vec<usize> {
+        self.working.iter().map(|w| w.elem_count()).collect()
     }
 
     /// One update at learning rate `lr` from the gathered gradient, clipped to global norm

@@ -1,10 +1,12 @@
 //! One optimizer update:
 //!
 //! ```text
-//! for each of grad_accum micro-batches x, y [B, N]:
+//! for each of grad_accum micro-batches x, y [B, N] (this rank's, of W ranks):
 //!     loss_k = cross_entropy(model(x), y)          fused head + loss, f32 statistics
 //!              (+ the MoE layers' weighted balance and z losses)
-//!     grad  (+)= grad(loss_k / grad_accum)         gathered into one flat f32 buffer
+//!     grad  (+)= grad(loss_k / (grad_accum W))     gathered into one flat f32 buffer
+//!                                                  (W > 1: into buckets, ddp/buckets.rs)
+//! W > 1: grad = sum over ranks                     all-reduce, bucket by bucket
 //! g *= min(1, grad_clip / |g|)                     global norm, on the device
 //! AdamW(g, lr)                                     f32 masters; writes the working copies
 //! ```
@@ -19,9 +21,29 @@ use simplex_model::{fused_params, Config, Model, MoeLoss, TokenBatch};
 
 use crate::config::{Precision, TrainConfig};
 use crate::data::Batcher;
-use crate::error::Result;
+use crate::ddp::{Collective, GradReducer, RankBatcher, Solo};
+use crate::error::{Result, TrainError};
 use crate::init::{named_vars, SeededInit};
 use crate::optim::{AdamWParams, Optimizer};
+
+/// Where an update's micro-batches come from: a [`Batcher`] (one process) or a
+/// [`RankBatcher`] (one rank's share of each global batch).
+pub trait MicroBatches {
+    /// The next micro-batch of `b` windows: `(inputs, targets)`, row-major `[b, seq]`.
+    fn next_batch(&mut self, b: usize) -> Result<(Vec<u32>, Vec<u32>)>;
+}
+
+impl MicroBatches for Batcher<'_> {
+    fn next_batch(&mut self, b: usize) -> Result<(Vec<u32>, Vec<u32>)> {
+        Batcher::next_batch(self, b)
+    }
+}
+
+impl MicroBatches for RankBatcher<'_> {
+    fn next_batch(&mut self, b: usize) -> Result<(Vec<u32>, Vec<u32>)> {
+        RankBatcher::next_batch(self, b)
+    }
+}
 
 /// What one update leaves on the device: read it with [`Update::read`] when logging.
 #[derive(Debug, Clone)]
@@ -50,6 +72,8 @@ pub struct Learner {
     model: Model,
     /// The optimizer (f32 masters, moments, the working copies).
     pub opt: Optimizer,
+    /// Gradient buckets summed over the ranks (data-parallel runs only).
+    reducer: Option<GradReducer>,
 }
 
 impl Learner {
@@ -79,6 +103,7 @@ impl Learner {
             device: device.clone(),
             model,
             opt,
+            reducer: None,
         })
     }
 
@@ -89,14 +114,47 @@ impl Learner {
         self
     }
 
+    /// Sums the gradients over data-parallel ranks from now on, in buckets of `bucket_bytes`.
+    pub fn distribute(&mut self, bucket_bytes: usize) -> Result<()> {
+        self.reducer = Some(GradReducer::new(&self.opt.param_lens(), bucket_bytes)?);
+        Ok(())
+    }
+
     /// The model (its weights are the optimizer's working copies).
     pub fn model(&self) -> &Model {
         &self.model
     }
 
     /// One update at learning rate `lr` on the next `grad_accum` batches of `batcher`.
-    pub fn update(&mut self, batcher: &mut Batcher, t: &TrainConfig, lr: f64) -> Result<Update> {
+    pub fn update(
+        &mut self,
+        batcher: &mut dyn MicroBatches,
+        t: &TrainConfig,
+        lr: f64,
+    ) -> Result<Update> {
+        let solo = Solo::new(self.device.clone());
+        self.update_ranked(batcher, t, lr, &solo)
+    }
+
+    /// One update at learning rate `lr` on this rank's next `grad_accum` batches of `batcher`
+    /// (a [`RankBatcher`]), the gradients summed over the ranks of `comm`
+    /// ([`Learner::distribute`] first when there are several). The loss is this rank's (the
+    /// trainer averages the ranks' when it logs).
+    pub fn update_ranked(
+        &mut self,
+        batcher: &mut dyn MicroBatches,
+        t: &TrainConfig,
+        lr: f64,
+        comm: &dyn Collective,
+    ) -> Result<Update> {
+        if comm.world() > 1 && self.reducer.is_none() {
+            return Err(TrainError::distributed(
+                comm.rank(),
+                "a data-parallel update needs Learner::distribute first",
+            ));
+        }
         let (b, n) = (t.batch_size, t.seq_len);
+        let parts_per_update = t.grad_accum * comm.world();
         let mut loss_sum: Option<Tensor> = None;
         let mut moe = None;
         for k in 0..t.grad_accum {
@@ -105,18 +163,25 @@ impl Learner {
             let parts = self.model.training_loss(&batch)?;
             moe = parts.moe;
             let loss = parts.lm;
-            let scaled = if t.grad_accum > 1 {
-                (&parts.total / t.grad_accum as f64)?
+            let scaled = if parts_per_update > 1 {
+                (&parts.total / parts_per_update as f64)?
             } else {
                 parts.total
             };
             let grads = scaled.backward()?;
-            self.opt.gather(&grads, k > 0)?;
+            match &mut self.reducer {
+                Some(r) => r.add(&self.opt.grads_of(&grads), k > 0, &self.device)?,
+                None => self.opt.gather(&grads, k > 0)?,
+            }
             let loss = loss.detach();
             loss_sum = Some(match loss_sum {
                 Some(s) => (s + loss)?,
                 None => loss,
             });
+        }
+        if let Some(r) = &mut self.reducer {
+            let summed = r.reduce(comm)?;
+            self.opt.gather_tensors(&summed, false)?;
         }
         self.opt.step(lr, t.grad_clip)?;
         let loss = (loss_sum.expect("grad_accum >= 1") / t.grad_accum as f64)?;

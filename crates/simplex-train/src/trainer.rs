@@ -12,22 +12,27 @@
 //! checkpoint, and nothing else is random, so a resumed run repeats the uninterrupted one: on
 //! the CPU bit for bit (our attention kernels and candle's CPU matmuls reduce in a fixed
 //! order for a given thread count).
+//!
+//! [`train_ranked`] is the same loop on one rank of a data-parallel job (crate::ddp): the
+//! gradients are summed over the ranks, the logged losses averaged, and only rank 0 evaluates
+//! and writes metrics and checkpoints.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use simplex_model::{Config, ModelInfo};
+use candle_core::Tensor;
+use simplex_model::ModelInfo;
 
 use crate::checkpoint::{self, CheckpointFiles, MetricsSummary, TrainState};
-use crate::config::TrainConfig;
 use crate::data::{Batcher, DataPosition};
+use crate::ddp::{self, Collective, Distributed, RankBatcher, ReduceOp, Solo};
 use crate::error::{Result, TrainError};
 use crate::eval::Evaluator;
 use crate::evalsets::{self, EvalSource, ScoreOptions};
 use crate::metrics::{eval_key, MetricsLog, Record};
-use crate::run::{self, RunOptions};
+use crate::restore::{check_same_start, restore};
+use crate::run::RunOptions;
 use crate::schedule::Schedule;
 use crate::step::{Learner, Update};
 
@@ -108,18 +113,24 @@ struct Interval {
 }
 
 impl Interval {
-    /// Reads the pending updates into the sums (every loss also into `losses`); a non-finite
-    /// loss is a divergence error naming its step.
-    fn resolve(&mut self, losses: &mut Vec<(u64, f64)>) -> Result<()> {
+    /// Reads the pending updates into the sums (every loss also into `losses`), each loss the
+    /// mean over the ranks of `comm`; a non-finite loss is a divergence error naming its step.
+    fn resolve(&mut self, losses: &mut Vec<(u64, f64)>, comm: &dyn Collective) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let all: Vec<Tensor> = self
-            .pending
-            .iter()
-            .flat_map(|(_, u)| [u.loss.clone(), u.grad_norm.clone()])
-            .collect();
-        let values = Tensor::cat(&all, 0)?.to_vec1::<f32>()?;
+        let part = |f: fn(&Update) -> &Tensor| -> Result<Tensor> {
+            let ts: Vec<Tensor> = self.pending.iter().map(|(_, u)| f(u).clone()).collect();
+            Ok(Tensor::cat(&ts, 0)?)
+        };
+        let mut loss = part(|u| &u.loss)?.copy()?;
+        if comm.world() > 1 {
+            comm.all_reduce(&loss, ReduceOp::Sum)?;
+            loss = (loss / comm.world() as f64)?;
+        }
+        let values = Tensor::stack(&[loss, part(|u| &u.grad_norm)?], 1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         for ((step, _), v) in self.pending.iter().zip(values.chunks(2)) {
             let loss = v[0] as f64;
             if !loss.is_finite() {
@@ -141,11 +152,30 @@ impl Interval {
     }
 }
 
+/// How often, at most, the ranks of a job agree on whether to stop (updates).
+const STOP_CHECK_EVERY: usize = 10;
+
 /// Trains as `opts` says (a new run or a resumed one); see the module doc.
 pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
-    let mut prep = run::prepare(opts)?;
+    let solo = Solo::new(opts.device.clone());
+    train_ranked(opts, obs, &Distributed::new(&solo))
+}
+
+/// [`train`] as one rank of a data-parallel job (see the module doc and crate::ddp); every
+/// rank of the job calls it with the same options.
+pub fn train_ranked(
+    opts: &RunOptions,
+    obs: &mut dyn Observer,
+    dist: &Distributed,
+) -> Result<Summary> {
+    let comm = dist.comm;
+    let (lead, world) = (comm.rank() == 0, comm.world());
+    let mut prep = ddp::prepare_ranks(opts, comm)?;
     let (mcfg, cfg, data, dev) = (&prep.model_cfg, &prep.train_cfg, &prep.data, &opts.device);
     let mut learner = Learner::new(mcfg, cfg, dev)?.with_kernels(opts.kernels);
+    if world > 1 {
+        learner.distribute(dist.bucket_bytes)?;
+    }
     let mut state = TrainState {
         format: 1,
         step: 0,
@@ -164,11 +194,24 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
         state = ck.state.clone();
         tracing::info!("resumed from {} at step {}", ck.dir.display(), state.step);
     }
+    if world > 1 {
+        check_same_start(comm, &state, &learner)?;
+    }
     let resumed_at = prep.checkpoint.as_ref().map(|c| c.state.step);
-    let mut metrics = MetricsLog::open(&opts.out, resumed_at.or(opts.resume.then_some(0)))?;
-    let mut batcher = Batcher::new(&data.train, cfg.seq_len, cfg.seed, state.data)?;
-    let evaluator = Evaluator::new(data, cfg, dev)?;
-    let eval_sets = evalsets::resolve(&cfg.eval_sets, &cfg.eval_sets_dir())?;
+    let mut metrics = match lead {
+        true => Some(MetricsLog::open(
+            &opts.out,
+            resumed_at.or(opts.resume.then_some(0)),
+        )?),
+        false => None,
+    };
+    let batcher = Batcher::new(&data.train, cfg.seq_len, cfg.seed, state.data)?;
+    let mut batcher = RankBatcher::new(batcher, comm.rank(), world)?;
+    let evaluator = lead.then(|| Evaluator::new(data, cfg, dev)).transpose()?;
+    let eval_sets = match lead {
+        true => evalsets::resolve(&cfg.eval_sets, &cfg.eval_sets_dir())?,
+        false => Vec::new(),
+    };
     let eval_opts = ScoreOptions {
         batch_size: cfg.batch_size,
         max_items: None,
@@ -181,7 +224,7 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
         steps: cfg.steps,
     };
     let info = ModelInfo::new(mcfg, cfg.seq_len);
-    let tokens_per_step = (cfg.batch_size * cfg.seq_len * cfg.grad_accum) as u64;
+    let tokens_per_step = (cfg.batch_size * cfg.seq_len * cfg.grad_accum * world) as u64;
     let peak = opts.peak_flops.or(dev.is_cuda().then_some(H100_BF16_PEAK));
     let end = opts.until.map_or(cfg.steps, |u| u.min(cfg.steps)) as u64;
     obs.start(&StartInfo {
@@ -225,7 +268,7 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
     let elapsed0 = state.elapsed_s;
     let mut train_time = 0f64;
     let mut board = None;
-    if state.step < end {
+    if state.step < end && lead {
         // a resume that changed settings records them only now that it runs
         prep.save_settings()?;
         if let Some(dir) = &opts.tensorboard {
@@ -242,7 +285,8 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
     let mut t0 = Instant::now();
     while state.step < end {
         let lr = schedule.lr(state.step as usize);
-        let up = learner.update(&mut batcher, cfg, lr)?;
+        comm.progress();
+        let up = learner.update_ranked(&mut batcher, cfg, lr, comm)?;
         state.step += 1;
         state.tokens_seen += tokens_per_step;
         state.data = batcher.position();
@@ -250,7 +294,15 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
         obs.step(state.step, lr);
         let s = state.step;
         let every = |n: usize| n > 0 && s.is_multiple_of(n as u64);
-        let stop = s < end && opts.stop.as_ref().is_some_and(|f| f.is_set());
+        let wants_stop = s < end && opts.stop.as_ref().is_some_and(|f| f.is_set());
+        // every rank must stop after the same update: they agree at fixed steps
+        let stop = match world {
+            1 => wants_stop,
+            _ if s < end && every(cfg.log_every.min(STOP_CHECK_EVERY)) => {
+                ddp::any(comm, wants_stop)?
+            }
+            _ => false,
+        };
         let do_eval = every(cfg.eval_every) || s == cfg.steps as u64;
         let row = every(cfg.log_every) || do_eval || s == end || stop;
         let do_ckpt = every(cfg.ckpt_every) || s == end || stop;
@@ -260,18 +312,17 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
         // whether this step's held-out loss is the run's best so far
         let mut best = false;
         // reading the losses waits for the device: the timed interval ends here
-        interval.resolve(&mut summary.losses)?;
+        interval.resolve(&mut summary.losses, comm)?;
         let dt = t0.elapsed().as_secs_f64();
         train_time += dt;
         interval.seconds += dt;
         if row {
-            let eval = if do_eval {
-                evaluator.run(learner.model())?
-            } else {
-                None
+            let eval = match &evaluator {
+                Some(ev) if do_eval => ev.run(learner.model())?,
+                _ => None,
             };
             let tps = (interval.steps * tokens_per_step) as f64 / interval.seconds.max(1e-9);
-            let evals = if do_eval {
+            let evals = if do_eval && lead {
                 let heldout = eval.map(|e| e.0);
                 set_nlls(learner.model(), data, &eval_sets, &eval_opts, heldout, s)?
             } else {
@@ -292,17 +343,20 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
                 elapsed_s: elapsed0 + train_time,
                 val_loss: eval.map(|e| e.0),
                 val_bpb: eval.map(|e| e.1),
-                mfu: peak.map(|p| tps * 3.0 * info.flops_per_token / p),
+                mfu: peak.map(|p| tps * 3.0 * info.flops_per_token / (p * world as f64)),
                 moe_balance_loss: moe.as_ref().map(|m| m.0),
                 moe_z_loss: moe.as_ref().map(|m| m.1),
                 moe_max_load: moe.as_ref().map(|m| m.2),
                 moe_load: moe.map(|m| m.3),
                 evals,
             };
-            metrics.append(&rec)?;
+            if let Some(m) = &mut metrics {
+                m.append(&rec)?;
+            }
             if let Some(w) = &mut board {
                 w.record(&rec)?;
             }
+            comm.progress();
             obs.record(&rec);
             let m = &mut state.metrics;
             m.train_loss = Some(rec.train_loss);
@@ -316,7 +370,7 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
             interval = Interval::default();
         }
         let best = best && opts.keep.best;
-        if do_ckpt || best {
+        if lead && (do_ckpt || best) {
             state.elapsed_s = elapsed0 + train_time;
             let opt = &learner.opt;
             let dir = checkpoint::save(
@@ -339,6 +393,11 @@ pub fn train(opts: &RunOptions, obs: &mut dyn Observer) -> Result<Summary> {
         t0 = Instant::now();
     }
     summary.step = state.step;
+    if world > 1 {
+        // the ranks end together, once rank 0's last checkpoint is written: no rank sees
+        // another leave while it still works
+        comm.barrier()?;
+    }
     Ok(summary)
 }
 
@@ -365,66 +424,4 @@ fn set_nlls(
         out.insert(eval_key(src.name()), nll);
     }
     Ok(out)
-}
-
-/// Loads a checkpoint's weights and optimizer state into `learner`, after checking that its
-/// configs are the run's.
-fn restore(
-    ck: &checkpoint::Checkpoint,
-    mcfg: &Config,
-    cfg: &TrainConfig,
-    learner: &mut Learner,
-    dev: &Device,
-) -> Result<()> {
-    check_checkpoint_configs(ck, mcfg, cfg)?;
-    let opt_path = ck.dir.join("optimizer.safetensors");
-    learner.opt.load(
-        (&ck.dir.join("model.safetensors"), &ck.weights),
-        Some((&opt_path, ck.optimizer(dev)?)),
-    )?;
-    if learner.opt.step_count() != ck.state.step {
-        return Err(TrainError::checkpoint(
-            &opt_path,
-            format!(
-                "optimizer step {} but state.json says step {}",
-                learner.opt.step_count(),
-                ck.state.step
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// The checkpoint's config.toml and train.toml must be the run's (the error names the file
-/// and the first key that differs).
-fn check_checkpoint_configs(
-    ck: &checkpoint::Checkpoint,
-    mcfg: &Config,
-    cfg: &TrainConfig,
-) -> Result<()> {
-    let cpath = ck.dir.join("config.toml");
-    let ccfg = run::read_model_config(&cpath)?;
-    if let Some((key, a, b)) = run::first_difference(&ccfg, mcfg) {
-        return Err(TrainError::checkpoint(
-            &cpath,
-            format!("{key} = {a}, but the run's config.toml has {b}: the checkpoint belongs to another model"),
-        ));
-    }
-    let tpath = ck.dir.join("train.toml");
-    let mut ctrain = TrainConfig::from_toml(&ck.train_toml, &tpath)?;
-    // the settings a resume may change
-    ctrain.steps = cfg.steps;
-    ctrain.eval_every = cfg.eval_every;
-    ctrain.eval_batches = cfg.eval_batches;
-    ctrain.ckpt_every = cfg.ckpt_every;
-    ctrain.log_every = cfg.log_every;
-    ctrain.eval_sets = cfg.eval_sets.clone();
-    ctrain.eval_dir = cfg.eval_dir.clone();
-    if &ctrain != cfg {
-        return Err(TrainError::checkpoint(
-            &tpath,
-            "the training settings differ from the run's train.toml: the checkpoint belongs to another run",
-        ));
-    }
-    Ok(())
 }

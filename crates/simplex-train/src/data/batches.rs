@@ -98,6 +98,26 @@ impl<'a> Batcher<'a> {
         self.order.len()
     }
 
+    /// Passes over the next `n` windows as drawing them would (into the next epochs when the
+    /// current one runs out), without reading them: a data-parallel rank skips the other
+    /// ranks' windows this way.
+    pub fn skip(&mut self, n: usize) -> Result<()> {
+        let mut left = n as u64;
+        while left > 0 {
+            if self.pos.cursor as usize >= self.order.len() {
+                self.pos = DataPosition {
+                    epoch: self.pos.epoch + 1,
+                    cursor: 0,
+                };
+                self.build_epoch()?;
+            }
+            let take = left.min(self.order.len() as u64 - self.pos.cursor);
+            self.pos.cursor += take;
+            left -= take;
+        }
+        Ok(())
+    }
+
     /// The next `b` windows: `(inputs, targets)`, each `b * seq` ids, row-major `[b, seq]`.
     pub fn next_batch(&mut self, b: usize) -> Result<(Vec<u32>, Vec<u32>)> {
         let seq = self.seq;

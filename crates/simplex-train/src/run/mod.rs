@@ -244,13 +244,21 @@ pub fn first_difference(a: &Config, b: &Config) -> Option<(String, String, Strin
 
 /// Sets up `opts.out` for training (see the module doc).
 pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
+    prepare_for(opts, 1, false)
+}
+
+/// [`prepare`] for one rank of a job of `world` ranks: a new run records `world_size`, a
+/// resume on another number of ranks keeps the global batch ([`crate::ddp::rebatch`]). A
+/// `follower` (a rank > 0, once rank 0 has prepared the folder) opens the run as a resume
+/// would and writes nothing.
+pub fn prepare_for(opts: &RunOptions, world: usize, follower: bool) -> Result<Prepared> {
     let run = &opts.out;
     let (cfg_path, train_path, data_dir) = (
         run.join("config.toml"),
         run.join("train.toml"),
         run.join("data"),
     );
-    if opts.resume {
+    if opts.resume || follower {
         if !train_path.is_file() || !cfg_path.is_file() {
             return Err(TrainError::RunDir {
                 path: run.clone(),
@@ -264,7 +272,8 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
             &std::fs::read_to_string(&train_path).at(&train_path)?,
             &train_path,
         )?;
-        let train_cfg = saved.resume_with(&opts.overrides, model_cfg.max_seq_len)?;
+        let (rebatched, overrides) = crate::ddp::rebatch(&saved, &opts.overrides, world)?;
+        let train_cfg = rebatched.resume_with(&overrides, model_cfg.max_seq_len)?;
         let given = match &opts.model {
             Some(choice) => {
                 let mut given = resolve_model(choice)?;
@@ -286,7 +295,9 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
                 });
             }
         }
-        let data = if data_dir.join("meta.json").is_file() {
+        let data = if follower {
+            Dataset::open(&data_dir)?
+        } else if data_dir.join("meta.json").is_file() {
             let d = Dataset::open(&data_dir)?;
             if let Some(p) = prepared_dir(&opts.data) {
                 check_same_prepared(p, &d)?;
@@ -314,7 +325,9 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
         let checkpoint = match checkpoint::locate(run) {
             Some(dir) => Some(Checkpoint::read(&dir, &opts.device)?),
             None => {
-                tracing::warn!("{}: no checkpoint yet, starting from step 0", run.display());
+                if !follower {
+                    tracing::warn!("{}: no checkpoint yet, starting from step 0", run.display());
+                }
                 None
             }
         };
@@ -360,6 +373,7 @@ pub fn prepare(opts: &RunOptions) -> Result<Prepared> {
     crate::evalsets::resolve(&train_cfg.eval_sets, &train_cfg.eval_sets_dir())?;
     // removed again (with what it holds) if the setup fails before training starts
     let scratch = Scratch::create(run)?;
+    train_cfg.world_size = world;
     if data_dir.is_symlink() {
         // a run killed before writing its settings left its link to prepared data
         std::fs::remove_file(&data_dir).at(&data_dir)?;
