@@ -430,21 +430,18 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
 
 // simplicial_fwd_wgmma_tj{TJ}_bf16_d{D}: TJ window-1 positions per hand-over between the
 // warpgroups (one softmax update, one barrier pair, one rescale per TJ positions);
-// simplicial_fwd_wgmma_pp_tj{TJ}_bf16_d{D}: the ping-pong layout (128 rows per CTA, each
-// warpgroup the whole computation for its 64).
-#define SIMPLICIAL_FWD_WGMMA(TJ, D)                                                                    \
-  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_fwd_wgmma_tj##TJ##_bf16_d##D( \
-      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, bf16* o,          \
-      float* lse, const Shape s) {                                                                     \
-    fwd_wgmma<D, TJ, false>(q, k1, k2, v1, v2, o, lse, s);                                             \
-  }                                                                                                    \
-  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_fwd_wgmma_pp_tj##TJ##_bf16_d##D( \
-      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, bf16* o,          \
-      float* lse, const Shape s) {                                                                     \
-    fwd_wgmma<D, TJ, true>(q, k1, k2, v1, v2, o, lse, s);                                              \
+// simplicial_fwd_wgmma_pp_tj1_bf16_d{D}: the ping-pong layout (128 rows per CTA, each
+// warpgroup the whole computation for its 64, one position per step).
+#define SIMPLICIAL_FWD_WGMMA(NAME, TJ, PING_PONG, D)                                           \
+  extern "C" __global__ void __launch_bounds__(THREADS, 1) NAME(                             \
+      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, bf16* o, \
+      float* lse, const Shape s) {                                                            \
+    fwd_wgmma<D, TJ, PING_PONG>(q, k1, k2, v1, v2, o, lse, s);                                \
   }
 
-SIMPLICIAL_FWD_WGMMA(1, 64)
-SIMPLICIAL_FWD_WGMMA(1, 128)
-SIMPLICIAL_FWD_WGMMA(2, 64)
-SIMPLICIAL_FWD_WGMMA(2, 128)
+SIMPLICIAL_FWD_WGMMA(simplicial_fwd_wgmma_tj1_bf16_d64, 1, false, 64)
+SIMPLICIAL_FWD_WGMMA(simplicial_fwd_wgmma_tj1_bf16_d128, 1, false, 128)
+SIMPLICIAL_FWD_WGMMA(simplicial_fwd_wgmma_tj2_bf16_d64, 2, false, 64)
+SIMPLICIAL_FWD_WGMMA(simplicial_fwd_wgmma_tj2_bf16_d128, 2, false, 128)
+SIMPLICIAL_FWD_WGMMA(simplicial_fwd_wgmma_pp_tj1_bf16_d64, 1, true, 64)
+SIMPLICIAL_FWD_WGMMA(simplicial_fwd_wgmma_pp_tj1_bf16_d128, 1, true, 128)

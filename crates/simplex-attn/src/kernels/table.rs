@@ -234,7 +234,7 @@ use Smem::*;
 
 /// Every compiled attention kernel.
 #[rustfmt::skip]
-pub static TABLE: [KernelInfo; 97] = [
+pub static TABLE: [KernelInfo; 95] = [
     // simplicial_fwd.cu: CUDA cores, bf16 or f32, Dv up to the width
     e(Fwd { dtype: F32, dv: 32 }, "simplicial_fwd_f32_dv32", Forward, 256, 16, CoreForward),
     e(Fwd { dtype: F32, dv: 64 }, "simplicial_fwd_f32_dv64", Forward, 256, 16, CoreForward),
@@ -250,9 +250,7 @@ pub static TABLE: [KernelInfo; 97] = [
     e(FwdWgmma { d: 128, tj: 1, ping_pong: false }, "simplicial_fwd_wgmma_tj1_bf16_d128", ForwardWgmma, 256, 64, Fixed(151_552)),
     e(FwdWgmma { d: 128, tj: 1, ping_pong: true }, "simplicial_fwd_wgmma_pp_tj1_bf16_d128", ForwardWgmma, 256, 128, Fixed(151_552)),
     e(FwdWgmma { d: 64, tj: 2, ping_pong: false }, "simplicial_fwd_wgmma_tj2_bf16_d64", ForwardWgmma, 256, 64, Fixed(102_400)),
-    e(FwdWgmma { d: 64, tj: 2, ping_pong: true }, "simplicial_fwd_wgmma_pp_tj2_bf16_d64", ForwardWgmma, 256, 128, Fixed(102_400)),
     e(FwdWgmma { d: 128, tj: 2, ping_pong: false }, "simplicial_fwd_wgmma_tj2_bf16_d128", ForwardWgmma, 256, 64, Fixed(167_936)),
-    e(FwdWgmma { d: 128, tj: 2, ping_pong: true }, "simplicial_fwd_wgmma_pp_tj2_bf16_d128", ForwardWgmma, 256, 128, Fixed(167_936)),
     // simplicial_fwd_offsets.cu: the offset walk
     e(FwdOffsets { d: 64, to: 1 }, "simplicial_fwd_offsets_to1_bf16_d64", ForwardOffsets, 256, 128, OffsetsForward),
     e(FwdOffsets { d: 64, to: 2 }, "simplicial_fwd_offsets_to2_bf16_d64", ForwardOffsets, 256, 128, OffsetsForward),
