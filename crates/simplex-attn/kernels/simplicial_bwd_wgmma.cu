@@ -5,7 +5,7 @@
 // (k1, v1) is the SMALL window, walked one position j at a time, window 2 (k2, v2) the large one
 // in 64-key tiles (the launch exchanges the sets when needed).
 //
-// Both kernels are built like the forward (simplicial_fwd_wgmma.cu): a producer warpgroup WG0
+// The kernel is built like the forward (simplicial_fwd_wgmma.cu): a producer warpgroup WG0
 // and NC = D/64 consumer warpgroups, one per 64 columns (head-dim entries) of the gradients,
 // with P and dS handed over through double-buffered 128B-swizzled shared memory (named
 // barriers FULL / EMPTY per buffer, as in the forward). Every product is arranged so that its
@@ -22,23 +22,16 @@
 //         dq^T += k1_j ∘ X^T (registers); dk1[j] += s Σ_rows q ∘ X, dv1[j] += Σ_rows dout ∘ Y:
 //         sums over the thread's 16 rows and its quad (2 shuffles), owned smem accumulators per
 //         window-1 chunk, added to global f32 with atomics at the end of each chunk.
-// k kernel, simplicial_bwd_k_wgmma_d{D}: owns 64 keys of window 2 (grid x = key tiles), walks
-//   the rows that see them in steps of 64.
-//   WG0:  S^T = (K2 ∘ k1_j) @ Q^T, dP^T = (V2 ∘ v1_j) @ dout^T      A: the block's own k2, v2
-//         rows (ldmatrix) times k1_j / v1_j, B: the step's q, dout rows (swizzled); M = keys
-//         P^T, dS^T -> smem [key][row]
-//   WG1+c: dv2^T += (dout^T ∘ v1_j) @ P, dk2^T += (Q^T ∘ k1_j) @ dS  A: ldmatrix.trans of the
-//         step's rows (columns 64c..), times v1_j / k1_j per row of A; B: P^T, dS^T from smem
-//         Accumulators stay in registers for the whole block; no atomics.
-// Determinism: dq, dk2, dv2 are summed in a fixed order; dk1, dv1 with f32 atomics across row
-// blocks, as in the mma.sync backward (`Kernels::deterministic` selects the CUDA-core one).
+// (The k side, dk2 and dv2, runs in simplicial_bwd_producer.cu, simplicial_bwd_mma.cu or the
+// offset walk: a wgmma k kernel here lost to those at every shape measured and was retired,
+// docs/history/kernels.md.)
+// Determinism: dq is summed in a fixed order; dk1, dv1 with f32 atomics across row blocks, as in the mma.sync backward (`Kernels::deterministic` selects the CUDA-core one).
 //
 // Shared memory (D = 128): q kernel: K2, V2 tiles 2 x 2 x 16 KB, P/dS 2 x 2 x 8 KB, q and dout
 // rows 2 x 17 KB, window-1 rows 2 x JC x 256 B, dk1/dv1 accumulators 2 x JC x 512 B (JC = 48):
-// 203 KB; k kernel: q, dout steps 2 x 2 x 16 KB, P/dS 32 KB, window-1 rows 2 x 2 x 16 KB, own
-// k2, v2 2 x 17 KB, row metadata 3 KB: 199 KB. One CTA of 128 (1 + D/64) threads per SM.
+// 203 KB. One CTA of 128 (1 + D/64) threads per SM.
 // Registers: WG0 holds two A operands (2 x D/4) and two accumulators (2 x 32); a consumer two
-// accumulators (64) plus, in the q kernel, dq^T (32) and the q, dout values of its 16 rows (32).
+// accumulators (64) plus dq^T (32) and the q, dout values of its 16 rows (32).
 // When they run, speed: docs/kernels.md.
 #include "common.cuh"
 #include "tensor_core.cuh"
@@ -49,8 +42,8 @@ typedef __nv_bfloat16 bf16;
 
 namespace {
 
-constexpr int BLK = 64;       // owned rows (q kernel) / keys (k kernel) = WG0's M
-constexpr int TN = 64;        // keys per tile (q kernel) / rows per step (k kernel) = WG0's N
+constexpr int BLK = 64;       // owned rows = WG0's M
+constexpr int TN = 64;        // keys per tile = WG0's N
 constexpr int BAR_FULL = 1;   // + buffer: P, dS written (WG0 arrives, consumers wait)
 constexpr int BAR_EMPTY = 3;  // + buffer: P, dS consumed (consumers arrive, WG0 waits)
 constexpr int PA = BLK * TN * 2;  // one hand-over atom: 64 rows of 128 bytes
@@ -408,258 +401,6 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
   }
 }
 
-// ------------------------------------------------------------------------------------------
-// k kernel
-
-template <int D>
-struct KLayout {
-  static constexpr int NC = D / 64;
-  static constexpr int THREADS = 128 * (1 + NC);
-  static constexpr int JC = 64;                  // window-1 rows staged per step
-  static constexpr int OWNP = D + 8;             // padded own k2 / v2 row, elements
-  static constexpr int BT = TN * D * 2;          // one swizzled [TN rows x D] step block
-  static constexpr int JB = JC * D * 2;          // one set of window-1 rows
-  static constexpr int Q_OFF = 0;                // [2 buffers]
-  static constexpr int O_OFF = Q_OFF + 2 * BT;   // [2 buffers]
-  static constexpr int P_OFF = O_OFF + 2 * BT;   // [2 buffers][P^T, dS^T]
-  static constexpr int K1_OFF = P_OFF + 4 * PA;  // [2 buffers]
-  static constexpr int V1_OFF = K1_OFF + 2 * JB; // [2 buffers]
-  static constexpr int K2_OFF = V1_OFF + 2 * JB;
-  static constexpr int V2_OFF = K2_OFF + BLK * OWNP * 2;
-  static constexpr int META_OFF = V2_OFF + BLK * OWNP * 2;  // float2 [2][TN] (lse log2e, delta)
-  static constexpr int JR_OFF = META_OFF + 2 * TN * 8;      // int2 [2][TN] window 1 of the row
-  static constexpr int KR_OFF = JR_OFF + 2 * TN * 8;        // int2 [2][TN] window 2 of the row
-  static constexpr int BYTES = KR_OFF + 2 * TN * 8 + 1024;
-};
-static_assert(KLayout<128>::BYTES <= 227 * 1024 && KLayout<64>::BYTES <= 227 * 1024, "k kernel smem");
-
-template <int D>
-__device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __restrict__ k1,
-                                      const bf16* __restrict__ k2, const bf16* __restrict__ v1,
-                                      const bf16* __restrict__ v2, const bf16* __restrict__ dout,
-                                      const float* __restrict__ lse, const float* __restrict__ dlt,
-                                      bf16* __restrict__ dk2, bf16* __restrict__ dv2, const Shape s) {
-  using L = KLayout<D>;
-  constexpr int KS = D / 16, THREADS = L::THREADS;
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  float2* meta = reinterpret_cast<float2*>(sm + L::META_OFF);
-  int2* jrow = reinterpret_cast<int2*>(sm + L::JR_OFF);  // empty for rows past the end
-  int2* krow = reinterpret_cast<int2*>(sm + L::KR_OFF);
-
-  const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
-  const int b = blockIdx.z, kv = blockIdx.y;
-  const int k0 = blockIdx.x * BLK, kend = min(k0 + BLK, N);
-  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int g = lane / 4, t = lane % 4;
-  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
-  auto q_row = [&](int r) -> long long { return (long long)(b * N + r / G) * Hq + kv * G + r % G; };
-  auto q_off = [&](int r) -> long long { return q_row(r) * D; };
-  const float sl2 = s.scale * LOG2E;
-
-  // the rows r = i * G + h whose queries see a key of the block, in steps of TN
-  const int r_lo = seen_by(k0, s.w2, N, s.causal).lo * G;
-  const int r_hi = seen_by(kend - 1, s.w2, N, s.causal).hi * G;
-  const int nsteps = (r_hi - r_lo + TN - 1) / TN;
-  auto step_range = [&](int st) -> Range {  // rows of step st, and their union of window 1
-    const int rb0 = r_lo + st * TN, rend = min(rb0 + TN, r_hi);
-    return {rb0, rend};
-  };
-  auto union_w1 = [&](Range rows) -> Range {
-    return {window(rows.lo / G, s.w1, N, s.causal).lo, window((rows.hi - 1) / G, s.w1, N, s.causal).hi};
-  };
-  auto load_rows = [&](int st, int buf, int j0) {
-    const Range rows = step_range(st);
-    const Range ju = union_w1(rows);
-    const int jn = min(L::JC, ju.hi - j0);
-    stage<D, true>(smem_u32(sm + L::Q_OFF + buf * L::BT), TN, 0, q, q_off, rows.lo, TN, rows.hi, tid, THREADS);
-    stage<D, true>(smem_u32(sm + L::O_OFF + buf * L::BT), TN, 0, dout, q_off, rows.lo, TN, rows.hi, tid, THREADS);
-    stage<D, false>(smem_u32(sm + L::K1_OFF + buf * L::JB), L::JC, D, k1, kv_off, j0, jn, ju.hi, tid, THREADS);
-    stage<D, false>(smem_u32(sm + L::V1_OFF + buf * L::JB), L::JC, D, v1, kv_off, j0, jn, ju.hi, tid, THREADS);
-    for (int rr = tid; rr < TN; rr += THREADS) {
-      const int r = rows.lo + rr;
-      const bool ok = r < rows.hi;
-      const Range jw = window(ok ? r / G : 0, s.w1, N, s.causal), kw = window(ok ? r / G : 0, s.w2, N, s.causal);
-      jrow[buf * TN + rr] = ok ? make_int2(jw.lo, jw.hi) : make_int2(0, 0);
-      krow[buf * TN + rr] = ok ? make_int2(kw.lo, kw.hi) : make_int2(0, 0);
-      meta[buf * TN + rr] = ok ? make_float2(lse[q_row(r)] * LOG2E, dlt[q_row(r)]) : make_float2(0.0f, 0.0f);
-    }
-  };
-  auto load_j = [&](int buf, int j0, int end) {  // restage window-1 rows (unions wider than JC)
-    const int jn = min(L::JC, end - j0);
-    stage<D, false>(smem_u32(sm + L::K1_OFF + buf * L::JB), L::JC, D, k1, kv_off, j0, jn, end, tid, THREADS);
-    stage<D, false>(smem_u32(sm + L::V1_OFF + buf * L::JB), L::JC, D, v1, kv_off, j0, jn, end, tid, THREADS);
-  };
-
-  stage<D, false>(smem_u32(sm + L::K2_OFF), BLK, L::OWNP, k2, kv_off, k0, BLK, kend, tid, THREADS);
-  stage<D, false>(smem_u32(sm + L::V2_OFF), BLK, L::OWNP, v2, kv_off, k0, BLK, kend, tid, THREADS);
-  if (nsteps > 0) load_rows(0, 0, union_w1(step_range(0)).lo);
-  cp_async_commit();
-
-  // All warpgroups walk the same (step, chunk, j) sequence with the same block-wide barriers:
-  // on_rows(buf) once a step's rows have landed, on_step(buf, j, jj, pb, use) per position j.
-  auto walk = [&](auto&& on_rows, auto&& on_step) -> int {
-    int uses = 0;
-    for (int st = 0; st < nsteps; ++st) {
-      const int buf = st & 1;
-      const Range ju = union_w1(step_range(st));
-      cp_async_wait_all();
-      fence_async_smem();
-      __syncthreads();
-      if (st + 1 < nsteps) {
-        load_rows(st + 1, buf ^ 1, union_w1(step_range(st + 1)).lo);
-        cp_async_commit();
-      }
-      on_rows(buf);
-      for (int j0 = ju.lo; j0 < ju.hi; j0 += L::JC) {
-        if (j0 > ju.lo) {
-          __syncthreads();
-          load_j(buf, j0, ju.hi);
-          cp_async_commit();
-          cp_async_wait_all();
-          __syncthreads();
-        }
-        const int jn = min(L::JC, ju.hi - j0);
-        for (int jj = 0; jj < jn; ++jj, ++uses) on_step(buf, j0 + jj, jj, uses & 1, uses);
-      }
-    }
-    return uses;
-  };
-
-  if (wg == 0) {
-    producer_registers<D>();
-    const uint32_t k2a = smem_u32(sm + L::K2_OFF), v2a = smem_u32(sm + L::V2_OFF);
-    // bit 4n + 2c + e: key 16 warp + g + 8e of the block is in window 2 of the step's row 8n + 2t + c
-    uint32_t kmask = 0;
-    const auto on_rows = [&](int buf) {
-      kmask = 0;
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int2 kw = krow[buf * TN + 8 * n + 2 * t + c];
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int key = k0 + 16 * warp + g + 8 * e;
-            if (key >= kw.x && key < kw.y) kmask |= 1u << (4 * n + 2 * c + e);
-          }
-        }
-    };
-    const int uses = walk(on_rows, [&](int buf, int j, int jj, int pb, int use) {
-      const bf16* k1j = reinterpret_cast<const bf16*>(sm + L::K1_OFF + buf * L::JB) + jj * D;
-      const bf16* v1j = reinterpret_cast<const bf16*>(sm + L::V1_OFF + buf * L::JB) + jj * D;
-      const uint32_t qb = smem_u32(sm + L::Q_OFF + buf * L::BT), ob = smem_u32(sm + L::O_OFF + buf * L::BT);
-      float sa[32], pa[32];
-      // S^T = (K2 ∘ k1_j) @ Q^T done, dP^T = (V2 ∘ v1_j) @ dout^T may still run
-      logits_pair<KS>(sa, pa, k2a, v2a, L::OWNP, k1j, v1j, qb, ob, warp, lane);
-      // P^T (zero outside the windows of the column's row) while dP^T runs
-      const float2* mt = meta + buf * TN;
-      const int2* jt = jrow + buf * TN;
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const int rr = 8 * n + 2 * t;
-        const float4 m = *reinterpret_cast<const float4*>(mt + rr);  // rows rr, rr + 1
-        const int4 jw = *reinterpret_cast<const int4*>(jt + rr);
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const float l2 = c ? m.z : m.x;
-          const bool jok = c ? (j >= jw.z && j < jw.w) : (j >= jw.x && j < jw.y);
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int x = 4 * n + 2 * e + c;
-            const bool ok = jok && ((kmask >> (4 * n + 2 * c + e)) & 1u);
-            sa[x] = ok ? fast_exp2(sa[x] * sl2 - l2) : 0.0f;
-          }
-        }
-      }
-      wg_wait0();
-      reg_fence(pa);
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const float4 m = *reinterpret_cast<const float4*>(mt + 8 * n + 2 * t);
-#pragma unroll
-        for (int x = 4 * n; x < 4 * n + 4; ++x) pa[x] = sa[x] * (pa[x] - ((x & 1) ? m.w : m.y));
-      }
-      if (use >= 2) bar_sync(BAR_EMPTY + pb, THREADS);
-      uint8_t* ps = sm + L::P_OFF + pb * 2 * PA;
-      store_atom(ps, sa, warp, g, t);
-      store_atom(ps + PA, pa, warp, g, t);
-      fence_async_smem();
-      bar_arrive(BAR_FULL + pb, THREADS);
-    });
-    for (int pb = 0; pb < 2; ++pb)
-      if (uses > pb) bar_sync(BAR_EMPTY + pb, THREADS);
-    __syncthreads();  // the consumers may now stage into the step buffers
-    __syncthreads();  // dk2^T, dv2^T staged
-  } else {
-    consumer_registers<D>();
-    const int c0 = 64 * (wg - 1) + 16 * warp;  // this warp's head-dim entries c0 + g (+8)
-    float dka[32], dva[32];
-#pragma unroll
-    for (int x = 0; x < 32; ++x) dka[x] = dva[x] = 0.0f;
-    uint32_t qf[4][4], of[4][4];  // Q^T, dout^T of the step (M = columns c0.., K = rows)
-    walk(
-        [&](int buf) {
-          const uint32_t qb = smem_u32(sm + L::Q_OFF + buf * L::BT), ob = smem_u32(sm + L::O_OFF + buf * L::BT);
-#pragma unroll
-          for (int st = 0; st < 4; ++st) {
-            lds_at(qf[st], qb, TN, 16 * st, c0, lane);
-            lds_at(of[st], ob, TN, 16 * st, c0, lane);
-          }
-        },
-        [&](int buf, int, int jj, int pb, int) {
-          const bf16* k1j = reinterpret_cast<const bf16*>(sm + L::K1_OFF + buf * L::JB) + jj * D;
-          const bf16* v1j = reinterpret_cast<const bf16*>(sm + L::V1_OFF + buf * L::JB) + jj * D;
-          const uint32_t sk0 = bf2_splat(k1j[c0 + g]), sk1 = bf2_splat(k1j[c0 + g + 8]);
-          const uint32_t sv0 = bf2_splat(v1j[c0 + g]), sv1 = bf2_splat(v1j[c0 + g + 8]);
-          uint32_t aq[4][4], ao[4][4];
-#pragma unroll
-          for (int st = 0; st < 4; ++st) {
-            scale_m(aq[st], qf[st], sk0, sk1);
-            scale_m(ao[st], of[st], sv0, sv1);
-          }
-          bar_sync(BAR_FULL + pb, THREADS);
-          const uint32_t ps = smem_u32(sm + L::P_OFF + pb * 2 * PA);
-          reg_fence(dka);
-          reg_fence(dva);
-          wg_fence();
-#pragma unroll
-          for (int st = 0; st < 4; ++st) wgmma_m64n64k16_rs(dva, ao[st], desc_sw128(ps + st * 32), 1);
-#pragma unroll
-          for (int st = 0; st < 4; ++st) wgmma_m64n64k16_rs(dka, aq[st], desc_sw128(ps + PA + st * 32), 1);
-          wg_commit();
-          wg_wait0();
-          reg_fence(dka);
-          reg_fence(dva);
-          bar_arrive(BAR_EMPTY + pb, THREADS);
-        });
-    __syncthreads();  // WG0 is done with the step buffers
-    // dk2[key, c] = s dk2^T[c, key], dv2 likewise, staged in the step buffers
-    bf16* sk = reinterpret_cast<bf16*>(sm + L::Q_OFF);  // [BLK][D]
-    bf16* sv = reinterpret_cast<bf16*>(sm + L::O_OFF);
-#pragma unroll
-    for (int e = 0; e < 2; ++e)
-#pragma unroll
-      for (int n = 0; n < 8; ++n)
-#pragma unroll
-        for (int cc = 0; cc < 2; ++cc) {
-          const int at = (8 * n + 2 * t + cc) * D + c0 + g + 8 * e, x = 4 * n + 2 * e + cc;
-          sk[at] = __float2bfloat16_rn(dka[x] * s.scale);
-          sv[at] = __float2bfloat16_rn(dva[x]);
-        }
-    __syncthreads();
-  }
-  const bf16* sk = reinterpret_cast<const bf16*>(sm + L::Q_OFF);
-  const bf16* sv = reinterpret_cast<const bf16*>(sm + L::O_OFF);
-  for (int c = tid; c < BLK * D / 8; c += THREADS) {
-    const int kk = c / (D / 8), c16 = c % (D / 8), key = k0 + kk;
-    if (key < kend) {
-      *reinterpret_cast<uint4*>(dk2 + kv_off(key) + c16 * 8) = *reinterpret_cast<const uint4*>(sk + kk * D + c16 * 8);
-      *reinterpret_cast<uint4*>(dv2 + kv_off(key) + c16 * 8) = *reinterpret_cast<const uint4*>(sv + kk * D + c16 * 8);
-    }
-  }
-}
-
 }  // namespace
 
 #define SIMPLICIAL_BWD_WGMMA(D)                                                                              \
@@ -667,11 +408,6 @@ __device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __
       const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, const bf16* dout,       \
       const float* lse, const float* dlt, bf16* dq, float* dk1, float* dv1, const Shape s) {                 \
     bwd_q<D>(q, k1, k2, v1, v2, dout, lse, dlt, dq, dk1, dv1, s);                                            \
-  }                                                                                                          \
-  extern "C" __global__ void __launch_bounds__(KLayout<D>::THREADS, 1) simplicial_bwd_k_wgmma_d##D(         \
-      const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, const bf16* dout,       \
-      const float* lse, const float* dlt, bf16* dk2, bf16* dv2, const Shape s) {                             \
-    bwd_k<D>(q, k1, k2, v1, v2, dout, lse, dlt, dk2, dv2, s);                                                \
   }
 
 SIMPLICIAL_BWD_WGMMA(64)

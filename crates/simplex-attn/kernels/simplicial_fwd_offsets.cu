@@ -226,8 +226,9 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
 
 }  // namespace
 
-// simplicial_fwd_offsets_to{TO}_bf16_d{D}: the offset walk for D = Dv = 64 or 128, TO window-1
-// offsets per step (one softmax update and one wait per product kind for all TO).
+// simplicial_fwd_offsets_to{TO}_bf16_d{D}: the offset walk for D = Dv = 64 (TO = 2 window-1
+// offsets per step) or 128 (TO = 1): one softmax update and one wait per product kind for all
+// TO offsets.
 #define SIMPLICIAL_FWD_OFFSETS(TO, D)                                                                        \
   extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_fwd_offsets_to##TO##_bf16_d##D(        \
       const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, bf16* o, float* lse, \
@@ -235,6 +236,5 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
     fwd_offsets<D, TO>(q, k1, k2, v1, v2, o, lse, s);                                                        \
   }
 
-SIMPLICIAL_FWD_OFFSETS(1, 64)
 SIMPLICIAL_FWD_OFFSETS(2, 64)
 SIMPLICIAL_FWD_OFFSETS(1, 128)

@@ -31,9 +31,9 @@
 // Shared memory (D = Dv = 128): K2 tiles 2 x 16 KB, V2 tiles 2 x 17 KB (rows padded by 16 B:
 // ldmatrix without bank conflicts), P 2 x 8 KB, window-1 rows (k1, v1) 2 x 32 KB (JC = 128 rows;
 // longer windows are restaged per tile), alpha/l 1.5 KB: about 150 KB, one CTA per SM.
-// TJ window-1 positions per hand-over (1 or 2; the automatic choice runs 2): one softmax update,
-// one barrier pair and one rescale per TJ positions.
-// Registers (ptxas, D = 128): TJ = 1: 203; TJ = 2: 255 with 32 bytes of spills. WG0 holds
+// TJ window-1 positions per hand-over (compiled: 2): one softmax update, one barrier pair and
+// one rescale per TJ positions.
+// Registers (ptxas, D = 128): TJ = 2: 255 with 32 bytes of spills. WG0 holds
 // Q (32) + A_j (32 TJ) + S (32 TJ); WG1 O^T (64) + V^T (32) + scaled V^T (32 TJ).
 // Hand-overs whose pairs are all inside the windows (every one at the anchor shapes) skip the
 // masking and fold the scale into the exp's FMA.
@@ -428,8 +428,8 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
 
 }  // namespace
 
-// simplicial_fwd_wgmma_tj{TJ}_bf16_d{D}: TJ window-1 positions per hand-over between the
-// warpgroups (one softmax update, one barrier pair, one rescale per TJ positions);
+// simplicial_fwd_wgmma_tj2_bf16_d{D}: two window-1 positions per hand-over between the
+// warpgroups (one softmax update, one barrier pair, one rescale per two positions);
 // simplicial_fwd_wgmma_pp_tj1_bf16_d{D}: the ping-pong layout (128 rows per CTA, each
 // warpgroup the whole computation for its 64, one position per step).
 #define SIMPLICIAL_FWD_WGMMA(NAME, TJ, PING_PONG, D)                                           \
@@ -439,8 +439,6 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
     fwd_wgmma<D, TJ, PING_PONG>(q, k1, k2, v1, v2, o, lse, s);                                \
   }
 
-SIMPLICIAL_FWD_WGMMA(simplicial_fwd_wgmma_tj1_bf16_d64, 1, false, 64)
-SIMPLICIAL_FWD_WGMMA(simplicial_fwd_wgmma_tj1_bf16_d128, 1, false, 128)
 SIMPLICIAL_FWD_WGMMA(simplicial_fwd_wgmma_tj2_bf16_d64, 2, false, 64)
 SIMPLICIAL_FWD_WGMMA(simplicial_fwd_wgmma_tj2_bf16_d128, 2, false, 128)
 SIMPLICIAL_FWD_WGMMA(simplicial_fwd_wgmma_pp_tj1_bf16_d64, 1, true, 64)

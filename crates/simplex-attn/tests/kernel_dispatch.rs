@@ -268,16 +268,7 @@ fn forced_choices_run_where_they_cover_the_call() {
     // every forward layout at D = 128 and D = 64
     for (variant, d128, d64) in [
         (
-            ForwardVariant::Specialized {
-                positions_per_handover: 1,
-            },
-            "simplicial_fwd_wgmma_tj1_bf16_d128",
-            "simplicial_fwd_wgmma_tj1_bf16_d64",
-        ),
-        (
-            ForwardVariant::Specialized {
-                positions_per_handover: 2,
-            },
+            ForwardVariant::Specialized,
             "simplicial_fwd_wgmma_tj2_bf16_d128",
             "simplicial_fwd_wgmma_tj2_bf16_d64",
         ),
@@ -292,16 +283,7 @@ fn forced_choices_run_where_they_cover_the_call() {
             "simplicial_fwd_producer_bf16_d64",
         ),
         (
-            ForwardVariant::Offsets {
-                offsets_per_step: 1,
-            },
-            "simplicial_fwd_offsets_to1_bf16_d128",
-            "simplicial_fwd_offsets_to1_bf16_d64",
-        ),
-        (
-            ForwardVariant::Offsets {
-                offsets_per_step: 2,
-            },
+            ForwardVariant::Offsets,
             "simplicial_fwd_offsets_to1_bf16_d128",
             "simplicial_fwd_offsets_to2_bf16_d64",
         ),
@@ -325,16 +307,16 @@ fn forced_choices_run_where_they_cover_the_call() {
     };
     let off = OffsetsBackward::Off;
     assert_eq!(
-        bwd(WgmmaBackward::Both, off, &anchor),
-        ("simplicial_bwd_q_wgmma_d128", "simplicial_bwd_k_wgmma_d128")
+        bwd(WgmmaBackward::Q, off, &anchor),
+        ("simplicial_bwd_q_wgmma_d128", "simplicial_bwd_k_mma_d128")
     );
     assert_eq!(
         bwd(WgmmaBackward::Off, off, &anchor),
         ("simplicial_bwd_q_mma_d128", "simplicial_bwd_k_mma_d128")
     );
     assert_eq!(
-        bwd(WgmmaBackward::K, off, &lm),
-        ("simplicial_bwd_q_mma_d64", "simplicial_bwd_k_wgmma_d64")
+        bwd(WgmmaBackward::Off, off, &lm),
+        ("simplicial_bwd_q_mma_d64", "simplicial_bwd_k_mma_r32_d64")
     );
     assert_eq!(
         bwd(WgmmaBackward::Q, OffsetsBackward::K, &lm),

@@ -1,7 +1,9 @@
 //! [`simplex_attn::kernels::dispatch`] against the choice as it was made before it became one
 //! function (`dispatch_legacy/`: the process-global switches as arguments): the same kernels,
 //! grids, threads and shared memory over a grid of about three million (shape, dtype, choice,
-//! device) combinations of 2-simplicial calls and thousands of dot-product ones. No GPU.
+//! device) combinations of 2-simplicial calls and thousands of dot-product ones. No GPU. The
+//! forward layouts and the wgmma k kernel retired since (docs/history/kernels.md) are gone from
+//! both sides.
 
 mod common;
 mod dispatch_legacy;
@@ -48,27 +50,15 @@ fn simplicial_launches(
 fn the_same_kernels_as_before_for_every_shape_and_choice() {
     let variants = [
         None,
-        Some(ForwardVariant::Specialized {
-            positions_per_handover: 1,
-        }),
-        Some(ForwardVariant::Specialized {
-            positions_per_handover: 2,
-        }),
+        Some(ForwardVariant::Specialized),
         Some(ForwardVariant::PingPong),
         Some(ForwardVariant::Producer),
-        Some(ForwardVariant::Offsets {
-            offsets_per_step: 1,
-        }),
-        Some(ForwardVariant::Offsets {
-            offsets_per_step: 2,
-        }),
+        Some(ForwardVariant::Offsets),
     ];
     let wgmma = [
         WgmmaBackward::Auto,
         WgmmaBackward::Off,
         WgmmaBackward::Q,
-        WgmmaBackward::K,
-        WgmmaBackward::Both,
         WgmmaBackward::Producer,
     ];
     let offsets = [

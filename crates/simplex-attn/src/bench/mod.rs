@@ -287,13 +287,13 @@ mod tests {
         assert!(auto.starts_with("fwd simplicial_fwd_producer"), "{auto}");
         assert!(auto.contains(" bwd simplicial_bwd_"), "{auto}");
         let forced = BenchShape {
-            spec: anchor.spec.with_kernels("forward=tj1".parse().unwrap()),
+            spec: anchor.spec.with_kernels("forward=tj2".parse().unwrap()),
             ..anchor.clone()
         };
-        let tj1 = forced.kernels(&limits).unwrap();
+        let tj2 = forced.kernels(&limits).unwrap();
         assert!(
-            tj1.starts_with("fwd simplicial_fwd_wgmma_tj1_bf16_d128 "),
-            "{tj1}"
+            tj2.starts_with("fwd simplicial_fwd_wgmma_tj2_bf16_d128 "),
+            "{tj2}"
         );
         let f32 = BenchShape {
             dtype: DType::F32,

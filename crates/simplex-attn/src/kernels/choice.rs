@@ -17,7 +17,7 @@ pub const POISON_BY_DEFAULT: bool = cfg!(debug_assertions) || cfg!(feature = "po
 ///
 /// Text form (the CLI's `--kernels`, [`Kernels::from_str`](std::str::FromStr)): `auto`, or
 /// comma-separated `key=value` pairs: `tensor-cores=on|off`, `deterministic=on|off`,
-/// `forward=auto|tj1|tj2|pp|producer|offsets|offsets2`, `bwd-wgmma=auto|0|q|k|1|p`,
+/// `forward=auto|tj2|pp|producer|offsets`, `bwd-wgmma=auto|0|q|p`,
 /// `bwd-offsets=auto|0|q|k|1`, `dot=wgmma|mma`, `moe=auto|grouped|per-expert`, `poison=on|off`,
 /// `timing=on|off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,12 +126,9 @@ impl std::str::FromStr for ExpertProducts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardVariant {
     /// `simplicial_fwd_wgmma.cu`, 64 rows per block: one warpgroup computes logits and softmax,
-    /// the other the values, handing P over through shared memory every
-    /// `positions_per_handover` window-1 positions (1 or 2).
-    Specialized {
-        /// Window-1 positions per hand-over (`TJ`): 1 or 2 (anything else runs 2).
-        positions_per_handover: usize,
-    },
+    /// the other the values, handing P over through shared memory every two window-1
+    /// positions (`TJ = 2`).
+    Specialized,
     /// `simplicial_fwd_wgmma.cu`, 128 rows per block: each warpgroup computes logits, softmax
     /// and values for its own 64 (one position per step).
     PingPong,
@@ -139,47 +136,32 @@ pub enum ForwardVariant {
     /// into the values operand (O += P @ (V2_tile ∘ v1_j)), which a third, producer,
     /// warpgroup builds in shared memory while the two consumers keep P in registers.
     Producer,
-    /// `simplicial_fwd_offsets.cu`, 128 rows per block: steps over window-1 offsets, each row
-    /// with its own window-1 position, so rows of different queries waste no masked work
-    /// (for few query heads per K/V head). Needs the block's window-1 rows in shared memory;
-    /// where they do not fit, the ping-pong layout (G >= 8) or the specialized one (TJ = 2)
-    /// runs instead.
-    Offsets {
-        /// Window-1 offsets per step (`TO`): 1 or 2 (2 only for D = 64; else 1 runs).
-        offsets_per_step: usize,
-    },
+    /// `simplicial_fwd_offsets.cu`, 128 rows per block: steps over window-1 offsets (two per
+    /// step at D = 64, one at D = 128), each row with its own window-1 position, so rows of
+    /// different queries waste no masked work (for few query heads per K/V head). Needs the
+    /// block's window-1 rows in shared memory; where they do not fit, the ping-pong layout
+    /// (G >= 8) or the specialized one runs instead.
+    Offsets,
 }
 
 impl ForwardVariant {
     /// The fastest layout measured for G = Hq/Hkv query heads per K/V head and head dim `d`
     /// (docs/kernels.md): the producer layout from G = 64 at D = 64 and from G = 16 at
-    /// D = 128; below, the offset walk (two offsets per step at D = 64, one at D = 128).
+    /// D = 128; below, the offset walk.
     pub fn fastest(group: usize, d: usize) -> Self {
         if group >= 64 || (d > 64 && group >= 16) {
             ForwardVariant::Producer
-        } else if d <= 64 {
-            ForwardVariant::Offsets {
-                offsets_per_step: 2,
-            }
         } else {
-            ForwardVariant::Offsets {
-                offsets_per_step: 1,
-            }
+            ForwardVariant::Offsets
         }
     }
 
     fn name(self) -> &'static str {
         match self {
-            ForwardVariant::Specialized {
-                positions_per_handover: 1,
-            } => "tj1",
-            ForwardVariant::Specialized { .. } => "tj2",
+            ForwardVariant::Specialized => "tj2",
             ForwardVariant::PingPong => "pp",
             ForwardVariant::Producer => "producer",
-            ForwardVariant::Offsets {
-                offsets_per_step: 2,
-            } => "offsets2",
-            ForwardVariant::Offsets { .. } => "offsets",
+            ForwardVariant::Offsets => "offsets",
         }
     }
 }
@@ -187,33 +169,24 @@ impl ForwardVariant {
 impl std::str::FromStr for ForwardVariant {
     type Err = AttnError;
 
-    /// `tj1`, `tj2`, `pp`, `producer`, `offsets` or `offsets2`.
+    /// `tj2`, `pp`, `producer` or `offsets`.
     fn from_str(s: &str) -> Result<Self, AttnError> {
         Ok(match s {
-            "tj1" => ForwardVariant::Specialized {
-                positions_per_handover: 1,
-            },
-            "tj2" => ForwardVariant::Specialized {
-                positions_per_handover: 2,
-            },
+            "tj2" => ForwardVariant::Specialized,
             "pp" => ForwardVariant::PingPong,
             "producer" => ForwardVariant::Producer,
-            "offsets" => ForwardVariant::Offsets {
-                offsets_per_step: 1,
-            },
-            "offsets2" => ForwardVariant::Offsets {
-                offsets_per_step: 2,
-            },
+            "offsets" => ForwardVariant::Offsets,
             other => return Err(bad_value("forward", other, FORWARD_VALUES)),
         })
     }
 }
 
-const FORWARD_VALUES: &str = "auto, tj1, tj2, pp, producer, offsets or offsets2";
+const FORWARD_VALUES: &str = "auto, tj2, pp, producer or offsets";
 
-/// Which of the two tensor-core backward kernels of 2-simplicial attention (the q kernel: dq,
-/// dk1, dv1; the k kernel: dk2, dv2) run on wgmma (`simplicial_bwd_wgmma.cu`, D in {64, 128})
-/// instead of mma.sync (`simplicial_bwd_mma.cu`). All compute the same gradients.
+/// Which tensor-core backward kernels of 2-simplicial attention run: the q kernel (dq, dk1, dv1)
+/// on wgmma (`simplicial_bwd_wgmma.cu`, D in {64, 128}) or mma.sync (`simplicial_bwd_mma.cu`),
+/// and the k side (dk2, dv2) from the producer kernel (`simplicial_bwd_producer.cu`) or the
+/// mma.sync k kernel. All compute the same gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WgmmaBackward {
     /// The faster per kernel as measured (docs/kernels.md): the q kernel on wgmma when
@@ -221,29 +194,22 @@ pub enum WgmmaBackward {
     /// is a multiple of 64, else the mma.sync k kernel.
     #[default]
     Auto,
-    /// Both on mma.sync.
+    /// The q kernel on mma.sync; dk2, dv2 from the mma.sync k kernel.
     Off,
-    /// The q kernel on wgmma, the k kernel on mma.sync.
+    /// The q kernel on wgmma; dk2, dv2 from the mma.sync k kernel.
     Q,
-    /// The k kernel on wgmma, the q kernel on mma.sync.
-    K,
-    /// Both on wgmma.
-    Both,
     /// The q kernel on wgmma, dk2 and dv2 from `simplicial_bwd_producer.cu` where it covers the
     /// call (G a multiple of 64), else from the mma.sync k kernel.
     Producer,
 }
 
 impl WgmmaBackward {
-    /// (q kernel on wgmma, k kernel on wgmma) for G query heads per K/V head.
-    pub(crate) fn kernels(self, group: usize) -> (bool, bool) {
+    /// Whether the q kernel runs on wgmma for G query heads per K/V head.
+    pub(crate) fn wgmma_q(self, group: usize) -> bool {
         match self {
-            WgmmaBackward::Auto => (group >= 8, false),
-            WgmmaBackward::Off => (false, false),
-            WgmmaBackward::Q => (true, false),
-            WgmmaBackward::K => (false, true),
-            WgmmaBackward::Both => (true, true),
-            WgmmaBackward::Producer => (true, false),
+            WgmmaBackward::Auto => group >= 8,
+            WgmmaBackward::Off => false,
+            WgmmaBackward::Q | WgmmaBackward::Producer => true,
         }
     }
 
@@ -257,8 +223,6 @@ impl WgmmaBackward {
             WgmmaBackward::Auto => "auto",
             WgmmaBackward::Off => "0",
             WgmmaBackward::Q => "q",
-            WgmmaBackward::K => "k",
-            WgmmaBackward::Both => "1",
             WgmmaBackward::Producer => "p",
         }
     }
@@ -267,16 +231,14 @@ impl WgmmaBackward {
 impl std::str::FromStr for WgmmaBackward {
     type Err = AttnError;
 
-    /// `auto`, `0` (off), `q` or `k` (that kernel only), `1` (both), `p` (the producer k side).
+    /// `auto`, `0` (mma.sync throughout), `q` (the wgmma q kernel), `p` (and the producer k side).
     fn from_str(s: &str) -> Result<Self, AttnError> {
         Ok(match s {
             "auto" => WgmmaBackward::Auto,
             "0" => WgmmaBackward::Off,
             "q" => WgmmaBackward::Q,
-            "k" => WgmmaBackward::K,
-            "1" => WgmmaBackward::Both,
             "p" => WgmmaBackward::Producer,
-            other => return Err(bad_value("bwd-wgmma", other, "auto, 0, q, k, 1 or p")),
+            other => return Err(bad_value("bwd-wgmma", other, "auto, 0, q or p")),
         })
     }
 }
@@ -482,7 +444,7 @@ mod tests {
         assert_eq!("auto".parse::<Kernels>().unwrap(), Kernels::default());
         assert_eq!("".parse::<Kernels>().unwrap(), Kernels::default());
         assert_eq!(Kernels::default().to_string(), "auto");
-        for v in ["tj1", "tj2", "pp", "producer", "offsets", "offsets2"] {
+        for v in ["tj2", "pp", "producer", "offsets"] {
             let k: Kernels = format!("forward={v}").parse().unwrap();
             assert_eq!(k.to_string(), format!("forward={v}"));
         }
@@ -508,19 +470,16 @@ mod tests {
 
     #[test]
     fn the_fastest_forward_is_as_measured() {
-        let producer = ForwardVariant::Producer;
-        let offsets = |o| ForwardVariant::Offsets {
-            offsets_per_step: o,
-        };
+        let (producer, offsets) = (ForwardVariant::Producer, ForwardVariant::Offsets);
         for (g, d, want) in [
             (64, 128, producer),
             (128, 128, producer),
             (16, 128, producer),
-            (8, 128, offsets(1)),
-            (1, 128, offsets(1)),
+            (8, 128, offsets),
+            (1, 128, offsets),
             (64, 64, producer),
-            (32, 64, offsets(2)),
-            (1, 64, offsets(2)),
+            (32, 64, offsets),
+            (1, 64, offsets),
         ] {
             assert_eq!(ForwardVariant::fastest(g, d), want, "G {g} D {d}");
         }

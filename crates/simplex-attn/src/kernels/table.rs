@@ -132,8 +132,6 @@ pub enum Kernel {
     BwdF32ToBf16,
     /// The wgmma q kernel.
     BwdQWgmma { d: usize },
-    /// The wgmma k kernel.
-    BwdKWgmma { d: usize },
     /// The offset walk's qk1 pass: dq, dk1, dv1.
     BwdOffsetsQk1 { d: usize },
     /// The offset walk's k2 pass: dk2, dv2.
@@ -234,7 +232,7 @@ use Smem::*;
 
 /// Every compiled attention kernel.
 #[rustfmt::skip]
-pub static TABLE: [KernelInfo; 95] = [
+pub static TABLE: [KernelInfo; 90] = [
     // simplicial_fwd.cu: CUDA cores, bf16 or f32, Dv up to the width
     e(Fwd { dtype: F32, dv: 32 }, "simplicial_fwd_f32_dv32", Forward, 256, 16, CoreForward),
     e(Fwd { dtype: F32, dv: 64 }, "simplicial_fwd_f32_dv64", Forward, 256, 16, CoreForward),
@@ -245,14 +243,11 @@ pub static TABLE: [KernelInfo; 95] = [
     e(Fwd { dtype: Bf16, dv: 128 }, "simplicial_fwd_bf16_dv128", Forward, 256, 16, CoreForward),
     e(Fwd { dtype: Bf16, dv: 256 }, "simplicial_fwd_bf16_dv256", Forward, 256, 16, CoreForward),
     // simplicial_fwd_wgmma.cu: specialized (64 rows) and ping-pong (128 rows) layouts
-    e(FwdWgmma { d: 64, tj: 1, ping_pong: false }, "simplicial_fwd_wgmma_tj1_bf16_d64", ForwardWgmma, 256, 64, Fixed(86_016)),
     e(FwdWgmma { d: 64, tj: 1, ping_pong: true }, "simplicial_fwd_wgmma_pp_tj1_bf16_d64", ForwardWgmma, 256, 128, Fixed(86_016)),
-    e(FwdWgmma { d: 128, tj: 1, ping_pong: false }, "simplicial_fwd_wgmma_tj1_bf16_d128", ForwardWgmma, 256, 64, Fixed(151_552)),
     e(FwdWgmma { d: 128, tj: 1, ping_pong: true }, "simplicial_fwd_wgmma_pp_tj1_bf16_d128", ForwardWgmma, 256, 128, Fixed(151_552)),
     e(FwdWgmma { d: 64, tj: 2, ping_pong: false }, "simplicial_fwd_wgmma_tj2_bf16_d64", ForwardWgmma, 256, 64, Fixed(102_400)),
     e(FwdWgmma { d: 128, tj: 2, ping_pong: false }, "simplicial_fwd_wgmma_tj2_bf16_d128", ForwardWgmma, 256, 64, Fixed(167_936)),
     // simplicial_fwd_offsets.cu: the offset walk
-    e(FwdOffsets { d: 64, to: 1 }, "simplicial_fwd_offsets_to1_bf16_d64", ForwardOffsets, 256, 128, OffsetsForward),
     e(FwdOffsets { d: 64, to: 2 }, "simplicial_fwd_offsets_to2_bf16_d64", ForwardOffsets, 256, 128, OffsetsForward),
     e(FwdOffsets { d: 128, to: 1 }, "simplicial_fwd_offsets_to1_bf16_d128", ForwardOffsets, 256, 128, OffsetsForward),
     // simplicial_fwd_producer.cu: a producer warpgroup and two consumers
@@ -292,11 +287,9 @@ pub static TABLE: [KernelInfo; 95] = [
     e(BwdKMma { d: 128, rows: 64 }, "simplicial_bwd_k_mma_d128", BackwardMma, 128, 64, Fixed(103_168)),
     e(BwdKMma { d: 128, rows: 32 }, "simplicial_bwd_k_mma_r32_d128", BackwardMma, 128, 64, Fixed(85_376)),
     e(BwdF32ToBf16, "simplicial_bwd_f32_to_bf16", BackwardMma, 256, 1024, Zero),
-    // simplicial_bwd_wgmma.cu: a producer warpgroup and D/64 consumers (keys per block for k)
+    // simplicial_bwd_wgmma.cu: a producer warpgroup and D/64 consumers
     e(BwdQWgmma { d: 64 }, "simplicial_bwd_q_wgmma_d64", BackwardWgmma, 256, 64, Fixed(158_720)),
-    e(BwdKWgmma { d: 64 }, "simplicial_bwd_k_wgmma_d64", BackwardWgmma, 256, 64, Fixed(120_832)),
     e(BwdQWgmma { d: 128 }, "simplicial_bwd_q_wgmma_d128", BackwardWgmma, 384, 64, Fixed(207_872)),
-    e(BwdKWgmma { d: 128 }, "simplicial_bwd_k_wgmma_d128", BackwardWgmma, 384, 64, Fixed(202_752)),
     // simplicial_bwd_offsets.cu: the offset walk's qk1 pass (rows) and k2 pass (keys)
     e(BwdOffsetsQk1 { d: 64 }, "simplicial_bwd_offsets_qk1_bf16_d64", BackwardOffsets, 256, 64, OffsetsQk1),
     e(BwdOffsetsK2 { d: 64 }, "simplicial_bwd_offsets_k2_bf16_d64", BackwardOffsets, 256, 128, OffsetsK2),

@@ -91,14 +91,8 @@ fn offsets_smem(s: &Shape) -> usize {
 fn fastest(group: usize, d: usize) -> ForwardVariant {
     if group >= 64 || (d > 64 && group >= 16) {
         ForwardVariant::Producer
-    } else if d <= 64 {
-        ForwardVariant::Offsets {
-            offsets_per_step: 2,
-        }
     } else {
-        ForwardVariant::Offsets {
-            offsets_per_step: 1,
-        }
+        ForwardVariant::Offsets
     }
 }
 
@@ -109,12 +103,8 @@ pub fn forward(s: &Shape, k: &Switches) -> Result<Vec<L>, String> {
         let mut variant = k.forward.unwrap_or_else(|| fastest(g, d));
         loop {
             let (name, smem, threads) = match variant {
-                ForwardVariant::Offsets { offsets_per_step } => {
-                    let to = if offsets_per_step == 2 && d == 64 {
-                        2
-                    } else {
-                        1
-                    };
+                ForwardVariant::Offsets => {
+                    let to = if d == 64 { 2 } else { 1 };
                     (
                         format!("simplicial_fwd_offsets_to{to}_bf16_d{d}"),
                         offsets_smem(s),
@@ -131,29 +121,22 @@ pub fn forward(s: &Shape, k: &Switches) -> Result<Vec<L>, String> {
                     producer_smem(d),
                     384,
                 ),
-                ForwardVariant::Specialized {
-                    positions_per_handover,
-                } => {
-                    let tj = if positions_per_handover == 1 { 1 } else { 2 };
-                    (
-                        format!("simplicial_fwd_wgmma_tj{tj}_bf16_d{d}"),
-                        fwd_smem(d, tj),
-                        256,
-                    )
-                }
+                ForwardVariant::Specialized => (
+                    format!("simplicial_fwd_wgmma_tj2_bf16_d{d}"),
+                    fwd_smem(d, 2),
+                    256,
+                ),
             };
-            if matches!(variant, ForwardVariant::Offsets { .. }) && smem > k.max_smem {
+            if variant == ForwardVariant::Offsets && smem > k.max_smem {
                 variant = if g >= 8 {
                     ForwardVariant::PingPong
                 } else {
-                    ForwardVariant::Specialized {
-                        positions_per_handover: 2,
-                    }
+                    ForwardVariant::Specialized
                 };
                 continue;
             }
             let rows = match variant {
-                ForwardVariant::Specialized { .. } => 64,
+                ForwardVariant::Specialized => 64,
                 _ => 128,
             };
             let grid = (blocks(s.n * g, rows), s.hkv as u32, s.b as u32);
@@ -231,8 +214,6 @@ fn kernels(choice: WgmmaBackward, group: usize) -> (bool, bool) {
         WgmmaBackward::Auto => (group >= 8, false),
         WgmmaBackward::Off => (false, false),
         WgmmaBackward::Q => (true, false),
-        WgmmaBackward::K => (false, true),
-        WgmmaBackward::Both => (true, true),
         WgmmaBackward::Producer => (true, false),
     }
 }

@@ -107,13 +107,9 @@ fn tensor_core_backward(dims: &Dims, dtype: DType, k: &Kernels) -> bool {
 /// The kernel of a forward layout at head dim `d`.
 fn forward_kernel(variant: ForwardVariant, d: usize) -> Kernel {
     match variant {
-        ForwardVariant::Offsets { offsets_per_step } => Kernel::FwdOffsets {
+        ForwardVariant::Offsets => Kernel::FwdOffsets {
             d,
-            to: if offsets_per_step == 2 && d == 64 {
-                2
-            } else {
-                1
-            },
+            to: if d == 64 { 2 } else { 1 },
         },
         ForwardVariant::PingPong => Kernel::FwdWgmma {
             d,
@@ -121,11 +117,9 @@ fn forward_kernel(variant: ForwardVariant, d: usize) -> Kernel {
             ping_pong: true,
         },
         ForwardVariant::Producer => Kernel::FwdProducer { d },
-        ForwardVariant::Specialized {
-            positions_per_handover,
-        } => Kernel::FwdWgmma {
+        ForwardVariant::Specialized => Kernel::FwdWgmma {
             d,
-            tj: if positions_per_handover == 1 { 1 } else { 2 },
+            tj: 2,
             ping_pong: false,
         },
     }
@@ -149,13 +143,11 @@ pub fn forward(
             .forward
             .unwrap_or_else(|| ForwardVariant::fastest(call.group, d));
         let l = call.rows(forward_kernel(variant, d))?;
-        if matches!(variant, ForwardVariant::Offsets { .. }) && l.smem > dev.max_smem {
+        if variant == ForwardVariant::Offsets && l.smem > dev.max_smem {
             let fallback = if call.group >= 8 {
                 ForwardVariant::PingPong
             } else {
-                ForwardVariant::Specialized {
-                    positions_per_handover: 2,
-                }
+                ForwardVariant::Specialized
             };
             return call.rows(forward_kernel(fallback, d));
         }
@@ -256,16 +248,13 @@ pub fn backward(
 /// window 1, so fewer queries waste less), else 64.
 fn tensor_core_kernels(d: usize, group: usize, choice: WgmmaBackward) -> (Kernel, Kernel) {
     let wgmma_d = matches!(d, 64 | 128);
-    let (wq, wk) = choice.kernels(group);
-    let q = if wq && wgmma_d {
+    let q = if choice.wgmma_q(group) && wgmma_d {
         Kernel::BwdQWgmma { d }
     } else {
         Kernel::BwdQMma { d }
     };
     let k = if choice.producer_keys(group) && wgmma_d {
         Kernel::BwdProducerK2 { d }
-    } else if wk && wgmma_d {
-        Kernel::BwdKWgmma { d }
     } else {
         Kernel::BwdKMma {
             d,
