@@ -418,9 +418,7 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
 
 // dot_bwd_dq_wgmma_bf16_d{D}, dot_bwd_dkv_wgmma_bf16_d{D}: D = Dv = 64 or 128; 384 threads,
 // persistent; 128 rows (dq) or keys (dk/dv) per work block. The dq kernel also computes delta =
-// rowsum(o * dout) and writes it for the dk/dv kernel, which runs after it (so it takes o and
-// writes delta where dot_bwd_dq_bf16_d{D} reads it); dk/dv takes the arguments of
-// dot_bwd_dkv_bf16_d{D} (dot_attn_bwd_dkv.cu).
+// rowsum(o * dout) and writes it for the dk/dv kernel, which runs after it.
 #define DOT_BWD_WGMMA(D)                                                                                     \
   extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_bwd_dq_wgmma_bf16_d##D(             \
       const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,    \

@@ -17,12 +17,12 @@
 // Pipeline: K and V tiles double-buffered with cp.async; tile t + 1 loads while tile t computes.
 // Tiles (BN) and shared memory (bf16, rows padded by 16 bytes for conflict-free ldmatrix):
 //   D = 64:  BN = 64: Q 128 x 72 + 2 x (K, V) 64 x 72 = 54 KiB
-//   D = 128: BN = 32: Q 128 x 136 + 2 x (K, V) 32 x 136 = 68 KiB
-// Registers per thread: O MT * D/2 and S MT * BN/2 floats (D = 64: 64 + 64; D = 128: 128 + 32);
-// ptxas -v: 236 (D = 64) and 255 (D = 128), no spills: two CTAs (8 warps) per SM.
-// Chosen (src/kernels/dispatch/dot.rs `DotKernel::forward`) for the forward at D = 64 also with
-// the wgmma backward (faster there than the wgmma forward); at D = 128 it runs only for
-// DotTensorCores::MmaSync (the wgmma forward, dot_attn_fwd_wgmma.cu, is faster there).
+// Registers per thread: O MT * D/2 and S MT * BN/2 floats (64 + 64); ptxas -v: 236, no spills:
+// two CTAs (8 warps) per SM.
+// Compiled for D = 64 only: the forward there (src/kernels/dispatch/dot.rs), beside the wgmma
+// backward; at D = 128 the wgmma forward (dot_attn_fwd_wgmma.cu) runs. The mma.sync backward
+// kernels and this forward at D = 128 lost to the wgmma ones and were retired
+// (docs/history/kernels.md).
 #include "dot_attn.cuh"
 
 using namespace dot;
@@ -171,4 +171,3 @@ __device__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
   }
 
 DOT_FWD(64, 64)
-DOT_FWD(128, 32)

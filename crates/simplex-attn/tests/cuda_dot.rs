@@ -1,8 +1,8 @@
 //! The dot-product attention CUDA kernels (through `dot_attn` and candle's autograd, bf16 and
 //! f32) against the float64 oracle: o, lse, dq, dk and dv.
 //!
-//! bf16 with D = Dv in {64, 128} runs the tensor-core kernels (the wgmma ones by default, the
-//! mma.sync ones where a test asks for `DotTensorCores::MmaSync` in its `Kernels`); f32, other
+//! bf16 with D = Dv in {64, 128} runs the tensor-core kernels (the wgmma backward, the wgmma
+//! forward at D = 128 and the mma.sync forward at D = 64); f32, other
 //! head dims and misaligned views run the CUDA-core kernels (`dot::DotKernel`). Built only with
 //! `--features cuda`; without a CUDA device each test prints that it was skipped and passes,
 //! unless `SIMPLEX_REQUIRE_CUDA=1` (gpu-bundle/run.sh sets it). Outputs are poisoned with NaN
@@ -19,9 +19,7 @@ use common::{
     DotData as Data,
 };
 use rand::{rngs::StdRng, SeedableRng};
-use simplex_attn::dot::{
-    dot_attn_backward_reference, dot_attn_reference, has_fused_kernel, DotTensorCores,
-};
+use simplex_attn::dot::{dot_attn_backward_reference, dot_attn_reference, has_fused_kernel};
 use simplex_attn::{dot_attn, DotSpec, Kernels};
 
 /// Seeded inputs of a case, rounded to what `dtype` stores so the oracle sees the kernel's
@@ -64,23 +62,19 @@ fn input(
     Ok((var, view))
 }
 
-/// Forward, then backward of `sum(o * dout)` through candle's autograd, on the tensor-core
-/// kernels of family `tc` where they apply.
+/// Forward, then backward of `sum(o * dout)` through candle's autograd.
 fn run_op(
     dev: &Device,
     c: &Case,
     x: &Data,
     dout: &[f64],
-    (dtype, offset, tc): (DType, usize, DotTensorCores),
+    (dtype, offset): (DType, usize),
 ) -> anyhow::Result<Run> {
     let [qs, ks, vs] = c.shapes();
     let (q, qt) = input(&x.q, qs, dtype, dev, offset)?;
     let (k, kt) = input(&x.k, ks, dtype, dev, offset)?;
     let (v, vt) = input(&x.v, vs, dtype, dev, offset)?;
-    let kernels = Kernels {
-        dot: tc,
-        ..poisoned(c.spec.kernels)
-    };
+    let kernels = poisoned(c.spec.kernels);
     let out = dot_attn(&qt, &kt, &vt, &c.spec.with_kernels(kernels))?;
     anyhow::ensure!(out.o.dtype() == dtype, "o is {:?}", out.o.dtype());
     anyhow::ensure!(
@@ -106,22 +100,15 @@ fn run_op(
 }
 
 /// Checks one case; returns the failing comparisons (empty when it passes).
-fn check_case(
-    dev: &Device,
-    c: &Case,
-    seed: u64,
-    dtype: DType,
-    offset: usize,
-    tc: DotTensorCores,
-) -> Vec<String> {
+fn check_case(dev: &Device, c: &Case, seed: u64, dtype: DType, offset: usize) -> Vec<String> {
     let x = data(c, seed, dtype);
     let dims = c.dims();
     let want = dot_attn_reference(&c.spec, &dims, &x.inputs());
     let mut dout = common::random(want.o.len(), 1.0, &mut StdRng::seed_from_u64(seed + 1));
     round_to(&mut dout, dtype);
     let wg = dot_attn_backward_reference(&c.spec, &dims, &x.inputs(), &dout);
-    let tag = format!("{dtype:?} offset {offset} {tc:?} {c:?}");
-    let got = match run_op(dev, c, &x, &dout, (dtype, offset, tc)) {
+    let tag = format!("{dtype:?} offset {offset} {c:?}");
+    let got = match run_op(dev, c, &x, &dout, (dtype, offset)) {
         Ok(g) => g,
         Err(e) => return vec![format!("{tag}: {e}")],
     };
@@ -140,16 +127,11 @@ fn check_case(
     )
 }
 
-/// Runs every case in every dtype (bf16 D = Dv in {64, 128} on the wgmma kernels) and fails
-/// listing all failing comparisons.
+/// Runs every case in every dtype (bf16 D = Dv in {64, 128} on the tensor-core kernels) and
+/// fails listing all failing comparisons.
 fn check_all(cases: &[Case], seed: u64, dtypes: &[DType]) {
-    check_all_with(cases, seed, dtypes, DotTensorCores::Wgmma);
-}
-
-/// [`check_all`] on the tensor-core kernels of family `tc`.
-fn check_all_with(cases: &[Case], seed: u64, dtypes: &[DType], tc: DotTensorCores) {
     check_all_cuda(cases, seed, dtypes, |dev, c, seed, dtype| {
-        check_case(dev, c, seed, dtype, 0, tc)
+        check_case(dev, c, seed, dtype, 0)
     });
 }
 
@@ -224,7 +206,7 @@ fn wgmma_tile_edges_match_oracle() {
 }
 
 #[test]
-fn mma_sync_kernels_still_match_oracle() {
+fn bidirectional_scaled_and_longer_key_cases_match_oracle() {
     let (c, sl, bi) = (DotSpec::causal, DotSpec::sliding, DotSpec::bidirectional);
     let cases = [
         case(1, 37, 2, 2, 64, c()),
@@ -234,7 +216,7 @@ fn mma_sync_kernels_still_match_oracle() {
         case(1, 70, 2, 1, 64, c()).keys(200),
         case(1, 150, 3, 3, 64, c().with_scale(-0.3)),
     ];
-    check_all_with(&cases, 8000, &[DType::BF16], DotTensorCores::MmaSync);
+    check_all(&cases, 8000, &[DType::BF16]);
 }
 
 #[test]
@@ -262,14 +244,7 @@ fn misaligned_views_run_the_cuda_core_kernels() {
     ];
     let mut failures = vec![];
     for (t, c) in cases.iter().enumerate() {
-        failures.extend(check_case(
-            &dev,
-            c,
-            5000 + t as u64,
-            DType::BF16,
-            3,
-            DotTensorCores::Wgmma,
-        ));
+        failures.extend(check_case(&dev, c, 5000 + t as u64, DType::BF16, 3));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -283,8 +258,8 @@ fn results_are_deterministic() -> anyhow::Result<()> {
     ] {
         let x = data(&c, 6, DType::BF16);
         let dout = common::random(c.b * c.nq * c.hq * c.dv, 1.0, &mut StdRng::seed_from_u64(7));
-        let a = run_op(&dev, &c, &x, &dout, (DType::BF16, 0, DotTensorCores::Wgmma))?;
-        let b = run_op(&dev, &c, &x, &dout, (DType::BF16, 0, DotTensorCores::Wgmma))?;
+        let a = run_op(&dev, &c, &x, &dout, (DType::BF16, 0))?;
+        let b = run_op(&dev, &c, &x, &dout, (DType::BF16, 0))?;
         anyhow::ensure!(
             a.o == b.o && a.lse == b.lse,
             "forward differs between two runs"

@@ -1,21 +1,17 @@
 //! Which kernels run a dot-product call ([`simplex_attn::kernels::dispatch::dot`]), checked
-//! without a GPU: the LM layer and a D = 128 GQA shape on the default (wgmma) and the mma.sync
-//! families, the CUDA-core kernels where the tensor cores do not apply, the persistent grids.
+//! without a GPU: the LM layer and a D = 128 GQA shape on the tensor cores, the CUDA-core
+//! kernels where the tensor cores do not apply, the persistent grids.
 
 use candle_core::DType;
 use simplex_attn::dot::DotDims;
 use simplex_attn::kernels::dispatch::dot;
-use simplex_attn::kernels::{DeviceLimits, DotTensorCores, Kernels};
+use simplex_attn::kernels::{DeviceLimits, Kernels};
 
 const HOPPER: DeviceLimits = DeviceLimits::HOPPER;
 
 #[test]
 fn the_dot_product_choice() {
     let k = Kernels::default();
-    let mma = Kernels {
-        dot: DotTensorCores::MmaSync,
-        ..k
-    };
     let lm = DotDims {
         batch: 32,
         seq_q: 1024,
@@ -58,15 +54,6 @@ fn the_dot_product_choice() {
             "dot_fwd_wgmma_bf16_d128",
             "dot_bwd_dq_wgmma_bf16_d128",
             "dot_bwd_dkv_wgmma_bf16_d128"
-        ]
-    );
-    assert_eq!(
-        syms(&gqa, bf, true, &mma),
-        [
-            "dot_fwd_bf16_d128",
-            "dot_bwd_delta_bf16",
-            "dot_bwd_dq_bf16_d128",
-            "dot_bwd_dkv_bf16_d128"
         ]
     );
     // misaligned, f32, other head dims, tensor cores off: the CUDA-core kernels

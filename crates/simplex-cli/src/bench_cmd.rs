@@ -48,7 +48,7 @@ pub struct AttnBenchArgs {
     pub json: Option<std::path::PathBuf>,
     /// Which CUDA kernels run every row: `auto` (chosen per shape), or `key=value` pairs such as
     /// `forward=pp` (one forward layout), `bwd-wgmma=0`, `timing=on` (the backward per kernel
-    /// on stderr) or `dot=mma` (keys: docs/kernels.md).
+    /// on stderr) or `moe=grouped` (keys: docs/kernels.md).
     #[arg(long, default_value = "auto", value_parser = crate::attn_cmd::parse_kernels)]
     pub kernels: simplex_attn::Kernels,
     /// Your own shape instead of the built-in ones (repeatable), e.g.

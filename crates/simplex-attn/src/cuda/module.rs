@@ -37,8 +37,6 @@ fn cubin(family: Family) -> &'static [u8] {
         Family::BackwardOffsets => cubin!("simplicial_bwd_offsets"),
         Family::BackwardProducer => cubin!("simplicial_bwd_producer"),
         Family::DotForward => cubin!("dot_attn_fwd"),
-        Family::DotBackwardQuery => cubin!("dot_attn_bwd_dq"),
-        Family::DotBackwardKey => cubin!("dot_attn_bwd_dkv"),
         Family::DotSimple => cubin!("dot_attn_simple"),
         Family::DotForwardWgmma => cubin!("dot_attn_fwd_wgmma"),
         Family::DotBackwardWgmma => cubin!("dot_attn_bwd_wgmma"),

@@ -9,9 +9,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::{dot_attn, dot_attn_slow, DotSpec, DotTensorCores};
+use super::{dot_attn, dot_attn_slow, DotSpec};
 use crate::bench::{backward_from, time_it};
-use crate::{AttnError, Kernels};
+use crate::AttnError;
 
 /// Which implementation a row times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,10 +19,6 @@ pub enum DotImpl {
     /// The fused op [`super::dot_attn`] (the CUDA kernels on a GPU: for bf16 D = Dv in
     /// {64, 128} the wgmma backward, and the wgmma forward at D = 128).
     Fused,
-    /// The fused op with the earlier mma.sync tensor-core kernels
-    /// ([`DotTensorCores::MmaSync`] over the row's kernel choice), for the comparison in the
-    /// same run.
-    FusedMmaSync,
     /// The slow twin [`dot_attn_slow`] (materialized `[B, Hq, Nq, Nk]` scores).
     Slow,
 }
@@ -52,8 +48,7 @@ pub struct DotBenchShape {
 
 impl DotBenchShape {
     /// The CUDA kernels [`crate::kernels::dispatch::dot`] picks for this row (aligned inputs,
-    /// as the benchmark's are; the mma.sync rows with that choice forced) on a device with
-    /// `limits`: `fwd <symbol> bwd <dq>+<dk/dv>`.
+    /// as the benchmark's are) on a device with `limits`: `fwd <symbol> bwd <dq>+<dk/dv>`.
     pub fn kernels(&self, limits: &crate::kernels::DeviceLimits) -> Result<String, AttnError> {
         use crate::kernels::dispatch::dot;
         let (q, kv) = (
@@ -61,11 +56,9 @@ impl DotBenchShape {
             [self.b, self.n, self.hkv, self.d],
         );
         let dims = self.spec.dims(&q, &kv, &kv)?;
-        let mut k = self.spec.kernels;
-        match self.imp {
-            DotImpl::Fused => {}
-            DotImpl::FusedMmaSync => k.dot = DotTensorCores::MmaSync,
-            DotImpl::Slow => return Ok("candle ops (the slow twin)".into()),
+        let k = self.spec.kernels;
+        if self.imp == DotImpl::Slow {
+            return Ok("candle ops (the slow twin)".into());
         }
         let fwd = dot::forward(&dims, self.dtype, true, &k, limits)?;
         let bwd = dot::backward(&dims, self.dtype, true, &k, limits)?;
@@ -111,7 +104,6 @@ impl DotBenchShape {
             self.dtype,
             match self.imp {
                 DotImpl::Fused => "fused",
-                DotImpl::FusedMmaSync => "fused, mma.sync kernels",
                 DotImpl::Slow => "slow twin",
             }
         )
@@ -138,18 +130,15 @@ fn shape(
 }
 
 /// The CUDA rows: the LM layer of issue 5 (B 32, N 1024, 8 heads, D 64, causal) through the
-/// fused kernels, through the earlier mma.sync kernels and through the slow twin the model used
-/// before, and a D = 128 GQA shape through both tensor-core families.
+/// fused kernels and through the slow twin the model used before, and a D = 128 GQA shape.
 pub fn cuda_shapes() -> Vec<DotBenchShape> {
     let lm = (32, 1024, 8, 8, 64);
     let gqa = (4, 4096, 32, 8, 128);
     let c = DotSpec::causal();
     vec![
         shape("dot-lm-layer", lm, c, DotImpl::Fused),
-        shape("dot-lm-layer-mma", lm, c, DotImpl::FusedMmaSync),
         shape("dot-lm-layer-slow", lm, c, DotImpl::Slow),
         shape("dot-d128-gqa4", gqa, c, DotImpl::Fused),
-        shape("dot-d128-gqa4-mma", gqa, c, DotImpl::FusedMmaSync),
     ]
 }
 
@@ -193,14 +182,9 @@ pub fn run_shape(
     };
     let (q, k, v) = (rand(s.hq)?, rand(s.hkv)?, rand(s.hkv)?);
     let dout = Tensor::randn(0f32, 1.0, (s.b, s.n, s.hq, s.d), device)?.to_dtype(s.dtype)?;
-    let mma_sync = s.spec.with_kernels(Kernels {
-        dot: DotTensorCores::MmaSync,
-        ..s.spec.kernels
-    });
     let attend = || -> Result<Tensor, AttnError> {
         Ok(match s.imp {
             DotImpl::Fused => dot_attn(&q, &k, &v, &s.spec)?.o,
-            DotImpl::FusedMmaSync => dot_attn(&q, &k, &v, &mma_sync)?.o,
             DotImpl::Slow => dot_attn_slow(&q, &k, &v, &s.spec)?.0,
         })
     };

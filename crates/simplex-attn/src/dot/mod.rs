@@ -29,7 +29,6 @@ pub mod slow;
 mod spec;
 
 pub use crate::kernels::dispatch::dot::DotKernel;
-pub use crate::kernels::DotTensorCores;
 pub use op::{dot_attn, DotAttnCall, DotOutput};
 pub use plan::has_fused_kernel;
 pub use reference::{dot_attn_backward_reference, dot_attn_reference, DotGrads, DotInputs};

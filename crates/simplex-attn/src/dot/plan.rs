@@ -11,7 +11,6 @@ use candle_core::{DType, Device};
 
 use super::spec::KeyRanges;
 use crate::kernels::dispatch::dot::DotKernel;
-use crate::kernels::DotTensorCores;
 
 /// True when [`super::dot_attn`] has a fused kernel for `dtype` inputs with head dims `d`, `dv`
 /// on `device` (every CPU call; on CUDA, bf16 or f32 with head dims up to
@@ -21,8 +20,7 @@ pub fn has_fused_kernel(device: &Device, dtype: DType, d: usize, dv: usize) -> b
     match device {
         Device::Cpu => matches!(dtype, DType::F32 | DType::F64 | DType::BF16 | DType::F16),
         Device::Cuda(_) => {
-            cfg!(feature = "cuda")
-                && DotKernel::choose(dtype, d, dv, false, false, DotTensorCores::Wgmma).is_ok()
+            cfg!(feature = "cuda") && DotKernel::choose(dtype, d, dv, false, false).is_ok()
         }
         _ => false,
     }
@@ -143,6 +141,6 @@ mod tests {
     #[test]
     fn cpu_always_has_a_fused_kernel_cuda_only_for_bf16_and_f32() {
         assert!(has_fused_kernel(&Device::Cpu, DType::F16, 7, 300));
-        assert!(DotKernel::choose(DType::F64, 64, 64, true, true, DotTensorCores::Wgmma).is_err());
+        assert!(DotKernel::choose(DType::F64, 64, 64, true, true).is_err());
     }
 }

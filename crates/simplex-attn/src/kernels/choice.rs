@@ -18,7 +18,7 @@ pub const POISON_BY_DEFAULT: bool = cfg!(debug_assertions) || cfg!(feature = "po
 /// Text form (the CLI's `--kernels`, [`Kernels::from_str`](std::str::FromStr)): `auto`, or
 /// comma-separated `key=value` pairs: `tensor-cores=on|off`, `deterministic=on|off`,
 /// `forward=auto|tj2|pp|producer|offsets`, `bwd-wgmma=auto|0|q|p`,
-/// `bwd-offsets=auto|0|q|k|1`, `dot=wgmma|mma`, `moe=auto|grouped|per-expert`, `poison=on|off`,
+/// `bwd-offsets=auto|0|q|k|1`, `moe=auto|grouped|per-expert`, `poison=on|off`,
 /// `timing=on|off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernels {
@@ -37,8 +37,6 @@ pub struct Kernels {
     pub wgmma_backward: WgmmaBackward,
     /// Which parts of the 2-simplicial backward run the offset walk.
     pub offsets_backward: OffsetsBackward,
-    /// Which tensor-core kernels of dot-product attention run the calls they cover.
-    pub dot: DotTensorCores,
     /// How the routed experts' products of an MoE layer run on CUDA.
     pub moe: ExpertProducts,
     /// Fill every output with NaN before its kernel runs (default [`POISON_BY_DEFAULT`]).
@@ -56,7 +54,6 @@ impl Default for Kernels {
             forward: None,
             wgmma_backward: WgmmaBackward::Auto,
             offsets_backward: OffsetsBackward::Auto,
-            dot: DotTensorCores::Wgmma,
             moe: ExpertProducts::Auto,
             poison_outputs: POISON_BY_DEFAULT,
             time_backward: false,
@@ -301,18 +298,6 @@ impl std::str::FromStr for OffsetsBackward {
     }
 }
 
-/// Which tensor-core kernels of dot-product attention run the calls they cover (bf16, D = Dv in
-/// {64, 128}, 16-byte aligned inputs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DotTensorCores {
-    /// The fastest as measured: the wgmma backward, the wgmma forward at D = 128 and the
-    /// mma.sync forward at D = 64.
-    #[default]
-    Wgmma,
-    /// The mma.sync kernels throughout, for side-by-side measurements and tests.
-    MmaSync,
-}
-
 fn bad_value(key: &str, value: &str, expected: &str) -> AttnError {
     AttnError::Config(format!("kernels: {key}={value:?}: expected {expected}"))
 }
@@ -349,20 +334,13 @@ impl std::str::FromStr for Kernels {
                 "forward" => k.forward = Some(value.parse()?),
                 "bwd-wgmma" => k.wgmma_backward = value.parse()?,
                 "bwd-offsets" => k.offsets_backward = value.parse()?,
-                "dot" => {
-                    k.dot = match value {
-                        "wgmma" => DotTensorCores::Wgmma,
-                        "mma" => DotTensorCores::MmaSync,
-                        other => return Err(bad_value(key, other, "wgmma or mma")),
-                    }
-                }
                 "moe" => k.moe = value.parse()?,
                 "poison" => k.poison_outputs = on_off(key, value)?,
                 "timing" => k.time_backward = on_off(key, value)?,
                 other => {
                     return Err(AttnError::Config(format!(
                         "kernels: unknown key {other:?} (keys: tensor-cores, deterministic, \
-                         forward, bwd-wgmma, bwd-offsets, dot, moe, poison, timing)"
+                         forward, bwd-wgmma, bwd-offsets, moe, poison, timing)"
                     )))
                 }
             }
@@ -392,9 +370,6 @@ impl std::fmt::Display for Kernels {
         }
         if self.offsets_backward != d.offsets_backward {
             parts.push(format!("bwd-offsets={}", self.offsets_backward.name()));
-        }
-        if self.dot != d.dot {
-            parts.push("dot=mma".to_string());
         }
         if self.moe != d.moe {
             parts.push(format!("moe={}", self.moe.name()));
@@ -432,13 +407,12 @@ mod tests {
 
     #[test]
     fn the_text_form_reads_back_and_bad_values_are_errors() {
-        let k: Kernels = "forward=pp, bwd-wgmma=q,bwd-offsets=0,dot=mma,deterministic=on"
+        let k: Kernels = "forward=pp, bwd-wgmma=q,bwd-offsets=0,deterministic=on"
             .parse()
             .unwrap();
         assert_eq!(k.forward, Some(ForwardVariant::PingPong));
         assert_eq!(k.wgmma_backward, WgmmaBackward::Q);
         assert_eq!(k.offsets_backward, OffsetsBackward::Off);
-        assert_eq!(k.dot, DotTensorCores::MmaSync);
         assert!(k.deterministic && k.tensor_cores);
         assert_eq!(k.to_string().parse::<Kernels>().unwrap(), k);
         assert_eq!("auto".parse::<Kernels>().unwrap(), Kernels::default());
@@ -459,7 +433,7 @@ mod tests {
             ("moe=cublas", "moe=\"cublas\""),
             ("bwd-offsets=x", "bwd-offsets=\"x\""),
             ("tensor-cores=maybe", "on or off"),
-            ("dot=tc", "wgmma or mma"),
+            ("dot=mma", "unknown key \"dot\""),
             ("speed=max", "unknown key \"speed\""),
             ("forward", "not key=value"),
         ] {

@@ -17,8 +17,7 @@ pub mod smem;
 pub mod table;
 
 pub use choice::{
-    DotTensorCores, ExpertProducts, ForwardVariant, Kernels, OffsetsBackward, WgmmaBackward,
-    POISON_BY_DEFAULT,
+    ExpertProducts, ForwardVariant, Kernels, OffsetsBackward, WgmmaBackward, POISON_BY_DEFAULT,
 };
 pub use dispatch::{DeviceLimits, Launch};
 pub use smem::{partner_positions, SmemArgs, Window1};

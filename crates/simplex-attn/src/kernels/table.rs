@@ -32,10 +32,6 @@ pub enum Family {
     BackwardProducer,
     /// `dot_attn_fwd.cu` (dot-product forward, mma.sync)
     DotForward,
-    /// `dot_attn_bwd_dq.cu` (dot-product dq, mma.sync)
-    DotBackwardQuery,
-    /// `dot_attn_bwd_dkv.cu` (dot-product dk, dv, mma.sync)
-    DotBackwardKey,
     /// `dot_attn_simple.cu` (dot-product delta pre-pass; CUDA-core forward, dq, dk/dv)
     DotSimple,
     /// `dot_attn_fwd_wgmma.cu` (dot-product forward, wgmma)
@@ -65,8 +61,6 @@ impl Family {
             Family::BackwardOffsets => "kernels/simplicial_bwd_offsets.cu",
             Family::BackwardProducer => "kernels/simplicial_bwd_producer.cu",
             Family::DotForward => "kernels/dot_attn_fwd.cu",
-            Family::DotBackwardQuery => "kernels/dot_attn_bwd_dq.cu",
-            Family::DotBackwardKey => "kernels/dot_attn_bwd_dkv.cu",
             Family::DotSimple => "kernels/dot_attn_simple.cu",
             Family::DotForwardWgmma => "kernels/dot_attn_fwd_wgmma.cu",
             Family::DotBackwardWgmma => "kernels/dot_attn_bwd_wgmma.cu",
@@ -140,10 +134,6 @@ pub enum Kernel {
     BwdProducerK2 { d: usize },
     /// Dot-product forward, mma.sync.
     DotFwd { d: usize },
-    /// Dot-product dq, mma.sync.
-    DotDq { d: usize },
-    /// Dot-product dk, dv, mma.sync.
-    DotDkv { d: usize },
     /// Dot-product forward, wgmma (persistent).
     DotFwdWgmma { d: usize },
     /// Dot-product dq and delta, wgmma (persistent).
@@ -232,7 +222,7 @@ use Smem::*;
 
 /// Every compiled attention kernel.
 #[rustfmt::skip]
-pub static TABLE: [KernelInfo; 90] = [
+pub static TABLE: [KernelInfo; 85] = [
     // simplicial_fwd.cu: CUDA cores, bf16 or f32, Dv up to the width
     e(Fwd { dtype: F32, dv: 32 }, "simplicial_fwd_f32_dv32", Forward, 256, 16, CoreForward),
     e(Fwd { dtype: F32, dv: 64 }, "simplicial_fwd_f32_dv64", Forward, 256, 16, CoreForward),
@@ -296,13 +286,8 @@ pub static TABLE: [KernelInfo; 90] = [
     // simplicial_bwd_producer.cu: dk2, dv2 with a producer warpgroup (keys per block)
     e(BwdProducerK2 { d: 64 }, "simplicial_bwd_producer_k2_bf16_d64", BackwardProducer, 384, 128, Fixed(117_248)),
     e(BwdProducerK2 { d: 128 }, "simplicial_bwd_producer_k2_bf16_d128", BackwardProducer, 384, 128, Fixed(231_936)),
-    // dot_attn_fwd.cu, dot_attn_bwd_dq.cu, dot_attn_bwd_dkv.cu: mma.sync (queries or keys of one head)
+    // dot_attn_fwd.cu: the mma.sync forward at D = 64 (queries of one head)
     e(DotFwd { d: 64 }, "dot_fwd_bf16_d64", DotForward, 128, 128, Fixed(55_296)),
-    e(DotDq { d: 64 }, "dot_bwd_dq_bf16_d64", DotBackwardQuery, 256, 128, Fixed(73_728)),
-    e(DotDkv { d: 64 }, "dot_bwd_dkv_bf16_d64", DotBackwardKey, 256, 128, Fixed(74_752)),
-    e(DotFwd { d: 128 }, "dot_fwd_bf16_d128", DotForward, 128, 128, Fixed(69_632)),
-    e(DotDq { d: 128 }, "dot_bwd_dq_bf16_d128", DotBackwardQuery, 256, 128, Fixed(139_264)),
-    e(DotDkv { d: 128 }, "dot_bwd_dkv_bf16_d128", DotBackwardKey, 256, 128, Fixed(104_960)),
     // dot_attn_fwd_wgmma.cu, dot_attn_bwd_wgmma.cu: persistent, rows (keys) per work item
     e(DotFwdWgmma { d: 128 }, "dot_fwd_wgmma_bf16_d128", DotForwardWgmma, 384, 128, Fixed(197_632)),
     e(DotDqWgmma { d: 64 }, "dot_bwd_dq_wgmma_bf16_d64", DotBackwardWgmma, 384, 128, Fixed(50_176)),

@@ -4,10 +4,9 @@
 //! ```text
 //! delta [B,Nq,Hq]    = rowsum(o * dout)         dot_attn_simple.cu   (in the wgmma dq kernel
 //!                                                for the wgmma kernels)
-//! dq    [B,Nq,Hq,D]  per block of queries       dot_attn_bwd_wgmma.cu (or dot_attn_bwd_dq.cu,
-//!                                                dot_attn_simple.cu)
-//! dk, dv [B,Nk,Hkv,*] per block of keys, summed  dot_attn_bwd_wgmma.cu (or dot_attn_bwd_dkv.cu,
-//!                     over the G heads of a group dot_attn_simple.cu)
+//! dq    [B,Nq,Hq,D]  per block of queries       dot_attn_bwd_wgmma.cu (or dot_attn_simple.cu)
+//! dk, dv [B,Nk,Hkv,*] per block of keys, summed  dot_attn_bwd_wgmma.cu (or dot_attn_simple.cu)
+//!                     over the G heads of a group
 //! ```
 //! Deterministic: no atomics; every block owns the gradient rows it writes, so two runs give the
 //! same bits.

@@ -7,24 +7,18 @@ use super::{launch, persistent, DeviceLimits, Launch};
 use crate::dot::DotDims;
 use crate::kernels::smem::{SmemArgs, Window1};
 use crate::kernels::table::{Elem, Kernel};
-use crate::kernels::{DotTensorCores, Kernels, MAX_HEAD_DIM};
+use crate::kernels::{Kernels, MAX_HEAD_DIM};
 use crate::AttnError;
 
 /// The kernel family that runs a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DotKernel {
-    /// Hopper tensor cores (wgmma, a producer warpgroup and two consumers):
-    /// `kernels/dot_attn_bwd_wgmma.cu` for the backward and `kernels/dot_attn_fwd_wgmma.cu` for
-    /// the forward at D = 128; the forward at D = 64 is the mma.sync one
-    /// ([`DotKernel::forward`]). bf16, `D = Dv = d` in {64, 128}, 16-byte aligned inputs, any
-    /// GQA ratio, window, causality and `Nk >= Nq`.
+    /// Tensor cores: the backward on wgmma (`kernels/dot_attn_bwd_wgmma.cu`, a producer
+    /// warpgroup and two consumers), the forward on wgmma at D = 128
+    /// (`kernels/dot_attn_fwd_wgmma.cu`) and on mma.sync at D = 64 (`kernels/dot_attn_fwd.cu`:
+    /// 2 CTAs of 4 warps per SM; faster at the LM layer, docs/kernels.md). bf16, `D = Dv = d`
+    /// in {64, 128}, 16-byte aligned inputs, any GQA ratio, window, causality and `Nk >= Nq`.
     Wgmma {
-        /// D = Dv.
-        d: usize,
-    },
-    /// Tensor cores (mma.sync, FlashAttention-2 style): `kernels/dot_attn_fwd.cu`,
-    /// `dot_attn_bwd_dq.cu`, `dot_attn_bwd_dkv.cu`; the same calls as [`DotKernel::Wgmma`].
-    TensorCore {
         /// D = Dv.
         d: usize,
     },
@@ -38,15 +32,13 @@ pub enum DotKernel {
 impl DotKernel {
     /// Picks the kernels for inputs of `dtype` with head dims `d` (q, k) and `dv` (v).
     /// `aligned`: every input view starts at a multiple of 16 bytes (cp.async needs it);
-    /// `tensor_cores`: the tensor-core kernels are allowed; `family`: which of them.
-    /// Errors name what no kernel takes.
+    /// `tensor_cores`: the tensor-core kernels are allowed. Errors name what no kernel takes.
     pub fn choose(
         dtype: DType,
         d: usize,
         dv: usize,
         aligned: bool,
         tensor_cores: bool,
-        family: DotTensorCores,
     ) -> Result<DotKernel, AttnError> {
         Elem::of(dtype, "dot attention")?;
         for (name, x) in [("D", d), ("Dv", dv)] {
@@ -58,24 +50,10 @@ impl DotKernel {
             }
         }
         if tensor_cores && aligned && dtype == DType::BF16 && d == dv && matches!(d, 64 | 128) {
-            return Ok(match family {
-                DotTensorCores::Wgmma => DotKernel::Wgmma { d },
-                DotTensorCores::MmaSync => DotKernel::TensorCore { d },
-            });
+            return Ok(DotKernel::Wgmma { d });
         }
         let width = d.max(dv).next_power_of_two().max(32);
         Ok(DotKernel::Simple { width })
-    }
-
-    /// The kernels that run the forward of a call for which `self` was chosen: the wgmma
-    /// family's forward at D = 64 is the mma.sync kernel (`dot_attn_fwd.cu`: 2 CTAs of 4 warps
-    /// per SM; faster at the LM layer, docs/kernels.md), the rest is `self`. The backward
-    /// always runs `self` (both forwards leave the same o and lse).
-    pub fn forward(self) -> DotKernel {
-        match self {
-            DotKernel::Wgmma { d: 64 } => DotKernel::TensorCore { d: 64 },
-            k => k,
-        }
     }
 }
 
@@ -85,7 +63,7 @@ fn choose(
     aligned: bool,
     k: &Kernels,
 ) -> Result<(DotKernel, Elem), AttnError> {
-    let kernel = DotKernel::choose(dtype, dims.d, dims.dv, aligned, k.tensor_cores, k.dot)?;
+    let kernel = DotKernel::choose(dtype, dims.d, dims.dv, aligned, k.tensor_cores)?;
     Ok((kernel, Elem::of(dtype, "dot attention")?))
 }
 
@@ -130,14 +108,14 @@ pub fn forward(
 ) -> Result<Launch, AttnError> {
     let (kernel, dtype) = choose(dims, dtype, aligned, k)?;
     let b = dims.batch;
-    match kernel.forward() {
+    match kernel {
+        DotKernel::Wgmma { d: 64 } => {
+            let (info, smem) = smem(Kernel::DotFwd { d: 64 }, 0)?;
+            launch(info, dims.seq_q, (dims.heads_q, b), smem)
+        }
         DotKernel::Wgmma { d } => {
             let (info, smem) = smem(Kernel::DotFwdWgmma { d }, 0)?;
             persistent(info, wgmma_row_items(dims), dev, smem)
-        }
-        DotKernel::TensorCore { d } => {
-            let (info, smem) = smem(Kernel::DotFwd { d }, 0)?;
-            launch(info, dims.seq_q, (dims.heads_q, b), smem)
         }
         DotKernel::Simple { width } => {
             let (info, smem) = smem(Kernel::DotFwdSimple { dtype, width }, width)?;
@@ -182,15 +160,6 @@ pub fn backward(
                 delta: None,
                 dq: persistent(dq, wgmma_row_items(dims), dev, dq_smem)?,
                 dkv: persistent(dkv, wgmma_key_items(dims), dev, dkv_smem)?,
-            }
-        }
-        DotKernel::TensorCore { d } => {
-            let (dq, dq_smem) = smem(Kernel::DotDq { d }, 0)?;
-            let (dkv, dkv_smem) = smem(Kernel::DotDkv { d }, 0)?;
-            DotBackward {
-                delta: Some(delta),
-                dq: launch(dq, nq, (dims.heads_q, b), dq_smem)?,
-                dkv: launch(dkv, nk, (dims.heads_kv, b), dkv_smem)?,
             }
         }
         DotKernel::Simple { width } => {
