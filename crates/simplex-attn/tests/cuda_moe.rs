@@ -10,7 +10,7 @@ mod common;
 mod moe_common;
 
 use candle_core::{DType, Device};
-use common::{assert_close, cuda};
+use common::cuda;
 use moe_common::{cases, run, MoeData, Path, CUDA_PATHS};
 
 #[test]
@@ -27,19 +27,7 @@ fn moe_kernels_match_the_reference() {
                 assert_eq!(got.counts, cpu.counts, "{}: loads", c.name);
                 assert_eq!(got.offsets, cpu.offsets, "{}: offsets", c.name);
                 let name = format!("{} {dtype:?} {path:?}", c.name);
-                assert_close(
-                    &format!("{name}: out"),
-                    &got.out,
-                    &want.out,
-                    rtol,
-                    rtol * 1e-2,
-                );
-                for (n, (g, w)) in ["x", "weights", "gate_up", "down"]
-                    .iter()
-                    .zip(got.grads.iter().zip(&want.grads))
-                {
-                    assert_close(&format!("{name}: d{n}"), g, w, rtol, rtol * 1e-2);
-                }
+                got.assert_close_to(&want, &name, rtol);
                 let again = run(c, &d, &dev, dtype, path).unwrap();
                 assert_eq!(got.out, again.out, "{name}: two runs differ");
                 assert_eq!(got.grads, again.grads, "{name}: two runs' gradients differ");

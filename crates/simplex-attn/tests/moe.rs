@@ -18,20 +18,7 @@ fn compare(dtype: DType, rtol: f64) {
         for path in PATHS {
             let got = run(c, &d, &Device::Cpu, dtype, path).unwrap();
             assert_eq!(got.ids, want.ids, "{}: routing", c.name);
-            let name = format!("{} {dtype:?} {path:?}", c.name);
-            assert_close(
-                &format!("{name}: out"),
-                &got.out,
-                &want.out,
-                rtol,
-                rtol * 1e-2,
-            );
-            for (n, (g, w)) in ["x", "weights", "gate_up", "down"]
-                .iter()
-                .zip(got.grads.iter().zip(&want.grads))
-            {
-                assert_close(&format!("{name}: d{n}"), g, w, rtol, rtol * 1e-2);
-            }
+            got.assert_close_to(&want, &format!("{} {dtype:?} {path:?}", c.name), rtol);
         }
     }
 }
@@ -43,19 +30,7 @@ fn fused_routed_experts_equal_the_twin() {
         let d = MoeData::new(c, 30 + i as u64);
         let fused = run(c, &d, &Device::Cpu, DType::F64, Path::Fused).unwrap();
         let twin = run(c, &d, &Device::Cpu, DType::F64, Path::Composed).unwrap();
-        assert_close(
-            &format!("{}: out", c.name),
-            &fused.out,
-            &twin.out,
-            1e-12,
-            1e-14,
-        );
-        for (n, (g, w)) in ["x", "weights", "gate_up", "down"]
-            .iter()
-            .zip(fused.grads.iter().zip(&twin.grads))
-        {
-            assert_close(&format!("{}: d{n}", c.name), g, w, 1e-12, 1e-14);
-        }
+        fused.assert_close_to(&twin, c.name, 1e-12);
     }
 }
 

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Result, Tensor, Var};
+
+use super::common::assert_close;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use simplex_attn::moe::{
@@ -131,6 +133,26 @@ pub struct MoeRun {
     pub ids: Vec<u32>,
     pub counts: Vec<u32>,
     pub offsets: Vec<u32>,
+}
+
+impl MoeRun {
+    /// Asserts `self`'s output and four gradients equal `want`'s to `rtol` (relative L2; the
+    /// worst element to `rtol / 100` of the largest), naming `name` in a failure.
+    pub fn assert_close_to(&self, want: &MoeRun, name: &str, rtol: f64) {
+        assert_close(
+            &format!("{name}: out"),
+            &self.out,
+            &want.out,
+            rtol,
+            rtol * 1e-2,
+        );
+        for (n, (g, w)) in ["x", "weights", "gate_up", "down"]
+            .iter()
+            .zip(self.grads.iter().zip(&want.grads))
+        {
+            assert_close(&format!("{name}: d{n}"), g, w, rtol, rtol * 1e-2);
+        }
+    }
 }
 
 fn to_host(t: &Tensor) -> Result<Vec<f64>> {
