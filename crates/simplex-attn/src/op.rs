@@ -24,6 +24,7 @@ use crate::inputs::{
     compute_dtype, fill_slot, lse_for_backward, marker_cpu, saved_lse, store_lse, take_slot,
     LseSlot,
 };
+use crate::kernels::dispatch::simplicial::padded_head_dim;
 use crate::spec::{AttnSpec, Call, Dims, Variant};
 use crate::{determinant, AttnError};
 
@@ -69,6 +70,21 @@ pub fn simplicial_attn(
         Variant::Trilinear => (q, k1, k2),
         Variant::Determinant => determinant::lift(&q, &k1, &k2)?,
     };
+    // on CUDA, a call whose q/k and v head dims differ (the determinant lift) is zero-padded to
+    // the tensor cores' D = Dv where that reaches them (`padded_head_dim`); the output's padded
+    // columns are dropped, and autograd maps the gradients back through the padding
+    let (d, dv) = (q.dim(3)?, v1.dim(3)?);
+    let padded = if q.device().is_cuda() {
+        padded_head_dim(d, dv, compute, &spec.kernels)
+    } else {
+        None
+    };
+    let pad = |t: Tensor, from: usize| match padded {
+        Some(p) if p > from => t.pad_with_zeros(3, 0, p - from),
+        _ => Ok(t),
+    };
+    let (q, k1, k2) = (pad(q, d)?, pad(k1, d)?, pad(k2, d)?);
+    let (v1, v2) = (pad(v1, dv)?, pad(v2, dv)?);
     let (q, k1, k2) = (q.contiguous()?, k1.contiguous()?, k2.contiguous()?);
     let (v1, v2) = (v1.contiguous()?, v2.contiguous()?);
     let lse = Arc::new(Mutex::new(None));
@@ -82,7 +98,11 @@ pub fn simplicial_attn(
     )?;
     let op = SimplicialOp {
         call: Call {
-            dims: dims.with_d(q.dim(3)?),
+            dims: Dims {
+                d: q.dim(3)?,
+                dv: v1.dim(3)?,
+                ..dims
+            },
             win: spec.windows(dims.seq),
             scale: spec.scale_for(dims.d),
             kernels: spec.kernels,
@@ -91,7 +111,13 @@ pub fn simplicial_attn(
         query_keys: [q, k1, k2],
         key_grads,
     };
-    let o = handle.apply_op3(&v1, &v2, op)?.to_dtype(dtype)?;
+    let o = handle.apply_op3(&v1, &v2, op)?;
+    let o = if padded.is_some() {
+        o.narrow(3, 0, dv)?
+    } else {
+        o
+    };
+    let o = o.to_dtype(dtype)?;
     let lse = saved_lse(&lse)?;
     Ok(SimplicialOutput { o, lse })
 }

@@ -178,6 +178,18 @@ fn head_dims_32_to_256_and_the_determinant_lift() {
     let det = |s: AttnSpec| s.with_variant(Variant::Determinant);
     cs.push(Case::new(1, 21, 8, 1, 96, det(AttnSpec::causal(6, 10))));
     cs.push(Case::new(1, 12, 2, 1, 126, det(AttnSpec::bidirectional())));
+    // lifts of at most 128 columns: in bf16 zero-padded to the tensor cores' D = Dv (63 -> 126
+    // -> 128, 48 -> 96 -> 128, 30 -> 60 -> 64), in f32 the CUDA-core kernels
+    cs.push(Case::new(1, 37, 8, 2, 63, det(AttnSpec::causal(9, 21))));
+    cs.push(Case::new(2, 19, 4, 1, 48, det(AttnSpec::causal(32, 5))));
+    cs.push(Case::new(
+        1,
+        70,
+        2,
+        2,
+        30,
+        det(AttnSpec::bidirectional().with_windows(Some(11), Some(40))),
+    ));
     check_all(&cs, 3000, &BOTH);
 }
 

@@ -391,3 +391,33 @@ fn errors_name_what_no_kernel_takes() {
     let e = dot::forward(&DotDims { dv: 8, ..dd }, DType::F64, true, &k, &HOPPER).unwrap_err();
     assert!(e.to_string().contains("F64"), "{e}");
 }
+
+/// Head dims that differ (the determinant lift: q/k 2D, v D) are padded to the tensor cores'
+/// D = Dv in bf16 where that is at most 128; otherwise the CUDA-core kernels run them.
+#[test]
+fn differing_head_dims_pad_to_the_tensor_cores() {
+    use simplicial::padded_head_dim as pad;
+    let k = Kernels::default();
+    let bf = DType::BF16;
+    assert_eq!(pad(126, 63, bf, &k), Some(128));
+    assert_eq!(pad(96, 48, bf, &k), Some(128));
+    assert_eq!(pad(60, 30, bf, &k), Some(64));
+    assert_eq!(pad(64, 32, bf, &k), Some(64));
+    assert_eq!(pad(192, 96, bf, &k), None, "over 128: CUDA cores");
+    assert_eq!(pad(64, 64, bf, &k), None, "D = Dv: nothing to pad");
+    assert_eq!(pad(126, 63, DType::F32, &k), None, "f32: CUDA cores");
+    let off = Kernels {
+        tensor_cores: false,
+        ..k
+    };
+    assert_eq!(pad(126, 63, bf, &off), None, "tensor cores off");
+    // the padded call is one the tensor-core forward takes
+    let d = dims(2, 1024, 8, 8, 128, 128);
+    let win = AttnSpec::causal(32, 512).windows(1024);
+    let f = simplicial::forward(&d, &win, bf, &k, &HOPPER).unwrap();
+    assert!(
+        !f.symbol().starts_with("simplicial_fwd_bf16"),
+        "{}",
+        f.symbol()
+    );
+}

@@ -22,7 +22,7 @@ pub use timing::{
     FORWARD_BACKWARD_FLOPS,
 };
 
-use crate::{AttnError, AttnSpec, Variant};
+use crate::{AttnError, AttnSpec, Dims, Variant};
 
 /// One benchmark configuration.
 #[derive(Debug, Clone)]
@@ -57,8 +57,16 @@ impl BenchShape {
         if self.spec.variant == Variant::Determinant {
             dims = dims.with_d(2 * self.d);
         }
-        let win = self.spec.windows(self.n);
         let k = &self.spec.kernels;
+        // as the op pads a call whose head dims differ to the tensor cores' D = Dv
+        if let Some(p) = simplicial::padded_head_dim(dims.d, dims.dv, self.dtype, k) {
+            dims = Dims {
+                d: p,
+                dv: p,
+                ..dims
+            };
+        }
+        let win = self.spec.windows(self.n);
         let fwd = simplicial::forward(&dims, &win, self.dtype, k, limits)?;
         let bwd = match simplicial::backward(&dims, &win, self.dtype, k, limits)? {
             Backward::Core { dq, dkv, .. } => format!("{}+{}", dq.symbol(), dkv.symbol()),

@@ -104,6 +104,24 @@ fn tensor_core_backward(dims: &Dims, dtype: DType, k: &Kernels) -> bool {
         && !k.deterministic
 }
 
+/// The head dim to which a call with q/k head dim `d` and value head dim `dv` (`d != dv`, as
+/// after the determinant lift: `d = 2 Dv`) is zero-padded, q, k1, k2 and v1, v2 alike, so that
+/// the tensor-core kernels (D = Dv in {64, 128}) run it on CUDA; `None` where they do not
+/// apply (not bf16, tensor cores off, `d == dv` already, or `max(d, dv) > 128`). Zero columns
+/// add nothing to the logits, and the output's padded columns are dropped, so the result is the
+/// unpadded call's; the cost is the padded columns' products (for the lift of D = 63: keys
+/// 126 -> 128, values 63 -> 128).
+pub fn padded_head_dim(d: usize, dv: usize, dtype: DType, k: &Kernels) -> Option<usize> {
+    if dtype != DType::BF16 || !k.tensor_cores || d == dv {
+        return None;
+    }
+    match d.max(dv) {
+        1..=64 => Some(64),
+        65..=128 => Some(128),
+        _ => None,
+    }
+}
+
 /// The kernel of a forward layout at head dim `d`.
 fn forward_kernel(variant: ForwardVariant, d: usize) -> Kernel {
     match variant {
