@@ -154,3 +154,73 @@ proptest! {
         check_case(&c, seed, DType::F64).map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
 }
+
+/// What the CUDA op does to run differing head dims on the tensor cores (the determinant lift:
+/// `kernels::dispatch::simplicial::padded_head_dim`): zero columns appended to q, k1, k2 and to
+/// v1, v2 change neither the output's first Dv columns nor the lse, and the gradients of the
+/// unpadded inputs are the padded ones' first columns. Checked here on the CPU kernels.
+#[test]
+fn zero_padding_the_head_dims_changes_nothing() -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let (b, n, hq, hkv, d, dv, p) = (2, 13, 4, 2, 6, 3, 8);
+    let r = |h: usize, w: usize, s: u64| -> anyhow::Result<Tensor> {
+        let t = Tensor::randn(0f64, 1.0, (b, n, h, w), &dev)?;
+        Ok((t + s as f64 * 0.01)?)
+    };
+    let (q, k1, k2) = (r(hq, d, 1)?, r(hkv, d, 2)?, r(hkv, d, 3)?);
+    let (v1, v2) = (r(hkv, dv, 4)?, r(hkv, dv, 5)?);
+    // an explicit scale: the default, 1/sqrt(D), would read the padded D (the op keeps the
+    // unpadded one)
+    let spec = AttnSpec::causal(5, 4).with_scale(0.37);
+    let vars: Vec<candle_core::Var> = [&q, &k1, &k2, &v1, &v2]
+        .iter()
+        .map(|t| candle_core::Var::from_tensor(t))
+        .collect::<Result<_, _>>()?;
+    let dout = Tensor::randn(0f64, 1.0, (b, n, hq, dv), &dev)?;
+    let plain = simplicial_attn(
+        vars[0].as_tensor(),
+        vars[1].as_tensor(),
+        vars[2].as_tensor(),
+        vars[3].as_tensor(),
+        vars[4].as_tensor(),
+        &spec,
+    )?;
+    let g_plain = (&plain.o * &dout)?.sum_all()?.backward()?;
+    let padv: Vec<candle_core::Var> = vars
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let w = if i < 3 { d } else { dv };
+            candle_core::Var::from_tensor(&v.as_tensor().pad_with_zeros(3, 0, p - w)?)
+        })
+        .collect::<Result<_, _>>()?;
+    let padded = simplicial_attn(
+        padv[0].as_tensor(),
+        padv[1].as_tensor(),
+        padv[2].as_tensor(),
+        padv[3].as_tensor(),
+        padv[4].as_tensor(),
+        &spec,
+    )?;
+    let o = padded.o.narrow(3, 0, dv)?;
+    let g_pad = (&o * &dout)?.sum_all()?.backward()?;
+    let flat = |t: &Tensor| -> anyhow::Result<Vec<f64>> { Ok(t.flatten_all()?.to_vec1()?) };
+    assert_close("o", &flat(&o)?, &flat(&plain.o)?, 1e-12, 1e-14);
+    assert_close("lse", &flat(&padded.lse)?, &flat(&plain.lse)?, 1e-12, 1e-14);
+    for (i, (a, pv)) in vars.iter().zip(&padv).enumerate() {
+        let w = if i < 3 { d } else { dv };
+        let want = g_plain.get(a.as_tensor()).expect("gradient");
+        let got = g_pad
+            .get(pv.as_tensor())
+            .expect("gradient")
+            .narrow(3, 0, w)?;
+        assert_close(
+            &format!("grad {i}"),
+            &flat(&got)?,
+            &flat(want)?,
+            1e-12,
+            1e-14,
+        );
+    }
+    Ok(())
+}
