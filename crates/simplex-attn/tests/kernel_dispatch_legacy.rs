@@ -240,16 +240,12 @@ fn the_same_dot_product_kernels_as_before() {
                                     bf16: dtype == DType::BF16,
                                     aligned,
                                 };
-                                // (the mma.sync dot-product kernels are retired)
-                                let mma = false;
                                 let (lf, lb) = if dtype == DType::F16 {
                                     (Err(()), Err(()))
                                 } else {
                                     (
-                                        legacy::dot_forward(&s, tensor_cores, mma, sms)
-                                            .map_err(|_| ()),
-                                        legacy::dot_backward(&s, tensor_cores, mma, sms)
-                                            .map_err(|_| ()),
+                                        legacy::dot_forward(&s, tensor_cores, sms).map_err(|_| ()),
+                                        legacy::dot_backward(&s, tensor_cores, sms).map_err(|_| ()),
                                     )
                                 };
                                 assert_eq!(f, lf, "{s:?} {k:?} {sms}");

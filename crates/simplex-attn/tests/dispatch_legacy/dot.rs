@@ -1,5 +1,6 @@
 //! The dot-product choice before issue 15 (`src/cuda/dot.rs`, `dot_backward.rs`,
-//! `src/dot/plan.rs`).
+//! `src/dot/plan.rs`), less the mma.sync backward and D = 128 forward retired since (the
+//! `DotTensorCores::MmaSync` choice that selected them is gone).
 
 use super::{blocks, L};
 
@@ -23,14 +24,14 @@ enum K {
     Simple(usize),
 }
 
-fn choose(s: &DotShape, tensor_cores: bool, mma: bool) -> Result<K, String> {
+fn choose(s: &DotShape, tensor_cores: bool) -> Result<K, String> {
     for x in [s.d, s.dv] {
         if x == 0 || x > 256 {
             return Err(format!("head dim {x}"));
         }
     }
     if tensor_cores && s.aligned && s.bf16 && s.d == s.dv && matches!(s.d, 64 | 128) {
-        return Ok(if mma { K::Tc(s.d) } else { K::Wgmma(s.d) });
+        return Ok(K::Wgmma(s.d));
     }
     Ok(K::Simple(s.d.max(s.dv).next_power_of_two().max(32)))
 }
@@ -67,13 +68,8 @@ fn ddt(s: &DotShape) -> &'static str {
     }
 }
 
-pub fn dot_forward(
-    s: &DotShape,
-    tensor_cores: bool,
-    mma: bool,
-    sms: usize,
-) -> Result<Vec<L>, String> {
-    let k = match choose(s, tensor_cores, mma)? {
+pub fn dot_forward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<L>, String> {
+    let k = match choose(s, tensor_cores)? {
         K::Wgmma(64) => K::Tc(64),
         k => k,
     };
@@ -99,13 +95,8 @@ pub fn dot_forward(
     }])
 }
 
-pub fn dot_backward(
-    s: &DotShape,
-    tensor_cores: bool,
-    mma: bool,
-    sms: usize,
-) -> Result<Vec<L>, String> {
-    let k = choose(s, tensor_cores, mma)?;
+pub fn dot_backward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<L>, String> {
+    let k = choose(s, tensor_cores)?;
     let mut out = vec![];
     if !matches!(k, K::Wgmma(_)) {
         out.push((
@@ -132,21 +123,7 @@ pub fn dot_backward(
                 own + 3 * (2 * tile + 2 * 64 * 4) + 1024,
             ));
         }
-        K::Tc(d) => {
-            let bq = fwd_keys(d);
-            out.push((
-                format!("dot_bwd_dq_bf16_d{d}"),
-                (blocks(s.nq, 128), s.hq as u32, s.b as u32),
-                256,
-                (2 * 128 + 4 * 64) * row_bytes(d),
-            ));
-            out.push((
-                format!("dot_bwd_dkv_bf16_d{d}"),
-                (blocks(s.nk, 128), s.hkv as u32, s.b as u32),
-                256,
-                (2 * 128 + 4 * bq) * row_bytes(d) + 4 * 4 * bq,
-            ));
-        }
+        K::Tc(_) => unreachable!("the mma.sync backward is retired"),
         K::Simple(w) => {
             out.push((
                 format!("dot_bwd_dq_simple_{}_w{w}", ddt(s)),
