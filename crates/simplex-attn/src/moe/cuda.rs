@@ -185,18 +185,12 @@ pub(crate) fn gmm_per_expert(
         DType::F32 => cudaDataType_t::CUDA_R_32F,
         other => candle_core::bail!("{op}: {other:?} is not bf16 or f32"),
     };
+    super::check_offsets(op, offsets, m)?;
     let groups = offsets.len() - 1;
     let used = offsets[groups] as usize;
-    if offsets[0] != 0 || offsets.windows(2).any(|p| p[1] < p[0]) || used > m {
-        candle_core::bail!("{op}: offsets {offsets:?} must ascend from 0 to at most {m} rows")
-    }
     let es = dt.size_in_bytes() as u64;
     let (ap, bp) = (addr(a, la, op, "a")?, addr(b, lb, op, "b")?);
-    let out_len = match kind {
-        GmmKind::Forward => m * n,
-        GmmKind::InputGrad => m * k,
-        GmmKind::WeightGrad => groups * n * k,
-    };
+    let out_len = kind.out_shape(m, groups, (n, k)).elem_count();
     let c = alloc(&dev, dt, out_len, "grouped product")?;
     let cp = addr(&c, &Layout::contiguous(out_len), op, "out")?;
     let stream = dev.cuda_stream();
@@ -212,7 +206,6 @@ pub(crate) fn gmm_per_expert(
     };
     let blas = dev.cublas_handle();
     let (one, nothing) = (1f32, 0f32);
-    let int = |v: usize, what: &str| i32_of(v, what);
     for e in 0..groups {
         let (r0, rows) = (offsets[e] as usize, (offsets[e + 1] - offsets[e]) as usize);
         let w_e = (e * n * k) as u64 * es;
@@ -274,20 +267,20 @@ pub(crate) fn gmm_per_expert(
                 *blas.handle(),
                 ta,
                 tb,
-                int(mm, "m")?,
-                int(nn, "n")?,
-                int(kk, "k")?,
+                i32_of(mm, "m")?,
+                i32_of(nn, "n")?,
+                i32_of(kk, "k")?,
                 (&one) as *const f32 as *const _,
                 pa as *const _,
                 data_type,
-                int(lda, "lda")?,
+                i32_of(lda, "lda")?,
                 pb as *const _,
                 data_type,
-                int(ldb, "ldb")?,
+                i32_of(ldb, "ldb")?,
                 (&nothing) as *const f32 as *const _,
                 pc as *mut _,
                 data_type,
-                int(ldc, "ldc")?,
+                i32_of(ldc, "ldc")?,
                 cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
@@ -320,10 +313,11 @@ pub(crate) fn gmm(
     let (ap, bp) = (addr(a, la, op, "a")?, addr(b, lb, op, "b")?);
     let op_ = tensor_addr(offsets, op, "offsets")?;
     let expert = (n * k) as i64;
-    let (out_len, rows, cols, inner, lda, ldb, ldc) = match kind {
-        GmmKind::Forward => (m * n, m, n, k, k, k, n),
-        GmmKind::InputGrad => (m * k, m, k, n, n, k, k),
-        GmmKind::WeightGrad => (groups * n * k, n, k, m, n, k, k),
+    let out_len = kind.out_shape(m, groups, (n, k)).elem_count();
+    let (rows, cols, inner, lda, ldb, ldc) = match kind {
+        GmmKind::Forward => (m, n, k, k, k, n),
+        GmmKind::InputGrad => (m, k, n, n, k, k),
+        GmmKind::WeightGrad => (n, k, m, n, k, k),
     };
     let c = alloc(&dev, dt, out_len, "grouped product")?;
     let cp = addr(&c, &Layout::contiguous(out_len), op, "out")?;

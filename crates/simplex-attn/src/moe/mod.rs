@@ -23,8 +23,9 @@
 //! SwiGLU, the down product, combine) with the backward of the first four written out as one
 //! op; [`routed_experts_twin`] composes it from the ops above.
 //!
-//! Nothing here reads a count back to the host: the CUDA products find each thread block's
-//! group from `offsets` on the device (`kernels/moe.cu`). Every op is tested against a plain
+//! The grouped products read no count back to the host: each thread block finds its group
+//! from `offsets` on the device (`kernels/moe.cu`); only [`routed_experts`] with per-expert
+//! cuBLAS products ([`ExpertProducts::PerExpert`]) reads the offsets once. Every op is tested against a plain
 //! per-token reference ([`moe_reference`]) and against finite differences (`tests/moe.rs`),
 //! and on the GPU against the CPU (`tests/cuda_moe.rs`).
 //!
@@ -46,7 +47,7 @@ pub use reference::{grouped_matmul_twin, moe_reference};
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Shape, Tensor};
 
 pub use crate::kernels::ExpertProducts;
 
@@ -62,6 +63,28 @@ pub(crate) enum GmmKind {
     InputGrad,
     /// `dW_e [N, K] = dy_e^T x_e` (zero for a group without rows).
     WeightGrad,
+}
+
+impl GmmKind {
+    /// The output shape for `m` rows of the grouped operand, `groups` experts and weights
+    /// `[groups, n, k]`.
+    pub(crate) fn out_shape(self, m: usize, groups: usize, (n, k): (usize, usize)) -> Shape {
+        match self {
+            GmmKind::Forward => Shape::from((m, n)),
+            GmmKind::InputGrad => Shape::from((m, k)),
+            GmmKind::WeightGrad => Shape::from((groups, n, k)),
+        }
+    }
+}
+
+/// Checks host `offsets [E + 1]` of a grouped product over `m` rows: ascending from 0 to at
+/// most `m`; the error names `op`.
+pub(crate) fn check_offsets(op: &str, offsets: &[u32], m: usize) -> Result<()> {
+    let last = offsets.last().copied().unwrap_or(0) as usize;
+    if offsets.first() != Some(&0) || offsets.windows(2).any(|p| p[1] < p[0]) || last > m {
+        candle_core::bail!("{op}: offsets {offsets:?} must ascend from 0 to at most {m} (the rows)")
+    }
+    Ok(())
 }
 
 /// The routing tables of one batch (see the module doc); all u32 on the batch's device.

@@ -107,12 +107,7 @@ pub fn grouped_matmul(x: &Tensor, w: &Tensor, offsets: &Tensor) -> candle_core::
     same_device("grouped_matmul", "the weights", w, x)?;
     same_device("grouped_matmul", "offsets", offsets, x)?;
     if offsets.device().is_cpu() {
-        let off = offsets.to_vec1::<u32>()?;
-        if off[0] != 0 || off.windows(2).any(|p| p[1] < p[0]) || off[e] as usize > m {
-            candle_core::bail!(
-                "grouped_matmul: offsets {off:?} must ascend from 0 to at most {m} (the rows)"
-            )
-        }
+        super::check_offsets("grouped_matmul", &offsets.to_vec1::<u32>()?, m)?;
     }
     let dtype = x.dtype();
     let cd = compute_dtype("grouped_matmul", x)?;
@@ -180,13 +175,8 @@ impl Gmm {
     }
 
     fn out_shape(&self) -> Shape {
-        let (n, k) = self.nk;
-        let groups = self.offsets.elem_count() - 1;
-        match self.kind {
-            GmmKind::Forward => Shape::from((self.m, n)),
-            GmmKind::InputGrad => Shape::from((self.m, k)),
-            GmmKind::WeightGrad => Shape::from((groups, n, k)),
-        }
+        self.kind
+            .out_shape(self.m, self.offsets.elem_count() - 1, self.nk)
     }
 
     fn cpu<T: Real + candle_core::WithDType>(
