@@ -41,10 +41,15 @@
 // rows of k1 and v1 2 x 32 KB (JC = 128 rows; longer windows are restaged with two block-wide
 // barriers): 193 KB.
 // Registers (consumer, D = 128): Q 32 + O 64 + S 32 + P 16 (+ A 32 while the logits run).
+// Key and value head dims may differ (template D, DV): the instantiation D = 128, DV = 64 runs
+// the determinant lift (keys of 2 Dv columns) with the values unpadded: V2, V' tiles and v1
+// rows of 64 columns (shared memory 130 KB), O 32 registers, a values product of half the
+// logits' width. With D = DV the loads keep their one loop over K2 and V2 chunks (the same
+// SASS as before the split).
 // setmaxnreg 72 (producer) / 216 (consumers), chosen by compiling splits from 24/240 to
 // 88/208: the consumers spill at 208 (32 B), the producer below 72 (174 B at 24, 46 at 56;
 // at 72 none once its load loops are unrolled by 2 instead of 4).
-// Chosen automatically for G >= 64, and G >= 16 at D = 128.
+// Chosen automatically for G >= 64, and G >= 16 at D = 128 (and D = 128, Dv = 64).
 // Reference: src/reference.rs; tests: tests/cuda_wgmma.rs, tests/cuda_vs_oracle.rs; speed:
 // docs/kernels.md.
 #include "offset_walk.cuh"
@@ -80,20 +85,29 @@ constexpr int FULL_THREADS = PTHREADS + 128;
 static_assert(offset_walk::BAR_WG + 2 < BAR_FULL, "barrier ids overlap");
 static_assert(BAR_TURN + 1 < 16, "16 named barriers");
 
-// Shared-memory carve-up for head dim D (= Dv), from a 1024-byte aligned base. Tiles are D/64
-// 128B-swizzled atoms of TKA x 128 B (sw128_tile with TKA rows).
-template <int D>
+// Shared-memory carve-up for key head dim D and value head dim DV, from a 1024-byte aligned
+// base. Tiles are D/64 (K2) or DV/64 (V2, V') 128B-swizzled atoms of TKA x 128 B (sw128_tile
+// with TKA rows).
+template <int D, int DV>
 struct Smem {
-  static constexpr int KT = TKA * D * 2;  // one tile
-  static constexpr int JR = JC * D * 2;  // window-1 rows of k1 (or v1), unpadded
-  static constexpr int K_OFF = 0;        // 2 K2 tiles
-  static constexpr int V_OFF = 2 * KT;   // 2 V2 tiles
-  static constexpr int VP_OFF = 4 * KT;  // NV V' tiles
-  static constexpr int J1_OFF = VP_OFF + NV * KT;
+  static constexpr int KT = TKA * D * 2;   // one K2 tile
+  static constexpr int VT = TKA * DV * 2;  // one V2 or V' tile
+  static constexpr int JR = JC * D * 2;    // window-1 rows of k1, unpadded
+  static constexpr int JRV = JC * DV * 2;  // window-1 rows of v1
+  static constexpr int K_OFF = 0;          // 2 K2 tiles
+  static constexpr int V_OFF = 2 * KT;     // 2 V2 tiles
+  static constexpr int VP_OFF = V_OFF + 2 * VT;  // NV V' tiles
+  static constexpr int J1_OFF = VP_OFF + NV * VT;
   static constexpr int JV_OFF = J1_OFF + JR;
-  static constexpr int BYTES = JV_OFF + JR + 1024;  // + alignment slack (src/kernels/table.rs)
+  static constexpr int BYTES = JV_OFF + JRV + 1024;  // + alignment slack (src/kernels/table.rs)
 };
-static_assert(Smem<128>::BYTES <= 227 * 1024, "one CTA per SM fits the shared memory");
+static_assert(Smem<128, 128>::BYTES <= 227 * 1024, "one CTA per SM fits the shared memory");
+
+// A head dim as a type, for the producer's load lambdas (one per operand width).
+template <int W>
+struct Width {
+  static constexpr int value = W;
+};
 
 // The keys of consumer c (rows row0 + 64 c ..): the unions `jw`, `kw` of its rows' windows 1
 // and 2, and the row of the CTA's tiles where its own 64-key tiles start. The CTA's tiles start at the union
@@ -114,18 +128,18 @@ __device__ __forceinline__ ConsumerKeys consumer_keys(int c, int row0, int nrows
   return {jw, kw, shift};
 }
 
-template <int D>
+template <int D, int DV>
 __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B,N,Hq,D]
                                              const bf16* __restrict__ k1,  // [B,N,Hkv,D] small window
                                              const bf16* __restrict__ k2,  // [B,N,Hkv,D] large window
-                                             const bf16* __restrict__ v1,  // [B,N,Hkv,D]
-                                             const bf16* __restrict__ v2,  // [B,N,Hkv,D]
-                                             bf16* __restrict__ o,         // [B,N,Hq,D]
+                                             const bf16* __restrict__ v1,  // [B,N,Hkv,DV]
+                                             const bf16* __restrict__ v2,  // [B,N,Hkv,DV]
+                                             bf16* __restrict__ o,         // [B,N,Hq,DV]
                                              float* __restrict__ lse,      // [B,N,Hq]
                                              const Shape s) {
-  using L = Smem<D>;
-  constexpr int KS = D / 16;  // k-steps of the logits
-  constexpr int NA = D / 64;  // 64-column blocks of O
+  using L = Smem<D, DV>;
+  constexpr int KS = D / 16;   // k-steps of the logits
+  constexpr int NA = DV / 64;  // 64-column blocks of O
   extern __shared__ uint8_t smem_raw[];
   uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
 
@@ -148,41 +162,75 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
   }
   const int njc = (JU.hi - JU.lo + JC - 1) / JC;
   auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
+  auto v_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * DV; };
 
   if (wg == 0) {
     // ---------------- producer ----------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
     const int ptid = tid;
-    auto load_tile = [&](int k0, int buf) {
+    // rows k0 .. k0 + tile_rows - 1 of x (W columns) into the swizzled tile at `dst`
+    auto load_rows = [&](auto width, uint32_t dst, const bf16* x, auto offset, int k0) {
+      constexpr int W = decltype(width)::value;
 #pragma unroll 2
-      for (int c = ptid; c < tile_rows * D / 8; c += PTHREADS) {
-        const int kk = c / (D / 8), c16 = c % (D / 8);
+      for (int c = ptid; c < tile_rows * W / 8; c += PTHREADS) {
+        const int kk = c / (W / 8), c16 = c % (W / 8);
         const int pos = k0 + kk;
         const bool ok = pos < KU.hi;
-        const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
-        const uint32_t at = sw128_tile(TKA, kk, c16 * 8);
-        cp_async16(smem_u32(sm + L::K_OFF + buf * L::KT) + at, k2 + src, ok);
-        cp_async16(smem_u32(sm + L::V_OFF + buf * L::KT) + at, v2 + src, ok);
+        cp_async16(dst + sw128_tile(TKA, kk, c16 * 8), x + (ok ? offset(pos) + c16 * 8 : 0), ok);
+      }
+    };
+    // window-1 rows j0 .. j0 + JC - 1 of x (W columns), unpadded, at `dst`
+    auto load_j_rows = [&](auto width, uint32_t dst, const bf16* x, auto offset, int j0) {
+      constexpr int W = decltype(width)::value;
+#pragma unroll 2
+      for (int c = ptid; c < JC * W / 8; c += PTHREADS) {
+        const int jj = c / (W / 8), c16 = c % (W / 8);
+        const int pos = j0 + jj;
+        const bool ok = pos < JU.hi;
+        cp_async16(dst + jj * W * 2 + c16 * 16, x + (ok ? offset(pos) + c16 * 8 : 0), ok);
+      }
+    };
+    auto load_tile = [&](int k0, int buf) {
+      const uint32_t ks = smem_u32(sm + L::K_OFF + buf * L::KT), vs = smem_u32(sm + L::V_OFF + buf * L::VT);
+      if constexpr (D == DV) {  // one loop: K2 and V2 chunks share their tile address
+#pragma unroll 2
+        for (int c = ptid; c < tile_rows * D / 8; c += PTHREADS) {
+          const int kk = c / (D / 8), c16 = c % (D / 8);
+          const int pos = k0 + kk;
+          const bool ok = pos < KU.hi;
+          const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
+          const uint32_t at = sw128_tile(TKA, kk, c16 * 8);
+          cp_async16(ks + at, k2 + src, ok);
+          cp_async16(vs + at, v2 + src, ok);
+        }
+      } else {
+        load_rows(Width<D>{}, ks, k2, kv_off, k0);
+        load_rows(Width<DV>{}, vs, v2, v_off, k0);
       }
     };
     auto load_j = [&](int j0) {
       const uint32_t a = smem_u32(sm + L::J1_OFF), v = smem_u32(sm + L::JV_OFF);
+      if constexpr (D == DV) {
 #pragma unroll 2
-      for (int c = ptid; c < JC * D / 8; c += PTHREADS) {
-        const int jj = c / (D / 8), c16 = c % (D / 8);
-        const int pos = j0 + jj;
-        const bool ok = pos < JU.hi;
-        const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
-        cp_async16(a + jj * D * 2 + c16 * 16, k1 + src, ok);
-        cp_async16(v + jj * D * 2 + c16 * 16, v1 + src, ok);
+        for (int c = ptid; c < JC * D / 8; c += PTHREADS) {
+          const int jj = c / (D / 8), c16 = c % (D / 8);
+          const int pos = j0 + jj;
+          const bool ok = pos < JU.hi;
+          const long long src = ok ? kv_off(pos) + c16 * 8 : 0;
+          cp_async16(a + jj * D * 2 + c16 * 16, k1 + src, ok);
+          cp_async16(v + jj * D * 2 + c16 * 16, v1 + src, ok);
+        }
+      } else {
+        load_j_rows(Width<D>{}, a, k1, kv_off, j0);
+        load_j_rows(Width<DV>{}, v, v1, v_off, j0);
       }
     };
     int consumed = 0;  // steps whose EMPTY the producer has waited for
     auto wait_consumed = [&](int n) {
       for (; consumed < n; ++consumed) bar_sync(BAR_EMPTY + consumed % NV, THREADS);
     };
-    // this thread's 16-byte chunks of a tile: column chunk c16 fixed, keys kk0 + x * KSTEP
-    constexpr int CPR = D / 8;                // chunks per row
+    // this thread's 16-byte chunks of a V' tile: column chunk c16 fixed, keys kk0 + x * KSTEP
+    constexpr int CPR = DV / 8;               // chunks per row
     constexpr int KSTEP = PTHREADS / CPR;     // rows between a thread's chunks
     constexpr int NCH = (TKA * CPR + PTHREADS - 1) / PTHREADS;  // chunks per thread (the last maybe none)
     const int c16 = ptid % CPR, kk0 = ptid / CPR;
@@ -198,7 +246,7 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
       bar_sync(BAR_PRODUCER, PTHREADS);  // tile kt (and the first rows) landed for every thread
       const int s0 = step;
       bool pending = kt + 1 < nkt;  // the next tile's load, issued once tile kt - 1 is consumed
-      const uint8_t* vsrc = sm + L::V_OFF + buf * L::KT;
+      const uint8_t* vsrc = sm + L::V_OFF + buf * L::VT;
       for (int jc = 0; jc < njc; ++jc) {
         const int j0 = JU.lo + jc * JC;
         if (njc > 1 && (kt > 0 || jc > 0)) {  // restage window-1 rows (long windows only)
@@ -212,8 +260,8 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
         const int jn = min(JC, JU.hi - j0);
         for (int jj = 0; jj < jn; ++jj, ++step) {
           wait_consumed(step - NV + 1);
-          const uint4 m = *reinterpret_cast<const uint4*>(sm + L::JV_OFF + (jj * D + c16 * 8) * 2);
-          uint8_t* vdst = sm + L::VP_OFF + (step % NV) * L::KT;
+          const uint4 m = *reinterpret_cast<const uint4*>(sm + L::JV_OFF + (jj * DV + c16 * 8) * 2);
+          uint8_t* vdst = sm + L::VP_OFF + (step % NV) * L::VT;
 #pragma unroll
           for (int x = 0; x < NCH; ++x) {
             if (kk0 + x * KSTEP >= tile_rows) break;
@@ -249,6 +297,9 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
   const int rbase = row0 + ROWS * (wg - 1);
   auto q_off = [&](int r) -> long long {
     return ((long long)(b * N + r / G) * Hq + kv * G + r % G) * D;
+  };
+  auto o_off = [&](int r) -> long long {
+    return ((long long)(b * N + r / G) * Hq + kv * G + r % G) * DV;
   };
   const bf16* j1_s = reinterpret_cast<const bf16*>(sm + L::J1_OFF);
 
@@ -322,7 +373,7 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
           for (int st = 0; st < TK / 16; ++st) pf[st][0] = pf[st][1] = pf[st][2] = pf[st][3] = 0u;
           pend_vb = vb;
         }
-        const uint32_t vp = smem_u32(sm + L::VP_OFF + pend_vb * L::KT) + ck.shift * 128;
+        const uint32_t vp = smem_u32(sm + L::VP_OFF + pend_vb * L::VT) + ck.shift * 128;
         if (!work) {  // nothing of this step: the pending values product alone, in turn
           bar_sync(BAR_TURN + c, 2 * ROWS * 2);
 #pragma unroll
@@ -390,7 +441,7 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
 #pragma unroll
     for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
     wg_fence();
-    offset_walk::wgmma_a_t<NA, TKA>(acc, pf, smem_u32(sm + L::VP_OFF + pend_vb * L::KT) + ck.shift * 128, true);
+    offset_walk::wgmma_a_t<NA, TKA>(acc, pf, smem_u32(sm + L::VP_OFF + pend_vb * L::VT) + ck.shift * 128, true);
     wg_commit();
     wg_wait0();
 #pragma unroll
@@ -409,18 +460,21 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
       lse[(long long)(b * N + r / G) * Hq + kv * G + r % G] = (m_row[e] + log2f(l_row[e])) * LN2;
     inv[e] = 1.0f / l_row[e];
   }
-  offset_walk::store_rows_bf16<D>(sm, acc, inv, rbase, nrows, o, q_off);
+  offset_walk::store_rows_bf16<DV>(sm, acc, inv, rbase, nrows, o, o_off);
 }
 
 }  // namespace
 
-// simplicial_fwd_producer_bf16_d{D}: D = Dv = 64 or 128; 384 threads, 128 rows per CTA.
-#define SIMPLICIAL_FWD_PRODUCER(D)                                                                        \
-  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_fwd_producer_bf16_d##D(              \
+// simplicial_fwd_producer_bf16_{NAME}: key head dim D, value head dim DV (d64: D = Dv = 64; d128:
+// D = Dv = 128; d128_dv64: D = 128, Dv = 64, the determinant lift's shape); 384 threads, 128 rows
+// per CTA.
+#define SIMPLICIAL_FWD_PRODUCER(NAME, D, DV)                                                              \
+  extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_fwd_producer_bf16_##NAME(           \
       const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, bf16* o, float* lse, \
       const Shape s) {                                                                                    \
-    fwd_producer<D>(q, k1, k2, v1, v2, o, lse, s);                                                        \
+    fwd_producer<D, DV>(q, k1, k2, v1, v2, o, lse, s);                                                    \
   }
 
-SIMPLICIAL_FWD_PRODUCER(64)
-SIMPLICIAL_FWD_PRODUCER(128)
+SIMPLICIAL_FWD_PRODUCER(d64, 64, 64)
+SIMPLICIAL_FWD_PRODUCER(d128, 128, 128)
+SIMPLICIAL_FWD_PRODUCER(d128_dv64, 128, 64)

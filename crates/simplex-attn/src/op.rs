@@ -24,7 +24,7 @@ use crate::inputs::{
     compute_dtype, fill_slot, lse_for_backward, marker_cpu, saved_lse, store_lse, take_slot,
     LseSlot,
 };
-use crate::kernels::dispatch::simplicial::padded_head_dim;
+use crate::kernels::dispatch::simplicial::padded_head_dims;
 use crate::spec::{AttnSpec, Call, Dims, Variant};
 use crate::{determinant, AttnError};
 
@@ -71,20 +71,22 @@ pub fn simplicial_attn(
         Variant::Determinant => determinant::lift(&q, &k1, &k2)?,
     };
     // on CUDA, a call whose q/k and v head dims differ (the determinant lift) is zero-padded to
-    // the tensor cores' D = Dv where that reaches them (`padded_head_dim`); the output's padded
-    // columns are dropped, and autograd maps the gradients back through the padding
+    // head dims the tensor cores take where that reaches them (`padded_head_dims`); the
+    // output's padded columns are dropped, and autograd maps the gradients back through the
+    // padding
     let (d, dv) = (q.dim(3)?, v1.dim(3)?);
     let padded = if q.device().is_cuda() {
-        padded_head_dim(d, dv, compute, &spec.kernels)
+        padded_head_dims(&Dims { d, dv, ..dims }, compute, &spec.kernels)
     } else {
         None
     };
-    let pad = |t: Tensor, from: usize| match padded {
+    let pad = |t: Tensor, from: usize, to: Option<usize>| match to {
         Some(p) if p > from => t.pad_with_zeros(3, 0, p - from),
         _ => Ok(t),
     };
-    let (q, k1, k2) = (pad(q, d)?, pad(k1, d)?, pad(k2, d)?);
-    let (v1, v2) = (pad(v1, dv)?, pad(v2, dv)?);
+    let (pd, pdv) = (padded.map(|p| p.0), padded.map(|p| p.1));
+    let (q, k1, k2) = (pad(q, d, pd)?, pad(k1, d, pd)?, pad(k2, d, pd)?);
+    let (v1, v2) = (pad(v1, dv, pdv)?, pad(v2, dv, pdv)?);
     let (q, k1, k2) = (q.contiguous()?, k1.contiguous()?, k2.contiguous()?);
     let (v1, v2) = (v1.contiguous()?, v2.contiguous()?);
     let lse = Arc::new(Mutex::new(None));

@@ -156,9 +156,10 @@ proptest! {
 }
 
 /// What the CUDA op does to run differing head dims on the tensor cores (the determinant lift:
-/// `kernels::dispatch::simplicial::padded_head_dim`): zero columns appended to q, k1, k2 and to
-/// v1, v2 change neither the output's first Dv columns nor the lse, and the gradients of the
-/// unpadded inputs are the padded ones' first columns. Checked here on the CPU kernels.
+/// `kernels::dispatch::simplicial::padded_head_dims`, and the backward's padding of the values,
+/// `backward_value_dim`): zero columns appended to q, k1, k2 and to v1, v2 change neither the
+/// output's first Dv columns nor the lse, and the gradients of the unpadded inputs are the
+/// padded ones' first columns. Checked here on the CPU kernels.
 #[test]
 fn zero_padding_the_head_dims_changes_nothing() -> anyhow::Result<()> {
     let dev = Device::Cpu;

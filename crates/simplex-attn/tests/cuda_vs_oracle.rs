@@ -16,6 +16,7 @@ use common::{
     cases, check_all_cuda, compare_outputs, cuda, max_abs, poisoned, round_to, Case, Data,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use simplex_attn::kernels::ForwardVariant;
 use simplex_attn::reference::{simplicial_attn_backward_reference, simplicial_attn_reference};
 use simplex_attn::{simplicial_attn, AttnSpec, Kernels, Variant};
 
@@ -189,6 +190,31 @@ fn head_dims_32_to_256_and_the_determinant_lift() {
         2,
         30,
         det(AttnSpec::bidirectional().with_windows(Some(11), Some(40))),
+    ));
+    // where the producer forward runs at D = 128 (G >= 16, or forced): padded to D = 128,
+    // Dv = 64 (its determinant instantiation; the backward pads the values to 128)
+    cs.push(Case::new(1, 37, 16, 1, 63, det(AttnSpec::causal(9, 21))));
+    cs.push(Case::new(1, 19, 64, 1, 48, det(AttnSpec::causal(32, 5))));
+    cs.push(Case {
+        b: 2,
+        n: 29,
+        hq: 64,
+        hkv: 1,
+        d: 128,
+        dv: 64,
+        spec: AttnSpec::bidirectional().with_windows(Some(5), Some(40)),
+    });
+    let producer = Kernels {
+        forward: Some(ForwardVariant::Producer),
+        ..Kernels::default()
+    };
+    cs.push(Case::new(
+        1,
+        45,
+        4,
+        2,
+        63,
+        det(AttnSpec::causal(13, 30)).with_kernels(producer),
     ));
     check_all(&cs, 3000, &BOTH);
 }

@@ -392,32 +392,84 @@ fn errors_name_what_no_kernel_takes() {
     assert!(e.to_string().contains("F64"), "{e}");
 }
 
-/// Head dims that differ (the determinant lift: q/k 2D, v D) are padded to the tensor cores'
-/// D = Dv in bf16 where that is at most 128; otherwise the CUDA-core kernels run them.
+/// Head dims that differ (the determinant lift: q/k 2D, v D) are padded for the tensor cores
+/// in bf16 where both are at most 128: to (128, 64) where the producer forward runs at D = 128
+/// (G >= 16, or forced), the backward padding the values to 128 itself; to (64, 64) where both
+/// fit; else to (128, 128). Otherwise the CUDA-core kernels run them.
 #[test]
 fn differing_head_dims_pad_to_the_tensor_cores() {
-    use simplicial::padded_head_dim as pad;
     let k = Kernels::default();
     let bf = DType::BF16;
-    assert_eq!(pad(126, 63, bf, &k), Some(128));
-    assert_eq!(pad(96, 48, bf, &k), Some(128));
-    assert_eq!(pad(60, 30, bf, &k), Some(64));
-    assert_eq!(pad(64, 32, bf, &k), Some(64));
-    assert_eq!(pad(192, 96, bf, &k), None, "over 128: CUDA cores");
-    assert_eq!(pad(64, 64, bf, &k), None, "D = Dv: nothing to pad");
-    assert_eq!(pad(126, 63, DType::F32, &k), None, "f32: CUDA cores");
+    // (D, Dv) and G -> the padded dims
+    let pad = |d: usize, dv: usize, g: usize, dtype: DType, k: &Kernels| {
+        simplicial::padded_head_dims(&dims(2, 1024, g, 1, d, dv), dtype, k)
+    };
+    assert_eq!(
+        pad(126, 63, 64, bf, &k),
+        Some((128, 64)),
+        "the anchor's lift"
+    );
+    assert_eq!(
+        pad(126, 63, 16, bf, &k),
+        Some((128, 64)),
+        "G = 16: producer"
+    );
+    assert_eq!(
+        pad(126, 63, 8, bf, &k),
+        Some((128, 128)),
+        "G = 8: the offset walk"
+    );
+    assert_eq!(pad(126, 63, 1, bf, &k), Some((128, 128)));
+    assert_eq!(pad(96, 48, 64, bf, &k), Some((128, 64)));
+    assert_eq!(pad(128, 64, 64, bf, &k), Some((128, 64)), "nothing padded");
+    assert_eq!(pad(60, 30, 64, bf, &k), Some((64, 64)), "both fit 64");
+    assert_eq!(pad(64, 32, 1, bf, &k), Some((64, 64)));
+    assert_eq!(pad(128, 96, 64, bf, &k), Some((128, 128)), "values over 64");
+    assert_eq!(pad(192, 96, 64, bf, &k), None, "over 128: CUDA cores");
+    assert_eq!(pad(64, 64, 64, bf, &k), None, "D = Dv: nothing to pad");
+    assert_eq!(pad(126, 63, 64, DType::F32, &k), None, "f32: CUDA cores");
     let off = Kernels {
         tensor_cores: false,
         ..k
     };
-    assert_eq!(pad(126, 63, bf, &off), None, "tensor cores off");
-    // the padded call is one the tensor-core forward takes
-    let d = dims(2, 1024, 8, 8, 128, 128);
+    assert_eq!(pad(126, 63, 64, bf, &off), None, "tensor cores off");
+    let producer = Kernels {
+        forward: Some(ForwardVariant::Producer),
+        ..k
+    };
+    assert_eq!(pad(126, 63, 1, bf, &producer), Some((128, 64)), "forced");
+    let offsets = Kernels {
+        forward: Some(ForwardVariant::Offsets),
+        ..k
+    };
+    assert_eq!(pad(126, 63, 64, bf, &offsets), Some((128, 128)), "forced");
+
+    // every padded call is one a tensor-core forward takes
     let win = AttnSpec::causal(32, 512).windows(1024);
-    let f = simplicial::forward(&d, &win, bf, &k, &HOPPER).unwrap();
+    let (narrow, wide) = (dims(2, 1024, 64, 1, 128, 64), dims(2, 1024, 8, 8, 128, 128));
+    let f = simplicial::forward(&narrow, &win, bf, &k, &HOPPER).unwrap();
+    assert_eq!(f.symbol(), "simplicial_fwd_producer_bf16_d128_dv64");
+    let f = simplicial::forward(&narrow, &win, bf, &offsets, &HOPPER).unwrap();
+    assert_eq!(
+        f.symbol(),
+        "simplicial_fwd_bf16_dv64",
+        "(128, 64) is the producer's alone"
+    );
+    let f = simplicial::forward(&wide, &win, bf, &k, &HOPPER).unwrap();
     assert!(
         !f.symbol().starts_with("simplicial_fwd_bf16"),
         "{}",
         f.symbol()
     );
+    // the backward of (128, 64) pads the values to 128 for the tensor cores, unless it runs on
+    // the CUDA cores anyway
+    assert_eq!(simplicial::backward_value_dim(&narrow, bf, &k), Some(128));
+    let det = Kernels {
+        deterministic: true,
+        ..k
+    };
+    assert_eq!(simplicial::backward_value_dim(&narrow, bf, &det), None);
+    assert_eq!(simplicial::backward_value_dim(&wide, bf, &k), None);
+    let b = simplicial::backward(&dims(2, 1024, 64, 1, 128, 128), &win, bf, &k, &HOPPER).unwrap();
+    assert!(matches!(b, Backward::TensorCore { .. }), "{b:?}");
 }

@@ -86,9 +86,8 @@ fn layout(k: Kernel, src: &Source) -> Option<i64> {
     let d = |d: usize| d as i64;
     Some(match k {
         Kernel::FwdWgmma { d, tj, .. } => src.eval(&format!("Smem<{d}, {tj}>::BYTES")),
-        Kernel::FwdProducer { d } | Kernel::BwdProducerK2 { d } => {
-            src.eval(&format!("Smem<{d}>::BYTES"))
-        }
+        Kernel::FwdProducer { d, dv } => src.eval(&format!("Smem<{d}, {dv}>::BYTES")),
+        Kernel::BwdProducerK2 { d } => src.eval(&format!("Smem<{d}>::BYTES")),
         Kernel::BwdQMma { d } => src.eval(&format!("QSmem<{d}>::BYTES")),
         Kernel::BwdKMma { d, rows } => src.eval(&format!("KSmem<{d}, {rows}>::BYTES")),
         Kernel::BwdQWgmma { d } => src.eval(&format!("QLayout<{d}>::BYTES")),

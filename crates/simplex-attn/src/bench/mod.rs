@@ -58,16 +58,16 @@ impl BenchShape {
             dims = dims.with_d(2 * self.d);
         }
         let k = &self.spec.kernels;
-        // as the op pads a call whose head dims differ to the tensor cores' D = Dv
-        if let Some(p) = simplicial::padded_head_dim(dims.d, dims.dv, self.dtype, k) {
-            dims = Dims {
-                d: p,
-                dv: p,
-                ..dims
-            };
+        // as the op pads a call whose head dims differ for the tensor cores, and the backward
+        // its values where they are narrower than the keys
+        if let Some((d, dv)) = simplicial::padded_head_dims(&dims, self.dtype, k) {
+            dims = Dims { d, dv, ..dims };
         }
         let win = self.spec.windows(self.n);
         let fwd = simplicial::forward(&dims, &win, self.dtype, k, limits)?;
+        if let Some(dv) = simplicial::backward_value_dim(&dims, self.dtype, k) {
+            dims = Dims { dv, ..dims };
+        }
         let bwd = match simplicial::backward(&dims, &win, self.dtype, k, limits)? {
             Backward::Core { dq, dkv, .. } => format!("{}+{}", dq.symbol(), dkv.symbol()),
             Backward::TensorCore { q, k, .. } => format!("{}+{}", q.symbol(), k.symbol()),

@@ -21,11 +21,15 @@ use super::launch::{self, Planned};
 use super::shape::{oriented, KernelShape};
 use crate::kernels::dispatch::simplicial::{self, exchange_sets, Backward};
 use crate::kernels::{Elem, Launch};
-use crate::spec::Call;
+use crate::spec::{Call, Dims};
 
 /// The backward on CUDA from `[q, k1, k2, v1, v2, o, dout, lse]`: `[dq, dk1, dk2, dv1, dv2]`,
 /// each like its input, in the input dtype.
 pub(crate) fn backward(call: &Call, tensors: [&Tensor; 8]) -> Result<[Tensor; 5]> {
+    let wide = simplicial::backward_value_dim(&call.dims, tensors[0].dtype(), &call.kernels);
+    if let Some(wide) = wide {
+        return backward_values_padded(call, tensors, wide);
+    }
     let names = ["q", "k1", "k2", "v1", "v2", "o", "dout", "lse"];
     let guards = tensors.map(|t| t.storage_and_layout());
     let st = cuda_storages("simplicial attention backward", names, &guards)?;
@@ -47,6 +51,31 @@ pub(crate) fn backward(call: &Call, tensors: [&Tensor; 8]) -> Result<[Tensor; 5]
             wrap_grads(dev, grads, &tensors)
         }
     })
+}
+
+/// The backward of a call whose values are narrower than its keys (the producer forward's
+/// D = 128, Dv = 64) as the call with v1, v2, o and dout zero-padded to `wide` columns, which
+/// the tensor-core backward takes: zero value columns change no logit, no probability and no
+/// delta (o's padded columns are zero, and so are dout's), so dq, dk1, dk2 are the narrow
+/// call's, and dv1, dv2 are its own in their first Dv columns.
+fn backward_values_padded(
+    call: &Call,
+    [q, k1, k2, v1, v2, o, dout, lse]: [&Tensor; 8],
+    wide: usize,
+) -> Result<[Tensor; 5]> {
+    let dv = call.dims.dv;
+    let pad = |t: &Tensor| t.pad_with_zeros(3, 0, wide - dv)?.contiguous();
+    let (v1, v2, o, dout) = (pad(v1)?, pad(v2)?, pad(o)?, pad(dout)?);
+    let wide_call = Call {
+        dims: Dims {
+            dv: wide,
+            ..call.dims
+        },
+        ..*call
+    };
+    let [dq, dk1, dk2, dv1, dv2] = backward(&wide_call, [q, k1, k2, &v1, &v2, &o, &dout, lse])?;
+    let narrow = |t: Tensor| t.narrow(3, 0, dv)?.contiguous();
+    Ok([dq, dk1, dk2, narrow(dv1)?, narrow(dv2)?])
 }
 
 /// `[dq, dk1, dk2, dv1, dv2]` as tensors shaped like `[q, k1, k2, v1, v2]`.

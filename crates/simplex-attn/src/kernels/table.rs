@@ -110,8 +110,8 @@ pub enum Kernel {
     },
     /// Tensor-core forward, the offset walk with `to` offsets per step.
     FwdOffsets { d: usize, to: usize },
-    /// Tensor-core forward with a producer warpgroup.
-    FwdProducer { d: usize },
+    /// Tensor-core forward with a producer warpgroup, key head dim `d`, value head dim `dv`.
+    FwdProducer { d: usize, dv: usize },
     /// delta = rowsum(o * dout), the backward's pre-pass.
     BwdDelta { dtype: Elem },
     /// dq on CUDA cores.
@@ -222,7 +222,7 @@ use Smem::*;
 
 /// Every compiled attention kernel.
 #[rustfmt::skip]
-pub static TABLE: [KernelInfo; 85] = [
+pub static TABLE: [KernelInfo; 86] = [
     // simplicial_fwd.cu: CUDA cores, bf16 or f32, Dv up to the width
     e(Fwd { dtype: F32, dv: 32 }, "simplicial_fwd_f32_dv32", Forward, 256, 16, CoreForward),
     e(Fwd { dtype: F32, dv: 64 }, "simplicial_fwd_f32_dv64", Forward, 256, 16, CoreForward),
@@ -241,8 +241,9 @@ pub static TABLE: [KernelInfo; 85] = [
     e(FwdOffsets { d: 64, to: 2 }, "simplicial_fwd_offsets_to2_bf16_d64", ForwardOffsets, 256, 128, OffsetsForward),
     e(FwdOffsets { d: 128, to: 1 }, "simplicial_fwd_offsets_to1_bf16_d128", ForwardOffsets, 256, 128, OffsetsForward),
     // simplicial_fwd_producer.cu: a producer warpgroup and two consumers
-    e(FwdProducer { d: 64 }, "simplicial_fwd_producer_bf16_d64", ForwardProducer, 384, 128, Fixed(98_304)),
-    e(FwdProducer { d: 128 }, "simplicial_fwd_producer_bf16_d128", ForwardProducer, 384, 128, Fixed(195_584)),
+    e(FwdProducer { d: 64, dv: 64 }, "simplicial_fwd_producer_bf16_d64", ForwardProducer, 384, 128, Fixed(98_304)),
+    e(FwdProducer { d: 128, dv: 128 }, "simplicial_fwd_producer_bf16_d128", ForwardProducer, 384, 128, Fixed(195_584)),
+    e(FwdProducer { d: 128, dv: 64 }, "simplicial_fwd_producer_bf16_d128_dv64", ForwardProducer, 384, 128, Fixed(133_120)),
     // simplicial_bwd_dq.cu: the delta pre-pass and the CUDA-core dq
     e(BwdDelta { dtype: F32 }, "simplicial_bwd_delta_f32", BackwardQuery, 256, 8, Zero),
     e(BwdDelta { dtype: Bf16 }, "simplicial_bwd_delta_bf16", BackwardQuery, 256, 8, Zero),
@@ -345,10 +346,10 @@ mod tests {
             }
             assert_eq!(a.kernel.info().unwrap().symbol, a.symbol);
         }
-        let e = Kernel::FwdProducer { d: 96 }
+        let e = Kernel::FwdProducer { d: 96, dv: 96 }
             .info()
             .unwrap_err()
             .to_string();
-        assert!(e.contains("FwdProducer { d: 96 }"), "{e}");
+        assert!(e.contains("FwdProducer { d: 96, dv: 96 }"), "{e}");
     }
 }

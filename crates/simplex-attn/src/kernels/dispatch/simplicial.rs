@@ -89,9 +89,18 @@ impl Call {
     }
 }
 
-/// Whether the tensor-core forward covers a call: bf16, D = Dv in {64, 128}, tensor cores on.
+/// Whether the tensor-core forward covers a call: bf16, tensor cores on, D = Dv in {64, 128}
+/// or (D, Dv) = (128, 64) (the producer layout's determinant instantiation).
 fn tensor_core_forward(dims: &Dims, dtype: DType, k: &Kernels) -> bool {
-    dtype == DType::BF16 && dims.d == dims.dv && matches!(dims.d, 64 | 128) && k.tensor_cores
+    let dims_ok = matches!((dims.d, dims.dv), (64, 64) | (128, 128) | (128, 64));
+    dtype == DType::BF16 && dims_ok && k.tensor_cores
+}
+
+/// The tensor-core forward layout of a call: `k.forward` where set, else
+/// [`ForwardVariant::fastest`] for its group and key head dim.
+fn forward_variant(group: usize, d: usize, k: &Kernels) -> ForwardVariant {
+    k.forward
+        .unwrap_or_else(|| ForwardVariant::fastest(group, d))
 }
 
 /// Whether the tensor-core backward covers a call: bf16, D = Dv in {32, 64, 96, 128}, tensor
@@ -104,25 +113,50 @@ fn tensor_core_backward(dims: &Dims, dtype: DType, k: &Kernels) -> bool {
         && !k.deterministic
 }
 
-/// The head dim to which a call with q/k head dim `d` and value head dim `dv` (`d != dv`, as
-/// after the determinant lift: `d = 2 Dv`) is zero-padded, q, k1, k2 and v1, v2 alike, so that
-/// the tensor-core kernels (D = Dv in {64, 128}) run it on CUDA; `None` where they do not
-/// apply (not bf16, tensor cores off, `d == dv` already, or `max(d, dv) > 128`). Zero columns
-/// add nothing to the logits, and the output's padded columns are dropped, so the result is the
-/// unpadded call's; the cost is the padded columns' products (for the lift of D = 63: keys
-/// 126 -> 128, values 63 -> 128).
-pub fn padded_head_dim(d: usize, dv: usize, dtype: DType, k: &Kernels) -> Option<usize> {
+/// The head dims `(D, Dv)` to which a call whose q/k head dim `d` differs from its value head
+/// dim `dv` (as after the determinant lift: `d = 2 Dv`) is zero-padded so that the tensor-core
+/// kernels run it on CUDA; `None` where they do not apply (not bf16, tensor cores off,
+/// `d == dv` already, or `max(d, dv) > 128`).
+///
+/// - `d <= 128`, `dv <= 64` where the forward runs the producer layout at D = 128 (G >= 16,
+///   or `forward=producer`): `(128, 64)`, the values unpadded to 128 (the producer's
+///   determinant instantiation; the backward pads the values to 128 itself, see
+///   [`backward_value_dim`]);
+/// - else both up to 64 where both fit: `(64, 64)`;
+/// - else `(128, 128)`.
+///
+/// Zero columns add nothing to the logits, and the output's padded columns are dropped, so the
+/// result is the unpadded call's; the cost is the padded columns' products (for the lift of
+/// D = 63 at G = 64: keys 126 -> 128, values 63 -> 64).
+pub fn padded_head_dims(dims: &Dims, dtype: DType, k: &Kernels) -> Option<(usize, usize)> {
+    let (d, dv) = (dims.d, dims.dv);
     if dtype != DType::BF16 || !k.tensor_cores || d == dv {
         return None;
     }
+    let producer = forward_variant(dims.group(), 128, k) == ForwardVariant::Producer;
+    if (65..=128).contains(&d) && dv <= 64 && producer {
+        return Some((128, 64));
+    }
     match d.max(dv) {
-        1..=64 => Some(64),
-        65..=128 => Some(128),
+        1..=64 => Some((64, 64)),
+        65..=128 => Some((128, 128)),
         _ => None,
     }
 }
 
-/// The kernel of a forward layout at head dim `d`.
+/// The value head dim to which the backward pads v1, v2, o and dout (zero columns; dv1, dv2
+/// narrowed back after) so that the tensor-core backward (D = Dv) runs a call whose values are
+/// narrower than its keys: `Some(d)` for the producer forward's `(128, 64)`, `None` where the
+/// call runs as it is.
+pub fn backward_value_dim(dims: &Dims, dtype: DType, k: &Kernels) -> Option<usize> {
+    let wide = Dims {
+        dv: dims.d,
+        ..*dims
+    };
+    (dims.dv < dims.d && dims.d == 128 && tensor_core_backward(&wide, dtype, k)).then_some(dims.d)
+}
+
+/// The kernel of a forward layout at head dim `d` (= Dv).
 fn forward_kernel(variant: ForwardVariant, d: usize) -> Kernel {
     match variant {
         ForwardVariant::Offsets => Kernel::FwdOffsets {
@@ -134,7 +168,7 @@ fn forward_kernel(variant: ForwardVariant, d: usize) -> Kernel {
             tj: 1,
             ping_pong: true,
         },
-        ForwardVariant::Producer => Kernel::FwdProducer { d },
+        ForwardVariant::Producer => Kernel::FwdProducer { d, dv: d },
         ForwardVariant::Specialized => Kernel::FwdWgmma {
             d,
             tj: 2,
@@ -155,12 +189,20 @@ pub fn forward(
     dev: &DeviceLimits,
 ) -> Result<Launch, AttnError> {
     let call = Call::new(dims, win);
-    if tensor_core_forward(dims, dtype, k) {
+    let variant = forward_variant(call.group, dims.d, k);
+    // D = Dv: every layout; (D, Dv) = (128, 64): the producer layout alone
+    let tensor_core = match (tensor_core_forward(dims, dtype, k), variant) {
+        (false, _) => None,
+        (true, _) if dims.d == dims.dv => Some(forward_kernel(variant, dims.d)),
+        (true, ForwardVariant::Producer) => Some(Kernel::FwdProducer {
+            d: dims.d,
+            dv: dims.dv,
+        }),
+        (true, _) => None,
+    };
+    if let Some(kernel) = tensor_core {
         let d = dims.d;
-        let variant = k
-            .forward
-            .unwrap_or_else(|| ForwardVariant::fastest(call.group, d));
-        let l = call.rows(forward_kernel(variant, d))?;
+        let l = call.rows(kernel)?;
         if variant == ForwardVariant::Offsets && l.smem > dev.max_smem {
             let fallback = if call.group >= 8 {
                 ForwardVariant::PingPong
