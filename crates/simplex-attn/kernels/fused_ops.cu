@@ -2,7 +2,8 @@
 // the candle-op twins the tests compare against; launch code in src/fused/cuda/).
 //
 //   rms_norm_fwd      h = x + a (optional), y = h * rstd * w, rstd = 1/sqrt(mean h^2 + eps)
-//   rms_norm_bwd      dh = rstd (dy w - xhat mean(dy w xhat)), per-block partial sums of dy xhat
+//   rms_norm_bwd      dh = plus + rstd (dy w - xhat mean(dy w xhat)) (plus: an optional gradient
+//                     to add, e.g. the residual stream's), per-block partial sums of dy xhat
 //   rms_norm_dw       dw = the partial sums added in block order
 //   split_heads_fwd   one projection's columns -> contiguous head parts, RoPE on chosen parts
 //   split_heads_bwd   the parts' gradients -> dx (inverse rotation)
@@ -145,8 +146,8 @@ __device__ void norm_fwd(const T* __restrict__ x, const T* __restrict__ a, const
 // its dw sums go to its own shared row, the block adds the rows in warp order.
 template <typename T, bool VEC>
 __device__ void norm_bwd(const T* __restrict__ dy, const T* __restrict__ h, const T* __restrict__ w,
-                         const float* __restrict__ rstd, T* __restrict__ dh, float* __restrict__ dw_part, int rows,
-                         int c) {
+                         const float* __restrict__ rstd, const T* __restrict__ plus, T* __restrict__ dh,
+                         float* __restrict__ dw_part, int rows, int c) {
   extern __shared__ float acc[];  // [warps][c]
   const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, nw = blockDim.x / WARP;
   float* mine = acc + warp * c;
@@ -175,6 +176,12 @@ __device__ void norm_bwd(const T* __restrict__ dy, const T* __restrict__ h, cons
         const float xhat = x[k] * s;
         d[k] = s * (g[k] * wv[k] - xhat * mean);
         if (i + k < c) mine[i + k] += g[k] * xhat;
+      }
+      if (plus != nullptr) {
+        float p[8];
+        get8<VEC>(plus + base, i, c, p);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) d[k] += p[k];
       }
       put8<VEC>(dh + base, i, c, d);
     }
@@ -371,12 +378,12 @@ __device__ __forceinline__ void store_any(unsigned long long addr, int bf, unsig
     else                                                                                                        \
       norm_fwd<T, false>(x, a, w, h, y, rstd, rows, c, eps);                                                    \
   }                                                                                                             \
-  extern "C" __global__ void rms_norm_bwd_##name(const T* dy, const T* h, const T* w, const float* rstd, T* dh,  \
-                                                 float* part, int rows, int c, int vec) {                        \
+  extern "C" __global__ void rms_norm_bwd_##name(const T* dy, const T* h, const T* w, const float* rstd,        \
+                                                 const T* plus, T* dh, float* part, int rows, int c, int vec) {  \
     if (vec)                                                                                                    \
-      norm_bwd<T, true>(dy, h, w, rstd, dh, part, rows, c);                                                     \
+      norm_bwd<T, true>(dy, h, w, rstd, plus, dh, part, rows, c);                                               \
     else                                                                                                        \
-      norm_bwd<T, false>(dy, h, w, rstd, dh, part, rows, c);                                                    \
+      norm_bwd<T, false>(dy, h, w, rstd, plus, dh, part, rows, c);                                              \
   }                                                                                                             \
   extern "C" __global__ void rms_norm_dw_##name(const float* part, T* dw, int blocks, int c) {                  \
     norm_dw<T>(part, dw, blocks, c);                                                                            \

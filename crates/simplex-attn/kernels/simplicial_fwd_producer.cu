@@ -168,26 +168,19 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
     // ---------------- producer ----------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
     const int ptid = tid;
-    // rows k0 .. k0 + tile_rows - 1 of x (W columns) into the swizzled tile at `dst`
-    auto load_rows = [&](auto width, uint32_t dst, const bf16* x, auto offset, int k0) {
+    // cp.async of rows first .. first + rows - 1 of x (W columns; row p at x + offset(p), zeros
+    // from row hi on) to shared memory at dst: as a swizzled tile (TKA rows per atom), or as
+    // unpadded rows
+    auto load_rows = [&](auto width, bool swizzled, uint32_t dst, const bf16* x, auto offset, int first, int rows,
+                         int hi) {
       constexpr int W = decltype(width)::value;
 #pragma unroll 2
-      for (int c = ptid; c < tile_rows * W / 8; c += PTHREADS) {
-        const int kk = c / (W / 8), c16 = c % (W / 8);
-        const int pos = k0 + kk;
-        const bool ok = pos < KU.hi;
-        cp_async16(dst + sw128_tile(TKA, kk, c16 * 8), x + (ok ? offset(pos) + c16 * 8 : 0), ok);
-      }
-    };
-    // window-1 rows j0 .. j0 + JC - 1 of x (W columns), unpadded, at `dst`
-    auto load_j_rows = [&](auto width, uint32_t dst, const bf16* x, auto offset, int j0) {
-      constexpr int W = decltype(width)::value;
-#pragma unroll 2
-      for (int c = ptid; c < JC * W / 8; c += PTHREADS) {
-        const int jj = c / (W / 8), c16 = c % (W / 8);
-        const int pos = j0 + jj;
-        const bool ok = pos < JU.hi;
-        cp_async16(dst + jj * W * 2 + c16 * 16, x + (ok ? offset(pos) + c16 * 8 : 0), ok);
+      for (int c = ptid; c < rows * W / 8; c += PTHREADS) {
+        const int r = c / (W / 8), c16 = c % (W / 8);
+        const int pos = first + r;
+        const bool ok = pos < hi;
+        const uint32_t at = swizzled ? sw128_tile(TKA, r, c16 * 8) : r * W * 2 + c16 * 16;
+        cp_async16(dst + at, x + (ok ? offset(pos) + c16 * 8 : 0), ok);
       }
     };
     auto load_tile = [&](int k0, int buf) {
@@ -204,8 +197,8 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
           cp_async16(vs + at, v2 + src, ok);
         }
       } else {
-        load_rows(Width<D>{}, ks, k2, kv_off, k0);
-        load_rows(Width<DV>{}, vs, v2, v_off, k0);
+        load_rows(Width<D>{}, true, ks, k2, kv_off, k0, tile_rows, KU.hi);
+        load_rows(Width<DV>{}, true, vs, v2, v_off, k0, tile_rows, KU.hi);
       }
     };
     auto load_j = [&](int j0) {
@@ -221,8 +214,8 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
           cp_async16(v + jj * D * 2 + c16 * 16, v1 + src, ok);
         }
       } else {
-        load_j_rows(Width<D>{}, a, k1, kv_off, j0);
-        load_j_rows(Width<DV>{}, v, v1, v_off, j0);
+        load_rows(Width<D>{}, false, a, k1, kv_off, j0, JC, JU.hi);
+        load_rows(Width<DV>{}, false, v, v1, v_off, j0, JC, JU.hi);
       }
     };
     int consumed = 0;  // steps whose EMPTY the producer has waited for

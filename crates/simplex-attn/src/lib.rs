@@ -42,5 +42,5 @@ mod spec;
 pub use dot::{dot_attn, DotOutput, DotSpec};
 pub use error::AttnError;
 pub use kernels::Kernels;
-pub use op::{simplicial_attn, SimplicialOutput};
+pub use op::{simplicial_attn, SimplicialAttnCall, SimplicialOutput};
 pub use spec::{AttnSpec, Dims, Variant, Windows};

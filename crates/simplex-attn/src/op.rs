@@ -124,6 +124,82 @@ pub fn simplicial_attn(
     Ok(SimplicialOutput { o, lse })
 }
 
+/// One 2-simplicial attention call run outside autograd, kept for its backward: what a layer
+/// that computes its own gradients (`crate::fused::simplicial_attention_layer_saved`) calls.
+/// It covers the calls the kernels run as given: trilinear logits, no biases, and on CUDA no
+/// padding of differing head dims ([`SimplicialAttnCall::forward`] gives `None` for others).
+pub struct SimplicialAttnCall {
+    op: SimplicialOp,
+    handle: Tensor,
+    v: [Tensor; 2],
+    o: Tensor,
+}
+
+impl SimplicialAttnCall {
+    /// Runs the forward of [`simplicial_attn`] (no graph is recorded), or `None` where the call
+    /// needs more than the kernels (the determinant lift, biases, padding): use
+    /// [`simplicial_attn`] and autograd there.
+    pub fn forward(
+        q: &Tensor,
+        k1: &Tensor,
+        k2: &Tensor,
+        v1: &Tensor,
+        v2: &Tensor,
+        spec: &AttnSpec,
+    ) -> Result<Option<Self>, AttnError> {
+        let dims = spec.dims(q.dims(), k1.dims(), k2.dims(), v1.dims(), v2.dims())?;
+        let compute = compute_dtype(q, &[("k1", k1), ("k2", k2), ("v1", v1), ("v2", v2)])?;
+        let plain =
+            spec.variant == Variant::Trilinear && spec.k2_bias == 0.0 && spec.v2_bias == 0.0;
+        let padded =
+            q.device().is_cuda() && padded_head_dims(&dims, compute, &spec.kernels).is_some();
+        if !plain || padded || compute != q.dtype() {
+            return Ok(None);
+        }
+        let up = |t: &Tensor| t.detach().contiguous();
+        let (q, k1, k2, v1, v2) = (up(q)?, up(k1)?, up(k2)?, up(v1)?, up(v2)?);
+        let op = SimplicialOp {
+            call: Call {
+                dims,
+                win: spec.windows(dims.seq),
+                scale: spec.scale_for(dims.d),
+                kernels: spec.kernels,
+            },
+            lse: Arc::new(Mutex::new(None)),
+            query_keys: [q, k1, k2],
+            key_grads: Arc::new(Mutex::new(None)),
+        };
+        let handle = Tensor::zeros(1, DType::F32, v1.device())?;
+        let o = handle.apply_op3_no_bwd(&v1, &v2, &op)?;
+        Ok(Some(SimplicialAttnCall {
+            op,
+            handle,
+            v: [v1, v2],
+            o,
+        }))
+    }
+
+    /// The output `[B,N,Hq,Dv]`.
+    pub fn o(&self) -> &Tensor {
+        &self.o
+    }
+
+    /// `[dq, dk1, dk2, dv1, dv2]` for the output gradient `dout`.
+    pub fn backward(&self, dout: &Tensor) -> candle_core::Result<[Tensor; 5]> {
+        let dout = dout.to_dtype(self.o.dtype())?;
+        let [v1, v2] = &self.v;
+        let (_, dv1, dv2) = self.op.bwd(&self.handle, v1, v2, &self.o, &dout)?;
+        let [dq, dk1, dk2] = take_slot(
+            &self.op.key_grads,
+            "simplicial attention: the backward left no (dq, dk1, dk2)",
+        )?;
+        let none = || {
+            candle_core::Error::Msg("simplicial attention backward: a gradient is missing".into())
+        };
+        Ok([dq, dk1, dk2, dv1.ok_or_else(none)?, dv2.ok_or_else(none)?])
+    }
+}
+
 /// Where [`SimplicialOp`]'s backward leaves (dq, dk1, dk2) for [`QueryKeys`]' backward.
 type KeyGrads = Arc<Mutex<Option<[Tensor; 3]>>>;
 

@@ -83,3 +83,58 @@ fn flat_adamw_on_cuda_matches_the_reference() {
     }
     adamw_common::round_trip_is_exact(&dev);
 }
+
+/// The training path's RMSNorm outside autograd (`rms_norm_saved`, `rms_norm_grads`) on CUDA:
+/// the output and the gradient (with the residual gradient added in the kernel's pass, odd
+/// widths included) against the same functions on the CPU in f64.
+#[test]
+fn norm_outside_autograd_adds_the_residual_gradient_in_its_pass() {
+    let Some(dev) = cuda() else { return };
+    let flat = |t: &Tensor| -> Vec<f64> {
+        t.to_dtype(DType::F64)
+            .and_then(|t| t.flatten_all()?.to_vec1())
+            .unwrap()
+    };
+    for (dtype, rtol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
+        for (rows, c) in [(37, 64), (5, 24), (130, 512)] {
+            let r = |seed: u64, shape: &[usize]| {
+                let n: usize = shape.iter().product();
+                let v: Vec<f64> = (0..n)
+                    .map(|i| ((i as f64 + 1.0) * (0.37 + seed as f64 * 0.11)).sin())
+                    .collect();
+                Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+            };
+            let (x, a, w) = (
+                r(1, &[rows, c]),
+                r(2, &[rows, c]),
+                (r(3, &[c]) + 1.5).unwrap(),
+            );
+            let (dy, plus) = (r(4, &[rows, c]), r(5, &[rows, c]));
+            let on =
+                |t: &Tensor, d: &Device, dt: DType| t.to_dtype(dt).unwrap().to_device(d).unwrap();
+            let grads = |d: &Device, dt: DType| {
+                let (h, y, saved) = simplex_attn::fused::rms_norm_saved(
+                    &on(&x, d, dt),
+                    Some(&on(&a, d, dt)),
+                    &on(&w, d, dt),
+                    1e-5,
+                )
+                .unwrap();
+                let (dh, dw) = simplex_attn::fused::rms_norm_grads(
+                    &on(&dy, d, dt),
+                    &saved,
+                    &on(&w, d, dt),
+                    Some(&on(&plus, d, dt)),
+                )
+                .unwrap();
+                [h, y, dh, dw].map(|t| flat(&t))
+            };
+            let got = grads(&dev, dtype);
+            let want = grads(&Device::Cpu, DType::F64);
+            for (i, name) in ["h", "y", "plus + dh", "dw"].iter().enumerate() {
+                let what = format!("{dtype:?} rows {rows} c {c}: {name}");
+                assert_close(&what, &got[i], &want[i], rtol, rtol * 1e-2);
+            }
+        }
+    }
+}

@@ -14,7 +14,10 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use simplex_attn::dot::{dot_attn_slow, has_fused_kernel};
-use simplex_attn::fused::{dot_attention_layer, project, split_heads, DotLayer, HeadPart};
+use simplex_attn::fused::{
+    attention_layer_grads, dot_attention_layer, dot_attention_layer_saved, project, split_heads,
+    AttentionLayerSaved, DotLayer, HeadPart,
+};
 use simplex_attn::{dot_attn, DotSpec, Kernels};
 
 use crate::cache::LayerCache;
@@ -76,15 +79,8 @@ impl DotAttention {
             kv: hkv,
             dim,
         } = self.heads;
-        if cache.is_none() && has_fused_kernel(x.device(), x.dtype(), dim, dim) {
+        if let (None, Some(layer)) = (&cache, self.fused_layer(x, pos)) {
             // the whole sublayer as one op (training and prefill without a cache)
-            let layer = DotLayer {
-                heads_q: hq,
-                heads_kv: hkv,
-                head_dim: dim,
-                spec: self.spec,
-                rope: self.rope.as_ref().map(|r| (r.tables().clone(), pos)),
-            };
             return Ok(dot_attention_layer(x, &self.qkv, &self.o, &layer)?);
         }
         let rotate = self.rope.is_some();
@@ -112,6 +108,50 @@ impl DotAttention {
 /// The fused op where it has a kernel (the CPU; CUDA for bf16/f32 with head dims up to 256 when
 /// simplex-attn is built with `cuda`); elsewhere the op's slow twin, which materializes the
 /// `[B, Hq, Nq, Nk]` scores.
+impl DotAttention {
+    /// The sublayer as the fused op runs it for `x` at positions `pos..` without a cache, or
+    /// `None` where no fused kernel takes its head dim, dtype and device.
+    fn fused_layer(&self, x: &Tensor, pos: usize) -> Option<DotLayer> {
+        let dim = self.heads.dim;
+        self.has_fused_layer(x.device(), x.dtype())
+            .then(|| DotLayer {
+                heads_q: self.heads.q,
+                heads_kv: self.heads.kv,
+                head_dim: dim,
+                spec: self.spec,
+                rope: self.rope.as_ref().map(|r| (r.tables().clone(), pos)),
+            })
+    }
+
+    /// Whether the fused op runs the sublayer (without a cache) for inputs of `dtype` on
+    /// `device`: a fused attention kernel takes its head dim there.
+    pub fn has_fused_layer(&self, device: &candle_core::Device, dtype: candle_core::DType) -> bool {
+        has_fused_kernel(device, dtype, self.heads.dim, self.heads.dim)
+    }
+
+    /// The training forward (positions from 0, no cache) outside autograd, with what
+    /// [`DotAttention::grads`] needs; `None` where the fused op does not run the sublayer.
+    pub fn forward_saved(&self, x: &Tensor) -> Result<Option<(Tensor, AttentionLayerSaved)>> {
+        match self.fused_layer(x, 0) {
+            Some(layer) => Ok(Some(dot_attention_layer_saved(
+                x, &self.qkv, &self.o, &layer,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `(dx, [d qkv, d o])` from `dy` for a forward of [`DotAttention::forward_saved`].
+    pub fn grads(&self, saved: AttentionLayerSaved, dy: &Tensor) -> Result<(Tensor, [Tensor; 2])> {
+        let (dx, dqkv, dout) = attention_layer_grads(saved, dy)?;
+        Ok((dx, [dqkv, dout]))
+    }
+
+    /// `[qkv, o]`, in the order of [`DotAttention::grads`].
+    pub fn weights(&self) -> [&Tensor; 2] {
+        [&self.qkv, &self.o]
+    }
+}
+
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, spec: &DotSpec) -> Result<Tensor> {
     if has_fused_kernel(q.device(), q.dtype(), q.dim(3)?, v.dim(3)?) {
         Ok(dot_attn(q, k, v, spec)?.o)

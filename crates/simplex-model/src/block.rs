@@ -183,6 +183,128 @@ impl Block {
     }
 }
 
+/// What [`Block::forward_saved`] keeps for [`Block::backward_saved`]: each fused op's saved
+/// state.
+pub struct BlockSaved {
+    attn_norm: simplex_attn::fused::NormSaved,
+    attn: simplex_attn::fused::AttentionLayerSaved,
+    mlp_norm: simplex_attn::fused::NormSaved,
+    mlp: simplex_attn::fused::MlpSaved,
+}
+
+impl Attention {
+    /// The training forward outside autograd (see [`Block::forward_saved`]).
+    fn forward_saved(
+        &self,
+        x: &Tensor,
+    ) -> Result<Option<(Tensor, simplex_attn::fused::AttentionLayerSaved)>> {
+        match self {
+            Attention::Dot(a) => a.forward_saved(x),
+            Attention::Simplicial(a) => a.forward_saved(x),
+        }
+    }
+
+    /// `(dx, [d qkv, d o])` for a forward of [`Attention::forward_saved`].
+    fn grads(
+        &self,
+        saved: simplex_attn::fused::AttentionLayerSaved,
+        dy: &Tensor,
+    ) -> Result<(Tensor, [Tensor; 2])> {
+        match self {
+            Attention::Dot(a) => a.grads(saved, dy),
+            Attention::Simplicial(a) => a.grads(saved, dy),
+        }
+    }
+
+    /// `[qkv, o]`, in the order of [`Attention::grads`].
+    fn weights(&self) -> [&Tensor; 2] {
+        match self {
+            Attention::Dot(a) => a.weights(),
+            Attention::Simplicial(a) => a.weights(),
+        }
+    }
+}
+
+impl Block {
+    /// Whether [`Block::forward_saved`] runs this block for inputs of `dtype` on `device`: a
+    /// dense MLP, and dot-product attention that the fused op runs there or trilinear
+    /// 2-simplicial attention without rotation.
+    pub fn has_written_out_backward(
+        &self,
+        device: &candle_core::Device,
+        dtype: candle_core::DType,
+    ) -> bool {
+        match (&self.attn, &self.mlp) {
+            (Attention::Dot(a), FeedForward::Dense(_)) => a.has_fused_layer(device, dtype),
+            (Attention::Simplicial(a), FeedForward::Dense(_)) => a.has_written_out_backward(),
+            _ => false,
+        }
+    }
+
+    /// The training forward of [`Block::forward`] (positions from 0, no cache) outside
+    /// autograd, keeping what [`Block::backward_saved`] needs; `None` where the block is not
+    /// made of ops with a written-out backward throughout
+    /// ([`Block::has_written_out_backward`]).
+    pub fn forward_saved(&self, s: &Stream) -> Result<Option<(Stream, BlockSaved)>> {
+        let FeedForward::Dense(mlp) = &self.mlp else {
+            return Ok(None);
+        };
+        let (h, y, attn_norm) = self.attn_norm.forward_saved(&s.x, s.delta.as_ref())?;
+        let Some((a, attn_saved)) = self.attn.forward_saved(&y)? else {
+            return Ok(None);
+        };
+        let (h2, y2, mlp_norm) = self.mlp_norm.forward_saved(&h, Some(&a))?;
+        let (m, mlp_saved) = mlp.forward_saved(&y2)?;
+        let saved = BlockSaved {
+            attn_norm,
+            attn: attn_saved,
+            mlp_norm,
+            mlp: mlp_saved,
+        };
+        Ok(Some((
+            Stream {
+                x: h2,
+                delta: Some(m),
+            },
+            saved,
+        )))
+    }
+
+    /// The backward of [`Block::forward_saved`]: from `d_out`, the gradient of the output
+    /// stream's sum `x + delta` (what the next norm differentiates), the gradient of the input
+    /// stream's sum; each weight's gradient is handed to `grad(weight, gradient)`.
+    ///
+    /// ```text
+    /// dy2 = mlp'(d_out);     dh2 = d_out + norm2'(dy2)      (h2 = h + a feeds the next norm)
+    /// dy = attn'(dh2);       dh = dh2 + norm1'(dy)          (each sum in the norm's pass)
+    /// ```
+    pub fn backward_saved(
+        &self,
+        saved: BlockSaved,
+        d_out: &Tensor,
+        grad: &mut dyn FnMut(&Tensor, Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        let FeedForward::Dense(mlp) = &self.mlp else {
+            return Err(crate::error::ModelError::Input(
+                "Block::backward_saved: an MoE block has no saved forward".into(),
+            ));
+        };
+        let (dy2, dw_mlp) = mlp.grads(saved.mlp, d_out)?;
+        for (w, g) in mlp.weights().into_iter().zip(dw_mlp) {
+            grad(w, g)?;
+        }
+        let (dh2, dw) = self.mlp_norm.grads(&dy2, &saved.mlp_norm, Some(d_out))?;
+        grad(self.mlp_norm.weight(), dw)?;
+        let (dy, dw_attn) = self.attn.grads(saved.attn, &dh2)?;
+        for (w, g) in self.attn.weights().into_iter().zip(dw_attn) {
+            grad(w, g)?;
+        }
+        let (dh, dw) = self.attn_norm.grads(&dy, &saved.attn_norm, Some(&dh2))?;
+        grad(self.attn_norm.weight(), dw)?;
+        Ok(dh)
+    }
+}
+
 /// The blocks of `cfg.pattern`, bottom to top, under `vb.pp("layers.{i}")` (with the RoPE
 /// tables of the D/L layers when the config has them).
 pub fn build_blocks(cfg: &Config, vb: &VarBuilder) -> Result<Vec<Block>> {

@@ -58,6 +58,34 @@ impl TokenEmbedding {
     }
 }
 
+impl TokenEmbedding {
+    /// The forward outside autograd (the way [`forward`](Module::forward) takes), for a caller
+    /// that computes the weight's gradient itself ([`TokenEmbedding::weight_grad`]).
+    pub fn forward_detached(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
+        TokenEmbedding::new(self.weight.detach()).forward(tokens)
+    }
+
+    /// `d weight [V, C]` from the gradient `dx [.., C]` of the rows of `tokens [..]`: the
+    /// transposed one-hot product where the forward takes the one-hot product, else the rows
+    /// added into zeros by token (`index_add`).
+    pub fn weight_grad(&self, tokens: &Tensor, dx: &Tensor) -> candle_core::Result<Tensor> {
+        let (v, c) = self.weight.dims2()?;
+        let ids = tokens.flatten_all()?.to_dtype(DType::U32)?;
+        let dx = dx
+            .reshape((ids.elem_count(), c))?
+            .to_dtype(self.weight.dtype())?;
+        if self.uses_one_hot() {
+            let vocab = Tensor::arange(0u32, v as u32, tokens.device())?.unsqueeze(1)?;
+            let one_hot_t = vocab
+                .broadcast_eq(&ids.unsqueeze(0)?)?
+                .to_dtype(self.weight.dtype())?;
+            one_hot_t.matmul(&dx)
+        } else {
+            self.weight.zeros_like()?.index_add(&ids, &dx, 0)
+        }
+    }
+}
+
 impl Module for TokenEmbedding {
     fn forward(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
         if self.uses_one_hot() {

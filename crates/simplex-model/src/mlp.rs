@@ -31,6 +31,26 @@ impl Mlp {
             down: linear_weight(hidden, d_model, out_std, vb.pp("down"))?,
         })
     }
+
+    /// The forward outside autograd, with what [`Mlp::grads`] needs.
+    pub fn forward_saved(&self, x: &Tensor) -> candle_core::Result<(Tensor, fused::MlpSaved)> {
+        fused::swiglu_mlp_saved(x, &self.gate_up, &self.down)
+    }
+
+    /// `(dx, [d gate_up, d down])` from `dy` for a forward of [`Mlp::forward_saved`].
+    pub fn grads(
+        &self,
+        saved: fused::MlpSaved,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Tensor, [Tensor; 2])> {
+        let (dx, dgu, dd) = fused::swiglu_mlp_grads(saved, dy)?;
+        Ok((dx, [dgu, dd]))
+    }
+
+    /// `[gate_up, down]`, in the order of [`Mlp::grads`].
+    pub fn weights(&self) -> [&Tensor; 2] {
+        [&self.gate_up, &self.down]
+    }
 }
 
 impl Module for Mlp {

@@ -6,9 +6,12 @@
 //! The head is the transposed embedding when `tie_embeddings`. Weight names: `embed.weight`,
 //! `layers.{i}.{attn_norm, attn.*, mlp_norm, mlp.*}`, `norm.weight`, `lm_head.weight` (untied).
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Init, VarBuilder};
-use simplex_attn::fused::{linear_cross_entropy, project, Targets};
+use simplex_attn::fused::{
+    linear_cross_entropy, linear_cross_entropy_grads, project, Targets, CHUNK_LOGITS,
+};
 
 use crate::embedding::TokenEmbedding;
 
@@ -250,6 +253,82 @@ impl Model {
                 load: Tensor::cat(&loads, 0)?,
             }),
         })
+    }
+
+    /// The mean next-token cross-entropy of `batch` (as [`Model::loss`]) and the gradients of
+    /// `scale` times it with respect to every weight, computed without candle's autograd:
+    /// the forward keeps each fused op's saved state, and the backward runs the ops' written-out
+    /// backward in reverse (head and loss, final norm, each block's MLP, norms and attention,
+    /// the embedding), adding each weight's gradient once (candle's backward adds every
+    /// gradient into a fresh zero tensor, once per edge of its graph, a third of an update's
+    /// elementwise work). The gradients are keyed by the weights, as
+    /// [`Tensor::backward`] keys them, and equal its gradients of `scale * loss` up to
+    /// summation order.
+    ///
+    /// `None` where a layer has no written-out backward (MoE layers, the determinant form or
+    /// rotation of 2-simplicial layers, dot-product attention no fused kernel takes): train
+    /// those through [`Model::training_loss`] and autograd.
+    pub fn training_grads(
+        &self,
+        batch: &TokenBatch,
+        scale: f64,
+    ) -> Result<Option<(Tensor, GradStore)>> {
+        let tokens = &batch.inputs;
+        check_tokens(tokens, 0, &self.cfg)?;
+        if !self.has_written_out_backward() {
+            return Ok(None);
+        }
+        let mut s = Stream::new(self.embed.forward_detached(tokens)?);
+        let mut saved = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let Some((next, sv)) = block.forward_saved(&s)? else {
+                return Ok(None);
+            };
+            s = next;
+            saved.push(sv);
+        }
+        let (_, y, norm_saved) = self.norm.forward_saved(&s.x, s.delta.as_ref())?;
+        drop(s);
+        let (b, n, c) = y.dims3()?;
+        let targets = Targets {
+            ids: &batch.targets,
+            ignore: None,
+        };
+        let y2 = y.reshape((b * n, c))?;
+        let (loss, dy, dhead) = linear_cross_entropy_grads(&y2, &self.head, targets, CHUNK_LOGITS)?;
+        let (dy, dhead) = if scale == 1.0 {
+            (dy, dhead)
+        } else {
+            ((dy * scale)?, (dhead * scale)?)
+        };
+        let mut grads = GradStore::default();
+        let mut add = |w: &Tensor, g: Tensor| -> Result<()> {
+            let g = match grads.remove(w) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            grads.insert(w, g);
+            Ok(())
+        };
+        add(&self.head, dhead)?;
+        let (mut d, dw) = self
+            .norm
+            .grads(&dy.reshape((b, n, c))?, &norm_saved, None)?;
+        add(self.norm.weight(), dw)?;
+        for (block, sv) in self.blocks.iter().zip(saved).rev() {
+            d = block.backward_saved(sv, &d, &mut add)?;
+        }
+        add(self.embed.weight(), self.embed.weight_grad(tokens, &d)?)?;
+        Ok(Some((loss, grads)))
+    }
+
+    /// Whether [`Model::training_grads`] covers this model: every block has a written-out
+    /// backward for the model's dtype on its device.
+    pub fn has_written_out_backward(&self) -> bool {
+        let dev = self.device();
+        self.blocks
+            .iter()
+            .all(|b| b.has_written_out_backward(dev, self.dtype))
     }
 
     /// Logits `[B, n, V]` of `n` new tokens `[B, n]` that follow what `cache` has seen; appends

@@ -36,6 +36,33 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// [`RmsNorm::forward_residual`] outside autograd, with what [`RmsNorm::grads`] needs.
+    pub fn forward_saved(
+        &self,
+        x: &Tensor,
+        delta: Option<&Tensor>,
+    ) -> candle_core::Result<(Tensor, Tensor, fused::NormSaved)> {
+        fused::rms_norm_saved(x, delta, &self.weight, self.eps)
+    }
+
+    /// `(plus + dh, d weight)` from `dy` for a forward of [`RmsNorm::forward_saved`]; `plus`
+    /// (the residual stream's gradient, like h) is added in the same pass.
+    pub fn grads(
+        &self,
+        dy: &Tensor,
+        saved: &fused::NormSaved,
+        plus: Option<&Tensor>,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        fused::rms_norm_grads(dy, saved, &self.weight, plus)
+    }
+
+    /// The gain `[C]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         fused::rms_norm(x, &self.weight, self.eps)

@@ -16,7 +16,10 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use simplex_attn::fused::{project, split_heads, HeadPart};
+use simplex_attn::fused::{
+    attention_layer_grads, project, simplicial_attention_layer_saved, split_heads,
+    AttentionLayerSaved, HeadPart,
+};
 use simplex_attn::{determinant, simplicial_attn, AttnSpec, Kernels, Variant};
 
 use crate::cache::LayerCache;
@@ -132,6 +135,43 @@ impl SimplicialAttention {
 }
 
 /// `[B, L, Hkv, X]` to `[B, Hq, L, X]`, query head `h` reading K/V head `h / G`.
+impl SimplicialAttention {
+    /// Whether [`SimplicialAttention::forward_saved`] runs the sublayer: trilinear logits
+    /// without position rotation (the kernels' call as it is).
+    pub fn has_written_out_backward(&self) -> bool {
+        self.spec.variant == Variant::Trilinear && self.rotation.is_none()
+    }
+
+    /// The training forward (no cache) outside autograd, with what
+    /// [`SimplicialAttention::grads`] needs; `None` where the sublayer needs autograd (the
+    /// determinant lift, rotation).
+    pub fn forward_saved(&self, x: &Tensor) -> Result<Option<(Tensor, AttentionLayerSaved)>> {
+        if !self.has_written_out_backward() {
+            return Ok(None);
+        }
+        let Heads { q, kv, dim } = self.heads;
+        Ok(simplicial_attention_layer_saved(
+            x,
+            &self.qkv,
+            &self.o,
+            (q, kv, dim),
+            &self.spec,
+        )?)
+    }
+
+    /// `(dx, [d qkv, d o])` from `dy` for a forward of
+    /// [`SimplicialAttention::forward_saved`].
+    pub fn grads(&self, saved: AttentionLayerSaved, dy: &Tensor) -> Result<(Tensor, [Tensor; 2])> {
+        let (dx, dqkv, dout) = attention_layer_grads(saved, dy)?;
+        Ok((dx, [dqkv, dout]))
+    }
+
+    /// `[qkv, o]`, in the order of [`SimplicialAttention::grads`].
+    pub fn weights(&self) -> [&Tensor; 2] {
+        [&self.qkv, &self.o]
+    }
+}
+
 fn to_query_heads(x: &Tensor, group: usize) -> Result<Tensor> {
     let (b, l, hkv, w) = x.dims4()?;
     Ok(x.transpose(1, 2)?

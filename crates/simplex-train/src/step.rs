@@ -4,7 +4,9 @@
 //! for each of grad_accum micro-batches x, y [B, N] (this rank's, of W ranks):
 //!     loss_k = cross_entropy(model(x), y)          fused head + loss, f32 statistics
 //!              (+ the MoE layers' weighted balance and z losses)
-//!     grad  (+)= grad(loss_k / (grad_accum W))     gathered into one flat f32 buffer
+//!     grad  (+)= grad(loss_k / (grad_accum W))     the written-out backward where the model
+//!                                                  has one (Model::training_grads), else
+//!                                                  autograd; gathered into one flat f32 buffer
 //!                                                  (W > 1: into buckets, ddp/buckets.rs)
 //! W > 1: grad = sum over ranks                     all-reduce, bucket by bucket
 //! g *= min(1, grad_clip / |g|)                     global norm, on the device
@@ -65,11 +67,38 @@ impl Update {
     }
 }
 
+/// How an update computes its gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backward {
+    /// The written-out backward of [`Model::training_grads`] where the model has one (dense
+    /// MLPs with dot-product or trilinear 2-simplicial attention), else candle's autograd.
+    #[default]
+    Auto,
+    /// candle's autograd always (the reference, and what MoE models use).
+    Autograd,
+}
+
+impl std::str::FromStr for Backward {
+    type Err = String;
+
+    /// `auto` or `autograd`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Backward::Auto),
+            "autograd" => Ok(Backward::Autograd),
+            other => Err(format!(
+                "unknown backward {other:?}: expected auto or autograd"
+            )),
+        }
+    }
+}
+
 /// The model on its working copies, and the optimizer that owns its weights.
 pub struct Learner {
     cfg: Config,
     device: Device,
     model: Model,
+    backward: Backward,
     /// The optimizer (f32 masters, moments, the working copies).
     pub opt: Optimizer,
     /// Gradient buckets summed over the ranks (data-parallel runs only).
@@ -102,9 +131,16 @@ impl Learner {
             cfg: cfg.clone(),
             device: device.clone(),
             model,
+            backward: Backward::Auto,
             opt,
             reducer: None,
         })
+    }
+
+    /// The learner computing its gradients as `backward` says.
+    pub fn with_backward(mut self, backward: Backward) -> Self {
+        self.backward = backward;
+        self
     }
 
     /// The learner with its model's attention run through the CUDA kernels `kernels` chooses
@@ -160,15 +196,24 @@ impl Learner {
         for k in 0..t.grad_accum {
             let (x, y) = batcher.next_batch(b)?;
             let batch = TokenBatch::new(&x, &y, (b, n), &self.cfg, &self.device)?;
-            let parts = self.model.training_loss(&batch)?;
-            moe = parts.moe;
-            let loss = parts.lm;
-            let scaled = if parts_per_update > 1 {
-                (&parts.total / parts_per_update as f64)?
-            } else {
-                parts.total
+            let scale = 1.0 / parts_per_update as f64;
+            let written_out = match self.backward {
+                Backward::Auto => self.model.training_grads(&batch, scale)?,
+                Backward::Autograd => None,
             };
-            let grads = scaled.backward()?;
+            let (loss, grads) = match written_out {
+                Some(lg) => lg,
+                None => {
+                    let parts = self.model.training_loss(&batch)?;
+                    moe = parts.moe;
+                    let scaled = if parts_per_update > 1 {
+                        (&parts.total / parts_per_update as f64)?
+                    } else {
+                        parts.total
+                    };
+                    (parts.lm, scaled.backward()?)
+                }
+            };
             match &mut self.reducer {
                 Some(r) => r.add(&self.opt.grads_of(&grads), k > 0, &self.device)?,
                 None => self.opt.gather(&grads, k > 0)?,

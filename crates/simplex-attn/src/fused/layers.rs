@@ -25,6 +25,7 @@ use super::{compute_dtype, put, rows_cols, same_as, slot, split_heads, swiglu, t
 use super::{swiglu_grad, swiglu_no_grad};
 use super::{RopeTables, Slot};
 use crate::dot::{dot_attn, DotAttnCall, DotSpec};
+use crate::{AttnSpec, SimplicialAttnCall};
 
 /// `x [.., C] @ w^T` for `w [O, C]`: one matrix product over all leading positions
 /// (`[T, C] @ [C, O]`, so the weight's gradient is one product too); differentiable.
@@ -59,10 +60,7 @@ fn project_storage<S: BackendStorage>(
     Ok((out, Shape::from(dims)))
 }
 
-/// A tensor over an owned storage.
-fn tensor(s: Storage, shape: Shape) -> Tensor {
-    Tensor::from_storage(s, shape, candle_core::op::BackpropOp::none(), false)
-}
+use super::owned_tensor as tensor;
 
 fn check_weights(op: &str, x: &Tensor, ws: [(&str, &Tensor, usize); 2]) -> candle_core::Result<()> {
     for (name, w, cols) in ws {
@@ -78,6 +76,24 @@ fn check_weights(op: &str, x: &Tensor, ws: [(&str, &Tensor, usize); 2]) -> candl
 /// gate rows, then the up rows), `w_down [C, H]`; differentiable in all three.
 pub fn swiglu_mlp(x: &Tensor, w_gate_up: &Tensor, w_down: &Tensor) -> candle_core::Result<Tensor> {
     let op = "swiglu_mlp";
+    let h = check_mlp(op, x, w_gate_up, w_down)?;
+    let dtype = x.dtype();
+    let compute = compute_dtype(op, x)?;
+    let up = |t: &Tensor| t.to_dtype(compute)?.contiguous();
+    let mlp = Mlp { h, saved: slot() };
+    up(x)?
+        .apply_op3(&up(w_gate_up)?, &up(w_down)?, mlp)?
+        .to_dtype(dtype)
+}
+
+/// The hidden size H of an MLP with these weights, or an error naming the shape that does not
+/// fit.
+fn check_mlp(
+    op: &str,
+    x: &Tensor,
+    w_gate_up: &Tensor,
+    w_down: &Tensor,
+) -> candle_core::Result<usize> {
     let (_, c) = rows_cols(op, x.shape())?;
     let h2 = w_gate_up.dim(0)?;
     if h2 % 2 != 0 {
@@ -94,16 +110,81 @@ pub fn swiglu_mlp(x: &Tensor, w_gate_up: &Tensor, w_down: &Tensor) -> candle_cor
     if w_down.dim(0)? != c {
         candle_core::bail!("{op}: w_down {:?} must be [{c}, {}]", w_down.dims(), h2 / 2)
     }
-    let dtype = x.dtype();
+    Ok(h2 / 2)
+}
+
+/// What [`swiglu_mlp_saved`] keeps for [`swiglu_mlp_grads`]: the op's inputs and
+/// intermediates in the compute dtype.
+pub struct MlpSaved {
+    h: usize,
+    x: Tensor,
+    w: [Tensor; 2],
+    gu_h: (Tensor, Tensor),
+}
+
+/// The forward of [`swiglu_mlp`] outside autograd (no graph is recorded), for callers that
+/// run the backward themselves with [`swiglu_mlp_grads`].
+pub fn swiglu_mlp_saved(
+    x: &Tensor,
+    w_gate_up: &Tensor,
+    w_down: &Tensor,
+) -> candle_core::Result<(Tensor, MlpSaved)> {
+    let op = "swiglu_mlp";
+    let h = check_mlp(op, x, w_gate_up, w_down)?;
     let compute = compute_dtype(op, x)?;
-    let up = |t: &Tensor| t.to_dtype(compute)?.contiguous();
+    let up = |t: &Tensor| t.detach().to_dtype(compute)?.contiguous();
+    let (xc, wguc, wdc) = (up(x)?, up(w_gate_up)?, up(w_down)?);
+    let saved = slot();
     let mlp = Mlp {
-        h: h2 / 2,
-        saved: slot(),
+        h,
+        saved: saved.clone(),
     };
-    up(x)?
-        .apply_op3(&up(w_gate_up)?, &up(w_down)?, mlp)?
-        .to_dtype(dtype)
+    let y = xc.apply_op3(&wguc, &wdc, mlp)?;
+    let gu_h = take(&saved, "the MLP's saved activations")?;
+    let saved = MlpSaved {
+        h,
+        x: xc,
+        w: [wguc, wdc],
+        gu_h,
+    };
+    Ok((y.to_dtype(x.dtype())?, saved))
+}
+/// `(dx, dw_gate_up, dw_down)` of the MLP [`swiglu_mlp_saved`] ran, from `dy` (outside
+/// autograd), in the dtype of `dy`.
+pub fn swiglu_mlp_grads(
+    saved: MlpSaved,
+    dy: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let dtype = dy.dtype();
+    let [wgu, wd] = &saved.w;
+    let (dx, dwgu, dwd) = mlp_backward(saved.h, saved.gu_h, &saved.x, wgu, wd, dy)?;
+    Ok((
+        dx.to_dtype(dtype)?,
+        dwgu.to_dtype(dtype)?,
+        dwd.to_dtype(dtype)?,
+    ))
+}
+
+/// The MLP's backward: `(dx, dW_gu, dW_down)` from its input, weights, saved `(gu, h)` and
+/// `dy`.
+fn mlp_backward(
+    hidden: usize,
+    (gu, h): (Tensor, Tensor),
+    x: &Tensor,
+    wgu: &Tensor,
+    wd: &Tensor,
+    dy: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let (rows, c) = rows_cols("swiglu_mlp backward", x.shape())?;
+    let dy = dy.to_dtype(x.dtype())?.reshape((rows, c))?;
+    let h2 = h.reshape((rows, hidden))?;
+    let dh = dy.matmul(wd)?;
+    let dwd = dy.t()?.matmul(&h2)?;
+    let dgu = swiglu_grad(&gu, &dh.reshape(h.shape())?, hidden)?;
+    let dgu2 = dgu.reshape((rows, 2 * hidden))?;
+    let dx = dgu2.matmul(wgu)?.reshape(x.shape())?;
+    let dwgu = dgu2.t()?.matmul(&x.reshape((rows, c))?)?;
+    Ok((dx, dwgu, dwd))
 }
 
 /// The composed SwiGLU MLP (a product, [`swiglu`], a product; autograd): the reference.
@@ -192,16 +273,8 @@ impl CustomOp3 for Mlp {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gu, h) = take(&self.saved, "the MLP's saved activations")?;
-        let (rows, c) = rows_cols("swiglu_mlp backward", x.shape())?;
-        let dy = dy.to_dtype(x.dtype())?.reshape((rows, c))?;
-        let h2 = h.reshape((rows, self.h))?;
-        let dh = dy.matmul(wd)?;
-        let dwd = dy.t()?.matmul(&h2)?;
-        let dgu = swiglu_grad(&gu, &dh.reshape(h.shape())?, self.h)?;
-        let dgu2 = dgu.reshape((rows, 2 * self.h))?;
-        let dx = dgu2.matmul(wgu)?.reshape(x.shape())?;
-        let dwgu = dgu2.t()?.matmul(&x.reshape((rows, c))?)?;
+        let saved = take(&self.saved, "the MLP's saved activations")?;
+        let (dx, dwgu, dwd) = mlp_backward(self.h, saved, x, wgu, wd, dy)?;
         Ok((Some(dx), Some(dwgu), Some(dwd)))
     }
 }
@@ -247,6 +320,168 @@ pub fn dot_attention_layer(
     layer: &DotLayer,
 ) -> candle_core::Result<Tensor> {
     let op = "dot_attention_layer";
+    check_dot_layer(op, x, w_qkv, w_o, layer)?;
+    let dtype = x.dtype();
+    let compute = compute_dtype(op, x)?;
+    let up = |t: &Tensor| t.to_dtype(compute)?.contiguous();
+    let attn = Attention {
+        layer: layer.clone(),
+        saved: slot(),
+    };
+    up(x)?
+        .apply_op3(&up(w_qkv)?, &up(w_o)?, attn)?
+        .to_dtype(dtype)
+}
+
+/// What [`dot_attention_layer_saved`] and [`simplicial_attention_layer_saved`] keep for
+/// [`attention_layer_grads`]: the sublayer's inputs in the compute dtype, the head split and
+/// the attention call.
+pub struct AttentionLayerSaved {
+    x: Tensor,
+    w: [Tensor; 2],
+    attn: AttnSaved,
+}
+
+/// The forward of [`dot_attention_layer`] outside autograd (no graph is recorded), for
+/// callers that run the backward themselves with [`attention_layer_grads`].
+pub fn dot_attention_layer_saved(
+    x: &Tensor,
+    w_qkv: &Tensor,
+    w_o: &Tensor,
+    layer: &DotLayer,
+) -> candle_core::Result<(Tensor, AttentionLayerSaved)> {
+    let op = "dot_attention_layer";
+    check_dot_layer(op, x, w_qkv, w_o, layer)?;
+    let compute = compute_dtype(op, x)?;
+    let up = |t: &Tensor| t.detach().to_dtype(compute)?.contiguous();
+    let (xc, wq, wo) = (up(x)?, up(w_qkv)?, up(w_o)?);
+    let saved = slot();
+    let attn = Attention {
+        layer: layer.clone(),
+        saved: saved.clone(),
+    };
+    let y = xc.apply_op3(&wq, &wo, attn)?;
+    let attn = take(&saved, "the attention layer's saved activations")?;
+    let saved = AttentionLayerSaved {
+        x: xc,
+        w: [wq, wo],
+        attn,
+    };
+    Ok((y.to_dtype(x.dtype())?, saved))
+}
+
+/// `(dx, dw_qkv, dw_o)` of the sublayer [`dot_attention_layer_saved`] or
+/// [`simplicial_attention_layer_saved`] ran, from `dy` (outside autograd), in the dtype of `dy`.
+pub fn attention_layer_grads(
+    saved: AttentionLayerSaved,
+    dy: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let dtype = dy.dtype();
+    let [wq, wo] = &saved.w;
+    let (dx, dwq, dwo) = attention_backward(saved.attn, &saved.x, wq, wo, dy)?;
+    Ok((
+        dx.to_dtype(dtype)?,
+        dwq.to_dtype(dtype)?,
+        dwo.to_dtype(dtype)?,
+    ))
+}
+
+/// The 2-simplicial attention sublayer outside autograd, for callers that run the backward
+/// themselves with [`attention_layer_grads`]: `x [B, N, C]`, `w_qkv [(Hq + 4 Hkv) D, C]` (the
+/// q, k1, k2, v1, v2 rows), `w_o [C, Hq D]`; `y = simplicial_attn(split(x W_qkv^T)) W_o^T`.
+/// `None` where the attention call needs more than the kernels
+/// ([`SimplicialAttnCall::forward`]: the determinant lift, biases).
+pub fn simplicial_attention_layer_saved(
+    x: &Tensor,
+    w_qkv: &Tensor,
+    w_o: &Tensor,
+    (heads_q, heads_kv, head_dim): (usize, usize, usize),
+    spec: &AttnSpec,
+) -> candle_core::Result<Option<(Tensor, AttentionLayerSaved)>> {
+    let op = "simplicial_attention_layer";
+    let (b, n, c) = x.dims3().map_err(|_| {
+        candle_core::Error::Msg(format!("{op}: x {:?} must be [B, N, C]", x.dims()))
+    })?;
+    let want = (heads_q + 4 * heads_kv) * head_dim;
+    check_weights(
+        op,
+        x,
+        [("w_qkv", w_qkv, c), ("w_o", w_o, heads_q * head_dim)],
+    )?;
+    if w_qkv.dim(0)? != want || w_o.dim(0)? != c {
+        candle_core::bail!(
+            "{op}: w_qkv {:?} must be [{want}, {c}] and w_o {:?} [{c}, {}]",
+            w_qkv.dims(),
+            w_o.dims(),
+            heads_q * head_dim
+        )
+    }
+    let compute = compute_dtype(op, x)?;
+    let up = |t: &Tensor| t.detach().to_dtype(compute)?.contiguous();
+    let (xc, wq, wo) = (up(x)?, up(w_qkv)?, up(w_o)?);
+    let qkv = xc
+        .reshape((b * n, c))?
+        .matmul(&wq.t()?)?
+        .reshape((b, n, want))?;
+    let part = |heads| HeadPart {
+        heads,
+        rotate: false,
+    };
+    let kv = part(heads_kv);
+    let (p, split) = split_no_grad(&qkv, head_dim, &[part(heads_q), kv, kv, kv, kv], None)?;
+    drop(qkv);
+    let call = SimplicialAttnCall::forward(&p[0], &p[1], &p[2], &p[3], &p[4], spec)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let Some(call) = call else {
+        return Ok(None);
+    };
+    let o = call.o().reshape((b * n, heads_q * head_dim))?;
+    let y = o.matmul(&wo.t()?)?.reshape((b, n, c))?;
+    let saved = AttentionLayerSaved {
+        x: xc,
+        w: [wq, wo],
+        attn: AttnSaved {
+            split,
+            call: LayerCall::Simplicial(call),
+        },
+    };
+    Ok(Some((y.to_dtype(x.dtype())?, saved)))
+}
+
+/// An attention sublayer's backward: `(dx, dW_qkv, dW_o)` from its input, weights, saved
+/// split and attention call, and `dy`.
+fn attention_backward(
+    s: AttnSaved,
+    x: &Tensor,
+    wqkv: &Tensor,
+    wo: &Tensor,
+    dy: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let (b, n, c) = x.dims3()?;
+    let rows = b * n;
+    let o = s.call.o();
+    let (_, _, hq, d) = o.dims4()?;
+    let dy = dy.to_dtype(x.dtype())?.reshape((rows, c))?;
+    let do2 = dy.matmul(wo)?;
+    let dwo = dy.t()?.matmul(&o.reshape((rows, hq * d))?)?;
+    let parts = s.call.backward(&do2.reshape(o.shape())?)?;
+    // the merge takes its device and dtype from the tensor it is given
+    let dqkv = s.split.merge(&dy, parts.into_iter().map(Some).collect())?;
+    let w = dqkv.dim(2)?;
+    let dqkv2 = dqkv.reshape((rows, w))?;
+    let dx = dqkv2.matmul(wqkv)?.reshape(x.shape())?;
+    let dwqkv = dqkv2.t()?.matmul(&x.reshape((rows, c))?)?;
+    Ok((dx, dwqkv, dwo))
+}
+
+/// Checks the sublayer's input and weights against its shape.
+fn check_dot_layer(
+    op: &str,
+    x: &Tensor,
+    w_qkv: &Tensor,
+    w_o: &Tensor,
+    layer: &DotLayer,
+) -> candle_core::Result<()> {
     let (_, _, c) = x.dims3().map_err(|_| {
         candle_core::Error::Msg(format!("{op}: x {:?} must be [B, N, C]", x.dims()))
     })?;
@@ -261,16 +496,7 @@ pub fn dot_attention_layer(
             hq * d
         )
     }
-    let dtype = x.dtype();
-    let compute = compute_dtype(op, x)?;
-    let up = |t: &Tensor| t.to_dtype(compute)?.contiguous();
-    let attn = Attention {
-        layer: layer.clone(),
-        saved: slot(),
-    };
-    up(x)?
-        .apply_op3(&up(w_qkv)?, &up(w_o)?, attn)?
-        .to_dtype(dtype)
+    Ok(())
 }
 
 /// The composed sublayer (a product, [`split_heads`], `dot_attn`, a product; autograd): the
@@ -295,7 +521,33 @@ pub fn dot_attention_layer_twin(
 /// What the attention op's forward keeps: the split (for its backward), the attention call.
 struct AttnSaved {
     split: HeadSplit,
-    call: DotAttnCall,
+    call: LayerCall,
+}
+
+/// The attention call of a sublayer.
+enum LayerCall {
+    Dot(DotAttnCall),
+    Simplicial(SimplicialAttnCall),
+}
+
+impl LayerCall {
+    fn o(&self) -> &Tensor {
+        match self {
+            LayerCall::Dot(c) => c.o(),
+            LayerCall::Simplicial(c) => c.o(),
+        }
+    }
+
+    /// The gradients of the call's inputs (the split's parts, in order) for `dout`.
+    fn backward(&self, dout: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        Ok(match self {
+            LayerCall::Dot(c) => {
+                let (dq, dk, dv) = c.backward(dout)?;
+                vec![dq, dk, dv]
+            }
+            LayerCall::Simplicial(c) => c.backward(dout)?.to_vec(),
+        })
+    }
 }
 
 struct Attention {
@@ -327,6 +579,7 @@ impl Attention {
             let (os, lo) = o.storage_and_layout();
             project_storage(unwrap_storage::<S>(&os)?, lo, wo, lwo)?
         };
+        let call = LayerCall::Dot(call);
         put(&self.saved, AttnSaved { split, call })?;
         Ok(out)
     }
@@ -371,20 +624,7 @@ impl CustomOp3 for Attention {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let s = take(&self.saved, "the attention layer's saved activations")?;
-        let (b, n, c) = x.dims3()?;
-        let rows = b * n;
-        let o = s.call.o();
-        let (_, _, hq, d) = o.dims4()?;
-        let dy = dy.to_dtype(x.dtype())?.reshape((rows, c))?;
-        let do2 = dy.matmul(wo)?;
-        let dwo = dy.t()?.matmul(&o.reshape((rows, hq * d))?)?;
-        let (dq, dk, dv) = s.call.backward(&do2.reshape(o.shape())?)?;
-        // the merge takes its device and dtype from the tensor it is given
-        let dqkv = s.split.merge(&dy, vec![Some(dq), Some(dk), Some(dv)])?;
-        let w = dqkv.dim(2)?;
-        let dqkv2 = dqkv.reshape((rows, w))?;
-        let dx = dqkv2.matmul(wqkv)?.reshape(x.shape())?;
-        let dwqkv = dqkv2.t()?.matmul(&x.reshape((rows, c))?)?;
+        let (dx, dwqkv, dwo) = attention_backward(s, x, wqkv, wo, dy)?;
         Ok((Some(dx), Some(dwqkv), Some(dwo)))
     }
 }

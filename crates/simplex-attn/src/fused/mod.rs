@@ -33,14 +33,19 @@ mod xent;
 pub use heads::{split_heads, split_heads_twin, HeadPart, RopeTables};
 pub(crate) use layers::unwrap_storage;
 pub use layers::{
-    dot_attention_layer, dot_attention_layer_twin, project, swiglu_mlp, swiglu_mlp_twin, DotLayer,
+    attention_layer_grads, dot_attention_layer, dot_attention_layer_saved,
+    dot_attention_layer_twin, project, simplicial_attention_layer_saved, swiglu_mlp,
+    swiglu_mlp_grads, swiglu_mlp_saved, swiglu_mlp_twin, AttentionLayerSaved, DotLayer, MlpSaved,
 };
-pub use norm::{add_rms_norm, add_rms_norm_twin, rms_norm, rms_norm_twin};
+pub use norm::{
+    add_rms_norm, add_rms_norm_twin, rms_norm, rms_norm_grads, rms_norm_saved, rms_norm_twin,
+    NormSaved,
+};
 pub use swiglu::{swiglu, swiglu_twin};
 pub(crate) use swiglu::{swiglu_grad, swiglu_no_grad};
 pub use xent::{
     cross_entropy_twin, linear_cross_entropy, linear_cross_entropy_chunked,
-    linear_cross_entropy_twin, Targets, CHUNK_LOGITS,
+    linear_cross_entropy_grads, linear_cross_entropy_twin, Targets, CHUNK_LOGITS,
 };
 
 use std::sync::{Arc, Mutex};
@@ -124,12 +129,12 @@ pub(crate) fn with_cpu<T: WithDType, R, const N: usize>(
 
 /// A CPU tensor of `shape` from `data` (not differentiable).
 pub(crate) fn cpu_tensor<T: WithDType>(data: Vec<T>, shape: impl Into<Shape>) -> Tensor {
-    Tensor::from_storage(
-        Storage::Cpu(T::to_cpu_storage_owned(data)),
-        shape,
-        candle_core::op::BackpropOp::none(),
-        false,
-    )
+    owned_tensor(Storage::Cpu(T::to_cpu_storage_owned(data)), shape)
+}
+
+/// A tensor over an owned storage (not differentiable).
+pub(crate) fn owned_tensor(s: Storage, shape: impl Into<Shape>) -> Tensor {
+    Tensor::from_storage(s, shape, candle_core::op::BackpropOp::none(), false)
 }
 
 /// `NaN`s of length `n`: CPU outputs start poisoned so that an element a kernel misses fails

@@ -37,15 +37,7 @@ pub fn add_rms_norm(
     eps: f64,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let (x, w, dtype) = prepare("add_rms_norm", x, Some(a), w, eps)?;
-    let a = a.to_dtype(x.dtype())?.contiguous()?;
-    let (y, rstd) = (slot(), slot());
-    let add = ResidualAdd {
-        w: w.clone(),
-        eps,
-        y: y.clone(),
-        rstd: rstd.clone(),
-    };
-    let h = x.apply_op2(&a, add)?;
+    let (h, y, rstd) = residual_add(&x, a, &w, eps)?;
     let norm = Norm {
         eps,
         rstd,
@@ -53,6 +45,67 @@ pub fn add_rms_norm(
     };
     let y = h.apply_op2(&w, norm)?;
     Ok((h.to_dtype(dtype)?, y.to_dtype(dtype)?))
+}
+
+/// What [`rms_norm_saved`] keeps for [`rms_norm_grads`]: the normalized rows' input `h` and
+/// their `rstd` (in the compute dtype; f32 statistics).
+#[derive(Debug, Clone)]
+pub struct NormSaved {
+    /// `x + a` (or `x`), the rows the norm saw.
+    pub h: Tensor,
+    /// `1 / sqrt(mean(h^2) + eps)` per row.
+    pub rstd: Tensor,
+}
+
+/// The forward of [`add_rms_norm`] (with `a`) or [`rms_norm`] (without) outside autograd, for
+/// callers that run the backward themselves ([`rms_norm_grads`]): `(h, y, saved)` with
+/// `h = x + a` (or `x`) and `y = rms_norm(h)`, both in x's dtype. No graph is recorded.
+pub fn rms_norm_saved(
+    x: &Tensor,
+    a: Option<&Tensor>,
+    w: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, Tensor, NormSaved)> {
+    let (x, w, dtype) = prepare("rms_norm", &x.detach(), a, &w.detach(), eps)?;
+    let (h, y, rstd) = match a {
+        Some(a) => {
+            let (h, y, rstd) = residual_add(&x, &a.detach(), &w, eps)?;
+            let y = super::take(&y, "the normalized rows of add_rms_norm")?;
+            let y = super::owned_tensor(y, h.shape());
+            (h, y, rstd)
+        }
+        None => {
+            let rstd = slot();
+            let op = Norm {
+                eps,
+                rstd: rstd.clone(),
+                ready: None,
+            };
+            (x.clone(), x.apply_op2(&w, op)?, rstd)
+        }
+    };
+    let rstd = super::take(&rstd, "rms_norm's rstd")?;
+    Ok((
+        h.to_dtype(dtype)?,
+        y.to_dtype(dtype)?,
+        NormSaved { h, rstd },
+    ))
+}
+
+/// `(plus + dh, dw)` of the norm [`rms_norm_saved`] ran, from `dy` (outside autograd), in
+/// the dtypes of `dy` and `w`. `plus`, a gradient like h (the residual stream's), is added to
+/// dh in the same pass on CUDA.
+pub fn rms_norm_grads(
+    dy: &Tensor,
+    saved: &NormSaved,
+    w: &Tensor,
+    plus: Option<&Tensor>,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (dtype, wdtype) = (dy.dtype(), w.dtype());
+    let wc = w.to_dtype(saved.h.dtype())?.contiguous()?;
+    let dy = dy.to_dtype(saved.h.dtype())?.contiguous()?;
+    let (dh, dw) = backward(&dy, &saved.h, &wc, &saved.rstd, plus)?;
+    Ok((dh.to_dtype(dtype)?, dw.to_dtype(wdtype)?))
 }
 
 /// The plain candle-op RMSNorm (statistics in f32, or f64 for f64 inputs): the reference.
@@ -112,6 +165,25 @@ fn prepare(
         w.to_dtype(compute)?.contiguous()?,
         x.dtype(),
     ))
+}
+
+/// `h = ResidualAdd(x, a)` (x, w prepared), with the normalized rows y and their rstd left in
+/// the returned slots.
+fn residual_add(
+    x: &Tensor,
+    a: &Tensor,
+    w: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, Slot<Storage>, Slot<Tensor>)> {
+    let a = a.to_dtype(x.dtype())?.contiguous()?;
+    let (y, rstd) = (slot(), slot());
+    let add = ResidualAdd {
+        w: w.clone(),
+        eps,
+        y: y.clone(),
+        rstd: rstd.clone(),
+    };
+    Ok((x.apply_op2(&a, add)?, y, rstd))
 }
 
 /// `ResidualAdd(x, a) -> h`; computes y and rstd too (see the module doc).
@@ -245,29 +317,49 @@ impl CustomOp2 for Norm {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let rstd = super::peek(&self.rstd, "rms_norm's saved rstd")?;
         let dy = dy.contiguous()?;
-        let (dh, dw) = backward(&dy, h, w, &rstd)?;
+        let (dh, dw) = backward(&dy, h, w, &rstd, None)?;
         Ok((Some(dh), Some(dw)))
     }
 }
 
-/// `(dh, dw)` from `dy`, the forward's input `h`, `w` and `rstd`.
+/// `(plus + dh, dw)` from `dy`, the forward's input `h`, `w` and `rstd`; `plus` (like h) is
+/// a gradient added to dh in the same pass (on CUDA; the residual stream's), none if `None`.
 fn backward(
     dy: &Tensor,
     h: &Tensor,
     w: &Tensor,
     rstd: &Tensor,
+    plus: Option<&Tensor>,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let (rows, c) = rows_cols("rms_norm backward", h.shape())?;
+    let op = "rms_norm backward";
+    let (rows, c) = rows_cols(op, h.shape())?;
     let dy = dy.to_dtype(h.dtype())?;
+    let plus = match plus {
+        Some(p) if p.dims() != h.dims() => {
+            candle_core::bail!(
+                "{op}: the added gradient {:?} must be like h {:?}",
+                p.dims(),
+                h.dims()
+            )
+        }
+        Some(p) => Some(p.to_dtype(h.dtype())?.contiguous()?),
+        None => None,
+    };
+    let cpu = |(dh, dw): (Tensor, Tensor)| -> candle_core::Result<(Tensor, Tensor)> {
+        match &plus {
+            Some(p) => Ok(((dh + p)?, dw)),
+            None => Ok((dh, dw)),
+        }
+    };
     match h.device() {
         candle_core::Device::Cpu => match h.dtype() {
-            DType::F32 => cpu_backward::<f32>(&dy, h, w, rstd, rows, c),
-            DType::F64 => cpu_backward::<f64>(&dy, h, w, rstd, rows, c),
-            dt => candle_core::bail!("rms_norm backward: {dt:?} on the CPU"),
+            DType::F32 => cpu(cpu_backward::<f32>(&dy, h, w, rstd, rows, c)?),
+            DType::F64 => cpu(cpu_backward::<f64>(&dy, h, w, rstd, rows, c)?),
+            dt => candle_core::bail!("{op}: {dt:?} on the CPU"),
         },
         #[cfg(feature = "cuda")]
-        candle_core::Device::Cuda(_) => super::cuda::norm_backward(&dy, h, w, rstd),
-        _ => candle_core::bail!("rms_norm backward: unsupported device"),
+        candle_core::Device::Cuda(_) => super::cuda::norm_backward(&dy, h, w, rstd, plus.as_ref()),
+        _ => candle_core::bail!("{op}: unsupported device"),
     }
 }
 

@@ -49,6 +49,25 @@ pub fn linear_cross_entropy_chunked(
     targets: Targets<'_>,
     chunk_logits: usize,
 ) -> candle_core::Result<Tensor> {
+    let (loss, dx, dw) = linear_cross_entropy_grads(x, w, targets, chunk_logits)?;
+    let saved = Saved {
+        loss: slot(),
+        dx,
+        dw,
+    };
+    put(&saved.loss, loss)?;
+    x.apply_op3(w, targets.ids, saved)
+}
+
+/// [`linear_cross_entropy_chunked`] outside autograd: `(loss, dx, dw)`, the mean loss (a
+/// scalar, f32 or f64 for f64) and its gradients in x's and w's dtypes, for callers that run
+/// the backward themselves. No graph is recorded.
+pub fn linear_cross_entropy_grads(
+    x: &Tensor,
+    w: &Tensor,
+    targets: Targets<'_>,
+    chunk_logits: usize,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let (t, _, v) = check(x, w, targets.ids)?;
     let compute = compute_dtype("linear_cross_entropy", x)?;
     let (xc, wc) = (
@@ -89,13 +108,11 @@ pub fn linear_cross_entropy_chunked(
     };
     let loss = loss.expect("t > 0").to_dtype(stat)?;
     let loss = loss.broadcast_mul(&inv.reshape(())?)?;
-    let saved = Saved {
-        loss: slot(),
-        dx: dx.to_dtype(x.dtype())?,
-        dw: dw.expect("t > 0").to_dtype(w.dtype())?,
-    };
-    put(&saved.loss, loss.reshape(())?)?;
-    x.apply_op3(w, targets.ids, saved)
+    Ok((
+        loss.reshape(())?,
+        dx.to_dtype(x.dtype())?,
+        dw.expect("t > 0").to_dtype(w.dtype())?,
+    ))
 }
 
 /// The plain candle-op cross-entropy of `logits [T, V]` (computed in f32, or f64 for f64):

@@ -72,6 +72,10 @@ pub struct TrainBenchArgs {
     /// docs/kernels.md).
     #[arg(long, default_value = "auto", value_parser = crate::attn_cmd::parse_kernels)]
     pub kernels: simplex_attn::Kernels,
+    /// How the gradients are computed: `auto` (the written-out backward where the model has
+    /// one: dense dot-product models) or `autograd` (candle's autograd always).
+    #[arg(long, default_value = "auto")]
+    pub backward: simplex_train::step::Backward,
 }
 
 /// Removes the temporary shard folder however the bench ends.
@@ -155,16 +159,19 @@ pub fn run(a: &TrainBenchArgs) -> Result<()> {
     let info = ModelInfo::new(&cfg, seq);
     let tokens_per_step = a.batch * seq * a.grad_accum;
     println!(
-        "# simplex bench train --device {}: {name}, pattern {}, {:.2}M non-embedding parameters ({:.2}M total), batch {} x seq {seq} x grad_accum {} = {tokens_per_step} tokens per update, {}",
+        "# simplex bench train --device {}: {name}, pattern {}, {:.2}M non-embedding parameters ({:.2}M total), batch {} x seq {seq} x grad_accum {} = {tokens_per_step} tokens per update, {}, backward {}",
         a.device,
         cfg.pattern,
         info.params_non_embedding as f64 / 1e6,
         info.params_total as f64 / 1e6,
         a.batch,
         a.grad_accum,
-        train.precision
+        train.precision,
+        format!("{:?}", a.backward).to_lowercase()
     );
-    let mut learner = Learner::new(&cfg, &train, &device)?.with_kernels(a.kernels);
+    let mut learner = Learner::new(&cfg, &train, &device)?
+        .with_kernels(a.kernels)
+        .with_backward(a.backward);
     let mut times = Vec::with_capacity(a.steps);
     let mut last_loss = f64::NAN;
     for step in 1..=(a.warmup_steps + a.steps) as u64 {
@@ -226,6 +233,7 @@ pub fn run(a: &TrainBenchArgs) -> Result<()> {
         "params_total": info.params_total,
         "batch": a.batch, "seq": seq, "grad_accum": a.grad_accum,
         "precision": train.precision.to_string(),
+        "backward": format!("{:?}", a.backward).to_lowercase(),
         "warmup_steps": a.warmup_steps, "steps": a.steps,
         "step_s_median": med, "step_s_mean": mean,
         "tokens_per_s": tps, "tokens_per_s_mean": tokens_per_step as f64 / mean,

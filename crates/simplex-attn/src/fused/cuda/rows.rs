@@ -67,6 +67,7 @@ pub(crate) fn norm_backward(
     h: &Tensor,
     w: &Tensor,
     rstd: &Tensor,
+    plus: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
     let op = "rms_norm backward";
     let (rows, c) = crate::fused::rows_cols(op, h.shape())?;
@@ -82,6 +83,11 @@ pub(crate) fn norm_backward(
         tensor_addr(w, op, "weight")?,
         tensor_addr(rstd, op, "rstd")?,
     );
+    // the gradient added to dh (null: none), like h
+    let pa_plus = match plus {
+        Some(p) => tensor_addr(p, op, "the added gradient")?,
+        None => 0u64,
+    };
     let blocks = norm_bwd_blocks(rows);
     let warps = (THREADS / 32) as usize;
     let dh = alloc(&dev, dt, rows * c, "dh")?;
@@ -92,9 +98,12 @@ pub(crate) fn norm_backward(
         storage_addr(&part, blocks * c, op, "partials")?,
         storage_addr(&dw, c, op, "dw")?,
     );
-    let vec = vec_ok(&[dya, ha, wa, dha], &[c], dt);
+    let vec = match plus {
+        Some(_) => vec_ok(&[dya, ha, wa, dha, pa_plus], &[c], dt),
+        None => vec_ok(&[dya, ha, wa, dha], &[c], dt),
+    };
     let (r, cc, nb) = (rows as i32, c as i32, blocks as i32);
-    launch!(&dev, bwd, cfg(blocks, THREADS, warps * c * 4)?; &dya, &ha, &wa, &ra, &dha, &pa, &r, &cc, &vec);
+    launch!(&dev, bwd, cfg(blocks, THREADS, warps * c * 4)?; &dya, &ha, &wa, &ra, &pa_plus, &dha, &pa, &r, &cc, &vec);
     launch!(&dev, dw_sum, cfg(c.div_ceil(256), 256, 0)?; &pa, &dwa, &nb, &cc);
     drop(part);
     Ok((
