@@ -140,6 +140,11 @@ pub struct TrainArgs {
     /// Not stored in the run: pass it again when resuming.
     #[arg(long, default_value = "auto", value_parser = crate::attn_cmd::parse_kernels)]
     pub kernels: simplex_attn::Kernels,
+    /// How the gradients are computed: `auto` (the model's written-out backward where it has
+    /// one: dense models with dot-product or trilinear 2-simplicial layers) or `autograd`
+    /// (candle's autograd always). Not stored in the run.
+    #[arg(long, default_value = "auto")]
+    pub backward: simplex_train::step::Backward,
 }
 
 /// A progress bar on stderr with one line per eval; when stderr is not a terminal (a log
@@ -269,6 +274,7 @@ pub fn options(a: &TrainArgs, device: candle_core::Device) -> Result<RunOptions>
     };
     opts.tensorboard = a.tensorboard.clone();
     opts.kernels = a.kernels;
+    opts.backward = a.backward;
     opts.stop = Some(crate::interrupt::stop_on_signal()?);
     Ok(opts)
 }

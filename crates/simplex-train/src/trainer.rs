@@ -172,7 +172,9 @@ pub fn train_ranked(
     let (lead, world) = (comm.rank() == 0, comm.world());
     let mut prep = ddp::prepare_ranks(opts, comm)?;
     let (mcfg, cfg, data, dev) = (&prep.model_cfg, &prep.train_cfg, &prep.data, &opts.device);
-    let mut learner = Learner::new(mcfg, cfg, dev)?.with_kernels(opts.kernels);
+    let mut learner = Learner::new(mcfg, cfg, dev)?
+        .with_kernels(opts.kernels)
+        .with_backward(opts.backward);
     if world > 1 {
         learner.distribute(dist.bucket_bytes)?;
     }

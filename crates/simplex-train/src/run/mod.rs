@@ -65,6 +65,10 @@ pub struct RunOptions {
     /// Which CUDA attention kernels run (default automatic; `deterministic=on` for bitwise
     /// repeatable 2-simplicial gradients). A setting of this session, not stored in the run.
     pub kernels: simplex_attn::Kernels,
+    /// How the gradients are computed ([`crate::step::Backward`]; default: the model's
+    /// written-out backward where it has one). A setting of this session, not stored in the
+    /// run.
+    pub backward: crate::step::Backward,
 }
 
 /// Which checkpoints a run keeps besides the latest (`RUN_DIR/checkpoint/`).
@@ -124,6 +128,7 @@ impl RunOptions {
             stop: None,
             tensorboard: None,
             kernels: simplex_attn::Kernels::default(),
+            backward: crate::step::Backward::Auto,
         }
     }
 }
