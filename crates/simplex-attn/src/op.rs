@@ -99,16 +99,14 @@ pub fn simplicial_attn(
         },
     )?;
     let op = SimplicialOp {
-        call: Call {
-            dims: Dims {
+        call: spec.call(
+            Dims {
                 d: q.dim(3)?,
                 dv: v1.dim(3)?,
                 ..dims
             },
-            win: spec.windows(dims.seq),
-            scale: spec.scale_for(dims.d),
-            kernels: spec.kernels,
-        },
+            dims.d,
+        ),
         lse: lse.clone(),
         query_keys: [q, k1, k2],
         key_grads,
@@ -159,12 +157,7 @@ impl SimplicialAttnCall {
         let up = |t: &Tensor| t.detach().contiguous();
         let (q, k1, k2, v1, v2) = (up(q)?, up(k1)?, up(k2)?, up(v1)?, up(v2)?);
         let op = SimplicialOp {
-            call: Call {
-                dims,
-                win: spec.windows(dims.seq),
-                scale: spec.scale_for(dims.d),
-                kernels: spec.kernels,
-            },
+            call: spec.call(dims, dims.d),
             lse: Arc::new(Mutex::new(None)),
             query_keys: [q, k1, k2],
             key_grads: Arc::new(Mutex::new(None)),

@@ -291,6 +291,19 @@ impl Dims {
     }
 }
 
+impl AttnSpec {
+    /// The call of this spec as the kernels see it: `kernel_dims` (D lifted and padded where
+    /// the op does so), the softmax scale of the layer's head dim `d`.
+    pub(crate) fn call(&self, kernel_dims: Dims, d: usize) -> Call {
+        Call {
+            dims: kernel_dims,
+            win: self.windows(kernel_dims.seq),
+            scale: self.scale_for(d),
+            kernels: self.kernels,
+        }
+    }
+}
+
 /// One call as the kernels see it: what the op hands its CUDA launch code.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Call {

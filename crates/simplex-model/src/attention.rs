@@ -103,12 +103,7 @@ impl DotAttention {
         };
         Ok(project(&o.reshape((b, n, hq * dim))?, &self.o)?)
     }
-}
 
-/// The fused op where it has a kernel (the CPU; CUDA for bf16/f32 with head dims up to 256 when
-/// simplex-attn is built with `cuda`); elsewhere the op's slow twin, which materializes the
-/// `[B, Hq, Nq, Nk]` scores.
-impl DotAttention {
     /// The sublayer as the fused op runs it for `x` at positions `pos..` without a cache, or
     /// `None` where no fused kernel takes its head dim, dtype and device.
     fn fused_layer(&self, x: &Tensor, pos: usize) -> Option<DotLayer> {
@@ -152,6 +147,9 @@ impl DotAttention {
     }
 }
 
+/// The fused op where it has a kernel (the CPU; CUDA for bf16/f32 with head dims up to 256 when
+/// simplex-attn is built with `cuda`); elsewhere the op's slow twin, which materializes the
+/// `[B, Hq, Nq, Nk]` scores.
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, spec: &DotSpec) -> Result<Tensor> {
     if has_fused_kernel(q.device(), q.dtype(), q.dim(3)?, v.dim(3)?) {
         Ok(dot_attn(q, k, v, spec)?.o)

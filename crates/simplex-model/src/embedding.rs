@@ -48,13 +48,17 @@ impl TokenEmbedding {
 
     /// The rows of `tokens [..]` (u32) as `one_hot(tokens) @ weight`: `[.., C]`.
     pub fn forward_one_hot(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
-        let (v, c) = self.weight.dims2()?;
         let mut shape = tokens.dims().to_vec();
-        shape.push(c);
+        shape.push(self.weight.dim(1)?);
+        self.one_hot(tokens)?.matmul(&self.weight)?.reshape(shape)
+    }
+
+    /// `one_hot(tokens) [T, V]` in the weight's dtype, `T` the tokens flattened.
+    fn one_hot(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
+        let v = self.weight.dim(0)?;
         let ids = tokens.flatten_all()?.to_dtype(DType::U32)?.unsqueeze(1)?;
         let vocab = Tensor::arange(0u32, v as u32, tokens.device())?.unsqueeze(0)?;
-        let one_hot = ids.broadcast_eq(&vocab)?.to_dtype(self.weight.dtype())?;
-        one_hot.matmul(&self.weight)?.reshape(shape)
+        ids.broadcast_eq(&vocab)?.to_dtype(self.weight.dtype())
     }
 }
 
@@ -69,17 +73,12 @@ impl TokenEmbedding {
     /// transposed one-hot product where the forward takes the one-hot product, else the rows
     /// added into zeros by token (`index_add`).
     pub fn weight_grad(&self, tokens: &Tensor, dx: &Tensor) -> candle_core::Result<Tensor> {
-        let (v, c) = self.weight.dims2()?;
         let ids = tokens.flatten_all()?.to_dtype(DType::U32)?;
         let dx = dx
-            .reshape((ids.elem_count(), c))?
+            .reshape((ids.elem_count(), self.weight.dim(1)?))?
             .to_dtype(self.weight.dtype())?;
         if self.uses_one_hot() {
-            let vocab = Tensor::arange(0u32, v as u32, tokens.device())?.unsqueeze(1)?;
-            let one_hot_t = vocab
-                .broadcast_eq(&ids.unsqueeze(0)?)?
-                .to_dtype(self.weight.dtype())?;
-            one_hot_t.matmul(&dx)
+            self.one_hot(tokens)?.t()?.matmul(&dx)
         } else {
             self.weight.zeros_like()?.index_add(&ids, &dx, 0)
         }

@@ -132,10 +132,7 @@ impl SimplicialAttention {
         };
         Ok(project(&o.reshape((b, n, hq * dim))?, &self.o)?)
     }
-}
 
-/// `[B, L, Hkv, X]` to `[B, Hq, L, X]`, query head `h` reading K/V head `h / G`.
-impl SimplicialAttention {
     /// Whether [`SimplicialAttention::forward_saved`] runs the sublayer: trilinear logits
     /// without position rotation (the kernels' call as it is).
     pub fn has_written_out_backward(&self) -> bool {
@@ -172,6 +169,7 @@ impl SimplicialAttention {
     }
 }
 
+/// `[B, L, Hkv, X]` to `[B, Hq, L, X]`, query head `h` reading K/V head `h / G`.
 fn to_query_heads(x: &Tensor, group: usize) -> Result<Tensor> {
     let (b, l, hkv, w) = x.dims4()?;
     Ok(x.transpose(1, 2)?

@@ -78,6 +78,16 @@ pub enum Backward {
     Autograd,
 }
 
+impl std::fmt::Display for Backward {
+    /// `auto` or `autograd`, as [`Backward::from_str`](std::str::FromStr::from_str) reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backward::Auto => "auto",
+            Backward::Autograd => "autograd",
+        })
+    }
+}
+
 impl std::str::FromStr for Backward {
     type Err = String;
 

@@ -320,7 +320,7 @@ pub fn dot_attention_layer(
     layer: &DotLayer,
 ) -> candle_core::Result<Tensor> {
     let op = "dot_attention_layer";
-    check_dot_layer(op, x, w_qkv, w_o, layer)?;
+    check_attention_layer(op, x, w_qkv, w_o, layer.heads())?;
     let dtype = x.dtype();
     let compute = compute_dtype(op, x)?;
     let up = |t: &Tensor| t.to_dtype(compute)?.contiguous();
@@ -351,7 +351,7 @@ pub fn dot_attention_layer_saved(
     layer: &DotLayer,
 ) -> candle_core::Result<(Tensor, AttentionLayerSaved)> {
     let op = "dot_attention_layer";
-    check_dot_layer(op, x, w_qkv, w_o, layer)?;
+    check_attention_layer(op, x, w_qkv, w_o, layer.heads())?;
     let compute = compute_dtype(op, x)?;
     let up = |t: &Tensor| t.detach().to_dtype(compute)?.contiguous();
     let (xc, wq, wo) = (up(x)?, up(w_qkv)?, up(w_o)?);
@@ -399,30 +399,12 @@ pub fn simplicial_attention_layer_saved(
     spec: &AttnSpec,
 ) -> candle_core::Result<Option<(Tensor, AttentionLayerSaved)>> {
     let op = "simplicial_attention_layer";
-    let (b, n, c) = x.dims3().map_err(|_| {
-        candle_core::Error::Msg(format!("{op}: x {:?} must be [B, N, C]", x.dims()))
-    })?;
-    let want = (heads_q + 4 * heads_kv) * head_dim;
-    check_weights(
-        op,
-        x,
-        [("w_qkv", w_qkv, c), ("w_o", w_o, heads_q * head_dim)],
-    )?;
-    if w_qkv.dim(0)? != want || w_o.dim(0)? != c {
-        candle_core::bail!(
-            "{op}: w_qkv {:?} must be [{want}, {c}] and w_o {:?} [{c}, {}]",
-            w_qkv.dims(),
-            w_o.dims(),
-            heads_q * head_dim
-        )
-    }
+    let heads = (heads_q, heads_q + 4 * heads_kv, head_dim);
+    let (b, n, _) = check_attention_layer(op, x, w_qkv, w_o, heads)?;
     let compute = compute_dtype(op, x)?;
     let up = |t: &Tensor| t.detach().to_dtype(compute)?.contiguous();
     let (xc, wq, wo) = (up(x)?, up(w_qkv)?, up(w_o)?);
-    let qkv = xc
-        .reshape((b * n, c))?
-        .matmul(&wq.t()?)?
-        .reshape((b, n, want))?;
+    let qkv = project(&xc, &wq)?;
     let part = |heads| HeadPart {
         heads,
         rotate: false,
@@ -430,13 +412,10 @@ pub fn simplicial_attention_layer_saved(
     let kv = part(heads_kv);
     let (p, split) = split_no_grad(&qkv, head_dim, &[part(heads_q), kv, kv, kv, kv], None)?;
     drop(qkv);
-    let call = SimplicialAttnCall::forward(&p[0], &p[1], &p[2], &p[3], &p[4], spec)
-        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let Some(call) = call else {
+    let Some(call) = SimplicialAttnCall::forward(&p[0], &p[1], &p[2], &p[3], &p[4], spec)? else {
         return Ok(None);
     };
-    let o = call.o().reshape((b * n, heads_q * head_dim))?;
-    let y = o.matmul(&wo.t()?)?.reshape((b, n, c))?;
+    let y = project(&call.o().reshape((b, n, heads_q * head_dim))?, &wo)?;
     let saved = AttentionLayerSaved {
         x: xc,
         w: [wq, wo],
@@ -474,20 +453,22 @@ fn attention_backward(
     Ok((dx, dwqkv, dwo))
 }
 
-/// Checks the sublayer's input and weights against its shape.
-fn check_dot_layer(
+/// Checks an attention sublayer's input `x [B, N, C]` and weights against its shape: `w_qkv`
+/// of `qkv_heads` head blocks (q and every key/value part) of `head_dim` rows, `w_o [C, Hq D]`;
+/// returns `(B, N, C)`.
+fn check_attention_layer(
     op: &str,
     x: &Tensor,
     w_qkv: &Tensor,
     w_o: &Tensor,
-    layer: &DotLayer,
-) -> candle_core::Result<()> {
-    let (_, _, c) = x.dims3().map_err(|_| {
+    (heads_q, qkv_heads, head_dim): (usize, usize, usize),
+) -> candle_core::Result<(usize, usize, usize)> {
+    let (b, n, c) = x.dims3().map_err(|_| {
         candle_core::Error::Msg(format!("{op}: x {:?} must be [B, N, C]", x.dims()))
     })?;
-    let (hq, d) = (layer.heads_q, layer.head_dim);
+    let (hq, d) = (heads_q, head_dim);
     check_weights(op, x, [("w_qkv", w_qkv, c), ("w_o", w_o, hq * d)])?;
-    let want = (hq + 2 * layer.heads_kv) * d;
+    let want = qkv_heads * d;
     if w_qkv.dim(0)? != want || w_o.dim(0)? != c {
         candle_core::bail!(
             "{op}: w_qkv {:?} must be [{want}, {c}] and w_o {:?} [{c}, {}]",
@@ -496,7 +477,15 @@ fn check_dot_layer(
             hq * d
         )
     }
-    Ok(())
+    Ok((b, n, c))
+}
+
+impl DotLayer {
+    /// `(Hq, Hq + 2 Hkv, D)`: the shape [`check_attention_layer`] checks.
+    fn heads(&self) -> (usize, usize, usize) {
+        let (hq, hkv) = (self.heads_q, self.heads_kv);
+        (hq, hq + 2 * hkv, self.head_dim)
+    }
 }
 
 /// The composed sublayer (a product, [`split_heads`], `dot_attn`, a product; autograd): the

@@ -72,8 +72,9 @@ pub struct TrainBenchArgs {
     /// docs/kernels.md).
     #[arg(long, default_value = "auto", value_parser = crate::attn_cmd::parse_kernels)]
     pub kernels: simplex_attn::Kernels,
-    /// How the gradients are computed: `auto` (the written-out backward where the model has
-    /// one: dense dot-product models) or `autograd` (candle's autograd always).
+    /// How the gradients are computed: `auto` (the model's written-out backward where it has
+    /// one: dense models with dot-product or trilinear 2-simplicial layers) or `autograd`
+    /// (candle's autograd always).
     #[arg(long, default_value = "auto")]
     pub backward: simplex_train::step::Backward,
 }
@@ -167,7 +168,7 @@ pub fn run(a: &TrainBenchArgs) -> Result<()> {
         a.batch,
         a.grad_accum,
         train.precision,
-        format!("{:?}", a.backward).to_lowercase()
+        a.backward
     );
     let mut learner = Learner::new(&cfg, &train, &device)?
         .with_kernels(a.kernels)
@@ -233,7 +234,7 @@ pub fn run(a: &TrainBenchArgs) -> Result<()> {
         "params_total": info.params_total,
         "batch": a.batch, "seq": seq, "grad_accum": a.grad_accum,
         "precision": train.precision.to_string(),
-        "backward": format!("{:?}", a.backward).to_lowercase(),
+        "backward": a.backward.to_string(),
         "warmup_steps": a.warmup_steps, "steps": a.steps,
         "step_s_median": med, "step_s_mean": mean,
         "tokens_per_s": tps, "tokens_per_s_mean": tokens_per_step as f64 / mean,
