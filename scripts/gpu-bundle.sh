@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, HERE (no GPU needed), everything one device run needs into gpu-bundle/ (ignored by git):
-#   gpu-bundle/bins.tar.xz   the `cuda` test executables of simplex-attn (tests/cuda_*.rs) and the
-#                            `simplex` binary, built with --features cuda, stripped, xz-compressed
+#   gpu-bundle/bins.tar.xz   the `cuda` test executables of simplex-attn and simplex-model
+#                            (tests/cuda_*.rs) and the `simplex` binary, built with --features
+#                            cuda, stripped, xz-compressed
 #                            (each embeds candle's ~40 MB of PTX; compressed they fit the device
 #                            tool's 64 MiB)
 #   gpu-bundle/run.sh        a copy of scripts/gpu-run.sh, run on the GPU machine: every GPU
@@ -30,10 +31,11 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/tests"
 
-echo "building the cuda test executables of simplex-attn ..."
+echo "building the cuda test executables of simplex-attn and simplex-model ..."
 # poison-outputs: every kernel output is NaN-filled before its kernel runs unless a call says
 # otherwise (the fused ops have no per-call switch), so the tests see unwritten elements
-cargo test --no-run --release --features cuda,poison-outputs -p simplex-attn \
+cargo test --no-run --release -p simplex-attn -p simplex-model \
+  --features simplex-attn/cuda,simplex-attn/poison-outputs,simplex-model/cuda \
   --message-format=json >"$stage/build.json"
 python3 - "$stage/build.json" "$stage/tests" "${SIMPLEX_GPU_TESTS:-}" <<'PY'
 import json, shutil, sys

@@ -141,7 +141,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "auto", value_parser = crate::attn_cmd::parse_kernels)]
     pub kernels: simplex_attn::Kernels,
     /// How the gradients are computed: `auto` (the model's written-out backward where it has
-    /// one: dense models with dot-product or trilinear 2-simplicial layers) or `autograd`
+    /// one: dot-product or trilinear 2-simplicial layers, dense or MoE) or `autograd`
     /// (candle's autograd always). Not stored in the run.
     #[arg(long, default_value = "auto")]
     pub backward: simplex_train::step::Backward,

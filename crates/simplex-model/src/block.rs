@@ -10,7 +10,7 @@ use crate::config::{Config, LayerKind};
 use crate::error::Result;
 use crate::init::residual_std;
 use crate::mlp::Mlp;
-use crate::moe::{MoeMlp, MoeStats};
+use crate::moe::{MoeMlp, MoeSaved, MoeStats};
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
 use crate::simplicial::SimplicialAttention;
@@ -58,6 +58,58 @@ impl FeedForward {
                 (y, Some(stats))
             }
         })
+    }
+}
+
+/// What [`FeedForward::forward_saved`] keeps for [`FeedForward::grads`].
+enum FeedForwardSaved {
+    Dense(simplex_attn::fused::MlpSaved),
+    Experts(Box<MoeSaved>),
+}
+
+impl FeedForward {
+    /// The forward outside autograd (see [`Block::forward_saved`]).
+    fn forward_saved(&self, x: &Tensor) -> Result<(Tensor, Option<MoeStats>, FeedForwardSaved)> {
+        Ok(match self {
+            FeedForward::Dense(m) => {
+                let (y, saved) = m.forward_saved(x)?;
+                (y, None, FeedForwardSaved::Dense(saved))
+            }
+            FeedForward::Experts(m) => {
+                let (y, stats, saved) = m.forward_saved(x)?;
+                (y, Some(stats), FeedForwardSaved::Experts(Box::new(saved)))
+            }
+        })
+    }
+
+    /// `dx` and the weights' gradients ([`FeedForward::weights`]' order) from `dy`; `aux` are
+    /// the factors of an MoE layer's balance and z-losses (see [`MoeMlp::grads`]).
+    fn grads(
+        &self,
+        saved: FeedForwardSaved,
+        dy: &Tensor,
+        aux: (f64, f64),
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        Ok(match (self, saved) {
+            (FeedForward::Dense(m), FeedForwardSaved::Dense(s)) => {
+                let (dx, dw) = m.grads(s, dy)?;
+                (dx, dw.into())
+            }
+            (FeedForward::Experts(m), FeedForwardSaved::Experts(s)) => m.grads(*s, dy, aux)?,
+            _ => {
+                return Err(crate::error::ModelError::Input(
+                    "FeedForward::grads: the saved forward is of another kind of layer".into(),
+                ))
+            }
+        })
+    }
+
+    /// The sublayer's weights, in the order of [`FeedForward::grads`].
+    fn weights(&self) -> Vec<&Tensor> {
+        match self {
+            FeedForward::Dense(m) => m.weights().into(),
+            FeedForward::Experts(m) => m.weights(),
+        }
     }
 }
 
@@ -189,7 +241,7 @@ pub struct BlockSaved {
     attn_norm: simplex_attn::fused::NormSaved,
     attn: simplex_attn::fused::AttentionLayerSaved,
     mlp_norm: simplex_attn::fused::NormSaved,
-    mlp: simplex_attn::fused::MlpSaved,
+    mlp: FeedForwardSaved,
 }
 
 impl Attention {
@@ -226,35 +278,35 @@ impl Attention {
 }
 
 impl Block {
-    /// Whether [`Block::forward_saved`] runs this block for inputs of `dtype` on `device`: a
-    /// dense MLP, and dot-product attention that the fused op runs there or trilinear
-    /// 2-simplicial attention without rotation.
+    /// Whether [`Block::forward_saved`] runs this block for inputs of `dtype` on `device`:
+    /// dot-product attention that the fused op runs there, or trilinear 2-simplicial attention
+    /// without rotation (the feed-forward sublayer, dense or MoE, always has one).
     pub fn has_written_out_backward(
         &self,
         device: &candle_core::Device,
         dtype: candle_core::DType,
     ) -> bool {
-        match (&self.attn, &self.mlp) {
-            (Attention::Dot(a), FeedForward::Dense(_)) => a.has_fused_layer(device, dtype),
-            (Attention::Simplicial(a), FeedForward::Dense(_)) => a.has_written_out_backward(),
-            _ => false,
+        match &self.attn {
+            Attention::Dot(a) => a.has_fused_layer(device, dtype),
+            Attention::Simplicial(a) => a.has_written_out_backward(),
         }
     }
 
     /// The training forward of [`Block::forward`] (positions from 0, no cache) outside
-    /// autograd, keeping what [`Block::backward_saved`] needs; `None` where the block is not
-    /// made of ops with a written-out backward throughout
-    /// ([`Block::has_written_out_backward`]).
-    pub fn forward_saved(&self, s: &Stream) -> Result<Option<(Stream, BlockSaved)>> {
-        let FeedForward::Dense(mlp) = &self.mlp else {
-            return Ok(None);
-        };
+    /// autograd, keeping what [`Block::backward_saved`] needs, with the routing statistics
+    /// (values) of an MoE layer; `None` where the block is not made of ops with a written-out
+    /// backward throughout ([`Block::has_written_out_backward`]).
+    #[allow(clippy::type_complexity)]
+    pub fn forward_saved(
+        &self,
+        s: &Stream,
+    ) -> Result<Option<(Stream, BlockSaved, Option<MoeStats>)>> {
         let (h, y, attn_norm) = self.attn_norm.forward_saved(&s.x, s.delta.as_ref())?;
         let Some((a, attn_saved)) = self.attn.forward_saved(&y)? else {
             return Ok(None);
         };
         let (h2, y2, mlp_norm) = self.mlp_norm.forward_saved(&h, Some(&a))?;
-        let (m, mlp_saved) = mlp.forward_saved(&y2)?;
+        let (m, stats, mlp_saved) = self.mlp.forward_saved(&y2)?;
         let saved = BlockSaved {
             attn_norm,
             attn: attn_saved,
@@ -267,12 +319,14 @@ impl Block {
                 delta: Some(m),
             },
             saved,
+            stats,
         )))
     }
 
     /// The backward of [`Block::forward_saved`]: from `d_out`, the gradient of the output
     /// stream's sum `x + delta` (what the next norm differentiates), the gradient of the input
-    /// stream's sum; each weight's gradient is handed to `grad(weight, gradient)`.
+    /// stream's sum; each weight's gradient is handed to `grad(weight, gradient)`. `moe_aux`
+    /// are the factors of an MoE layer's balance and z-losses in the differentiated loss.
     ///
     /// ```text
     /// dy2 = mlp'(d_out);     dh2 = d_out + norm2'(dy2)      (h2 = h + a feeds the next norm)
@@ -282,15 +336,11 @@ impl Block {
         &self,
         saved: BlockSaved,
         d_out: &Tensor,
+        moe_aux: (f64, f64),
         grad: &mut dyn FnMut(&Tensor, Tensor) -> Result<()>,
     ) -> Result<Tensor> {
-        let FeedForward::Dense(mlp) = &self.mlp else {
-            return Err(crate::error::ModelError::Input(
-                "Block::backward_saved: an MoE block has no saved forward".into(),
-            ));
-        };
-        let (dy2, dw_mlp) = mlp.grads(saved.mlp, d_out)?;
-        for (w, g) in mlp.weights().into_iter().zip(dw_mlp) {
+        let (dy2, dw_mlp) = self.mlp.grads(saved.mlp, d_out, moe_aux)?;
+        for (w, g) in self.mlp.weights().into_iter().zip(dw_mlp) {
             grad(w, g)?;
         }
         let (dh2, dw) = self.mlp_norm.grads(&dy2, &saved.mlp_norm, Some(d_out))?;

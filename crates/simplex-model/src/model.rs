@@ -223,6 +223,12 @@ impl Model {
             ignore: None,
         };
         let lm = linear_cross_entropy(&y.reshape((b * n, c))?, &self.head, targets)?;
+        self.with_moe_losses(lm, &stats)
+    }
+
+    /// The training loss from the LM loss `lm` and the MoE layers' statistics (bottom to top):
+    /// `lm` plus the weighted means of the auxiliary losses over the MoE layers.
+    fn with_moe_losses(&self, lm: Tensor, stats: &[MoeStats]) -> Result<TrainingLoss> {
         let Some(moe) = self.cfg.moe.as_ref().filter(|_| !stats.is_empty()) else {
             return Ok(TrainingLoss {
                 total: lm.clone(),
@@ -255,24 +261,25 @@ impl Model {
         })
     }
 
-    /// The mean next-token cross-entropy of `batch` (as [`Model::loss`]) and the gradients of
-    /// `scale` times it with respect to every weight, computed without candle's autograd:
-    /// the forward keeps each fused op's saved state, and the backward runs the ops' written-out
-    /// backward in reverse (head and loss, final norm, each block's MLP, norms and attention,
-    /// the embedding), adding each weight's gradient once (candle's backward adds every
-    /// gradient into a fresh zero tensor, once per edge of its graph, a third of an update's
-    /// elementwise work). The gradients are keyed by the weights, as
-    /// [`Tensor::backward`] keys them, and equal its gradients of `scale * loss` up to
+    /// The training loss of `batch` (as [`Model::training_loss`], values without a graph) and
+    /// the gradients of `scale` times its total with respect to every weight, computed without
+    /// candle's autograd: the forward keeps each fused op's saved state, and the backward runs
+    /// the ops' written-out backward in reverse (head and loss, final norm, each block's
+    /// feed-forward sublayer (dense, or MoE with its router and auxiliary losses), norms and
+    /// attention, the embedding), adding each weight's gradient once (candle's backward adds
+    /// every gradient into a fresh zero tensor, once per edge of its graph, a third of an
+    /// update's elementwise work). The gradients are keyed by the weights, as
+    /// [`Tensor::backward`] keys them, and equal its gradients of `scale * total` up to
     /// summation order.
     ///
-    /// `None` where a layer has no written-out backward (MoE layers, the determinant form or
-    /// rotation of 2-simplicial layers, dot-product attention no fused kernel takes): train
-    /// those through [`Model::training_loss`] and autograd.
+    /// `None` where a layer has no written-out backward (the determinant form or rotation of
+    /// 2-simplicial layers, dot-product attention no fused kernel takes): train those through
+    /// [`Model::training_loss`] and autograd.
     pub fn training_grads(
         &self,
         batch: &TokenBatch,
         scale: f64,
-    ) -> Result<Option<(Tensor, GradStore)>> {
+    ) -> Result<Option<(TrainingLoss, GradStore)>> {
         let tokens = &batch.inputs;
         check_tokens(tokens, 0, &self.cfg)?;
         if !self.has_written_out_backward() {
@@ -280,12 +287,14 @@ impl Model {
         }
         let mut s = Stream::new(self.embed.forward_detached(tokens)?);
         let mut saved = Vec::with_capacity(self.blocks.len());
+        let mut stats = Vec::new();
         for block in &self.blocks {
-            let Some((next, sv)) = block.forward_saved(&s)? else {
+            let Some((next, sv, st)) = block.forward_saved(&s)? else {
                 return Ok(None);
             };
             s = next;
             saved.push(sv);
+            stats.extend(st);
         }
         let (_, y, norm_saved) = self.norm.forward_saved(&s.x, s.delta.as_ref())?;
         drop(s);
@@ -315,11 +324,19 @@ impl Model {
             .norm
             .grads(&dy.reshape((b, n, c))?, &norm_saved, None)?;
         add(self.norm.weight(), dw)?;
+        // each MoE layer's share of the weighted mean auxiliary losses
+        let moe_aux = match &self.cfg.moe {
+            Some(m) if !stats.is_empty() => {
+                let per_layer = scale / stats.len() as f64;
+                (m.balance_weight * per_layer, m.z_loss_weight * per_layer)
+            }
+            _ => (0.0, 0.0),
+        };
         for (block, sv) in self.blocks.iter().zip(saved).rev() {
-            d = block.backward_saved(sv, &d, &mut add)?;
+            d = block.backward_saved(sv, &d, moe_aux, &mut add)?;
         }
         add(self.embed.weight(), self.embed.weight_grad(tokens, &d)?)?;
-        Ok(Some((loss, grads)))
+        Ok(Some((self.with_moe_losses(loss, &stats)?, grads)))
     }
 
     /// Whether [`Model::training_grads`] covers this model: every block has a written-out

@@ -24,7 +24,10 @@
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
-use simplex_attn::moe::{dispatch, routed_experts, top_k, ExpertProducts};
+use simplex_attn::moe::{
+    dispatch, routed_experts, routed_experts_grads, routed_experts_saved, top_k, ExpertProducts,
+    RoutedSaved,
+};
 
 use crate::error::ConfigError;
 use crate::init::{linear_weight, STD};
@@ -255,23 +258,9 @@ impl MoeMlp {
         let xt = x.reshape(((), c))?;
         let t = xt.dim(0)?;
         let (e, k) = (self.cfg.experts, self.cfg.top_k);
-        // the router in f32 (f64 for an f64 model)
-        let rd = if x.dtype() == DType::F64 {
-            DType::F64
-        } else {
-            DType::F32
-        };
+        let rd = router_dtype(x.dtype());
         let logits = xt.matmul(&self.router.t()?)?.to_dtype(rd)?;
-        let scores = match self.cfg.router {
-            RouterKind::Softmax => {
-                // (candle_nn's softmax_last_dim has no backward)
-                let e = logits
-                    .broadcast_sub(&logits.max_keepdim(1)?.detach())?
-                    .exp()?;
-                e.broadcast_div(&e.sum_keepdim(1)?)?
-            }
-            RouterKind::Sigmoid => candle_nn::ops::sigmoid(&logits)?,
-        };
+        let scores = self.scores(&logits)?;
         let ids = top_k(&scores.detach(), k)?;
         let mut w = scores.gather(&ids, 1)?;
         if self.cfg.normalize {
@@ -305,6 +294,169 @@ impl MoeMlp {
         ))
     }
 
+    /// The router's scores of `logits [T, E]`, the same ops in both forwards (so that both
+    /// choose the same experts): softmax (candle_nn's `softmax_last_dim` has no backward) or
+    /// sigmoid.
+    fn scores(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
+        match self.cfg.router {
+            RouterKind::Softmax => {
+                let e = logits
+                    .broadcast_sub(&logits.max_keepdim(1)?.detach())?
+                    .exp()?;
+                e.broadcast_div(&e.sum_keepdim(1)?)
+            }
+            RouterKind::Sigmoid => candle_nn::ops::sigmoid(logits),
+        }
+    }
+
+    /// [`MoeMlp::forward`] outside autograd: the output `[.., C]`, the routing statistics
+    /// (values, no graph) and what [`MoeMlp::grads`] needs.
+    pub fn forward_saved(&self, x: &Tensor) -> candle_core::Result<(Tensor, MoeStats, MoeSaved)> {
+        let shape = x.shape().clone();
+        let c = x.dim(D::Minus1)?;
+        let xt = x.reshape(((), c))?;
+        let t = xt.dim(0)?;
+        let (e, k) = (self.cfg.experts, self.cfg.top_k);
+        let rd = router_dtype(x.dtype());
+        let logits = xt.matmul(&self.router.detach().t()?)?.to_dtype(rd)?;
+        let scores = self.scores(&logits)?;
+        let ids = top_k(&scores, k)?;
+        let chosen = scores.gather(&ids, 1)?;
+        let (w, chosen_sum) = if self.cfg.normalize {
+            let sum = chosen.sum_keepdim(1)?;
+            (chosen.broadcast_div(&sum)?, Some(sum))
+        } else {
+            (chosen, None)
+        };
+        let capacity = self
+            .cfg
+            .capacity_factor
+            .map(|f| (f * (t * k) as f64 / e as f64).ceil() as usize);
+        let d = dispatch(&ids, e, capacity)?.with_products(self.products);
+        let (mut out, routed) = routed_experts_saved(&xt, &w, &self.gate_up, &self.down, &d)?;
+        let shared = match &self.shared {
+            Some(mlp) => {
+                let (y, saved) = mlp.forward_saved(&xt)?;
+                out = (out + y)?;
+                Some(saved)
+            }
+            None => None,
+        };
+        let f = (d.counts.to_dtype(rd)? / (t * k) as f64)?;
+        let probs = match self.cfg.router {
+            RouterKind::Softmax => scores.clone(),
+            RouterKind::Sigmoid => scores.broadcast_div(&scores.sum_keepdim(1)?)?,
+        };
+        let balance_loss = ((&f * probs.mean(0)?)?.sum_all()? * e as f64)?;
+        let lse = logits.log_sum_exp(1)?;
+        let z_loss = lse.sqr()?.mean_all()?;
+        let stats = MoeStats {
+            balance_loss,
+            z_loss,
+            load: d.counts.clone(),
+        };
+        let saved = MoeSaved {
+            x: xt,
+            logits,
+            scores,
+            probs,
+            lse,
+            ids,
+            w,
+            chosen_sum,
+            f,
+            routed,
+            shared,
+        };
+        Ok((out.reshape(shape)?, stats, saved))
+    }
+
+    /// The gradients of a forward of [`MoeMlp::forward_saved`]: `dx` and the weights'
+    /// gradients ([`MoeMlp::weights`]' order) given `dy`, the output's gradient, and the
+    /// factors of this layer's balance and z-losses in the differentiated loss (`scale *
+    /// balance_weight / moe_layers` and the same for the z-loss).
+    ///
+    /// ```text
+    /// routed:   (dx, dw, d gate_up, d down) = routed_experts'(dy)
+    /// gates:    dchosen = (dw - sum_j dw_j w_j) / sum_j chosen_j      (normalize; else dw)
+    ///           dscores[t, ids[t, j]] += dchosen[t, j]
+    /// balance:  dprobs[t, e] = balance * E f_e / T       (sigmoid: through p / sum_e p)
+    /// scores:   dlogits = s * (ds - sum_e ds s)   (softmax)  |  ds * s (1 - s)   (sigmoid)
+    /// z-loss:   dlogits += z * 2 lse_t / T * softmax(logits)
+    /// router:   dx += dlogits W_router;  dW_router = dlogits^T x
+    /// ```
+    pub fn grads(
+        &self,
+        saved: MoeSaved,
+        dy: &Tensor,
+        (balance, z): (f64, f64),
+    ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let shape = dy.shape().clone();
+        let c = dy.dim(D::Minus1)?;
+        let dyt = dy.reshape(((), c))?;
+        let (t, e) = saved.scores.dims2()?;
+        let (mut dx, dw, d_gate_up, d_down) = routed_experts_grads(saved.routed, &dyt)?;
+        let mut weights = Vec::with_capacity(5);
+        if let (Some(mlp), Some(s)) = (&self.shared, saved.shared) {
+            let (dxs, [dgu, dd]) = mlp.grads(s, &dyt)?;
+            dx = (dx + dxs)?;
+            weights.extend([dgu, dd]);
+        }
+        let dw = dw.to_dtype(saved.w.dtype())?;
+        let dchosen = match &saved.chosen_sum {
+            Some(sum) => {
+                let along = (&dw * &saved.w)?.sum_keepdim(1)?;
+                dw.broadcast_sub(&along)?.broadcast_div(sum)?
+            }
+            None => dw,
+        };
+        let mut ds = saved
+            .scores
+            .zeros_like()?
+            .scatter_add(&saved.ids, &dchosen, 1)?;
+        if balance != 0.0 {
+            let dprobs = (&saved.f * (balance * e as f64 / t as f64))?.unsqueeze(0)?;
+            let dprobs = match self.cfg.router {
+                RouterKind::Softmax => dprobs.broadcast_as((t, e))?.contiguous()?,
+                RouterKind::Sigmoid => {
+                    let sum = saved.scores.sum_keepdim(1)?;
+                    let along = saved.probs.broadcast_mul(&dprobs)?.sum_keepdim(1)?;
+                    dprobs.broadcast_sub(&along)?.broadcast_div(&sum)?
+                }
+            };
+            ds = (ds + dprobs)?;
+        }
+        let s = &saved.scores;
+        let mut dlogits = match self.cfg.router {
+            RouterKind::Softmax => (s * ds.broadcast_sub(&(&ds * s)?.sum_keepdim(1)?)?)?,
+            RouterKind::Sigmoid => ((&ds * s)? * (1.0 - s)?)?,
+        };
+        if z != 0.0 {
+            let soft = match self.cfg.router {
+                RouterKind::Softmax => s.clone(),
+                RouterKind::Sigmoid => candle_nn::ops::softmax_last_dim(&saved.logits)?,
+            };
+            let coef = (&saved.lse * (2.0 * z / t as f64))?.unsqueeze(1)?;
+            dlogits = (dlogits + soft.broadcast_mul(&coef)?)?;
+        }
+        let dl = dlogits.to_dtype(saved.x.dtype())?;
+        dx = (dx + dl.matmul(&self.router.detach())?)?;
+        let d_router = dl.t()?.matmul(&saved.x)?;
+        let mut all = vec![d_router, d_gate_up, d_down];
+        all.append(&mut weights);
+        Ok((dx.reshape(shape)?, all))
+    }
+
+    /// `[router, gate_up, down]` and the shared experts' `[gate_up, down]`, in the order of
+    /// [`MoeMlp::grads`].
+    pub fn weights(&self) -> Vec<&Tensor> {
+        let mut w = vec![&self.router, &self.gate_up, &self.down];
+        if let Some(mlp) = &self.shared {
+            w.extend(mlp.weights());
+        }
+        w
+    }
+
     /// Runs the routed experts' products on CUDA as `products` says (default automatic).
     pub fn set_products(&mut self, products: ExpertProducts) {
         self.products = products;
@@ -314,4 +466,37 @@ impl MoeMlp {
     pub fn config(&self) -> &MoeConfig {
         &self.cfg
     }
+}
+
+/// The router's dtype for a model computing in `dtype`: f32, f64 for an f64 model.
+fn router_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// What [`MoeMlp::forward_saved`] keeps for [`MoeMlp::grads`].
+pub struct MoeSaved {
+    /// The input rows `[T, C]`.
+    x: Tensor,
+    /// Router logits `[T, E]` in the router's dtype.
+    logits: Tensor,
+    /// Softmax or sigmoid scores `[T, E]`.
+    scores: Tensor,
+    /// The scores as the balance loss uses them (sigmoid: normalized over experts).
+    probs: Tensor,
+    /// `logsumexp` of each row of the logits `[T]`.
+    lse: Tensor,
+    /// Chosen experts `[T, k]` (u32).
+    ids: Tensor,
+    /// The combine weights `[T, k]`.
+    w: Tensor,
+    /// The chosen scores' sum per token `[T, 1]` where the weights are normalized.
+    chosen_sum: Option<Tensor>,
+    /// Each expert's share of the assignments `[E]`.
+    f: Tensor,
+    routed: RoutedSaved,
+    shared: Option<simplex_attn::fused::MlpSaved>,
 }

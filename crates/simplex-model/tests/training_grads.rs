@@ -1,14 +1,15 @@
 //! `Model::training_grads` (the backward written out, without candle's autograd) against
 //! autograd through the same fused ops: the loss and every weight's gradient, on the CPU in f32
 //! and f64, for dot-product and trilinear 2-simplicial layers with sliding windows, GQA and
-//! RoPE, tied and untied heads; and `None` for the layers it does not cover (the determinant
-//! form, MoE).
+//! RoPE, tied and untied heads, MoE layers (softmax and sigmoid routers, normalized or raw
+//! gates, shared experts, a capacity that drops assignments, the balance and z-losses); and
+//! `None` for the layers it does not cover (the determinant form).
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, build, flat, small_cfg, tokens};
-use simplex_model::{Config, MoeConfig, SimplicialVariant, TokenBatch};
+use simplex_model::{Config, MoeConfig, RouterKind, SimplicialVariant, TokenBatch};
 
 fn ids(t: &Tensor) -> anyhow::Result<Vec<u32>> {
     Ok(t.flatten_all()?.to_vec1()?)
@@ -25,15 +26,31 @@ fn check(cfg: &Config, dtype: DType, scale: f64, rtol: f64) -> anyhow::Result<()
     let (loss, grads) = model
         .training_grads(&batch, scale)?
         .expect("these layers have a written-out backward");
-    let want_loss = model.training_loss(&batch)?.total;
-    let want = (&want_loss * scale)?.backward()?;
-    assert_close(
-        &format!("{} loss", cfg.pattern),
-        &flat(&loss)?,
-        &flat(&want_loss)?,
-        rtol,
-        0.0,
-    );
+    let want_loss = model.training_loss(&batch)?;
+    let want = (&want_loss.total * scale)?.backward()?;
+    for (what, got, want) in [
+        ("loss", &loss.total, &want_loss.total),
+        ("lm loss", &loss.lm, &want_loss.lm),
+    ] {
+        let what = format!("{} {what}", cfg.pattern);
+        assert_close(&what, &flat(got)?, &flat(want)?, rtol, 0.0);
+    }
+    match (&loss.moe, &want_loss.moe) {
+        (Some(got), Some(want)) => {
+            assert_close(
+                "balance",
+                &flat(&got.balance)?,
+                &flat(&want.balance)?,
+                rtol,
+                0.0,
+            );
+            assert_close("z-loss", &flat(&got.z)?, &flat(&want.z)?, rtol, 0.0);
+            let load = |t: &Tensor| -> anyhow::Result<Vec<u32>> { ids(t) };
+            assert_eq!(load(&got.load)?, load(&want.load)?, "expert loads");
+        }
+        (None, None) => {}
+        _ => panic!("{}: MoE statistics on one path only", cfg.pattern),
+    }
     let data = vm.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     assert!(!data.is_empty());
     for (name, var) in data.iter() {
@@ -68,22 +85,55 @@ fn written_out_gradients_equal_autograds() -> anyhow::Result<()> {
 }
 
 #[test]
-fn layers_without_a_written_out_backward_give_none() -> anyhow::Result<()> {
-    let with_s = small_cfg("DS", SimplicialVariant::Determinant, false);
-    let moe = Config {
-        moe: Some(MoeConfig::new(4, 2)),
-        ..small_cfg("DD", SimplicialVariant::Trilinear, false)
+fn written_out_moe_gradients_equal_autograds() -> anyhow::Result<()> {
+    let base = small_cfg("DSDD", SimplicialVariant::Trilinear, false);
+    let moe = |m: MoeConfig| Config {
+        moe: Some(MoeConfig {
+            balance_weight: 0.3,
+            z_loss_weight: 0.2,
+            ..m
+        }),
+        ..base.clone()
     };
-    for cfg in [with_s, moe] {
-        let (_, model) = build(&cfg, DType::F32, 0.3, 5)?;
-        assert!(!model.has_written_out_backward(), "{}", cfg.pattern);
-        let t = ids(&tokens(2, 7, cfg.vocab_size, 1)?)?;
-        let batch = TokenBatch::new(&t, &t, (2, 7), &cfg, &Device::Cpu)?;
-        assert!(
-            model.training_grads(&batch, 1.0)?.is_none(),
-            "{}",
-            cfg.pattern
-        );
-    }
+    // softmax, normalized gates, every layer
+    let softmax = moe(MoeConfig::new(4, 2));
+    check(&softmax, DType::F64, 1.0, 1e-9)?;
+    check(&softmax, DType::F32, 0.5, 1e-4)?;
+    // sigmoid scores, raw gates, a shared expert, two MoE layers of four
+    let sigmoid = moe(MoeConfig {
+        router: RouterKind::Sigmoid,
+        normalize: false,
+        shared_experts: 1,
+        expert_hidden: Some(6),
+        layers: Some(vec![1, 3]),
+        ..MoeConfig::new(5, 3)
+    });
+    check(&sigmoid, DType::F64, 0.5, 1e-9)?;
+    check(&sigmoid, DType::F32, 1.0, 1e-4)?;
+    // a capacity that drops assignments (33 tokens x 2 over 3 experts, 11 each), top-1 with a
+    // normalized gate (its weight is 1: only the auxiliary losses move the router), no z-loss
+    let capped = moe(MoeConfig {
+        capacity_factor: Some(0.5),
+        z_loss_weight: 0.0,
+        ..MoeConfig::new(3, 2)
+    });
+    check(&capped, DType::F64, 1.0, 1e-9)?;
+    let top1 = moe(MoeConfig::new(3, 1));
+    check(&top1, DType::F64, 2.0, 1e-9)?;
+    Ok(())
+}
+
+#[test]
+fn layers_without_a_written_out_backward_give_none() -> anyhow::Result<()> {
+    let cfg = small_cfg("DS", SimplicialVariant::Determinant, false);
+    let (_, model) = build(&cfg, DType::F32, 0.3, 5)?;
+    assert!(!model.has_written_out_backward(), "{}", cfg.pattern);
+    let t = ids(&tokens(2, 7, cfg.vocab_size, 1)?)?;
+    let batch = TokenBatch::new(&t, &t, (2, 7), &cfg, &Device::Cpu)?;
+    assert!(
+        model.training_grads(&batch, 1.0)?.is_none(),
+        "{}",
+        cfg.pattern
+    );
     Ok(())
 }

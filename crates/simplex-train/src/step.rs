@@ -70,11 +70,12 @@ impl Update {
 /// How an update computes its gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backward {
-    /// The written-out backward of [`Model::training_grads`] where the model has one (dense
-    /// MLPs with dot-product or trilinear 2-simplicial attention), else candle's autograd.
+    /// The written-out backward of [`Model::training_grads`] where the model has one
+    /// (dot-product or trilinear 2-simplicial attention, dense or MoE feed-forward layers),
+    /// else candle's autograd.
     #[default]
     Auto,
-    /// candle's autograd always (the reference, and what MoE models use).
+    /// candle's autograd always (the reference, and what the determinant form uses).
     Autograd,
 }
 
@@ -212,7 +213,10 @@ impl Learner {
                 Backward::Autograd => None,
             };
             let (loss, grads) = match written_out {
-                Some(lg) => lg,
+                Some((parts, grads)) => {
+                    moe = parts.moe;
+                    (parts.lm, grads)
+                }
                 None => {
                     let parts = self.model.training_loss(&batch)?;
                     moe = parts.moe;

@@ -1,5 +1,5 @@
 //! The two ways an update computes its gradients (`step::Backward`): the written-out backward
-//! (`Model::training_grads`, dot-product and trilinear 2-simplicial layers) and candle's
+//! (`Model::training_grads`, dot-product and trilinear 2-simplicial layers, MoE layers) and candle's
 //! autograd give the same updates (f32 on the CPU, up to the order of additions), gradient
 //! accumulation included.
 
@@ -39,6 +39,16 @@ fn cfg(pattern: &str) -> anyhow::Result<Config> {
     Ok(c)
 }
 
+/// `pattern` with MoE feed-forward layers (4 experts, top-2, a shared expert).
+fn moe_cfg(pattern: &str) -> anyhow::Result<Config> {
+    let mut c = cfg(pattern)?;
+    c.moe = Some(simplex_model::MoeConfig {
+        shared_experts: 1,
+        ..simplex_model::MoeConfig::new(4, 2)
+    });
+    Ok(c)
+}
+
 /// The losses of three updates and the master weights after them.
 fn run(
     cfg: &Config,
@@ -51,7 +61,12 @@ fn run(
         precision: Some(Precision::F32),
         ..TrainOverrides::default()
     };
-    let t = TrainConfig::resolve(&o, cfg.max_seq_len, false)?;
+    let mut t = TrainConfig::resolve(&o, cfg.max_seq_len, false)?;
+    // AdamW's first updates are lr * g / (|g| + eps): with the default eps an element whose
+    // gradient is near zero moves by about lr whatever its sign and size, so rounding in
+    // summation order shows up as whole steps; a larger eps keeps the update proportional to
+    // small gradients and the comparison about the gradients
+    t.eps = 1e-4;
     let mut learner = Learner::new(cfg, &t, &Device::Cpu)?.with_backward(backward);
     let mut data = Random {
         state: 7,
@@ -73,8 +88,8 @@ fn max_rel(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
 
 #[test]
 fn written_out_and_autograd_updates_agree() -> anyhow::Result<()> {
-    for pattern in ["DD", "DS"] {
-        let c = cfg(pattern)?;
+    for c in [cfg("DD")?, cfg("DS")?, moe_cfg("DS")?] {
+        let pattern = format!("{}{}", c.pattern, if c.moe.is_some() { " MoE" } else { "" });
         let (la, wa) = run(&c, Backward::Auto)?;
         let (lb, wb) = run(&c, Backward::Autograd)?;
         for (x, y) in la.iter().zip(&lb) {
@@ -88,7 +103,7 @@ fn written_out_and_autograd_updates_agree() -> anyhow::Result<()> {
             let b = &wb[name];
             assert_eq!(a.dtype(), DType::F32);
             let r = max_rel(a, b)?;
-            assert!(r <= 1e-4, "{pattern}: {name} differs by {r:e} (relative)");
+            assert!(r <= 1e-5, "{pattern}: {name} differs by {r:e} (relative)");
         }
     }
     Ok(())

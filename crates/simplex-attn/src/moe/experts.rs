@@ -25,9 +25,9 @@
 //! kernels, or one cuBLAS product per expert after reading the offsets to the host once.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
-use super::ops::{Gmm, Rows, RowsKind};
+use super::ops::{combine_grads, combine_saved, Gmm, Rows, RowsKind};
 use super::{combine, grouped_matmul, permute, Dispatch, ExpertProducts};
 use crate::fused::{
     compute_dtype, put, same_as, slot, swiglu, swiglu_grad, swiglu_no_grad, take, unwrap_storage,
@@ -46,57 +46,145 @@ pub fn routed_experts(
     down: &Tensor,
     d: &Dispatch,
 ) -> candle_core::Result<Tensor> {
-    let op = "moe routed_experts";
-    let (t, c) = x.dims2().map_err(|_| {
-        candle_core::Error::Msg(format!("{op}: x {:?} must be [tokens, C]", x.dims()))
-    })?;
-    let (e, h2, cg) = gate_up.dims3().map_err(|_| {
-        candle_core::Error::Msg(format!(
-            "{op}: gate_up {:?} must be [experts, 2H, C]",
-            gate_up.dims()
-        ))
-    })?;
-    let h = h2 / 2;
-    if h2 % 2 != 0 || cg != c || e != d.experts {
-        candle_core::bail!(
-            "{op}: gate_up {:?} must be [{}, 2H, {c}] (experts, an even row count, x's width)",
-            gate_up.dims(),
-            d.experts
-        )
-    }
-    if down.dims() != [e, c, h] {
-        candle_core::bail!("{op}: down {:?} must be [{e}, {c}, {h}]", down.dims())
-    }
-    let a = d.slot_assign.elem_count();
-    if t * d.k != a {
-        candle_core::bail!(
-            "{op}: x has {t} rows but the dispatch routes {a} assignments of {} each",
-            d.k
-        )
-    }
-    same_as(op, "gate_up", gate_up, x)?;
-    same_as(op, "down", down, x)?;
-    if !d.slot_assign.device().same_device(x.device()) {
-        candle_core::bail!("{op}: the dispatch is on another device than x")
-    }
-    let dtype = x.dtype();
-    let cd = compute_dtype(op, x)?;
-    let up = |t: &Tensor| t.to_dtype(cd)?.contiguous();
-    let (xc, guc, downc) = (up(x)?, up(gate_up)?, up(down)?);
-    // per-expert cuBLAS products need the offsets on the host: one synchronization here
-    let per_expert =
-        x.device().is_cuda() && d.products.choose(d.experts, cd) == ExpertProducts::PerExpert;
-    let experts = Experts {
-        d: d.clone(),
-        host: per_expert.then(|| d.host_offsets()).transpose()?,
-        c,
-        h,
-        x: xc.detach(),
-        gate_up: guc.detach(),
-        saved: slot(),
+    let p = Prepared::new(x, gate_up, down, d)?;
+    let y = p.x.apply_op3(&p.gate_up, &p.down, p.experts)?;
+    combine(&y, weights, d)?.to_dtype(p.dtype)
+}
+
+/// [`routed_experts`] outside autograd: the output `[T, C]` and what
+/// [`routed_experts_grads`] needs (the slot rows `xp`, `gu`, `h` and `y`, and the dispatch).
+pub fn routed_experts_saved(
+    x: &Tensor,
+    weights: &Tensor,
+    gate_up: &Tensor,
+    down: &Tensor,
+    d: &Dispatch,
+) -> candle_core::Result<(Tensor, RoutedSaved)> {
+    let p = Prepared::new(x, gate_up, down, d)?;
+    let y = p.x.apply_op3_no_bwd(&p.gate_up, &p.down, &p.experts)?;
+    let acts = take(&p.experts.saved, "the routed experts' saved activations")?;
+    let (out, combine_weights) = combine_saved(&y, weights, d)?;
+    let saved = RoutedSaved {
+        acts,
+        y,
+        combine_weights,
+        weights_dtype: weights.dtype(),
+        gate_up: p.gate_up,
+        down: p.down,
+        weight_dtypes: (gate_up.dtype(), down.dtype()),
+        experts: p.experts,
+        dtype: p.dtype,
     };
-    let y = xc.apply_op3(&guc, &downc, experts)?;
-    combine(&y, weights, d)?.to_dtype(dtype)
+    Ok((out.to_dtype(p.dtype)?, saved))
+}
+
+/// What [`routed_experts_saved`] keeps for [`routed_experts_grads`].
+pub struct RoutedSaved {
+    experts: Experts,
+    /// `(xp, gu, h)` in slot order.
+    acts: (Tensor, Tensor, Tensor),
+    /// The experts' outputs in slot order `[A, C]`.
+    y: Tensor,
+    combine_weights: Tensor,
+    weights_dtype: DType,
+    gate_up: Tensor,
+    down: Tensor,
+    weight_dtypes: (DType, DType),
+    dtype: DType,
+}
+
+/// The gradients `(dx, d weights, d gate_up, d down)` of [`routed_experts`] given the
+/// output's gradient `dout [T, C]`, for a forward of [`routed_experts_saved`]; each in the
+/// dtype of the input it belongs to.
+pub fn routed_experts_grads(
+    saved: RoutedSaved,
+    dout: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let (dy, dw) = combine_grads(&saved.y, &saved.combine_weights, &saved.experts.d, dout)?;
+    let (dx, dgu, dd) = saved
+        .experts
+        .grads(saved.acts, &saved.gate_up, &saved.down, &dy)?;
+    Ok((
+        dx.to_dtype(saved.dtype)?,
+        dw.to_dtype(saved.weights_dtype)?,
+        dgu.to_dtype(saved.weight_dtypes.0)?,
+        dd.to_dtype(saved.weight_dtypes.1)?,
+    ))
+}
+
+/// The checked inputs of the routed experts in their compute dtype, and the op over them.
+struct Prepared {
+    x: Tensor,
+    gate_up: Tensor,
+    down: Tensor,
+    experts: Experts,
+    /// `x`'s dtype, the output's.
+    dtype: DType,
+}
+
+impl Prepared {
+    fn new(
+        x: &Tensor,
+        gate_up: &Tensor,
+        down: &Tensor,
+        d: &Dispatch,
+    ) -> candle_core::Result<Prepared> {
+        let op = "moe routed_experts";
+        let (t, c) = x.dims2().map_err(|_| {
+            candle_core::Error::Msg(format!("{op}: x {:?} must be [tokens, C]", x.dims()))
+        })?;
+        let (e, h2, cg) = gate_up.dims3().map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "{op}: gate_up {:?} must be [experts, 2H, C]",
+                gate_up.dims()
+            ))
+        })?;
+        let h = h2 / 2;
+        if h2 % 2 != 0 || cg != c || e != d.experts {
+            candle_core::bail!(
+                "{op}: gate_up {:?} must be [{}, 2H, {c}] (experts, an even row count, x's width)",
+                gate_up.dims(),
+                d.experts
+            )
+        }
+        if down.dims() != [e, c, h] {
+            candle_core::bail!("{op}: down {:?} must be [{e}, {c}, {h}]", down.dims())
+        }
+        let a = d.slot_assign.elem_count();
+        if t * d.k != a {
+            candle_core::bail!(
+                "{op}: x has {t} rows but the dispatch routes {a} assignments of {} each",
+                d.k
+            )
+        }
+        same_as(op, "gate_up", gate_up, x)?;
+        same_as(op, "down", down, x)?;
+        if !d.slot_assign.device().same_device(x.device()) {
+            candle_core::bail!("{op}: the dispatch is on another device than x")
+        }
+        let cd = compute_dtype(op, x)?;
+        let up = |t: &Tensor| t.to_dtype(cd)?.contiguous();
+        let (xc, guc, downc) = (up(x)?, up(gate_up)?, up(down)?);
+        // per-expert cuBLAS products need the offsets on the host: one synchronization here
+        let per_expert =
+            x.device().is_cuda() && d.products.choose(d.experts, cd) == ExpertProducts::PerExpert;
+        let experts = Experts {
+            d: d.clone(),
+            host: per_expert.then(|| d.host_offsets()).transpose()?,
+            c,
+            h,
+            x: xc.detach(),
+            gate_up: guc.detach(),
+            saved: slot(),
+        };
+        Ok(Prepared {
+            x: xc,
+            gate_up: guc,
+            down: downc,
+            experts,
+            dtype: x.dtype(),
+        })
+    }
 }
 
 /// The composed routed experts ([`permute`], [`grouped_matmul`], [`swiglu`],
@@ -150,6 +238,22 @@ impl Experts {
 
     fn a(&self) -> usize {
         self.d.slot_assign.elem_count()
+    }
+
+    /// `(dx, d gate_up, d down)` from the slot rows' gradient `dy [A, C]` and the forward's
+    /// `(xp, gu, h)`.
+    fn grads(
+        &self,
+        (xp, gu, h): (Tensor, Tensor, Tensor),
+        gate_up: &Tensor,
+        down: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (dh, d_down) = self.down_product().grads(&h, down, dy)?;
+        let dgu = swiglu_grad(&gu, &dh, self.h)?;
+        let (dxp, d_gate_up) = self.gate_up_product().grads(&xp, gate_up, &dgu)?;
+        let dx = dxp.apply_op1_no_bwd(&self.rows(RowsKind::PermuteGrad))?;
+        Ok((dx, d_gate_up, d_down))
     }
 
     /// `xp`, `gu` and `h` as tensors, then `y` through `last` (the down product on the
@@ -215,11 +319,8 @@ impl CustomOp3 for Experts {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (xp, gu, h) = take(&self.saved, "the routed experts' saved activations")?;
-        let (dh, d_down) = self.down_product().grads(&h, down, dy)?;
-        let dgu = swiglu_grad(&gu, &dh, self.h)?;
-        let (dxp, d_gate_up) = self.gate_up_product().grads(&xp, gate_up, &dgu)?;
-        let dx = dxp.apply_op1_no_bwd(&self.rows(RowsKind::PermuteGrad))?;
+        let acts = take(&self.saved, "the routed experts' saved activations")?;
+        let (dx, d_gate_up, d_down) = self.grads(acts, gate_up, down, dy)?;
         Ok((Some(dx), Some(d_gate_up), Some(d_down)))
     }
 }

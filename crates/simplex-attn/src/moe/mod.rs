@@ -41,7 +41,9 @@ mod experts;
 mod ops;
 mod reference;
 
-pub use experts::{routed_experts, routed_experts_twin};
+pub use experts::{
+    routed_experts, routed_experts_grads, routed_experts_saved, routed_experts_twin, RoutedSaved,
+};
 pub use ops::{combine, grouped_matmul, grouped_matmul_backward, permute};
 pub use reference::{grouped_matmul_twin, moe_reference};
 

@@ -55,6 +55,27 @@ pub fn permute(x: &Tensor, d: &Dispatch) -> candle_core::Result<Tensor> {
 /// `weights [T, k]`: `[T, C]` in `y`'s dtype. Differentiable in `y` and `weights`. On the CPU
 /// the weights are used in `y`'s compute dtype, on CUDA in f32.
 pub fn combine(y: &Tensor, weights: &Tensor, d: &Dispatch) -> candle_core::Result<Tensor> {
+    let (yc, wc, op) = combine_inputs(y, weights, d)?;
+    yc.apply_op2(&wc, op)?.to_dtype(y.dtype())
+}
+
+/// [`combine`] outside autograd: the output in `y`'s compute dtype and the weights in the
+/// dtype the op used (what [`combine_grads`] takes).
+pub(super) fn combine_saved(
+    y: &Tensor,
+    weights: &Tensor,
+    d: &Dispatch,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (yc, wc, op) = combine_inputs(y, weights, d)?;
+    Ok((yc.apply_op2_no_bwd(&wc, &op)?, wc))
+}
+
+/// Checks the inputs of [`combine`] and converts them to the dtypes its kernels take.
+fn combine_inputs(
+    y: &Tensor,
+    weights: &Tensor,
+    d: &Dispatch,
+) -> candle_core::Result<(Tensor, Tensor, Combine)> {
     let (a, c) = dims2("moe combine", "y", y)?;
     let (t, k) = dims2("moe combine", "weights", weights)?;
     if a != d.slot_of.elem_count() || k != d.k || t * k != a {
@@ -68,13 +89,11 @@ pub fn combine(y: &Tensor, weights: &Tensor, d: &Dispatch) -> candle_core::Resul
     }
     same_device("moe combine", "weights", weights, y)?;
     same_device("moe combine", "the dispatch", &d.slot_of, y)?;
-    let dtype = y.dtype();
     let cd = compute_dtype("moe combine", y)?;
     let wd = if y.device().is_cpu() { cd } else { DType::F32 };
     let yc = y.to_dtype(cd)?.contiguous()?;
     let wc = weights.to_dtype(wd)?.contiguous()?;
-    let out = yc.apply_op2(&wc, Combine { d: d.clone(), c })?;
-    out.to_dtype(dtype)
+    Ok((yc, wc, Combine { d: d.clone(), c }))
 }
 
 /// `y [M, N]`: rows `offsets[e]..offsets[e + 1]` of `x [M, K]` times `w[e]^T` (`w [E, N, K]`),
@@ -423,40 +442,54 @@ impl CustomOp2 for Combine {
         _out: &Tensor,
         dout: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dout = dout.to_dtype(y.dtype())?.contiguous()?;
-        let rows = Rows {
-            kind: RowsKind::CombineGrad,
-            d: self.d.clone(),
-            weights: Some(w.clone()),
-            c: self.c,
-        };
-        let dy = dout.apply_op1_no_bwd(&rows)?;
-        let dw = match dout.device() {
-            Device::Cpu => {
-                let so = indices(&self.d.slot_of, "moe combine", "slot_of")?;
-                let (c, k) = (self.c, self.d.k);
-                fn grad<T: Real + candle_core::WithDType>(
-                    dout: &Tensor,
-                    y: &Tensor,
-                    so: &[u32],
-                    (c, k): (usize, usize),
-                ) -> candle_core::Result<Tensor> {
-                    let names = ["dout", "y"];
-                    with_cpu::<T, _, 2>("moe combine backward", [dout, y], names, |[d, y]| {
-                        let w = cpu::combine_bwd_weights(d, y, so, c, k);
-                        Ok(cpu_tensor(w, (so.len() / k, k)))
-                    })
-                }
-                match y.dtype() {
-                    DType::F32 => grad::<f32>(&dout, y, &so, (c, k))?,
-                    DType::F64 => grad::<f64>(&dout, y, &so, (c, k))?,
-                    dt => candle_core::bail!("moe combine backward: {dt:?} on the CPU"),
-                }
-            }
-            #[cfg(feature = "cuda")]
-            Device::Cuda(_) => super::cuda::combine_weight_grad(&dout, y, &self.d, self.c)?,
-            _ => candle_core::bail!("moe combine backward: unsupported device"),
-        };
+        let (dy, dw) = combine_grads(y, w, &self.d, dout)?;
         Ok((Some(dy), Some(dw)))
     }
+}
+
+/// The gradients `(dy, d weights)` of [`combine`] given `dout [T, C]`, for its inputs in the
+/// dtypes the op used (`y` in the compute dtype, `w` as [`combine_saved`] returns it):
+/// `dy[slot_of[t k + j]] = w[t, j] dout[t]`, `dw[t, j] = <dout[t], y[slot_of[t k + j]]>`.
+pub(super) fn combine_grads(
+    y: &Tensor,
+    w: &Tensor,
+    d: &Dispatch,
+    dout: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let c = y.dim(1)?;
+    let dout = dout.to_dtype(y.dtype())?.contiguous()?;
+    let rows = Rows {
+        kind: RowsKind::CombineGrad,
+        d: d.clone(),
+        weights: Some(w.clone()),
+        c,
+    };
+    let dy = dout.apply_op1_no_bwd(&rows)?;
+    let dw = match dout.device() {
+        Device::Cpu => {
+            let so = indices(&d.slot_of, "moe combine", "slot_of")?;
+            let k = d.k;
+            fn grad<T: Real + candle_core::WithDType>(
+                dout: &Tensor,
+                y: &Tensor,
+                so: &[u32],
+                (c, k): (usize, usize),
+            ) -> candle_core::Result<Tensor> {
+                let names = ["dout", "y"];
+                with_cpu::<T, _, 2>("moe combine backward", [dout, y], names, |[d, y]| {
+                    let w = cpu::combine_bwd_weights(d, y, so, c, k);
+                    Ok(cpu_tensor(w, (so.len() / k, k)))
+                })
+            }
+            match y.dtype() {
+                DType::F32 => grad::<f32>(&dout, y, &so, (c, k))?,
+                DType::F64 => grad::<f64>(&dout, y, &so, (c, k))?,
+                dt => candle_core::bail!("moe combine backward: {dt:?} on the CPU"),
+            }
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => super::cuda::combine_weight_grad(&dout, y, d, c)?,
+        _ => candle_core::bail!("moe combine backward: unsupported device"),
+    };
+    Ok((dy, dw))
 }
