@@ -296,7 +296,7 @@ impl MoeMlp {
 
     /// The router's scores of `logits [T, E]`, the same ops in both forwards (so that both
     /// choose the same experts): softmax (candle_nn's `softmax_last_dim` has no backward) or
-    /// sigmoid.
+    /// sigmoid, in differentiable tensor ops on every device.
     fn scores(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
         match self.cfg.router {
             RouterKind::Softmax => {
@@ -305,7 +305,8 @@ impl MoeMlp {
                     .exp()?;
                 e.broadcast_div(&e.sum_keepdim(1)?)
             }
-            RouterKind::Sigmoid => candle_nn::ops::sigmoid(logits),
+            // 1 / (1 + e^-x) in tensor ops: candle_nn's sigmoid has no CUDA kernel for f32
+            RouterKind::Sigmoid => (logits.neg()?.exp()? + 1.0)?.recip(),
         }
     }
 
