@@ -8,6 +8,7 @@
 //! random byte tokens -> one shard in a temporary folder -> Batcher (as in training)
 //! warm-up updates, then timed updates, each between two device synchronizations
 //! tokens/s = batch * seq * grad_accum / median(update seconds)
+//! host time = median time until the update call returns (the work queued, before the wait)
 //! then as many updates back to back (one synchronization at the end): tokens/s of a run
 //! ```
 //! Peak memory on CUDA: candle allocates through the device's default stream-ordered memory
@@ -174,11 +175,14 @@ pub fn run(a: &TrainBenchArgs) -> Result<()> {
         .with_kernels(a.kernels)
         .with_backward(a.backward);
     let mut times = Vec::with_capacity(a.steps);
+    let mut host_times = Vec::with_capacity(a.steps);
     let mut last_loss = f64::NAN;
     for step in 1..=(a.warmup_steps + a.steps) as u64 {
         device.synchronize()?;
         let t0 = Instant::now();
         let up = learner.update(&mut batcher, &train, a.lr)?;
+        // the host's own time: queueing the update's work (and any wait inside it)
+        let host = t0.elapsed().as_secs_f64();
         device.synchronize()?;
         let dt = t0.elapsed().as_secs_f64();
         let (loss, _) = up.read()?;
@@ -191,6 +195,7 @@ pub fn run(a: &TrainBenchArgs) -> Result<()> {
         );
         if timed {
             times.push(dt);
+            host_times.push(host);
         }
     }
     // the same number of updates back to back, one synchronization at the end (what a
@@ -222,6 +227,12 @@ pub fn run(a: &TrainBenchArgs) -> Result<()> {
         mean * 1e3,
         tokens_per_step as f64 / mean
     );
+    let host_med = median(&host_times);
+    println!(
+        "host: {:.1} ms per update until the call returns (median: the work queued, with any \
+         wait for the device inside the update)",
+        host_med * 1e3
+    );
     if let Some(m) = &mem {
         println!("{}", m.describe());
     }
@@ -236,7 +247,7 @@ pub fn run(a: &TrainBenchArgs) -> Result<()> {
         "precision": train.precision.to_string(),
         "backward": a.backward.to_string(),
         "warmup_steps": a.warmup_steps, "steps": a.steps,
-        "step_s_median": med, "step_s_mean": mean,
+        "step_s_median": med, "step_s_mean": mean, "host_s_median": host_med,
         "tokens_per_s": tps, "tokens_per_s_mean": tokens_per_step as f64 / mean,
         "step_s_back_to_back": back_to_back,
         "tokens_per_s_back_to_back": tokens_per_step as f64 / back_to_back,
