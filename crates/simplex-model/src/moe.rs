@@ -25,8 +25,8 @@ use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use simplex_attn::moe::{
-    dispatch, routed_experts, routed_experts_grads, routed_experts_saved, top_k, ExpertProducts,
-    RoutedSaved,
+    dispatch, routed_experts, routed_experts_grads, routed_experts_saved, top_k, Dispatch,
+    ExpertProducts, RoutedSaved,
 };
 
 use crate::error::ConfigError;
@@ -253,45 +253,63 @@ impl MoeMlp {
 
     /// `x [.., C] -> [.., C]` and the layer's routing statistics.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, MoeStats)> {
-        let shape = x.shape().clone();
-        let c = x.dim(D::Minus1)?;
-        let xt = x.reshape(((), c))?;
+        let xt = x.reshape(((), x.dim(D::Minus1)?))?;
+        let r = self.route(&xt, &self.router)?;
+        let mut out = routed_experts(&xt, &r.w, &self.gate_up, &self.down, &r.d)?;
+        if let Some(shared) = &self.shared {
+            out = (out + shared.forward(&xt)?)?;
+        }
+        Ok((out.reshape(x.shape())?, r.stats))
+    }
+
+    /// The routing of the tokens `xt [T, C]` by `router` (the weight itself, or detached
+    /// outside autograd) and the auxiliary losses:
+    /// `f_e` the share of the assignments (no gradient), `P_e` the mean routing probability,
+    /// `lse` per token for the z-loss.
+    fn route(&self, xt: &Tensor, router: &Tensor) -> candle_core::Result<Routing> {
         let t = xt.dim(0)?;
         let (e, k) = (self.cfg.experts, self.cfg.top_k);
-        let rd = router_dtype(x.dtype());
-        let logits = xt.matmul(&self.router.t()?)?.to_dtype(rd)?;
+        let rd = router_dtype(xt.dtype());
+        let logits = xt.matmul(&router.t()?)?.to_dtype(rd)?;
         let scores = self.scores(&logits)?;
         let ids = top_k(&scores.detach(), k)?;
-        let mut w = scores.gather(&ids, 1)?;
-        if self.cfg.normalize {
-            w = w.broadcast_div(&w.sum_keepdim(1)?)?;
-        }
+        let chosen = scores.gather(&ids, 1)?;
+        let (w, chosen_sum) = if self.cfg.normalize {
+            let sum = chosen.sum_keepdim(1)?;
+            (chosen.broadcast_div(&sum)?, Some(sum))
+        } else {
+            (chosen, None)
+        };
         let capacity = self
             .cfg
             .capacity_factor
             .map(|f| (f * (t * k) as f64 / e as f64).ceil() as usize);
         let d = dispatch(&ids, e, capacity)?.with_products(self.products);
-        let mut out = routed_experts(&xt, &w, &self.gate_up, &self.down, &d)?;
-        if let Some(shared) = &self.shared {
-            out = (out + shared.forward(&xt)?)?;
-        }
-        // f_e: share of the assignments (no gradient); P_e: mean routing probability
         let f = (d.counts.to_dtype(rd)? / (t * k) as f64)?;
         let probs = match self.cfg.router {
-            RouterKind::Softmax => scores,
+            RouterKind::Softmax => scores.clone(),
             RouterKind::Sigmoid => scores.broadcast_div(&scores.sum_keepdim(1)?)?,
         };
-        let p = probs.mean(0)?;
-        let balance_loss = ((f * p)?.sum_all()? * e as f64)?;
-        let z_loss = logits.log_sum_exp(1)?.sqr()?.mean_all()?;
-        Ok((
-            out.reshape(shape)?,
-            MoeStats {
-                balance_loss,
-                z_loss,
-                load: d.counts,
-            },
-        ))
+        let balance_loss = ((&f * probs.mean(0)?)?.sum_all()? * e as f64)?;
+        let lse = logits.log_sum_exp(1)?;
+        let z_loss = lse.sqr()?.mean_all()?;
+        let stats = MoeStats {
+            balance_loss,
+            z_loss,
+            load: d.counts.clone(),
+        };
+        Ok(Routing {
+            logits,
+            scores,
+            probs,
+            lse,
+            ids,
+            w,
+            chosen_sum,
+            f,
+            d,
+            stats,
+        })
     }
 
     /// The router's scores of `logits [T, E]`, the same ops in both forwards (so that both
@@ -313,28 +331,9 @@ impl MoeMlp {
     /// [`MoeMlp::forward`] outside autograd: the output `[.., C]`, the routing statistics
     /// (values, no graph) and what [`MoeMlp::grads`] needs.
     pub fn forward_saved(&self, x: &Tensor) -> candle_core::Result<(Tensor, MoeStats, MoeSaved)> {
-        let shape = x.shape().clone();
-        let c = x.dim(D::Minus1)?;
-        let xt = x.reshape(((), c))?;
-        let t = xt.dim(0)?;
-        let (e, k) = (self.cfg.experts, self.cfg.top_k);
-        let rd = router_dtype(x.dtype());
-        let logits = xt.matmul(&self.router.detach().t()?)?.to_dtype(rd)?;
-        let scores = self.scores(&logits)?;
-        let ids = top_k(&scores, k)?;
-        let chosen = scores.gather(&ids, 1)?;
-        let (w, chosen_sum) = if self.cfg.normalize {
-            let sum = chosen.sum_keepdim(1)?;
-            (chosen.broadcast_div(&sum)?, Some(sum))
-        } else {
-            (chosen, None)
-        };
-        let capacity = self
-            .cfg
-            .capacity_factor
-            .map(|f| (f * (t * k) as f64 / e as f64).ceil() as usize);
-        let d = dispatch(&ids, e, capacity)?.with_products(self.products);
-        let (mut out, routed) = routed_experts_saved(&xt, &w, &self.gate_up, &self.down, &d)?;
+        let xt = x.reshape(((), x.dim(D::Minus1)?))?;
+        let r = self.route(&xt, &self.router.detach())?;
+        let (mut out, routed) = routed_experts_saved(&xt, &r.w, &self.gate_up, &self.down, &r.d)?;
         let shared = match &self.shared {
             Some(mlp) => {
                 let (y, saved) = mlp.forward_saved(&xt)?;
@@ -343,33 +342,20 @@ impl MoeMlp {
             }
             None => None,
         };
-        let f = (d.counts.to_dtype(rd)? / (t * k) as f64)?;
-        let probs = match self.cfg.router {
-            RouterKind::Softmax => scores.clone(),
-            RouterKind::Sigmoid => scores.broadcast_div(&scores.sum_keepdim(1)?)?,
-        };
-        let balance_loss = ((&f * probs.mean(0)?)?.sum_all()? * e as f64)?;
-        let lse = logits.log_sum_exp(1)?;
-        let z_loss = lse.sqr()?.mean_all()?;
-        let stats = MoeStats {
-            balance_loss,
-            z_loss,
-            load: d.counts.clone(),
-        };
         let saved = MoeSaved {
             x: xt,
-            logits,
-            scores,
-            probs,
-            lse,
-            ids,
-            w,
-            chosen_sum,
-            f,
+            logits: r.logits,
+            scores: r.scores,
+            probs: r.probs,
+            lse: r.lse,
+            ids: r.ids,
+            w: r.w,
+            chosen_sum: r.chosen_sum,
+            f: r.f,
             routed,
             shared,
         };
-        Ok((out.reshape(shape)?, stats, saved))
+        Ok((out.reshape(x.shape())?, r.stats, saved))
     }
 
     /// The gradients of a forward of [`MoeMlp::forward_saved`]: `dx` and the weights'
@@ -476,6 +462,20 @@ fn router_dtype(dtype: DType) -> DType {
     } else {
         DType::F32
     }
+}
+
+/// One batch's routing ([`MoeMlp::route`]).
+struct Routing {
+    logits: Tensor,
+    scores: Tensor,
+    probs: Tensor,
+    lse: Tensor,
+    ids: Tensor,
+    w: Tensor,
+    chosen_sum: Option<Tensor>,
+    f: Tensor,
+    d: Dispatch,
+    stats: MoeStats,
 }
 
 /// What [`MoeMlp::forward_saved`] keeps for [`MoeMlp::grads`].
