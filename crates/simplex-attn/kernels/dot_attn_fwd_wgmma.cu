@@ -58,43 +58,13 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
   uint8_t* sm = align1024(smem_raw);
   const uint32_t base = smem_u32(sm);
 
-  const int G = s.heads_q / s.heads_kv, nrows = s.seq_q * G;
-  // row blocks, the last (most keys under a causal mask) first
-  const Work work((nrows + CTA_ROWS - 1) / CTA_ROWS, s.heads_kv, s.batch, true);
+  const RowBlocks rb(s);
+  const int G = rb.G, nrows = rb.nrows;
   const int tid = threadIdx.x, wg = tid / 128;
-  // an item's row block and its keys
-  struct Item {
-    int row0, b, kv;
-    Span KU;
-    int nkt;
-  };
-  auto item_of = [&](int w) {
-    Item it;
-    int blk;
-    work.decode(w, blk, it.kv, it.b);
-    it.row0 = blk * CTA_ROWS;
-    it.KU = keys_of_rows(s, G, it.row0, min(it.row0 + CTA_ROWS, nrows));
-    it.nkt = (it.KU.hi - it.KU.lo + TK - 1) / TK;
-    return it;
-  };
 
   if (wg == 0) {
     // ---------------- producer ----------------
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
-    const long long kstride = (long long)s.heads_kv * D;
-    Ring ring;
-    for (int n = 0;; ++n) {
-      const int w = work.nth(n);
-      if (w < 0) break;
-      const Item it = item_of(w);
-      const long long kbase = RowSpace(s, it.b, it.kv).key(0, D);
-      for (int step = 0; step < it.nkt; ++step)
-        ring.step([&](int st) {
-          const uint32_t kt = base + st * L::STAGE;
-          load_kv<TK, D>(kt, kt + L::KT, k, v, kbase, kstride, it.KU.lo + step * TK, it.KU.hi);
-        });
-    }
-    ring.finish();
+    produce_kv<TK, D, L::STAGE, L::KT>(s, rb, base, k, v);
     return;
   }
 
@@ -106,9 +76,9 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
   if (c == 1) bar_arrive(BAR_TURN + 0, 2 * 128);  // consumer 0 takes the first turn
   int gs = 0;  // steps consumed (the ring's stream)
   for (int n = 0;; ++n) {
-    const int w = work.nth(n);
+    const int w = rb.work.nth(n);
     if (w < 0) break;
-    const Item it = item_of(w);
+    const RowItem it = rb.item<TK>(s, w);
     const RowSpace rs(s, it.b, it.kv);
     const int rbase = it.row0 + ROWS * c;
     const bool any_rows = rbase < nrows;

@@ -159,6 +159,58 @@ __device__ __forceinline__ Span keys_of_rows(const DotShape& s, int G, int r0, i
   return dot::keys_of_block(s, r0 / G, (r1 - 1) / G + 1);
 }
 
+// A work item of the forward and dq kernels: the block of CTA_ROWS rows from row0 of the row
+// space of (batch b, K/V head kv), and the keys KU they see, in nkt steps of TK keys.
+struct RowItem {
+  int row0, b, kv;
+  Span KU;
+  int nkt;
+};
+
+// The row blocks of the forward and dq kernels (within a group the last block, under a causal
+// mask the one seeing most keys, first), G query heads per K/V head, nrows rows per group.
+struct RowBlocks {
+  int G, nrows;
+  Work work;
+  __device__ __forceinline__ explicit RowBlocks(const DotShape& s)
+      : G(s.heads_q / s.heads_kv),
+        nrows(s.seq_q * G),  // (members initialize in declaration order)
+        work((nrows + CTA_ROWS - 1) / CTA_ROWS, s.heads_kv, s.batch, true) {}
+  // item w of the list, its keys in steps of TK
+  template <int TK>
+  __device__ __forceinline__ RowItem item(const DotShape& s, int w) const {
+    RowItem it;
+    int blk;
+    work.decode(w, blk, it.kv, it.b);
+    it.row0 = blk * CTA_ROWS;
+    it.KU = keys_of_rows(s, G, it.row0, min(it.row0 + CTA_ROWS, nrows));
+    it.nkt = (it.KU.hi - it.KU.lo + TK - 1) / TK;
+    return it;
+  }
+};
+
+// The producer warpgroup of the forward and dq kernels: the K and V tiles of each of this CTA's
+// row blocks, TK keys a step, into the ring (stage st: K at base + st * STAGE, V KT bytes later).
+template <int TK, int D, int STAGE, int KT>
+__device__ __forceinline__ void produce_kv(const DotShape& s, const RowBlocks& rb, uint32_t base, const bf16* k,
+                                           const bf16* v) {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
+  const long long kstride = (long long)s.heads_kv * D;
+  Ring ring;
+  for (int n = 0;; ++n) {
+    const int w = rb.work.nth(n);
+    if (w < 0) break;
+    const RowItem it = rb.item<TK>(s, w);
+    const long long kbase = RowSpace(s, it.b, it.kv).key(0, D);
+    for (int step = 0; step < it.nkt; ++step)
+      ring.step([&](int st) {
+        const uint32_t kt = base + st * STAGE;
+        load_kv<TK, D>(kt, kt + KT, k, v, kbase, kstride, it.KU.lo + step * TK, it.KU.hi);
+      });
+  }
+  ring.finish();
+}
+
 // The rows that see at least one of the keys [j0, j1) (non-empty, inside 0..Nk); empty (lo == hi)
 // when none does.
 __device__ __forceinline__ Span rows_of_keys(const DotShape& s, int G, int j0, int j1) {
