@@ -145,11 +145,9 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
   const int b = blockIdx.z, kv = blockIdx.y;
-  const int row0 = blockIdx.x * CTA_ROWS, nrows = N * G;
-  const int row_last = min(row0 + CTA_ROWS, nrows) - 1;
-  const int i_first = row0 / G, i_last = row_last / G;
-  const Range JU = {window(i_first, s.w1, N, s.causal).lo, window(i_last, s.w1, N, s.causal).hi};
-  const Range KU = {window(i_first, s.w2, N, s.causal).lo, window(i_last, s.w2, N, s.causal).hi};
+  const offset_walk::CtaRows cr = offset_walk::cta_rows(s, G, CTA_ROWS);
+  const int row0 = cr.row0, nrows = cr.nrows;
+  const Range JU = cr.JU, KU = cr.KU;
   const int tid = threadIdx.x, wg = tid / 128;
   // key tiles: enough for the consumer whose keys reach furthest past its own first tile row;
   // rows staged per tile: 64 and the larger shift
