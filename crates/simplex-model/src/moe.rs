@@ -323,8 +323,14 @@ impl MoeMlp {
                     .exp()?;
                 e.broadcast_div(&e.sum_keepdim(1)?)
             }
-            // 1 / (1 + e^-x) in tensor ops: candle_nn's sigmoid has no CUDA kernel for f32
-            RouterKind::Sigmoid => (logits.neg()?.exp()? + 1.0)?.recip(),
+            // in tensor ops (candle_nn's sigmoid has no CUDA kernel for f32), from e^-|x| so
+            // that nothing overflows: 1 / (1 + e^-x) would, and its autograd give NaN, below
+            // x = -88 in f32
+            RouterKind::Sigmoid => {
+                let e = logits.abs()?.neg()?.exp()?;
+                let r = (&e + 1.0)?.recip()?;
+                logits.ge(0.0)?.where_cond(&r, &(&e * &r)?)
+            }
         }
     }
 

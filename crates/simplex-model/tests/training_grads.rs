@@ -3,7 +3,8 @@
 //! and f64, for dot-product and trilinear 2-simplicial layers with sliding windows, GQA and
 //! RoPE, tied and untied heads, MoE layers (softmax and sigmoid routers, normalized or raw
 //! gates, shared experts, a capacity that drops assignments, the balance and z-losses); and
-//! `None` for the layers it does not cover (the determinant form).
+//! `None` for the layers it does not cover (the determinant form); a saturated sigmoid router
+//! (logits where e^-x overflows f32) keeps its gradients finite.
 
 mod common;
 
@@ -135,5 +136,55 @@ fn layers_without_a_written_out_backward_give_none() -> anyhow::Result<()> {
         "{}",
         cfg.pattern
     );
+    Ok(())
+}
+
+#[test]
+fn saturated_sigmoid_router_gives_finite_gradients() -> anyhow::Result<()> {
+    use candle_nn::{VarBuilder, VarMap};
+    use simplex_model::moe::MoeMlp;
+    // logits -95, -92, 3, 6 for every token: e^-x overflows f32 for the first two
+    let cfg = MoeConfig {
+        router: RouterKind::Sigmoid,
+        ..MoeConfig::new(4, 2)
+    };
+    let (c, t) = (8, 5);
+    let vm = VarMap::new();
+    let mlp = MoeMlp::new(
+        &cfg,
+        c,
+        8,
+        0.1,
+        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+    )?;
+    common::randomize(&vm, 0.3, 2)?;
+    {
+        let data = vm.data().lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let router = data.get("router.weight").expect("the router's weight");
+        let mut w = vec![0f32; 4 * c];
+        for (e, a) in [-95f32, -92.0, 3.0, 6.0].into_iter().enumerate() {
+            w[e * c] = a;
+        }
+        router.set(&Tensor::from_vec(w, (4, c), &Device::Cpu)?)?;
+    }
+    let mut xv = flat(&tokens(t, c, 7, 4)?)?;
+    for (i, v) in xv.iter_mut().enumerate() {
+        *v = if i % c == 0 { 1.0 } else { *v / 7.0 - 0.5 };
+    }
+    let x = Tensor::from_vec(xv, (t, c), &Device::Cpu)?.to_dtype(DType::F32)?;
+    let (y, stats) = mlp.forward(&x)?;
+    let total = ((y.sum_all()? + stats.balance_loss)? + stats.z_loss)?;
+    let want = total.backward()?;
+    let (y2, _, saved) = mlp.forward_saved(&x)?;
+    let (dx, dws) = mlp.grads(saved, &y2.ones_like()?, (1.0, 1.0))?;
+    assert!(flat(&dx)?.iter().all(|v| v.is_finite()), "written out: dx");
+    for (w, g) in mlp.weights().into_iter().zip(&dws) {
+        let auto = want.get(w).expect("autograd reaches every weight");
+        assert!(
+            flat(auto)?.iter().all(|v| v.is_finite()),
+            "autograd: not finite"
+        );
+        assert_close("saturated router", &flat(g)?, &flat(auto)?, 1e-4, 0.0);
+    }
     Ok(())
 }
