@@ -242,4 +242,13 @@ fn bad_inputs_name_the_problem() {
     assert!(e.contains("down [2, 6, 3] must be [2, 6, 4]"), "{e}");
     let e = routed(&[3, 6], &[2, 8, 6], &[2, 6, 4]);
     assert!(e.contains("x has 3 rows"), "{e}");
+    // its backward outside autograd, given a gradient of another shape
+    let r = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+    let (_, saved) =
+        moe::routed_experts_saved(&r(&[2, 6]), &r(&[2, 2]), &r(&[2, 8, 6]), &r(&[2, 6, 4]), &d)
+            .unwrap();
+    let e = moe::routed_experts_grads(saved, &z(&[2, 5]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dout [2, 5] must be [2, 6]"), "{e}");
 }

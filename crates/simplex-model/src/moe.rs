@@ -385,9 +385,15 @@ impl MoeMlp {
         (balance, z): (f64, f64),
     ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
         let shape = dy.shape().clone();
-        let c = dy.dim(D::Minus1)?;
-        let dyt = dy.reshape(((), c))?;
         let (t, e) = saved.scores.dims2()?;
+        let c = saved.x.dim(1)?;
+        if dy.elem_count() != t * c || dy.dim(D::Minus1)? != c {
+            candle_core::bail!(
+                "MoE layer backward: dy {:?} does not match the forward's {t} tokens x {c}",
+                dy.dims()
+            )
+        }
+        let dyt = dy.reshape(((), c))?;
         let (mut dx, dw, d_gate_up, d_down) = routed_experts_grads(saved.routed, &dyt)?;
         let mut weights = Vec::with_capacity(5);
         if let (Some(mlp), Some(s)) = (&self.shared, saved.shared) {

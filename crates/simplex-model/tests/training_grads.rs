@@ -188,3 +188,22 @@ fn saturated_sigmoid_router_gives_finite_gradients() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn moe_backward_with_a_wrong_gradient_shape_is_an_error() -> anyhow::Result<()> {
+    use candle_nn::{VarBuilder, VarMap};
+    use simplex_model::moe::MoeMlp;
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    let mlp = MoeMlp::new(&MoeConfig::new(4, 2), 8, 8, 0.1, vb)?;
+    common::randomize(&vm, 0.3, 2)?;
+    let x = Tensor::randn(0f32, 1.0, (5, 8), &Device::Cpu)?;
+    let (_, _, saved) = mlp.forward_saved(&x)?;
+    let bad = Tensor::ones((4, 8), DType::F32, &Device::Cpu)?;
+    let err = mlp.grads(saved, &bad, (0.0, 0.0)).unwrap_err().to_string();
+    assert!(
+        err.contains("dy [4, 8]") && err.contains("5 tokens"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -100,6 +100,18 @@ pub fn routed_experts_grads(
     saved: RoutedSaved,
     dout: &Tensor,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let want = [saved.combine_weights.dim(0)?, saved.experts.c];
+    if dout.dims() != want {
+        candle_core::bail!(
+            "moe routed_experts backward: dout {:?} must be {want:?} (the output's shape)",
+            dout.dims()
+        )
+    }
+    if !dout.device().same_device(saved.y.device()) {
+        candle_core::bail!(
+            "moe routed_experts backward: dout is on another device than the forward"
+        )
+    }
     let (dy, dw) = combine_grads(&saved.y, &saved.combine_weights, &saved.experts.d, dout)?;
     let (dx, dgu, dd) = saved
         .experts
