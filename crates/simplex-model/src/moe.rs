@@ -254,19 +254,23 @@ impl MoeMlp {
     /// `x [.., C] -> [.., C]` and the layer's routing statistics.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<(Tensor, MoeStats)> {
         let xt = x.reshape(((), x.dim(D::Minus1)?))?;
-        let r = self.route(&xt, &self.router)?;
-        let mut out = routed_experts(&xt, &r.w, &self.gate_up, &self.down, &r.d)?;
+        let (r, d, stats) = self.route(&xt, &self.router)?;
+        let mut out = routed_experts(&xt, &r.w, &self.gate_up, &self.down, &d)?;
         if let Some(shared) = &self.shared {
             out = (out + shared.forward(&xt)?)?;
         }
-        Ok((out.reshape(x.shape())?, r.stats))
+        Ok((out.reshape(x.shape())?, stats))
     }
 
     /// The routing of the tokens `xt [T, C]` by `router` (the weight itself, or detached
     /// outside autograd) and the auxiliary losses:
     /// `f_e` the share of the assignments (no gradient), `P_e` the mean routing probability,
     /// `lse` per token for the z-loss.
-    fn route(&self, xt: &Tensor, router: &Tensor) -> candle_core::Result<Routing> {
+    fn route(
+        &self,
+        xt: &Tensor,
+        router: &Tensor,
+    ) -> candle_core::Result<(Routing, Dispatch, MoeStats)> {
         let t = xt.dim(0)?;
         let (e, k) = (self.cfg.experts, self.cfg.top_k);
         let rd = router_dtype(xt.dtype());
@@ -298,7 +302,7 @@ impl MoeMlp {
             z_loss,
             load: d.counts.clone(),
         };
-        Ok(Routing {
+        let routing = Routing {
             logits,
             scores,
             probs,
@@ -307,9 +311,8 @@ impl MoeMlp {
             w,
             chosen_sum,
             f,
-            d,
-            stats,
-        })
+        };
+        Ok((routing, d, stats))
     }
 
     /// The router's scores of `logits [T, E]`, the same ops in both forwards (so that both
@@ -338,8 +341,8 @@ impl MoeMlp {
     /// (values, no graph) and what [`MoeMlp::grads`] needs.
     pub fn forward_saved(&self, x: &Tensor) -> candle_core::Result<(Tensor, MoeStats, MoeSaved)> {
         let xt = x.reshape(((), x.dim(D::Minus1)?))?;
-        let r = self.route(&xt, &self.router.detach())?;
-        let (mut out, routed) = routed_experts_saved(&xt, &r.w, &self.gate_up, &self.down, &r.d)?;
+        let (r, d, stats) = self.route(&xt, &self.router.detach())?;
+        let (mut out, routed) = routed_experts_saved(&xt, &r.w, &self.gate_up, &self.down, &d)?;
         let shared = match &self.shared {
             Some(mlp) => {
                 let (y, saved) = mlp.forward_saved(&xt)?;
@@ -350,18 +353,11 @@ impl MoeMlp {
         };
         let saved = MoeSaved {
             x: xt,
-            logits: r.logits,
-            scores: r.scores,
-            probs: r.probs,
-            lse: r.lse,
-            ids: r.ids,
-            w: r.w,
-            chosen_sum: r.chosen_sum,
-            f: r.f,
+            r,
             routed,
             shared,
         };
-        Ok((out.reshape(x.shape())?, r.stats, saved))
+        Ok((out.reshape(x.shape())?, stats, saved))
     }
 
     /// The gradients of a forward of [`MoeMlp::forward_saved`]: `dx` and the weights'
@@ -384,9 +380,15 @@ impl MoeMlp {
         dy: &Tensor,
         (balance, z): (f64, f64),
     ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let MoeSaved {
+            x,
+            r,
+            routed,
+            shared,
+        } = saved;
         let shape = dy.shape().clone();
-        let (t, e) = saved.scores.dims2()?;
-        let c = saved.x.dim(1)?;
+        let (t, e) = r.scores.dims2()?;
+        let c = x.dim(1)?;
         if dy.elem_count() != t * c || dy.dim(D::Minus1)? != c {
             candle_core::bail!(
                 "MoE layer backward: dy {:?} does not match the forward's {t} tokens x {c}",
@@ -394,38 +396,35 @@ impl MoeMlp {
             )
         }
         let dyt = dy.reshape(((), c))?;
-        let (mut dx, dw, d_gate_up, d_down) = routed_experts_grads(saved.routed, &dyt)?;
+        let (mut dx, dw, d_gate_up, d_down) = routed_experts_grads(routed, &dyt)?;
         let mut weights = Vec::with_capacity(5);
-        if let (Some(mlp), Some(s)) = (&self.shared, saved.shared) {
+        if let (Some(mlp), Some(s)) = (&self.shared, shared) {
             let (dxs, [dgu, dd]) = mlp.grads(s, &dyt)?;
             dx = (dx + dxs)?;
             weights.extend([dgu, dd]);
         }
-        let dw = dw.to_dtype(saved.w.dtype())?;
-        let dchosen = match &saved.chosen_sum {
+        let dw = dw.to_dtype(r.w.dtype())?;
+        let dchosen = match &r.chosen_sum {
             Some(sum) => {
-                let along = (&dw * &saved.w)?.sum_keepdim(1)?;
+                let along = (&dw * &r.w)?.sum_keepdim(1)?;
                 dw.broadcast_sub(&along)?.broadcast_div(sum)?
             }
             None => dw,
         };
-        let mut ds = saved
-            .scores
-            .zeros_like()?
-            .scatter_add(&saved.ids, &dchosen, 1)?;
+        let mut ds = r.scores.zeros_like()?.scatter_add(&r.ids, &dchosen, 1)?;
         if balance != 0.0 {
-            let dprobs = (&saved.f * (balance * e as f64 / t as f64))?.unsqueeze(0)?;
+            let dprobs = (&r.f * (balance * e as f64 / t as f64))?.unsqueeze(0)?;
             let dprobs = match self.cfg.router {
                 RouterKind::Softmax => dprobs.broadcast_as((t, e))?.contiguous()?,
                 RouterKind::Sigmoid => {
-                    let sum = saved.scores.sum_keepdim(1)?;
-                    let along = saved.probs.broadcast_mul(&dprobs)?.sum_keepdim(1)?;
+                    let sum = r.scores.sum_keepdim(1)?;
+                    let along = r.probs.broadcast_mul(&dprobs)?.sum_keepdim(1)?;
                     dprobs.broadcast_sub(&along)?.broadcast_div(&sum)?
                 }
             };
             ds = (ds + dprobs)?;
         }
-        let s = &saved.scores;
+        let s = &r.scores;
         let mut dlogits = match self.cfg.router {
             RouterKind::Softmax => (s * ds.broadcast_sub(&(&ds * s)?.sum_keepdim(1)?)?)?,
             RouterKind::Sigmoid => ((&ds * s)? * (1.0 - s)?)?,
@@ -433,14 +432,14 @@ impl MoeMlp {
         if z != 0.0 {
             let soft = match self.cfg.router {
                 RouterKind::Softmax => s.clone(),
-                RouterKind::Sigmoid => candle_nn::ops::softmax_last_dim(&saved.logits)?,
+                RouterKind::Sigmoid => candle_nn::ops::softmax_last_dim(&r.logits)?,
             };
-            let coef = (&saved.lse * (2.0 * z / t as f64))?.unsqueeze(1)?;
+            let coef = (&r.lse * (2.0 * z / t as f64))?.unsqueeze(1)?;
             dlogits = (dlogits + soft.broadcast_mul(&coef)?)?;
         }
-        let dl = dlogits.to_dtype(saved.x.dtype())?;
+        let dl = dlogits.to_dtype(x.dtype())?;
         dx = (dx + dl.matmul(&self.router.detach())?)?;
-        let d_router = dl.t()?.matmul(&saved.x)?;
+        let d_router = dl.t()?.matmul(&x)?;
         let mut all = vec![d_router, d_gate_up, d_down];
         all.append(&mut weights);
         Ok((dx.reshape(shape)?, all))
@@ -476,24 +475,8 @@ fn router_dtype(dtype: DType) -> DType {
     }
 }
 
-/// One batch's routing ([`MoeMlp::route`]).
+/// One batch's routing ([`MoeMlp::route`]), what the router's backward needs.
 struct Routing {
-    logits: Tensor,
-    scores: Tensor,
-    probs: Tensor,
-    lse: Tensor,
-    ids: Tensor,
-    w: Tensor,
-    chosen_sum: Option<Tensor>,
-    f: Tensor,
-    d: Dispatch,
-    stats: MoeStats,
-}
-
-/// What [`MoeMlp::forward_saved`] keeps for [`MoeMlp::grads`].
-pub struct MoeSaved {
-    /// The input rows `[T, C]`.
-    x: Tensor,
     /// Router logits `[T, E]` in the router's dtype.
     logits: Tensor,
     /// Softmax or sigmoid scores `[T, E]`.
@@ -510,6 +493,13 @@ pub struct MoeSaved {
     chosen_sum: Option<Tensor>,
     /// Each expert's share of the assignments `[E]`.
     f: Tensor,
+}
+
+/// What [`MoeMlp::forward_saved`] keeps for [`MoeMlp::grads`].
+pub struct MoeSaved {
+    /// The input rows `[T, C]`.
+    x: Tensor,
+    r: Routing,
     routed: RoutedSaved,
     shared: Option<simplex_attn::fused::MlpSaved>,
 }
