@@ -415,14 +415,14 @@ impl MoeMlp {
         if balance != 0.0 {
             let dprobs = (&r.f * (balance * e as f64 / t as f64))?.unsqueeze(0)?;
             let dprobs = match self.cfg.router {
-                RouterKind::Softmax => dprobs.broadcast_as((t, e))?.contiguous()?,
+                RouterKind::Softmax => dprobs,
                 RouterKind::Sigmoid => {
                     let sum = r.scores.sum_keepdim(1)?;
                     let along = r.probs.broadcast_mul(&dprobs)?.sum_keepdim(1)?;
                     dprobs.broadcast_sub(&along)?.broadcast_div(&sum)?
                 }
             };
-            ds = (ds + dprobs)?;
+            ds = ds.broadcast_add(&dprobs)?;
         }
         let s = &r.scores;
         let mut dlogits = match self.cfg.router {

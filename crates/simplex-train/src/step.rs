@@ -212,27 +212,24 @@ impl Learner {
                 Backward::Auto => self.model.training_grads(&batch, scale)?,
                 Backward::Autograd => None,
             };
-            let (loss, grads) = match written_out {
-                Some((parts, grads)) => {
-                    moe = parts.moe;
-                    (parts.lm, grads)
-                }
+            let (parts, grads) = match written_out {
+                Some(pg) => pg,
                 None => {
                     let parts = self.model.training_loss(&batch)?;
-                    moe = parts.moe;
-                    let scaled = if parts_per_update > 1 {
-                        (&parts.total / parts_per_update as f64)?
+                    let grads = if parts_per_update > 1 {
+                        (&parts.total / parts_per_update as f64)?.backward()?
                     } else {
-                        parts.total
+                        parts.total.backward()?
                     };
-                    (parts.lm, scaled.backward()?)
+                    (parts, grads)
                 }
             };
+            moe = parts.moe;
             match &mut self.reducer {
                 Some(r) => r.add(&self.opt.grads_of(&grads), k > 0, &self.device)?,
                 None => self.opt.gather(&grads, k > 0)?,
             }
-            let loss = loss.detach();
+            let loss = parts.lm.detach();
             loss_sum = Some(match loss_sum {
                 Some(s) => (s + loss)?,
                 None => loss,

@@ -69,7 +69,6 @@ pub fn routed_experts_saved(
         y,
         combine_weights,
         weights_dtype: weights.dtype(),
-        gate_up: p.gate_up,
         down: p.down,
         weight_dtypes: (gate_up.dtype(), down.dtype()),
         experts: p.experts,
@@ -87,7 +86,7 @@ pub struct RoutedSaved {
     y: Tensor,
     combine_weights: Tensor,
     weights_dtype: DType,
-    gate_up: Tensor,
+    /// `down` in the compute dtype (`gate_up` is the op's own, `experts.gate_up`).
     down: Tensor,
     weight_dtypes: (DType, DType),
     dtype: DType,
@@ -113,9 +112,8 @@ pub fn routed_experts_grads(
         )
     }
     let (dy, dw) = combine_grads(&saved.y, &saved.combine_weights, &saved.experts.d, dout)?;
-    let (dx, dgu, dd) = saved
-        .experts
-        .grads(saved.acts, &saved.gate_up, &saved.down, &dy)?;
+    let experts = &saved.experts;
+    let (dx, dgu, dd) = experts.grads(saved.acts, &experts.gate_up, &saved.down, &dy)?;
     Ok((
         dx.to_dtype(saved.dtype)?,
         dw.to_dtype(saved.weights_dtype)?,
