@@ -55,6 +55,20 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
+// out[r] = sum_{c < n} a[r * n + c] * b[r * n + c] for the calling warp's row r, r < rows (the
+// backward's delta = o . dout, one warp per row).
+// I: the row index type (int where the launch checks rows < 2^31).
+template <typename T, typename I>
+__device__ __forceinline__ void warp_row_dot(const T* __restrict__ a, const T* __restrict__ b,
+                                             float* __restrict__ out, I r, I rows, int n) {
+  if (r >= rows) return;  // warp-uniform
+  const int lane = threadIdx.x % WARP;
+  float acc = 0.0f;
+  for (int c = lane; c < n; c += WARP) acc += to_f32(a[(long long)r * n + c]) * to_f32(b[(long long)r * n + c]);
+  acc = warp_sum(acc);
+  if (lane == 0) out[r] = acc;
+}
+
 // exp2 that maps -inf to 0 without a NaN when both arguments are -inf.
 __device__ __forceinline__ float exp2_diff(float a, float b) {
   return a == -INFINITY ? 0.0f : exp2f(a - b);

@@ -24,27 +24,13 @@ using namespace dot;
 using simplex::from_f32;
 using simplex::to_f32;
 using simplex::warp_max;
+using simplex::warp_row_dot;
 using simplex::warp_sum;
 
 namespace {
 
 constexpr int WARPS = 4;
 constexpr int THREADS = WARPS * WARP;
-
-template <typename T>
-__device__ void delta_kernel(const T* __restrict__ o,     // [B,Nq,Hq,Dv]
-                             const T* __restrict__ dout,  // [B,Nq,Hq,Dv]
-                             float* __restrict__ dlt,     // [B,Nq,Hq]
-                             const DotShape s) {
-  const int rows = s.batch * s.seq_q * s.heads_q;  // < 2^31: checked by the launch
-  const int r = blockIdx.x * WARPS + threadIdx.x / WARP;
-  const int lane = threadIdx.x % WARP;
-  if (r >= rows) return;  // warp-uniform
-  float acc = 0.0f;
-  for (int c = lane; c < s.dv; c += WARP) acc += to_f32(o[(long long)r * s.dv + c]) * to_f32(dout[(long long)r * s.dv + c]);
-  acc = warp_sum(acc);
-  if (lane == 0) dlt[r] = acc;
-}
 
 // Copies a row of n values into per-warp shared memory as f32, times `mul`.
 template <typename T>
@@ -229,7 +215,8 @@ __device__ void dkv_simple(const T* __restrict__ q,       // [B,Nq,Hq,D]
 #define DOT_DELTA(T, TN)                                                                                  \
   extern "C" __global__ void __launch_bounds__(THREADS, 4)                                                   \
       dot_bwd_delta_##TN(const T* o, const T* dout, float* dlt, const DotShape s) {                       \
-    delta_kernel<T>(o, dout, dlt, s);                                                                     \
+    warp_row_dot(o, dout, dlt, (int)(blockIdx.x * WARPS + threadIdx.x / WARP),                            \
+                 s.batch * s.seq_q * s.heads_q, s.dv);                                                    \
   }
 
 DOT_DELTA(__nv_bfloat16, bf16)

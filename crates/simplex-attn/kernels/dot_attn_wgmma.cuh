@@ -43,10 +43,6 @@ constexpr int FULL_THREADS = PTHREADS + 128;
 static_assert(offset_walk::BAR_WG + 2 < BAR_FULL, "barrier ids overlap");
 static_assert(BAR_TURN + 1 < 16, "16 named barriers");
 
-__device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
-  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 1023) & ~uintptr_t(1023));
-}
-
 template <int N>
 __device__ __forceinline__ void cp_async_wait_group() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");

@@ -19,7 +19,7 @@
 // Shared memory (f32): k2 KB*(D|1) + v2 KB*(Dv|1) + x RS*D + y RS*Dv + P, dS 2*RS*(KB+1)
 //   = 73 KiB at D = Dv = 128, 137 KiB at 256. Registers 116-166, no spills.
 // Deterministic: every block owns its keys, no atomics. When it runs, speed: docs/kernels.md.
-#include "common.cuh"
+#include "core_rows.cuh"
 
 using namespace simplex;
 
@@ -71,14 +71,9 @@ __device__ void dkv(const T* __restrict__ q,        // [B,N,Hq,D]
 
   auto kv_row = [&](int pos) -> long long { return (long long)(b * N + pos) * Hkv + hkv; };
 
-  for (int idx = threadIdx.x; idx < KB * D; idx += THREADS) {
-    const int kk = idx / D, l = idx - kk * D;
-    k2s[kk * KS + l] = kk < nk ? to_f32(k2[kv_row(k0 + kk) * D + l]) : 0.0f;
-  }
-  for (int idx = threadIdx.x; idx < KB * Dv; idx += THREADS) {
-    const int kk = idx / Dv, c = idx - kk * Dv;
-    v2s[kk * VS + c] = kk < nk ? to_f32(v2[kv_row(k0 + kk) * Dv + c]) : 0.0f;
-  }
+  auto key_row = [&](int kk) { return kv_row(k0 + kk); };
+  stage_rows<THREADS>(k2s, KS, k2, KB, nk, D, key_row, 1.0f);
+  stage_rows<THREADS>(v2s, VS, v2, KB, nk, Dv, key_row, 1.0f);
 
   // Queries that see a key of the tile through window 2, and the widest window 1.
   const int i_lo = seen_by(k0, s.w2, N, s.causal).lo;

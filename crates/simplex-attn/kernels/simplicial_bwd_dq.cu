@@ -13,36 +13,16 @@
 // shared memory), for each j of window 1: x = q ∘ k1[j], y = dout ∘ v1[j] (per warp),
 // logits x·k2 and dP = y·v2 (lane = key), dS, t = dS @ k2_tile, dq += k1[j] ∘ t.
 // Shared memory (f32): k2 TK*(D|1) + v2 TK*(Dv|1) + q, x RB*D + dout, y RB*Dv + dS RB*TK
-//   = 100 KiB at D = Dv = 128, 196 KiB at 256. Registers 109-128, no spills.
+//   = 100 KiB at D = Dv = 128, 196 KiB at 256. Registers 110-128, no spills.
 // Deterministic (no atomics). The launch puts the larger window in window 2 (tiled).
 // When it runs, speed: docs/kernels.md.
-#include "common.cuh"
+#include "core_rows.cuh"
 
 using namespace simplex;
 
 namespace {
 
-constexpr int WARPS = 8;
-constexpr int THREADS = WARPS * WARP;
-constexpr int HI = 2;           // rows per warp
-constexpr int RB = WARPS * HI;  // rows per block
-constexpr int TK = 64;          // window-2 keys per shared-memory tile
-constexpr int KI = TK / WARP;   // keys per lane in the logit step
-
-template <typename T>
-__device__ void delta(const T* __restrict__ o,     // [B,N,Hq,Dv]
-                      const T* __restrict__ dout,  // [B,N,Hq,Dv]
-                      float* __restrict__ dlt,     // [B,N,Hq]
-                      const Shape s) {
-  const long long rows = (long long)s.batch * s.seq * s.heads_q;
-  const long long r = (long long)blockIdx.x * WARPS + threadIdx.x / WARP;
-  const int lane = threadIdx.x % WARP;
-  if (r >= rows) return;  // warp-uniform
-  float acc = 0.0f;
-  for (int c = lane; c < s.dv; c += WARP) acc += to_f32(o[r * s.dv + c]) * to_f32(dout[r * s.dv + c]);
-  acc = warp_sum(acc);
-  if (lane == 0) dlt[r] = acc;
-}
+using namespace row_block;  // WARPS, THREADS, HI, RB, TK, KI
 
 // CL: D <= 32 * CL (the dq columns per lane).
 template <typename T, int CL>
@@ -76,54 +56,37 @@ __device__ void dq_kernel(const T* __restrict__ q,        // [B,N,Hq,D]
   auto q_row = [&](int r) -> long long { return (long long)(b * N + r / G) * Hq + hkv * G + r % G; };
   auto kv_row = [&](int pos) -> long long { return (long long)(b * N + pos) * Hkv + hkv; };
 
-  for (int idx = threadIdx.x; idx < RB * D; idx += THREADS) {
-    const int rb = idx / D, l = idx - rb * D, r = row0 + rb;
-    qs[idx] = r < row_end ? to_f32(q[q_row(r) * D + l]) * (s.scale * LOG2E) : 0.0f;
-  }
-  for (int idx = threadIdx.x; idx < RB * Dv; idx += THREADS) {
-    const int rb = idx / Dv, c = idx - rb * Dv, r = row0 + rb;
-    dos[idx] = r < row_end ? to_f32(dout[q_row(r) * Dv + c]) : 0.0f;
-  }
+  auto q_row_of = [&](int rb) { return q_row(row0 + rb); };
+  stage_rows<THREADS>(qs, D, q, RB, row_end - row0, D, q_row_of, s.scale * LOG2E);
+  stage_rows<THREADS>(dos, Dv, dout, RB, row_end - row0, Dv, q_row_of, 1.0f);
+  const BlockWindows bw = block_windows(row0, row_end, G, s);
 
-  const int i_first = row0 / G, i_last = (row_end - 1) / G;
-  const int j_lo = window(i_first, s.w1, N, s.causal).lo, j_hi = window(i_last, s.w1, N, s.causal).hi;
-  const int k_lo = window(i_first, s.w2, N, s.causal).lo, k_hi = window(i_last, s.w2, N, s.causal).hi;
-
-  bool valid[HI];
-  Range jr[HI], kr[HI];
+  RowWindows rw[HI];
   float lse2[HI], dl[HI], acc[HI][CL];
 #pragma unroll
   for (int hh = 0; hh < HI; ++hh) {
     const int r = row0 + warp * HI + hh;
-    valid[hh] = r < row_end;
-    const int i = valid[hh] ? r / G : 0;
-    jr[hh] = window(i, s.w1, N, s.causal);
-    kr[hh] = window(i, s.w2, N, s.causal);
-    lse2[hh] = valid[hh] ? lse[q_row(r)] * LOG2E : 0.0f;
-    dl[hh] = valid[hh] ? dlt[q_row(r)] : 0.0f;
+    rw[hh] = row_windows(r, row_end, G, s);
+    lse2[hh] = rw[hh].valid ? lse[q_row(r)] * LOG2E : 0.0f;
+    dl[hh] = rw[hh].valid ? dlt[q_row(r)] : 0.0f;
 #pragma unroll
     for (int cl = 0; cl < CL; ++cl) acc[hh][cl] = 0.0f;
   }
 
-  for (int kt = k_lo; kt < k_hi; kt += TK) {
-    const int nk = min(TK, k_hi - kt);
+  for (int kt = bw.k.lo; kt < bw.k.hi; kt += TK) {
+    const int nk = min(TK, bw.k.hi - kt);
     __syncthreads();  // the previous tile is consumed (first pass: q, dout are staged)
-    for (int idx = threadIdx.x; idx < TK * D; idx += THREADS) {
-      const int kk = idx / D, l = idx - kk * D;
-      k2s[kk * KS + l] = kk < nk ? to_f32(k2[kv_row(kt + kk) * D + l]) : 0.0f;
-    }
-    for (int idx = threadIdx.x; idx < TK * Dv; idx += THREADS) {
-      const int kk = idx / Dv, c = idx - kk * Dv;
-      v2s[kk * VS + c] = kk < nk ? to_f32(v2[kv_row(kt + kk) * Dv + c]) : 0.0f;
-    }
+    auto key_row = [&](int kk) { return kv_row(kt + kk); };
+    stage_rows<THREADS>(k2s, KS, k2, TK, nk, D, key_row, 1.0f);
+    stage_rows<THREADS>(v2s, VS, v2, TK, nk, Dv, key_row, 1.0f);
     __syncthreads();
 
-    for (int j = j_lo; j < j_hi; ++j) {
+    for (int j = bw.j.lo; j < bw.j.hi; ++j) {
       bool act[HI];
       bool any = false;
 #pragma unroll
       for (int hh = 0; hh < HI; ++hh) {
-        act[hh] = valid[hh] && j >= jr[hh].lo && j < jr[hh].hi && kr[hh].lo < kt + nk && kr[hh].hi > kt;
+        act[hh] = pairs_in_tile(rw[hh], j, kt, nk);
         any |= act[hh];
       }
       if (!any) continue;  // warp-uniform
@@ -134,8 +97,8 @@ __device__ void dq_kernel(const T* __restrict__ q,        // [B,N,Hq,D]
       for (int hh = 0; hh < HI; ++hh) {
         const int rb = warp * HI + hh;
         if (!act[hh]) continue;
-        for (int l = lane; l < D; l += WARP) xs[rb * D + l] = qs[rb * D + l] * to_f32(k1j[l]);
-        for (int c = lane; c < Dv; c += WARP) ys[rb * Dv + c] = dos[rb * Dv + c] * to_f32(v1j[c]);
+        warp_mul_row(xs + rb * D, qs + rb * D, k1j, D, lane);
+        warp_mul_row(ys + rb * Dv, dos + rb * Dv, v1j, Dv, lane);
       }
       __syncwarp();
 
@@ -144,35 +107,15 @@ __device__ void dq_kernel(const T* __restrict__ q,        // [B,N,Hq,D]
       for (int hh = 0; hh < HI; ++hh)
 #pragma unroll
         for (int ki = 0; ki < KI; ++ki) sc[hh][ki] = dp[hh][ki] = 0.0f;
-      for (int l = 0; l < D; ++l) {
-        float kv[KI];
-#pragma unroll
-        for (int ki = 0; ki < KI; ++ki) kv[ki] = k2s[(lane + WARP * ki) * KS + l];
-#pragma unroll
-        for (int hh = 0; hh < HI; ++hh) {
-          const float x = xs[(warp * HI + hh) * D + l];
-#pragma unroll
-          for (int ki = 0; ki < KI; ++ki) sc[hh][ki] = fmaf(x, kv[ki], sc[hh][ki]);
-        }
-      }
-      for (int c = 0; c < Dv; ++c) {
-        float vv[KI];
-#pragma unroll
-        for (int ki = 0; ki < KI; ++ki) vv[ki] = v2s[(lane + WARP * ki) * VS + c];
-#pragma unroll
-        for (int hh = 0; hh < HI; ++hh) {
-          const float y = ys[(warp * HI + hh) * Dv + c];
-#pragma unroll
-          for (int ki = 0; ki < KI; ++ki) dp[hh][ki] = fmaf(y, vv[ki], dp[hh][ki]);
-        }
-      }
+      rows_dot_keys<HI, KI>(sc, xs + warp * HI * D, D, k2s, KS, lane);
+      rows_dot_keys<HI, KI>(dp, ys + warp * HI * Dv, Dv, v2s, VS, lane);
 #pragma unroll
       for (int hh = 0; hh < HI; ++hh) {
         if (!act[hh]) continue;
 #pragma unroll
         for (int ki = 0; ki < KI; ++ki) {
           const int k = kt + lane + WARP * ki;
-          const bool ok = k >= kr[hh].lo && k < kr[hh].hi;
+          const bool ok = k >= rw[hh].k.lo && k < rw[hh].k.hi;
           const float p = ok ? exp2f(sc[hh][ki] - lse2[hh]) : 0.0f;
           dss[(warp * HI + hh) * TK + lane + WARP * ki] = p * (dp[hh][ki] - dl[hh]);
         }
@@ -180,24 +123,7 @@ __device__ void dq_kernel(const T* __restrict__ q,        // [B,N,Hq,D]
       __syncwarp();
 
       float t[HI][CL];
-#pragma unroll
-      for (int hh = 0; hh < HI; ++hh)
-#pragma unroll
-        for (int cl = 0; cl < CL; ++cl) t[hh][cl] = 0.0f;
-      for (int kk = 0; kk < nk; ++kk) {
-        float kv[CL];
-#pragma unroll
-        for (int cl = 0; cl < CL; ++cl) {
-          const int l = lane + WARP * cl;
-          kv[cl] = l < D ? k2s[kk * KS + l] : 0.0f;
-        }
-#pragma unroll
-        for (int hh = 0; hh < HI; ++hh) {
-          const float ds = dss[(warp * HI + hh) * TK + kk];
-#pragma unroll
-          for (int cl = 0; cl < CL; ++cl) t[hh][cl] = fmaf(ds, kv[cl], t[hh][cl]);
-        }
-      }
+      weigh_tile<HI, CL, TK>(t, dss + warp * HI * TK, nk, k2s, KS, D, lane);
 #pragma unroll
       for (int cl = 0; cl < CL; ++cl) {
         const int l = lane + WARP * cl;
@@ -211,7 +137,7 @@ __device__ void dq_kernel(const T* __restrict__ q,        // [B,N,Hq,D]
 
 #pragma unroll
   for (int hh = 0; hh < HI; ++hh) {
-    if (!valid[hh]) continue;
+    if (!rw[hh].valid) continue;
     const long long off = q_row(row0 + warp * HI + hh) * D;
 #pragma unroll
     for (int cl = 0; cl < CL; ++cl) {
@@ -228,7 +154,8 @@ __device__ void dq_kernel(const T* __restrict__ q,        // [B,N,Hq,D]
 #define SIMPLICIAL_DELTA(NAME, T)                                                           \
   extern "C" __global__ void __launch_bounds__(THREADS) NAME(const T* o, const T* dout,     \
                                                              float* dlt, const Shape s) {  \
-    delta<T>(o, dout, dlt, s);                                                              \
+    warp_row_dot(o, dout, dlt, (long long)blockIdx.x * WARPS + threadIdx.x / WARP,             \
+                 (long long)s.batch * s.seq * s.heads_q, s.dv);                            \
   }
 #define SIMPLICIAL_DQ(NAME, T, CL)                                                           \
   extern "C" __global__ void __launch_bounds__(THREADS, 2)                                   \

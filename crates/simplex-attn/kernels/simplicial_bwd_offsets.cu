@@ -76,7 +76,7 @@ __device__ __forceinline__ void bwd_offsets_qk1(const bf16* __restrict__ q, cons
   constexpr int KS = D / 16;
   constexpr int NA = D / 64;
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* sm = align1024(smem_raw);
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
   const int b = blockIdx.z, kv = blockIdx.y;

@@ -83,13 +83,6 @@ __device__ __forceinline__ void scale_k(uint32_t (&a)[4], const uint32_t (&f)[4]
   a[2] = bf2_mul(f[2], hi);
   a[3] = bf2_mul(f[3], hi);
 }
-// a = f ∘ (s0 on row g, s1 on row g + 8) along M (the consumers' products).
-__device__ __forceinline__ void scale_m(uint32_t (&a)[4], const uint32_t (&f)[4], uint32_t s0, uint32_t s1) {
-  a[0] = bf2_mul(f[0], s0);
-  a[1] = bf2_mul(f[1], s1);
-  a[2] = bf2_mul(f[2], s0);
-  a[3] = bf2_mul(f[3], s1);
-}
 
 // Register rebalancing between the warpgroups (D = 128: three warpgroups launched at 168
 // registers each = 504 per thread slot; producer 152 + two consumers 176 = 504). No-op for D = 64 (two
@@ -179,7 +172,7 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
   using L = QLayout<D>;
   constexpr int KS = D / 16, THREADS = L::THREADS;
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* sm = align1024(smem_raw);
   const bf16* k1s = reinterpret_cast<const bf16*>(sm + L::K1_OFF);
   const bf16* v1s = reinterpret_cast<const bf16*>(sm + L::V1_OFF);
   float* dks = reinterpret_cast<float*>(sm + L::DK_OFF);

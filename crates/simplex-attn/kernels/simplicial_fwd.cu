@@ -15,20 +15,15 @@
 // Pairs outside a row's own windows are masked, so packing queries costs only masked work.
 // Shared memory (f32): k2 TK*(D|1) + v2 TK*Dv + q RB*D + x RB*D + p RB*TK
 //   = 84 KiB at D = Dv = 128, 164 KiB at 256 (dynamic; the launch raises the limit).
-// Registers 104-122, no spills. The launch puts the larger window in window 2 (tiled).
+// Registers 107-122, no spills. The launch puts the larger window in window 2 (tiled).
 // Shared-memory bound: about one shared-memory load per FMA.
-#include "common.cuh"
+#include "core_rows.cuh"
 
 using namespace simplex;
 
 namespace {
 
-constexpr int WARPS = 8;
-constexpr int THREADS = WARPS * WARP;
-constexpr int HI = 2;               // rows per warp
-constexpr int RB = WARPS * HI;      // rows per block
-constexpr int TK = 64;              // window-2 keys per shared-memory tile
-constexpr int KI = TK / WARP;       // keys per lane in the logit step
+using namespace row_block;  // WARPS, THREADS, HI, RB, TK, KI
 
 // CI: Dv <= 32 * CI (the accumulator columns per lane).
 template <typename T, int CI>
@@ -60,51 +55,35 @@ __device__ void fwd(const T* __restrict__ q,   // [B,N,Hq,D]
   };
   auto kv_off = [&](int pos) -> long long { return (long long)(b * N + pos) * Hkv + hkv; };
 
-  for (int idx = threadIdx.x; idx < RB * D; idx += THREADS) {
-    const int rb = idx / D, l = idx - rb * D, r = row0 + rb;
-    qs[idx] = r < row_end ? to_f32(q[q_row(r) * D + l]) * (s.scale * LOG2E) : 0.0f;
-  }
+  stage_rows<THREADS>(qs, D, q, RB, row_end - row0, D, [&](int rb) { return q_row(row0 + rb); },
+                      s.scale * LOG2E);
+  const BlockWindows bw = block_windows(row0, row_end, G, s);
 
-  // The block's union windows (ranges are monotone in i).
-  const int i_first = row0 / G, i_last = (row_end - 1) / G;
-  const int j_lo = window(i_first, s.w1, N, s.causal).lo, j_hi = window(i_last, s.w1, N, s.causal).hi;
-  const int k_lo = window(i_first, s.w2, N, s.causal).lo, k_hi = window(i_last, s.w2, N, s.causal).hi;
-
-  bool valid[HI];
-  Range jr[HI], kr[HI];
+  RowWindows rw[HI];
   float m[HI], lpart[HI], acc[HI][CI];
 #pragma unroll
   for (int hh = 0; hh < HI; ++hh) {
-    const int r = row0 + warp * HI + hh;
-    valid[hh] = r < row_end;
-    const int i = valid[hh] ? r / G : 0;
-    jr[hh] = window(i, s.w1, N, s.causal);
-    kr[hh] = window(i, s.w2, N, s.causal);
+    rw[hh] = row_windows(row0 + warp * HI + hh, row_end, G, s);
     m[hh] = -INFINITY;
     lpart[hh] = 0.0f;
 #pragma unroll
     for (int ci = 0; ci < CI; ++ci) acc[hh][ci] = 0.0f;
   }
 
-  for (int kt = k_lo; kt < k_hi; kt += TK) {
-    const int nk = min(TK, k_hi - kt);
+  for (int kt = bw.k.lo; kt < bw.k.hi; kt += TK) {
+    const int nk = min(TK, bw.k.hi - kt);
     __syncthreads();  // the previous tile is consumed (first pass: qs is staged)
-    for (int idx = threadIdx.x; idx < TK * D; idx += THREADS) {
-      const int kk = idx / D, l = idx - kk * D;
-      k2s[kk * KS + l] = kk < nk ? to_f32(k2[kv_off(kt + kk) * D + l]) : 0.0f;
-    }
-    for (int idx = threadIdx.x; idx < TK * Dv; idx += THREADS) {
-      const int kk = idx / Dv, c = idx - kk * Dv;
-      v2s[idx] = kk < nk ? to_f32(v2[kv_off(kt + kk) * Dv + c]) : 0.0f;
-    }
+    auto key_off = [&](int kk) { return kv_off(kt + kk); };
+    stage_rows<THREADS>(k2s, KS, k2, TK, nk, D, key_off, 1.0f);
+    stage_rows<THREADS>(v2s, Dv, v2, TK, nk, Dv, key_off, 1.0f);
     __syncthreads();
 
-    for (int j = j_lo; j < j_hi; ++j) {
+    for (int j = bw.j.lo; j < bw.j.hi; ++j) {
       bool act[HI];
       bool any = false;
 #pragma unroll
       for (int hh = 0; hh < HI; ++hh) {
-        act[hh] = valid[hh] && j >= jr[hh].lo && j < jr[hh].hi && kr[hh].lo < kt + nk && kr[hh].hi > kt;
+        act[hh] = pairs_in_tile(rw[hh], j, kt, nk);
         any |= act[hh];
       }
       if (!any) continue;  // warp-uniform: row metadata is the same in every lane
@@ -113,8 +92,7 @@ __device__ void fwd(const T* __restrict__ q,   // [B,N,Hq,D]
 #pragma unroll
       for (int hh = 0; hh < HI; ++hh) {
         const int rb = warp * HI + hh;
-        if (act[hh])
-          for (int l = lane; l < D; l += WARP) xs[rb * D + l] = qs[rb * D + l] * to_f32(k1j[l]);
+        if (act[hh]) warp_mul_row(xs + rb * D, qs + rb * D, k1j, D, lane);
       }
       __syncwarp();
 
@@ -123,17 +101,7 @@ __device__ void fwd(const T* __restrict__ q,   // [B,N,Hq,D]
       for (int hh = 0; hh < HI; ++hh)
 #pragma unroll
         for (int ki = 0; ki < KI; ++ki) sc[hh][ki] = 0.0f;
-      for (int l = 0; l < D; ++l) {
-        float kv[KI];
-#pragma unroll
-        for (int ki = 0; ki < KI; ++ki) kv[ki] = k2s[(lane + WARP * ki) * KS + l];
-#pragma unroll
-        for (int hh = 0; hh < HI; ++hh) {
-          const float x = xs[(warp * HI + hh) * D + l];
-#pragma unroll
-          for (int ki = 0; ki < KI; ++ki) sc[hh][ki] = fmaf(x, kv[ki], sc[hh][ki]);
-        }
-      }
+      rows_dot_keys<HI, KI>(sc, xs + warp * HI * D, D, k2s, KS, lane);
 
       float alpha[HI];
 #pragma unroll
@@ -144,7 +112,7 @@ __device__ void fwd(const T* __restrict__ q,   // [B,N,Hq,D]
 #pragma unroll
         for (int ki = 0; ki < KI; ++ki) {
           const int k = kt + lane + WARP * ki;
-          if (!(k >= kr[hh].lo && k < kr[hh].hi)) sc[hh][ki] = -INFINITY;
+          if (!(k >= rw[hh].k.lo && k < rw[hh].k.hi)) sc[hh][ki] = -INFINITY;
           tmax = fmaxf(tmax, sc[hh][ki]);
         }
         tmax = warp_max(tmax);  // finite: the tile meets this row's window 2
@@ -163,24 +131,7 @@ __device__ void fwd(const T* __restrict__ q,   // [B,N,Hq,D]
       __syncwarp();
 
       float t[HI][CI];
-#pragma unroll
-      for (int hh = 0; hh < HI; ++hh)
-#pragma unroll
-        for (int ci = 0; ci < CI; ++ci) t[hh][ci] = 0.0f;
-      for (int kk = 0; kk < nk; ++kk) {
-        float vv[CI];
-#pragma unroll
-        for (int ci = 0; ci < CI; ++ci) {
-          const int c = lane + WARP * ci;
-          vv[ci] = c < Dv ? v2s[kk * Dv + c] : 0.0f;
-        }
-#pragma unroll
-        for (int hh = 0; hh < HI; ++hh) {
-          const float p = ps[(warp * HI + hh) * TK + kk];
-#pragma unroll
-          for (int ci = 0; ci < CI; ++ci) t[hh][ci] = fmaf(p, vv[ci], t[hh][ci]);
-        }
-      }
+      weigh_tile<HI, CI, TK>(t, ps + warp * HI * TK, nk, v2s, Dv, Dv, lane);
       const T* v1j = v1 + kv_off(j) * Dv;
 #pragma unroll
       for (int ci = 0; ci < CI; ++ci) {
@@ -195,7 +146,7 @@ __device__ void fwd(const T* __restrict__ q,   // [B,N,Hq,D]
 
 #pragma unroll
   for (int hh = 0; hh < HI; ++hh) {
-    if (!valid[hh]) continue;  // warp-uniform
+    if (!rw[hh].valid) continue;  // warp-uniform
     const int r = row0 + warp * HI + hh;
     const float l = warp_sum(lpart[hh]);
     const float inv = 1.0f / l;

@@ -58,7 +58,7 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
   constexpr int KT = TK * D * 2;  // one K2 (or V2) tile: NA swizzled atoms of TK x 128 B
   constexpr int JS = D + 8;       // padded window-1 row, elements
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* sm = align1024(smem_raw);
   const int jcap = partner_positions(s);
   const bf16* k1_s = reinterpret_cast<const bf16*>(sm + 4 * KT);
   const bf16* v1_s = k1_s + jcap * JS;

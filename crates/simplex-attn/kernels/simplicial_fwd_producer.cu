@@ -141,7 +141,7 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
   constexpr int KS = D / 16;   // k-steps of the logits
   constexpr int NA = DV / 64;  // 64-column blocks of O
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* sm = align1024(smem_raw);
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
   const int b = blockIdx.z, kv = blockIdx.y;

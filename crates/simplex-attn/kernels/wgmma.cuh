@@ -1,5 +1,6 @@
 // Hopper warpgroup pieces shared by the wgmma kernels (simplicial_fwd_wgmma.cu,
-// simplicial_bwd_wgmma.cu): 128-byte-swizzled operand layout and its descriptor, wgmma
+// simplicial_bwd_wgmma.cu and the others that include it): the 1024-byte shared-memory
+// alignment and the 128-byte-swizzled operand layout with its descriptor, wgmma
 // m64n64k16 with the A operand in registers, the fences around it, named barriers.
 #pragma once
 
@@ -18,6 +19,13 @@ __device__ __forceinline__ uint64_t desc_at(uint32_t lo, uint32_t offset) {
   return (static_cast<uint64_t>(0x40000040u) << 32) | (lo + (offset >> 4));
 }
 __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) { return desc_at(desc_lo(addr), 0); }
+
+// The first 1024-byte boundary at or past p: where 128-byte-swizzled tiles may start (the swizzle
+// pattern repeats every 8 rows of 128 bytes, and the dynamic shared memory base is only 16-byte
+// aligned).
+__device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
+  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 1023) & ~uintptr_t(1023));
+}
 
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128B-swizzled atom.
 __device__ __forceinline__ uint32_t sw128(int row, int chunk) {

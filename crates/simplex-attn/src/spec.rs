@@ -138,7 +138,7 @@ impl AttnSpec {
 
     /// The scale used for head dim `d`.
     pub fn scale_for(&self, d: usize) -> f64 {
-        self.scale.unwrap_or(1.0 / (d as f64).sqrt())
+        scale_for(self.scale, d)
     }
 
     /// Checks the options alone (windows, scale), independent of shapes.
@@ -150,13 +150,7 @@ impl AttnSpec {
                 )));
             }
         }
-        if let Some(s) = self.scale {
-            if !s.is_finite() || s == 0.0 {
-                return Err(AttnError::Config(format!(
-                    "scale = {s}: the softmax scale must be finite and non-zero"
-                )));
-            }
-        }
+        check_scale(self.scale)?;
         for (name, b) in [("k2_bias", self.k2_bias), ("v2_bias", self.v2_bias)] {
             if !b.is_finite() {
                 return Err(AttnError::Config(format!("{name} = {b}: must be finite")));
@@ -365,6 +359,21 @@ impl Windows {
         (0..self.n)
             .map(|i| (self.range1(i).len() * self.range2(i).len()) as u64)
             .sum()
+    }
+}
+
+/// The softmax scale: `scale` when set, else `1/sqrt(d)` (both attention kinds' default).
+pub(crate) fn scale_for(scale: Option<f64>, d: usize) -> f64 {
+    scale.unwrap_or(1.0 / (d as f64).sqrt())
+}
+
+/// A set softmax scale must be finite and non-zero.
+pub(crate) fn check_scale(scale: Option<f64>) -> Result<(), AttnError> {
+    match scale {
+        Some(s) if !s.is_finite() || s == 0.0 => Err(AttnError::Config(format!(
+            "scale = {s}: the softmax scale must be finite and non-zero"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -126,6 +126,7 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
             forward_flops: s.forward_flops(),
             forward_s: r.forward_s,
             forward_backward_s: r.forward_backward_s,
+            forward_backward_direct_s: r.forward_backward_direct_s,
             reps: r.reps,
         };
         json.push(row.print(&a.device, div, ceiling));
@@ -156,6 +157,7 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
             forward_flops: s.forward_flops(),
             forward_s: r.forward_s,
             forward_backward_s: r.forward_backward_s,
+            forward_backward_direct_s: r.forward_backward_direct_s,
             reps: r.reps,
         };
         json.push(row.print(&a.device, div, ceiling));
@@ -176,6 +178,8 @@ struct Row<'a> {
     forward_flops: f64,
     forward_s: f64,
     forward_backward_s: f64,
+    /// Forward+backward outside autograd (NaN where not measured).
+    forward_backward_direct_s: f64,
     reps: usize,
 }
 
@@ -196,9 +200,18 @@ impl Row<'_> {
             100.0 * fbr / ceiling,
             self.config
         );
+        if self.forward_backward_direct_s.is_finite() {
+            println!(
+                "#   outside autograd (a layer with a written-out backward): f+b {:.3} ms, {:.2}",
+                self.forward_backward_direct_s * 1e3,
+                FORWARD_BACKWARD_FLOPS * self.forward_flops / self.forward_backward_direct_s / div
+            );
+        }
+        let direct = Some(self.forward_backward_direct_s).filter(|t| t.is_finite());
         serde_json::json!({
             "name": self.name, "config": self.config, "device": device,
             "forward_s": self.forward_s, "forward_backward_s": self.forward_backward_s,
+            "forward_backward_direct_s": direct,
             "forward_flops": self.forward_flops, "forward_rate": fr, "forward_backward_rate": fbr,
             "matmul_rate": ceiling, "reps": self.reps,
         })

@@ -1,4 +1,5 @@
-//! `simplex attn run` end to end: outputs against the float64 oracle, and bad input.
+//! `simplex attn run` end to end: outputs against the float64 oracle, and bad input; `simplex
+//! bench attn` on the CPU.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -196,4 +197,47 @@ fn tempdir() -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+#[test]
+fn bench_attn_times_both_backward_paths_on_the_cpu() {
+    let dir = tempdir();
+    let json = dir.join("bench.jsonl");
+    let (ok, out) = simplex(&[
+        "bench",
+        "attn",
+        "--shape",
+        "b=1,n=24,hq=2,hkv=1,d=8,w1=4,w2=3,dtype=f32",
+        "--shape",
+        "b=1,n=24,hq=2,hkv=1,d=6,w1=4,w2=3,dtype=f32,variant=det",
+        "--reps",
+        "1",
+        "--seconds",
+        "0",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]);
+    assert!(ok, "{out}");
+    // the trilinear row is timed outside autograd too; the determinant lift needs autograd
+    assert_eq!(out.matches("outside autograd").count(), 1, "{out}");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&json)
+        .expect("bench json")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let direct = rows[0]["forward_backward_direct_s"].as_f64();
+    assert!(direct.is_some_and(|t| t > 0.0), "{:?}", rows[0]);
+    assert!(
+        rows[1]["forward_backward_direct_s"].is_null(),
+        "{:?}",
+        rows[1]
+    );
+    for row in &rows {
+        let t = row["forward_backward_s"].as_f64();
+        assert!(t.is_some_and(|t| t > 0.0), "{row:?}");
+    }
+    let (ok, out) = simplex(&["bench", "attn", "--shape", "b=1,n=24,hq=2,d=8,w1=4"]);
+    assert!(!ok && out.contains("hkv"), "{out}");
+    std::fs::remove_dir_all(&dir).ok();
 }

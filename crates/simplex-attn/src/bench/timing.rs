@@ -8,7 +8,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
 
 use super::BenchShape;
-use crate::{simplicial_attn, AttnError};
+use crate::{simplicial_attn, AttnError, SimplicialAttnCall};
 
 /// Forward+backward FLOPs per forward FLOP (FlashAttention's convention: backward = 2.5x).
 pub const FORWARD_BACKWARD_FLOPS: f64 = 3.5;
@@ -22,6 +22,11 @@ pub struct BenchResult {
     pub forward_s: f64,
     /// Median forward+backward time, seconds (NaN when not measured).
     pub forward_backward_s: f64,
+    /// Median forward+backward time outside autograd, seconds: [`SimplicialAttnCall`]'s
+    /// forward and backward, the path a layer with a written-out backward takes (no gradient
+    /// accumulation by candle). NaN when not measured or when the call needs autograd (the
+    /// determinant lift, biases, padded head dims).
+    pub forward_backward_direct_s: f64,
     /// Timed repetitions of each.
     pub reps: usize,
 }
@@ -76,7 +81,7 @@ pub fn time_it(
 }
 
 /// Runs one shape on `device`: forward alone, then (unless `forward_only`) forward+backward
-/// through autograd.
+/// through autograd and outside it.
 pub fn run_shape(
     s: &BenchShape,
     device: &Device,
@@ -104,6 +109,7 @@ pub fn run_shape(
             shape: s.clone(),
             forward_s,
             forward_backward_s: f64::NAN,
+            forward_backward_direct_s: f64::NAN,
             reps,
         });
     }
@@ -117,10 +123,28 @@ pub fn run_shape(
         },
         &sync,
     )?;
+    let direct = |q: &Tensor| SimplicialAttnCall::forward(q, &k1, &k2, &v1, &v2, &s.spec);
+    let forward_backward_direct_s = if direct(&q)?.is_some() {
+        time_it(
+            min_reps,
+            min_seconds,
+            || {
+                if let Some(call) = direct(&q)? {
+                    call.backward(&dout)?;
+                }
+                Ok(())
+            },
+            &sync,
+        )?
+        .0
+    } else {
+        f64::NAN
+    };
     Ok(BenchResult {
         shape: s.clone(),
         forward_s,
         forward_backward_s,
+        forward_backward_direct_s,
         reps,
     })
 }

@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::{dot_attn, dot_attn_slow, DotSpec};
+use super::{dot_attn, dot_attn_slow, DotAttnCall, DotSpec};
 use crate::bench::{backward_from, time_it};
 use crate::AttnError;
 
@@ -152,6 +152,10 @@ pub struct DotBenchResult {
     pub forward_s: f64,
     /// Median forward+backward time, seconds (NaN when not measured).
     pub forward_backward_s: f64,
+    /// Median forward+backward time outside autograd, seconds: [`DotAttnCall`]'s forward and
+    /// backward, the path a layer with a written-out backward takes (no gradient accumulation by
+    /// candle). NaN when not measured and for the composed (slow) rows.
+    pub forward_backward_direct_s: f64,
     /// Timed repetitions of the forward.
     pub reps: usize,
 }
@@ -204,10 +208,25 @@ pub fn run_shape(
         )?
         .0
     };
+    let forward_backward_direct_s = if forward_only || s.imp == DotImpl::Slow {
+        f64::NAN
+    } else {
+        time_it(
+            min_reps,
+            min_seconds,
+            || {
+                DotAttnCall::forward(&q, &k, &v, &s.spec)?.backward(&dout)?;
+                Ok(())
+            },
+            &sync,
+        )?
+        .0
+    };
     Ok(DotBenchResult {
         shape: s.clone(),
         forward_s,
         forward_backward_s,
+        forward_backward_direct_s,
         reps,
     })
 }

@@ -85,7 +85,7 @@ impl DotSpec {
 
     /// The scale used for head dim `d`.
     pub fn scale_for(&self, d: usize) -> f64 {
-        self.scale.unwrap_or(1.0 / (d as f64).sqrt())
+        crate::spec::scale_for(self.scale, d)
     }
 
     /// Checks the options alone (window, scale), independent of shapes.
@@ -95,13 +95,7 @@ impl DotSpec {
                 "window = 0: a window must be at least 1".into(),
             ));
         }
-        if let Some(s) = self.scale {
-            if !s.is_finite() || s == 0.0 {
-                return Err(AttnError::Config(format!(
-                    "scale = {s}: the softmax scale must be finite and non-zero"
-                )));
-            }
-        }
+        crate::spec::check_scale(self.scale)?;
         Ok(())
     }
 

@@ -22,6 +22,7 @@
 //! f32. Every op wants contiguous inputs and makes them so.
 
 pub mod adamw;
+mod attention_layer;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 mod heads;
@@ -30,12 +31,14 @@ mod norm;
 mod swiglu;
 mod xent;
 
+pub use attention_layer::{
+    attention_layer_grads, dot_attention_layer, dot_attention_layer_saved,
+    dot_attention_layer_twin, simplicial_attention_layer_saved, AttentionLayerSaved, DotLayer,
+};
 pub use heads::{split_heads, split_heads_twin, HeadPart, RopeTables};
 pub(crate) use layers::unwrap_storage;
 pub use layers::{
-    attention_layer_grads, dot_attention_layer, dot_attention_layer_saved,
-    dot_attention_layer_twin, project, simplicial_attention_layer_saved, swiglu_mlp,
-    swiglu_mlp_grads, swiglu_mlp_saved, swiglu_mlp_twin, AttentionLayerSaved, DotLayer, MlpSaved,
+    project, swiglu_mlp, swiglu_mlp_grads, swiglu_mlp_saved, swiglu_mlp_twin, MlpSaved,
 };
 pub use norm::{
     add_rms_norm, add_rms_norm_twin, rms_norm, rms_norm_grads, rms_norm_saved, rms_norm_twin,

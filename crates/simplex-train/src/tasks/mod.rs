@@ -28,14 +28,12 @@ use crate::rng::SplitMix64;
 use crate::{Result, TrainError};
 
 pub mod compose;
-pub mod match2;
-pub mod match3;
+pub mod matching;
 pub mod metrics;
 pub mod relation;
 
 pub use compose::Compose;
-pub use match2::Match2;
-pub use match3::Match3;
+pub use matching::{Match2, Match3, MatchSum};
 pub use metrics::{exact_match, token_accuracy, Score};
 pub use relation::Relation;
 
