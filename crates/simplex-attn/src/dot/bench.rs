@@ -194,34 +194,20 @@ pub fn run_shape(
     };
     let sync = || -> Result<(), AttnError> { Ok(device.synchronize()?) };
     let (forward_s, reps) = time_it(min_reps, min_seconds, || attend().map(|_| ()), &sync)?;
-    let forward_backward_s = if forward_only {
-        f64::NAN
-    } else {
-        time_it(
-            min_reps,
-            min_seconds,
-            || {
-                backward_from(&attend()?, &dout)?;
-                Ok(())
-            },
-            &sync,
-        )?
-        .0
+    // the median of `f` when `on`, else NaN
+    let timed = |on: bool, f: &mut dyn FnMut() -> Result<(), AttnError>| match on {
+        true => time_it(min_reps, min_seconds, f, &sync).map(|(t, _)| t),
+        false => Ok(f64::NAN),
     };
-    let forward_backward_direct_s = if forward_only || s.imp == DotImpl::Slow {
-        f64::NAN
-    } else {
-        time_it(
-            min_reps,
-            min_seconds,
-            || {
-                DotAttnCall::forward(&q, &k, &v, &s.spec)?.backward(&dout)?;
-                Ok(())
-            },
-            &sync,
-        )?
-        .0
-    };
+    let forward_backward_s = timed(!forward_only, &mut || {
+        backward_from(&attend()?, &dout)?;
+        Ok(())
+    })?;
+    let direct = !forward_only && s.imp == DotImpl::Fused;
+    let forward_backward_direct_s = timed(direct, &mut || {
+        DotAttnCall::forward(&q, &k, &v, &s.spec)?.backward(&dout)?;
+        Ok(())
+    })?;
     Ok(DotBenchResult {
         shape: s.clone(),
         forward_s,
