@@ -35,10 +35,10 @@ pub struct AttnBenchArgs {
     #[arg(long)]
     pub only: Option<String>,
     /// Minimum seconds of timing per measurement.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
     pub seconds: f64,
     /// Minimum timed repetitions per measurement.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = parse_reps)]
     pub reps: usize,
     /// Time the forward only.
     #[arg(long)]
@@ -56,6 +56,22 @@ pub struct AttnBenchArgs {
     /// `dtype=f32` (default bf16), windows may be `all`. Rows are named shape-1, shape-2, ...
     #[arg(long = "shape", value_name = "KEY=VALUE,...")]
     pub shapes: Vec<String>,
+}
+
+/// `--seconds`: a finite number of seconds, at least 0.
+pub(crate) fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        _ => Err(format!("{text:?} is not a finite number of seconds >= 0")),
+    }
+}
+
+/// `--reps`: at least one timed repetition.
+pub(crate) fn parse_reps(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a count of at least 1")),
+    }
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {

@@ -239,5 +239,9 @@ fn bench_attn_times_both_backward_paths_on_the_cpu() {
     }
     let (ok, out) = simplex(&["bench", "attn", "--shape", "b=1,n=24,hq=2,d=8,w1=4"]);
     assert!(!ok && out.contains("hkv"), "{out}");
+    for (flag, value) in [("--seconds", "nan"), ("--seconds", "-1"), ("--reps", "0")] {
+        let (ok, out) = simplex(&["bench", "attn", flag, value]);
+        assert!(!ok && out.contains(flag), "{flag} {value}: {out}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

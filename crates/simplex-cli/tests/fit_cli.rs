@@ -90,4 +90,6 @@ fn bad_results_file_is_an_error_naming_line_and_column() {
     let (ok, _, stderr) = simplex(&["fit", "no-such-results.csv"]);
     assert!(!ok);
     assert!(stderr.contains("no-such-results.csv"), "{stderr}");
+    // the OS's reason once, not again as the error's source
+    assert_eq!(stderr.matches("(os error").count(), 1, "{stderr}");
 }

@@ -102,4 +102,11 @@ fn bench_moe_runs_on_the_cpu_and_checks_its_flags() {
     }
     let (ok, _, stderr) = simplex(&["bench", "moe", "--experts", "2", "--top-k", "3"]);
     assert!(!ok && stderr.contains("--top-k"), "{stderr}");
+    let (ok, _, stderr) = simplex(&["bench", "moe", "--experts", "0"]);
+    assert!(
+        !ok && stderr.contains("--experts must be at least 1"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = simplex(&["bench", "moe", "--seconds", "-1"]);
+    assert!(!ok && stderr.contains("--seconds"), "{stderr}");
 }

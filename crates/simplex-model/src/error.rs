@@ -15,7 +15,7 @@ pub enum ConfigError {
     },
     /// The TOML does not parse, or has unknown keys or wrong types (the message has the line).
     #[error("config TOML: {0}")]
-    Parse(#[from] toml::de::Error),
+    Parse(toml::de::Error),
     /// Required keys are absent (all of them listed, dotted for sections: `simplicial.w1`).
     #[error("config is missing the required key(s) {keys} (`simplex model config` prints a complete config)")]
     Missing {
@@ -24,7 +24,7 @@ pub enum ConfigError {
     },
     /// The config cannot be written as TOML.
     #[error("config TOML: {0}")]
-    Write(#[from] toml::ser::Error),
+    Write(toml::ser::Error),
     /// No preset has that name.
     #[error("unknown preset `{name}`: expected one of {known}")]
     UnknownPreset {
@@ -43,7 +43,7 @@ pub enum ModelError {
     Config(#[from] ConfigError),
     /// An attention op refused its inputs.
     #[error("attention: {0}")]
-    Attn(#[from] simplex_attn::AttnError),
+    Attn(simplex_attn::AttnError),
     /// A bad call: token shape, a cache used past `max_seq_len`, a sampling option.
     #[error("input: {0}")]
     Input(String),
@@ -63,3 +63,23 @@ impl From<ModelError> for candle_core::Error {
 
 /// Result of the model crate.
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+// The wrapped errors are part of the message and not a `source()`: the CLI prints an error's
+// chain, which would repeat their text.
+impl From<toml::de::Error> for ConfigError {
+    fn from(e: toml::de::Error) -> Self {
+        ConfigError::Parse(e)
+    }
+}
+
+impl From<toml::ser::Error> for ConfigError {
+    fn from(e: toml::ser::Error) -> Self {
+        ConfigError::Write(e)
+    }
+}
+
+impl From<simplex_attn::AttnError> for ModelError {
+    fn from(e: simplex_attn::AttnError) -> Self {
+        ModelError::Attn(e)
+    }
+}

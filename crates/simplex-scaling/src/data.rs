@@ -241,10 +241,10 @@ fn csv_error(path: &Path, e: csv::Error) -> FitError {
     let line = e.position().map(csv::Position::line);
     let text = e.to_string();
     let reason = match e.into_kind() {
-        csv::ErrorKind::Io(source) => {
+        csv::ErrorKind::Io(error) => {
             return FitError::Io {
                 path: path.to_path_buf(),
-                source,
+                error,
             }
         }
         csv::ErrorKind::UnequalLengths {

@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum FitError {
     /// Reading or writing a file failed (missing file, permissions, full disk, ...).
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, not a `source()`: the CLI prints the chain, and the
+        /// reason would show twice).
+        error: std::io::Error,
     },
     /// The file is not a CSV table we can read (bad quoting, ragged rows, not UTF-8, ...).
     #[error("{}{}: {reason}", path.display(), line.map(|l| format!(": line {l}")).unwrap_or_default())]
@@ -98,9 +99,9 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: &Path) -> Result<T> {
-        self.map_err(|source| FitError::Io {
+        self.map_err(|error| FitError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     }
 }

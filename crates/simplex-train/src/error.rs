@@ -26,12 +26,13 @@ pub enum TrainError {
         byte: u8,
     },
     /// Reading or writing a file failed (full disk, permissions, ...).
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, not a `source()`: the CLI prints the chain, and the
+        /// reason would show twice).
+        error: std::io::Error,
     },
     /// A training setting with a value that cannot be used.
     #[error("{key} = {value}: {reason}")]
@@ -102,10 +103,10 @@ pub enum TrainError {
 
 impl TrainError {
     /// An I/O error at `path`.
-    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<Path>, error: std::io::Error) -> Self {
         TrainError::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            error,
         }
     }
 

@@ -30,10 +30,10 @@ pub struct MoeBenchArgs {
     #[arg(long)]
     pub dtype: Option<String>,
     /// Minimum seconds of timing per measurement.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::parse_seconds)]
     pub seconds: f64,
     /// Minimum timed repetitions per measurement.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::parse_reps)]
     pub reps: usize,
     /// Also write the rows as JSON lines to this file.
     #[arg(long)]
@@ -57,14 +57,8 @@ pub fn run(a: &MoeBenchArgs) -> Result<()> {
         experts: a.experts,
         top_k: a.top_k,
     };
-    if shape.top_k == 0 || shape.top_k > shape.experts {
-        bail!(
-            "--top-k {} must be in 1..={} (--experts)",
-            shape.top_k,
-            shape.experts
-        );
-    }
     for (flag, v) in [
+        ("--experts", shape.experts),
         ("--tokens", shape.tokens),
         ("--d-model", shape.d_model),
         ("--expert-hidden", shape.hidden),
@@ -72,6 +66,13 @@ pub fn run(a: &MoeBenchArgs) -> Result<()> {
         if v == 0 {
             bail!("{flag} must be at least 1");
         }
+    }
+    if shape.top_k == 0 || shape.top_k > shape.experts {
+        bail!(
+            "--top-k {} must be in 1..={} (--experts)",
+            shape.top_k,
+            shape.experts
+        );
     }
     let (unit, div) = if cuda {
         ("TFLOP/s", 1e12)
