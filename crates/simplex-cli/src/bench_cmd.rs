@@ -136,15 +136,12 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
     let mut json = Vec::new();
     for s in &shapes {
         let r = run_shape(s, &device, a.reps, a.seconds, a.forward_only)?;
-        let row = Row {
-            name: &s.name,
-            config: s.describe(),
-            forward_flops: s.forward_flops(),
-            forward_s: r.forward_s,
-            forward_backward_s: r.forward_backward_s,
-            forward_backward_direct_s: r.forward_backward_direct_s,
-            reps: r.reps,
-        };
+        let times = [
+            r.forward_s,
+            r.forward_backward_s,
+            r.forward_backward_direct_s,
+        ];
+        let row = Row::new(&s.name, s.describe(), s.forward_flops(), times, r.reps);
         json.push(row.print(&a.device, div, ceiling));
         if cuda {
             println!("#   kernels: {}", s.kernels(&limits)?);
@@ -167,15 +164,12 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
     }
     for s in &dot_shapes {
         let r = dot_bench::run_shape(s, &device, a.reps, a.seconds, a.forward_only)?;
-        let row = Row {
-            name: &s.name,
-            config: s.describe(),
-            forward_flops: s.forward_flops(),
-            forward_s: r.forward_s,
-            forward_backward_s: r.forward_backward_s,
-            forward_backward_direct_s: r.forward_backward_direct_s,
-            reps: r.reps,
-        };
+        let times = [
+            r.forward_s,
+            r.forward_backward_s,
+            r.forward_backward_direct_s,
+        ];
+        let row = Row::new(&s.name, s.describe(), s.forward_flops(), times, r.reps);
         json.push(row.print(&a.device, div, ceiling));
         println!("#   kernels: {}", s.kernels(&limits)?);
     }
@@ -199,7 +193,27 @@ struct Row<'a> {
     reps: usize,
 }
 
-impl Row<'_> {
+impl<'a> Row<'a> {
+    /// A row from the forward, forward+backward and forward+backward-outside-autograd times.
+    fn new(
+        name: &'a str,
+        config: String,
+        forward_flops: f64,
+        times: [f64; 3],
+        reps: usize,
+    ) -> Self {
+        let [forward_s, forward_backward_s, forward_backward_direct_s] = times;
+        Row {
+            name,
+            config,
+            forward_flops,
+            forward_s,
+            forward_backward_s,
+            forward_backward_direct_s,
+            reps,
+        }
+    }
+
     /// Prints the row (rates divided by `div`, and as a share of the matrix-product rate
     /// `ceiling`) and returns its JSON record.
     fn print(&self, device: &str, div: f64, ceiling: f64) -> serde_json::Value {
