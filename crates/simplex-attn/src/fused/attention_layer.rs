@@ -7,7 +7,8 @@
 //!                       dqkv = merge + inverse RoPE (dq, dk, dv),  dx = dqkv W_qkv,
 //!                       dW_qkv = dqkv^T x
 //! ```
-//! Why one op: layers.rs says (candle adds every gradient edge into a fresh zero tensor). The forward keeps the heads and the attention output for the backward;
+//! Why one op: layers.rs says (candle adds every gradient edge into a fresh zero tensor). The
+//! forward keeps the heads and the attention output for the backward;
 //! `dot_attention_layer_twin` is the composed version, the reference of the tests.
 
 use candle_core::backend::BackendStorage;
