@@ -279,6 +279,19 @@ fn a_rank_notices_a_dead_peer_without_the_launcher() {
     assert!(t0.elapsed() < Duration::from_secs(30));
 }
 
+/// Two ranks on the CPU, batch 2 each, a checkpoint every 2 updates.
+#[cfg(unix)]
+const TWO_CPU_RANKS_CKPT_2: [&str; 8] = [
+    "--batch-size",
+    "2",
+    "--ckpt-every",
+    "2",
+    "--gpus",
+    "2",
+    "--device",
+    "cpu",
+];
+
 /// Ctrl-C to the launcher: every rank stops after the same update, rank 0 writes a
 /// checkpoint of it, the job ends with status 130.
 #[cfg(unix)]
@@ -286,16 +299,7 @@ fn a_rank_notices_a_dead_peer_without_the_launcher() {
 fn ctrl_c_stops_every_rank_with_a_checkpoint() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("run");
-    let extra = [
-        "--batch-size",
-        "2",
-        "--ckpt-every",
-        "2",
-        "--gpus",
-        "2",
-        "--device",
-        "cpu",
-    ];
+    let extra = TWO_CPU_RANKS_CKPT_2;
     let launcher = spawn(&args(&dir, 5000, &extra), &[]);
     wait_for_checkpoint(&dir);
     // SAFETY: kill(2) on our child
@@ -320,16 +324,7 @@ fn ctrl_c_stops_every_rank_with_a_checkpoint() {
 fn ranks_of_a_dead_launcher_stop_with_a_checkpoint() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("run");
-    let extra = [
-        "--batch-size",
-        "2",
-        "--ckpt-every",
-        "2",
-        "--gpus",
-        "2",
-        "--device",
-        "cpu",
-    ];
+    let extra = TWO_CPU_RANKS_CKPT_2;
     let mut launcher = spawn(&args(&dir, 1_000_000, &extra), &[]);
     wait_for_checkpoint(&dir);
     let ranks: Vec<u32> = (0..2)
