@@ -146,7 +146,7 @@ __device__ __forceinline__ void bwd_k(const bf16* __restrict__ q, const bf16* __
 #pragma unroll
               for (int e = 0; e < 2; ++e) {
                 const bool ok = jok && key[e] < kend && in_window(i, key[e], s.w2, s.causal);
-                const float p = ok ? fast_exp2(sa[n][2 * e + c] * sl2 - l2) : 0.0f;
+                const float p = masked_exp2(ok, sa[n][2 * e + c] * sl2 - l2);
                 pa[n][2 * e + c] = p * (pa[n][2 * e + c] - dd);
                 sa[n][2 * e + c] = p;
               }

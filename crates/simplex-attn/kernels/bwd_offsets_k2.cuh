@@ -217,7 +217,7 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
               const Range jw = window(i, s.w1, N, s.causal), kw = window(i, s.w2, N, s.causal);
               ok = r < N * G && j >= jw.lo && j < jw.hi && key[e] >= kw.lo && key[e] < kw.hi;
             }
-            pv[x] = ok ? fast_exp2(fmaf(sacc[4 * n + x], sl2, -(c ? l2.y : l2.x))) : 0.0f;
+            pv[x] = masked_exp2(ok, fmaf(sacc[4 * n + x], sl2, -(c ? l2.y : l2.x)));
             dsv[x] = s.scale * pv[x] * (dpacc[4 * n + x] - (c ? dl.y : dl.x));
           }
           pack_p_ds(pf, dsf, n, pv, dsv);

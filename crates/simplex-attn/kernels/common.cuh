@@ -69,6 +69,22 @@ __device__ __forceinline__ void warp_row_dot(const T* __restrict__ a, const T* _
   if (lane == 0) out[r] = acc;
 }
 
+// 2^x (approximate, flushes denormals); -inf gives +0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// keep ? 2^x : 0 without a branch: 2^x is computed for every x (ex2 has no side effects, and
+// whatever it gives for a dropped x is discarded) and then selected. Written as `keep ?
+// fast_exp2(x) : 0` the compiler branches around each exponential (it does not speculate inline
+// asm), two branches per element, and cannot stream a fragment's exponentials.
+__device__ __forceinline__ float masked_exp2(bool keep, float x) {
+  const float y = fast_exp2(x);
+  return keep ? y : 0.0f;
+}
+
 // exp2 that maps -inf to 0 without a NaN when both arguments are -inf.
 __device__ __forceinline__ float exp2_diff(float a, float b) {
   return a == -INFINITY ? 0.0f : exp2f(a - b);

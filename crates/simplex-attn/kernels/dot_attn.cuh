@@ -11,7 +11,9 @@
 
 namespace dot {
 
+using simplex::fast_exp2;
 using simplex::LN2;
+using simplex::masked_exp2;
 using simplex::LOG2E;
 using simplex::WARP;
 typedef __nv_bfloat16 bf16;
@@ -57,13 +59,6 @@ __device__ __forceinline__ bool tile_is_full(const DotShape& s, int i0, int i1, 
 }
 
 __device__ __forceinline__ bool sees(const Span& keys, int j) { return j >= keys.lo && j < keys.hi; }
-
-// 2^x with one MUFU instruction; 2^-inf = +0.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));

@@ -160,7 +160,7 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
           for (int x = 0; x < 4; ++x) {
             const int e = x / 2, key = k0 + 8 * nn + 2 * t + x % 2;
             const bool ok = full || (key >= kr[e].lo && key < kr[e].hi);
-            const float p = ok ? fast_exp2(fmaf(sacc[4 * nn + x], sl2, -lr[e])) : 0.0f;
+            const float p = masked_exp2(ok, fmaf(sacc[4 * nn + x], sl2, -lr[e]));
             ds[x] = p * (dpacc[4 * nn + x] - dr[e]);
           }
           dsf[nn / 2][2 * (nn % 2) + 0] = bf2_pack(ds[0], ds[1]);
@@ -354,7 +354,7 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
           for (int x = 0; x < 4; ++x) {
             const int e = x / 2, cc = x % 2, r = r0 + 8 * nn + 2 * t + cc;
             const bool ok = full || (r >= rk[e].lo && r < rk[e].hi);
-            pv[x] = ok ? fast_exp2(fmaf(sacc[4 * nn + x], sl2, -(cc ? l2.y : l2.x) * LOG2E)) : 0.0f;
+            pv[x] = masked_exp2(ok, fmaf(sacc[4 * nn + x], sl2, -(cc ? l2.y : l2.x) * LOG2E));
             dsv[x] = pv[x] * (dpacc[4 * nn + x] - (cc ? dl.y : dl.x));
           }
           offset_walk::pack_p_ds(pf, dsf, nn, pv, dsv);

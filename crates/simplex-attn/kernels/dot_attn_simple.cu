@@ -74,7 +74,7 @@ __device__ void fwd_simple(const T* __restrict__ q,  // [B,Nq,Hq,D]
     const float x = ok ? dot_row(sq, kb + j * kstride, s.d) : -INFINITY;
     const float mnew = fmaxf(m, warp_max(x));  // finite: lane 0 has a key
     const float alpha = fast_exp2(m - mnew);
-    const float p = ok ? fast_exp2(x - mnew) : 0.0f;
+    const float p = masked_exp2(ok, x - mnew);
     l = l * alpha + warp_sum(p);
     m = mnew;
 #pragma unroll

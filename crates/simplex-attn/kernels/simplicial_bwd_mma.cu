@@ -267,7 +267,7 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
             for (int c = 0; c < 2; ++c) {
               const int key = k0 + 8 * n + 2 * t + c;
               const bool ok = jok[e] && in_window(ii[e], key, s.w2, s.causal);
-              const float p = ok ? fast_exp2(sa[n][2 * e + c] * sl2 - lse2[e]) : 0.0f;
+              const float p = masked_exp2(ok, sa[n][2 * e + c] * sl2 - lse2[e]);
               pa[n][2 * e + c] = p * (pa[n][2 * e + c] - dl[e]);
               sa[n][2 * e + c] = p;
             }

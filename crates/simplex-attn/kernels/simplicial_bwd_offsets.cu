@@ -236,7 +236,7 @@ __device__ __forceinline__ void bwd_offsets_qk1(const bf16* __restrict__ q, cons
               const int key = k0 + 8 * n + 2 * t + x % 2;
               ok = pok[e] && key >= kr[e].lo && key < kr[e].hi;
             }
-            pv[x] = ok ? fast_exp2(fmaf(sacc[4 * n + x], sl2, -lse2[e])) : 0.0f;
+            pv[x] = masked_exp2(ok, fmaf(sacc[4 * n + x], sl2, -lse2[e]));
             dv[x] = s.scale * pv[x] * (dpacc[4 * n + x] - delta[e]);
           }
           pack_p_ds(pf, dsf, n, pv, dv);

@@ -231,7 +231,7 @@ __device__ __forceinline__ void bwd_producer_k2(const bf16* __restrict__ q, cons
             for (int x = 0; x < 4; ++x) {
               const int e = x / 2, cc = x % 2;
               const bool ok = inside || kok[e];
-              pv[x] = ok ? fast_exp2(fmaf(sacc[4 * n + x], sl2, -(cc ? l2.y : l2.x))) : 0.0f;
+              pv[x] = masked_exp2(ok, fmaf(sacc[4 * n + x], sl2, -(cc ? l2.y : l2.x)));
               dsv[x] = s.scale * pv[x] * (dpacc[4 * n + x] - (cc ? dl.y : dl.x));
             }
             offset_walk::pack_p_ds(pf, dsf, n, pv, dsv);

@@ -279,7 +279,7 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
             for (int c = 0; c < 2; ++c) {
               const int key = k0 + 8 * n + 2 * t + c, x = 4 * n + 2 * e + c;
               const bool ok = jok && key >= kr[e].lo && key < kr[e].hi;
-              sa[x] = ok ? fast_exp2(sa[x] * sl2 - lse2[e]) : 0.0f;
+              sa[x] = masked_exp2(ok, sa[x] * sl2 - lse2[e]);
             }
         }
       }
