@@ -55,6 +55,25 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
+// The rows a CTA of a (non-persistent) row-block kernel takes (the forwards, the CUDA-core dq):
+// rows [row0, row0 + cta_rows) of the [N G] row space of its (batch, K/V head) (row r is query r / G; blockIdx.x counts the row
+// blocks), nrows = N G, and the unions JU, KU of those queries' windows 1 and 2.
+struct CtaRows {
+  int row0, nrows;
+  Range JU, KU;
+};
+__device__ __forceinline__ CtaRows cta_rows(const Shape& s, int G, int cta_rows) {
+  const int N = s.seq;
+  CtaRows c;
+  c.row0 = blockIdx.x * cta_rows;
+  c.nrows = N * G;
+  const int row_last = min(c.row0 + cta_rows, c.nrows) - 1;
+  const int i_first = c.row0 / G, i_last = row_last / G;
+  c.JU = {window(i_first, s.w1, N, s.causal).lo, window(i_last, s.w1, N, s.causal).hi};
+  c.KU = {window(i_first, s.w2, N, s.causal).lo, window(i_last, s.w2, N, s.causal).hi};
+  return c;
+}
+
 // out[r] = sum_{c < n} a[r * n + c] * b[r * n + c] for the calling warp's row r, r < rows (the
 // backward's delta = o . dout, one warp per row).
 // I: the row index type (int where the launch checks rows < 2^31).

@@ -1,6 +1,7 @@
 // The steps the CUDA-core 2-simplicial kernels share (simplicial_fwd.cu, simplicial_bwd_dq.cu,
-// simplicial_bwd_dkv.cu): staging rows into shared memory as f32, a block of query-major rows and
-// its windows, and the two warp-level products of the j loop.
+// simplicial_bwd_dkv.cu): staging rows into shared memory as f32, a row's windows, and the two
+// warp-level products of the j loop (a block's rows and their union windows: `cta_rows`,
+// common.cuh).
 //
 // Rows: r = i * G + h of one batch and K/V head (query-major, so a block of consecutive rows is
 // the G heads of one query, or several whole queries when G is small). A warp owns HI rows; lane
@@ -43,17 +44,6 @@ __device__ __forceinline__ RowWindows row_windows(int r, int row_end, int G, con
   const bool valid = r < row_end;
   const int i = valid ? r / G : 0;
   return {valid, window(i, s.w1, s.seq, s.causal), window(i, s.w2, s.seq, s.causal)};
-}
-
-// The union windows of the rows [row0, row_end): windows are monotone in i, so the first and the
-// last query bound them.
-struct BlockWindows {
-  Range j, k;
-};
-__device__ __forceinline__ BlockWindows block_windows(int row0, int row_end, int G, const Shape& s) {
-  const int i_first = row0 / G, i_last = (row_end - 1) / G;
-  return {{window(i_first, s.w1, s.seq, s.causal).lo, window(i_last, s.w1, s.seq, s.causal).hi},
-          {window(i_first, s.w2, s.seq, s.causal).lo, window(i_last, s.w2, s.seq, s.causal).hi}};
 }
 
 // Whether the row pairs key j of window 1 with some key of the tile [kt, kt + nk) of window 2.

@@ -180,25 +180,6 @@ __device__ __forceinline__ void pack_p_ds(uint32_t (&pf)[TK / 16][4], uint32_t (
   dsf[n / 2][2 * (n % 2) + 1] = bf2_pack(dv[2], dv[3]);
 }
 
-// The rows a CTA of a (non-persistent) forward kernel takes: rows [row0, row0 + cta_rows) of the
-// [N G] row space of its (batch, K/V head) (row r is query r / G; blockIdx.x counts the row
-// blocks), nrows = N G, and the unions JU, KU of those queries' windows 1 and 2.
-struct CtaRows {
-  int row0, nrows;
-  Range JU, KU;
-};
-__device__ __forceinline__ CtaRows cta_rows(const Shape& s, int G, int cta_rows) {
-  const int N = s.seq;
-  CtaRows c;
-  c.row0 = blockIdx.x * cta_rows;
-  c.nrows = N * G;
-  const int row_last = min(c.row0 + cta_rows, c.nrows) - 1;
-  const int i_first = c.row0 / G, i_last = row_last / G;
-  c.JU = {window(i_first, s.w1, N, s.causal).lo, window(i_last, s.w1, N, s.causal).hi};
-  c.KU = {window(i_first, s.w2, N, s.causal).lo, window(i_last, s.w2, N, s.causal).hi};
-  return c;
-}
-
 // The windows of the thread's rows r = rbase + 16 warp + g + 8 e (e = 0, 1) of a [N G] row
 // space (row r is query r / G): ok[e] = r < nrows, the query i[e] (0 past the rows), its
 // window 1 jr[e] (empty past the rows) and window 2 kr[e].

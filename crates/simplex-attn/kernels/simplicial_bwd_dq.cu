@@ -13,7 +13,7 @@
 // shared memory), for each j of window 1: x = q ∘ k1[j], y = dout ∘ v1[j] (per warp),
 // logits x·k2 and dP = y·v2 (lane = key), dS, t = dS @ k2_tile, dq += k1[j] ∘ t.
 // Shared memory (f32): k2 TK*(D|1) + v2 TK*(Dv|1) + q, x RB*D + dout, y RB*Dv + dS RB*TK
-//   = 100 KiB at D = Dv = 128, 196 KiB at 256. Registers 110-128, no spills.
+//   = 100 KiB at D = Dv = 128, 196 KiB at 256. Registers 116-128, no spills.
 // Deterministic (no atomics). The launch puts the larger window in window 2 (tiled).
 // When it runs, speed: docs/kernels.md.
 #include "core_rows.cuh"
@@ -42,8 +42,8 @@ __device__ void dq_kernel(const T* __restrict__ q,        // [B,N,Hq,D]
   const int KS = D | 1, VS = Dv | 1;  // odd strides: conflict-free column reads
   const int b = blockIdx.z, hkv = blockIdx.y;
   const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-  const int row0 = blockIdx.x * RB;
-  const int row_end = min(row0 + RB, N * G);
+  const CtaRows cr = cta_rows(s, G, RB);  // the block's rows and their union windows
+  const int row0 = cr.row0, row_end = min(row0 + RB, cr.nrows);
 
   float* k2s = smem;            // [TK][KS]
   float* v2s = k2s + TK * KS;   // [TK][VS]
@@ -59,7 +59,6 @@ __device__ void dq_kernel(const T* __restrict__ q,        // [B,N,Hq,D]
   auto q_row_of = [&](int rb) { return q_row(row0 + rb); };
   stage_rows<THREADS>(qs, D, q, RB, row_end - row0, D, q_row_of, s.scale * LOG2E);
   stage_rows<THREADS>(dos, Dv, dout, RB, row_end - row0, Dv, q_row_of, 1.0f);
-  const BlockWindows bw = block_windows(row0, row_end, G, s);
 
   RowWindows rw[HI];
   float lse2[HI], dl[HI], acc[HI][CL];
@@ -73,15 +72,15 @@ __device__ void dq_kernel(const T* __restrict__ q,        // [B,N,Hq,D]
     for (int cl = 0; cl < CL; ++cl) acc[hh][cl] = 0.0f;
   }
 
-  for (int kt = bw.k.lo; kt < bw.k.hi; kt += TK) {
-    const int nk = min(TK, bw.k.hi - kt);
+  for (int kt = cr.KU.lo; kt < cr.KU.hi; kt += TK) {
+    const int nk = min(TK, cr.KU.hi - kt);
     __syncthreads();  // the previous tile is consumed (first pass: q, dout are staged)
     auto key_row = [&](int kk) { return kv_row(kt + kk); };
     stage_rows<THREADS>(k2s, KS, k2, TK, nk, D, key_row, 1.0f);
     stage_rows<THREADS>(v2s, VS, v2, TK, nk, Dv, key_row, 1.0f);
     __syncthreads();
 
-    for (int j = bw.j.lo; j < bw.j.hi; ++j) {
+    for (int j = cr.JU.lo; j < cr.JU.hi; ++j) {
       bool act[HI];
       bool any = false;
 #pragma unroll

@@ -41,8 +41,8 @@ __device__ void fwd(const T* __restrict__ q,   // [B,N,Hq,D]
   const int KS = D | 1;  // odd row stride: lanes reading one column of k2 hit distinct banks
   const int b = blockIdx.z, hkv = blockIdx.y;
   const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-  const int row0 = blockIdx.x * RB;
-  const int row_end = min(row0 + RB, N * G);
+  const CtaRows cr = cta_rows(s, G, RB);  // the block's rows and their union windows
+  const int row0 = cr.row0, row_end = min(row0 + RB, cr.nrows);
 
   float* k2s = smem;              // [TK][KS]
   float* v2s = k2s + TK * KS;     // [TK][Dv]
@@ -57,7 +57,6 @@ __device__ void fwd(const T* __restrict__ q,   // [B,N,Hq,D]
 
   stage_rows<THREADS>(qs, D, q, RB, row_end - row0, D, [&](int rb) { return q_row(row0 + rb); },
                       s.scale * LOG2E);
-  const BlockWindows bw = block_windows(row0, row_end, G, s);
 
   RowWindows rw[HI];
   float m[HI], lpart[HI], acc[HI][CI];
@@ -70,15 +69,15 @@ __device__ void fwd(const T* __restrict__ q,   // [B,N,Hq,D]
     for (int ci = 0; ci < CI; ++ci) acc[hh][ci] = 0.0f;
   }
 
-  for (int kt = bw.k.lo; kt < bw.k.hi; kt += TK) {
-    const int nk = min(TK, bw.k.hi - kt);
+  for (int kt = cr.KU.lo; kt < cr.KU.hi; kt += TK) {
+    const int nk = min(TK, cr.KU.hi - kt);
     __syncthreads();  // the previous tile is consumed (first pass: qs is staged)
     auto key_off = [&](int kk) { return kv_off(kt + kk); };
     stage_rows<THREADS>(k2s, KS, k2, TK, nk, D, key_off, 1.0f);
     stage_rows<THREADS>(v2s, Dv, v2, TK, nk, Dv, key_off, 1.0f);
     __syncthreads();
 
-    for (int j = bw.j.lo; j < bw.j.hi; ++j) {
+    for (int j = cr.JU.lo; j < cr.JU.hi; ++j) {
       bool act[HI];
       bool any = false;
 #pragma unroll
