@@ -16,7 +16,7 @@ mod timing;
 
 use candle_core::DType;
 
-pub(crate) use timing::backward_from;
+pub(crate) use timing::{backward_from, time_if};
 pub use timing::{
     candle_matmul_rate, cpu_gemm_rate, median, run_shape, time_it, BenchResult,
     FORWARD_BACKWARD_FLOPS,

@@ -80,6 +80,21 @@ pub fn time_it(
     Ok((median(samples), n))
 }
 
+/// [`time_it`]'s median of `f` when `on`, else NaN (a measurement not taken).
+pub(crate) fn time_if(
+    on: bool,
+    min_reps: usize,
+    min_seconds: f64,
+    sync: &dyn Fn() -> Result<(), AttnError>,
+    f: impl FnMut() -> Result<(), AttnError>,
+) -> Result<f64, AttnError> {
+    if on {
+        Ok(time_it(min_reps, min_seconds, f, sync)?.0)
+    } else {
+        Ok(f64::NAN)
+    }
+}
+
 /// Runs one shape on `device`: forward alone, then (unless `forward_only`) forward+backward
 /// through autograd and outside it.
 pub fn run_shape(
@@ -104,42 +119,19 @@ pub fn run_shape(
         || simplicial_attn(&q, &k1, &k2, &v1, &v2, &s.spec).map(|_| ()),
         &sync,
     )?;
-    if forward_only {
-        return Ok(BenchResult {
-            shape: s.clone(),
-            forward_s,
-            forward_backward_s: f64::NAN,
-            forward_backward_direct_s: f64::NAN,
-            reps,
-        });
-    }
-    let (forward_backward_s, _) = time_it(
-        min_reps,
-        min_seconds,
-        || {
-            let o = simplicial_attn(&q, &k1, &k2, &v1, &v2, &s.spec)?.o;
-            backward_from(&o, &dout)?;
-            Ok(())
-        },
-        &sync,
-    )?;
+    let forward_backward_s = time_if(!forward_only, min_reps, min_seconds, &sync, || {
+        let o = simplicial_attn(&q, &k1, &k2, &v1, &v2, &s.spec)?.o;
+        backward_from(&o, &dout)?;
+        Ok(())
+    })?;
     let direct = |q: &Tensor| SimplicialAttnCall::forward(q, &k1, &k2, &v1, &v2, &s.spec);
-    let forward_backward_direct_s = if direct(&q)?.is_some() {
-        time_it(
-            min_reps,
-            min_seconds,
-            || {
-                if let Some(call) = direct(&q)? {
-                    call.backward(&dout)?;
-                }
-                Ok(())
-            },
-            &sync,
-        )?
-        .0
-    } else {
-        f64::NAN
-    };
+    let outside = !forward_only && direct(&q)?.is_some();
+    let forward_backward_direct_s = time_if(outside, min_reps, min_seconds, &sync, || {
+        if let Some(call) = direct(&q)? {
+            call.backward(&dout)?;
+        }
+        Ok(())
+    })?;
     Ok(BenchResult {
         shape: s.clone(),
         forward_s,

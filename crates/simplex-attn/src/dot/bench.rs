@@ -10,7 +10,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::{dot_attn, dot_attn_slow, DotAttnCall, DotSpec};
-use crate::bench::{backward_from, time_it};
+use crate::bench::{backward_from, time_if, time_it};
 use crate::AttnError;
 
 /// Which implementation a row times.
@@ -194,17 +194,12 @@ pub fn run_shape(
     };
     let sync = || -> Result<(), AttnError> { Ok(device.synchronize()?) };
     let (forward_s, reps) = time_it(min_reps, min_seconds, || attend().map(|_| ()), &sync)?;
-    // the median of `f` when `on`, else NaN
-    let timed = |on: bool, f: &mut dyn FnMut() -> Result<(), AttnError>| match on {
-        true => time_it(min_reps, min_seconds, f, &sync).map(|(t, _)| t),
-        false => Ok(f64::NAN),
-    };
-    let forward_backward_s = timed(!forward_only, &mut || {
+    let forward_backward_s = time_if(!forward_only, min_reps, min_seconds, &sync, || {
         backward_from(&attend()?, &dout)?;
         Ok(())
     })?;
-    let direct = !forward_only && s.imp == DotImpl::Fused;
-    let forward_backward_direct_s = timed(direct, &mut || {
+    let outside = !forward_only && s.imp == DotImpl::Fused;
+    let forward_backward_direct_s = time_if(outside, min_reps, min_seconds, &sync, || {
         DotAttnCall::forward(&q, &k, &v, &s.spec)?.backward(&dout)?;
         Ok(())
     })?;
