@@ -42,8 +42,7 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
   using L = K2Layout<D>;
   constexpr int KS = D / 16;
   constexpr int NA = D / 64;
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = align1024(smem_raw);
+  uint8_t* sm = aligned_dynamic_smem();
   const int jcap = partner_positions(s, ROWS);  // window-1 rows one query tile stages
   // per staging buffer: q rows, dout rows, k1 rows, v1 rows, lse * log2e, delta
   const int STAGE = 2 * L::QR + 2 * jcap * L::JS * 2 + 2 * ROWS * 4;

@@ -66,8 +66,7 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
                                        const DotShape s) {
   using L = DqSmem<D>;
   constexpr int KS = D / 16, NA = D / 64;
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = align1024(smem_raw);
+  uint8_t* sm = aligned_dynamic_smem();
   const uint32_t base = smem_u32(sm);
 
   const RowBlocks rb(s);
@@ -208,8 +207,7 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
                                         const DotShape s) {
   using L = DkvSmem<D>;
   constexpr int KS = D / 16, NA = D / 64;
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = align1024(smem_raw);
+  uint8_t* sm = aligned_dynamic_smem();
   const uint32_t base = smem_u32(sm);
 
   const int G = s.heads_q / s.heads_kv, Nk = s.seq_k;

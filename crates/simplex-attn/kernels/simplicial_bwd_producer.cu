@@ -78,8 +78,7 @@ __device__ __forceinline__ void bwd_producer_k2(const bf16* __restrict__ q, cons
   using L = Smem<D>;
   constexpr int KS = D / 16;
   constexpr int NA = D / 64;
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = align1024(smem_raw);
+  uint8_t* sm = aligned_dynamic_smem();
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv, HB = G / ROWS;
   const int b = blockIdx.z, kv = blockIdx.y;

@@ -171,8 +171,7 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
                                       const Shape s) {
   using L = QLayout<D>;
   constexpr int KS = D / 16, THREADS = L::THREADS;
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = align1024(smem_raw);
+  uint8_t* sm = aligned_dynamic_smem();
   const bf16* k1s = reinterpret_cast<const bf16*>(sm + L::K1_OFF);
   const bf16* v1s = reinterpret_cast<const bf16*>(sm + L::V1_OFF);
   float* dks = reinterpret_cast<float*>(sm + L::DK_OFF);

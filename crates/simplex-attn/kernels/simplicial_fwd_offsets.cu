@@ -57,8 +57,7 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
   constexpr int NA = D / 64;   // 64-column blocks of the values
   constexpr int KT = TK * D * 2;  // one K2 (or V2) tile: NA swizzled atoms of TK x 128 B
   constexpr int JS = D + 8;       // padded window-1 row, elements
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = align1024(smem_raw);
+  uint8_t* sm = aligned_dynamic_smem();
   const int jcap = partner_positions(s);
   const bf16* k1_s = reinterpret_cast<const bf16*>(sm + 4 * KT);
   const bf16* v1_s = k1_s + jcap * JS;

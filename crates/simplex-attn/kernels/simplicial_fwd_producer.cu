@@ -140,8 +140,7 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
   using L = Smem<D, DV>;
   constexpr int KS = D / 16;   // k-steps of the logits
   constexpr int NA = DV / 64;  // 64-column blocks of O
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = align1024(smem_raw);
+  uint8_t* sm = aligned_dynamic_smem();
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
   const int b = blockIdx.z, kv = blockIdx.y;

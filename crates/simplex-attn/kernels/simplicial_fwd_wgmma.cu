@@ -86,8 +86,7 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
                                           const Shape s) {
   using L = Smem<D, TJ>;
   constexpr int KS = D / 16;  // k-steps of the logits product
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* sm = align1024(smem_raw);
+  uint8_t* sm = aligned_dynamic_smem();
   float* alpha_s = reinterpret_cast<float*>(sm + L::ALPHA_OFF);
   float* l_s = reinterpret_cast<float*>(sm + L::L_OFF);
   const bf16* j1_s = reinterpret_cast<const bf16*>(sm + L::J1_OFF);

@@ -38,6 +38,13 @@ __device__ __forceinline__ uint32_t sw128_tile(int rows, int row, int col) {
   return (col / 64) * (rows * 128) + sw128(row, (col % 64) / 8);
 }
 
+// The kernel's dynamic shared memory from its first 1024-byte boundary (launches ask for 1024
+// bytes of slack: src/kernels/table.rs).
+__device__ __forceinline__ uint8_t* aligned_dynamic_smem() {
+  extern __shared__ uint8_t dynamic_smem[];
+  return align1024(dynamic_smem);
+}
+
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
