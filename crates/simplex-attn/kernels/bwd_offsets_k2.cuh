@@ -54,7 +54,8 @@ __device__ __forceinline__ void bwd_offsets_k2(const bf16* __restrict__ q, const
   const int key0 = blockIdx.x * CTA_ROWS;
   const int tid = threadIdx.x, wg = tid / 128, wtid = tid % 128, warp = wtid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
-  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
+  const HeadRows hr(s);
+  auto kv_off = [&](int pos) { return hr.key(pos, D); };
   auto q_row = [&](int i, int h) -> long long { return (long long)(b * N + i) * Hq + kv * G + h; };
 
   // query rows r = i G + h of the CTA: the queries that see any of its keys through window 2

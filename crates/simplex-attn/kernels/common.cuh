@@ -55,6 +55,19 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
+// Element offsets in the [B, N, H, *] tensors of the block's (batch b = blockIdx.z, K/V head
+// kv = blockIdx.y): key position pos of k1, k2, v1, v2 ([B,N,Hkv,width]); row r = i G + hh
+// (query i, query head kv G + hh) of q, o, dout ([B,N,Hq,width]) and of lse, delta ([B,N,Hq]).
+struct HeadRows {
+  int b, kv, N, Hq, Hkv, G;
+  __device__ __forceinline__ explicit HeadRows(const Shape& s)
+      : b(blockIdx.z), kv(blockIdx.y), N(s.seq), Hq(s.heads_q), Hkv(s.heads_kv), G(s.heads_q / s.heads_kv) {}
+  __device__ __forceinline__ long long key(int pos, int width) const {
+    return ((long long)(b * N + pos) * Hkv + kv) * width;
+  }
+  __device__ __forceinline__ long long row(int r) const { return (long long)(b * N + r / G) * Hq + kv * G + r % G; }
+};
+
 // The rows a CTA of a (non-persistent) row-block kernel takes (the forwards, the CUDA-core dq):
 // rows [row0, row0 + cta_rows) of the [N G] row space of its (batch, K/V head) (row r is query r / G; blockIdx.x counts the row
 // blocks), nrows = N G, and the unions JU, KU of those queries' windows 1 and 2.

@@ -171,14 +171,14 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
   const uint32_t k2a = smem_u32(k2s), v2a = smem_u32(v2s);
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
-  const int b = blockIdx.z, kv = blockIdx.y;
   const int row0 = blockIdx.x * RB, nrows = N * G;
   const int row_last = min(row0 + RB, nrows) - 1;
   const Range JU = {window(row0 / G, s.w1, N, s.causal).lo, window(row_last / G, s.w1, N, s.causal).hi};
   const Range KU = {window(row0 / G, s.w2, N, s.causal).lo, window(row_last / G, s.w2, N, s.causal).hi};
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
-  auto q_row = [&](int r) -> long long { return (long long)(b * N + r / G) * Hq + kv * G + r % G; };
+  const HeadRows hr(s);
+  auto kv_off = [&](int pos) { return hr.key(pos, D); };
+  auto q_row = [&](int r) { return hr.row(r); };
 
   uint32_t qf[KS][4], of[KS][4];
   float lse2[2], dl[2];

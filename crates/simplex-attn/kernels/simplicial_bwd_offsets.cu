@@ -88,7 +88,8 @@ __device__ __forceinline__ void bwd_offsets_qk1(const bf16* __restrict__ q, cons
   const int acc_rows = npos + L::CHUNK - 1;
   const int tid = threadIdx.x, wg = tid / 128, wtid = tid % 128, warp = wtid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
-  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
+  const HeadRows hr(s);
+  auto kv_off = [&](int pos) { return hr.key(pos, D); };
   auto q_row = [&](int i, int h) -> long long { return (long long)(b * N + i) * Hq + kv * G + h; };
 
   // shared memory: tiles | (A_o, B_o) x 2 | q, dout rows | k1, v1 partner rows | dk1, dv1 sums

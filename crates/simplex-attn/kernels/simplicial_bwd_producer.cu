@@ -84,7 +84,8 @@ __device__ __forceinline__ void bwd_producer_k2(const bf16* __restrict__ q, cons
   const int b = blockIdx.z, kv = blockIdx.y;
   const int key0 = blockIdx.x * CTA_KEYS;
   const int tid = threadIdx.x, wg = tid / 128;
-  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
+  const HeadRows hr(s);
+  auto kv_off = [&](int pos) { return hr.key(pos, D); };
   // first (query, head) row of block hb of query i
   auto q_row = [&](int i, int hb) -> long long { return (long long)(b * N + i) * Hq + kv * G + hb * ROWS; };
   // the queries that see any of the CTA's keys through window 2

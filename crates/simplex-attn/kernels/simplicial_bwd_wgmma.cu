@@ -178,15 +178,15 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
   float* dvs = reinterpret_cast<float*>(sm + L::DV_OFF);
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
-  const int b = blockIdx.z, kv = blockIdx.y;
   const int row0 = blockIdx.x * BLK, nrows = N * G;
   const int row_last = min(row0 + BLK, nrows) - 1;
   const Range JU = {window(row0 / G, s.w1, N, s.causal).lo, window(row_last / G, s.w1, N, s.causal).hi};
   const Range KU = {window(row0 / G, s.w2, N, s.causal).lo, window(row_last / G, s.w2, N, s.causal).hi};
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
-  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
-  auto q_row = [&](int r) -> long long { return (long long)(b * N + r / G) * Hq + kv * G + r % G; };
+  const HeadRows hr(s);
+  auto kv_off = [&](int pos) { return hr.key(pos, D); };
+  auto q_row = [&](int r) { return hr.row(r); };
   auto q_off = [&](int r) -> long long { return q_row(r) * D; };
   const float sl2 = s.scale * LOG2E;
 

@@ -69,10 +69,9 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
   const Range JU = cr.JU, KU = cr.KU;
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
-  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
-  auto q_off = [&](int r) -> long long {
-    return ((long long)(b * N + r / G) * Hq + kv * G + r % G) * D;
-  };
+  const HeadRows hr(s);
+  auto kv_off = [&](int pos) { return hr.key(pos, D); };
+  auto q_off = [&](int r) { return hr.row(r) * D; };
 
   // cooperative loads (all 256 threads): a K2 and a V2 tile, both NA swizzled atoms
   auto load_tile = [&](int k0, int buf) {

@@ -158,8 +158,9 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
     tile_rows = max(tile_rows, TK + ck.shift);
   }
   const int njc = (JU.hi - JU.lo + JC - 1) / JC;
-  auto kv_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * D; };
-  auto v_off = [&](int pos) -> long long { return ((long long)(b * N + pos) * Hkv + kv) * DV; };
+  const HeadRows hr(s);
+  auto kv_off = [&](int pos) { return hr.key(pos, D); };
+  auto v_off = [&](int pos) { return hr.key(pos, DV); };
 
   if (wg == 0) {
     // ---------------- producer ----------------
@@ -285,12 +286,8 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
   const int warp = (tid % 128) / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const int rbase = row0 + ROWS * (wg - 1);
-  auto q_off = [&](int r) -> long long {
-    return ((long long)(b * N + r / G) * Hq + kv * G + r % G) * D;
-  };
-  auto o_off = [&](int r) -> long long {
-    return ((long long)(b * N + r / G) * Hq + kv * G + r % G) * DV;
-  };
+  auto q_off = [&](int r) { return hr.row(r) * D; };
+  auto o_off = [&](int r) { return hr.row(r) * DV; };
   const bf16* j1_s = reinterpret_cast<const bf16*>(sm + L::J1_OFF);
 
   // this thread's rows rbase + 16 warp + g + 8 e: windows, Q fragments, softmax statistics
