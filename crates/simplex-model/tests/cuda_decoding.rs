@@ -1,0 +1,82 @@
+//! On the GPU: KV-cache decoding (prefill, single tokens, chunks; the 2-simplicial layers'
+//! `simplicial_step` of plain tensor ops) gives the logits of the full forward (the CUDA
+//! kernels), for trilinear and rotated determinant layers, in f32. Part of the device check
+//! (docs/gpu.md); needs `--features cuda`; without a GPU it skips and passes unless
+//! `SIMPLEX_REQUIRE_CUDA=1`.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use common::{assert_close, flat, randomize, small_cfg, tokens};
+use simplex_model::{Cache, Model, SimplicialVariant};
+
+/// The GPU; None (the test is skipped) where there is none, unless `SIMPLEX_REQUIRE_CUDA=1`.
+fn gpu() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(dev) => Some(dev),
+        Err(e) if std::env::var("SIMPLEX_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
+            panic!("SIMPLEX_REQUIRE_CUDA=1 but no CUDA device: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// Builds `pattern` on `dev` in f32 with seeded weights, feeds `n` tokens in the chunks
+/// `steps` and compares each chunk's logits with the matching rows of the full forward.
+fn check(
+    dev: &Device,
+    pattern: &str,
+    variant: SimplicialVariant,
+    rotate: bool,
+    steps: &[usize],
+) -> anyhow::Result<()> {
+    let cfg = small_cfg(pattern, variant, rotate);
+    let vm = VarMap::new();
+    let model = Model::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, dev))?;
+    randomize(&vm, 0.3, 11)?;
+    let n: usize = steps.iter().sum();
+    let toks: Tensor = tokens(2, n, cfg.vocab_size, 12)?.to_device(dev)?;
+    let full = model.forward(&toks)?;
+    let mut cache = Cache::new(model.config());
+    let mut pos = 0;
+    for &len in steps {
+        let got = model.forward_step(&toks.narrow(1, pos, len)?, &mut cache)?;
+        let want = full.narrow(1, pos, len)?;
+        assert_close(
+            &format!(
+                "{pattern} {variant:?}: logits of positions {pos}..{}",
+                pos + len
+            ),
+            &flat(&got)?,
+            &flat(&want)?,
+            1e-4,
+            1e-4,
+        );
+        pos += len;
+    }
+    Ok(())
+}
+
+#[test]
+fn cached_decoding_matches_the_full_forward_on_the_gpu() -> anyhow::Result<()> {
+    let Some(dev) = gpu() else { return Ok(()) };
+    check(
+        &dev,
+        "DLS",
+        SimplicialVariant::Trilinear,
+        false,
+        &[5, 1, 1, 1, 3, 1, 2, 1],
+    )?;
+    check(
+        &dev,
+        "SLDS",
+        SimplicialVariant::Determinant,
+        true,
+        &[4, 1, 1, 2, 1, 5],
+    )
+}
