@@ -9,22 +9,8 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use common::{assert_close, flat, randomize, small_cfg, tokens};
+use common::{assert_close, flat, gpu, randomize, small_cfg, tokens};
 use simplex_model::{Cache, Model, SimplicialVariant};
-
-/// The GPU; None (the test is skipped) where there is none, unless `SIMPLEX_REQUIRE_CUDA=1`.
-fn gpu() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(dev) => Some(dev),
-        Err(e) if std::env::var("SIMPLEX_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
-            panic!("SIMPLEX_REQUIRE_CUDA=1 but no CUDA device: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
 
 /// Builds `pattern` on `dev` in f32 with seeded weights, feeds `n` tokens in the chunks
 /// `steps` and compares each chunk's logits with the matching rows of the full forward.

@@ -9,25 +9,10 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use common::{assert_close, flat, randomize, tokens};
+use common::{assert_close, flat, gpu, randomize, tokens};
 use simplex_model::{Config, Model, MoeConfig, RouterKind, TokenBatch};
-
-/// The GPU; None (the test is skipped) where there is none, unless `SIMPLEX_REQUIRE_CUDA=1`
-/// (gpu-bundle/run.sh sets it).
-fn gpu() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(dev) => Some(dev),
-        Err(e) if std::env::var("SIMPLEX_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
-            panic!("SIMPLEX_REQUIRE_CUDA=1 but no CUDA device: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
-        }
-    }
-}
 
 fn cfg(pattern: &str, moe: Option<MoeConfig>) -> anyhow::Result<Config> {
     let mut c = Config::preset("tiny")?;

@@ -107,3 +107,18 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64)
 pub fn flat(t: &Tensor) -> anyhow::Result<Vec<f64>> {
     Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?)
 }
+
+/// The GPU; None (the test is skipped) where there is none, unless `SIMPLEX_REQUIRE_CUDA=1`
+/// (gpu-bundle/run.sh sets it).
+pub fn gpu() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(dev) => Some(dev),
+        Err(e) if std::env::var("SIMPLEX_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
+            panic!("SIMPLEX_REQUIRE_CUDA=1 but no CUDA device: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no CUDA device ({e})");
+            None
+        }
+    }
+}
