@@ -171,10 +171,9 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
   const uint32_t k2a = smem_u32(k2s), v2a = smem_u32(v2s);
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
-  const int row0 = blockIdx.x * RB, nrows = N * G;
-  const int row_last = min(row0 + RB, nrows) - 1;
-  const Range JU = {window(row0 / G, s.w1, N, s.causal).lo, window(row_last / G, s.w1, N, s.causal).hi};
-  const Range KU = {window(row0 / G, s.w2, N, s.causal).lo, window(row_last / G, s.w2, N, s.causal).hi};
+  const CtaRows cr = cta_rows(s, G, RB);
+  const int row0 = cr.row0, nrows = cr.nrows;
+  const Range JU = cr.JU, KU = cr.KU;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const HeadRows hr(s);
   auto kv_off = [&](int pos) { return hr.key(pos, D); };

@@ -178,10 +178,9 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
   float* dvs = reinterpret_cast<float*>(sm + L::DV_OFF);
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
-  const int row0 = blockIdx.x * BLK, nrows = N * G;
-  const int row_last = min(row0 + BLK, nrows) - 1;
-  const Range JU = {window(row0 / G, s.w1, N, s.causal).lo, window(row_last / G, s.w1, N, s.causal).hi};
-  const Range KU = {window(row0 / G, s.w2, N, s.causal).lo, window(row_last / G, s.w2, N, s.causal).hi};
+  const CtaRows cr = cta_rows(s, G, BLK);
+  const int row0 = cr.row0, nrows = cr.nrows;
+  const Range JU = cr.JU, KU = cr.KU;
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const HeadRows hr(s);
