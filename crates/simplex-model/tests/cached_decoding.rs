@@ -4,30 +4,8 @@
 mod common;
 
 use candle_core::{DType, IndexOp, Tensor};
-use common::{assert_close, build, flat, small_cfg, tokens};
-use simplex_model::{Cache, Model, Sampler, SamplingConfig, SimplicialVariant};
-
-/// Feeds `toks [B, N]` in the chunks `steps` (summing to N) and compares each chunk's logits
-/// with the matching rows of the full forward.
-fn check(model: &Model, toks: &Tensor, steps: &[usize], tol: f64) -> anyhow::Result<()> {
-    let full = model.forward(toks)?;
-    let mut cache = Cache::new(model.config());
-    let mut pos = 0;
-    for &n in steps {
-        let got = model.forward_step(&toks.narrow(1, pos, n)?, &mut cache)?;
-        let want = full.narrow(1, pos, n)?;
-        assert_close(
-            &format!("logits of positions {pos}..{}", pos + n),
-            &flat(&got)?,
-            &flat(&want)?,
-            tol,
-            tol,
-        );
-        pos += n;
-    }
-    assert_eq!(cache.pos(), toks.dim(1)?);
-    Ok(())
-}
+use common::{assert_close, build, check_cached_decoding as check, flat, small_cfg, tokens};
+use simplex_model::{Cache, Sampler, SamplingConfig, SimplicialVariant};
 
 #[test]
 fn cache_matches_full_forward_trilinear() -> anyhow::Result<()> {

@@ -7,13 +7,13 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use common::{assert_close, flat, gpu, randomize, small_cfg, tokens};
-use simplex_model::{Cache, Model, SimplicialVariant};
+use common::{check_cached_decoding, gpu, randomize, small_cfg, tokens};
+use simplex_model::{Model, SimplicialVariant};
 
-/// Builds `pattern` on `dev` in f32 with seeded weights, feeds `n` tokens in the chunks
-/// `steps` and compares each chunk's logits with the matching rows of the full forward.
+/// Builds `pattern` on `dev` in f32 with seeded weights and checks cached decoding of two
+/// sequences fed in the chunks `steps` against the full forward.
 fn check(
     dev: &Device,
     pattern: &str,
@@ -26,26 +26,8 @@ fn check(
     let model = Model::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, dev))?;
     randomize(&vm, 0.3, 11)?;
     let n: usize = steps.iter().sum();
-    let toks: Tensor = tokens(2, n, cfg.vocab_size, 12)?.to_device(dev)?;
-    let full = model.forward(&toks)?;
-    let mut cache = Cache::new(model.config());
-    let mut pos = 0;
-    for &len in steps {
-        let got = model.forward_step(&toks.narrow(1, pos, len)?, &mut cache)?;
-        let want = full.narrow(1, pos, len)?;
-        assert_close(
-            &format!(
-                "{pattern} {variant:?}: logits of positions {pos}..{}",
-                pos + len
-            ),
-            &flat(&got)?,
-            &flat(&want)?,
-            1e-4,
-            1e-4,
-        );
-        pos += len;
-    }
-    Ok(())
+    let toks = tokens(2, n, cfg.vocab_size, 12)?.to_device(dev)?;
+    check_cached_decoding(&model, &toks, steps, 1e-4)
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use simplex_model::{Config, Model, SimplicialConfig, SimplicialVariant};
+use simplex_model::{Cache, Config, Model, SimplicialConfig, SimplicialVariant};
 
 /// A config small enough for finite differences: windows shorter than the test sequences.
 pub fn small_cfg(pattern: &str, variant: SimplicialVariant, rotate: bool) -> Config {
@@ -121,4 +121,31 @@ pub fn gpu() -> Option<Device> {
             None
         }
     }
+}
+
+/// Feeds `toks [B, N]` in the chunks `steps` (summing to N) through a KV cache and compares each
+/// chunk's logits with the matching rows of the full forward (`tol` relative and absolute).
+pub fn check_cached_decoding(
+    model: &Model,
+    toks: &Tensor,
+    steps: &[usize],
+    tol: f64,
+) -> anyhow::Result<()> {
+    let full = model.forward(toks)?;
+    let mut cache = Cache::new(model.config());
+    let mut pos = 0;
+    for &n in steps {
+        let got = model.forward_step(&toks.narrow(1, pos, n)?, &mut cache)?;
+        let want = full.narrow(1, pos, n)?;
+        assert_close(
+            &format!("logits of positions {pos}..{}", pos + n),
+            &flat(&got)?,
+            &flat(&want)?,
+            tol,
+            tol,
+        );
+        pos += n;
+    }
+    assert_eq!(cache.pos(), toks.dim(1)?);
+    Ok(())
 }
