@@ -54,8 +54,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
   using L = FwdSmem<D>;
   constexpr int KS = D / 16;  // k-steps of the logits
   constexpr int NA = D / 64;  // 64-column blocks of O
-  uint8_t* sm = aligned_dynamic_smem();
-  const uint32_t base = smem_u32(sm);
+  const uint32_t base = aligned_dynamic_smem_u32();
 
   const RowBlocks rb(s);
   const int G = rb.G, nrows = rb.nrows;

@@ -20,13 +20,6 @@ __device__ __forceinline__ uint64_t desc_at(uint32_t lo, uint32_t offset) {
 }
 __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) { return desc_at(desc_lo(addr), 0); }
 
-// The first 1024-byte boundary at or past p: where 128-byte-swizzled tiles may start (the swizzle
-// pattern repeats every 8 rows of 128 bytes, and the dynamic shared memory base is only 16-byte
-// aligned).
-__device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
-  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 1023) & ~uintptr_t(1023));
-}
-
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128B-swizzled atom.
 __device__ __forceinline__ uint32_t sw128(int row, int chunk) {
   return row * 128 + ((chunk ^ (row & 7)) << 4);
@@ -38,11 +31,24 @@ __device__ __forceinline__ uint32_t sw128_tile(int rows, int row, int col) {
   return (col / 64) * (rows * 128) + sw128(row, (col % 64) / 8);
 }
 
-// The kernel's dynamic shared memory from its first 1024-byte boundary (launches ask for 1024
-// bytes of slack: src/kernels/table.rs).
+// The kernel's dynamic shared memory from its first 1024-byte boundary, where 128-byte-swizzled
+// tiles may start (the swizzle pattern repeats every 8 rows of 128 bytes, and the dynamic
+// shared memory base is only 16-byte aligned; launches ask for 1024 bytes of slack:
+// src/kernels/table.rs). The pad is added to the shared array itself, not to an integer copy
+// of its address, so the compiler still knows every pointer derived from the result points to
+// shared memory and emits LDS / STS for it (through an integer it emitted generic LD / ST,
+// which also recompute the shared window's generic base).
 __device__ __forceinline__ uint8_t* aligned_dynamic_smem() {
   extern __shared__ uint8_t dynamic_smem[];
-  return align1024(dynamic_smem);
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(dynamic_smem));
+  return dynamic_smem + ((1024u - (base & 1023u)) & 1023u);
+}
+
+// The same start as a 32-bit shared-memory address, for kernels that address their shared
+// memory only through PTX operands (cp.async, wgmma descriptors, ldmatrix).
+__device__ __forceinline__ uint32_t aligned_dynamic_smem_u32() {
+  extern __shared__ uint8_t dynamic_smem[];
+  return (static_cast<uint32_t>(__cvta_generic_to_shared(dynamic_smem)) + 1023u) & ~1023u;
 }
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
