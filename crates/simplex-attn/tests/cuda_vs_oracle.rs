@@ -204,6 +204,17 @@ fn head_dims_32_to_256_and_the_determinant_lift() {
         dv: 64,
         spec: AttnSpec::bidirectional().with_windows(Some(5), Some(40)),
     });
+    // the same kernel with both windows over the 128 window-1 rows it stages at once: the rows
+    // are restaged during the walk
+    cs.push(Case {
+        b: 1,
+        n: 200,
+        hq: 16,
+        hkv: 1,
+        d: 128,
+        dv: 64,
+        spec: AttnSpec::causal(160, 140),
+    });
     let producer = Kernels {
         forward: Some(ForwardVariant::Producer),
         ..Kernels::default()
