@@ -5,13 +5,20 @@
 //! and writes `.toolchain/env.sh` that sets them). Each `kernels/NAME.cu` becomes
 //! `$OUT_DIR/NAME.cubin`, embedded by `src/cuda/module.rs`; ptxas' register/spill report
 //! (`-Xptxas -v`) goes to `$OUT_DIR/NAME.ptxas.txt` and becomes cargo warnings only when it
-//! reports spills.
+//! reports spills. The PTX (`$OUT_DIR/NAME.ptx`) is checked for generic loads and stores (no
+//! state space): in these kernels they mean a pointer into shared memory whose address space
+//! the compiler lost (it then emits generic LD / ST instead of LDS / STS; such accesses cost the
+//! wgmma kernels 2-11% until 2026-12-07), so they become a cargo warning too.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The one target: Hopper with its architecture-specific instructions (wgmma, setmaxnreg).
 const GENCODE: &str = "-gencode=arch=compute_90a,code=sm_90a";
+
+/// Kernel files whose generic accesses are by construction: the multi-tensor optimizer reads
+/// its tensors' addresses from a table in global memory.
+const GENERIC_BY_DESIGN: &[&str] = &["fused_ops"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -98,6 +105,52 @@ fn compile(nvcc: &Path, src: &Path, out: &Path) {
     for line in report.lines().filter(|l| spills(l)) {
         println!("cargo:warning={stem}: {}", line.trim());
     }
+    check_ptx(nvcc, src, out, stem);
+}
+
+/// Compiles `src` to PTX as well and warns when it has generic loads or stores.
+fn check_ptx(nvcc: &Path, src: &Path, out: &Path, stem: &str) {
+    let ptx = out.join(format!("{stem}.ptx"));
+    let mut cmd = Command::new(nvcc);
+    cmd.args(["-ptx", GENCODE, "-O3", "-std=c++17", "-Ikernels", "-o"])
+        .arg(&ptx)
+        .arg(src);
+    if let Some(ccbin) = std::env::var_os("NVCC_CCBIN") {
+        cmd.arg("-ccbin").arg(ccbin);
+    }
+    let ok = cmd.output().is_ok_and(|r| r.status.success());
+    let Some(text) = ok.then(|| std::fs::read_to_string(&ptx).ok()).flatten() else {
+        println!("cargo:warning={stem}: PTX not produced, its loads and stores were not checked");
+        return;
+    };
+    let n = generic_accesses(&text);
+    if n > 0 && !GENERIC_BY_DESIGN.contains(&stem) {
+        println!(
+            "cargo:warning={stem}: {n} generic loads/stores in the PTX ({}): a shared-memory \
+             pointer made through an integer? (wgmma.cuh's aligned_dynamic_smem)",
+            ptx.display()
+        );
+    }
+}
+
+/// PTX `ld` / `st` instructions without a state space (`.shared`, `.global`, `.param`,
+/// `.local`, `.const`): generic accesses. Predicates (`@%p1`) are skipped; `ldmatrix`,
+/// `stmatrix` and the like are not `ld.` / `st.`.
+fn generic_accesses(ptx: &str) -> usize {
+    const SPACES: [&str; 5] = [".shared", ".global", ".param", ".local", ".const"];
+    ptx.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let first = words.next()?;
+            if first.starts_with('@') {
+                words.next()
+            } else {
+                Some(first)
+            }
+        })
+        .filter(|op| op.starts_with("ld.") || op.starts_with("st."))
+        .filter(|op| !SPACES.iter().any(|s| op.contains(s)))
+        .count()
 }
 
 /// A ptxas line like `0 bytes stack frame, 8 bytes spill stores, 8 bytes spill loads` with a
