@@ -39,13 +39,20 @@
 // shift_c rows into the swizzled tile (the swizzle follows the shared-memory address).
 // Shared memory (D = 128): K2 tiles 2 x 18 KB, V2 tiles 2 x 18 KB, V' NV = 3 x 18 KB, window-1
 // rows of k1 and v1 2 x 32 KB (JC = 128 rows; longer windows are restaged with two block-wide
-// barriers): 193 KB.
+// barriers): 191 KB.
 // Registers (consumer, D = 128): Q 32 + O 64 + S 32 + P 16 (+ A 32 while the logits run).
 // Key and value head dims may differ (template D, DV): the instantiation D = 128, DV = 64 runs
 // the determinant lift (keys of 2 Dv columns) with the values unpadded: V2, V' tiles and v1
-// rows of 64 columns (shared memory 130 KB), O 32 registers, a values product of half the
-// logits' width. With D = DV the loads keep their one loop over K2 and V2 chunks (the same
-// SASS as before the split).
+// rows of 64 columns, O 32 registers, a values product of half the logits' width. With D = DV
+// the loads keep their one loop over K2 and V2 chunks (the same SASS as before the split).
+// FOLD (the determinant instantiation): k1_j is folded into the keys instead of the queries,
+//   S = Q @ (K2_tile ∘ k1_j)^T           K'_j built by the producer beside V'_j (same ring slot)
+// so the consumers run the logits on their Q fragments as they are (no A_j: 32 registers and
+// 48 instructions fewer per step, and one product per step for both consumers instead of one
+// each), and only the producer reads the staged K2 / V2 tiles, so it loads tile kt + 1 as soon
+// as tile kt has landed. Shared memory 184 KB (K' NV x 18 KB more). The trilinear D = 128
+// instantiation does not fold: with K' its 190 KB need window-1 chunks of 64 rows to fit, and
+// it measured 1-3% slower (docs/history/kernels.md).
 // setmaxnreg 72 (producer) / 216 (consumers), chosen by compiling splits from 24/240 to
 // 88/208: the consumers spill at 208 (32 B), the producer below 72 (174 B at 24, 46 at 56;
 // at 72 none once its load loops are unrolled by 2 instead of 4).
@@ -88,7 +95,7 @@ static_assert(BAR_TURN + 1 < 16, "16 named barriers");
 // Shared-memory carve-up for key head dim D and value head dim DV, from a 1024-byte aligned
 // base. Tiles are D/64 (K2) or DV/64 (V2, V') 128B-swizzled atoms of TKA x 128 B (sw128_tile
 // with TKA rows).
-template <int D, int DV>
+template <int D, int DV, bool FOLD>
 struct Smem {
   static constexpr int KT = TKA * D * 2;   // one K2 tile
   static constexpr int VT = TKA * DV * 2;  // one V2 or V' tile
@@ -97,11 +104,12 @@ struct Smem {
   static constexpr int K_OFF = 0;          // 2 K2 tiles
   static constexpr int V_OFF = 2 * KT;     // 2 V2 tiles
   static constexpr int VP_OFF = V_OFF + 2 * VT;  // NV V' tiles
-  static constexpr int J1_OFF = VP_OFF + NV * VT;
+  static constexpr int KP_OFF = VP_OFF + NV * VT;  // NV K' tiles (FOLD only)
+  static constexpr int J1_OFF = KP_OFF + (FOLD ? NV * KT : 0);
   static constexpr int JV_OFF = J1_OFF + JR;
   static constexpr int BYTES = JV_OFF + JRV + 1024;  // + alignment slack (src/kernels/table.rs)
 };
-static_assert(Smem<128, 128>::BYTES <= 227 * 1024, "one CTA per SM fits the shared memory");
+static_assert(Smem<128, 128, false>::BYTES <= 227 * 1024 && Smem<128, 64, true>::BYTES <= 227 * 1024, "one CTA per SM fits the shared memory");
 
 // A head dim as a type, for the producer's load lambdas (one per operand width).
 template <int W>
@@ -128,7 +136,7 @@ __device__ __forceinline__ ConsumerKeys consumer_keys(int c, int row0, int nrows
   return {jw, kw, shift};
 }
 
-template <int D, int DV>
+template <int D, int DV, bool FOLD>
 __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B,N,Hq,D]
                                              const bf16* __restrict__ k1,  // [B,N,Hkv,D] small window
                                              const bf16* __restrict__ k2,  // [B,N,Hkv,D] large window
@@ -137,7 +145,7 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
                                              bf16* __restrict__ o,         // [B,N,Hq,DV]
                                              float* __restrict__ lse,      // [B,N,Hq]
                                              const Shape s) {
-  using L = Smem<D, DV>;
+  using L = Smem<D, DV, FOLD>;
   constexpr int KS = D / 16;   // k-steps of the logits
   constexpr int NA = DV / 64;  // 64-column blocks of O
   uint8_t* sm = aligned_dynamic_smem();
@@ -237,6 +245,12 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
       bar_sync(BAR_PRODUCER, PTHREADS);  // tile kt (and the first rows) landed for every thread
       const int s0 = step;
       bool pending = kt + 1 < nkt;  // the next tile's load, issued once tile kt - 1 is consumed
+      if (FOLD && pending) {  // only the producer reads the staged tiles: buffer buf ^ 1 is free
+        load_tile(KU.lo + (kt + 1) * TK, buf ^ 1);
+        cp_async_commit();
+        pending = false;
+      }
+      const uint8_t* ksrc = sm + L::K_OFF + buf * L::KT;
       const uint8_t* vsrc = sm + L::V_OFF + buf * L::VT;
       for (int jc = 0; jc < njc; ++jc) {
         const int j0 = JU.lo + jc * JC;
@@ -263,6 +277,23 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
             v.z = bf2_mul(v.z, m.z);
             v.w = bf2_mul(v.w, m.w);
             *reinterpret_cast<uint4*>(vdst + at) = v;
+          }
+          if constexpr (FOLD) {  // K'_j = K2_tile ∘ k1_j
+            constexpr int KCPR = D / 8, KKSTEP = PTHREADS / KCPR, KNCH = (TKA * KCPR + PTHREADS - 1) / PTHREADS;
+            const int kc16 = ptid % KCPR, kkk0 = ptid / KCPR;
+            const uint4 m1 = *reinterpret_cast<const uint4*>(sm + L::J1_OFF + (jj * D + kc16 * 8) * 2);
+            uint8_t* kdst = sm + L::KP_OFF + (step % NV) * L::KT;
+#pragma unroll
+            for (int x = 0; x < KNCH; ++x) {
+              if (kkk0 + x * KKSTEP >= tile_rows) break;
+              const uint32_t at = sw128_tile(TKA, kkk0 + x * KKSTEP, kc16 * 8);
+              uint4 v = *reinterpret_cast<const uint4*>(ksrc + at);
+              v.x = bf2_mul(v.x, m1.x);
+              v.y = bf2_mul(v.y, m1.y);
+              v.z = bf2_mul(v.z, m1.z);
+              v.w = bf2_mul(v.w, m1.w);
+              *reinterpret_cast<uint4*>(kdst + at) = v;
+            }
           }
           fence_async_smem();
           bar_arrive(BAR_FULL + step % NV, FULL_THREADS);
@@ -339,7 +370,7 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
         const bool work = tile_seen && j >= JW.lo && j < JW.hi;  // warpgroup-uniform
         // A_j = Q ∘ k1_j
         uint32_t af[KS][4];
-        if (work) {
+        if (!FOLD && work) {
           const bf16* k1j = j1_s + jj * D;
 #pragma unroll
           for (int ks = 0; ks < KS; ++ks) {
@@ -383,7 +414,10 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
 #pragma unroll
         for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
         wg_fence();
-        offset_walk::wgmma_a_tt<KS, TKA>(sacc[0], af, kbase);
+        if constexpr (FOLD)  // S = Q @ K'_j^T
+          offset_walk::wgmma_a_tt<KS, TKA>(sacc[0], qf, smem_u32(sm + L::KP_OFF + vb * L::KT) + ck.shift * 128);
+        else
+          offset_walk::wgmma_a_tt<KS, TKA>(sacc[0], af, kbase);
         wg_commit();
         offset_walk::wgmma_a_t<NA, TKA>(acc, pf, vp, true);
         wg_commit();
@@ -455,13 +489,13 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
 // simplicial_fwd_producer_bf16_{NAME}: key head dim D, value head dim DV (d64: D = Dv = 64; d128:
 // D = Dv = 128; d128_dv64: D = 128, Dv = 64, the determinant lift's shape); 384 threads, 128 rows
 // per CTA.
-#define SIMPLICIAL_FWD_PRODUCER(NAME, D, DV)                                                              \
+#define SIMPLICIAL_FWD_PRODUCER(NAME, D, DV, FOLD)                                                           \
   extern "C" __global__ void __launch_bounds__(THREADS, 1) simplicial_fwd_producer_bf16_##NAME(           \
       const bf16* q, const bf16* k1, const bf16* k2, const bf16* v1, const bf16* v2, bf16* o, float* lse, \
       const Shape s) {                                                                                    \
-    fwd_producer<D, DV>(q, k1, k2, v1, v2, o, lse, s);                                                    \
+    fwd_producer<D, DV, FOLD>(q, k1, k2, v1, v2, o, lse, s);                                                 \
   }
 
-SIMPLICIAL_FWD_PRODUCER(d64, 64, 64)
-SIMPLICIAL_FWD_PRODUCER(d128, 128, 128)
-SIMPLICIAL_FWD_PRODUCER(d128_dv64, 128, 64)
+SIMPLICIAL_FWD_PRODUCER(d64, 64, 64, false)
+SIMPLICIAL_FWD_PRODUCER(d128, 128, 128, false)
+SIMPLICIAL_FWD_PRODUCER(d128_dv64, 128, 64, true)

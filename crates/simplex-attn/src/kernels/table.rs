@@ -243,7 +243,7 @@ pub static TABLE: [KernelInfo; 86] = [
     // simplicial_fwd_producer.cu: a producer warpgroup and two consumers
     e(FwdProducer { d: 64, dv: 64 }, "simplicial_fwd_producer_bf16_d64", ForwardProducer, 384, 128, Fixed(98_304)),
     e(FwdProducer { d: 128, dv: 128 }, "simplicial_fwd_producer_bf16_d128", ForwardProducer, 384, 128, Fixed(195_584)),
-    e(FwdProducer { d: 128, dv: 64 }, "simplicial_fwd_producer_bf16_d128_dv64", ForwardProducer, 384, 128, Fixed(133_120)),
+    e(FwdProducer { d: 128, dv: 64 }, "simplicial_fwd_producer_bf16_d128_dv64", ForwardProducer, 384, 128, Fixed(188_416)),
     // simplicial_bwd_dq.cu: the delta pre-pass and the CUDA-core dq
     e(BwdDelta { dtype: F32 }, "simplicial_bwd_delta_f32", BackwardQuery, 256, 8, Zero),
     e(BwdDelta { dtype: Bf16 }, "simplicial_bwd_delta_bf16", BackwardQuery, 256, 8, Zero),
