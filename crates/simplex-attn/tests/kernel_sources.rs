@@ -86,7 +86,7 @@ fn layout(k: Kernel, src: &Source) -> Option<i64> {
     let d = |d: usize| d as i64;
     Some(match k {
         Kernel::FwdWgmma { d, tj, .. } => src.eval(&format!("Smem<{d}, {tj}>::BYTES")),
-        Kernel::FwdProducer { d, dv } => src.eval(&format!("Smem<{d}, {dv}>::BYTES")),
+        Kernel::FwdProducer { d, dv } => src.eval(&format!("Smem<{d}, {dv}, {}>::BYTES", d != dv)),
         Kernel::BwdProducerK2 { d } => src.eval(&format!("Smem<{d}>::BYTES")),
         Kernel::BwdQMma { d } => src.eval(&format!("QSmem<{d}>::BYTES")),
         Kernel::BwdKMma { d, rows } => src.eval(&format!("KSmem<{d}, {rows}>::BYTES")),

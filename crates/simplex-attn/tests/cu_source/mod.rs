@@ -2,8 +2,8 @@
 //! points each `.cu` file compiles (macro instantiations expanded) with their
 //! `__launch_bounds__`, and the integer value of a constant expression in a file's scope
 //! (file-level `constexpr int`s of the file and the headers it includes, `constexpr` functions
-//! of one `return`, and the `static constexpr` members of `template <int ...> struct`s:
-//! `Smem<128, 2>::BYTES`). Enough C++ for the layouts of these kernels, nothing more: what it
+//! of one `return`, and the `static constexpr` members of `template <int ...> struct`s, whose
+//! parameters may also be `bool`s: `Smem<128, 2>::BYTES`, `Smem<128, 64, true>::BYTES`). Enough C++ for the layouts of these kernels, nothing more: what it
 //! cannot read is an error naming it.
 #![allow(dead_code)]
 
@@ -109,7 +109,13 @@ impl Source {
                     let name = name.trim_end_matches(" {").trim().to_string();
                     let params = t["template <".len()..t.len() - 1]
                         .split(',')
-                        .map(|p| p.trim().trim_start_matches("int ").to_string())
+                        .map(|p| {
+                            let p = p.trim();
+                            p.strip_prefix("int ")
+                                .or_else(|| p.strip_prefix("bool "))
+                                .unwrap_or(p)
+                                .to_string()
+                        })
                         .collect();
                     let mut members = HashMap::new();
                     let mut j = i + 2;
