@@ -228,11 +228,28 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
     auto wait_consumed = [&](int n) {
       for (; consumed < n; ++consumed) bar_sync(BAR_EMPTY + consumed % NV, THREADS);
     };
-    // this thread's 16-byte chunks of a V' tile: column chunk c16 fixed, keys kk0 + x * KSTEP
-    constexpr int CPR = DV / 8;               // chunks per row
-    constexpr int KSTEP = PTHREADS / CPR;     // rows between a thread's chunks
-    constexpr int NCH = (TKA * CPR + PTHREADS - 1) / PTHREADS;  // chunks per thread (the last maybe none)
-    const int c16 = ptid % CPR, kk0 = ptid / CPR;
+    // dst = tile ∘ row: a staged tile (W columns, swizzled, tile_rows rows) times one window-1
+    // row, in this thread's 16-byte chunks: column chunk ptid % (W / 8), rows ptid / (W / 8)
+    // every PTHREADS / (W / 8)
+    auto fold_row = [&](auto width, uint8_t* dst, const uint8_t* tile, const uint8_t* row) {
+      constexpr int W = decltype(width)::value;
+      constexpr int CPR = W / 8;                                   // chunks per row
+      constexpr int RSTEP = PTHREADS / CPR;                        // rows between a thread's chunks
+      constexpr int NCH = (TKA * CPR + PTHREADS - 1) / PTHREADS;  // chunks per thread (the last maybe none)
+      const int c16 = ptid % CPR, r0 = ptid / CPR;
+      const uint4 m = *reinterpret_cast<const uint4*>(row + c16 * 16);
+#pragma unroll
+      for (int x = 0; x < NCH; ++x) {
+        if (r0 + x * RSTEP >= tile_rows) break;
+        const uint32_t at = sw128_tile(TKA, r0 + x * RSTEP, c16 * 8);
+        uint4 v = *reinterpret_cast<const uint4*>(tile + at);
+        v.x = bf2_mul(v.x, m.x);
+        v.y = bf2_mul(v.y, m.y);
+        v.z = bf2_mul(v.z, m.z);
+        v.w = bf2_mul(v.w, m.w);
+        *reinterpret_cast<uint4*>(dst + at) = v;
+      }
+    };
 
     load_j(JU.lo);
     load_tile(KU.lo, 0);
@@ -265,36 +282,10 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
         const int jn = min(JC, JU.hi - j0);
         for (int jj = 0; jj < jn; ++jj, ++step) {
           wait_consumed(step - NV + 1);
-          const uint4 m = *reinterpret_cast<const uint4*>(sm + L::JV_OFF + (jj * DV + c16 * 8) * 2);
-          uint8_t* vdst = sm + L::VP_OFF + (step % NV) * L::VT;
-#pragma unroll
-          for (int x = 0; x < NCH; ++x) {
-            if (kk0 + x * KSTEP >= tile_rows) break;
-            const uint32_t at = sw128_tile(TKA, kk0 + x * KSTEP, c16 * 8);
-            uint4 v = *reinterpret_cast<const uint4*>(vsrc + at);
-            v.x = bf2_mul(v.x, m.x);
-            v.y = bf2_mul(v.y, m.y);
-            v.z = bf2_mul(v.z, m.z);
-            v.w = bf2_mul(v.w, m.w);
-            *reinterpret_cast<uint4*>(vdst + at) = v;
-          }
-          if constexpr (FOLD) {  // K'_j = K2_tile ∘ k1_j
-            constexpr int KCPR = D / 8, KKSTEP = PTHREADS / KCPR, KNCH = (TKA * KCPR + PTHREADS - 1) / PTHREADS;
-            const int kc16 = ptid % KCPR, kkk0 = ptid / KCPR;
-            const uint4 m1 = *reinterpret_cast<const uint4*>(sm + L::J1_OFF + (jj * D + kc16 * 8) * 2);
-            uint8_t* kdst = sm + L::KP_OFF + (step % NV) * L::KT;
-#pragma unroll
-            for (int x = 0; x < KNCH; ++x) {
-              if (kkk0 + x * KKSTEP >= tile_rows) break;
-              const uint32_t at = sw128_tile(TKA, kkk0 + x * KKSTEP, kc16 * 8);
-              uint4 v = *reinterpret_cast<const uint4*>(ksrc + at);
-              v.x = bf2_mul(v.x, m1.x);
-              v.y = bf2_mul(v.y, m1.y);
-              v.z = bf2_mul(v.z, m1.z);
-              v.w = bf2_mul(v.w, m1.w);
-              *reinterpret_cast<uint4*>(kdst + at) = v;
-            }
-          }
+          // V'_j = V2_tile ∘ v1_j (and K'_j = K2_tile ∘ k1_j)
+          fold_row(Width<DV>{}, sm + L::VP_OFF + (step % NV) * L::VT, vsrc, sm + L::JV_OFF + jj * DV * 2);
+          if constexpr (FOLD)
+            fold_row(Width<D>{}, sm + L::KP_OFF + (step % NV) * L::KT, ksrc, sm + L::J1_OFF + jj * D * 2);
           fence_async_smem();
           bar_arrive(BAR_FULL + step % NV, FULL_THREADS);
           bar_arrive(BAR_FULL + NV + step % NV, FULL_THREADS);
