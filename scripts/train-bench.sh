@@ -19,7 +19,9 @@
 #   curve-new.jsonl, curve-base.jsonl  (TRAIN_BENCH_CURVE=1) metrics.jsonl of a 300-step `25m`
 #                       run on the demo corpus by each build: the same-learning check
 #                       (TRAIN_BENCH_CURVE_LR: its peak learning rate, default 4e-3)
-#   ncu-P.txt           (TRAIN_BENCH_PROFILE=P) the kernel-time breakdown of one update
+#   profile-P.txt       (TRAIN_BENCH_PROFILE=P, with scripts/kernel-trace-build.sh's files in
+#                       the bundle) each update's busy and idle device time and the kernels by
+#                       time, from a CUPTI trace of a real run (trace-P.tsv)
 # for P in TRAIN_BENCH_PATTERNS (default "DDDDDDDD DDDSDDDS"). Each log ends with the largest
 # `nvidia-smi memory.used` sampled every 200 ms while it ran (the whole device).
 # TRAIN_BENCH_STEPS (timed updates, default 12), TRAIN_BENCH_WARMUP (3), TRAIN_BENCH_BATCH (32),
@@ -116,29 +118,19 @@ if [ "${TRAIN_BENCH_CURVE:-0}" = 1 ]; then
 fi
 
 if [ -n "${TRAIN_BENCH_PROFILE:-}" ]; then
-  for p in $TRAIN_BENCH_PROFILE; do
-    timeout 300 /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum --csv --print-units base \
-      "$simplex" bench train --device cuda --preset 25m --pattern "$p" --steps 1 --warmup-steps 1 \
-      --batch "$batch" --seq "$seq" >"$out/ncu-$p.csv" 2>"$out/ncu-$p.err"
-    python3 - "$out/ncu-$p.csv" <<'PY' | tee "$out/ncu-$p.txt"
-import collections, csv, sys
-lines = open(sys.argv[1]).read().splitlines()
-start = next(i for i, l in enumerate(lines) if l.startswith('"ID"'))
-rows = list(csv.reader(lines[start:]))
-hdr, rows = rows[0], rows[1:]
-name, value = hdr.index("Kernel Name"), hdr.index("Metric Value")
-# three updates ran (warm-up, timed, one back to back): the middle third is the timed one
-third = len(rows) // 3
-one = rows[third:2 * third]
-total, count = collections.Counter(), collections.Counter()
-for r in one:
-    total[r[name][:70]] += float(r[value].replace(",", ""))
-    count[r[name][:70]] += 1
-print(f"{len(one)} kernels, {sum(total.values()) / 1e6:.2f} ms of GPU time in one update")
-for k, ns in total.most_common(40):
-    print(f"{ns / 1e6:8.3f} ms {count[k]:6d}x  {k}")
-PY
-  done
+  # the device timeline of every update (scripts/kernel_trace.c; the bundle needs
+  # scripts/kernel-trace-build.sh's files): busy and idle time per update, kernels by time
+  if [ -f "$here/kernel_trace.so" ]; then
+    for p in $TRAIN_BENCH_PROFILE; do
+      LD_LIBRARY_PATH=$here:$LD_LIBRARY_PATH CUDA_INJECTION64_PATH=$here/kernel_trace.so \
+        KERNEL_TRACE_OUT=$out/trace-$p.tsv timeout 200 "$simplex" bench train --device cuda --preset 25m \
+        --pattern "$p" --steps "$steps" --warmup-steps "$warm" --batch "$batch" --seq "$seq" \
+        >"$out/trace-$p.log" 2>&1 || status=1
+      python3 "$here/kernel_gaps.py" "$out/trace-$p.tsv" --top 40 | tee "$out/profile-$p.txt"
+    done
+  else
+    echo "TRAIN_BENCH_PROFILE: no kernel_trace.so in the bundle (scripts/kernel-trace-build.sh)"
+  fi
 fi
 
 python3 - "$out/results.jsonl" <<'PY' | tee "$out/summary.txt"
