@@ -5,7 +5,7 @@
 // bf16 MACs per clock per SM (the H100's dense peak is 2048: 989.4e12 / (2 * 132 SMs * 1.83e9))
 // and TFLOP/s over all SMs. The operands are arbitrary bit patterns: only the time matters.
 // Build and run on the GPU machine (docs/history/kernels.md, 2026-12-07, has a run):
-//   nvcc -gencode=arch=compute_90a,code=sm_90a -O3 -std=c++17 -o wgmma_rate scripts/wgmma_rate.cu
+//   nvcc -gencode=arch=compute_90a,code=sm_90a -O3 -std=c++20 -o wgmma_rate scripts/wgmma_rate.cu
 //   ./wgmma_rate
 #include <cstdio>
 #include <cstdint>

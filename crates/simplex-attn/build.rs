@@ -76,7 +76,7 @@ fn compile(nvcc: &Path, src: &Path, out: &Path) {
         "-cubin",
         GENCODE,
         "-O3",
-        "-std=c++17",
+        "-std=c++20",
         "-lineinfo",
         "-Xptxas",
         "-v",

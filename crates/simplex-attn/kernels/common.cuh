@@ -68,6 +68,17 @@ struct HeadRows {
   __device__ __forceinline__ long long row(int r) const { return (long long)(b * N + r / G) * Hq + kv * G + r % G; }
 };
 
+// A thread's place in a CTA of 128-thread warpgroups: its warpgroup, its warp in that
+// warpgroup, its lane, and the lane's row group g = lane / 4 and column pair t = lane % 4 in the
+// mma / wgmma fragments. `const auto [tid, wg, warp, lane, g, t] = thread_place();`
+struct ThreadPlace {
+  int tid, wg, warp, lane, g, t;
+};
+__device__ __forceinline__ ThreadPlace thread_place() {
+  const int tid = threadIdx.x, lane = tid % 32;
+  return {tid, tid / 128, (tid % 128) / 32, lane, lane / 4, lane % 4};
+}
+
 // The rows a CTA of a (non-persistent) row-block kernel takes (the forwards, the CUDA-core dq):
 // rows [row0, row0 + cta_rows) of the [N G] row space of its (batch, K/V head) (row r is query r / G; blockIdx.x counts the row
 // blocks), nrows = N G, and the unions JU, KU of those queries' windows 1 and 2.

@@ -46,13 +46,7 @@ namespace {
 constexpr int TKQ = 64;  // keys per tile of the dq kernel
 constexpr int TQ = 64;   // rows per step of the dk/dv kernel
 
-template <int D>
-struct DqSmem {
-  static constexpr int KT = TKQ * D * 2;  // one K (or V) tile
-  static constexpr int STAGE = 2 * KT;    // K, then V
-  static constexpr int BYTES = NS * STAGE + 1024;  // + alignment slack (src/kernels/table.rs)
-};
-static_assert(DqSmem<64>::BYTES <= 227 * 1024 && DqSmem<128>::BYTES <= 227 * 1024, "one CTA per SM fits");
+static_assert(RingSmem<TKQ, 64>::BYTES <= 227 * 1024 && RingSmem<TKQ, 128>::BYTES <= 227 * 1024, "one CTA per SM fits");
 
 template <int D>
 __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq,Hq,D]
@@ -64,31 +58,22 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
                                        float* __restrict__ dlt,         // [B,Nq,Hq], written
                                        bf16* __restrict__ dq,           // [B,Nq,Hq,D]
                                        const DotShape s) {
-  using L = DqSmem<D>;
+  using L = RingSmem<TKQ, D>;
   constexpr int KS = D / 16, NA = D / 64;
   uint8_t* sm = aligned_dynamic_smem();
   const uint32_t base = smem_u32(sm);
 
   const RowBlocks rb(s);
   const int G = rb.G, nrows = rb.nrows;
-  const int tid = threadIdx.x, wg = tid / 128;
-
-  if (wg == 0) {
-    // ---------------- producer ----------------
-    produce_kv<TKQ, D, L::STAGE, L::KT>(s, rb, base, k, v);
-    return;
-  }
+  if (!consumer_warpgroup<TKQ, D, L::STAGE, L::KT>(s, rb, base, k, v)) return;  // the producer
 
   // ---------------- consumers ----------------
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS) : "memory");
-  const int c = wg - 1, warp = (tid % 128) / 32, lane = tid % 32;
-  const int g = lane / 4, t = lane % 4;
+  const auto [tid, wg, warp, lane, g, t] = thread_place();
+  const int c = wg - 1;
   const float sl2 = s.scale * LOG2E;
   int gs = 0;  // steps consumed (the ring's stream)
-  for (int n = 0;; ++n) {
-    const int w = rb.work.nth(n);
-    if (w < 0) break;
-    const RowItem it = rb.item<TKQ>(s, w);
+  int n = 0;
+  for (RowItem it; rb.next<TKQ>(s, n, it);) {
     const RowSpace rs(s, it.b, it.kv);
     const int rbase = it.row0 + ROWS * c;
     const bool any_rows = rbase < nrows;

@@ -36,13 +36,7 @@ namespace {
 
 constexpr int TK = 128;  // keys per tile
 
-template <int D>
-struct FwdSmem {
-  static constexpr int KT = TK * D * 2;  // one K (or V) tile
-  static constexpr int STAGE = 2 * KT;    // K, then V
-  static constexpr int BYTES = NS * STAGE + 1024;  // + alignment slack (src/kernels/table.rs)
-};
-static_assert(FwdSmem<64>::BYTES <= 227 * 1024 && FwdSmem<128>::BYTES <= 227 * 1024, "one CTA per SM fits");
+static_assert(RingSmem<TK, 64>::BYTES <= 227 * 1024 && RingSmem<TK, 128>::BYTES <= 227 * 1024, "one CTA per SM fits");
 
 template <int D>
 __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
@@ -51,32 +45,23 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
                                     bf16* __restrict__ o,        // [B,Nq,Hq,D]
                                     float* __restrict__ lse,     // [B,Nq,Hq]
                                     const DotShape s) {
-  using L = FwdSmem<D>;
+  using L = RingSmem<TK, D>;
   constexpr int KS = D / 16;  // k-steps of the logits
   constexpr int NA = D / 64;  // 64-column blocks of O
   const uint32_t base = aligned_dynamic_smem_u32();
 
   const RowBlocks rb(s);
   const int G = rb.G, nrows = rb.nrows;
-  const int tid = threadIdx.x, wg = tid / 128;
-
-  if (wg == 0) {
-    // ---------------- producer ----------------
-    produce_kv<TK, D, L::STAGE, L::KT>(s, rb, base, k, v);
-    return;
-  }
+  if (!consumer_warpgroup<TK, D, L::STAGE, L::KT>(s, rb, base, k, v)) return;  // the producer
 
   // ---------------- consumers ----------------
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS) : "memory");
-  const int c = wg - 1, warp = (tid % 128) / 32, lane = tid % 32;
-  const int g = lane / 4, t = lane % 4;
+  const auto [tid, wg, warp, lane, g, t] = thread_place();
+  const int c = wg - 1;
   const float sl2 = s.scale * LOG2E;
   if (c == 1) bar_arrive(BAR_TURN + 0, 2 * 128);  // consumer 0 takes the first turn
   int gs = 0;  // steps consumed (the ring's stream)
-  for (int n = 0;; ++n) {
-    const int w = rb.work.nth(n);
-    if (w < 0) break;
-    const RowItem it = rb.item<TK>(s, w);
+  int n = 0;
+  for (RowItem it; rb.next<TK>(s, n, it);) {
     const RowSpace rs(s, it.b, it.kv);
     const int rbase = it.row0 + ROWS * c;
     const bool any_rows = rbase < nrows;

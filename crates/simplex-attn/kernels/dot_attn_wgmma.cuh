@@ -172,6 +172,16 @@ struct RowBlocks {
       : G(s.heads_q / s.heads_kv),
         nrows(s.seq_q * G),  // (members initialize in declaration order)
         work((nrows + CTA_ROWS - 1) / CTA_ROWS, s.heads_kv, s.batch, true) {}
+  // Row block n of this CTA's walk into `it` (its keys in steps of TK), n advanced; false past
+  // the last. Every warpgroup walks the same blocks in the same order, so the ring's stages
+  // line up.
+  template <int TK>
+  __device__ __forceinline__ bool next(const DotShape& s, int& n, RowItem& it) const {
+    const int w = work.nth(n++);
+    if (w < 0) return false;
+    it = item<TK>(s, w);
+    return true;
+  }
   // item w of the list, its keys in steps of TK
   template <int TK>
   __device__ __forceinline__ RowItem item(const DotShape& s, int w) const {
@@ -185,6 +195,15 @@ struct RowBlocks {
   }
 };
 
+// Shared memory of the forward and dq kernels: the ring of NS stages, each a K tile and a V
+// tile of TK keys x D columns (128B-swizzled).
+template <int TK, int D>
+struct RingSmem {
+  static constexpr int KT = TK * D * 2;            // one K (or V) tile
+  static constexpr int STAGE = 2 * KT;             // K, then V
+  static constexpr int BYTES = NS * STAGE + 1024;  // + alignment slack (src/kernels/table.rs)
+};
+
 // The producer warpgroup of the forward and dq kernels: the K and V tiles of each of this CTA's
 // row blocks, TK keys a step, into the ring (stage st: K at base + st * STAGE, V KT bytes later).
 template <int TK, int D, int STAGE, int KT>
@@ -193,10 +212,8 @@ __device__ __forceinline__ void produce_kv(const DotShape& s, const RowBlocks& r
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
   const long long kstride = (long long)s.heads_kv * D;
   Ring ring;
-  for (int n = 0;; ++n) {
-    const int w = rb.work.nth(n);
-    if (w < 0) break;
-    const RowItem it = rb.item<TK>(s, w);
+  int n = 0;
+  for (RowItem it; rb.next<TK>(s, n, it);) {
     const long long kbase = RowSpace(s, it.b, it.kv).key(0, D);
     for (int step = 0; step < it.nkt; ++step)
       ring.step([&](int st) {
@@ -205,6 +222,19 @@ __device__ __forceinline__ void produce_kv(const DotShape& s, const RowBlocks& r
       });
   }
   ring.finish();
+}
+
+// The start of the forward and dq kernels: warpgroup 0 runs the producer of the K / V ring and
+// is done (false); the two consumer warpgroups take the registers it gave back (true).
+template <int TK, int D, int STAGE, int KT>
+__device__ __forceinline__ bool consumer_warpgroup(const DotShape& s, const RowBlocks& rb, uint32_t base,
+                                                   const bf16* k, const bf16* v) {
+  if (threadIdx.x / 128 == 0) {
+    produce_kv<TK, D, STAGE, KT>(s, rb, base, k, v);
+    return false;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS) : "memory");
+  return true;
 }
 
 // The rows that see at least one of the keys [j0, j1) (non-empty, inside 0..Nk); empty (lo == hi)

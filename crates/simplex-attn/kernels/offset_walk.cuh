@@ -61,8 +61,7 @@ __device__ __forceinline__ void load_kv_tile(uint8_t* sm, int buf, int k0, int h
 template <int D, typename RowOffset>
 __device__ __forceinline__ void store_rows_bf16(uint8_t* sm, const float (&acc)[D / 64][32], const float (&row_scale)[2],
                                                 int rbase, int nrows, __nv_bfloat16* out, RowOffset row_off) {
-  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int g = lane / 4, t = lane % 4;
+  const auto [tid, wg, warp, lane, g, t] = thread_place();
   __nv_bfloat16* stage = reinterpret_cast<__nv_bfloat16*>(sm) + wg * ROWS * D;
 #pragma unroll
   for (int e = 0; e < 2; ++e) {

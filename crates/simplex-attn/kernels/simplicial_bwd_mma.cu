@@ -171,9 +171,7 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
   const uint32_t k2a = smem_u32(k2s), v2a = smem_u32(v2s);
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
-  const CtaRows cr = cta_rows(s, G, RB);
-  const int row0 = cr.row0, nrows = cr.nrows;
-  const Range JU = cr.JU, KU = cr.KU;
+  const auto [row0, nrows, JU, KU] = cta_rows(s, G, RB);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const HeadRows hr(s);
   auto kv_off = [&](int pos) { return hr.key(pos, D); };

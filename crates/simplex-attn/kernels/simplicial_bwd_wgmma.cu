@@ -178,9 +178,7 @@ __device__ __forceinline__ void bwd_q(const bf16* __restrict__ q, const bf16* __
   float* dvs = reinterpret_cast<float*>(sm + L::DV_OFF);
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
-  const CtaRows cr = cta_rows(s, G, BLK);
-  const int row0 = cr.row0, nrows = cr.nrows;
-  const Range JU = cr.JU, KU = cr.KU;
+  const auto [row0, nrows, JU, KU] = cta_rows(s, G, BLK);
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const HeadRows hr(s);

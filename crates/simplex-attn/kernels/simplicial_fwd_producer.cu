@@ -152,9 +152,7 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
 
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
   const int b = blockIdx.z, kv = blockIdx.y;
-  const CtaRows cr = cta_rows(s, G, CTA_ROWS);
-  const int row0 = cr.row0, nrows = cr.nrows;
-  const Range JU = cr.JU, KU = cr.KU;
+  const auto [row0, nrows, JU, KU] = cta_rows(s, G, CTA_ROWS);
   const int tid = threadIdx.x, wg = tid / 128;
   // key tiles: enough for the consumer whose keys reach furthest past its own first tile row;
   // rows staged per tile: 64 and the larger shift

@@ -95,11 +95,8 @@ __device__ __forceinline__ void fwd_wgmma(const bf16* __restrict__ q,   // [B,N,
   const int N = s.seq, Hq = s.heads_q, Hkv = s.heads_kv, G = Hq / Hkv;
   const int b = blockIdx.z, kv = blockIdx.y;
   constexpr int CTA_ROWS = PP ? 2 * ROWS : ROWS;  // PP: one 64-row block per warpgroup
-  const CtaRows cr = cta_rows(s, G, CTA_ROWS);
-  const int row0 = cr.row0, nrows = cr.nrows;
-  const Range JU = cr.JU, KU = cr.KU;
-  const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32;
-  const int g = lane / 4, t = lane % 4;
+  const auto [row0, nrows, JU, KU] = cta_rows(s, G, CTA_ROWS);
+  const auto [tid, wg, warp, lane, g, t] = thread_place();
   const HeadRows hr(s);
   auto kv_off = [&](int pos) { return hr.key(pos, D); };
   auto q_off = [&](int r) { return hr.row(r) * D; };

@@ -91,8 +91,8 @@ fn layout(k: Kernel, src: &Source) -> Option<i64> {
         Kernel::BwdQMma { d } => src.eval(&format!("QSmem<{d}>::BYTES")),
         Kernel::BwdKMma { d, rows } => src.eval(&format!("KSmem<{d}, {rows}>::BYTES")),
         Kernel::BwdQWgmma { d } => src.eval(&format!("QLayout<{d}>::BYTES")),
-        Kernel::DotFwdWgmma { d } => src.eval(&format!("FwdSmem<{d}>::BYTES")),
-        Kernel::DotDqWgmma { d } => src.eval(&format!("DqSmem<{d}>::BYTES")),
+        Kernel::DotFwdWgmma { d } => src.eval(&format!("RingSmem<TK, {d}>::BYTES")),
+        Kernel::DotDqWgmma { d } => src.eval(&format!("RingSmem<TKQ, {d}>::BYTES")),
         Kernel::DotDkvWgmma { d } => src.eval(&format!("DkvSmem<{d}>::BYTES")),
         // sq [BM][STR], sk, sv [2][BN][STR] (STR = D + 8 bf16), BN from DOT_FWD(D, BN)
         Kernel::DotFwd { d: dd } => {
