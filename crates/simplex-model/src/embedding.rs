@@ -53,12 +53,17 @@ impl TokenEmbedding {
         self.one_hot(tokens)?.matmul(&self.weight)?.reshape(shape)
     }
 
-    /// `one_hot(tokens) [T, V]` in the weight's dtype, `T` the tokens flattened.
+    /// `one_hot(tokens) [T, V]` in the weight's dtype, `T` the tokens flattened: zeros with a
+    /// one scattered into each row (a memset and one write per token; comparing every token
+    /// with every id took 0.12 ms per call at T = 32768, V = 256 on an H100). The ids must be
+    /// below V (the model checks them first).
     fn one_hot(&self, tokens: &Tensor) -> candle_core::Result<Tensor> {
         let v = self.weight.dim(0)?;
         let ids = tokens.flatten_all()?.to_dtype(DType::U32)?.unsqueeze(1)?;
-        let vocab = Tensor::arange(0u32, v as u32, tokens.device())?.unsqueeze(0)?;
-        ids.broadcast_eq(&vocab)?.to_dtype(self.weight.dtype())
+        let (t, dtype, dev) = (ids.dim(0)?, self.weight.dtype(), tokens.device());
+        let hot = Tensor::zeros((t, v), dtype, dev)?;
+        hot.scatter_set(&ids, &Tensor::ones((t, 1), dtype, dev)?, 1)?;
+        Ok(hot)
     }
 }
 

@@ -39,13 +39,13 @@ pub struct Model {
 
 /// A batch of next-token examples whose ids were checked on the host against a config:
 /// `inputs [B, N]` and `targets [B * N]` (u32, on the model's device). Checking here costs no
-/// device synchronization, unlike checking a device tensor.
+/// device synchronization, unlike checking a device tensor, so the training paths take a
+/// `TokenBatch` and check nothing on the device (the only way to make one is
+/// [`TokenBatch::new`]).
 #[derive(Debug, Clone)]
 pub struct TokenBatch {
-    /// `[B, N]` input ids.
-    pub inputs: Tensor,
-    /// `[B * N]` target ids (the next token of each input position).
-    pub targets: Tensor,
+    inputs: Tensor,
+    targets: Tensor,
 }
 
 impl TokenBatch {
@@ -86,6 +86,16 @@ impl TokenBatch {
             inputs: Tensor::from_slice(inputs, (batch, seq), device)?,
             targets: Tensor::from_slice(targets, n, device)?,
         })
+    }
+
+    /// `[B, N]` input ids.
+    pub fn inputs(&self) -> &Tensor {
+        &self.inputs
+    }
+
+    /// `[B * N]` target ids (the next token of each input position).
+    pub fn targets(&self) -> &Tensor {
+        &self.targets
     }
 }
 
@@ -280,8 +290,7 @@ impl Model {
         batch: &TokenBatch,
         scale: f64,
     ) -> Result<Option<(TrainingLoss, GradStore)>> {
-        let tokens = &batch.inputs;
-        check_tokens(tokens, 0, &self.cfg)?;
+        let tokens = &batch.inputs; // checked on the host by TokenBatch::new
         if !self.has_written_out_backward() {
             return Ok(None);
         }
