@@ -48,9 +48,9 @@
 // FOLD (the determinant instantiation): k1_j is folded into the keys instead of the queries,
 //   S = Q @ (K2_tile ∘ k1_j)^T           K'_j built by the producer beside V'_j (same ring slot)
 // so the consumers run the logits on their Q fragments as they are (no A_j: 32 registers and
-// 48 instructions fewer per step, and one product per step for both consumers instead of one
-// each), and only the producer reads the staged K2 / V2 tiles, so it loads tile kt + 1 as soon
-// as tile kt has landed. Shared memory 184 KB (K' NV x 18 KB more). The trilinear D = 128
+// 48 instructions fewer per consumer and step; one K'_j serves both consumers), and only the
+// producer reads the staged K2 / V2 tiles, so it loads tile kt + 1 as soon as tile kt has
+// landed. Shared memory 184 KB (K' NV x 18 KB more). The trilinear D = 128
 // instantiation does not fold: with K' its 190 KB need window-1 chunks of 64 rows to fit, and
 // it measured 1-3% slower (docs/history/kernels.md).
 // setmaxnreg 72 (producer) / 216 (consumers), chosen by compiling splits from 24/240 to
