@@ -47,7 +47,6 @@ def updates(recs, end_name):
 
 
 def stats(upd):
-    span = upd[-1][1] - upd[0][0]
     busy, idle = 0, collections.Counter()
     cur_s, cur_e = upd[0][0], upd[0][1]
     for s, e, _, _ in upd[1:]:
@@ -61,8 +60,7 @@ def stats(upd):
         else:
             cur_e = max(cur_e, e)
     busy += cur_e - cur_s
-    span = max(span, cur_e - upd[0][0])
-    return span, busy, idle
+    return cur_e - upd[0][0], busy, idle  # the span: first start to last end
 
 
 def main():
