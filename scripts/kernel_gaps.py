@@ -10,6 +10,10 @@ launch latency) between the update's operations: the most a CUDA graph of the up
 remove.
 
     python3 scripts/kernel_gaps.py trace.tsv [--end flat_write] [--skip 1] [--top 15]
+
+With --per-kernel, it prints instead each kernel's launches and device time (median, min, max,
+total; us) over the whole trace, for traces that are not training updates (a benchmark's op
+calls): `--per-kernel --match dot_` keeps the kernels whose name contains `dot_`.
 """
 import argparse
 import collections
@@ -63,14 +67,33 @@ def stats(upd):
     return cur_e - upd[0][0], busy, idle  # the span: first start to last end
 
 
+def per_kernel(recs, match, top):
+    """Each kernel's launch count and device time over the whole trace, the largest total first."""
+    times = collections.defaultdict(list)
+    for s, e, kind, name in recs:
+        if kind == "K" and match in name:
+            times[name[:80]].append(e - s)
+    if not times:
+        sys.exit(f"no kernel named like {match!r} in the trace")
+    print(f"{'launches':>8} {'median us':>10} {'min us':>8} {'max us':>8} {'total ms':>9}  kernel")
+    for name, ts in sorted(times.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        print(f"{len(ts):8d} {statistics.median(ts) / 1e3:10.1f} {min(ts) / 1e3:8.1f} {max(ts) / 1e3:8.1f} "
+              f"{sum(ts) / 1e6:9.3f}  {name}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("trace")
     ap.add_argument("--end", default="flat_write", help="a name part of the kernel that ends each update")
     ap.add_argument("--skip", type=int, default=1, help="updates to leave out at the start (set-up, warm-up)")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--per-kernel", action="store_true", help="per-kernel device times over the whole trace")
+    ap.add_argument("--match", default="", help="with --per-kernel: keep kernels whose name contains this")
     a = ap.parse_args()
     recs = read(a.trace)
+    if a.per_kernel:
+        per_kernel(recs, a.match, a.top)
+        return
     ups = updates(recs, a.end)[a.skip:]
     if not ups:
         sys.exit(f"{a.trace}: no update ends with a kernel named like {a.end!r}")

@@ -38,6 +38,8 @@
 // Shared memory: D = 64: NS x (Q, dO) 64 x 64 tiles + lse, delta: 49.5 KB; D = 128: the
 // consumers' K, V 64 KB + NS x (Q, dO) 64 x 128: 161.5 KB.
 // Registers (D = 128): dK 64 + dV 64 + S^T 32 + dP^T 32 + P^T, dS^T fragments 32.
+#include <type_traits>
+
 #include "dot_attn_wgmma.cuh"
 
 namespace dot_wgmma {
@@ -134,22 +136,29 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
         reg_fence(sacc);
         reg_fence(dpacc);
         const bool inside = k0 >= kr[0].lo && k0 + TKQ <= kr[0].hi && k0 >= kr[1].lo && k0 + TKQ <= kr[1].hi;
-        const bool full = __all_sync(0xffffffffu, inside);
-        // dS as the A fragments of the 4 k-steps over the tile's keys (nn / 2: k-step, nn % 2: half)
+        // dS as the A fragments of the 4 k-steps over the tile's keys (nn / 2: k-step, nn % 2:
+        // half); the masked copy of the loop only where a row of the warp misses a key of the tile
         uint32_t dsf[TKQ / 16][4];
+        auto dscores = [&](auto masked) {
+          constexpr bool MASKED = decltype(masked)::value;
 #pragma unroll
-        for (int nn = 0; nn < 8; ++nn) {
-          float ds[4];
+          for (int nn = 0; nn < 8; ++nn) {
+            float ds[4];
 #pragma unroll
-          for (int x = 0; x < 4; ++x) {
-            const int e = x / 2, key = k0 + 8 * nn + 2 * t + x % 2;
-            const bool ok = full || (key >= kr[e].lo && key < kr[e].hi);
-            const float p = masked_exp2(ok, fmaf(sacc[4 * nn + x], sl2, -lr[e]));
-            ds[x] = p * (dpacc[4 * nn + x] - dr[e]);
+            for (int x = 0; x < 4; ++x) {
+              const int e = x / 2, key = k0 + 8 * nn + 2 * t + x % 2;
+              const float y = fmaf(sacc[4 * nn + x], sl2, -lr[e]);
+              const float p = MASKED ? masked_exp2(key >= kr[e].lo && key < kr[e].hi, y) : fast_exp2(y);
+              ds[x] = p * (dpacc[4 * nn + x] - dr[e]);
+            }
+            dsf[nn / 2][2 * (nn % 2) + 0] = bf2_pack(ds[0], ds[1]);
+            dsf[nn / 2][2 * (nn % 2) + 1] = bf2_pack(ds[2], ds[3]);
           }
-          dsf[nn / 2][2 * (nn % 2) + 0] = bf2_pack(ds[0], ds[1]);
-          dsf[nn / 2][2 * (nn % 2) + 1] = bf2_pack(ds[2], ds[3]);
-        }
+        };
+        if (__all_sync(0xffffffffu, inside))
+          dscores(std::false_type{});
+        else
+          dscores(std::true_type{});
 #pragma unroll
         for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
         wg_fence();
@@ -326,22 +335,31 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
         reg_fence(dpacc);
         // P^T, dS^T: row (key) e, column (row of the step) 8 nn + 2 t + cc
         const bool inside = r0 >= rk[0].lo && r0 + TQ <= rk[0].hi && r0 >= rk[1].lo && r0 + TQ <= rk[1].hi;
-        const bool full = __all_sync(0xffffffffu, inside);
         uint32_t pf[TQ / 16][4], dsf[TQ / 16][4];
+        // Two copies of the loop, chosen per warp: the masked one only where a row of the step
+        // misses a key of the warp. (With one loop and `ok = full || ...`, ptxas computes the 64
+        // comparisons of every step before issuing its products.)
+        auto probs = [&](auto masked) {
+          constexpr bool MASKED = decltype(masked)::value;
 #pragma unroll
-        for (int nn = 0; nn < 8; ++nn) {
-          const float2 l2 = *reinterpret_cast<const float2*>(ls + 8 * nn + 2 * t);
-          const float2 dl = *reinterpret_cast<const float2*>(ls + TQ + 8 * nn + 2 * t);
-          float pv[4], dsv[4];
+          for (int nn = 0; nn < 8; ++nn) {
+            const float2 l2 = *reinterpret_cast<const float2*>(ls + 8 * nn + 2 * t);
+            const float2 dl = *reinterpret_cast<const float2*>(ls + TQ + 8 * nn + 2 * t);
+            float pv[4], dsv[4];
 #pragma unroll
-          for (int x = 0; x < 4; ++x) {
-            const int e = x / 2, cc = x % 2, r = r0 + 8 * nn + 2 * t + cc;
-            const bool ok = full || (r >= rk[e].lo && r < rk[e].hi);
-            pv[x] = masked_exp2(ok, fmaf(sacc[4 * nn + x], sl2, -(cc ? l2.y : l2.x) * LOG2E));
-            dsv[x] = pv[x] * (dpacc[4 * nn + x] - (cc ? dl.y : dl.x));
+            for (int x = 0; x < 4; ++x) {
+              const int e = x / 2, cc = x % 2, r = r0 + 8 * nn + 2 * t + cc;
+              const float y = fmaf(sacc[4 * nn + x], sl2, -(cc ? l2.y : l2.x) * LOG2E);
+              pv[x] = MASKED ? masked_exp2(r >= rk[e].lo && r < rk[e].hi, y) : fast_exp2(y);
+              dsv[x] = pv[x] * (dpacc[4 * nn + x] - (cc ? dl.y : dl.x));
+            }
+            offset_walk::pack_p_ds(pf, dsf, nn, pv, dsv);
           }
-          offset_walk::pack_p_ds(pf, dsf, nn, pv, dsv);
-        }
+        };
+        if (__all_sync(0xffffffffu, inside))
+          probs(std::false_type{});
+        else
+          probs(std::true_type{});
         // dV += P^T dO, dK += dS^T Q (dO, Q read MN-major)
 #pragma unroll
         for (int a = 0; a < NA; ++a) {

@@ -1,173 +1,183 @@
-// Dot-product attention forward on tensor cores (mma.sync m16n8k16), FlashAttention-2 style.
+// Dot-product attention forward on Hopper tensor cores (wgmma) at D = 64: one warpgroup per CTA,
+// three CTAs per SM.
 //
 //   S[i,j] = scale * q_i . k_j  (j in the keys of query i),  o_i = sum_j softmax_j(S[i]) v_j,
 //   lse_i = log sum_j exp S[i,j]   (natural log, f32)
-// bf16 q, k, v, o; f32 accumulation and softmax. D = Dv in {64, 128} (other head dims and f32
-// run dot_attn_simple.cu). Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; when it
-// runs, speed: docs/kernels.md.
+// bf16 q, k, v, o; f32 accumulation and softmax; D = Dv = 64; any G = Hq / Hkv, causal or
+// bidirectional, sliding windows, Nk >= Nq. Reference: src/dot/reference.rs; tests:
+// tests/cuda_dot.rs; when it runs, speed: docs/kernels.md.
 //
-// Grid: x = blocks of BM = 128 queries, y = query head h, z = batch. Block: 4 warps; warp w owns
-// queries 32 w .. 32 w + 31 as MT = 2 m16 tiles, so each K/V fragment read from shared memory
-// feeds two MMAs. The CTA walks the key tiles of its queries' union range (tiles wholly
-// outside are never visited; masks are applied only to tiles not wholly inside every query's
-// range). Per key tile of BN keys:
-//   S = Q K^T (A = Q by ldmatrix, B = K tile by ldmatrix), scale * log2(e), mask,
-//   online softmax in registers (row max over the 4 lanes of a row by two shuffles),
-//   O += P V (A = P rounded to bf16 straight from the S accumulators, B = V by ldmatrix.trans).
-// Pipeline: K and V tiles double-buffered with cp.async; tile t + 1 loads while tile t computes.
-// Tiles (BN) and shared memory (bf16, rows padded by 16 bytes for conflict-free ldmatrix):
-//   D = 64:  BN = 64: Q 128 x 72 + 2 x (K, V) 64 x 72 = 54 KiB
-// Registers per thread: O MT * D/2 and S MT * BN/2 floats (64 + 64); ptxas -v: 236, no spills:
-// two CTAs (8 warps) per SM.
-// Compiled for D = 64 only: the forward there (src/kernels/dispatch/dot.rs), beside the wgmma
-// backward; at D = 128 the wgmma forward (dot_attn_fwd_wgmma.cu) runs. The mma.sync backward
-// kernels and this forward at D = 128 lost to the wgmma ones and were retired
-// (docs/history/kernels.md).
-#include "dot_attn.cuh"
+// Work: blocks of BM = 64 rows of a (batch, K/V head)'s row space r = i G + hh (the G heads of a
+// K/V head share its tiles; dot_attn_wgmma.cuh). Grid: (row blocks, Hkv, B), the last block of a
+// group first (under a causal mask it sees the most keys, and a CTA that starts late sets the
+// kernel's end). Block: one warpgroup of 128 threads and no producer: three CTAs share an SM,
+// so one's softmax runs while another's products do. Per key tile of TK = 128 keys:
+//   all threads: cp.async of the next tile's K and V (128B-swizzled, as the persistent kernels'
+//     producer loads them) into the other of two stages; wait for this tile's, fence for the
+//     async proxy, barrier
+//   S = Q K_tile^T      two m64n64k16 SS chains (Q staged with the first tile, K K-major)
+//   mask (only where a row of the warp misses a key of the tile), online softmax (exp2, the
+//     scale folded into the exp's FMA), O *= alpha, P rounded to bf16 A fragments in registers
+//   O += P V_tile       RS, V read MN-major; then a barrier frees the stage for the load after
+//     the next
+// lse and O / l are stored straight from registers at the end.
+// Shared memory: 2 stages x (K, V) tiles of 128 x 64 bf16 + Q 64 x 64: 72 KB (+ alignment), 3
+// CTAs per SM. Registers: O 32 + S 64 + P 32 (S and P overlap in time): Q is read from shared
+// memory, since with Q in registers too (175 registers) the 168 of three CTAs per SM spill and
+// serialize the products.
+// Measured slower at the LM layer (docs/history/kernels.md): the mma.sync forward this
+// replaced, the persistent producer/consumer wgmma forward at D = 64, and this kernel with tile
+// t's logits issued together with tile t - 1's values product (FlashAttention-3's overlap).
+#include "dot_attn_wgmma.cuh"
 
-using namespace dot;
-
+namespace dot_wgmma {
 namespace {
 
-constexpr int WARPS = 4;
-constexpr int THREADS = WARPS * WARP;
-constexpr int MT = 2;                // m16 tiles per warp
-constexpr int BM = WARPS * 16 * MT;  // queries per CTA
+constexpr int BM = 64;           // rows per CTA = wgmma M
+constexpr int TKF = 128;         // keys per tile
+constexpr int HALVES = TKF / 64; // m64n64 logit blocks per tile
+constexpr int WG_THREADS = 128;  // one warpgroup
+constexpr int CTAS_PER_SM = 3;
 
-template <int D, int BN>
-__device__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
-                    const bf16* __restrict__ k,  // [B,Nk,Hkv,D]
-                    const bf16* __restrict__ v,  // [B,Nk,Hkv,D]
-                    bf16* __restrict__ o,        // [B,Nq,Hq,D]
-                    float* __restrict__ lse,     // [B,Nq,Hq]
-                    const DotShape s) {
-  constexpr int STR = D + 8, KS = D / 16, NBS = BN / 8, NBO = D / 8;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* sq = reinterpret_cast<bf16*>(smem_raw);  // [BM][STR]
-  bf16* sk = sq + BM * STR;                        // [2][BN][STR]
-  bf16* sv = sk + 2 * BN * STR;                    // [2][BN][STR]
+template <int D>
+struct FwdSmem {
+  static constexpr int KT = TKF * D * 2;           // one K (or V) tile
+  static constexpr int STAGE = 2 * KT;             // K, then V
+  static constexpr int Q_OFF = 2 * STAGE;          // the block's Q rows, [BM x D]
+  static constexpr int BYTES = Q_OFF + BM * D * 2 + 1024;  // + alignment slack (src/kernels/table.rs)
+};
+static_assert(CTAS_PER_SM * FwdSmem<64>::BYTES <= 227 * 1024, "three CTAs per SM fit");
+static_assert(WG_THREADS == PTHREADS, "load_kv spreads a tile over 128 threads");
 
-  const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP, g = lane / 4, t = lane % 4;
-  const int b = blockIdx.z, h = blockIdx.y, hk = h / (s.heads_q / s.heads_kv);
-  const int i0 = blockIdx.x * BM, i1 = min(i0 + BM, s.seq_q);
-  const Span keys = keys_of_block(s, i0, i1);
-  const int t0 = keys.lo / BN, t1 = (keys.hi + BN - 1) / BN;
-  const long long qstride = (long long)s.heads_q * D, kstride = (long long)s.heads_kv * D;
-  const bf16* kg = k + (long long)b * s.seq_k * kstride + (long long)hk * D;
-  const bf16* vg = v + (long long)b * s.seq_k * kstride + (long long)hk * D;
+template <int D>
+__device__ __forceinline__ void fwd_warpgroup(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
+                                              const bf16* __restrict__ k,  // [B,Nk,Hkv,D]
+                                              const bf16* __restrict__ v,  // [B,Nk,Hkv,D]
+                                              bf16* __restrict__ o,        // [B,Nq,Hq,D]
+                                              float* __restrict__ lse,     // [B,Nq,Hq]
+                                              const DotShape s) {
+  using L = FwdSmem<D>;
+  constexpr int KS = D / 16;  // k-steps of the logits
+  constexpr int NA = D / 64;  // 64-column blocks of O
+  const uint32_t base = aligned_dynamic_smem_u32();
+  const auto [tid, wg, warp, lane, g, t] = thread_place();
 
-  load_rows<BM, D, THREADS>(sq, q + ((long long)b * s.seq_q + i0) * qstride + (long long)h * D, qstride,
-                            i1 - i0);
-  auto load_kv = [&](int tile, int stage) {
-    const int j0 = tile * BN;
-    load_rows<BN, D, THREADS>(sk + stage * BN * STR, kg + j0 * kstride, kstride, s.seq_k - j0);
-    load_rows<BN, D, THREADS>(sv + stage * BN * STR, vg + j0 * kstride, kstride, s.seq_k - j0);
-  };
-  load_kv(t0, 0);
-  cp_async_commit();
-
-  // This thread's rows: i0 + 32 warp + 16 m + g + 8 r, m < MT, r < 2.
-  const int row0 = warp * 16 * MT;
-  Span rk[MT][2];
-  float mx[MT][2], l[MT][2];
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      rk[m][r] = keys_of(s, i0 + row0 + 16 * m + g + 8 * r);
-      mx[m][r] = -INFINITY;
-      l[m][r] = 0.0f;
-    }
-  float acc[MT][NBO][4];
-  zero(acc);
-  const float sl2 = s.scale * LOG2E;
-
-  for (int tile = t0; tile < t1; ++tile) {
-    const int stage = (tile - t0) & 1;
-    if (tile + 1 < t1) load_kv(tile + 1, stage ^ 1);
+  const int G = s.heads_q / s.heads_kv, nrows = s.seq_q * G;
+  const RowSpace rs(s, blockIdx.z, blockIdx.y);
+  const int rbase = (gridDim.x - 1 - blockIdx.x) * BM;  // the last block first
+  auto q_off = [&](int r) -> long long { return rs.row(r, D); };
+  const Span KU = keys_of_rows(s, G, rbase, min(rbase + BM, nrows));
+  const int nkt = (KU.hi - KU.lo + TKF - 1) / TKF;
+  const long long kstride = (long long)s.heads_kv * D, kbase = rs.key(0, D);
+  auto load_tile = [&](int step) {
+    const uint32_t kt = base + (step & 1) * L::STAGE;
+    load_kv<TKF, D>(kt, kt + L::KT, k, v, kbase, kstride, KU.lo + step * TKF, KU.hi);
     cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    const bf16* skt = sk + stage * BN * STR;
-    const bf16* svt = sv + stage * BN * STR;
-
-    float sc[MT][NBS][4];
-    zero(sc);
-    mma_rows_nk<MT, KS, NBS>(sc, sq, row0, skt, STR);
-
-    const int j0 = tile * BN;
-    const bool full = tile_is_full(s, i0, i1, j0, j0 + BN);
+  };
+  // Q (swizzled as an A tile of D/64 atoms of 64 rows; zero past the rows) with the first tile
+  const uint32_t qs = base + L::Q_OFF;
 #pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int nb = 0; nb < NBS; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = sc[m][nb][e] * sl2;
-          if (!full && !sees(rk[m][e / 2], j0 + nb * 8 + 2 * t + (e & 1))) x = -INFINITY;
-          sc[m][nb][e] = x;
-        }
-    // Online softmax: new max, rescale O and l by 2^(old - new), P = 2^(x - max).
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mnew = mx[m][r];
-#pragma unroll
-        for (int nb = 0; nb < NBS; ++nb) mnew = fmaxf(mnew, fmaxf(sc[m][nb][2 * r], sc[m][nb][2 * r + 1]));
-        mnew = fmaxf(mnew, __shfl_xor_sync(0xffffffffu, mnew, 1));
-        mnew = fmaxf(mnew, __shfl_xor_sync(0xffffffffu, mnew, 2));
-        const float base = mnew == -INFINITY ? 0.0f : mnew;  // a row with no key yet
-        const float alpha = fast_exp2(mx[m][r] - base);
-        mx[m][r] = mnew;
-        float sum = 0.0f;
-#pragma unroll
-        for (int nb = 0; nb < NBS; ++nb)
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const float p = fast_exp2(sc[m][nb][2 * r + c] - base);
-            sc[m][nb][2 * r + c] = p;
-            sum += p;
-          }
-        l[m][r] = l[m][r] * alpha + sum;
-#pragma unroll
-        for (int nb = 0; nb < NBO; ++nb) {
-          acc[m][nb][2 * r] *= alpha;
-          acc[m][nb][2 * r + 1] *= alpha;
-        }
-      }
-    mma_probs_kn<MT, BN / 16, NBO>(acc, sc, svt, STR);
-    __syncthreads();  // this stage is refilled by the next iteration's prefetch
+  for (int x = 0; x < BM * D / 8 / WG_THREADS; ++x) {
+    const int ch = tid + x * WG_THREADS, rr = ch / (D / 8), c16 = ch % (D / 8), r = rbase + rr;
+    cp_async16(qs + sw128_tile(BM, rr, c16 * 8), q + (r < nrows ? q_off(r) + c16 * 8 : 0), r < nrows);
   }
-  cp_async_wait<0>();
+  load_tile(0);
 
+  // this thread's rows rbase + 16 warp + g + 8 e: their keys (empty past the rows)
+  Span kr[2];
 #pragma unroll
-  for (int m = 0; m < MT; ++m)
+  for (int e = 0; e < 2; ++e) {
+    const int r = rbase + warp * 16 + g + 8 * e;
+    kr[e] = r < nrows ? dot::keys_of(s, r / G) : Span{0, 0};
+  }
+  const float sl2 = s.scale * LOG2E;
+  float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
+  float acc[NA][32];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float sum = l[m][r];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const int i = i0 + row0 + 16 * m + g + 8 * r;
-      if (i < s.seq_q) {
-        const long long row = ((long long)b * s.seq_q + i) * s.heads_q + h;
-        const float inv = 1.0f / sum;
-        bf16* orow = o + row * D;
+  for (int a = 0; a < NA; ++a)
 #pragma unroll
-        for (int nb = 0; nb < NBO; ++nb)
-          *reinterpret_cast<uint32_t*>(orow + nb * 8 + 2 * t) =
-              pack_bf16(acc[m][nb][2 * r] * inv, acc[m][nb][2 * r + 1] * inv);
-        if (t == 0) lse[row] = (mx[m][r] + log2f(sum)) * LN2;
-      }
+    for (int x = 0; x < 32; ++x) acc[a][x] = 0.0f;
+
+  for (int step = 0; step < nkt; ++step) {
+    if (step + 1 < nkt) {
+      load_tile(step + 1);  // into the stage the last step's barrier freed
+      cp_async_wait_group<1>();
+    } else {
+      cp_async_wait_group<0>();
     }
+    fence_async_smem();
+    __syncthreads();  // tile `step` landed for every thread
+    const int k0 = KU.lo + step * TKF;
+    const uint32_t kt = base + (step & 1) * L::STAGE, vt = kt + L::KT;
+
+    // S = Q K_tile^T: keys k0 .. k0 + 63 into sacc[0], k0 + 64 .. k0 + 127 into sacc[1]
+    float sacc[HALVES][32];
+    wg_fence();
+#pragma unroll
+    for (int h = 0; h < HALVES; ++h) offset_walk::wgmma_ss_tt<KS>(sacc[h], qs, kt + h * 64 * 128);
+    wg_commit();
+    wg_wait0();
+#pragma unroll
+    for (int h = 0; h < HALVES; ++h) reg_fence(sacc[h]);
+
+    // mask and online softmax (base 2) of rows g (e = 0) and g + 8 (e = 1)
+    float alpha[2];
+    {
+      const bool inside = k0 >= kr[0].lo && k0 + TKF <= kr[0].hi && k0 >= kr[1].lo && k0 + TKF <= kr[1].hi;
+      const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
+      offset_walk::online_softmax<HALVES>(sacc, fold, sl2, t, [&](int u, int e, int col) {
+        const int key = k0 + 64 * u + col;
+        return key >= kr[e].lo && key < kr[e].hi;
+      }, m_row, l_row, alpha);
+    }
+#pragma unroll
+    for (int a = 0; a < NA; ++a)
+#pragma unroll
+      for (int nn = 0; nn < 8; ++nn)
+#pragma unroll
+        for (int x = 0; x < 4; ++x) acc[a][4 * nn + x] *= alpha[x / 2];
+    uint32_t pf[HALVES][4][4];
+#pragma unroll
+    for (int h = 0; h < HALVES; ++h)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        pf[h][x][0] = bf2_pack(sacc[h][8 * x + 0], sacc[h][8 * x + 1]);
+        pf[h][x][1] = bf2_pack(sacc[h][8 * x + 2], sacc[h][8 * x + 3]);
+        pf[h][x][2] = bf2_pack(sacc[h][8 * x + 4], sacc[h][8 * x + 5]);
+        pf[h][x][3] = bf2_pack(sacc[h][8 * x + 6], sacc[h][8 * x + 7]);
+      }
+
+    // O += P V_tile
+#pragma unroll
+    for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+    wg_fence();
+#pragma unroll
+    for (int h = 0; h < HALVES; ++h) offset_walk::wgmma_a_t<NA, TKF>(acc, pf[h], vt + h * 64 * 128, true);
+    wg_commit();
+    wg_wait0();
+#pragma unroll
+    for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
+    __syncthreads();  // every warp is done with this stage: the next step's load may refill it
+  }
+
+  // ---- lse, O / l straight from registers ----
+  float inv[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = rbase + warp * 16 + g + 8 * e;
+    if (t == 0 && r < nrows) lse[rs.stat(r)] = (m_row[e] + log2f(l_row[e])) * LN2;
+    inv[e] = 1.0f / l_row[e];
+  }
+  store_acc_rows<D>(acc, inv, rbase, nrows, o, q_off);
 }
 
 }  // namespace
+}  // namespace dot_wgmma
 
-#define DOT_FWD(D, BN)                                                                                      \
-  extern "C" __global__ void __launch_bounds__(THREADS, 2)                                                  \
-      dot_fwd_bf16_d##D(const bf16* q, const bf16* k, const bf16* v, bf16* o, float* lse, const DotShape s) { \
-    fwd<D, BN>(q, k, v, o, lse, s);                                                                         \
-  }
-
-DOT_FWD(64, 64)
+// dot_fwd_bf16_d64: 128 threads, BM = 64 rows of a (batch, K/V head) per CTA, grid (row blocks,
+// Hkv, B); same arguments as the other dot-product forwards.
+extern "C" __global__ void __launch_bounds__(dot_wgmma::WG_THREADS, dot_wgmma::CTAS_PER_SM)
+    dot_fwd_bf16_d64(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* o,
+                     float* lse, const dot::DotShape s) {
+  dot_wgmma::fwd_warpgroup<64>(q, k, v, o, lse, s);
+}

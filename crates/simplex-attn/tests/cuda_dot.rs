@@ -1,8 +1,8 @@
 //! The dot-product attention CUDA kernels (through `dot_attn` and candle's autograd, bf16 and
 //! f32) against the float64 oracle: o, lse, dq, dk and dv.
 //!
-//! bf16 with D = Dv in {64, 128} runs the tensor-core kernels (the wgmma backward, the wgmma
-//! forward at D = 128 and the mma.sync forward at D = 64); f32, other
+//! bf16 with D = Dv in {64, 128} runs the tensor-core kernels (the wgmma backward, the
+//! persistent wgmma forward at D = 128 and the one-warpgroup forward at D = 64); f32, other
 //! head dims and misaligned views run the CUDA-core kernels (`dot::DotKernel`). Built only with
 //! `--features cuda`; without a CUDA device each test prints that it was skipped and passes,
 //! unless `SIMPLEX_REQUIRE_CUDA=1` (gpu-bundle/run.sh sets it). Outputs are poisoned with NaN

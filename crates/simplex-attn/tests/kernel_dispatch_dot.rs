@@ -39,7 +39,7 @@ fn the_dot_product_choice() {
         v
     };
     let bf = DType::BF16;
-    // the LM layer: the mma.sync forward, the wgmma backward (which computes delta in dq)
+    // the LM layer: the one-warpgroup forward, the wgmma backward (which computes delta in dq)
     assert_eq!(
         syms(&lm, bf, true, &k),
         [
@@ -94,5 +94,12 @@ fn the_dot_product_choice() {
     assert_eq!(
         dot::backward(&lm, bf, true, &k, &HOPPER).unwrap().dq.grid,
         (132, 1, 1)
+    );
+    // the D = 64 forward: blocks of 64 of the Nq * G rows of each (K/V head, batch)
+    let f = dot::forward(&small, bf, true, &k, &HOPPER).unwrap();
+    assert_eq!(f.grid, (300usize.div_ceil(64) as u32, 1, 1));
+    assert_eq!(
+        dot::forward(&lm, bf, true, &k, &HOPPER).unwrap().grid,
+        (1024 / 64, 8, 32)
     );
 }

@@ -83,7 +83,6 @@ fn the_table_lists_every_compiled_kernel_and_its_threads() {
 /// The layout struct whose `BYTES` is a kernel's shared memory, or the carving of the kernels
 /// that have none (restated from their pointer arithmetic, with the file's tile constants).
 fn layout(k: Kernel, src: &Source) -> Option<i64> {
-    let d = |d: usize| d as i64;
     Some(match k {
         Kernel::FwdWgmma { d, tj, .. } => src.eval(&format!("Smem<{d}, {tj}>::BYTES")),
         Kernel::FwdProducer { d, dv } => src.eval(&format!("Smem<{d}, {dv}, {}>::BYTES", d != dv)),
@@ -94,24 +93,9 @@ fn layout(k: Kernel, src: &Source) -> Option<i64> {
         Kernel::DotFwdWgmma { d } => src.eval(&format!("RingSmem<TK, {d}>::BYTES")),
         Kernel::DotDqWgmma { d } => src.eval(&format!("RingSmem<TKQ, {d}>::BYTES")),
         Kernel::DotDkvWgmma { d } => src.eval(&format!("DkvSmem<{d}>::BYTES")),
-        // sq [BM][STR], sk, sv [2][BN][STR] (STR = D + 8 bf16), BN from DOT_FWD(D, BN)
-        Kernel::DotFwd { d: dd } => {
-            let bn = instantiation(src, "DOT_FWD", dd);
-            (src.eval("BM") + 4 * bn) * (d(dd) + 8) * 2
-        }
+        Kernel::DotFwd { d } => src.eval(&format!("FwdSmem<{d}>::BYTES")),
         _ => return None,
     })
-}
-
-/// The second argument of the instantiation `NAME(d, X)` in `src`.
-fn instantiation(src: &Source, name: &str, d: usize) -> i64 {
-    let prefix = format!("{name}({d}, ");
-    let line = src
-        .text
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix}..)"));
-    src.eval(line[prefix.len()..].trim_end().trim_end_matches(')'))
 }
 
 #[test]

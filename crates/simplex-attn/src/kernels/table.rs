@@ -30,7 +30,7 @@ pub enum Family {
     BackwardOffsets,
     /// `simplicial_bwd_producer.cu` (dk2, dv2 with a producer warpgroup)
     BackwardProducer,
-    /// `dot_attn_fwd.cu` (dot-product forward, mma.sync)
+    /// `dot_attn_fwd.cu` (dot-product forward at D = 64, wgmma, one warpgroup per CTA)
     DotForward,
     /// `dot_attn_simple.cu` (dot-product delta pre-pass; CUDA-core forward, dq, dk/dv)
     DotSimple,
@@ -132,7 +132,7 @@ pub enum Kernel {
     BwdOffsetsK2 { d: usize },
     /// dk2, dv2 with a producer warpgroup.
     BwdProducerK2 { d: usize },
-    /// Dot-product forward, mma.sync.
+    /// Dot-product forward at D = 64, wgmma, one warpgroup per CTA (several per SM).
     DotFwd { d: usize },
     /// Dot-product forward, wgmma (persistent).
     DotFwdWgmma { d: usize },
@@ -287,8 +287,8 @@ pub static TABLE: [KernelInfo; 86] = [
     // simplicial_bwd_producer.cu: dk2, dv2 with a producer warpgroup (keys per block)
     e(BwdProducerK2 { d: 64 }, "simplicial_bwd_producer_k2_bf16_d64", BackwardProducer, 384, 128, Fixed(117_248)),
     e(BwdProducerK2 { d: 128 }, "simplicial_bwd_producer_k2_bf16_d128", BackwardProducer, 384, 128, Fixed(231_936)),
-    // dot_attn_fwd.cu: the mma.sync forward at D = 64 (queries of one head)
-    e(DotFwd { d: 64 }, "dot_fwd_bf16_d64", DotForward, 128, 128, Fixed(55_296)),
+    // dot_attn_fwd.cu: the forward at D = 64, one warpgroup per CTA (rows of a K/V head)
+    e(DotFwd { d: 64 }, "dot_fwd_bf16_d64", DotForward, 128, 64, Fixed(74_752)),
     // dot_attn_fwd_wgmma.cu, dot_attn_bwd_wgmma.cu: persistent, rows (keys) per work item
     e(DotFwdWgmma { d: 128 }, "dot_fwd_wgmma_bf16_d128", DotForwardWgmma, 384, 128, Fixed(197_632)),
     e(DotDqWgmma { d: 64 }, "dot_bwd_dq_wgmma_bf16_d64", DotBackwardWgmma, 384, 128, Fixed(50_176)),

@@ -45,9 +45,9 @@ fn forward_typed<T: Element>(
     // SAFETY: every dot-product forward takes (const T* q, const T* k, const T* v, T* o, float*
     // lse, DotShape) (the dispatch picked a kernel of the inputs' dtype); the views hold the
     // element counts the kernel indexes (checked by `typed_views`), and the grid covers every (query,
-    // head) row of o and lse (all Nq queries of every head and batch for the mma.sync kernel;
-    // the persistent wgmma kernel's CTAs walk all Nq * G rows of every K/V head and batch
-    // between them; all B * Nq * Hq rows for the CUDA-core one).
+    // head) row of o and lse (all Nq * G rows of every K/V head and batch: in blocks of 64 for the
+    // one-warpgroup kernel at D = 64, walked by the persistent wgmma kernel's CTAs at D = 128;
+    // all B * Nq * Hq rows for the CUDA-core one).
     unsafe {
         launch::forward(
             inputs[0].0.device(),

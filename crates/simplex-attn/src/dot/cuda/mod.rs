@@ -1,9 +1,8 @@
 //! CUDA launch code of dot-product attention (feature `cuda`; shapes of
 //! [`crate::dot::DotSpec`]). [`crate::kernels::dispatch::dot`] picks the kernels (tensor cores
-//! for bf16, D = Dv in {64, 128}, aligned inputs: `kernels/dot_attn_fwd_wgmma.cu` and
-//! `dot_attn_bwd_wgmma.cu`, with the mma.sync `dot_attn_fwd.cu` forward at D = 64; the earlier
-//! mma.sync kernels where the call asks for them; else `kernels/dot_attn_simple.cu`); the code
-//! here loads and launches them.
+//! for bf16, D = Dv in {64, 128}, aligned inputs: the forward of `kernels/dot_attn_fwd.cu` at
+//! D = 64 and of `dot_attn_fwd_wgmma.cu` at D = 128, the backward of `dot_attn_bwd_wgmma.cu`;
+//! else `kernels/dot_attn_simple.cu`); the code here loads and launches them.
 //!
 //! * `forward`: o and lse, one launch.
 //! * `backward`: delta (a pre-pass, or inside the wgmma dq kernel), dq, dk/dv; deterministic (no

@@ -14,10 +14,11 @@ use crate::AttnError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DotKernel {
     /// Tensor cores: the backward on wgmma (`kernels/dot_attn_bwd_wgmma.cu`, a producer
-    /// warpgroup and two consumers), the forward on wgmma at D = 128
-    /// (`kernels/dot_attn_fwd_wgmma.cu`) and on mma.sync at D = 64 (`kernels/dot_attn_fwd.cu`:
-    /// 2 CTAs of 4 warps per SM; faster at the LM layer, docs/kernels.md). bf16, `D = Dv = d`
-    /// in {64, 128}, 16-byte aligned inputs, any GQA ratio, window, causality and `Nk >= Nq`.
+    /// warpgroup and two consumers), the forward on wgmma: at D = 128 persistent with a
+    /// producer warpgroup (`kernels/dot_attn_fwd_wgmma.cu`), at D = 64 one warpgroup per CTA
+    /// and three CTAs per SM (`kernels/dot_attn_fwd.cu`; faster at the LM layer,
+    /// docs/kernels.md). bf16, `D = Dv = d` in {64, 128}, 16-byte aligned inputs, any GQA
+    /// ratio, window, causality and `Nk >= Nq`.
     Wgmma {
         /// D = Dv.
         d: usize,
@@ -110,8 +111,9 @@ pub fn forward(
     let b = dims.batch;
     match kernel {
         DotKernel::Wgmma { d: 64 } => {
+            // blocks of the Nq * G rows of each (K/V head, batch)
             let (info, smem) = smem(Kernel::DotFwd { d: 64 }, 0)?;
-            launch(info, dims.seq_q, (dims.heads_q, b), smem)
+            launch(info, dims.seq_q * dims.group(), (dims.heads_kv, b), smem)
         }
         DotKernel::Wgmma { d } => {
             let (info, smem) = smem(Kernel::DotFwdWgmma { d }, 0)?;
