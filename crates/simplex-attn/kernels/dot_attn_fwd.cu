@@ -120,32 +120,12 @@ __device__ __forceinline__ void fwd_warpgroup(const bf16* __restrict__ q,  // [B
 #pragma unroll
     for (int h = 0; h < HALVES; ++h) reg_fence(sacc[h]);
 
-    // mask and online softmax (base 2) of rows g (e = 0) and g + 8 (e = 1)
+    // mask and online softmax (base 2) of rows g and g + 8, O *= alpha, P as bf16 A fragments
     float alpha[2];
-    {
-      const bool inside = k0 >= kr[0].lo && k0 + TKF <= kr[0].hi && k0 >= kr[1].lo && k0 + TKF <= kr[1].hi;
-      const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
-      offset_walk::online_softmax<HALVES>(sacc, fold, sl2, t, [&](int u, int e, int col) {
-        const int key = k0 + 64 * u + col;
-        return key >= kr[e].lo && key < kr[e].hi;
-      }, m_row, l_row, alpha);
-    }
-#pragma unroll
-    for (int a = 0; a < NA; ++a)
-#pragma unroll
-      for (int nn = 0; nn < 8; ++nn)
-#pragma unroll
-        for (int x = 0; x < 4; ++x) acc[a][4 * nn + x] *= alpha[x / 2];
+    softmax_tile(sacc, k0, kr, sl2, t, m_row, l_row, alpha);
+    rescale_rows(acc, alpha);
     uint32_t pf[HALVES][4][4];
-#pragma unroll
-    for (int h = 0; h < HALVES; ++h)
-#pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        pf[h][x][0] = bf2_pack(sacc[h][8 * x + 0], sacc[h][8 * x + 1]);
-        pf[h][x][1] = bf2_pack(sacc[h][8 * x + 2], sacc[h][8 * x + 3]);
-        pf[h][x][2] = bf2_pack(sacc[h][8 * x + 4], sacc[h][8 * x + 5]);
-        pf[h][x][3] = bf2_pack(sacc[h][8 * x + 6], sacc[h][8 * x + 7]);
-      }
+    pack_probs(sacc, pf);
 
     // O += P V_tile
 #pragma unroll
@@ -160,15 +140,7 @@ __device__ __forceinline__ void fwd_warpgroup(const bf16* __restrict__ q,  // [B
     __syncthreads();  // every warp is done with this stage: the next step's load may refill it
   }
 
-  // ---- lse, O / l straight from registers ----
-  float inv[2];
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int r = rbase + warp * 16 + g + 8 * e;
-    if (t == 0 && r < nrows) lse[rs.stat(r)] = (m_row[e] + log2f(l_row[e])) * LN2;
-    inv[e] = 1.0f / l_row[e];
-  }
-  store_acc_rows<D>(acc, inv, rbase, nrows, o, q_off);
+  store_output_rows<D>(acc, m_row, l_row, rbase, nrows, rs, o, lse, q_off);
 }
 
 }  // namespace

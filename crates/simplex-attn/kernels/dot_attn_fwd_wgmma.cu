@@ -139,33 +139,13 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       reg_fence(sacc[1]);
       // mask and online softmax (base 2) of rows g (e = 0) and g + 8 (e = 1)
       float alpha[2];
-      {
-        const bool inside = k0 >= kr[0].lo && k0 + TK <= kr[0].hi && k0 >= kr[1].lo && k0 + TK <= kr[1].hi;
-        const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
-        offset_walk::online_softmax<2>(sacc, fold, sl2, t, [&](int u, int e, int col) {
-          const int key = k0 + 64 * u + col;
-          return key >= kr[e].lo && key < kr[e].hi;
-        }, m_row, l_row, alpha);
-      }
+      softmax_tile(sacc, k0, kr, sl2, t, m_row, l_row, alpha);
       wg_wait0();  // the pending values product: its stage is free
 #pragma unroll
       for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
       if (pend) bar_arrive(BAR_EMPTY + pend_st, THREADS);
-#pragma unroll
-      for (int a = 0; a < NA; ++a)
-#pragma unroll
-        for (int nn = 0; nn < 8; ++nn)
-#pragma unroll
-          for (int x = 0; x < 4; ++x) acc[a][4 * nn + x] *= alpha[x / 2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          pf[h][x][0] = bf2_pack(sacc[h][8 * x + 0], sacc[h][8 * x + 1]);
-          pf[h][x][1] = bf2_pack(sacc[h][8 * x + 2], sacc[h][8 * x + 3]);
-          pf[h][x][2] = bf2_pack(sacc[h][8 * x + 4], sacc[h][8 * x + 5]);
-          pf[h][x][3] = bf2_pack(sacc[h][8 * x + 6], sacc[h][8 * x + 7]);
-        }
+      rescale_rows(acc, alpha);
+      pack_probs(sacc, pf);
       pend = true;
       pend_st = st;
     }
@@ -183,15 +163,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       bar_arrive(BAR_EMPTY + pend_st, THREADS);
     }
 
-    // ---- the item's epilogue: lse, O / l straight from registers ----
-    float inv[2];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int r = rbase + warp * 16 + g + 8 * e;
-      if (t == 0 && r < nrows) lse[rs.stat(r)] = (m_row[e] + log2f(l_row[e])) * LN2;
-      inv[e] = 1.0f / l_row[e];
-    }
-    store_acc_rows<D>(acc, inv, rbase, nrows, o, q_off);
+    store_output_rows<D>(acc, m_row, l_row, rbase, nrows, rs, o, lse, q_off);
   }
   if (c == 0) bar_sync(BAR_TURN + 0, 2 * 128);  // balance the last turn's hand-back
 }

@@ -1,6 +1,8 @@
-// Shared pieces of the Hopper (wgmma) dot-product attention kernels, dot_attn_fwd_wgmma.cu and
-// dot_attn_bwd_wgmma.cu: the CTA layout (a producer warpgroup and two consumer warpgroups), the
-// named barriers of the producer's stage ring, the producer's loop, and the row space.
+// Shared pieces of the Hopper (wgmma) dot-product attention kernels (dot_attn_fwd.cu,
+// dot_attn_fwd_wgmma.cu, dot_attn_bwd_wgmma.cu): the persistent kernels' CTA layout (a producer
+// warpgroup and two consumer warpgroups), the named barriers of the producer's stage ring, the
+// producer's loop; the row space and the key tiles' loads; the forwards' softmax step and
+// epilogue.
 //
 // Row space: the kernels of one (batch b, K/V head kv) see the rows r = i * G + hh, query i,
 // query head kv * G + hh (G = Hq / Hkv), so the G heads that share a K/V head share every K/V
@@ -265,6 +267,65 @@ __device__ __forceinline__ void store_acc_rows(const float (&acc)[D / 64][32], c
               bf2_pack(acc[a][4 * n + 2 * e] * sc[e], acc[a][4 * n + 2 * e + 1] * sc[e]);
     }
   }
+}
+
+// The forwards' softmax step over one tile of 64 H keys from k0 (H m64n64 logit blocks): masks
+// only where a row of the warp misses a key of the tile (kr: the keys of the thread's rows g and
+// g + 8), updates the running max m_row and sum l_row, and turns the logits into probabilities
+// in place; alpha = 2^(old max - new max) is what the output rows are to be rescaled by
+// (rescale_rows, once no values product is in flight).
+template <int H>
+__device__ __forceinline__ void softmax_tile(float (&sacc)[H][32], int k0, const Span (&kr)[2], float sl2, int t,
+                                             float (&m_row)[2], float (&l_row)[2], float (&alpha)[2]) {
+  const bool inside = k0 >= kr[0].lo && k0 + 64 * H <= kr[0].hi && k0 >= kr[1].lo && k0 + 64 * H <= kr[1].hi;
+  const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
+  offset_walk::online_softmax<H>(sacc, fold, sl2, t, [&](int u, int e, int col) {
+    const int key = k0 + 64 * u + col;
+    return key >= kr[e].lo && key < kr[e].hi;
+  }, m_row, l_row, alpha);
+}
+
+// acc (rows g, g + 8 of the thread) *= alpha of the row.
+template <int NA>
+__device__ __forceinline__ void rescale_rows(float (&acc)[NA][32], const float (&alpha)[2]) {
+#pragma unroll
+  for (int a = 0; a < NA; ++a)
+#pragma unroll
+    for (int nn = 0; nn < 8; ++nn)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) acc[a][4 * nn + x] *= alpha[x / 2];
+}
+
+// P (H m64n64 f32 accumulators) rounded to bf16 as the A fragments of the values product: the
+// accumulator layout of m64n64 is the A layout of its four k16 steps.
+template <int H>
+__device__ __forceinline__ void pack_probs(const float (&sacc)[H][32], uint32_t (&pf)[H][4][4]) {
+#pragma unroll
+  for (int h = 0; h < H; ++h)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      pf[h][x][0] = bf2_pack(sacc[h][8 * x + 0], sacc[h][8 * x + 1]);
+      pf[h][x][1] = bf2_pack(sacc[h][8 * x + 2], sacc[h][8 * x + 3]);
+      pf[h][x][2] = bf2_pack(sacc[h][8 * x + 4], sacc[h][8 * x + 5]);
+      pf[h][x][3] = bf2_pack(sacc[h][8 * x + 6], sacc[h][8 * x + 7]);
+    }
+}
+
+// The forwards' epilogue for a warpgroup's 64 rows from rbase: lse = (max + log2 sum) ln 2 and
+// O / sum, straight from registers (rows >= nrows skipped).
+template <int D, typename RowOffset>
+__device__ __forceinline__ void store_output_rows(const float (&acc)[D / 64][32], const float (&m_row)[2],
+                                                  const float (&l_row)[2], int rbase, int nrows, const RowSpace& rs,
+                                                  bf16* o, float* lse, RowOffset q_off) {
+  const int lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32, g = lane / 4, t = lane % 4;
+  float inv[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = rbase + warp * 16 + g + 8 * e;
+    if (t == 0 && r < nrows) lse[rs.stat(r)] = (m_row[e] + log2f(l_row[e])) * LN2;
+    inv[e] = 1.0f / l_row[e];
+  }
+  store_acc_rows<D>(acc, inv, rbase, nrows, o, q_off);
 }
 
 }  // namespace dot_wgmma

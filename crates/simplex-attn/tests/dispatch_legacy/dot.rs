@@ -36,17 +36,6 @@ fn choose(s: &DotShape, tensor_cores: bool) -> Result<K, String> {
     Ok(K::Simple(s.d.max(s.dv).next_power_of_two().max(32)))
 }
 
-fn row_bytes(d: usize) -> usize {
-    2 * (d + 8)
-}
-
-fn fwd_keys(d: usize) -> usize {
-    if d <= 64 {
-        64
-    } else {
-        32
-    }
-}
 
 fn persistent(items: usize, sms: usize) -> (u32, u32, u32) {
     (items.min(sms.max(1)) as u32, 1, 1)
@@ -80,11 +69,14 @@ pub fn dot_forward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<L
             384,
             3 * 2 * 128 * d * 2 + 1024,
         ),
+        // the one-warpgroup forward (since 2026-12-07; the mma.sync one it replaced is retired):
+        // blocks of 64 of the Nq G rows of each (K/V head, batch); two stages of 128-key K, V
+        // tiles and the block's Q
         K::Tc(d) => (
             format!("dot_fwd_bf16_d{d}"),
-            (blocks(s.nq, 128), s.hq as u32, s.b as u32),
+            (blocks(s.nq * (s.hq / s.hkv), 64), s.hkv as u32, s.b as u32),
             128,
-            (128 + 4 * fwd_keys(d)) * row_bytes(d),
+            2 * 2 * 128 * d * 2 + 64 * d * 2 + 1024,
         ),
         K::Simple(w) => (
             format!("dot_fwd_simple_{}_w{w}", ddt(s)),
