@@ -36,7 +36,6 @@ fn choose(s: &DotShape, tensor_cores: bool) -> Result<K, String> {
     Ok(K::Simple(s.d.max(s.dv).next_power_of_two().max(32)))
 }
 
-
 fn persistent(items: usize, sms: usize) -> (u32, u32, u32) {
     (items.min(sms.max(1)) as u32, 1, 1)
 }
