@@ -25,6 +25,9 @@
 // CTAs per SM. Registers: O 32 + S 64 + P 32 (S and P overlap in time): Q is read from shared
 // memory, since with Q in registers too (175 registers) the 168 of three CTAs per SM spill and
 // serialize the products.
+// Key tiles of 64 with four CTAs per SM (TKF = 64, CTAS_PER_SM = 4 and the table's shared
+// memory: 109 registers, 41,984 bytes) measured 3% faster at the LM layer; not yet run on the
+// GPU in this file's final form (docs/history/kernels.md, 2026-12-07 13:20).
 // Measured slower at the LM layer (docs/history/kernels.md): the mma.sync forward this
 // replaced, the persistent producer/consumer wgmma forward at D = 64, and this kernel with tile
 // t's logits issued together with tile t - 1's values product (FlashAttention-3's overlap).
