@@ -3,21 +3,24 @@
 by side with simplex's kernels on the same card (BENCHMARKS.md, "CUDA: dot-product attention").
 
 Times `F.scaled_dot_product_attention` (causal, bf16) with one backend at a time (cuDNN, flash,
-memory-efficient), the forward and forward + backward (`o.backward(dout)`), with CUDA events
-around each call after warm-up; prints the median and min per call and TFLOP/s in simplex's
+memory-efficient), the forward and forward + backward (`o.backward(dout)`), after warm-up, on
+one of two clocks (`--clock`, as `simplex bench attn --clock`): `events` (default), the device
+time between CUDA events recorded around each call; `host`, the wall clock from the call's start
+to a synchronize after it. Prints the median and min per call and TFLOP/s in simplex's
 convention: forward 4 * D * pairs * Hq * B with the causal pairs counted exactly (N (N + 1) / 2
 per head), forward + backward 3.5x that. The times include PyTorch's own work around the
 kernels (allocation, autograd); for the kernels alone, run it under scripts/kernel_trace.c and
 read the trace with `scripts/kernel_gaps.py --per-kernel`.
 
     python3 scripts/torch_attention.py [--backends cudnn flash efficient] [--shapes lm d128]
-                                       [--reps 50] [--warmup 10]
+                                       [--reps 50] [--warmup 10] [--clock events|host]
 
 Shapes: lm = B 32, N 1024, H 8, D 64 (the `25m` model's attention layer); d128 = B 4, N 4096,
 Hq 32, Hkv 8, D 128 (GQA 4, `enable_gqa=True`).
 """
 import argparse
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -31,13 +34,20 @@ BACKENDS = {
 }
 
 
-def timed(fn, reps, warmup):
-    """Median and min milliseconds of fn() over reps calls, each between CUDA events."""
+def timed(fn, reps, warmup, clock):
+    """Median and min milliseconds of fn() over reps calls, each between CUDA events (clock
+    "events") or from its start to a synchronize after it on the host (clock "host")."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
+        if clock == "host":
+            t = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) * 1e3)
+            continue
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         fn()
@@ -53,9 +63,10 @@ def main():
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--clock", default="events", choices=["events", "host"])
     a = ap.parse_args()
     dev = torch.device("cuda")
-    print(f"# {torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
+    print(f"# {torch.cuda.get_device_name(dev)}, torch {torch.__version__}, clock {a.clock}")
     for shape in a.shapes:
         b, n, hq, hkv, d = SHAPES[shape]
         gen = torch.Generator(device=dev).manual_seed(0)
@@ -76,8 +87,8 @@ def main():
             try:
                 with sdpa_kernel(BACKENDS[name]):
                     with torch.no_grad():
-                        f_med, f_min = timed(fwd, a.reps, a.warmup)
-                    fb_med, fb_min = timed(fwd_bwd, a.reps, a.warmup)
+                        f_med, f_min = timed(fwd, a.reps, a.warmup, a.clock)
+                    fb_med, fb_min = timed(fwd_bwd, a.reps, a.warmup, a.clock)
             except RuntimeError as e:  # the backend does not take this shape or card
                 print(f"{shape:5} {name:9} not run: {str(e).splitlines()[0][:100]}")
                 continue

@@ -1,5 +1,5 @@
 // Dot-product attention forward on Hopper tensor cores (wgmma) at D = 64: one warpgroup per CTA,
-// three CTAs per SM.
+// four CTAs per SM.
 //
 //   S[i,j] = scale * q_i . k_j  (j in the keys of query i),  o_i = sum_j softmax_j(S[i]) v_j,
 //   lse_i = log sum_j exp S[i,j]   (natural log, f32)
@@ -10,37 +10,38 @@
 // Work: blocks of BM = 64 rows of a (batch, K/V head)'s row space r = i G + hh (the G heads of a
 // K/V head share its tiles; dot_attn_wgmma.cuh). Grid: (row blocks, Hkv, B), the last block of a
 // group first (under a causal mask it sees the most keys, and a CTA that starts late sets the
-// kernel's end). Block: one warpgroup of 128 threads and no producer: three CTAs share an SM,
-// so one's softmax runs while another's products do. Per key tile of TK = 128 keys:
+// kernel's end). Block: one warpgroup of 128 threads and no producer: four CTAs share an SM,
+// so one's softmax runs while another's products do. Per key tile of TK = 64 keys:
 //   all threads: cp.async of the next tile's K and V (128B-swizzled, as the persistent kernels'
 //     producer loads them) into the other of two stages; wait for this tile's, fence for the
 //     async proxy, barrier
-//   S = Q K_tile^T      two m64n64k16 SS chains (Q staged with the first tile, K K-major)
+//   S = Q K_tile^T      one m64n64k16 SS chain (Q staged with the first tile, K K-major)
 //   mask (only where a row of the warp misses a key of the tile), online softmax (exp2, the
 //     scale folded into the exp's FMA), O *= alpha, P rounded to bf16 A fragments in registers
 //   O += P V_tile       RS, V read MN-major; then a barrier frees the stage for the load after
 //     the next
 // lse and O / l are stored straight from registers at the end.
-// Shared memory: 2 stages x (K, V) tiles of 128 x 64 bf16 + Q 64 x 64: 72 KB (+ alignment), 3
-// CTAs per SM. Registers: O 32 + S 64 + P 32 (S and P overlap in time): Q is read from shared
-// memory, since with Q in registers too (175 registers) the 168 of three CTAs per SM spill and
-// serialize the products.
-// Key tiles of 64 with four CTAs per SM (TKF = 64, CTAS_PER_SM = 4 and the table's shared
-// memory: 109 registers, 41,984 bytes) measured 3% faster at the LM layer; not yet run on the
-// GPU in this file's final form (docs/history/kernels.md, 2026-12-07 13:20).
-// Measured slower at the LM layer (docs/history/kernels.md): the mma.sync forward this
-// replaced, the persistent producer/consumer wgmma forward at D = 64, and this kernel with tile
-// t's logits issued together with tile t - 1's values product (FlashAttention-3's overlap).
+// Shared memory: 2 stages x (K, V) tiles of 64 x 64 bf16 + Q 64 x 64: 40 KB (+ alignment), 4
+// CTAs per SM. Registers: O 32 + S 32 + P 16 (S and P overlap in time), Q read from shared
+// memory; 109, no spills.
+// Measured slower at the LM layer (CUPTI kernel time, H100, 2026-12-07; docs/history/kernels.md):
+// key tiles of 128 at three CTAs per SM (146.6 against 142.8 us); two warpgroups (128 rows) per
+// CTA sharing the K, V tiles, two CTAs per SM (153.7 against 142.1); Q in registers with RS
+// logits, two or three stages (158.8 / 158.0 against 142.3); tile t's logits issued together
+// with tile t - 1's values product (FlashAttention-3's overlap); the mma.sync forward this
+// replaced and the persistent producer/consumer wgmma forward. At D = 128 this kernel (two CTAs
+// per SM, 141 registers) ran 10% slower than the persistent forward of dot_attn_fwd_wgmma.cu
+// (1625 against 1478 us).
 #include "dot_attn_wgmma.cuh"
 
 namespace dot_wgmma {
 namespace {
 
 constexpr int BM = 64;           // rows per CTA = wgmma M
-constexpr int TKF = 128;         // keys per tile
+constexpr int TKF = 64;          // keys per tile
 constexpr int HALVES = TKF / 64; // m64n64 logit blocks per tile
 constexpr int WG_THREADS = 128;  // one warpgroup
-constexpr int CTAS_PER_SM = 3;
+constexpr int CTAS_PER_SM = 4;
 
 template <int D>
 struct FwdSmem {
@@ -49,7 +50,7 @@ struct FwdSmem {
   static constexpr int Q_OFF = 2 * STAGE;          // the block's Q rows, [BM x D]
   static constexpr int BYTES = Q_OFF + BM * D * 2 + 1024;  // + alignment slack (src/kernels/table.rs)
 };
-static_assert(CTAS_PER_SM * FwdSmem<64>::BYTES <= 227 * 1024, "three CTAs per SM fit");
+static_assert(CTAS_PER_SM * FwdSmem<64>::BYTES <= 227 * 1024, "four CTAs per SM fit");
 static_assert(WG_THREADS == PTHREADS, "load_kv spreads a tile over 128 threads");
 
 template <int D>
@@ -113,7 +114,7 @@ __device__ __forceinline__ void fwd_warpgroup(const bf16* __restrict__ q,  // [B
     const int k0 = KU.lo + step * TKF;
     const uint32_t kt = base + (step & 1) * L::STAGE, vt = kt + L::KT;
 
-    // S = Q K_tile^T: keys k0 .. k0 + 63 into sacc[0], k0 + 64 .. k0 + 127 into sacc[1]
+    // S = Q K_tile^T: keys k0 + 64 h .. k0 + 64 h + 63 into sacc[h]
     float sacc[HALVES][32];
     wg_fence();
 #pragma unroll

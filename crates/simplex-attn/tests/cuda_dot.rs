@@ -297,28 +297,6 @@ fn unsupported_dtypes_and_head_dims_are_clear_errors() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Retains freed device memory in the default pool across synchronizations (the CUDA default
-/// releases it to the OS at each one, so the next allocation maps pages again).
-fn retain_pool_memory(dev: &candle_core::CudaDevice) -> anyhow::Result<()> {
-    use cudarc::driver::sys;
-    let ctx = dev.cuda_stream().context().clone();
-    ctx.bind_to_thread()?;
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    // SAFETY: pool is a valid out-pointer; cu_device is the context's device.
-    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }.result()?;
-    let mut threshold = u64::MAX;
-    // SAFETY: the release threshold attribute takes a u64 value.
-    unsafe {
-        sys::cuMemPoolSetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            (&mut threshold as *mut u64).cast(),
-        )
-    }
-    .result()?;
-    Ok(())
-}
-
 /// A bench row without the NaN fill of outputs (the test bundle turns it on by default), as the
 /// bench runs it.
 fn unpoisoned(
@@ -333,11 +311,13 @@ fn unpoisoned(
 
 /// Not a check: times the bench's dot rows (whole op calls, as `simplex bench attn --only dot`)
 /// as candle runs them, then with freed device memory kept in the pool, then also without
-/// cudarc's per-buffer event tracking, to separate the op's framework costs from its kernels.
-/// Run with `--ignored --nocapture`; changes the device's settings for the rest of the process.
+/// cudarc's per-buffer event tracking (the CLI's setup), each on both clocks of the bench, to
+/// separate the op's framework costs from its kernels. Run with `--ignored --nocapture`;
+/// changes the device's settings for the rest of the process.
 #[test]
 #[ignore]
 fn op_costs_outside_the_kernels() -> anyhow::Result<()> {
+    use simplex_attn::bench::{Clock, Timing};
     use simplex_attn::dot::bench::{cuda_shapes, run_shape};
     let Some(dev) = cuda() else { return Ok(()) };
     let Device::Cuda(cd) = &dev else {
@@ -350,22 +330,28 @@ fn op_costs_outside_the_kernels() -> anyhow::Result<()> {
         .collect();
     for setting in ["as is", "pool retained", "pool retained, no event tracking"] {
         match setting {
-            "pool retained" => retain_pool_memory(cd)?,
+            "pool retained" => simplex_attn::cuda::retain_pool_memory(cd)?,
             "pool retained, no event tracking" => {
                 // SAFETY: one stream; buffers created from here on are used on it alone.
                 unsafe { cd.disable_event_tracking() }
             }
             _ => {}
         }
-        for s in &shapes {
-            let r = run_shape(s, &dev, 5, 1.0, false)?;
+        for (s, clock) in shapes
+            .iter()
+            .flat_map(|s| [(s, Clock::Host), (s, Clock::Events)])
+        {
+            let timing = Timing {
+                clock,
+                ..Timing::host(5, 1.0)
+            };
+            let r = run_shape(s, &dev, &timing, false)?;
             println!(
-                "costs {setting:>32} {:>18}: fwd {:.3} ms {:.1} TFLOP/s, f+b {:.3} ms {:.1} TFLOP/s",
+                "costs {setting:>32} {:>14} {clock:>6}: fwd {:.3} ms, f+b {:.3} ms, outside autograd {:.3} ms",
                 s.name,
                 r.forward_s * 1e3,
-                r.forward_rate() / 1e12,
                 r.forward_backward_s * 1e3,
-                r.forward_backward_rate() / 1e12
+                r.forward_backward_direct_s * 1e3,
             );
         }
     }
@@ -378,6 +364,7 @@ fn op_costs_outside_the_kernels() -> anyhow::Result<()> {
 #[test]
 #[ignore]
 fn one_bench_row_for_a_profiler() -> anyhow::Result<()> {
+    use simplex_attn::bench::Timing;
     use simplex_attn::dot::bench::{cuda_shapes, run_shape};
     let Some(dev) = cuda() else { return Ok(()) };
     let name = std::env::var("SIMPLEX_PROFILE_ROW").unwrap_or_else(|_| "dot-lm-layer".into());
@@ -386,7 +373,7 @@ fn one_bench_row_for_a_profiler() -> anyhow::Result<()> {
         .find(|s| s.name == name)
         .map(unpoisoned)
         .ok_or_else(|| anyhow::anyhow!("no bench row {name}"))?;
-    let r = run_shape(&s, &dev, 1, 0.0, false)?;
+    let r = run_shape(&s, &dev, &Timing::host(1, 0.0), false)?;
     println!(
         "{name}: fwd {:.3} ms, f+b {:.3} ms",
         r.forward_s * 1e3,

@@ -5,8 +5,8 @@ use anyhow::Result;
 use candle_core::DType;
 use clap::{Args, Subcommand};
 use simplex_attn::bench::{
-    candle_matmul_rate, cpu_gemm_rate, cpu_shapes, cuda_shapes, run_shape, BenchShape,
-    FORWARD_BACKWARD_FLOPS,
+    candle_matmul_rate, cpu_gemm_rate, cpu_shapes, cuda_shapes, run_shape, BenchShape, Clock,
+    Timing, FORWARD_BACKWARD_FLOPS,
 };
 use simplex_attn::dot::bench as dot_bench;
 
@@ -43,6 +43,12 @@ pub struct AttnBenchArgs {
     /// Time the forward only.
     #[arg(long)]
     pub forward_only: bool,
+    /// How one call is timed: `host` (wall clock to a device synchronize after each call: the
+    /// launch of the first kernel and the synchronize's return included) or `events` (on CUDA,
+    /// device time between events recorded around each call, as PyTorch's and Triton's
+    /// benchmarks time; on the CPU the same as host).
+    #[arg(long, default_value = "host")]
+    pub clock: Clock,
     /// Also write the results as JSON lines to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -110,9 +116,14 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
         ("GFLOP/s", 1e9)
     };
     println!(
-        "# simplex bench attn --device {} --kernels {}",
-        a.device, a.kernels
+        "# simplex bench attn --device {} --kernels {} --clock {}",
+        a.device, a.kernels, a.clock
     );
+    let timing = Timing {
+        min_reps: a.reps,
+        min_seconds: a.seconds,
+        clock: a.clock,
+    };
     println!("# FLOPs: forward = 2*(D+Dv)*pairs*Hq*B (Meta's 4*n*w1*w2*d per head, causal ramps counted exactly); fwd+bwd = 3.5x forward");
     let ceiling = if cuda {
         let r = candle_matmul_rate(&device, DType::BF16, 8192, a.seconds.min(2.0))?;
@@ -135,14 +146,14 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
     let limits = simplex_attn::kernels::device_limits(&device)?;
     let mut json = Vec::new();
     for s in &shapes {
-        let r = run_shape(s, &device, a.reps, a.seconds, a.forward_only)?;
+        let r = run_shape(s, &device, &timing, a.forward_only)?;
         let times = [
             r.forward_s,
             r.forward_backward_s,
             r.forward_backward_direct_s,
         ];
         let row = Row::new(&s.name, s.describe(), s.forward_flops(), times, r.reps);
-        json.push(row.print(&a.device, div, ceiling));
+        json.push(row.print(a, div, ceiling));
         if cuda {
             println!("#   kernels: {}", s.kernels(&limits)?);
         }
@@ -163,14 +174,14 @@ fn attn(a: &AttnBenchArgs) -> Result<()> {
         println!("# dot-*: dot-product attention, forward = 4*D*pairs*Hq*B (causal pairs counted exactly); fwd+bwd = 3.5x forward");
     }
     for s in &dot_shapes {
-        let r = dot_bench::run_shape(s, &device, a.reps, a.seconds, a.forward_only)?;
+        let r = dot_bench::run_shape(s, &device, &timing, a.forward_only)?;
         let times = [
             r.forward_s,
             r.forward_backward_s,
             r.forward_backward_direct_s,
         ];
         let row = Row::new(&s.name, s.describe(), s.forward_flops(), times, r.reps);
-        json.push(row.print(&a.device, div, ceiling));
+        json.push(row.print(a, div, ceiling));
         println!("#   kernels: {}", s.kernels(&limits)?);
     }
     println!("# fwd/mm, f+b/mm: rate over the matrix-product rate measured above");
@@ -215,8 +226,8 @@ impl<'a> Row<'a> {
     }
 
     /// Prints the row (rates divided by `div`, and as a share of the matrix-product rate
-    /// `ceiling`) and returns its JSON record.
-    fn print(&self, device: &str, div: f64, ceiling: f64) -> serde_json::Value {
+    /// `ceiling`) and returns its JSON record (with the run's device and clock).
+    fn print(&self, a: &AttnBenchArgs, div: f64, ceiling: f64) -> serde_json::Value {
         let fr = self.forward_flops / self.forward_s;
         let fbr = FORWARD_BACKWARD_FLOPS * self.forward_flops / self.forward_backward_s;
         println!(
@@ -239,7 +250,8 @@ impl<'a> Row<'a> {
         }
         let direct = Some(self.forward_backward_direct_s).filter(|t| t.is_finite());
         serde_json::json!({
-            "name": self.name, "config": self.config, "device": device,
+            "name": self.name, "config": self.config, "device": a.device,
+            "clock": a.clock.to_string(),
             "forward_s": self.forward_s, "forward_backward_s": self.forward_backward_s,
             "forward_backward_direct_s": direct,
             "forward_flops": self.forward_flops, "forward_rate": fr, "forward_backward_rate": fbr,

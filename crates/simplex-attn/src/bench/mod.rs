@@ -6,8 +6,10 @@
 //! D = Dv and no causal ramp. Pairs are counted exactly (the ramp at the sequence start is not
 //! rounded up). The determinant variant counts the lifted head dim 2D it really computes.
 //! Backward = 2.5x forward (FlashAttention's convention), so forward+backward = 3.5x.
-//! Timings are wall-clock medians of whole op calls through candle (the concatenation of K and
-//! V and the dtype conversions included), after one warm-up call. Forward+backward is the
+//! Timings are medians of whole op calls through candle (the concatenation of K and V and the
+//! dtype conversions included), after one warm-up call, on a [`Clock`]: the host's wall clock
+//! to a device synchronize after each call (the default), or on CUDA the device time between
+//! events recorded around it. Forward+backward is the
 //! forward, then candle's backward from a given output gradient `dout` handed to `o` directly
 //! (as torch's `o.backward(dout)`; no loss reduction is timed), with candle's gradient
 //! accumulation for the op's inputs included.
@@ -18,7 +20,7 @@ use candle_core::DType;
 
 pub(crate) use timing::{backward_from, time_if};
 pub use timing::{
-    candle_matmul_rate, cpu_gemm_rate, median, run_shape, time_it, BenchResult,
+    candle_matmul_rate, cpu_gemm_rate, median, run_shape, time_it, BenchResult, Clock, Timing,
     FORWARD_BACKWARD_FLOPS,
 };
 

@@ -55,23 +55,102 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-/// Times `f` (after one warm-up call) until `min_reps` calls and `min_seconds` have passed;
-/// returns the median and the count. `sync` is called after each call (device synchronize).
-pub fn time_it(
-    min_reps: usize,
-    min_seconds: f64,
-    mut f: impl FnMut() -> Result<(), AttnError>,
-    sync: &dyn Fn() -> Result<(), AttnError>,
-) -> Result<(f64, usize), AttnError> {
-    f()?;
-    sync()?;
-    let mut samples = Vec::new();
-    let start = Instant::now();
-    while samples.len() < min_reps || start.elapsed().as_secs_f64() < min_seconds {
+/// How a benchmark times one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Clock {
+    /// Host wall clock from the call's start until a device synchronize after it returns: the
+    /// first kernel's launch latency and the synchronize's wake-up are inside every sample.
+    #[default]
+    Host,
+    /// On CUDA, the device time between two events recorded on the device's stream before and
+    /// after the call (what `scripts/torch_attention.py` and Triton's `do_bench` measure): the
+    /// gaps between the call's kernels are inside, the host's wait for the result is not. On
+    /// the CPU, the host clock.
+    Events,
+}
+
+impl std::str::FromStr for Clock {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "host" => Ok(Clock::Host),
+            "events" => Ok(Clock::Events),
+            _ => Err(format!("unknown clock {text:?}: expected host or events")),
+        }
+    }
+}
+
+impl std::fmt::Display for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Clock::Host => "host",
+            Clock::Events => "events",
+        })
+    }
+}
+
+/// How long a measurement runs and how each call is timed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// Timed calls at least (after one warm-up call); at most 1000.
+    pub min_reps: usize,
+    /// Seconds of timed calls at least.
+    pub min_seconds: f64,
+    /// The clock of one call.
+    pub clock: Clock,
+}
+
+impl Timing {
+    /// `min_reps` calls and `min_seconds` at least, on the host clock.
+    pub fn host(min_reps: usize, min_seconds: f64) -> Self {
+        Timing {
+            min_reps,
+            min_seconds,
+            clock: Clock::Host,
+        }
+    }
+
+    /// Seconds of one call of `f` on `device` by this timing's clock.
+    fn one_call(
+        &self,
+        device: &Device,
+        f: &mut impl FnMut() -> Result<(), AttnError>,
+    ) -> Result<f64, AttnError> {
+        #[cfg(feature = "cuda")]
+        if let (Clock::Events, Device::Cuda(dev)) = (self.clock, device) {
+            let stream = dev.cuda_stream();
+            let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let start = stream
+                .record_event(timed)
+                .map_err(candle_core::Error::wrap)?;
+            f()?;
+            let end = stream
+                .record_event(timed)
+                .map_err(candle_core::Error::wrap)?;
+            let ms = start.elapsed_ms(&end).map_err(candle_core::Error::wrap)?;
+            return Ok(f64::from(ms) / 1e3);
+        }
         let t = Instant::now();
         f()?;
-        sync()?;
-        samples.push(t.elapsed().as_secs_f64());
+        device.synchronize()?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+}
+
+/// Times `f` on `device` (after one warm-up call) until `timing.min_reps` calls and
+/// `timing.min_seconds` have passed, each call on `timing.clock` (the device synchronized after
+/// each); returns the median and the count.
+pub fn time_it(
+    timing: &Timing,
+    device: &Device,
+    mut f: impl FnMut() -> Result<(), AttnError>,
+) -> Result<(f64, usize), AttnError> {
+    f()?;
+    device.synchronize()?;
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while samples.len() < timing.min_reps || start.elapsed().as_secs_f64() < timing.min_seconds {
+        samples.push(timing.one_call(device, &mut f)?);
         if samples.len() >= 1000 {
             break;
         }
@@ -83,13 +162,12 @@ pub fn time_it(
 /// [`time_it`]'s median of `f` when `on`, else NaN (a measurement not taken).
 pub(crate) fn time_if(
     on: bool,
-    min_reps: usize,
-    min_seconds: f64,
-    sync: &dyn Fn() -> Result<(), AttnError>,
+    timing: &Timing,
+    device: &Device,
     f: impl FnMut() -> Result<(), AttnError>,
 ) -> Result<f64, AttnError> {
     if on {
-        Ok(time_it(min_reps, min_seconds, f, sync)?.0)
+        Ok(time_it(timing, device, f)?.0)
     } else {
         Ok(f64::NAN)
     }
@@ -100,8 +178,7 @@ pub(crate) fn time_if(
 pub fn run_shape(
     s: &BenchShape,
     device: &Device,
-    min_reps: usize,
-    min_seconds: f64,
+    timing: &Timing,
     forward_only: bool,
 ) -> Result<BenchResult, AttnError> {
     let rand = |h: usize, scale: f64| -> Result<Var, AttnError> {
@@ -112,21 +189,17 @@ pub fn run_shape(
     let (q, k1, k2) = (rand(s.hq, amp)?, rand(s.hkv, amp)?, rand(s.hkv, amp)?);
     let (v1, v2) = (rand(s.hkv, 1.0)?, rand(s.hkv, 1.0)?);
     let dout = Tensor::randn(0f32, 1.0, (s.b, s.n, s.hq, s.d), device)?.to_dtype(s.dtype)?;
-    let sync = || -> Result<(), AttnError> { Ok(device.synchronize()?) };
-    let (forward_s, reps) = time_it(
-        min_reps,
-        min_seconds,
-        || simplicial_attn(&q, &k1, &k2, &v1, &v2, &s.spec).map(|_| ()),
-        &sync,
-    )?;
-    let forward_backward_s = time_if(!forward_only, min_reps, min_seconds, &sync, || {
+    let (forward_s, reps) = time_it(timing, device, || {
+        simplicial_attn(&q, &k1, &k2, &v1, &v2, &s.spec).map(|_| ())
+    })?;
+    let forward_backward_s = time_if(!forward_only, timing, device, || {
         let o = simplicial_attn(&q, &k1, &k2, &v1, &v2, &s.spec)?.o;
         backward_from(&o, &dout)?;
         Ok(())
     })?;
     let direct = |q: &Tensor| SimplicialAttnCall::forward(q, &k1, &k2, &v1, &v2, &s.spec);
     let outside = !forward_only && direct(&q)?.is_some();
-    let forward_backward_direct_s = time_if(outside, min_reps, min_seconds, &sync, || {
+    let forward_backward_direct_s = time_if(outside, timing, device, || {
         if let Some(call) = direct(&q)? {
             call.backward(&dout)?;
         }
@@ -198,39 +271,34 @@ pub fn cpu_gemm_rate(n: usize, threads: usize, min_seconds: f64) -> Result<f64, 
     } else {
         gemm::Parallelism::Rayon(threads)
     };
-    let (s, _) = time_it(
-        3,
-        min_seconds,
-        || {
-            // SAFETY: a, b, c are n*n row-major matrices (column stride 1, row stride n), so every
-            // index gemm reaches is inside them; c does not alias a or b.
-            unsafe {
-                gemm::gemm(
-                    n,
-                    n,
-                    n,
-                    c.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    a.as_ptr(),
-                    1,
-                    n as isize,
-                    b.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    par,
-                );
-            }
-            Ok(())
-        },
-        &|| Ok(()),
-    )?;
+    let (s, _) = time_it(&Timing::host(3, min_seconds), &Device::Cpu, || {
+        // SAFETY: a, b, c are n*n row-major matrices (column stride 1, row stride n), so every
+        // index gemm reaches is inside them; c does not alias a or b.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        Ok(())
+    })?;
     Ok(2.0 * (n as f64).powi(3) / s)
 }
 
@@ -244,16 +312,10 @@ pub fn candle_matmul_rate(
 ) -> Result<f64, AttnError> {
     let a = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
     let b = Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
-    let sync = || -> Result<(), AttnError> { Ok(device.synchronize()?) };
-    let (s, _) = time_it(
-        5,
-        min_seconds,
-        || {
-            a.matmul(&b)?;
-            Ok(())
-        },
-        &sync,
-    )?;
+    let (s, _) = time_it(&Timing::host(5, min_seconds), device, || {
+        a.matmul(&b)?;
+        Ok(())
+    })?;
     Ok(2.0 * (n as f64).powi(3) / s)
 }
 
@@ -261,6 +323,40 @@ pub fn candle_matmul_rate(
 mod tests {
     use super::*;
     use crate::AttnSpec;
+
+    #[test]
+    fn clocks_parse_from_their_names_and_print_them() {
+        for c in [Clock::Host, Clock::Events] {
+            assert_eq!(c.to_string().parse::<Clock>(), Ok(c));
+        }
+        let err = "wall".parse::<Clock>().unwrap_err();
+        assert!(
+            err.contains("wall") && err.contains("host or events"),
+            "{err}"
+        );
+        assert_eq!(Clock::default(), Clock::Host);
+    }
+
+    #[test]
+    fn time_it_takes_the_reps_asked_for_on_either_clock() -> Result<(), AttnError> {
+        for clock in [Clock::Host, Clock::Events] {
+            let mut calls = 0;
+            let timing = Timing {
+                min_reps: 4,
+                min_seconds: 0.0,
+                clock,
+            };
+            let (s, n) = time_it(&timing, &Device::Cpu, || {
+                calls += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                Ok(())
+            })?;
+            // one warm-up call besides the timed ones; each sample covers the 2 ms sleep
+            assert_eq!((n, calls), (4, 5), "{clock}");
+            assert!((0.002..1.0).contains(&s), "{clock}: median {s} s");
+        }
+        Ok(())
+    }
 
     #[test]
     fn the_seed_gradient_gives_the_gradients_of_the_dot_with_dout() -> Result<(), AttnError> {

@@ -10,7 +10,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::{dot_attn, dot_attn_slow, DotAttnCall, DotSpec};
-use crate::bench::{backward_from, time_if, time_it};
+use crate::bench::{backward_from, time_if, time_it, Timing};
 use crate::AttnError;
 
 /// Which implementation a row times.
@@ -176,8 +176,7 @@ impl DotBenchResult {
 pub fn run_shape(
     s: &DotBenchShape,
     device: &Device,
-    min_reps: usize,
-    min_seconds: f64,
+    timing: &Timing,
     forward_only: bool,
 ) -> Result<DotBenchResult, AttnError> {
     let rand = |h: usize| -> Result<Var, AttnError> {
@@ -192,14 +191,13 @@ pub fn run_shape(
             DotImpl::Slow => dot_attn_slow(&q, &k, &v, &s.spec)?.0,
         })
     };
-    let sync = || -> Result<(), AttnError> { Ok(device.synchronize()?) };
-    let (forward_s, reps) = time_it(min_reps, min_seconds, || attend().map(|_| ()), &sync)?;
-    let forward_backward_s = time_if(!forward_only, min_reps, min_seconds, &sync, || {
+    let (forward_s, reps) = time_it(timing, device, || attend().map(|_| ()))?;
+    let forward_backward_s = time_if(!forward_only, timing, device, || {
         backward_from(&attend()?, &dout)?;
         Ok(())
     })?;
     let outside = !forward_only && s.imp == DotImpl::Fused;
-    let forward_backward_direct_s = time_if(outside, min_reps, min_seconds, &sync, || {
+    let forward_backward_direct_s = time_if(outside, timing, device, || {
         DotAttnCall::forward(&q, &k, &v, &s.spec)?.backward(&dout)?;
         Ok(())
     })?;

@@ -288,7 +288,7 @@ pub static TABLE: [KernelInfo; 86] = [
     e(BwdProducerK2 { d: 64 }, "simplicial_bwd_producer_k2_bf16_d64", BackwardProducer, 384, 128, Fixed(117_248)),
     e(BwdProducerK2 { d: 128 }, "simplicial_bwd_producer_k2_bf16_d128", BackwardProducer, 384, 128, Fixed(231_936)),
     // dot_attn_fwd.cu: the forward at D = 64, one warpgroup per CTA (rows of a K/V head)
-    e(DotFwd { d: 64 }, "dot_fwd_bf16_d64", DotForward, 128, 64, Fixed(74_752)),
+    e(DotFwd { d: 64 }, "dot_fwd_bf16_d64", DotForward, 128, 64, Fixed(41_984)),
     // dot_attn_fwd_wgmma.cu, dot_attn_bwd_wgmma.cu: persistent, rows (keys) per work item
     e(DotFwdWgmma { d: 128 }, "dot_fwd_wgmma_bf16_d128", DotForwardWgmma, 384, 128, Fixed(197_632)),
     e(DotDqWgmma { d: 64 }, "dot_bwd_dq_wgmma_bf16_d64", DotBackwardWgmma, 384, 128, Fixed(50_176)),

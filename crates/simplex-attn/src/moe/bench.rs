@@ -11,7 +11,7 @@ use super::{
     combine, dispatch, grouped_matmul, grouped_matmul_backward, permute, routed_experts,
     routed_experts_twin, top_k, ExpertProducts,
 };
-use crate::bench::time_it;
+use crate::bench::{time_it, Timing};
 use crate::fused::swiglu_mlp;
 use crate::AttnError;
 
@@ -58,7 +58,7 @@ pub fn run(
     let rand = |shape: &[usize], std: f64| -> Result<Tensor, AttnError> {
         Ok(Tensor::randn(0f32, std as f32, shape, device)?.to_dtype(dtype)?)
     };
-    let sync = || -> Result<(), AttnError> { Ok(device.synchronize()?) };
+    let timing = Timing::host(reps, seconds);
     let scores = Tensor::randn(0f32, 1.0, (t, e), device)?;
     let ids = top_k(&scores, k)?;
     let d = dispatch(&ids, e, None)?;
@@ -73,8 +73,8 @@ pub fn run(
                      ours: &mut dyn FnMut() -> Result<(), AttnError>,
                      dense: &mut dyn FnMut() -> Result<(), AttnError>|
      -> Result<(), AttnError> {
-        let (a, _) = time_it(reps, seconds, &mut *ours, &sync)?;
-        let (b, _) = time_it(reps, seconds, &mut *dense, &sync)?;
+        let (a, _) = time_it(&timing, device, &mut *ours)?;
+        let (b, _) = time_it(&timing, device, &mut *dense)?;
         rows.push(MoeRow {
             name,
             flops,

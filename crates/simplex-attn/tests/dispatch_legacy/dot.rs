@@ -69,13 +69,13 @@ pub fn dot_forward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<L
             3 * 2 * 128 * d * 2 + 1024,
         ),
         // the one-warpgroup forward (since 2026-12-07; the mma.sync one it replaced is retired):
-        // blocks of 64 of the Nq G rows of each (K/V head, batch); two stages of 128-key K, V
+        // blocks of 64 of the Nq G rows of each (K/V head, batch); two stages of 64-key K, V
         // tiles and the block's Q
         K::Tc(d) => (
             format!("dot_fwd_bf16_d{d}"),
             (blocks(s.nq * (s.hq / s.hkv), 64), s.hkv as u32, s.b as u32),
             128,
-            2 * 2 * 128 * d * 2 + 64 * d * 2 + 1024,
+            2 * 2 * 64 * d * 2 + 64 * d * 2 + 1024,
         ),
         K::Simple(w) => (
             format!("dot_fwd_simple_{}_w{w}", ddt(s)),
