@@ -14,6 +14,13 @@ remove.
 With --per-kernel, it prints instead each kernel's launches and device time (median, min, max,
 total; us) over the whole trace, for traces that are not training updates (a benchmark's op
 calls): `--per-kernel --match dot_` keeps the kernels whose name contains `dot_`.
+
+With --chain A,B,C, it finds every run of consecutive records (kernels, memcpys, memsets) whose
+kernels' names contain A, B, C in that order, and prints the run count, the median time of each
+kernel, the median idle gap before each kernel after the first, and the median span (the
+first start to the last end): how much of an op's calls is spent between its kernels.
+
+    python3 scripts/kernel_gaps.py trace.tsv --chain dot_fwd_bf16,dot_bwd_dq,dot_bwd_dkv
 """
 import argparse
 import collections
@@ -81,6 +88,23 @@ def per_kernel(recs, match, top):
               f"{sum(ts) / 1e6:9.3f}  {name}")
 
 
+def chains(recs, parts):
+    """Median kernel times, gaps and span of the runs of consecutive records matching `parts`."""
+    n, runs = len(parts), []
+    for i in range(len(recs) - n + 1):
+        run = recs[i:i + n]
+        if all(r[2] == "K" and p in r[3] for r, p in zip(run, parts)):
+            runs.append(run)
+    if not runs:
+        sys.exit(f"no run of consecutive kernels named like {','.join(parts)} in the trace")
+    med = lambda xs: statistics.median(xs) / 1e3  # noqa: E731 (ns -> us)
+    print(f"{len(runs)} runs of {' -> '.join(parts)}")
+    for j, p in enumerate(parts):
+        gap = f", gap before it {med([r[j][0] - r[j - 1][1] for r in runs]):.1f} us" if j else ""
+        print(f"  {p}: median {med([r[j][1] - r[j][0] for r in runs]):.1f} us{gap}")
+    print(f"  span (first start to last end): median {med([r[-1][1] - r[0][0] for r in runs]):.1f} us")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("trace")
@@ -89,8 +113,12 @@ def main():
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--per-kernel", action="store_true", help="per-kernel device times over the whole trace")
     ap.add_argument("--match", default="", help="with --per-kernel: keep kernels whose name contains this")
+    ap.add_argument("--chain", help="comma-separated name parts of consecutive kernels: their gaps and span")
     a = ap.parse_args()
     recs = read(a.trace)
+    if a.chain:
+        chains(recs, a.chain.split(","))
+        return
     if a.per_kernel:
         per_kernel(recs, a.match, a.top)
         return
