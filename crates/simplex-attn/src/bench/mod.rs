@@ -9,10 +9,9 @@
 //! Timings are medians of whole op calls through candle (the concatenation of K and V and the
 //! dtype conversions included), after one warm-up call, on a [`Clock`]: the host's wall clock
 //! to a device synchronize after each call (the default), or on CUDA the device time between
-//! events recorded around it. Forward+backward is the
-//! forward, then candle's backward from a given output gradient `dout` handed to `o` directly
-//! (as torch's `o.backward(dout)`; no loss reduction is timed), with candle's gradient
-//! accumulation for the op's inputs included.
+//! events recorded around it. Forward+backward is the forward, then candle's backward from a
+//! given output gradient `dout` handed to `o` directly (as torch's `o.backward(dout)`; no loss
+//! reduction is timed), with candle's gradient accumulation for the op's inputs included.
 
 mod timing;
 
