@@ -127,9 +127,9 @@ __device__ __forceinline__ void fwd_warpgroup(const bf16* __restrict__ q,  // [B
     // mask and online softmax (base 2) of rows g and g + 8, O *= alpha, P as bf16 A fragments
     float alpha[2];
     softmax_tile(sacc, k0, kr, sl2, t, m_row, l_row, alpha);
-    rescale_rows(acc, alpha);
+    offset_walk::rescale_rows(acc, alpha);
     uint32_t pf[HALVES][4][4];
-    pack_probs(sacc, pf);
+    offset_walk::pack_probs(sacc, pf);
 
     // O += P V_tile
 #pragma unroll

@@ -144,8 +144,8 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
 #pragma unroll
       for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
       if (pend) bar_arrive(BAR_EMPTY + pend_st, THREADS);
-      rescale_rows(acc, alpha);
-      pack_probs(sacc, pf);
+      offset_walk::rescale_rows(acc, alpha);
+      offset_walk::pack_probs(sacc, pf);
       pend = true;
       pend_st = st;
     }

@@ -273,7 +273,7 @@ __device__ __forceinline__ void store_acc_rows(const float (&acc)[D / 64][32], c
 // only where a row of the warp misses a key of the tile (kr: the keys of the thread's rows g and
 // g + 8), updates the running max m_row and sum l_row, and turns the logits into probabilities
 // in place; alpha = 2^(old max - new max) is what the output rows are to be rescaled by
-// (rescale_rows, once no values product is in flight).
+// (offset_walk::rescale_rows, once no values product is in flight).
 template <int H>
 __device__ __forceinline__ void softmax_tile(float (&sacc)[H][32], int k0, const Span (&kr)[2], float sl2, int t,
                                              float (&m_row)[2], float (&l_row)[2], float (&alpha)[2]) {
@@ -283,32 +283,6 @@ __device__ __forceinline__ void softmax_tile(float (&sacc)[H][32], int k0, const
     const int key = k0 + 64 * u + col;
     return key >= kr[e].lo && key < kr[e].hi;
   }, m_row, l_row, alpha);
-}
-
-// acc (rows g, g + 8 of the thread) *= alpha of the row.
-template <int NA>
-__device__ __forceinline__ void rescale_rows(float (&acc)[NA][32], const float (&alpha)[2]) {
-#pragma unroll
-  for (int a = 0; a < NA; ++a)
-#pragma unroll
-    for (int nn = 0; nn < 8; ++nn)
-#pragma unroll
-      for (int x = 0; x < 4; ++x) acc[a][4 * nn + x] *= alpha[x / 2];
-}
-
-// P (H m64n64 f32 accumulators) rounded to bf16 as the A fragments of the values product: the
-// accumulator layout of m64n64 is the A layout of its four k16 steps.
-template <int H>
-__device__ __forceinline__ void pack_probs(const float (&sacc)[H][32], uint32_t (&pf)[H][4][4]) {
-#pragma unroll
-  for (int h = 0; h < H; ++h)
-#pragma unroll
-    for (int x = 0; x < 4; ++x) {
-      pf[h][x][0] = bf2_pack(sacc[h][8 * x + 0], sacc[h][8 * x + 1]);
-      pf[h][x][1] = bf2_pack(sacc[h][8 * x + 2], sacc[h][8 * x + 3]);
-      pf[h][x][2] = bf2_pack(sacc[h][8 * x + 4], sacc[h][8 * x + 5]);
-      pf[h][x][3] = bf2_pack(sacc[h][8 * x + 6], sacc[h][8 * x + 7]);
-    }
 }
 
 // The forwards' epilogue for a warpgroup's 64 rows from rbase: lse = (max + log2 sum) ln 2 and

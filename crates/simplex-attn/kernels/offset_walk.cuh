@@ -291,5 +291,36 @@ __device__ __forceinline__ void online_softmax(float (&sacc)[TO][32], bool fold,
   }
 }
 
+// acc (rows g, g + 8 of the thread) *= alpha of the row: the online softmax's rescale of the
+// output rows.
+template <int NA>
+__device__ __forceinline__ void rescale_rows(float (&acc)[NA][32], const float (&alpha)[2]) {
+#pragma unroll
+  for (int a = 0; a < NA; ++a)
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int x = 0; x < 4; ++x) acc[a][4 * n + x] *= alpha[x / 2];
+}
+
+// P, one m64n64 f32 accumulator, rounded to bf16 as the A fragments of the values product's
+// four k16 steps (the accumulator layout of m64n64 is the A layout of its k16 steps).
+__device__ __forceinline__ void pack_probs(const float (&p)[32], uint32_t (&pf)[4][4]) {
+#pragma unroll
+  for (int st = 0; st < 4; ++st) {
+    pf[st][0] = bf2_pack(p[8 * st + 0], p[8 * st + 1]);
+    pf[st][1] = bf2_pack(p[8 * st + 2], p[8 * st + 3]);
+    pf[st][2] = bf2_pack(p[8 * st + 4], p[8 * st + 5]);
+    pf[st][3] = bf2_pack(p[8 * st + 6], p[8 * st + 7]);
+  }
+}
+
+// The same for H accumulators.
+template <int H>
+__device__ __forceinline__ void pack_probs(const float (&p)[H][32], uint32_t (&pf)[H][4][4]) {
+#pragma unroll
+  for (int h = 0; h < H; ++h) pack_probs(p[h], pf[h]);
+}
+
 }  // namespace offset_walk
 }  // namespace simplex

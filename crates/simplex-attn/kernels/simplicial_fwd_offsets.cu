@@ -172,26 +172,12 @@ __device__ __forceinline__ void fwd_offsets(const bf16* __restrict__ q,   // [B,
       float ot[TO][NA][32];
       {
         uint32_t pf[TO][TK / 16][4];
-#pragma unroll
-        for (int u = 0; u < TO; ++u)
-#pragma unroll
-          for (int st = 0; st < TK / 16; ++st) {
-            pf[u][st][0] = bf2_pack(sacc[u][8 * st + 0], sacc[u][8 * st + 1]);
-            pf[u][st][1] = bf2_pack(sacc[u][8 * st + 2], sacc[u][8 * st + 3]);
-            pf[u][st][2] = bf2_pack(sacc[u][8 * st + 4], sacc[u][8 * st + 5]);
-            pf[u][st][3] = bf2_pack(sacc[u][8 * st + 6], sacc[u][8 * st + 7]);
-          }
+        pack_probs(sacc, pf);
         wg_fence();
 #pragma unroll
         for (int u = 0; u < TO; ++u) wgmma_a_t<NA>(ot[u], pf[u], vbase, false);
         wg_commit();
-        // O = alpha O while the products run
-#pragma unroll
-        for (int a = 0; a < NA; ++a)
-#pragma unroll
-          for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int x = 0; x < 4; ++x) acc[a][4 * n + x] *= alpha[x / 2];
+        rescale_rows(acc, alpha);  // O = alpha O while the products run
         wg_wait0();
 #pragma unroll
         for (int u = 0; u < TO; ++u)

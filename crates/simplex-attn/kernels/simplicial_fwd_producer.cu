@@ -429,19 +429,8 @@ __device__ __forceinline__ void fwd_producer(const bf16* __restrict__ q,   // [B
         if (pend) bar_arrive(BAR_EMPTY + pend_vb, THREADS);
         // O = alpha O now; P (its accumulator layout is the A layout of the k16 steps) waits
         // for the next turn
-#pragma unroll
-        for (int a = 0; a < NA; ++a)
-#pragma unroll
-          for (int n = 0; n < 8; ++n)
-#pragma unroll
-            for (int x = 0; x < 4; ++x) acc[a][4 * n + x] *= alpha[x / 2];
-#pragma unroll
-        for (int st = 0; st < TK / 16; ++st) {
-          pf[st][0] = bf2_pack(sacc[0][8 * st + 0], sacc[0][8 * st + 1]);
-          pf[st][1] = bf2_pack(sacc[0][8 * st + 2], sacc[0][8 * st + 3]);
-          pf[st][2] = bf2_pack(sacc[0][8 * st + 4], sacc[0][8 * st + 5]);
-          pf[st][3] = bf2_pack(sacc[0][8 * st + 6], sacc[0][8 * st + 7]);
-        }
+        offset_walk::rescale_rows(acc, alpha);
+        offset_walk::pack_probs(sacc[0], pf);
         pend = true;
         pend_vb = vb;
       }
