@@ -185,9 +185,10 @@ fn cache_steps_with_more_keys_than_queries_match_oracle() {
 
 #[test]
 fn wgmma_tile_edges_match_oracle() {
-    // rows r = i G + hh in CTAs of 128 (64 per consumer), key tiles of 128 (forward) and 64
-    // (dq), key blocks of 128 (dk/dv) stepping over 64 rows: blocks straddling a query's heads
-    // and the sequence end, a consumer without rows, exact multiples, D = 128 key blocks past Nk
+    // rows r = i G + hh in CTAs of 128 (64 per consumer; the D = 64 forward: CTAs of 64), key
+    // tiles of 128 (D = 128 forward), 64 (D = 64 forward, dq), key blocks of 128 (dk/dv)
+    // stepping over 64 rows: blocks straddling a query's heads and the sequence end, a consumer
+    // without rows, exact multiples, D = 128 key blocks past Nk
     let (c, sl, bi) = (DotSpec::causal, DotSpec::sliding, DotSpec::bidirectional);
     let cases = [
         case(1, 100, 3, 1, 64, c()),

@@ -16,7 +16,7 @@ pub enum DotKernel {
     /// Tensor cores: the backward on wgmma (`kernels/dot_attn_bwd_wgmma.cu`, a producer
     /// warpgroup and two consumers), the forward on wgmma: at D = 128 persistent with a
     /// producer warpgroup (`kernels/dot_attn_fwd_wgmma.cu`), at D = 64 one warpgroup per CTA
-    /// and three CTAs per SM (`kernels/dot_attn_fwd.cu`; faster at the LM layer,
+    /// and four CTAs per SM (`kernels/dot_attn_fwd.cu`; faster at the LM layer,
     /// docs/kernels.md). bf16, `D = Dv = d` in {64, 128}, 16-byte aligned inputs, any GQA
     /// ratio, window, causality and `Nk >= Nq`.
     Wgmma {
