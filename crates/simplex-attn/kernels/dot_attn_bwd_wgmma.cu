@@ -10,9 +10,9 @@
 // runs, speed: docs/kernels.md.
 //
 // Both kernels: persistent (one CTA per SM, work blocks in the snake order of
-// dot_attn_wgmma.cuh), 384 threads: a producer warpgroup (setmaxnreg 40: cp.async into a ring
-// of NS = 3 stages that runs on across a CTA's blocks) and two consumer warpgroups (setmaxnreg
-// 232). Each consumer runs its products in its own step (issue, wait, elementwise, issue,
+// dot_attn_wgmma.cuh), 384 threads: a producer warpgroup (setmaxnreg 40) loading into a ring
+// of NS = 3 stages that runs on across a CTA's blocks (dq: one thread, the TMA, KvRing; dk/dv:
+// cp.async, Ring) and two consumer warpgroups (setmaxnreg 232). Each consumer runs its products in its own step (issue, wait, elementwise, issue,
 // wait); the two drift apart, so one's elementwise work overlaps the other's products. Results
 // are stored straight from registers at the end of a block. ptxas: no spills.
 //
@@ -24,7 +24,7 @@
 //   P = 2^(S scale log2 e - lse log2 e), dS = P (dP - delta)   (masked only where a row of
 //                                the warp does not see the whole tile)
 //   dQ += dS K                   RS, dS from the accumulators as A, K read MN-major
-// Shared memory: NS x (K, V) 64 x D tiles: 48 KB (D = 64), 96 KB (D = 128).
+// Shared memory: NS x (K, V) 64 x D tiles: 48 KB (D = 64), 96 KB (D = 128), and the mbarriers.
 // Registers (D = 128): Q 32 + dO 32 + dQ 64 + S 32 + dP 32 + dS 16.
 //
 // dk/dv kernel: a block is 128 keys of one K/V head (the first block first), 64 per consumer;
@@ -59,7 +59,7 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
                                        const float* __restrict__ lse,   // [B,Nq,Hq]
                                        float* __restrict__ dlt,         // [B,Nq,Hq], written
                                        bf16* __restrict__ dq,           // [B,Nq,Hq,D]
-                                       const DotShape s) {
+                                       const DotShape s, const TensorMap& tk, const TensorMap& tv) {
   using L = RingSmem<TKQ, D>;
   constexpr int KS = D / 16, NA = D / 64;
   uint8_t* sm = aligned_dynamic_smem();
@@ -67,7 +67,8 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
 
   const RowBlocks rb(s);
   const int G = rb.G, nrows = rb.nrows;
-  if (!consumer_warpgroup<TKQ, D, L::STAGE, L::KT>(s, rb, base, k, v)) return;  // the producer
+  const KvRing ring{base + L::BARS};
+  if (!consumer_warpgroup<TKQ, D>(s, rb, base, ring, tk, tv)) return;  // the producer
 
   // ---------------- consumers ----------------
   const auto [tid, wg, warp, lane, g, t] = thread_place();
@@ -125,7 +126,7 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
       const int st = gs % NS, k0 = it.KU.lo + step * TKQ;
       const uint32_t kt = base + st * L::STAGE, vt = kt + L::KT;
       const bool busy = any_rows && k0 < KW.hi && k0 + TKQ > KW.lo;  // warpgroup-uniform
-      bar_sync(BAR_FULL + NS * c + st, FULL_THREADS);                 // tile `step` landed
+      ring.wait_full(gs);                                             // tile `step` landed
       if (busy) {
         float sacc[32], dpacc[32];
         wg_fence();
@@ -168,7 +169,7 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
 #pragma unroll
         for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
       }
-      bar_arrive(BAR_EMPTY + st, THREADS);
+      ring.release(st);
     }
 
     // ---- the item's epilogue: dq = scale * acc straight from registers ----
@@ -395,8 +396,9 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
 #define DOT_BWD_WGMMA(D)                                                                                     \
   extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_bwd_dq_wgmma_bf16_d##D(             \
       const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,    \
-      const __nv_bfloat16* o, const float* lse, float* dlt, __nv_bfloat16* dq, const dot::DotShape s) {      \
-    dot_wgmma::bwd_dq<D>(q, k, v, dout, o, lse, dlt, dq, s);                                                 \
+      const __nv_bfloat16* o, const float* lse, float* dlt, __nv_bfloat16* dq, const dot::DotShape s,        \
+      const __grid_constant__ simplex::TensorMap tk, const __grid_constant__ simplex::TensorMap tv) {        \
+    dot_wgmma::bwd_dq<D>(q, k, v, dout, o, lse, dlt, dq, s, tk, tv);                                         \
   }                                                                                                          \
   extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_bwd_dkv_wgmma_bf16_d##D(            \
       const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,    \

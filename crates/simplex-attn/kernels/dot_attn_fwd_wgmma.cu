@@ -12,9 +12,9 @@
 // Grid: persistent, one CTA per SM taking blocks in the snake order of dot_attn_wgmma.cuh; the
 // producer's ring runs on across a CTA's blocks, so the next block's tiles load while this one
 // computes. Block: 384 threads:
-//   WG0 producer (setmaxnreg 40): cp.async of the key tiles, TK = 128 keys of K and of V
-//     (128B-swizzled, D/64 atoms of 128 rows), into a ring of NS = 3 stages (FULL / EMPTY
-//     named barriers).
+//   WG0 producer (setmaxnreg 40): one thread loads the key tiles, TK = 128 keys of K and of V
+//     (128B-swizzled, D/64 atoms of 128 rows), with the TMA into a ring of NS = 3 stages
+//     (KvRing: FULL / EMPTY mbarriers; the tensor maps of k and v come as kernel parameters).
 //   WG1, WG2 consumers (setmaxnreg 232), 64 rows each, Q loaded into registers as wgmma A
 //     fragments per block. Per key tile, FlashAttention-3's schedule (as
 //     simplicial_fwd_producer.cu): in this consumer's turn (the two alternate through TURN
@@ -26,7 +26,7 @@
 //     of the k16 steps) in registers for the next turn. O / l and lse are stored straight from
 //     registers at the end of a block.
 // A consumer whose rows see none of a tile issues only its pending values product there.
-// Shared memory: NS x (K, V) tiles of 128 x D bf16: 192 KB (D = 128).
+// Shared memory: NS x (K, V) tiles of 128 x D bf16: 192 KB (D = 128), and the ring's mbarriers.
 // Registers (consumer, D = 128): Q 32 + O 64 + S 64 + P 32; ptxas: no spills at 40 / 232 (at
 // 56 / 224 the D = 128 consumers spill 192 bytes).
 #include "dot_attn_wgmma.cuh"
@@ -44,7 +44,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
                                     const bf16* __restrict__ v,  // [B,Nk,Hkv,D]
                                     bf16* __restrict__ o,        // [B,Nq,Hq,D]
                                     float* __restrict__ lse,     // [B,Nq,Hq]
-                                    const DotShape s) {
+                                    const DotShape s, const TensorMap& tk, const TensorMap& tv) {
   using L = RingSmem<TK, D>;
   constexpr int KS = D / 16;  // k-steps of the logits
   constexpr int NA = D / 64;  // 64-column blocks of O
@@ -52,7 +52,8 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
 
   const RowBlocks rb(s);
   const int G = rb.G, nrows = rb.nrows;
-  if (!consumer_warpgroup<TK, D, L::STAGE, L::KT>(s, rb, base, k, v)) return;  // the producer
+  const KvRing ring{base + L::BARS};
+  if (!consumer_warpgroup<TK, D>(s, rb, base, ring, tk, tv)) return;  // the producer
 
   // ---------------- consumers ----------------
   const auto [tid, wg, warp, lane, g, t] = thread_place();
@@ -91,7 +92,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       const int st = gs % NS, k0 = it.KU.lo + step * TK;
       const uint32_t kt = base + st * L::STAGE;
       const bool busy = any_rows && k0 < KW.hi && k0 + TK > KW.lo;  // warpgroup-uniform
-      bar_sync(BAR_FULL + NS * c + st, FULL_THREADS);                // tile `step` landed
+      ring.wait_full(gs);                                            // tile `step` landed
       // Every path issues and retires its products inside its branch (ptxas serializes wgmma
       // in flight across a branch it cannot prove uniform), so a missing pending product runs
       // on P = 0 instead of being left out.
@@ -115,8 +116,8 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
         wg_wait0();
 #pragma unroll
         for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
-        if (pend) bar_arrive(BAR_EMPTY + pend_st, THREADS);
-        bar_arrive(BAR_EMPTY + st, THREADS);
+        if (pend) ring.release(pend_st);
+        ring.release(st);
         pend = false;
         continue;
       }
@@ -143,7 +144,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       wg_wait0();  // the pending values product: its stage is free
 #pragma unroll
       for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
-      if (pend) bar_arrive(BAR_EMPTY + pend_st, THREADS);
+      if (pend) ring.release(pend_st);
       offset_walk::rescale_rows(acc, alpha);
       offset_walk::pack_probs(sacc, pf);
       pend = true;
@@ -160,7 +161,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       wg_wait0();
 #pragma unroll
       for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
-      bar_arrive(BAR_EMPTY + pend_st, THREADS);
+      ring.release(pend_st);
     }
 
     store_output_rows<D>(acc, m_row, l_row, rbase, nrows, rs, o, lse, q_off);
@@ -178,8 +179,9 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
 #define DOT_FWD_WGMMA(D)                                                                                    \
   extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_fwd_wgmma_bf16_d##D(               \
       const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* o, float* lse, \
-      const dot::DotShape s) {                                                                              \
-    dot_wgmma::fwd<D>(q, k, v, o, lse, s);                                                                  \
+      const dot::DotShape s, const __grid_constant__ simplex::TensorMap tk,                                 \
+      const __grid_constant__ simplex::TensorMap tv) {                                                      \
+    dot_wgmma::fwd<D>(q, k, v, o, lse, s, tk, tv);                                                          \
   }
 
 DOT_FWD_WGMMA(128)

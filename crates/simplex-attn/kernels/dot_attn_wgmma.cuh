@@ -1,24 +1,28 @@
 // Shared pieces of the Hopper (wgmma) dot-product attention kernels (dot_attn_fwd.cu,
 // dot_attn_fwd_wgmma.cu, dot_attn_bwd_wgmma.cu): the persistent kernels' CTA layout (a producer
-// warpgroup and two consumer warpgroups), the named barriers of the producer's stage ring, the
-// producer's loop; the row space and the key tiles' loads; the forwards' softmax step and
-// epilogue.
+// warpgroup and two consumer warpgroups), their two stage rings and producers; the row space
+// and the key tiles' loads; the forwards' softmax step and epilogue.
 //
 // Row space: the kernels of one (batch b, K/V head kv) see the rows r = i * G + hh, query i,
 // query head kv * G + hh (G = Hq / Hkv), so the G heads that share a K/V head share every K/V
 // tile (as in simplicial_fwd_producer.cu). Query i sits at position i + Nk - Nq (dot_attn.cuh).
 //
-// Ring: the producer (warpgroup 0) fills NS stages with cp.async; step s uses stage s % NS (the
-// steps of all of a persistent CTA's work items form one stream, so loads run ahead across items).
-// Each consumer c waits on its own FULL[c][stage] (the producer and that consumer: 256 threads),
-// so the two consumers drift apart freely, and both arrive on EMPTY[stage] (384 threads) when
-// done with it; the producer waits on EMPTY before refilling a stage. Matrix pieces (swizzled
-// tiles, descriptors, wgmma wrappers, fragment loads, online softmax) come from wgmma.cuh and
-// offset_walk.cuh, validated by the simplicial kernels.
+// Rings: the producer (warpgroup 0) fills NS stages; step s uses stage s % NS (the steps of all
+// of a persistent CTA's work items form one stream, so loads run ahead across items).
+// * KvRing (forward, dq): one producer thread loads each stage's K and V tiles with the TMA
+//   (tma.cuh) and the stage's mbarrier FULL completes when their bytes have landed; each
+//   consumer warp arrives on the stage's EMPTY mbarrier when done with it.
+// * Ring (dk/dv, whose rows are gathered across heads): the 128 producer threads copy with
+//   cp.async and arrive on named barriers; each consumer c waits on its own FULL[c][stage] (the
+//   producer and that consumer: 256 threads), and both arrive on EMPTY[stage] (384 threads).
+// Either way the two consumers drift apart freely. Matrix pieces (swizzled tiles, descriptors,
+// wgmma wrappers, fragment loads, online softmax) come from wgmma.cuh and offset_walk.cuh,
+// validated by the simplicial kernels.
 #pragma once
 
 #include "dot_attn.cuh"
 #include "offset_walk.cuh"
+#include "tma.cuh"
 
 namespace dot_wgmma {
 
@@ -80,7 +84,8 @@ struct Work {
   }
 };
 
-// The producer's side of the ring: the steps of all of a CTA's items form one stream. step(load)
+// The producer's side of the cp.async ring (dk/dv): the steps of all of a CTA's items form one
+// stream. step(load)
 // issues the cp.async copies of the next step (load(stage): this thread's share) once the
 // consumers released the stage. Up to two steps' copies are in flight; a step's FULL barriers
 // are arrived at once this thread's copies of it have landed (each producer thread waits for its
@@ -198,41 +203,83 @@ struct RowBlocks {
 };
 
 // Shared memory of the forward and dq kernels: the ring of NS stages, each a K tile and a V
-// tile of TK keys x D columns (128B-swizzled).
+// tile of TK keys x D columns (128B-swizzled), then the ring's mbarriers (KvRing).
 template <int TK, int D>
 struct RingSmem {
-  static constexpr int KT = TK * D * 2;            // one K (or V) tile
-  static constexpr int STAGE = 2 * KT;             // K, then V
-  static constexpr int BYTES = NS * STAGE + 1024;  // + alignment slack (src/kernels/table.rs)
+  static constexpr int KT = TK * D * 2;                   // one K (or V) tile
+  static constexpr int STAGE = 2 * KT;                    // K, then V
+  static constexpr int BARS = NS * STAGE;                 // KvRing's 2 NS mbarriers
+  static constexpr int BYTES = BARS + 2 * NS * 8 + 1024;  // + alignment slack (src/kernels/table.rs)
 };
 
-// The producer warpgroup of the forward and dq kernels: the K and V tiles of each of this CTA's
-// row blocks, TK keys a step, into the ring (stage st: K at base + st * STAGE, V KT bytes later).
-template <int TK, int D, int STAGE, int KT>
-__device__ __forceinline__ void produce_kv(const DotShape& s, const RowBlocks& rb, uint32_t base, const bf16* k,
-                                           const bf16* v) {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
-  const long long kstride = (long long)s.heads_kv * D;
-  Ring ring;
-  int n = 0;
-  for (RowItem it; rb.next<TK>(s, n, it);) {
-    const long long kbase = RowSpace(s, it.b, it.kv).key(0, D);
-    for (int step = 0; step < it.nkt; ++step)
-      ring.step([&](int st) {
-        const uint32_t kt = base + st * STAGE;
-        load_kv<TK, D>(kt, kt + KT, k, v, kbase, kstride, it.KU.lo + step * TK, it.KU.hi);
-      });
+// The K / V ring of the forward and dq kernels, loaded by the TMA: step gs (a CTA's steps over
+// all its row blocks form one stream) uses stage gs % NS. FULL[stage] completes when the
+// producer has announced the stage's bytes and they have landed; EMPTY[stage] when each of the
+// eight consumer warps has released it. Waits name the parity of the stage's use, gs / NS.
+struct KvRing {
+  static constexpr int CONSUMER_WARPS = 8;
+  uint32_t bars;  // FULL[0 .. NS), then EMPTY[0 .. NS), 8 bytes each
+  __device__ __forceinline__ uint32_t full(int st) const { return bars + 8 * st; }
+  __device__ __forceinline__ uint32_t empty(int st) const { return bars + 8 * (NS + st); }
+  // One thread, before the CTA barrier that splits the roles.
+  __device__ __forceinline__ void init() const {
+    for (int st = 0; st < NS; ++st) {
+      mbar_init(full(st), 1);
+      mbar_init(empty(st), CONSUMER_WARPS);
+    }
+    fence_mbar_init();
   }
-  ring.finish();
+  // A consumer: waits for step gs's tiles.
+  __device__ __forceinline__ void wait_full(int gs) const { mbar_wait(full(gs % NS), (gs / NS) & 1); }
+  // A consumer warp (all lanes, past the wgmma wait of the last product that read the stage):
+  // done with stage st.
+  __device__ __forceinline__ void release(int st) const {
+    if (threadIdx.x % 32 == 0) mbar_arrive(empty(st));
+  }
+  // The producer: waits until stage gs % NS is free for step gs (its previous use released;
+  // the first NS steps pass at once: the parity before the first phase counts as completed).
+  __device__ __forceinline__ void wait_empty(int gs) const {
+    mbar_wait(empty(gs % NS), ((gs / NS) & 1) ^ 1);
+  }
+};
+
+// The producer of the forward and dq kernels (one thread): the K and V tiles of each of this
+// CTA's row blocks, TK keys a step, into the ring (stage st: K at base + st * STAGE, V KT bytes
+// later), each D/64-column atom one TMA box of the [D, Hkv, Nk, B] maps tk, tv (keys past Nk
+// land as zeros; keys past the block's last key are real keys, which every row masks).
+template <int TK, int D>
+__device__ __forceinline__ void produce_kv(const DotShape& s, const RowBlocks& rb, uint32_t base, const KvRing& ring,
+                                           const TensorMap& tk, const TensorMap& tv) {
+  using L = RingSmem<TK, D>;
+  tma_prefetch_map(tk);
+  tma_prefetch_map(tv);
+  int gs = 0, n = 0;
+  for (RowItem it; rb.next<TK>(s, n, it);) {
+    for (int step = 0; step < it.nkt; ++step, ++gs) {
+      const int st = gs % NS, k0 = it.KU.lo + step * TK;
+      const uint32_t kt = base + st * L::STAGE;
+      ring.wait_empty(gs);
+      mbar_arrive_expect_tx(ring.full(st), L::STAGE);
+#pragma unroll
+      for (int a = 0; a < D / 64; ++a) {
+        tma_load_4d(kt + a * TK * 128, tk, 64 * a, it.kv, k0, it.b, ring.full(st));
+        tma_load_4d(kt + L::KT + a * TK * 128, tv, 64 * a, it.kv, k0, it.b, ring.full(st));
+      }
+    }
+  }
 }
 
-// The start of the forward and dq kernels: warpgroup 0 runs the producer of the K / V ring and
-// is done (false); the two consumer warpgroups take the registers it gave back (true).
-template <int TK, int D, int STAGE, int KT>
+// The start of the forward and dq kernels: thread 0 sets up the ring's barriers; warpgroup 0
+// gives back its registers, its thread 0 runs the producer, and it is done (false); the two
+// consumer warpgroups take the registers it gave back (true).
+template <int TK, int D>
 __device__ __forceinline__ bool consumer_warpgroup(const DotShape& s, const RowBlocks& rb, uint32_t base,
-                                                   const bf16* k, const bf16* v) {
+                                                   const KvRing& ring, const TensorMap& tk, const TensorMap& tv) {
+  if (threadIdx.x == 0) ring.init();
+  __syncthreads();
   if (threadIdx.x / 128 == 0) {
-    produce_kv<TK, D, STAGE, KT>(s, rb, base, k, v);
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
+    if (threadIdx.x == 0) produce_kv<TK, D>(s, rb, base, ring, tk, tv);
     return false;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS) : "memory");

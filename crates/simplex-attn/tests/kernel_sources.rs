@@ -17,6 +17,7 @@ use simplex_attn::kernels::smem::{
     partner_positions, SmemArgs, Window1, CORE_KEYS, CORE_ROWS, DKV_KEYS, DKV_ROWS, QK1_CHUNK,
     SIMPLE_WARPS, WG_ROWS,
 };
+use simplex_attn::kernels::tma::kv_map_rows;
 use simplex_attn::kernels::{Family, Kernel, Smem, TABLE};
 
 fn source(family: Family) -> Source {
@@ -174,6 +175,20 @@ fn rows_per_block_and_tile_constants_are_the_files() {
     let bwd = source(Family::BackwardOffsets);
     assert_eq!(bwd.eval("Qk1Layout<64>::CHUNK"), QK1_CHUNK as i64);
     assert_eq!(source(Family::DotSimple).eval("WARPS"), SIMPLE_WARPS as i64);
+    // the TMA boxes of the kernels that load K and V through tensor maps: their key tiles
+    for k in &TABLE {
+        let tile = match k.kernel {
+            Kernel::DotFwdWgmma { .. } => source(k.family).eval("TK"),
+            Kernel::DotDqWgmma { .. } => source(k.family).eval("TKQ"),
+            _ => continue,
+        };
+        assert_eq!(
+            kv_map_rows(k.kernel),
+            Some(tile as usize),
+            "{}: TMA box rows",
+            k.symbol
+        );
+    }
 }
 
 fn args(d: usize, dv: usize, group: usize, window1: Window1) -> SmemArgs {

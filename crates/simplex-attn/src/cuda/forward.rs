@@ -53,6 +53,7 @@ fn forward_typed<T: super::Element>(
             call.kernels.poison_outputs,
             &[&qv, &k1, &k2, &v1, &v2],
             &shape,
+            &[],
             (Shape::from((b, n, hq, d.dv)), Shape::from((b, n, hq))),
         )
     }

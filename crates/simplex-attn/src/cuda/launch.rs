@@ -11,6 +11,7 @@ use cudarc::driver::{CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig,
 
 use super::buffers::{cuda_err, output_poisoned, wrap_tensor, Element};
 use super::module::{self, Family, Kernel};
+use super::tma::TensorMap;
 use crate::kernels::{DeviceLimits, Launch};
 
 /// What the choice of kernels reads of a call's first input: its dtype, its device and the
@@ -109,8 +110,10 @@ macro_rules! launch_in_family {
 }
 
 /// Runs a forward kernel of signature `(const T* inputs..., T* o, float* lse, S shape)` (every
-/// forward of both attention ops has it): allocates o (`o_shape`, in T) and lse (`lse_shape`,
-/// f32), NaN-filled when `poison`; returns o as candle storage with its shape, and lse.
+/// forward of both attention ops has it), followed by the tensor maps `maps` of the kernels
+/// that load through the TMA ([`crate::kernels::tma::kv_map_rows`]; empty for the others):
+/// allocates o (`o_shape`, in T) and lse (`lse_shape`, f32), NaN-filled when `poison`; returns
+/// o as candle storage with its shape, and lse.
 ///
 /// # Safety
 /// `planned`'s kernel has that signature with these input counts and element type T, every
@@ -122,6 +125,7 @@ pub(crate) unsafe fn forward<T: Element, S: DeviceRepr>(
     poison: bool,
     inputs: &[&CudaView<'_, T>],
     shape: &S,
+    maps: &[TensorMap],
     (o_shape, lse_shape): (Shape, Shape),
 ) -> Result<(CudaStorage, Shape, Tensor)> {
     let stream = dev.cuda_stream();
@@ -135,6 +139,9 @@ pub(crate) unsafe fn forward<T: Element, S: DeviceRepr>(
                 args.arg(*x);
             }
             args.arg(&mut o).arg(&mut lse).arg(shape);
+            for m in maps {
+                args.arg(m);
+            }
         })
     }?;
     Ok((

@@ -23,6 +23,7 @@ mod forward;
 pub(crate) mod launch;
 pub(crate) mod module;
 mod shape;
+pub(crate) mod tma;
 
 pub(crate) use backward::backward;
 pub use buffers::retain_pool_memory;

@@ -15,6 +15,7 @@ mod choice;
 pub mod dispatch;
 pub mod smem;
 pub mod table;
+pub mod tma;
 
 pub use choice::{
     ExpertProducts, ForwardVariant, Kernels, OffsetsBackward, WgmmaBackward, POISON_BY_DEFAULT,

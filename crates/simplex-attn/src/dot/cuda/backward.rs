@@ -15,11 +15,11 @@ use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{Layout, Result, Tensor};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
-use super::{aligned, DotCall, DotKernelShape};
+use super::{aligned, kv_maps, DotCall, DotKernelShape};
 use crate::cuda::launch::{self, Planned};
 use crate::cuda::{cuda_storages, output_poisoned, typed_views, wrap_tensor, Element};
 use crate::kernels::dispatch::dot::{self as plan, DotBackward};
-use crate::kernels::Elem;
+use crate::kernels::{tma, Elem};
 
 /// The backward on CUDA: (dq like q, dk like k, dv like v) in the input dtype, from
 /// `[q, k, v, o, dout, lse]`.
@@ -32,7 +32,8 @@ pub(crate) fn backward(call: &DotCall, ts: [&Tensor; 6]) -> Result<(Tensor, Tens
     let guards = ts.each_ref().map(|t| t.storage_and_layout());
     let st = cuda_storages("dot attention", names, &guards)?;
     let (_, dev, limits) = launch::target(st[0].0)?;
-    // q, k, v and dout feed cp.async in the tensor-core kernels; o only the delta pre-pass
+    // q, k, v and dout feed cp.async and the TMA in the tensor-core kernels; o only the delta
+    // pre-pass
     let all_aligned = [0, 1, 2, 4].iter().all(|&t| aligned(st[t].1, dtype));
     let plan = plan::backward(&call.dims, dtype, all_aligned, &call.kernels, &limits)?;
     let [dq, dk, dv] = match Elem::of(dtype, "dot attention")? {
@@ -82,10 +83,12 @@ fn backward_typed<T: Element>(
     // dq
     let planned = Planned::new(dev, &plan.dq)?;
     let mut dq = out(nqd, "dq")?;
+    let maps = kv_maps(dev, &d, tma::kv_map_rows(plan.dq.kernel.kernel), [&kv, &vv])?;
     // SAFETY: (q, k, v, dout, lse, delta, dq, DotShape) as the kernel declares, and for the
-    // wgmma kernel (q, k, v, dout, o, lse, delta (written: every row), dq, DotShape); every
-    // view holds the counts it indexes (checked by `typed_views`), and the grid covers all
-    // B * Nq * Hq rows of dq and delta (the persistent wgmma CTAs between them).
+    // wgmma kernel (q, k, v, dout, o, lse, delta (written: every row), dq, DotShape, K's and
+    // V's tensor maps of its box); every view holds the counts it indexes (checked by
+    // `typed_views`), and the grid covers all B * Nq * Hq rows of dq and delta (the persistent
+    // wgmma CTAs between them).
     unsafe {
         planned.run(&stream, |a| {
             a.arg(&qv).arg(&kv).arg(&vv).arg(&dov);
@@ -95,6 +98,9 @@ fn backward_typed<T: Element>(
                 a.arg(&lsev).arg(&delta);
             }
             a.arg(&mut dq).arg(&shape);
+            for m in &maps {
+                a.arg(m);
+            }
         })
     }?;
 

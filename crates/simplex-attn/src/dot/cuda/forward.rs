@@ -7,10 +7,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::{Layout, Result, Shape, Tensor};
 
-use super::{aligned, DotCall, DotKernelShape};
+use super::{aligned, kv_maps, DotCall, DotKernelShape};
 use crate::cuda::launch::{self, Planned};
 use crate::cuda::{typed_views, Element};
-use crate::kernels::{dispatch, Elem};
+use crate::kernels::{dispatch, tma, Elem};
 
 /// The forward on CUDA: o in the input dtype, its shape, and lse (f32).
 pub(crate) fn forward(
@@ -21,15 +21,17 @@ pub(crate) fn forward(
     let all_aligned = inputs.iter().all(|(_, l)| aligned(l, dtype));
     let plan = dispatch::dot::forward(&call.dims, dtype, all_aligned, &call.kernels, &limits)?;
     let planned = Planned::new(dev, &plan)?;
+    let map_rows = tma::kv_map_rows(plan.kernel.kernel);
     match Elem::of(dtype, "dot attention")? {
-        Elem::Bf16 => forward_typed::<half::bf16>(call, &planned, inputs),
-        Elem::F32 => forward_typed::<f32>(call, &planned, inputs),
+        Elem::Bf16 => forward_typed::<half::bf16>(call, &planned, map_rows, inputs),
+        Elem::F32 => forward_typed::<f32>(call, &planned, map_rows, inputs),
     }
 }
 
 fn forward_typed<T: Element>(
     call: &DotCall,
     planned: &Planned,
+    map_rows: Option<usize>,
     inputs: [(&CudaStorage, &Layout); 3],
 ) -> Result<(CudaStorage, Shape, Tensor)> {
     let d = call.dims;
@@ -42,8 +44,10 @@ fn forward_typed<T: Element>(
         ["q", "k", "v"],
         [nq_d, nk_d, nk_dv],
     )?;
+    let maps = kv_maps(inputs[0].0.device(), &call.dims, map_rows, [&kv, &vv])?;
     // SAFETY: every dot-product forward takes (const T* q, const T* k, const T* v, T* o, float*
-    // lse, DotShape) (the dispatch picked a kernel of the inputs' dtype); the views hold the
+    // lse, DotShape), then K's and V's tensor maps where it loads through them (`maps`, of
+    // the kernel's box); the dispatch picked a kernel of the inputs' dtype; the views hold the
     // element counts the kernel indexes (checked by `typed_views`), and the grid covers every (query,
     // head) row of o and lse (all Nq * G rows of every K/V head and batch: in blocks of 64 for the
     // one-warpgroup kernel at D = 64, walked by the persistent wgmma kernel's CTAs at D = 128;
@@ -55,6 +59,7 @@ fn forward_typed<T: Element>(
             call.kernels.poison_outputs,
             &[&qv, &kv, &vv],
             &shape,
+            &maps,
             (Shape::from((b, nq, hq, d.dv)), Shape::from((b, nq, hq))),
         )
     }

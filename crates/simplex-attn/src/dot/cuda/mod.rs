@@ -14,10 +14,12 @@ mod forward;
 pub(crate) use backward::backward;
 pub(crate) use forward::forward;
 
+use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Layout, Result};
-use cudarc::driver::DeviceRepr;
+use cudarc::driver::{CudaView, DeviceRepr};
 
-use super::DotCall;
+use super::{DotCall, DotDims};
+use crate::cuda::tma::{self, TensorMap};
 
 /// The launch shape every dot-product kernel takes by value; mirrors `struct DotShape` in
 /// `kernels/dot_attn.cuh` field by field.
@@ -81,6 +83,26 @@ impl DotKernelShape {
 
 /// True when the view starts on a 16-byte boundary (the tensor-core kernels copy 16-byte
 /// chunks with cp.async; candle's buffers themselves are 256-byte aligned).
+/// K's and V's tensor maps (boxes of `map_rows` keys) for a kernel that loads them through the
+/// TMA; none where `map_rows` is `None`.
+fn kv_maps<T>(
+    dev: &CudaDevice,
+    dims: &DotDims,
+    map_rows: Option<usize>,
+    [k, v]: [&CudaView<'_, T>; 2],
+) -> Result<Vec<TensorMap>> {
+    let Some(rows) = map_rows else {
+        return Ok(vec![]);
+    };
+    let stream = dev.cuda_stream();
+    let k_shape = [dims.batch, dims.seq_k, dims.heads_kv, dims.d];
+    let v_shape = [dims.batch, dims.seq_k, dims.heads_kv, dims.dv];
+    Ok(vec![
+        tma::bf16_rows(&stream, k, k_shape, rows)?,
+        tma::bf16_rows(&stream, v, v_shape, rows)?,
+    ])
+}
+
 fn aligned(l: &Layout, dtype: DType) -> bool {
     (l.start_offset() * dtype.size_in_bytes()).is_multiple_of(16)
 }
