@@ -2,9 +2,8 @@
 //
 //   S[i,j] = scale * q_i . k_j  (j in the keys of query i),  o_i = sum_j softmax_j(S[i]) v_j,
 //   lse_i = log sum_j exp S[i,j]   (natural log, f32)
-// bf16 q, k, v, o; f32 accumulation and softmax; D = Dv = 128 (the template also builds D = 64,
-// dropped: see the kernel's entry below); any G = Hq / Hkv, causal or bidirectional, sliding
-// windows, Nk >= Nq. Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; when it runs,
+// bf16 q, k, v, o; f32 accumulation and softmax; D = Dv = 128 (the D = 64 forward is
+// dot_attn_fwd.cu); any G = Hq / Hkv, causal or bidirectional, sliding windows, Nk >= Nq. Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; when it runs,
 // speed: docs/kernels.md.
 //
 // Work: blocks of 128 rows of a (batch, K/V head)'s row space r = i G + hh (the G heads of a
@@ -18,13 +17,14 @@
 //   WG1, WG2 consumers (setmaxnreg 232), 64 rows each, Q loaded into registers as wgmma A
 //     fragments per block. Per key tile, FlashAttention-3's schedule (as
 //     simplicial_fwd_producer.cu): in this consumer's turn (the two alternate through TURN
-//     barriers, so one's products run while the other's softmax does) issue S = Q K_tile^T (two
-//     m64n64k16 halves, RS) and the values product of the previous tile, O += P_prev V_prev (RS,
-//     V MN-major); wait for S, mask (skipped where every row of the warp sees the whole tile),
-//     online softmax (exp2, the scale folded into the exp's FMA); wait for the values product,
-//     release its stage, O *= alpha, keep P (the accumulator layout of m64n64 is the A layout
-//     of the k16 steps) in registers for the next turn. O / l and lse are stored straight from
-//     registers at the end of a block.
+//     barriers, so one's products run while the other's softmax does) issue S = Q K_tile^T (an
+//     m64n128k16 chain, RS) and the values product of the previous tile, O += P_prev V_prev
+//     (m64n128k16, RS, V MN-major); wait for S, mask (skipped where every row of the warp sees
+//     the whole tile), online softmax (exp2, the scale folded into the exp's FMA, the thread's
+//     own partial row sums); wait for the values product, release its stage, O *= alpha, keep
+//     P (the accumulator layout is the A layout of the k16 steps) in registers for the next
+//     turn. The quad's row sums are added, and O / l and lse stored straight from registers,
+//     at the end of a block.
 // A consumer whose rows see none of a tile issues only its pending values product there.
 // Shared memory: NS x (K, V) tiles of 128 x D bf16: 192 KB (D = 128), and the ring's mbarriers.
 // Registers (consumer, D = 128): Q 32 + O 64 + S 64 + P 32; ptxas: no spills at 40 / 232 (at
@@ -36,7 +36,98 @@ namespace {
 
 constexpr int TK = 128;  // keys per tile
 
-static_assert(RingSmem<TK, 64>::BYTES <= 227 * 1024 && RingSmem<TK, 128>::BYTES <= 227 * 1024, "one CTA per SM fits");
+static_assert(RingSmem<TK, 128>::BYTES <= 227 * 1024, "one CTA per SM fits");
+
+// S (64 rows x the tile's 128 keys) = Q K_tile^T, issued: one m64n128k16 chain over the D/16
+// k-steps (sacc[0]: keys 0..63, sacc[1]: keys 64..127, the halves of the m64n128 accumulator).
+template <int KS>
+__device__ __forceinline__ void logits_tile(float (&sacc)[2][32], const uint32_t (&qf)[KS][4], uint32_t kt) {
+  float(&s128)[64] = *reinterpret_cast<float(*)[64]>(&sacc[0][0]);
+  const uint32_t lo = desc_lo(kt);
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks)
+    wgmma_m64n128k16_rs<0>(s128, qf[ks], desc_at(lo, (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+}
+
+// O (64 rows x 128 columns) += P V_tile, issued: eight k16 steps over the tile's keys (pf[h][x]:
+// keys 64 h + 16 x ..), V read MN-major, its two 64-column atoms TK * 128 bytes apart.
+__device__ __forceinline__ void values_tile(float (&acc)[2][32], const uint32_t (&pf)[2][4][4], uint32_t vt) {
+  float(&o128)[64] = *reinterpret_cast<float(*)[64]>(&acc[0][0]);
+  const uint32_t lo = desc_lo_mn(vt, TK * 128);
+#pragma unroll
+  for (int ks = 0; ks < 8; ++ks) wgmma_m64n128k16_rs<1>(o128, pf[ks / 4][ks % 4], desc_at(lo, ks * 2048), 1);
+}
+
+// The online softmax of one tile of 128 keys from k0 (as softmax_tile, dot_attn_wgmma.cuh, with
+// the row max and sum each over four independent chains, and l_row the thread's own partial
+// sum: add the quad's with quad_row_sums before the epilogue). Masks only where a row of the
+// warp misses a key of the tile; alpha: what O's rows are to be rescaled by.
+__device__ __forceinline__ void softmax_tile_partial(float (&sacc)[2][32], int k0, const Span (&kr)[2], float sl2,
+                                                     int t, float (&m_row)[2], float (&l_row)[2], float (&alpha)[2]) {
+  const bool inside = k0 >= kr[0].lo && k0 + TK <= kr[0].hi && k0 >= kr[1].lo && k0 + TK <= kr[1].hi;
+  const bool fold = __all_sync(0xffffffffu, inside) && sl2 > 0.0f;
+  const float f = fold ? sl2 : 1.0f;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    if (!fold) {
+#pragma unroll
+      for (int u = 0; u < 2; ++u)
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int key = k0 + 64 * u + 8 * n + 2 * t + c;
+            float& x = sacc[u][4 * n + 2 * e + c];
+            x = key >= kr[e].lo && key < kr[e].hi ? x * sl2 : -INFINITY;
+          }
+    }
+    float m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+#pragma unroll
+    for (int u = 0; u < 2; ++u)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) m4[(n % 2) * 2 + c] = fmaxf(m4[(n % 2) * 2 + c], sacc[u][4 * n + 2 * e + c]);
+    float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    if (fold) mx *= sl2;
+    const float m_new = fmaxf(m_row[e], mx);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    alpha[e] = fast_exp2(m_row[e] - m_use);
+    float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int u = 0; u < 2; ++u)
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float p = fast_exp2(fmaf(sacc[u][4 * n + 2 * e + c], f, -m_use));
+          sacc[u][4 * n + 2 * e + c] = p;
+          s4[(n % 2) * 2 + c] += p;
+        }
+    l_row[e] = l_row[e] * alpha[e] + ((s4[0] + s4[1]) + (s4[2] + s4[3]));
+    m_row[e] = m_new;
+  }
+}
+
+// The row sums of the quad (the four threads of a row) from their partial sums.
+__device__ __forceinline__ void quad_row_sums(float (&l_row)[2]) {
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    l_row[e] += __shfl_xor_sync(0xffffffffu, l_row[e], 1);
+    l_row[e] += __shfl_xor_sync(0xffffffffu, l_row[e], 2);
+  }
+}
+
+// P = 0: the A fragments of a values product that adds nothing (the first tile's turn, which
+// has no pending tile, runs one on P = 0 instead of branching around it).
+__device__ __forceinline__ void zero_probs(uint32_t (&pf)[2][4][4]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) pf[h][x][0] = pf[h][x][1] = pf[h][x][2] = pf[h][x][3] = 0u;
+}
 
 template <int D>
 __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
@@ -45,6 +136,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
                                     bf16* __restrict__ o,        // [B,Nq,Hq,D]
                                     float* __restrict__ lse,     // [B,Nq,Hq]
                                     const DotShape s, const TensorMap& tk, const TensorMap& tv) {
+  static_assert(D == 128, "the values product is one m64n128 chain");
   using L = RingSmem<TK, D>;
   constexpr int KS = D / 16;  // k-steps of the logits
   constexpr int NA = D / 64;  // 64-column blocks of O
@@ -88,6 +180,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
     bool pend = false;  // a values product of an earlier tile waits to be issued (P in pf)
     int pend_st = 0;    // its stage
     uint32_t pf[2][4][4];
+    zero_probs(pf);
     for (int step = 0; step < it.nkt; ++step, ++gs) {
       const int st = gs % NS, k0 = it.KU.lo + step * TK;
       const uint32_t kt = base + st * L::STAGE;
@@ -95,22 +188,15 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       ring.wait_full(gs);                                            // tile `step` landed
       // Every path issues and retires its products inside its branch (ptxas serializes wgmma
       // in flight across a branch it cannot prove uniform), so a missing pending product runs
-      // on P = 0 instead of being left out.
-      if (!pend) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-#pragma unroll
-          for (int x = 0; x < 4; ++x) pf[h][x][0] = pf[h][x][1] = pf[h][x][2] = pf[h][x][3] = 0u;
-        pend_st = st;
-      }
+      // on P = 0 (pf is zero whenever nothing is pending) on this tile's V.
+      if (!pend) pend_st = st;
       const uint32_t vp = base + pend_st * L::STAGE + L::KT;
       if (!busy) {  // the pending values product alone, in turn
         bar_sync(BAR_TURN + c, 2 * 128);
 #pragma unroll
         for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
         wg_fence();
-        offset_walk::wgmma_a_t<NA, TK>(acc, pf[0], vp, true);
-        offset_walk::wgmma_a_t<NA, TK>(acc, pf[1], vp + 64 * 128, true);
+        values_tile(acc, pf, vp);
         wg_commit();
         bar_arrive(BAR_TURN + (1 - c), 2 * 128);
         wg_wait0();
@@ -119,20 +205,19 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
         if (pend) ring.release(pend_st);
         ring.release(st);
         pend = false;
+        zero_probs(pf);
         continue;
       }
-      // this consumer's turn: S = Q K_tile^T (keys k0 .. k0 + 63, k0 + 64 .. k0 + 127), then
-      // O += P @ V of the pending tile
+      // this consumer's turn: S = Q K_tile^T (keys k0 .. k0 + 127), then O += P @ V of the
+      // pending tile
       float sacc[2][32];
       bar_sync(BAR_TURN + c, 2 * 128);
 #pragma unroll
       for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
       wg_fence();
-      offset_walk::wgmma_a_tt<KS, TK>(sacc[0], qf, kt);
-      offset_walk::wgmma_a_tt<KS, TK>(sacc[1], qf, kt + 64 * 128);
+      logits_tile<KS>(sacc, qf, kt);
       wg_commit();
-      offset_walk::wgmma_a_t<NA, TK>(acc, pf[0], vp, true);
-      offset_walk::wgmma_a_t<NA, TK>(acc, pf[1], vp + 64 * 128, true);
+      values_tile(acc, pf, vp);
       wg_commit();
       bar_arrive(BAR_TURN + (1 - c), 2 * 128);
       wg_wait1();  // S
@@ -140,7 +225,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       reg_fence(sacc[1]);
       // mask and online softmax (base 2) of rows g (e = 0) and g + 8 (e = 1)
       float alpha[2];
-      softmax_tile(sacc, k0, kr, sl2, t, m_row, l_row, alpha);
+      softmax_tile_partial(sacc, k0, kr, sl2, t, m_row, l_row, alpha);
       wg_wait0();  // the pending values product: its stage is free
 #pragma unroll
       for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
@@ -154,9 +239,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
 #pragma unroll
       for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
       wg_fence();
-      const uint32_t vp = base + pend_st * L::STAGE + L::KT;
-      offset_walk::wgmma_a_t<NA, TK>(acc, pf[0], vp, true);
-      offset_walk::wgmma_a_t<NA, TK>(acc, pf[1], vp + 64 * 128, true);
+      values_tile(acc, pf, base + pend_st * L::STAGE + L::KT);
       wg_commit();
       wg_wait0();
 #pragma unroll
@@ -164,6 +247,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       ring.release(pend_st);
     }
 
+    quad_row_sums(l_row);
     store_output_rows<D>(acc, m_row, l_row, rbase, nrows, rs, o, lse, q_off);
   }
   if (c == 0) bar_sync(BAR_TURN + 0, 2 * 128);  // balance the last turn's hand-back

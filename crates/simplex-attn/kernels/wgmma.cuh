@@ -1,7 +1,8 @@
 // Hopper warpgroup pieces shared by the wgmma kernels (simplicial_fwd_wgmma.cu,
 // simplicial_bwd_wgmma.cu and the others that include it): the 1024-byte shared-memory
-// alignment and the 128-byte-swizzled operand layout with its descriptor, wgmma
-// m64n64k16 with the A operand in registers, the fences around it, named barriers.
+// alignment and the 128-byte-swizzled operand layout with its descriptors, wgmma
+// m64n64k16 (A in registers or shared memory) and m64n128k16 (A in registers), the fences
+// around them, named barriers.
 #pragma once
 
 #include <stdint.h>
@@ -19,6 +20,12 @@ __device__ __forceinline__ uint64_t desc_at(uint32_t lo, uint32_t offset) {
   return (static_cast<uint64_t>(0x40000040u) << 32) | (lo + (offset >> 4));
 }
 __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) { return desc_at(desc_lo(addr), 0); }
+// The low word of an MN-major operand's descriptor whose 64-column atoms (each 8-row groups
+// 1024 bytes apart, the SBO) lie `atom_stride` bytes apart (the leading offset, LBO): a B
+// operand wider than 64 columns, as m64n128's.
+__device__ __forceinline__ uint32_t desc_lo_mn(uint32_t addr, uint32_t atom_stride) {
+  return (addr >> 4) + ((atom_stride >> 4) << 16);
+}
 
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128B-swizzled atom.
 __device__ __forceinline__ uint32_t sw128(int row, int chunk) {
@@ -76,6 +83,19 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const uint32_
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate), "n"(TRANS_B));
+}
+
+// d (+)= a @ b for a 64 x 128 x 16 step, A from registers as for wgmma_m64n64k16_rs (d: the
+// m64n128 accumulator, whose first 32 registers are columns 0..63 as an m64n64 one's).
+template <int TRANS_B = 0>
+__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {
+  static_assert(TRANS_B == 0 || TRANS_B == 1, "TRANS_B is 0 or 1");
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate), "n"(TRANS_B));
 }
 

@@ -66,7 +66,8 @@ pub fn dot_forward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<L
             format!("dot_fwd_wgmma_bf16_d{d}"),
             persistent(row_items(s), sms),
             384,
-            3 * 2 * 128 * d * 2 + 1024,
+            // three stages of K, V tiles, the ring's six mbarriers (since the TMA loads)
+            3 * 2 * 128 * d * 2 + 6 * 8 + 1024,
         ),
         // the one-warpgroup forward (since 2026-12-07; the mma.sync one it replaced is retired):
         // blocks of 64 of the Nq G rows of each (K/V head, batch); two stages of 64-key K, V
@@ -105,7 +106,7 @@ pub fn dot_backward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<
                 format!("dot_bwd_dq_wgmma_bf16_d{d}"),
                 persistent(row_items(s), sms),
                 384,
-                3 * 2 * 64 * d * 2 + 1024,
+                3 * 2 * 64 * d * 2 + 6 * 8 + 1024,
             ));
             out.push((
                 format!("dot_bwd_dkv_wgmma_bf16_d{d}"),
