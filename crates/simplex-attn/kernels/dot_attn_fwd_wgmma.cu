@@ -88,13 +88,8 @@ __device__ __forceinline__ void softmax_tile_partial(float (&sacc)[2][32], int k
       for (int n = 0; n < 8; ++n)
 #pragma unroll
         for (int c = 0; c < 2; ++c) m4[(n % 2) * 2 + c] = fmaxf(m4[(n % 2) * 2 + c], sacc[u][4 * n + 2 * e + c]);
-    float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    if (fold) mx *= sl2;
-    const float m_new = fmaxf(m_row[e], mx);
-    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-    alpha[e] = fast_exp2(m_row[e] - m_use);
+    const float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
+    const float m_use = offset_walk::running_max_step(mx, fold, sl2, m_row[e], alpha[e]);
     float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int u = 0; u < 2; ++u)
@@ -107,7 +102,6 @@ __device__ __forceinline__ void softmax_tile_partial(float (&sacc)[2][32], int k
           s4[(n % 2) * 2 + c] += p;
         }
     l_row[e] = l_row[e] * alpha[e] + ((s4[0] + s4[1]) + (s4[2] + s4[3]));
-    m_row[e] = m_new;
   }
 }
 

@@ -236,6 +236,22 @@ __device__ __forceinline__ void key_products(float (&dk)[NA][32], float (&dv)[NA
     }
 }
 
+// One row's running max after a tile: mx is this thread's max of the row's logits in the tile
+// (scaled by sl2 unless `fold`: then the logits are still unscaled and the max is scaled here),
+// reduced over the quad (the row's four threads). Sets m_row to the new max and alpha to
+// 2^(old max - new max), and returns the offset the tile's exponentials subtract (0 while
+// the row has seen no key, so that alpha and every exponential stay 0 rather than NaN).
+__device__ __forceinline__ float running_max_step(float mx, bool fold, float sl2, float& m_row, float& alpha) {
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+  if (fold) mx *= sl2;
+  const float m_new = fmaxf(m_row, mx);
+  const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+  alpha = fast_exp2(m_row - m_use);
+  m_row = m_new;
+  return m_use;
+}
+
 // One online-softmax update (base 2) of the thread's rows g (e = 0) and g + 8 (e = 1; t = lane % 4) over TO
 // logit tiles of 64 keys (m64n64 accumulators): masks where !fold (ok(u, e, col) says whether
 // column col of tile u is inside row e's windows), takes the row max, turns the logits into
@@ -267,12 +283,7 @@ __device__ __forceinline__ void online_softmax(float (&sacc)[TO][32], bool fold,
             mx = fmaxf(mx, x);
           }
     }
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    if (fold) mx *= sl2;
-    const float m_new = fmaxf(m_row[e], mx);
-    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-    alpha[e] = fast_exp2(m_row[e] - m_use);
+    const float m_use = running_max_step(mx, fold, sl2, m_row[e], alpha[e]);
     float sum = 0.0f;
 #pragma unroll
     for (int u = 0; u < TO; ++u)
@@ -287,7 +298,6 @@ __device__ __forceinline__ void online_softmax(float (&sacc)[TO][32], bool fold,
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     l_row[e] = l_row[e] * alpha[e] + sum;
-    m_row[e] = m_new;
   }
 }
 
