@@ -27,7 +27,14 @@ fn main() {
         return;
     }
     println!("cargo:rerun-if-changed=kernels");
-    for var in ["NVCC", "CUDA_HOME", "NVCC_CCBIN"] {
+    // NVCC_APPEND_FLAGS / NVCC_PREPEND_FLAGS: nvcc reads them itself (a variant build's `-D`s)
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "NVCC_CCBIN",
+        "NVCC_APPEND_FLAGS",
+        "NVCC_PREPEND_FLAGS",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
