@@ -12,9 +12,10 @@
 // Both kernels: persistent (one CTA per SM, work blocks in the snake order of
 // dot_attn_wgmma.cuh), 384 threads: a producer warpgroup (setmaxnreg 40) loading into a ring
 // of NS = 3 stages that runs on across a CTA's blocks (dq: one thread, the TMA, KvRing; dk/dv:
-// cp.async, Ring) and two consumer warpgroups (setmaxnreg 232). Each consumer runs its products in its own step (issue, wait, elementwise, issue,
-// wait); the two drift apart, so one's elementwise work overlaps the other's products. Results
-// are stored straight from registers at the end of a block. ptxas: no spills.
+// cp.async, Ring) and two consumer warpgroups (setmaxnreg 232). Each consumer runs its products
+// in its own step (issue, wait, elementwise, issue, wait); the two drift apart, so one's
+// elementwise work overlaps the other's products. Results are stored straight from registers at
+// the end of a block. ptxas: no spills.
 //
 // dq kernel: a block is 128 rows r = i G + hh of a (batch, K/V head) (the last block first),
 // 64 per consumer, Q and dO loaded into registers as wgmma A fragments, lse per row and delta =

@@ -3,8 +3,9 @@
 //   S[i,j] = scale * q_i . k_j  (j in the keys of query i),  o_i = sum_j softmax_j(S[i]) v_j,
 //   lse_i = log sum_j exp S[i,j]   (natural log, f32)
 // bf16 q, k, v, o; f32 accumulation and softmax; D = Dv = 128 (the D = 64 forward is
-// dot_attn_fwd.cu); any G = Hq / Hkv, causal or bidirectional, sliding windows, Nk >= Nq. Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; when it runs,
-// speed: docs/kernels.md.
+// dot_attn_fwd.cu); any G = Hq / Hkv, causal or bidirectional, sliding windows, Nk >= Nq.
+// Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; when it runs, speed:
+// docs/kernels.md.
 //
 // Work: blocks of 128 rows of a (batch, K/V head)'s row space r = i G + hh (the G heads of a
 // K/V head share its tiles), the last block first (it sees the most keys under a causal mask).

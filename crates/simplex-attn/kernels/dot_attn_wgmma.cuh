@@ -85,9 +85,8 @@ struct Work {
 };
 
 // The producer's side of the cp.async ring (dk/dv): the steps of all of a CTA's items form one
-// stream. step(load)
-// issues the cp.async copies of the next step (load(stage): this thread's share) once the
-// consumers released the stage. Up to two steps' copies are in flight; a step's FULL barriers
+// stream. step(load) issues the cp.async copies of the next step (load(stage): this thread's
+// share) once the consumers released the stage. Up to two steps' copies are in flight; a step's FULL barriers
 // are arrived at once this thread's copies of it have landed (each producer thread waits for its
 // own, fences them for the async proxy and arrives: the consumers' wait completes when all 128
 // have). finish() arrives for the last step and waits on the EMPTY barriers of the last NS
@@ -119,9 +118,10 @@ struct Ring {
   }
 };
 
-// cp.async (producer threads) of keys k0 .. k0 + TK - 1 of k and v (zero from `hi` on) into the
-// tiles at shared addresses kt, vt: D/64 128B-swizzled atoms of TK rows x 128 B (K-major for
-// S = Q K^T, MN-major for P V). Key j of the (batch, K/V head) starts at element base + j * stride.
+// cp.async (the 128 threads of a warpgroup: the D = 64 forward's, dot_attn_fwd.cu) of keys
+// k0 .. k0 + TK - 1 of k and v (zero from `hi` on) into the tiles at shared addresses kt, vt:
+// D/64 128B-swizzled atoms of TK rows x 128 B (K-major for S = Q K^T, MN-major for P V). Key j
+// of the (batch, K/V head) starts at element base + j * stride.
 template <int TK, int D>
 __device__ __forceinline__ void load_kv(uint32_t kt, uint32_t vt, const bf16* k, const bf16* v, long long base,
                                         long long stride, int k0, int hi) {
