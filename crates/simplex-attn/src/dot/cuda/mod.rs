@@ -82,7 +82,12 @@ impl DotKernelShape {
 }
 
 /// True when the view starts on a 16-byte boundary (the tensor-core kernels copy 16-byte
-/// chunks with cp.async; candle's buffers themselves are 256-byte aligned).
+/// chunks with cp.async and read K and V through TMA maps, whose base must be 16-byte aligned;
+/// candle's buffers themselves are 256-byte aligned).
+fn aligned(l: &Layout, dtype: DType) -> bool {
+    (l.start_offset() * dtype.size_in_bytes()).is_multiple_of(16)
+}
+
 /// K's and V's tensor maps (boxes of `map_rows` keys) for a kernel that loads them through the
 /// TMA; none where `map_rows` is `None`.
 fn kv_maps<T>(
@@ -101,8 +106,4 @@ fn kv_maps<T>(
         tma::bf16_rows(&stream, k, k_shape, rows)?,
         tma::bf16_rows(&stream, v, v_shape, rows)?,
     ])
-}
-
-fn aligned(l: &Layout, dtype: DType) -> bool {
-    (l.start_offset() * dtype.size_in_bytes()).is_multiple_of(16)
 }
