@@ -11,16 +11,21 @@
 //
 // Both kernels: persistent (one CTA per SM, work blocks in the snake order of
 // dot_attn_wgmma.cuh), 384 threads: a producer warpgroup (setmaxnreg 40) loading into a ring
-// of NS = 3 stages that runs on across a CTA's blocks (dq: one thread, the TMA, KvRing; dk/dv:
-// cp.async, Ring) and two consumer warpgroups (setmaxnreg 232). Each consumer runs its products
-// in its own step (issue, wait, elementwise, issue, wait); the two drift apart, so one's
-// elementwise work overlaps the other's products. Results are stored straight from registers at
-// the end of a block. ptxas: no spills.
+// of NS = 3 stages that runs on across a CTA's blocks (StageRing: one thread issuing TMA
+// loads; the dk/dv kernel's 128 threads with cp.async where G does not divide TQ) and two
+// consumer warpgroups (setmaxnreg 232). Each consumer runs its products in its own step
+// (issue, wait, elementwise, issue, wait); the two drift apart, so one's elementwise work
+// overlaps the other's products. Results are stored straight from registers at the end of a
+// block. ptxas: no spills, but 32 bytes at D = 128 in the dk/dv kernel (its item prologue and
+// epilogue, and one reload per step after the products' wait: the EMPTY arrival's
+// mbarrier, which named barriers did not cost).
 //
 // dq kernel: a block is 128 rows r = i G + hh of a (batch, K/V head) (the last block first),
 // 64 per consumer, Q and dO loaded into registers as wgmma A fragments, lse per row and delta =
 // rowsum(o * dout) (from o loaded the same way, summed over the row's four threads) in
-// registers. Per key tile of TKQ = 64 keys (K and V staged by the producer, 128B-swizzled):
+// registers, and written with lse log2 e as the row's pair for the dk/dv kernel ([B, Hkv, rows
+// padded to TQ, 2], the row space's order). Per key tile of TKQ = 64 keys (K and V staged by
+// the producer, 128B-swizzled):
 //   S = Q K^T, dP = dO V^T       RS wgmma m64n64k16, K, V K-major
 //   P = 2^(S scale log2 e - lse log2 e), dS = P (dP - delta)   (masked only where a row of
 //                                the warp does not see the whole tile)
@@ -29,15 +34,16 @@
 // Registers (D = 128): Q 32 + dO 32 + dQ 64 + S 32 + dP 32 + dS 16.
 //
 // dk/dv kernel: a block is 128 keys of one K/V head (the first block first), 64 per consumer;
-// the producer stages the rows that see them in steps of TQ = 64 rows (q, dout swizzled, lse,
-// delta):
+// the producer stages the rows that see them in steps of TQ = 64 rows (q and dout swizzled,
+// their (lse log2 e, delta) pairs); where G divides TQ a step's rows are G heads x TQ / G
+// queries, one TMA box of each map:
 //   S^T = K Q^T, dP^T = V dO^T   D = 64: RS, K and V of the consumer's keys as A fragments;
 //                                D = 128: SS, K and V in the consumer's own shared tiles
 //   P^T, dS^T                    (masked only where a key of the warp is not seen by every
 //                                row of the step: each key's rows are one range [rlo, rhi))
 //   dV += P^T dO, dK += dS^T Q   RS, A from the accumulators, dO and Q read MN-major
-// Shared memory: D = 64: NS x (Q, dO) 64 x 64 tiles + lse, delta: 49.5 KB; D = 128: the
-// consumers' K, V 64 KB + NS x (Q, dO) 64 x 128: 161.5 KB.
+// Shared memory: D = 64: NS x (Q, dO) 64 x 64 tiles + pairs: 49.5 KB; D = 128: the
+// consumers' K, V 64 KB + NS x (Q, dO) 64 x 128 + pairs: 161.5 KB; and the mbarriers.
 // Registers (D = 128): dK 64 + dV 64 + S^T 32 + dP^T 32 + P^T, dS^T fragments 32.
 #include <type_traits>
 
@@ -46,8 +52,7 @@
 namespace dot_wgmma {
 namespace {
 
-constexpr int TKQ = 64;  // keys per tile of the dq kernel
-constexpr int TQ = 64;   // rows per step of the dk/dv kernel
+constexpr int TKQ = 64;  // keys per tile of the dq kernel (the dk/dv kernel's steps: TQ rows)
 
 static_assert(RingSmem<TKQ, 64>::BYTES <= 227 * 1024 && RingSmem<TKQ, 128>::BYTES <= 227 * 1024, "one CTA per SM fits");
 
@@ -58,7 +63,7 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
                                        const bf16* __restrict__ dout,   // [B,Nq,Hq,D]
                                        const bf16* __restrict__ o,      // [B,Nq,Hq,D]
                                        const float* __restrict__ lse,   // [B,Nq,Hq]
-                                       float* __restrict__ dlt,         // [B,Nq,Hq], written
+                                       float* __restrict__ pairs,       // [B,Hkv,rows,2], written
                                        bf16* __restrict__ dq,           // [B,Nq,Hq,D]
                                        const DotShape s, const TensorMap& tk, const TensorMap& tv) {
   using L = RingSmem<TKQ, D>;
@@ -68,7 +73,7 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
 
   const RowBlocks rb(s);
   const int G = rb.G, nrows = rb.nrows;
-  const KvRing ring{base + L::BARS};
+  const StageRing ring{base + L::BARS};
   if (!consumer_warpgroup<TKQ, D>(s, rb, base, ring, tk, tv)) return;  // the producer
 
   // ---------------- consumers ----------------
@@ -97,7 +102,7 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
     offset_walk::load_row_fragments<KS>(qf, q, q_off, rbase, nrows);
     offset_walk::load_row_fragments<KS>(df, dout, q_off, rbase, nrows);
     // delta = rowsum(o * dout) of the thread's rows (the four threads of a row hold a quarter of
-    // its columns each), kept for dS and written for the dk/dv kernel
+    // its columns each), kept for dS and written with lse log2 e for the dk/dv kernel
     float dr[2] = {0.0f, 0.0f};
     {
       uint32_t of[KS][4];
@@ -114,7 +119,7 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
         dr[e] += __shfl_xor_sync(0xffffffffu, dr[e], 1);
         dr[e] += __shfl_xor_sync(0xffffffffu, dr[e], 2);
         const int r = rbase + warp * 16 + g + 8 * e;
-        if (t == 0 && r < nrows) dlt[rs.stat(r)] = dr[e];
+        if (t == 0 && r < nrows) *reinterpret_cast<float2*>(pairs + rs.pair(r)) = make_float2(lr[e], dr[e]);
       }
     }
     float acc[NA][32];
@@ -186,77 +191,148 @@ struct DkvSmem {
   static constexpr int KV_OFF = 0;         // consumer c: K at 2 c T, V at (2 c + 1) T
   static constexpr int STAGE_OFF = KV_SMEM ? 4 * T : 0;
   static constexpr int STAGE = 2 * T;      // q rows, then dout rows (1024-byte aligned)
-  static constexpr int LD_OFF = STAGE_OFF + NS * STAGE;  // per stage: lse [TQ], delta [TQ] (f32)
-  static constexpr int BYTES = LD_OFF + NS * 2 * TQ * 4 + 1024;  // + alignment slack (src/kernels/table.rs)
+  static constexpr int PAIRS_OFF = STAGE_OFF + NS * STAGE;  // per stage: TQ (lse log2 e, delta) pairs
+  static constexpr int PAIRS = TQ * 2 * 4;
+  static constexpr int BARS = PAIRS_OFF + NS * PAIRS;      // StageRing's 2 NS mbarriers
+  static constexpr int BYTES = BARS + 2 * NS * 8 + 1024;   // + alignment slack (src/kernels/table.rs)
 };
 static_assert(DkvSmem<64>::BYTES <= 227 * 1024 && DkvSmem<128>::BYTES <= 227 * 1024, "one CTA per SM fits");
+
+// A work item of the dk/dv kernel: the block of CTA_ROWS keys from key0 of (batch b, K/V head
+// kv), and the rows RU that see them, in nsteps steps of TQ rows.
+struct KeyItem {
+  int key0, b, kv;
+  Span RU;
+  int nsteps;
+};
+
+// The key blocks of the dk/dv kernel (within a group the first block, under a causal mask the
+// one seen by the most queries, first).
+struct KeyBlocks {
+  int G, nk;
+  Work work;
+  __device__ __forceinline__ explicit KeyBlocks(const DotShape& s)
+      : G(s.heads_q / s.heads_kv), nk(s.seq_k), work((s.seq_k + CTA_ROWS - 1) / CTA_ROWS, s.heads_kv, s.batch, false) {}
+  // Key block n of this CTA's walk into `it`, n advanced; false past the last.
+  __device__ __forceinline__ bool next(const DotShape& s, int& n, KeyItem& it) const {
+    const int w = work.nth(n++);
+    if (w < 0) return false;
+    int blk;
+    work.decode(w, blk, it.kv, it.b);
+    it.key0 = blk * CTA_ROWS;
+    it.RU = rows_of_keys(s, G, it.key0, min(it.key0 + CTA_ROWS, nk));
+    it.nsteps = (it.RU.hi - it.RU.lo + TQ - 1) / TQ;
+    return true;
+  }
+};
+
+// The dk/dv producer through the TMA (one thread; G divides TQ): per step the rows r0 .. r0 +
+// TQ - 1 of q and dout (G heads x TQ / G queries per box: the row space's order), D/64 boxes
+// each, and their (lse log2 e, delta) pairs, one box of the pairs' map. Rows past Nq land as
+// zeros; rows past RU.hi are real rows, which every key of the block masks.
+template <int D>
+__device__ __forceinline__ void produce_rows_tma(const DotShape& s, const KeyBlocks& kb, uint32_t base,
+                                                 const StageRing& ring, const TensorMap& tq, const TensorMap& tdo,
+                                                 const TensorMap& tpairs) {
+  using L = DkvSmem<D>;
+  tma_prefetch_map(tq);
+  tma_prefetch_map(tdo);
+  tma_prefetch_map(tpairs);
+  const int G = kb.G;
+  int gs = 0, n = 0;
+  for (KeyItem it; kb.next(s, n, it);) {
+    for (int step = 0; step < it.nsteps; ++step, ++gs) {
+      const int st = gs % NS, r0 = it.RU.lo + step * TQ;  // r0 % G == 0: RU.lo and TQ are multiples
+      const uint32_t qt = base + L::STAGE_OFF + st * L::STAGE, full = ring.full(st);
+      ring.wait_empty(gs);
+      mbar_arrive_expect_tx(full, L::STAGE + L::PAIRS);
+#pragma unroll
+      for (int a = 0; a < D / 64; ++a) {
+        tma_load_4d(qt + a * TQ * 128, tq, 64 * a, it.kv * G, r0 / G, it.b, full);
+        tma_load_4d(qt + L::T + a * TQ * 128, tdo, 64 * a, it.kv * G, r0 / G, it.b, full);
+      }
+      tma_load_3d(base + L::PAIRS_OFF + st * L::PAIRS, tpairs, 2 * r0, it.kv, it.b, full);
+    }
+  }
+}
+
+// The dk/dv producer through cp.async (the 128 threads of warpgroup 0; any G): the same tiles
+// gathered row by row, zero past RU.hi. Step gs's copies are issued once its stage is free; the
+// FULL arrival for step gs - 1 follows, once this thread's copies of it have landed (each
+// thread waits for its own, fences them for the async proxy and arrives: the stage is full
+// when all 128 have).
+template <int D>
+__device__ __forceinline__ void produce_rows_cp_async(const DotShape& s, const KeyBlocks& kb, uint32_t base,
+                                                      const StageRing& ring, const bf16* q, const bf16* dout,
+                                                      const float* pairs) {
+  using L = DkvSmem<D>;
+  const int ptid = threadIdx.x;
+  int gs = 0, n = 0;
+  auto landed = [&](int x) {  // step x's copies of this thread are in
+    fence_async_smem();
+    mbar_arrive(ring.full(x % NS));
+  };
+  for (KeyItem it; kb.next(s, n, it);) {
+    const RowSpace rs(s, it.b, it.kv);
+    for (int step = 0; step < it.nsteps; ++step, ++gs) {
+      const int st = gs % NS, r0 = it.RU.lo + step * TQ;
+      const uint32_t qt = base + L::STAGE_OFF + st * L::STAGE;
+      ring.wait_empty(gs);
+#pragma unroll 2
+      for (int x = 0; x < TQ * D / 8 / PTHREADS; ++x) {
+        const int ch = ptid + x * PTHREADS;
+        const int rr = ch / (D / 8), c16 = ch % (D / 8), r = r0 + rr;
+        const bool ok = r < it.RU.hi;
+        const long long src = ok ? rs.row(r, D) + c16 * 8 : 0;
+        const uint32_t at = sw128_tile(TQ, rr, c16 * 8);
+        cp_async16(qt + at, q + src, ok);
+        cp_async16(qt + L::T + at, dout + src, ok);
+      }
+      // the pairs: one float per thread (2 TQ of them), zero past RU.hi
+      const bool ok = r0 + ptid / 2 < it.RU.hi;
+      const long long src = ok ? rs.pair(r0) + ptid : 0;
+      cp_async4(base + L::PAIRS_OFF + st * L::PAIRS + ptid * 4, pairs + src, ok);
+      cp_async_commit();
+      if (gs >= 1) {
+        cp_async_wait_group<1>();
+        landed(gs - 1);
+      }
+    }
+  }
+  cp_async_wait_group<0>();
+  if (gs >= 1) landed(gs - 1);
+}
 
 template <int D>
 __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,Nq,Hq,D]
                                         const bf16* __restrict__ k,      // [B,Nk,Hkv,D]
                                         const bf16* __restrict__ v,      // [B,Nk,Hkv,D]
                                         const bf16* __restrict__ dout,   // [B,Nq,Hq,D]
-                                        const float* __restrict__ lse,   // [B,Nq,Hq]
-                                        const float* __restrict__ dlt,   // [B,Nq,Hq]
+                                        const float* __restrict__ pairs, // [B,Hkv,rows,2]
                                         bf16* __restrict__ dk,           // [B,Nk,Hkv,D]
                                         bf16* __restrict__ dv,           // [B,Nk,Hkv,D]
-                                        const DotShape s) {
+                                        const DotShape s, const TensorMap& tq, const TensorMap& tdo,
+                                        const TensorMap& tpairs) {
   using L = DkvSmem<D>;
   constexpr int KS = D / 16, NA = D / 64;
   uint8_t* sm = aligned_dynamic_smem();
   const uint32_t base = smem_u32(sm);
 
-  const int G = s.heads_q / s.heads_kv, Nk = s.seq_k;
-  // key blocks, the first (seen by the most queries under a causal mask) first
-  const Work work((Nk + CTA_ROWS - 1) / CTA_ROWS, s.heads_kv, s.batch, false);
+  const KeyBlocks kb(s);
+  const int G = kb.G, Nk = s.seq_k;
+  const bool tma = TQ % G == 0;  // src/kernels/tma.rs: dkv_row_box
+  const StageRing ring{base + L::BARS};
+  if (threadIdx.x == 0) ring.init(tma ? 1 : PTHREADS);
+  __syncthreads();
   const int tid = threadIdx.x, wg = tid / 128;
-  struct Item {
-    int key0, b, kv;
-    Span RU;  // the rows that see the block's keys
-    int nsteps;
-  };
-  auto item_of = [&](int w) {
-    Item it;
-    int blk;
-    work.decode(w, blk, it.kv, it.b);
-    it.key0 = blk * CTA_ROWS;
-    it.RU = rows_of_keys(s, G, it.key0, min(it.key0 + CTA_ROWS, Nk));
-    it.nsteps = (it.RU.hi - it.RU.lo + TQ - 1) / TQ;
-    return it;
-  };
 
   if (wg == 0) {
     // ---------------- producer ----------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
-    const int ptid = tid;
-    Ring ring;
-    for (int n = 0;; ++n) {
-      const int w = work.nth(n);
-      if (w < 0) break;
-      const Item it = item_of(w);
-      const RowSpace rs(s, it.b, it.kv);
-      for (int step = 0; step < it.nsteps; ++step)
-        ring.step([&](int st) {
-          const int r0 = it.RU.lo + step * TQ;
-          const uint32_t qt = base + L::STAGE_OFF + st * L::STAGE;
-#pragma unroll 2
-          for (int x = 0; x < TQ * D / 8 / PTHREADS; ++x) {
-            const int ch = ptid + x * PTHREADS;
-            const int rr = ch / (D / 8), c16 = ch % (D / 8), r = r0 + rr;
-            const bool ok = r < it.RU.hi;
-            const long long src = ok ? rs.row(r, D) + c16 * 8 : 0;
-            const uint32_t at = sw128_tile(TQ, rr, c16 * 8);
-            cp_async16(qt + at, q + src, ok);
-            cp_async16(qt + L::T + at, dout + src, ok);
-          }
-          // lse (threads 0..63), delta (64..127) of the step's rows; zero past RU.hi
-          const int r = r0 + ptid % TQ;
-          const bool ok = r < it.RU.hi;
-          const float* src = ptid < TQ ? lse : dlt;
-          cp_async4(base + L::LD_OFF + (st * 2 * TQ + ptid) * 4, ok ? src + rs.stat(r) : src, ok);
-        });
-    }
-    ring.finish();
+    if (!tma)
+      produce_rows_cp_async<D>(s, kb, base, ring, q, dout, pairs);
+    else if (tid == 0)
+      produce_rows_tma<D>(s, kb, base, ring, tq, tdo, tpairs);
     return;
   }
 
@@ -267,10 +343,8 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
   const float sl2 = s.scale * LOG2E;
   const uint32_t kbase = base + L::KV_OFF + 2 * c * L::T, vbase = kbase + L::T;  // KV_SMEM only
   int gs = 0;  // steps consumed (the ring's stream)
-  for (int n = 0;; ++n) {
-    const int w = work.nth(n);
-    if (w < 0) break;
-    const Item it = item_of(w);
+  int n = 0;
+  for (KeyItem it; kb.next(s, n, it);) {
     const RowSpace rs(s, it.b, it.kv);
     auto kv_off = [&](int j) -> long long { return rs.key(j, D); };
     const int kc = it.key0 + ROWS * c;  // this consumer's keys kc .. kc + 63
@@ -317,10 +391,10 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
     for (int step = 0; step < it.nsteps; ++step, ++gs) {
       const int st = gs % NS, r0 = it.RU.lo + step * TQ;
       const bool busy = r0 < RW.hi && r0 + TQ > RW.lo;  // warpgroup-uniform (RW empty: never)
-      bar_sync(BAR_FULL + NS * c + st, FULL_THREADS);   // the step's rows landed
+      ring.wait_full(gs);                                // the step's rows landed
       if (busy) {
         const uint32_t qt = base + L::STAGE_OFF + st * L::STAGE, dt = qt + L::T;
-        const float* ls = reinterpret_cast<const float*>(sm + L::LD_OFF + st * 2 * TQ * 4);
+        const float* ls = reinterpret_cast<const float*>(sm + L::PAIRS_OFF + st * L::PAIRS);
         // S^T = K Q^T, dP^T = V dO^T (rows: the consumer's keys; columns: the step's rows)
         float sacc[32], dpacc[32];
         wg_fence();
@@ -345,15 +419,15 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
           constexpr bool MASKED = decltype(masked)::value;
 #pragma unroll
           for (int nn = 0; nn < 8; ++nn) {
-            const float2 l2 = *reinterpret_cast<const float2*>(ls + 8 * nn + 2 * t);
-            const float2 dl = *reinterpret_cast<const float2*>(ls + TQ + 8 * nn + 2 * t);
+            // (lse log2 e, delta) of the rows 8 nn + 2 t and 8 nn + 2 t + 1
+            const float4 ld = *reinterpret_cast<const float4*>(ls + 2 * (8 * nn + 2 * t));
             float pv[4], dsv[4];
 #pragma unroll
             for (int x = 0; x < 4; ++x) {
               const int e = x / 2, cc = x % 2, r = r0 + 8 * nn + 2 * t + cc;
-              const float y = fmaf(sacc[4 * nn + x], sl2, -(cc ? l2.y : l2.x) * LOG2E);
+              const float y = fmaf(sacc[4 * nn + x], sl2, -(cc ? ld.z : ld.x));
               pv[x] = MASKED ? masked_exp2(r >= rk[e].lo && r < rk[e].hi, y) : fast_exp2(y);
-              dsv[x] = pv[x] * (dpacc[4 * nn + x] - (cc ? dl.y : dl.x));
+              dsv[x] = pv[x] * (dpacc[4 * nn + x] - (cc ? ld.w : ld.y));
             }
             offset_walk::pack_p_ds(pf, dsf, nn, pv, dsv);
           }
@@ -378,7 +452,7 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
           reg_fence(gv[a]);
         }
       }
-      bar_arrive(BAR_EMPTY + st, THREADS);
+      ring.release(st);
     }
 
     // ---- the item's epilogue: dk = scale * gk, dv = gv straight from registers ----
@@ -397,14 +471,16 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
 #define DOT_BWD_WGMMA(D)                                                                                     \
   extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_bwd_dq_wgmma_bf16_d##D(             \
       const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,    \
-      const __nv_bfloat16* o, const float* lse, float* dlt, __nv_bfloat16* dq, const dot::DotShape s,        \
+      const __nv_bfloat16* o, const float* lse, float* pairs, __nv_bfloat16* dq, const dot::DotShape s,      \
       const __grid_constant__ simplex::TensorMap tk, const __grid_constant__ simplex::TensorMap tv) {        \
-    dot_wgmma::bwd_dq<D>(q, k, v, dout, o, lse, dlt, dq, s, tk, tv);                                         \
+    dot_wgmma::bwd_dq<D>(q, k, v, dout, o, lse, pairs, dq, s, tk, tv);                                       \
   }                                                                                                          \
   extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_bwd_dkv_wgmma_bf16_d##D(            \
       const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,    \
-      const float* lse, const float* dlt, __nv_bfloat16* dk, __nv_bfloat16* dv, const dot::DotShape s) {     \
-    dot_wgmma::bwd_dkv<D>(q, k, v, dout, lse, dlt, dk, dv, s);                                               \
+      const float* pairs, __nv_bfloat16* dk, __nv_bfloat16* dv, const dot::DotShape s,                       \
+      const __grid_constant__ simplex::TensorMap tq, const __grid_constant__ simplex::TensorMap tdo,         \
+      const __grid_constant__ simplex::TensorMap tpairs) {                                                   \
+    dot_wgmma::bwd_dkv<D>(q, k, v, dout, pairs, dk, dv, s, tq, tdo, tpairs);                                 \
   }
 
 DOT_BWD_WGMMA(64)

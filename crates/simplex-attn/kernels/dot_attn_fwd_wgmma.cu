@@ -14,7 +14,7 @@
 // computes. Block: 384 threads:
 //   WG0 producer (setmaxnreg 40): one thread loads the key tiles, TK = 128 keys of K and of V
 //     (128B-swizzled, D/64 atoms of 128 rows), with the TMA into a ring of NS = 3 stages
-//     (KvRing: FULL / EMPTY mbarriers; the tensor maps of k and v come as kernel parameters).
+//     (StageRing: FULL / EMPTY mbarriers; the tensor maps of k and v come as kernel parameters).
 //   WG1, WG2 consumers (setmaxnreg 232), 64 rows each, Q loaded into registers as wgmma A
 //     fragments per block. Per key tile, FlashAttention-3's schedule (as
 //     simplicial_fwd_producer.cu): in this consumer's turn (the two alternate through TURN
@@ -139,7 +139,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
 
   const RowBlocks rb(s);
   const int G = rb.G, nrows = rb.nrows;
-  const KvRing ring{base + L::BARS};
+  const StageRing ring{base + L::BARS};
   if (!consumer_warpgroup<TK, D>(s, rb, base, ring, tk, tv)) return;  // the producer
 
   // ---------------- consumers ----------------

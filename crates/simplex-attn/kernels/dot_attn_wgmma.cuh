@@ -8,16 +8,15 @@
 // tile (as in simplicial_fwd_producer.cu). Query i sits at position i + Nk - Nq (dot_attn.cuh).
 //
 // Rings: the producer (warpgroup 0) fills NS stages; step s uses stage s % NS (the steps of all
-// of a persistent CTA's work items form one stream, so loads run ahead across items).
-// * KvRing (forward, dq): one producer thread loads each stage's K and V tiles with the TMA
-//   (tma.cuh) and the stage's mbarrier FULL completes when their bytes have landed; each
-//   consumer warp arrives on the stage's EMPTY mbarrier when done with it.
-// * Ring (dk/dv, whose rows are gathered across heads): the 128 producer threads copy with
-//   cp.async and arrive on named barriers; each consumer c waits on its own FULL[c][stage] (the
-//   producer and that consumer: 256 threads), and both arrive on EMPTY[stage] (384 threads).
-// Either way the two consumers drift apart freely. Matrix pieces (swizzled tiles, descriptors,
-// wgmma wrappers, fragment loads, online softmax) come from wgmma.cuh and offset_walk.cuh,
-// validated by the simplicial kernels.
+// of a persistent CTA's work items form one stream, so loads run ahead across items). Each
+// stage has two mbarriers (StageRing): FULL completes when the stage's tiles have landed, EMPTY
+// when each of the eight consumer warps has released it. One producer thread loads whole tiles
+// with the TMA (tma.cuh): K and V (forward, dq), or the rows of q and dout and their lse, delta
+// pairs (dk/dv, the rows of a step being G heads x 64 / G queries, one box each). Where G does
+// not divide 64 the dk/dv producer's 128 threads copy the rows with cp.async instead and arrive
+// on FULL once their copies have landed. Either way the two consumers drift apart freely.
+// Matrix pieces (swizzled tiles, descriptors, wgmma wrappers, fragment loads, online softmax)
+// come from wgmma.cuh and offset_walk.cuh, validated by the simplicial kernels.
 #pragma once
 
 #include "dot_attn.cuh"
@@ -42,12 +41,10 @@ constexpr int NS = 3;          // ring stages
 constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;
 static_assert(PRODUCER_REGS + 2 * CONSUMER_REGS <= 3 * 168, "the launch's registers");
 // Named barriers: ids 2, 3 (BAR_WG + warpgroup) are one consumer warpgroup's alone.
-constexpr int BAR_FULL = 4;                // + NS * consumer + stage
-constexpr int BAR_EMPTY = BAR_FULL + 2 * NS;  // + stage
-constexpr int BAR_TURN = BAR_EMPTY + NS;      // + consumer (forward only)
-constexpr int FULL_THREADS = PTHREADS + 128;
-static_assert(offset_walk::BAR_WG + 2 < BAR_FULL, "barrier ids overlap");
-static_assert(BAR_TURN + 1 < 16, "16 named barriers");
+constexpr int BAR_TURN = 4;  // + consumer (forward only)
+static_assert(offset_walk::BAR_WG + 2 <= BAR_TURN, "barrier ids overlap");
+// Rows (lse, delta pairs) of a dk/dv step, and the row-space padding of the pairs' buffer.
+constexpr int TQ = 64;
 
 template <int N>
 __device__ __forceinline__ void cp_async_wait_group() {
@@ -81,40 +78,6 @@ struct Work {
     blk = reverse ? nblk - 1 - i : i;
     kv = group % hkv;
     b = group / hkv;
-  }
-};
-
-// The producer's side of the cp.async ring (dk/dv): the steps of all of a CTA's items form one
-// stream. step(load) issues the cp.async copies of the next step (load(stage): this thread's
-// share) once the consumers released the stage. Up to two steps' copies are in flight; a step's FULL barriers
-// are arrived at once this thread's copies of it have landed (each producer thread waits for its
-// own, fences them for the async proxy and arrives: the consumers' wait completes when all 128
-// have). finish() arrives for the last step and waits on the EMPTY barriers of the last NS
-// steps, so every barrier is balanced when the producer leaves.
-struct Ring {
-  int s = 0;  // steps issued
-  __device__ __forceinline__ static void arrive_full(int st) {
-    bar_arrive(BAR_FULL + st, FULL_THREADS);
-    bar_arrive(BAR_FULL + NS + st, FULL_THREADS);
-  }
-  template <typename Load>
-  __device__ __forceinline__ void step(Load&& load) {
-    const int st = s % NS;
-    if (s >= NS) bar_sync(BAR_EMPTY + st, THREADS);  // both consumers are done with step s - NS
-    load(st);
-    cp_async_commit();
-    if (s >= 1) {
-      cp_async_wait_group<1>();  // step s - 1 landed (for this thread)
-      fence_async_smem();
-      arrive_full((s - 1) % NS);
-    }
-    ++s;
-  }
-  __device__ __forceinline__ void finish() {
-    cp_async_wait_group<0>();
-    fence_async_smem();
-    if (s > 0) arrive_full((s - 1) % NS);
-    for (int x = max(s - NS, 0); x < s; ++x) bar_sync(BAR_EMPTY + x % NS, THREADS);
   }
 };
 
@@ -155,6 +118,12 @@ struct RowSpace {
   __device__ __forceinline__ long long row(int r, int D) const { return stat(r) * D; }
   // first element of key j of k, v (head dim D)
   __device__ __forceinline__ long long key(int j, int D) const { return ((long long)(b * nk + j) * hkv + kv) * D; }
+  // first element of row r's (lse log2 e, delta) pair in the backward's row-space buffer
+  // [B, Hkv, rows padded to TQ, 2] (f32; src/kernels/tma.rs: StatsMap)
+  __device__ __forceinline__ long long pair(int r) const {
+    const int padded = (nq * G + TQ - 1) / TQ * TQ;
+    return ((long long)(b * hkv + kv) * padded + r) * 2;
+  }
 };
 
 // The keys of the rows [r0, r1) (non-empty, inside the row space): keys_of_block of their queries.
@@ -203,28 +172,29 @@ struct RowBlocks {
 };
 
 // Shared memory of the forward and dq kernels: the ring of NS stages, each a K tile and a V
-// tile of TK keys x D columns (128B-swizzled), then the ring's mbarriers (KvRing).
+// tile of TK keys x D columns (128B-swizzled), then the ring's mbarriers (StageRing).
 template <int TK, int D>
 struct RingSmem {
   static constexpr int KT = TK * D * 2;                   // one K (or V) tile
   static constexpr int STAGE = 2 * KT;                    // K, then V
-  static constexpr int BARS = NS * STAGE;                 // KvRing's 2 NS mbarriers
+  static constexpr int BARS = NS * STAGE;                 // StageRing's 2 NS mbarriers
   static constexpr int BYTES = BARS + 2 * NS * 8 + 1024;  // + alignment slack (src/kernels/table.rs)
 };
 
-// The K / V ring of the forward and dq kernels, loaded by the TMA: step gs (a CTA's steps over
-// all its row blocks form one stream) uses stage gs % NS. FULL[stage] completes when the
-// producer has announced the stage's bytes and they have landed; EMPTY[stage] when each of the
-// eight consumer warps has released it. Waits name the parity of the stage's use, gs / NS.
-struct KvRing {
+// The stage ring of the persistent kernels: step gs (a CTA's steps over all its work items form
+// one stream) uses stage gs % NS. FULL[stage] completes when the producer's arrivals are in and
+// the bytes it announced have landed; EMPTY[stage] when each of the eight consumer warps has
+// released it. Waits name the parity of the stage's use, gs / NS.
+struct StageRing {
   static constexpr int CONSUMER_WARPS = 8;
   uint32_t bars;  // FULL[0 .. NS), then EMPTY[0 .. NS), 8 bytes each
   __device__ __forceinline__ uint32_t full(int st) const { return bars + 8 * st; }
   __device__ __forceinline__ uint32_t empty(int st) const { return bars + 8 * (NS + st); }
-  // One thread, before the CTA barrier that splits the roles.
-  __device__ __forceinline__ void init() const {
+  // One thread, before the CTA barrier that splits the roles; `producers`: the arrivals that
+  // fill a stage (1 for a TMA producer, which also announces the bytes).
+  __device__ __forceinline__ void init(int producers = 1) const {
     for (int st = 0; st < NS; ++st) {
-      mbar_init(full(st), 1);
+      mbar_init(full(st), producers);
       mbar_init(empty(st), CONSUMER_WARPS);
     }
     fence_mbar_init();
@@ -248,7 +218,7 @@ struct KvRing {
 // later), each D/64-column atom one TMA box of the [D, Hkv, Nk, B] maps tk, tv (keys past Nk
 // land as zeros; keys past the block's last key are real keys, which every row masks).
 template <int TK, int D>
-__device__ __forceinline__ void produce_kv(const DotShape& s, const RowBlocks& rb, uint32_t base, const KvRing& ring,
+__device__ __forceinline__ void produce_kv(const DotShape& s, const RowBlocks& rb, uint32_t base, const StageRing& ring,
                                            const TensorMap& tk, const TensorMap& tv) {
   using L = RingSmem<TK, D>;
   tma_prefetch_map(tk);
@@ -274,7 +244,7 @@ __device__ __forceinline__ void produce_kv(const DotShape& s, const RowBlocks& r
 // consumer warpgroups take the registers it gave back (true).
 template <int TK, int D>
 __device__ __forceinline__ bool consumer_warpgroup(const DotShape& s, const RowBlocks& rb, uint32_t base,
-                                                   const KvRing& ring, const TensorMap& tk, const TensorMap& tv) {
+                                                   const StageRing& ring, const TensorMap& tk, const TensorMap& tv) {
   if (threadIdx.x == 0) ring.init();
   __syncthreads();
   if (threadIdx.x / 128 == 0) {

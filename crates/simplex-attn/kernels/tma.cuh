@@ -7,8 +7,11 @@
 // by value as a `const __grid_constant__` parameter and passes its address to the load. With
 // the 128-byte swizzle a box of 64 bf16 columns x R rows lands as R rows of 128 bytes whose
 // 16-byte chunks are permuted by row % 8: wgmma.cuh's `sw128` layout, so the tiles are wgmma
-// operands as they land (the destination must be 1024-byte aligned). Rows of the box past the
-// tensor's end are filled with zeros and still count toward the bytes the load completes.
+// operands as they land (the destination must be 1024-byte aligned). A box over several outer
+// dimensions lands as their rows in order, innermost first (a box of G heads x P positions: the
+// G heads of the first position, then of the next, ...), swizzled the same way. Rows of the box
+// past the tensor's end are filled with zeros and still count toward the bytes the load
+// completes.
 //
 // An mbarrier (8 bytes of shared memory) completes a phase when its expected arrivals have
 // arrived and the bytes announced by `arrive_expect_tx` have landed; waiters name the parity
@@ -62,6 +65,15 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const TensorMap& map, 
       "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, "
       "%5}], [%6];\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+
+// The same for a three-dimensional map.
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const TensorMap& map, int c0, int c1, int c2, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+      "[%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
 }
 

@@ -17,7 +17,7 @@ use simplex_attn::kernels::smem::{
     partner_positions, SmemArgs, Window1, CORE_KEYS, CORE_ROWS, DKV_KEYS, DKV_ROWS, QK1_CHUNK,
     SIMPLE_WARPS, WG_ROWS,
 };
-use simplex_attn::kernels::tma::kv_map_rows;
+use simplex_attn::kernels::tma::{kv_map_rows, DKV_STEP_ROWS};
 use simplex_attn::kernels::{Family, Kernel, Smem, TABLE};
 
 fn source(family: Family) -> Source {
@@ -189,6 +189,10 @@ fn rows_per_block_and_tile_constants_are_the_files() {
             k.symbol
         );
     }
+    // the dk/dv kernel's steps of rows: its maps' boxes and the pairs' padding
+    let bwd = source(Family::DotBackwardWgmma);
+    assert_eq!(bwd.eval("TQ"), DKV_STEP_ROWS as i64);
+    assert_eq!(bwd.eval("DkvSmem<64>::PAIRS"), DKV_STEP_ROWS as i64 * 8);
 }
 
 fn args(d: usize, dv: usize, group: usize, window1: Window1) -> SmemArgs {

@@ -292,9 +292,9 @@ pub static TABLE: [KernelInfo; 86] = [
     // dot_attn_fwd_wgmma.cu, dot_attn_bwd_wgmma.cu: persistent, rows (keys) per work item
     e(DotFwdWgmma { d: 128 }, "dot_fwd_wgmma_bf16_d128", DotForwardWgmma, 384, 128, Fixed(197_680)),
     e(DotDqWgmma { d: 64 }, "dot_bwd_dq_wgmma_bf16_d64", DotBackwardWgmma, 384, 128, Fixed(50_224)),
-    e(DotDkvWgmma { d: 64 }, "dot_bwd_dkv_wgmma_bf16_d64", DotBackwardWgmma, 384, 128, Fixed(51_712)),
+    e(DotDkvWgmma { d: 64 }, "dot_bwd_dkv_wgmma_bf16_d64", DotBackwardWgmma, 384, 128, Fixed(51_760)),
     e(DotDqWgmma { d: 128 }, "dot_bwd_dq_wgmma_bf16_d128", DotBackwardWgmma, 384, 128, Fixed(99_376)),
-    e(DotDkvWgmma { d: 128 }, "dot_bwd_dkv_wgmma_bf16_d128", DotBackwardWgmma, 384, 128, Fixed(166_400)),
+    e(DotDkvWgmma { d: 128 }, "dot_bwd_dkv_wgmma_bf16_d128", DotBackwardWgmma, 384, 128, Fixed(166_448)),
     // dot_attn_simple.cu: CUDA cores, one warp per row
     e(DotDelta { dtype: Bf16 }, "dot_bwd_delta_bf16", DotSimple, 128, 4, Zero),
     e(DotDelta { dtype: F32 }, "dot_bwd_delta_f32", DotSimple, 128, 4, Zero),

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! delta [B,Nq,Hq]    = rowsum(o * dout)         dot_attn_simple.cu   (in the wgmma dq kernel
-//!                                                for the wgmma kernels)
+//!                                                for the wgmma kernels, written with lse as
+//!                                                pairs [B,Hkv,rows,2] for their dk/dv)
 //! dq    [B,Nq,Hq,D]  per block of queries       dot_attn_bwd_wgmma.cu (or dot_attn_simple.cu)
 //! dk, dv [B,Nk,Hkv,*] per block of keys, summed  dot_attn_bwd_wgmma.cu (or dot_attn_simple.cu)
 //!                     over the G heads of a group
@@ -17,6 +18,7 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::{aligned, kv_maps, DotCall, DotKernelShape};
 use crate::cuda::launch::{self, Planned};
+use crate::cuda::tma::{self as cuda_tma, TensorMap};
 use crate::cuda::{cuda_storages, output_poisoned, typed_views, wrap_tensor, Element};
 use crate::kernels::dispatch::dot::{self as plan, DotBackward};
 use crate::kernels::{tma, Elem};
@@ -66,9 +68,14 @@ fn backward_typed<T: Element>(
     let stream = dev.cuda_stream();
     let out = |len, name| output_poisoned::<T>(&stream, len, name, poison);
 
-    // delta = rowsum(o * dout): a pre-pass, except for the wgmma kernels, whose dq kernel
-    // computes it (and writes it for their dk/dv kernel, which runs after it)
-    let mut delta: CudaSlice<f32> = output_poisoned(&stream, rows, "delta", poison)?;
+    // delta = rowsum(o * dout): a pre-pass into [B,Nq,Hq], except for the wgmma kernels, whose
+    // dq kernel computes it and writes it with lse log2 e as the pairs of the row space
+    // ([B,Hkv,rows,2], `tma::pairs_rows` rows) that their dk/dv kernel reads
+    let stats_len = match plan.delta {
+        Some(_) => rows,
+        None => d.batch * d.heads_kv * tma::pairs_rows(d.seq_q, d.group()) * 2,
+    };
+    let mut delta: CudaSlice<f32> = output_poisoned(&stream, stats_len, "delta", poison)?;
     if let Some(pre) = &plan.delta {
         let planned = Planned::new(dev, pre)?;
         // SAFETY: (const T* o, const T* dout, float* delta, DotShape) as the kernel declares; o
@@ -85,10 +92,10 @@ fn backward_typed<T: Element>(
     let mut dq = out(nqd, "dq")?;
     let maps = kv_maps(dev, &d, tma::kv_map_rows(plan.dq.kernel.kernel), [&kv, &vv])?;
     // SAFETY: (q, k, v, dout, lse, delta, dq, DotShape) as the kernel declares, and for the
-    // wgmma kernel (q, k, v, dout, o, lse, delta (written: every row), dq, DotShape, K's and
+    // wgmma kernel (q, k, v, dout, o, lse, pairs (written: every row's), dq, DotShape, K's and
     // V's tensor maps of its box); every view holds the counts it indexes (checked by
-    // `typed_views`), and the grid covers all B * Nq * Hq rows of dq and delta (the persistent
-    // wgmma CTAs between them).
+    // `typed_views`; pairs sized above), and the grid covers all B * Nq * Hq rows of dq and
+    // delta (the persistent wgmma CTAs between them).
     unsafe {
         planned.run(&stream, |a| {
             a.arg(&qv).arg(&kv).arg(&vv).arg(&dov);
@@ -108,18 +115,44 @@ fn backward_typed<T: Element>(
     let planned = Planned::new(dev, &plan.dkv)?;
     let mut dk = out(nkd, "dk")?;
     let mut dvs = out(nkv, "dv")?;
-    // SAFETY: (q, k, v, dout, lse, delta, dk, dv, DotShape) as the kernel declares; every view
-    // holds the counts it indexes, and the grid covers all B * Nk * Hkv key rows of dk and dv
-    // (the persistent wgmma CTAs between them).
+    let wgmma = plan.delta.is_none();
+    let row_maps = if wgmma {
+        let q_shape = [d.batch, d.seq_q, d.heads_q, d.d];
+        let do_shape = [d.batch, d.seq_q, d.heads_q, d.dv];
+        match tma::dkv_row_box(plan.dkv.kernel.kernel, d.group()) {
+            Some(b) => [
+                cuda_tma::bf16_rows(&stream, &qv, q_shape, b)?,
+                cuda_tma::bf16_rows(&stream, &dov, do_shape, b)?,
+                cuda_tma::f32_pairs(
+                    &stream,
+                    &delta.as_view(),
+                    [d.batch, d.heads_kv, d.seq_q, d.group()],
+                )?,
+            ],
+            None => [(); 3].map(|_| TensorMap::unused()),
+        }
+    } else {
+        [(); 3].map(|_| TensorMap::unused())
+    };
+    // SAFETY: (q, k, v, dout, lse, delta, dk, dv, DotShape) as the kernel declares, and for the
+    // wgmma kernel (q, k, v, dout, pairs, dk, dv, DotShape, q's, dout's and the pairs' tensor
+    // maps, which it reads where `dkv_row_box` gives a box: the kernel makes the same test);
+    // every view holds the counts it indexes, and the grid covers all B * Nk * Hkv key rows of
+    // dk and dv (the persistent wgmma CTAs between them).
     unsafe {
         planned.run(&stream, |a| {
-            a.arg(&qv)
-                .arg(&kv)
-                .arg(&vv)
-                .arg(&dov)
-                .arg(&lsev)
-                .arg(&delta);
+            a.arg(&qv).arg(&kv).arg(&vv).arg(&dov);
+            if wgmma {
+                a.arg(&delta);
+            } else {
+                a.arg(&lsev).arg(&delta);
+            }
             a.arg(&mut dk).arg(&mut dvs).arg(&shape);
+            if wgmma {
+                for m in &row_maps {
+                    a.arg(m);
+                }
+            }
         })
     }?;
 

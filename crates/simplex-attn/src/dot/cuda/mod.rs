@@ -5,8 +5,9 @@
 //! else `kernels/dot_attn_simple.cu`); the code here loads and launches them.
 //!
 //! * `forward`: o and lse, one launch.
-//! * `backward`: delta (a pre-pass, or inside the wgmma dq kernel), dq, dk/dv; deterministic (no
-//!   atomics: every block owns the gradient rows it writes).
+//! * `backward`: delta (a pre-pass, or inside the wgmma dq kernel, which writes it with lse as
+//!   the rows' pairs for its dk/dv kernel), dq, dk/dv; deterministic (no atomics: every block
+//!   owns the gradient rows it writes).
 
 mod backward;
 mod forward;
@@ -103,7 +104,7 @@ fn kv_maps<T>(
     let k_shape = [dims.batch, dims.seq_k, dims.heads_kv, dims.d];
     let v_shape = [dims.batch, dims.seq_k, dims.heads_kv, dims.dv];
     Ok(vec![
-        tma::bf16_rows(&stream, k, k_shape, rows)?,
-        tma::bf16_rows(&stream, v, v_shape, rows)?,
+        tma::bf16_rows(&stream, k, k_shape, (1, rows))?,
+        tma::bf16_rows(&stream, v, v_shape, (1, rows))?,
     ])
 }
