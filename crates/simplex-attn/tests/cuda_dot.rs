@@ -202,6 +202,12 @@ fn wgmma_tile_edges_match_oracle() {
         case(1, 90, 2, 1, 128, c().with_scale(-0.2)),
         case(1, 1030, 4, 1, 128, c()),
         case(1, 50, 16, 2, 64, c()).keys(333),
+        // the dk/dv kernel's row boxes of G heads x 64 / G queries (G = 32, 64), and its cp.async
+        // rows where G does not divide 64 (G = 3, 5) at D = 128
+        case(1, 33, 32, 1, 64, c()),
+        case(1, 9, 64, 1, 128, bi()),
+        case(1, 150, 3, 1, 128, sl(40)),
+        case(1, 70, 10, 2, 128, c()).keys(100),
     ];
     check_all(&cases, 7000, &[DType::BF16]);
 }
