@@ -184,19 +184,27 @@ __device__ __forceinline__ void bwd_dq(const bf16* __restrict__ q,      // [B,Nq
   }
 }
 
-template <int D>
+// FUSED: the kernel also adds dq (dot_bwd_fused_wgmma_bf16_d128): two buffers of both
+// consumers' dS^T tiles and the two halves of a step's dQ partial staged as f32 for the TMA's
+// bulk add.
+template <int D, bool FUSED>
 struct DkvSmem {
   static constexpr bool KV_SMEM = D > 64;  // K, V as SS operands (registers at D = 64)
   static constexpr int T = 64 * D * 2;     // one [64 x D] tile
   static constexpr int KV_OFF = 0;         // consumer c: K at 2 c T, V at (2 c + 1) T
   static constexpr int STAGE_OFF = KV_SMEM ? 4 * T : 0;
   static constexpr int STAGE = 2 * T;      // q rows, then dout rows (1024-byte aligned)
-  static constexpr int PAIRS_OFF = STAGE_OFF + NS * STAGE;  // per stage: TQ (lse log2 e, delta) pairs
+  static constexpr int DS_OFF = STAGE_OFF + NS * STAGE;  // FUSED: dS^T [buffer][consumer]
+  static constexpr int DS = 64 * TQ * 2;                 // one consumer's [64 keys x TQ rows]
+  static constexpr int DQ_OFF = DS_OFF + (FUSED ? 4 * DS : 0);  // FUSED: dQ halves [consumer]
+  static constexpr int DQ = TQ * (D / 2) * 4;                   // one half: TQ rows x D/2 f32
+  static constexpr int PAIRS_OFF = DQ_OFF + (FUSED ? 2 * DQ : 0);  // per stage: TQ (lse log2 e, delta)
   static constexpr int PAIRS = TQ * 2 * 4;
   static constexpr int BARS = PAIRS_OFF + NS * PAIRS;      // StageRing's 2 NS mbarriers
   static constexpr int BYTES = BARS + 2 * NS * 8 + 1024;   // + alignment slack (src/kernels/table.rs)
 };
-static_assert(DkvSmem<64>::BYTES <= 227 * 1024 && DkvSmem<128>::BYTES <= 227 * 1024, "one CTA per SM fits");
+static_assert(DkvSmem<64, false>::BYTES <= 227 * 1024 && DkvSmem<128, false>::BYTES <= 227 * 1024, "one CTA per SM fits");
+static_assert(DkvSmem<128, true>::BYTES <= 227 * 1024, "one CTA per SM fits");
 
 // A work item of the dk/dv kernel: the block of CTA_ROWS keys from key0 of (batch b, K/V head
 // kv), and the rows RU that see them, in nsteps steps of TQ rows.
@@ -207,12 +215,17 @@ struct KeyItem {
 };
 
 // The key blocks of the dk/dv kernel (within a group the first block, under a causal mask the
-// one seen by the most queries, first).
+// one seen by the most queries, first). `aligned`: the steps start at multiples of TQ (RU.lo
+// rounded down; the fused kernel's dQ tiles are the row space's blocks of TQ rows).
 struct KeyBlocks {
   int G, nk;
+  bool aligned;
   Work work;
-  __device__ __forceinline__ explicit KeyBlocks(const DotShape& s)
-      : G(s.heads_q / s.heads_kv), nk(s.seq_k), work((s.seq_k + CTA_ROWS - 1) / CTA_ROWS, s.heads_kv, s.batch, false) {}
+  __device__ __forceinline__ KeyBlocks(const DotShape& s, bool aligned_)
+      : G(s.heads_q / s.heads_kv),
+        nk(s.seq_k),
+        aligned(aligned_),
+        work((s.seq_k + CTA_ROWS - 1) / CTA_ROWS, s.heads_kv, s.batch, false) {}
   // Key block n of this CTA's walk into `it`, n advanced; false past the last.
   __device__ __forceinline__ bool next(const DotShape& s, int& n, KeyItem& it) const {
     const int w = work.nth(n++);
@@ -221,6 +234,7 @@ struct KeyBlocks {
     work.decode(w, blk, it.kv, it.b);
     it.key0 = blk * CTA_ROWS;
     it.RU = rows_of_keys(s, G, it.key0, min(it.key0 + CTA_ROWS, nk));
+    if (aligned) it.RU.lo -= it.RU.lo % TQ;
     it.nsteps = (it.RU.hi - it.RU.lo + TQ - 1) / TQ;
     return true;
   }
@@ -230,11 +244,11 @@ struct KeyBlocks {
 // TQ - 1 of q and dout (G heads x TQ / G queries per box: the row space's order), D/64 boxes
 // each, and their (lse log2 e, delta) pairs, one box of the pairs' map. Rows past Nq land as
 // zeros; rows past RU.hi are real rows, which every key of the block masks.
-template <int D>
+template <int D, bool FUSED>
 __device__ __forceinline__ void produce_rows_tma(const DotShape& s, const KeyBlocks& kb, uint32_t base,
                                                  const StageRing& ring, const TensorMap& tq, const TensorMap& tdo,
                                                  const TensorMap& tpairs) {
-  using L = DkvSmem<D>;
+  using L = DkvSmem<D, FUSED>;
   tma_prefetch_map(tq);
   tma_prefetch_map(tdo);
   tma_prefetch_map(tpairs);
@@ -261,11 +275,11 @@ __device__ __forceinline__ void produce_rows_tma(const DotShape& s, const KeyBlo
 // FULL arrival for step gs - 1 follows, once this thread's copies of it have landed (each
 // thread waits for its own, fences them for the async proxy and arrives: the stage is full
 // when all 128 have).
-template <int D>
+template <int D, bool FUSED>
 __device__ __forceinline__ void produce_rows_cp_async(const DotShape& s, const KeyBlocks& kb, uint32_t base,
                                                       const StageRing& ring, const bf16* q, const bf16* dout,
                                                       const float* pairs) {
-  using L = DkvSmem<D>;
+  using L = DkvSmem<D, FUSED>;
   const int ptid = threadIdx.x;
   int gs = 0, n = 0;
   auto landed = [&](int x) {  // step x's copies of this thread are in
@@ -303,7 +317,21 @@ __device__ __forceinline__ void produce_rows_cp_async(const DotShape& s, const K
   if (gs >= 1) landed(gs - 1);
 }
 
+// Both consumers' dS^T tiles of a step written (the fused kernel's dQ product reads both).
+constexpr int BAR_DS = BAR_TURN;
+static_assert(offset_walk::BAR_WG + 2 < BAR_DS, "barrier ids overlap");
+
+// The fused kernel's dQ tile of a step (TQ rows from r0, a multiple of TQ) in the f32 buffer
+// [B, Hkv, row blocks, 2 halves, TQ x D/2]: each half is the consumer's accumulator as staged
+// (float4 x of thread l at (x 128 + l) 4; see dot_bwd_dq_round). Returns the half's start.
 template <int D>
+__device__ __forceinline__ float* dq_tile(float* dqacc, const RowSpace& rs, int r0, int half) {
+  const int blocks = (rs.nq * rs.G + TQ - 1) / TQ;
+  return dqacc + (((long long)(rs.b * rs.hkv + rs.kv) * blocks + r0 / TQ) * 2 + half) * (TQ * D / 2);
+}
+
+// dk, dv (and with FUSED, dq's f32 partial sums into dqacc: dot_bwd_fused_wgmma_bf16_d128).
+template <int D, bool FUSED>
 __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,Nq,Hq,D]
                                         const bf16* __restrict__ k,      // [B,Nk,Hkv,D]
                                         const bf16* __restrict__ v,      // [B,Nk,Hkv,D]
@@ -311,14 +339,16 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
                                         const float* __restrict__ pairs, // [B,Hkv,rows,2]
                                         bf16* __restrict__ dk,           // [B,Nk,Hkv,D]
                                         bf16* __restrict__ dv,           // [B,Nk,Hkv,D]
+                                        float* __restrict__ dqacc,       // FUSED: zeroed, dq_tile
                                         const DotShape s, const TensorMap& tq, const TensorMap& tdo,
                                         const TensorMap& tpairs) {
-  using L = DkvSmem<D>;
+  using L = DkvSmem<D, FUSED>;
   constexpr int KS = D / 16, NA = D / 64;
+  static_assert(!FUSED || L::KV_SMEM, "the fused kernel reads both consumers' K tiles");
   uint8_t* sm = aligned_dynamic_smem();
   const uint32_t base = smem_u32(sm);
 
-  const KeyBlocks kb(s);
+  const KeyBlocks kb(s, FUSED);
   const int G = kb.G, Nk = s.seq_k;
   const bool tma = TQ % G == 0;  // src/kernels/tma.rs: dkv_row_box
   const StageRing ring{base + L::BARS};
@@ -330,9 +360,9 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
     // ---------------- producer ----------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
     if (!tma)
-      produce_rows_cp_async<D>(s, kb, base, ring, q, dout, pairs);
+      produce_rows_cp_async<D, FUSED>(s, kb, base, ring, q, dout, pairs);
     else if (tid == 0)
-      produce_rows_tma<D>(s, kb, base, ring, tq, tdo, tpairs);
+      produce_rows_tma<D, FUSED>(s, kb, base, ring, tq, tdo, tpairs);
     return;
   }
 
@@ -361,7 +391,9 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
     uint32_t kf[L::KV_SMEM ? 1 : KS][4], vf[L::KV_SMEM ? 1 : KS][4];  // !KV_SMEM only
     if constexpr (L::KV_SMEM) {
       // this consumer's K, V rows (zero past Nk) into its own tiles; its earlier products that
-      // read them have been waited for
+      // read them have been waited for (FUSED: and the other consumer's dQ products, which
+      // read this K tile too: both arrive once done with the last item)
+      if (FUSED && gs > 0) bar_sync(BAR_DS, 256);
       if (it.nsteps > 0) {
 #pragma unroll 2
         for (int x = 0; x < ROWS * D / 8 / 128; ++x) {
@@ -390,7 +422,9 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
 
     for (int step = 0; step < it.nsteps; ++step, ++gs) {
       const int st = gs % NS, r0 = it.RU.lo + step * TQ;
-      const bool busy = r0 < RW.hi && r0 + TQ > RW.lo;  // warpgroup-uniform (RW empty: never)
+      // warpgroup-uniform (RW empty: never); FUSED: every step (the dQ product needs both
+      // consumers' dS^T, zero where a consumer's keys are not seen)
+      const bool busy = FUSED || (r0 < RW.hi && r0 + TQ > RW.lo);
       ring.wait_full(gs);                                // the step's rows landed
       if (busy) {
         const uint32_t qt = base + L::STAGE_OFF + st * L::STAGE, dt = qt + L::T;
@@ -436,6 +470,17 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
           probs(std::false_type{});
         else
           probs(std::true_type{});
+        // FUSED: dS^T into this consumer's tile of buffer gs % 2 (line: key, 128-byte swizzled
+        // columns: the step's rows), before the key products read dsf
+        if constexpr (FUSED) {
+          const uint32_t dst = base + L::DS_OFF + (2 * (gs & 1) + c) * L::DS;
+#pragma unroll
+          for (int nn = 0; nn < 8; ++nn)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+              st_shared_u32(dst + sw128(warp * 16 + g + 8 * e, nn) + 4 * t, dsf[nn / 2][2 * (nn % 2) + e]);
+          fence_async_smem();
+        }
         // dV += P^T dO, dK += dS^T Q (dO, Q read MN-major)
 #pragma unroll
         for (int a = 0; a < NA; ++a) {
@@ -445,11 +490,43 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
         wg_fence();
         offset_walk::key_products<NA>(gk, gv, pf, dsf, qt, dt);
         wg_commit();
+        float qacc[FUSED ? 32 : 1];
+        if constexpr (FUSED) {
+          // dQ[rows of the step, columns 64 c ..] = dS (both consumers' tiles, MN-major A) x
+          // K (both consumers' tiles, columns 64 c .., MN-major B), once both dS^T tiles are
+          // written and this half's staging buffer is free (its last bulk add has read it)
+          if (tid % 128 == 0) bulk_wait_read();
+          bar_sync(BAR_DS, 256);
+#pragma unroll
+          for (int ks = 0; ks < 8; ++ks) {
+            const int cc = ks / 4, kk = ks % 4;
+            const uint32_t a = base + L::DS_OFF + (2 * (gs & 1) + cc) * L::DS;
+            const uint32_t b = base + L::KV_OFF + 2 * cc * L::T + c * (64 * 128);
+            wgmma_m64n64k16_ss<1, 1>(qacc, desc_at(desc_lo(a), kk * 2048), desc_at(desc_lo(b), kk * 2048), ks > 0);
+          }
+          wg_commit();
+        }
         wg_wait0();
 #pragma unroll
         for (int a = 0; a < NA; ++a) {
           reg_fence(gk[a]);
           reg_fence(gv[a]);
+        }
+        if constexpr (FUSED) {
+          reg_fence(qacc);
+          // stage the half (float4 x of thread l at (x 128 + l) 4 floats), then one thread adds
+          // it into the step's dQ tile
+          const uint32_t stage = base + L::DQ_OFF + c * L::DQ;
+          const int l = tid % 128;
+#pragma unroll
+          for (int x = 0; x < 8; ++x)
+            st_shared_v4(stage + (x * 128 + l) * 16, qacc[4 * x], qacc[4 * x + 1], qacc[4 * x + 2], qacc[4 * x + 3]);
+          fence_async_smem();
+          bar_sync(offset_walk::BAR_WG + wg, 128);
+          if (l == 0) {
+            bulk_reduce_add_f32(dq_tile<D>(dqacc, rs, r0, c), stage, L::DQ);
+            bulk_commit();
+          }
         }
       }
       ring.release(st);
@@ -459,6 +536,60 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
     const float sc[2] = {s.scale, s.scale}, one[2] = {1.0f, 1.0f};
     store_acc_rows<D>(gk, sc, kc, Nk, dk, kv_off);
     store_acc_rows<D>(gv, one, kc, Nk, dv, kv_off);
+  }
+  if (FUSED && tid % 128 == 0) bulk_wait();  // the last bulk adds, before the CTA's shared memory goes
+}
+
+// The fused backward's pre-pass: one warp per row r of the row space of (batch, K/V head):
+// delta = rowsum(o * dout) and the pair (lse log2 e, delta) at RowSpace::pair(r), rows in the
+// launch's order (b, kv, r).
+template <int D>
+__device__ __forceinline__ void bwd_pairs(const bf16* __restrict__ o, const bf16* __restrict__ dout,
+                                          const float* __restrict__ lse, float* __restrict__ pairs, const DotShape s) {
+  const int G = s.heads_q / s.heads_kv, nrows = s.seq_q * G;
+  const long long w = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= (long long)s.batch * s.heads_kv * nrows) return;
+  const int r = w % nrows, kv = (w / nrows) % s.heads_kv, b = w / nrows / s.heads_kv;
+  const RowSpace rs(s, b, kv);
+  const long long at = rs.row(r, D);
+  float acc = 0.0f;
+#pragma unroll
+  for (int x = lane * 2; x < D; x += 64) {
+    const float2 a = bf2_float2(*reinterpret_cast<const uint32_t*>(o + at + x));
+    const float2 d = bf2_float2(*reinterpret_cast<const uint32_t*>(dout + at + x));
+    acc = fmaf(a.x, d.x, fmaf(a.y, d.y, acc));
+  }
+#pragma unroll
+  for (int m = 16; m > 0; m /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+  if (lane == 0) *reinterpret_cast<float2*>(pairs + rs.pair(r)) = make_float2(lse[rs.stat(r)] * LOG2E, acc);
+}
+
+// The fused backward's rounding pass: dq = scale * the f32 sums of dq_tile, one thread per
+// staged float4 x of accumulator thread l (warp w = l / 32, g = l % 32 / 4, t = l % 4): its
+// values (e, j) are dQ[row 16 w + g + 8 e][column 64 half + 8 x + 2 t + j] of the tile, rows
+// of the row space past Nq G skipped.
+template <int D>
+__device__ __forceinline__ void bwd_dq_round(const float* __restrict__ dqacc, bf16* __restrict__ dq,
+                                             const DotShape s) {
+  const int G = s.heads_q / s.heads_kv, nrows = s.seq_q * G, blocks = (nrows + TQ - 1) / TQ;
+  constexpr int PER_TILE = TQ * D / 4;  // float4s of a tile (both halves)
+  const long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (id >= (long long)s.batch * s.heads_kv * blocks * PER_TILE) return;
+  const int inner = id % PER_TILE;
+  const long long tile = id / PER_TILE;
+  const int blk = tile % blocks, kv = (tile / blocks) % s.heads_kv, b = tile / blocks / s.heads_kv;
+  const int half = inner / (TQ * D / 8), l = inner % 128, x = inner % (TQ * D / 8) / 128;
+  const int w = l / 32, g = l % 32 / 4, t = l % 4;
+  const float4 v = reinterpret_cast<const float4*>(dqacc)[id];
+  const RowSpace rs(s, b, kv);
+  const int col = 64 * half + 8 * x + 2 * t;
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int r = blk * TQ + 16 * w + g + 8 * e;
+    if (r < nrows)
+      *reinterpret_cast<uint32_t*>(dq + rs.row(r, D) + col) =
+          bf2_pack(s.scale * (e ? v.z : v.x), s.scale * (e ? v.w : v.y));
   }
 }
 
@@ -480,8 +611,31 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
       const float* pairs, __nv_bfloat16* dk, __nv_bfloat16* dv, const dot::DotShape s,                       \
       const __grid_constant__ simplex::TensorMap tq, const __grid_constant__ simplex::TensorMap tdo,         \
       const __grid_constant__ simplex::TensorMap tpairs) {                                                   \
-    dot_wgmma::bwd_dkv<D>(q, k, v, dout, pairs, dk, dv, s, tq, tdo, tpairs);                                 \
+    dot_wgmma::bwd_dkv<D, false>(q, k, v, dout, pairs, dk, dv, nullptr, s, tq, tdo, tpairs);                 \
   }
 
 DOT_BWD_WGMMA(64)
 DOT_BWD_WGMMA(128)
+
+// The fused backward at D = 128 (G dividing 64): dot_bwd_pairs_bf16_d128 (delta and the rows'
+// pairs; 256 threads, a warp per row), then dot_bwd_fused_wgmma_bf16_d128 (dk, dv, and dq's f32
+// sums added into dqacc, zeroed before), then dot_bwd_dq_round_bf16_d128 (256 threads, one per
+// staged float4).
+extern "C" __global__ void __launch_bounds__(256) dot_bwd_pairs_bf16_d128(const __nv_bfloat16* o,
+                                                                         const __nv_bfloat16* dout,
+                                                                         const float* lse, float* pairs,
+                                                                         const dot::DotShape s) {
+  dot_wgmma::bwd_pairs<128>(o, dout, lse, pairs, s);
+}
+extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_bwd_fused_wgmma_bf16_d128(
+    const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,
+    const float* pairs, __nv_bfloat16* dk, __nv_bfloat16* dv, float* dqacc, const dot::DotShape s,
+    const __grid_constant__ simplex::TensorMap tq, const __grid_constant__ simplex::TensorMap tdo,
+    const __grid_constant__ simplex::TensorMap tpairs) {
+  dot_wgmma::bwd_dkv<128, true>(q, k, v, dout, pairs, dk, dv, dqacc, s, tq, tdo, tpairs);
+}
+extern "C" __global__ void __launch_bounds__(256) dot_bwd_dq_round_bf16_d128(const float* dqacc,
+                                                                            __nv_bfloat16* dq,
+                                                                            const dot::DotShape s) {
+  dot_wgmma::bwd_dq_round<128>(dqacc, dq, s);
+}

@@ -77,6 +77,22 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const TensorMap& map, 
       : "memory");
 }
 
+// Adds `bytes` (a multiple of 16) of f32 at shared address src element-wise into global memory
+// at dst (16-byte aligned), as one bulk operation of the issuing thread's current bulk group
+// (the TMA unit reads the shared source asynchronously: see bulk_wait_read).
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, uint32_t src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+               "r"(bytes)
+               : "memory");
+}
+// Closes the issuing thread's current bulk group.
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until every bulk group this thread committed has finished reading its shared source
+// (the buffer may be written again).
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// Waits until every bulk group this thread committed has completed (its writes are done).
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
 // Fetches the tensor map's 128 bytes ahead of its first load.
 __device__ __forceinline__ void tma_prefetch_map(const TensorMap& map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map)) : "memory");

@@ -20,6 +20,7 @@ use common::{
 };
 use rand::{rngs::StdRng, SeedableRng};
 use simplex_attn::dot::{dot_attn_backward_reference, dot_attn_reference, has_fused_kernel};
+use simplex_attn::kernels::DotBackwardKernels;
 use simplex_attn::{dot_attn, DotSpec, Kernels};
 
 /// Seeded inputs of a case, rounded to what `dtype` stores so the oracle sees the kernel's
@@ -224,6 +225,35 @@ fn bidirectional_scaled_and_longer_key_cases_match_oracle() {
         case(1, 150, 3, 3, 64, c().with_scale(-0.3)),
     ];
     check_all(&cases, 8000, &[DType::BF16]);
+}
+
+#[test]
+fn the_fused_backward_matches_oracle() {
+    // D = 128, G dividing 64: pairs pre-pass, dk/dv adding dq's f32 sums, rounding; steps of 64
+    // rows aligned to the row space (rows before a block's first row masked), both consumers'
+    // dS^T in every step (one without seen keys: zeros), dq tiles past Nq G, keys past Nk,
+    // several blocks per CTA (the K tiles' hand-over between items)
+    let (c, sl, bi) = (DotSpec::causal, DotSpec::sliding, DotSpec::bidirectional);
+    let fused = |mut x: Case| {
+        let k = Kernels {
+            dot_backward: DotBackwardKernels::Fused,
+            ..x.spec.kernels
+        };
+        x.spec = x.spec.with_kernels(k);
+        x
+    };
+    let cases = [
+        case(2, 77, 8, 1, 128, c()),
+        case(1, 1, 4, 4, 128, c()),
+        case(1, 257, 4, 2, 128, sl(130)),
+        case(1, 300, 2, 2, 128, c()),
+        case(1, 200, 2, 1, 128, bi().with_window(Some(50))),
+        case(1, 130, 4, 1, 128, sl(33)).keys(300),
+        case(1, 9, 64, 1, 128, bi()),
+        case(2, 1030, 4, 1, 128, c()),
+    ]
+    .map(fused);
+    check_all(&cases, 9000, &[DType::BF16]);
 }
 
 #[test]

@@ -34,8 +34,7 @@ fn the_dot_product_choice() {
         let f = dot::forward(d, dtype, aligned, k, &HOPPER).unwrap();
         let b = dot::backward(d, dtype, aligned, k, &HOPPER).unwrap();
         let mut v = vec![f.symbol()];
-        v.extend(b.delta.map(|l| l.symbol()));
-        v.extend([b.dq.symbol(), b.dkv.symbol()]);
+        v.extend(b.launches().iter().map(|l| l.symbol()));
         v
     };
     let bf = DType::BF16;
@@ -56,6 +55,37 @@ fn the_dot_product_choice() {
             "dot_bwd_dkv_wgmma_bf16_d128"
         ]
     );
+    // the fused backward where asked for and covered (D = 128, G dividing 64, not
+    // deterministic): pre-pass, the fused kernel, dq's rounding
+    let fused = Kernels {
+        dot_backward: simplex_attn::kernels::DotBackwardKernels::Fused,
+        ..k
+    };
+    assert_eq!(
+        syms(&gqa, bf, true, &fused),
+        [
+            "dot_fwd_wgmma_bf16_d128",
+            "dot_bwd_pairs_bf16_d128",
+            "dot_bwd_fused_wgmma_bf16_d128",
+            "dot_bwd_dq_round_bf16_d128"
+        ]
+    );
+    let b = dot::backward(&gqa, bf, true, &fused, &HOPPER).unwrap();
+    // a warp per row of the 4 * 8 * 4096 * 4 rows; a thread per float4 of the f32 sums
+    assert_eq!(b.delta.unwrap().grid, ((4 * 8 * 4096 * 4 / 8) as u32, 1, 1));
+    assert_eq!(
+        b.dq_round.unwrap().grid,
+        ((4 * 8 * 4096 * 4 * 128 / 4 / 256) as u32, 1, 1)
+    );
+    assert_eq!(b.dkv.grid, (132, 1, 1));
+    let det = Kernels {
+        deterministic: true,
+        ..fused
+    };
+    assert_eq!(syms(&gqa, bf, true, &det), syms(&gqa, bf, true, &k));
+    assert_eq!(syms(&lm, bf, true, &fused), syms(&lm, bf, true, &k));
+    let g3 = DotDims { heads_q: 24, ..gqa };
+    assert_eq!(syms(&g3, bf, true, &fused), syms(&g3, bf, true, &k));
     // misaligned, f32, other head dims, tensor cores off: the CUDA-core kernels
     let simple = |dt: &str, w| {
         vec![
@@ -89,10 +119,14 @@ fn the_dot_product_choice() {
         ..lm
     };
     let b = dot::backward(&small, bf, true, &k, &HOPPER).unwrap();
-    assert_eq!(b.dq.grid, (3, 1, 1));
+    assert_eq!(b.dq.unwrap().grid, (3, 1, 1));
     assert_eq!(b.dkv.grid, (1, 1, 1));
     assert_eq!(
-        dot::backward(&lm, bf, true, &k, &HOPPER).unwrap().dq.grid,
+        dot::backward(&lm, bf, true, &k, &HOPPER)
+            .unwrap()
+            .dq
+            .unwrap()
+            .grid,
         (132, 1, 1)
     );
     // the D = 64 forward: blocks of 64 of the Nq * G rows of each (K/V head, batch)

@@ -223,11 +223,7 @@ fn the_same_dot_product_kernels_as_before() {
                                     .map(|l| vec![as_legacy(&l)])
                                     .map_err(|_| ());
                                 let bw = dot::backward(&dims, dtype, aligned, &k, &dev)
-                                    .map(|p| {
-                                        let mut v: Vec<_> = p.delta.iter().map(as_legacy).collect();
-                                        v.extend([as_legacy(&p.dq), as_legacy(&p.dkv)]);
-                                        v
-                                    })
+                                    .map(|p| p.launches().iter().map(as_legacy).collect::<Vec<_>>())
                                     .map_err(|_| ());
                                 let s = legacy::DotShape {
                                     b,

@@ -93,7 +93,8 @@ fn layout(k: Kernel, src: &Source) -> Option<i64> {
         Kernel::BwdQWgmma { d } => src.eval(&format!("QLayout<{d}>::BYTES")),
         Kernel::DotFwdWgmma { d } => src.eval(&format!("RingSmem<TK, {d}>::BYTES")),
         Kernel::DotDqWgmma { d } => src.eval(&format!("RingSmem<TKQ, {d}>::BYTES")),
-        Kernel::DotDkvWgmma { d } => src.eval(&format!("DkvSmem<{d}>::BYTES")),
+        Kernel::DotDkvWgmma { d } => src.eval(&format!("DkvSmem<{d}, false>::BYTES")),
+        Kernel::DotBwdFused { d } => src.eval(&format!("DkvSmem<{d}, true>::BYTES")),
         Kernel::DotFwd { d } => src.eval(&format!("FwdSmem<{d}>::BYTES")),
         _ => return None,
     })
@@ -141,9 +142,12 @@ fn rows(k: Kernel, src: &Source) -> Option<i64> {
         Kernel::BwdOffsetsQk1 { .. } => "ROWS",
         Kernel::BwdProducerK2 { .. } => "CTA_KEYS",
         Kernel::DotFwd { .. } => "BM",
-        Kernel::DotFwdWgmma { .. } | Kernel::DotDqWgmma { .. } | Kernel::DotDkvWgmma { .. } => {
-            "dot_wgmma::CTA_ROWS"
-        }
+        Kernel::DotFwdWgmma { .. }
+        | Kernel::DotDqWgmma { .. }
+        | Kernel::DotDkvWgmma { .. }
+        | Kernel::DotBwdFused { .. } => "dot_wgmma::CTA_ROWS",
+        // a warp per row, a thread per staged float4: launch choices, not tiles
+        Kernel::DotPairs { .. } | Kernel::DotDqRound { .. } => return None,
         // elements per block of a grid-stride loop: a launch choice, not a tile
         Kernel::BwdF32ToBf16 => return None,
     }))
@@ -192,7 +196,10 @@ fn rows_per_block_and_tile_constants_are_the_files() {
     // the dk/dv kernel's steps of rows: its maps' boxes and the pairs' padding
     let bwd = source(Family::DotBackwardWgmma);
     assert_eq!(bwd.eval("TQ"), DKV_STEP_ROWS as i64);
-    assert_eq!(bwd.eval("DkvSmem<64>::PAIRS"), DKV_STEP_ROWS as i64 * 8);
+    assert_eq!(
+        bwd.eval("DkvSmem<64, false>::PAIRS"),
+        DKV_STEP_ROWS as i64 * 8
+    );
 }
 
 fn args(d: usize, dv: usize, group: usize, window1: Window1) -> SmemArgs {

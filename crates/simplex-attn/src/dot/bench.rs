@@ -62,12 +62,8 @@ impl DotBenchShape {
         }
         let fwd = dot::forward(&dims, self.dtype, true, &k, limits)?;
         let bwd = dot::backward(&dims, self.dtype, true, &k, limits)?;
-        Ok(format!(
-            "fwd {} bwd {}+{}",
-            fwd.symbol(),
-            bwd.dq.symbol(),
-            bwd.dkv.symbol()
-        ))
+        let bwd: Vec<&str> = bwd.launches().iter().map(|l| l.symbol()).collect();
+        Ok(format!("fwd {} bwd {}", fwd.symbol(), bwd.join("+")))
     }
 
     /// Forward FLOPs under the convention of the module doc.

@@ -18,8 +18,8 @@ pub const POISON_BY_DEFAULT: bool = cfg!(debug_assertions) || cfg!(feature = "po
 /// Text form (the CLI's `--kernels`, [`Kernels::from_str`](std::str::FromStr)): `auto`, or
 /// comma-separated `key=value` pairs: `tensor-cores=on|off`, `deterministic=on|off`,
 /// `forward=auto|tj2|pp|producer|offsets`, `bwd-wgmma=auto|0|q|p`,
-/// `bwd-offsets=auto|0|q|k|1`, `moe=auto|grouped|per-expert`, `poison=on|off`,
-/// `timing=on|off`.
+/// `bwd-offsets=auto|0|q|k|1`, `moe=auto|grouped|per-expert`, `dot-bwd=auto|split|fused`,
+/// `poison=on|off`, `timing=on|off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kernels {
     /// Use the tensor-core kernels where they cover the call (default on). Off: every call runs
@@ -39,6 +39,8 @@ pub struct Kernels {
     pub offsets_backward: OffsetsBackward,
     /// How the routed experts' products of an MoE layer run on CUDA.
     pub moe: ExpertProducts,
+    /// Which tensor-core backward of dot-product attention runs.
+    pub dot_backward: DotBackwardKernels,
     /// Fill every output with NaN before its kernel runs (default [`POISON_BY_DEFAULT`]).
     pub poison_outputs: bool,
     /// Print the time of each 2-simplicial tensor-core backward launch to stderr (the stream is
@@ -55,6 +57,7 @@ impl Default for Kernels {
             wgmma_backward: WgmmaBackward::Auto,
             offsets_backward: OffsetsBackward::Auto,
             moe: ExpertProducts::Auto,
+            dot_backward: DotBackwardKernels::Auto,
             poison_outputs: POISON_BY_DEFAULT,
             time_backward: false,
         }
@@ -116,6 +119,62 @@ impl std::str::FromStr for ExpertProducts {
             "grouped" => ExpertProducts::Grouped,
             "per-expert" => ExpertProducts::PerExpert,
             other => return Err(bad_value("moe", other, "auto, grouped or per-expert")),
+        })
+    }
+}
+
+/// Which tensor-core backward of dot-product attention runs (bf16, D = Dv in {64, 128}).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DotBackwardKernels {
+    /// [`DotBackwardKernels::choose`] per call.
+    Auto,
+    /// A dq kernel, then a dk/dv kernel, each computing P and dS (seven products per step of
+    /// work); deterministic: every block owns the gradient rows it writes.
+    Split,
+    /// One kernel computing dk, dv and dq's partial sums (five products), which the TMA adds
+    /// into an f32 buffer (`cp.reduce.async.bulk`), then a rounding pass; D = 128 with a GQA
+    /// ratio dividing 64 (elsewhere the split kernels run). Not deterministic: the order of
+    /// the f32 additions varies run to run.
+    Fused,
+}
+
+impl DotBackwardKernels {
+    /// Whether the fused backward covers a call with head dim `d` and GQA ratio `group`.
+    pub fn fused_covers(d: usize, group: usize) -> bool {
+        d == 128 && group > 0 && 64 % group == 0
+    }
+
+    /// What runs a call with head dim `d` and GQA ratio `group`: `Auto` takes the split kernels
+    /// (the fused one is not yet measured faster); `deterministic` or a call the fused kernel
+    /// does not cover takes them too.
+    pub fn choose(self, d: usize, group: usize, deterministic: bool) -> DotBackwardKernels {
+        match self {
+            DotBackwardKernels::Fused if Self::fused_covers(d, group) && !deterministic => {
+                DotBackwardKernels::Fused
+            }
+            _ => DotBackwardKernels::Split,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            DotBackwardKernels::Auto => "auto",
+            DotBackwardKernels::Split => "split",
+            DotBackwardKernels::Fused => "fused",
+        }
+    }
+}
+
+impl std::str::FromStr for DotBackwardKernels {
+    type Err = AttnError;
+
+    /// `auto`, `split` or `fused`.
+    fn from_str(s: &str) -> Result<Self, AttnError> {
+        Ok(match s {
+            "auto" => DotBackwardKernels::Auto,
+            "split" => DotBackwardKernels::Split,
+            "fused" => DotBackwardKernels::Fused,
+            other => return Err(bad_value("dot-bwd", other, "auto, split or fused")),
         })
     }
 }
@@ -337,12 +396,13 @@ impl std::str::FromStr for Kernels {
                 "bwd-wgmma" => k.wgmma_backward = value.parse()?,
                 "bwd-offsets" => k.offsets_backward = value.parse()?,
                 "moe" => k.moe = value.parse()?,
+                "dot-bwd" => k.dot_backward = value.parse()?,
                 "poison" => k.poison_outputs = on_off(key, value)?,
                 "timing" => k.time_backward = on_off(key, value)?,
                 other => {
                     return Err(AttnError::Config(format!(
                         "kernels: unknown key {other:?} (keys: tensor-cores, deterministic, \
-                         forward, bwd-wgmma, bwd-offsets, moe, poison, timing)"
+                         forward, bwd-wgmma, bwd-offsets, moe, dot-bwd, poison, timing)"
                     )))
                 }
             }
@@ -376,6 +436,9 @@ impl std::fmt::Display for Kernels {
         if self.moe != d.moe {
             parts.push(format!("moe={}", self.moe.name()));
         }
+        if self.dot_backward != d.dot_backward {
+            parts.push(format!("dot-bwd={}", self.dot_backward.name()));
+        }
         if self.poison_outputs != d.poison_outputs {
             parts.push(format!("poison={}", on(self.poison_outputs)));
         }
@@ -393,6 +456,27 @@ impl std::fmt::Display for Kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fused_dot_backward_runs_only_where_asked_and_covered() {
+        use DotBackwardKernels::{Auto, Fused, Split};
+        // auto stays split until the fused kernel is measured faster
+        assert_eq!(Auto.choose(128, 4, false), Split);
+        assert_eq!(Fused.choose(128, 4, false), Fused);
+        assert_eq!(Fused.choose(128, 1, false), Fused);
+        assert_eq!(Fused.choose(128, 64, false), Fused);
+        // deterministic, D = 64, a ratio not dividing 64: the split kernels
+        assert_eq!(Fused.choose(128, 4, true), Split);
+        assert_eq!(Fused.choose(64, 4, false), Split);
+        assert_eq!(Fused.choose(128, 3, false), Split);
+        assert_eq!(Fused.choose(128, 128, false), Split);
+        assert_eq!(Split.choose(128, 4, false), Split);
+        let k: Kernels = "dot-bwd=fused".parse().unwrap();
+        assert_eq!(k.dot_backward, Fused);
+        assert_eq!(k.to_string(), "dot-bwd=fused");
+        let e = "dot-bwd=both".parse::<Kernels>().unwrap_err().to_string();
+        assert!(e.contains("dot-bwd") && e.contains("split or fused"), "{e}");
+    }
 
     #[test]
     fn auto_takes_per_expert_products_for_few_experts_in_bf16() {

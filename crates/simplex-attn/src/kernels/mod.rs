@@ -18,7 +18,8 @@ pub mod table;
 pub mod tma;
 
 pub use choice::{
-    ExpertProducts, ForwardVariant, Kernels, OffsetsBackward, WgmmaBackward, POISON_BY_DEFAULT,
+    DotBackwardKernels, ExpertProducts, ForwardVariant, Kernels, OffsetsBackward, WgmmaBackward,
+    POISON_BY_DEFAULT,
 };
 pub use dispatch::{DeviceLimits, Launch};
 pub use smem::{partner_positions, SmemArgs, Window1};

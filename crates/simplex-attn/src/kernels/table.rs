@@ -140,6 +140,12 @@ pub enum Kernel {
     DotDqWgmma { d: usize },
     /// Dot-product dk, dv, wgmma (persistent).
     DotDkvWgmma { d: usize },
+    /// Dot-product dk, dv and dq's f32 partial sums in one kernel, wgmma (persistent).
+    DotBwdFused { d: usize },
+    /// The fused dot-product backward's pre-pass: delta and the rows' (lse, delta) pairs.
+    DotPairs { d: usize },
+    /// The fused dot-product backward's last pass: dq rounded from its f32 sums.
+    DotDqRound { d: usize },
     /// Dot-product delta pre-pass.
     DotDelta { dtype: Elem },
     /// Dot-product forward on CUDA cores, head dims up to `width`.
@@ -222,7 +228,7 @@ use Smem::*;
 
 /// Every compiled attention kernel.
 #[rustfmt::skip]
-pub static TABLE: [KernelInfo; 86] = [
+pub static TABLE: [KernelInfo; 89] = [
     // simplicial_fwd.cu: CUDA cores, bf16 or f32, Dv up to the width
     e(Fwd { dtype: F32, dv: 32 }, "simplicial_fwd_f32_dv32", Forward, 256, 16, CoreForward),
     e(Fwd { dtype: F32, dv: 64 }, "simplicial_fwd_f32_dv64", Forward, 256, 16, CoreForward),
@@ -295,6 +301,11 @@ pub static TABLE: [KernelInfo; 86] = [
     e(DotDkvWgmma { d: 64 }, "dot_bwd_dkv_wgmma_bf16_d64", DotBackwardWgmma, 384, 128, Fixed(51_760)),
     e(DotDqWgmma { d: 128 }, "dot_bwd_dq_wgmma_bf16_d128", DotBackwardWgmma, 384, 128, Fixed(99_376)),
     e(DotDkvWgmma { d: 128 }, "dot_bwd_dkv_wgmma_bf16_d128", DotBackwardWgmma, 384, 128, Fixed(166_448)),
+    // the fused backward at D = 128: pre-pass (a warp per row), dk/dv + dq sums, rounding (a
+    // thread per float4 of the sums)
+    e(DotPairs { d: 128 }, "dot_bwd_pairs_bf16_d128", DotBackwardWgmma, 256, 8, Zero),
+    e(DotBwdFused { d: 128 }, "dot_bwd_fused_wgmma_bf16_d128", DotBackwardWgmma, 384, 128, Fixed(231_984)),
+    e(DotDqRound { d: 128 }, "dot_bwd_dq_round_bf16_d128", DotBackwardWgmma, 256, 256, Zero),
     // dot_attn_simple.cu: CUDA cores, one warp per row
     e(DotDelta { dtype: Bf16 }, "dot_bwd_delta_bf16", DotSimple, 128, 4, Zero),
     e(DotDelta { dtype: F32 }, "dot_bwd_delta_f32", DotSimple, 128, 4, Zero),

@@ -133,14 +133,17 @@ pub fn kv_map_rows(kernel: Kernel) -> Option<usize> {
     }
 }
 
-/// The box (heads, positions) of q's and dout's maps for the dk/dv kernel at GQA ratio
+/// The box (heads, positions) of q's and dout's maps for the dk/dv kernels (split and fused)
+/// at GQA ratio
 /// `group`: a step's [`DKV_STEP_ROWS`] rows as `group` heads x `DKV_STEP_ROWS / group`
 /// positions, where `group` divides it; `None` (the kernel copies rows with cp.async, and its
 /// maps are not read) otherwise or for another kernel. The kernel makes the same test
 /// (`TQ % G == 0` in `bwd_dkv`).
 pub fn dkv_row_box(kernel: Kernel, group: usize) -> Option<(usize, usize)> {
     match kernel {
-        Kernel::DotDkvWgmma { .. } if group > 0 && DKV_STEP_ROWS.is_multiple_of(group) => {
+        Kernel::DotDkvWgmma { .. } | Kernel::DotBwdFused { .. }
+            if group > 0 && DKV_STEP_ROWS.is_multiple_of(group) =>
+        {
             Some((group, DKV_STEP_ROWS / group))
         }
         _ => None,
@@ -218,6 +221,7 @@ mod tests {
                 assert_eq!(dkv_row_box(k, g), None, "G = {g}");
             }
             assert_eq!(dkv_row_box(Kernel::DotDqWgmma { d }, 4), None);
+            assert_eq!(dkv_row_box(Kernel::DotBwdFused { d }, 8), Some((8, 8)));
         }
     }
 

@@ -112,7 +112,7 @@ pub fn dot_backward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<
                 format!("dot_bwd_dkv_wgmma_bf16_d{d}"),
                 persistent(key_items(s), sms),
                 384,
-                own + 3 * (2 * tile + 2 * 64 * 4) + 1024,
+                own + 3 * (2 * tile + 2 * 64 * 4) + 6 * 8 + 1024,
             ));
         }
         K::Tc(_) => unreachable!("the mma.sync backward is retired"),

@@ -10,7 +10,10 @@
 //!                     over the G heads of a group
 //! ```
 //! Deterministic: no atomics; every block owns the gradient rows it writes, so two runs give the
-//! same bits.
+//! same bits. The fused wgmma backward (`Kernels::dot_backward`, D = 128) instead runs a
+//! pre-pass writing the pairs, one kernel computing dk, dv and adding dq's partial sums into a
+//! zeroed f32 buffer (TMA bulk adds: their order, so dq's last bits, vary run to run), and a
+//! pass rounding dq.
 
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{Layout, Result, Tensor};
@@ -19,9 +22,18 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use super::{aligned, kv_maps, DotCall, DotKernelShape};
 use crate::cuda::launch::{self, Planned};
 use crate::cuda::tma::{self as cuda_tma, TensorMap};
-use crate::cuda::{cuda_storages, output_poisoned, typed_views, wrap_tensor, Element};
+use crate::cuda::{cuda_err, cuda_storages, output_poisoned, typed_views, wrap_tensor, Element};
 use crate::kernels::dispatch::dot::{self as plan, DotBackward};
-use crate::kernels::{tma, Elem};
+use crate::kernels::{tma, Elem, Kernel};
+
+/// Which backward the plan runs: the CUDA-core kernels, the split wgmma kernels or the fused
+/// wgmma kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Simple,
+    Split,
+    Fused,
+}
 
 /// The backward on CUDA: (dq like q, dk like k, dv like v) in the input dtype, from
 /// `[q, k, v, o, dout, lse]`.
@@ -68,93 +80,131 @@ fn backward_typed<T: Element>(
     let stream = dev.cuda_stream();
     let out = |len, name| output_poisoned::<T>(&stream, len, name, poison);
 
-    // delta = rowsum(o * dout): a pre-pass into [B,Nq,Hq], except for the wgmma kernels, whose
-    // dq kernel computes it and writes it with lse log2 e as the pairs of the row space
-    // ([B,Hkv,rows,2], `tma::pairs_rows` rows) that their dk/dv kernel reads
-    let stats_len = match plan.delta {
-        Some(_) => rows,
-        None => d.batch * d.heads_kv * tma::pairs_rows(d.seq_q, d.group()) * 2,
+    let mode = match plan.dkv.kernel.kernel {
+        Kernel::DotBwdFused { .. } => Mode::Fused,
+        Kernel::DotDkvWgmma { .. } => Mode::Split,
+        _ => Mode::Simple,
+    };
+
+    // delta = rowsum(o * dout): for the CUDA-core kernels a pre-pass into [B,Nq,Hq]; for the
+    // wgmma kernels written with lse log2 e as the pairs of the row space ([B,Hkv,rows,2],
+    // `tma::pairs_rows` rows) that their dk/dv kernel reads, by the split dq kernel or the fused
+    // backward's pre-pass
+    let stats_len = match mode {
+        Mode::Simple => rows,
+        Mode::Split | Mode::Fused => d.batch * d.heads_kv * tma::pairs_rows(d.seq_q, d.group()) * 2,
     };
     let mut delta: CudaSlice<f32> = output_poisoned(&stream, stats_len, "delta", poison)?;
     if let Some(pre) = &plan.delta {
         let planned = Planned::new(dev, pre)?;
-        // SAFETY: (const T* o, const T* dout, float* delta, DotShape) as the kernel declares; o
-        // and dout hold B*Nq*Hq*Dv elements, delta B*Nq*Hq, one warp per row covers every row.
+        // SAFETY: (const T* o, const T* dout, float* delta, DotShape) as the CUDA-core pre-pass
+        // declares, (o, dout, lse, pairs, DotShape) as the fused one does; o and dout hold
+        // B*Nq*Hq*Dv elements, lse B*Nq*Hq, delta as sized above; one warp per row covers every
+        // row.
         unsafe {
             planned.run(&stream, |a| {
-                a.arg(&ov).arg(&dov).arg(&mut delta).arg(&shape);
+                a.arg(&ov).arg(&dov);
+                if mode == Mode::Fused {
+                    a.arg(&lsev);
+                }
+                a.arg(&mut delta).arg(&shape);
             })
         }?;
     }
 
-    // dq
-    let planned = Planned::new(dev, &plan.dq)?;
+    // dq (the fused backward: its f32 sums, zeroed here, added by the dk/dv kernel)
     let mut dq = out(nqd, "dq")?;
-    let maps = kv_maps(dev, &d, tma::kv_map_rows(plan.dq.kernel.kernel), [&kv, &vv])?;
-    // SAFETY: (q, k, v, dout, lse, delta, dq, DotShape) as the kernel declares, and for the
-    // wgmma kernel (q, k, v, dout, o, lse, pairs (written: every row's), dq, DotShape, K's and
-    // V's tensor maps of its box); every view holds the counts it indexes (checked by
-    // `typed_views`; pairs sized above), and the grid covers all B * Nq * Hq rows of dq and
-    // delta (the persistent wgmma CTAs between them).
-    unsafe {
-        planned.run(&stream, |a| {
-            a.arg(&qv).arg(&kv).arg(&vv).arg(&dov);
-            if plan.delta.is_none() {
-                a.arg(&ov).arg(&lsev).arg(&mut delta);
-            } else {
-                a.arg(&lsev).arg(&delta);
-            }
-            a.arg(&mut dq).arg(&shape);
-            for m in &maps {
-                a.arg(m);
-            }
-        })
-    }?;
+    let mut dq_sums = match mode {
+        Mode::Fused => Some(
+            stream
+                .alloc_zeros::<f32>(4 * plan::fused_dq_float4s(&d))
+                .map_err(|e| cuda_err("allocating dq's f32 sums", e))?,
+        ),
+        _ => None,
+    };
+    if let Some(dq_launch) = &plan.dq {
+        let planned = Planned::new(dev, dq_launch)?;
+        let maps = kv_maps(
+            dev,
+            &d,
+            tma::kv_map_rows(dq_launch.kernel.kernel),
+            [&kv, &vv],
+        )?;
+        // SAFETY: (q, k, v, dout, lse, delta, dq, DotShape) as the kernel declares, and for the
+        // wgmma kernel (q, k, v, dout, o, lse, pairs (written: every row's), dq, DotShape, K's
+        // and V's tensor maps of its box); every view holds the counts it indexes (checked by
+        // `typed_views`; pairs sized above), and the grid covers all B * Nq * Hq rows of dq and
+        // delta (the persistent wgmma CTAs between them).
+        unsafe {
+            planned.run(&stream, |a| {
+                a.arg(&qv).arg(&kv).arg(&vv).arg(&dov);
+                if mode == Mode::Split {
+                    a.arg(&ov).arg(&lsev).arg(&mut delta);
+                } else {
+                    a.arg(&lsev).arg(&delta);
+                }
+                a.arg(&mut dq).arg(&shape);
+                for m in &maps {
+                    a.arg(m);
+                }
+            })
+        }?;
+    }
 
     // dk, dv
     let planned = Planned::new(dev, &plan.dkv)?;
     let mut dk = out(nkd, "dk")?;
     let mut dvs = out(nkv, "dv")?;
-    let wgmma = plan.delta.is_none();
-    let row_maps = if wgmma {
-        let q_shape = [d.batch, d.seq_q, d.heads_q, d.d];
-        let do_shape = [d.batch, d.seq_q, d.heads_q, d.dv];
-        match tma::dkv_row_box(plan.dkv.kernel.kernel, d.group()) {
-            Some(b) => [
-                cuda_tma::bf16_rows(&stream, &qv, q_shape, b)?,
-                cuda_tma::bf16_rows(&stream, &dov, do_shape, b)?,
-                cuda_tma::f32_pairs(
-                    &stream,
-                    &delta.as_view(),
-                    [d.batch, d.heads_kv, d.seq_q, d.group()],
-                )?,
-            ],
-            None => [(); 3].map(|_| TensorMap::unused()),
-        }
-    } else {
-        [(); 3].map(|_| TensorMap::unused())
+    let row_maps = match tma::dkv_row_box(plan.dkv.kernel.kernel, d.group()) {
+        Some(b) => [
+            cuda_tma::bf16_rows(&stream, &qv, [d.batch, d.seq_q, d.heads_q, d.d], b)?,
+            cuda_tma::bf16_rows(&stream, &dov, [d.batch, d.seq_q, d.heads_q, d.dv], b)?,
+            cuda_tma::f32_pairs(
+                &stream,
+                &delta.as_view(),
+                [d.batch, d.heads_kv, d.seq_q, d.group()],
+            )?,
+        ],
+        None => [(); 3].map(|_| TensorMap::unused()),
     };
-    // SAFETY: (q, k, v, dout, lse, delta, dk, dv, DotShape) as the kernel declares, and for the
-    // wgmma kernel (q, k, v, dout, pairs, dk, dv, DotShape, q's, dout's and the pairs' tensor
-    // maps, which it reads where `dkv_row_box` gives a box: the kernel makes the same test);
-    // every view holds the counts it indexes, and the grid covers all B * Nk * Hkv key rows of
-    // dk and dv (the persistent wgmma CTAs between them).
+    // SAFETY: (q, k, v, dout, lse, delta, dk, dv, DotShape) as the CUDA-core kernel declares;
+    // for the wgmma kernels (q, k, v, dout, pairs, dk, dv, [the fused one: dq's f32 sums,
+    // zeroed, `fused_dq_float4s` float4s], DotShape, q's, dout's and the pairs' tensor maps,
+    // which they read where `dkv_row_box` gives a box: the kernel makes the same test; the
+    // fused kernel runs only where it does); every view holds the counts it indexes, and the
+    // grid covers all B * Nk * Hkv key rows of dk and dv (the persistent wgmma CTAs between
+    // them).
     unsafe {
         planned.run(&stream, |a| {
             a.arg(&qv).arg(&kv).arg(&vv).arg(&dov);
-            if wgmma {
-                a.arg(&delta);
-            } else {
-                a.arg(&lsev).arg(&delta);
+            if mode == Mode::Simple {
+                a.arg(&lsev);
             }
-            a.arg(&mut dk).arg(&mut dvs).arg(&shape);
-            if wgmma {
+            a.arg(&delta).arg(&mut dk).arg(&mut dvs);
+            if let Some(sums) = dq_sums.as_mut() {
+                a.arg(sums);
+            }
+            a.arg(&shape);
+            if mode != Mode::Simple {
                 for m in &row_maps {
                     a.arg(m);
                 }
             }
         })
     }?;
+
+    // the fused backward's dq: scale * its f32 sums, rounded
+    if let (Some(round), Some(sums)) = (&plan.dq_round, &dq_sums) {
+        let planned = Planned::new(dev, round)?;
+        // SAFETY: (const float* sums, T* dq, DotShape) as the kernel declares (T = bf16: the
+        // fused backward runs only for bf16); sums holds `fused_dq_float4s` float4s, one thread
+        // each, and every row of dq is some float4's.
+        unsafe {
+            planned.run(&stream, |a| {
+                a.arg(sums).arg(&mut dq).arg(&shape);
+            })
+        }?;
+    }
 
     let wrap = |s, i: usize| wrap_tensor(s, dev, ts[i].shape());
     Ok([wrap(dq, 0), wrap(dk, 1), wrap(dvs, 2)])

@@ -7,7 +7,7 @@ use super::{launch, persistent, DeviceLimits, Launch};
 use crate::dot::DotDims;
 use crate::kernels::smem::{SmemArgs, Window1};
 use crate::kernels::table::{Elem, Kernel};
-use crate::kernels::{Kernels, MAX_HEAD_DIM};
+use crate::kernels::{DotBackwardKernels, Kernels, MAX_HEAD_DIM};
 use crate::AttnError;
 
 /// The kernel family that runs a call.
@@ -126,16 +126,38 @@ pub fn forward(
     }
 }
 
-/// The launches of a dot-product backward, in order.
+/// The launches of a dot-product backward, in order ([`DotBackward::launches`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DotBackward {
-    /// The delta pre-pass (`None` for the wgmma kernels, whose dq kernel computes delta and
-    /// writes it for the dk/dv kernel).
+    /// The pre-pass: delta into `[B,Nq,Hq]` for the CUDA-core kernels, delta and lse as the
+    /// rows' pairs for the fused wgmma backward; `None` for the split wgmma kernels, whose dq
+    /// kernel computes delta and writes the pairs for their dk/dv kernel.
     pub delta: Option<Launch>,
-    /// dq
-    pub dq: Launch,
-    /// dk, dv (the G query heads of a K/V head summed in the block: no atomics)
+    /// dq (`None` for the fused backward, whose dk/dv kernel adds dq's f32 sums).
+    pub dq: Option<Launch>,
+    /// dk, dv (the G query heads of a K/V head summed in the block: no atomics), and dq's sums
+    /// for the fused backward.
     pub dkv: Launch,
+    /// The fused backward's rounding of dq from its f32 sums.
+    pub dq_round: Option<Launch>,
+}
+
+impl DotBackward {
+    /// Every launch, in the order they run.
+    pub fn launches(&self) -> Vec<Launch> {
+        let mut v: Vec<Launch> = self.delta.into_iter().collect();
+        v.extend(self.dq);
+        v.push(self.dkv);
+        v.extend(self.dq_round);
+        v
+    }
+}
+
+/// Float4s of the fused backward's dq sums: `[B, Hkv, row blocks of 64, 64 x D]` f32 over the
+/// `Nq * G` rows of each (batch, K/V head) (`dq_tile` in `kernels/dot_attn_bwd_wgmma.cu`).
+pub fn fused_dq_float4s(dims: &DotDims) -> usize {
+    let rows = crate::kernels::tma::pairs_rows(dims.seq_q, dims.group());
+    dims.batch * dims.heads_kv * rows * dims.d / 4
 }
 
 /// The backward of a call. `aligned`: q, k, v and dout start on 16-byte boundaries.
@@ -155,13 +177,32 @@ pub fn backward(
         0,
     )?;
     Ok(match kernel {
+        DotKernel::Wgmma { d }
+            if k.dot_backward.choose(d, dims.group(), k.deterministic)
+                == DotBackwardKernels::Fused =>
+        {
+            let (fused, fused_smem) = smem(Kernel::DotBwdFused { d }, 0)?;
+            let rows = nq * dims.group() * dims.heads_kv * b;
+            DotBackward {
+                delta: Some(launch(Kernel::DotPairs { d }.info()?, rows, (1, 1), 0)?),
+                dq: None,
+                dkv: persistent(fused, wgmma_key_items(dims), dev, fused_smem)?,
+                dq_round: Some(launch(
+                    Kernel::DotDqRound { d }.info()?,
+                    fused_dq_float4s(dims),
+                    (1, 1),
+                    0,
+                )?),
+            }
+        }
         DotKernel::Wgmma { d } => {
             let (dq, dq_smem) = smem(Kernel::DotDqWgmma { d }, 0)?;
             let (dkv, dkv_smem) = smem(Kernel::DotDkvWgmma { d }, 0)?;
             DotBackward {
                 delta: None,
-                dq: persistent(dq, wgmma_row_items(dims), dev, dq_smem)?,
+                dq: Some(persistent(dq, wgmma_row_items(dims), dev, dq_smem)?),
                 dkv: persistent(dkv, wgmma_key_items(dims), dev, dkv_smem)?,
+                dq_round: None,
             }
         }
         DotKernel::Simple { width } => {
@@ -169,8 +210,9 @@ pub fn backward(
             let (dkv, dkv_smem) = smem(Kernel::DotDkvSimple { dtype, width }, width)?;
             DotBackward {
                 delta: Some(delta),
-                dq: launch(dq, b * nq * dims.heads_q, (1, 1), dq_smem)?,
+                dq: Some(launch(dq, b * nq * dims.heads_q, (1, 1), dq_smem)?),
                 dkv: launch(dkv, b * nk * dims.heads_kv, (1, 1), dkv_smem)?,
+                dq_round: None,
             }
         }
     })
