@@ -322,8 +322,9 @@ constexpr int BAR_DS = BAR_TURN;
 static_assert(offset_walk::BAR_WG + 2 < BAR_DS, "barrier ids overlap");
 
 // The fused kernel's dQ tile of a step (TQ rows from r0, a multiple of TQ) in the f32 buffer
-// [B, Hkv, row blocks, 2 halves, TQ x D/2]: each half is the consumer's accumulator as staged
-// (float4 x of thread l at (x 128 + l) 4; see dot_bwd_dq_round). Returns the half's start.
+// [B, Hkv, row blocks, 2 halves, TQ x D/2]: each half is the consumer's accumulator as staged,
+// warp by warp (float4 x of lane at ((warp 8 + x) 32 + lane) 4; see bwd_dq_round). Returns
+// the half's start.
 template <int D>
 __device__ __forceinline__ float* dq_tile(float* dqacc, const RowSpace& rs, int r0, int half) {
   const int blocks = (rs.nq * rs.G + TQ - 1) / TQ;
@@ -494,8 +495,7 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
         if constexpr (FUSED) {
           // dQ[rows of the step, columns 64 c ..] = dS (both consumers' tiles, MN-major A) x
           // K (both consumers' tiles, columns 64 c .., MN-major B), once both dS^T tiles are
-          // written and this half's staging buffer is free (its last bulk add has read it)
-          if (tid % 128 == 0) bulk_wait_read();
+          // written
           bar_sync(BAR_DS, 256);
 #pragma unroll
           for (int ks = 0; ks < 8; ++ks) {
@@ -514,17 +514,20 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
         }
         if constexpr (FUSED) {
           reg_fence(qacc);
-          // stage the half (float4 x of thread l at (x 128 + l) 4 floats), then one thread adds
-          // it into the step's dQ tile
-          const uint32_t stage = base + L::DQ_OFF + c * L::DQ;
-          const int l = tid % 128;
+          // each warp stages its 16 rows of the half (float4 x of lane at (x 32 + lane) 4
+          // floats of the warp's 4 KB, once the warp's last bulk add has read them) and its
+          // lane 0 adds them into the step's dQ tile
+          constexpr int WARP_DQ = L::DQ / 4;
+          const uint32_t stage = base + L::DQ_OFF + c * L::DQ + warp * WARP_DQ;
+          if (lane == 0) bulk_wait_read();
+          __syncwarp();
 #pragma unroll
           for (int x = 0; x < 8; ++x)
-            st_shared_v4(stage + (x * 128 + l) * 16, qacc[4 * x], qacc[4 * x + 1], qacc[4 * x + 2], qacc[4 * x + 3]);
+            st_shared_v4(stage + (x * 32 + lane) * 16, qacc[4 * x], qacc[4 * x + 1], qacc[4 * x + 2], qacc[4 * x + 3]);
           fence_async_smem();
-          bar_sync(offset_walk::BAR_WG + wg, 128);
-          if (l == 0) {
-            bulk_reduce_add_f32(dq_tile<D>(dqacc, rs, r0, c), stage, L::DQ);
+          __syncwarp();
+          if (lane == 0) {
+            bulk_reduce_add_f32(dq_tile<D>(dqacc, rs, r0, c) + warp * (WARP_DQ / 4), stage, WARP_DQ);
             bulk_commit();
           }
         }
@@ -537,7 +540,7 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
     store_acc_rows<D>(gk, sc, kc, Nk, dk, kv_off);
     store_acc_rows<D>(gv, one, kc, Nk, dv, kv_off);
   }
-  if (FUSED && tid % 128 == 0) bulk_wait();  // the last bulk adds, before the CTA's shared memory goes
+  if (FUSED && lane == 0) bulk_wait();  // the warp's last bulk adds, before the CTA's shared memory goes
 }
 
 // The fused backward's pre-pass: one warp per row r of the row space of (batch, K/V head):
@@ -566,9 +569,9 @@ __device__ __forceinline__ void bwd_pairs(const bf16* __restrict__ o, const bf16
 }
 
 // The fused backward's rounding pass: dq = scale * the f32 sums of dq_tile, one thread per
-// staged float4 x of accumulator thread l (warp w = l / 32, g = l % 32 / 4, t = l % 4): its
-// values (e, j) are dQ[row 16 w + g + 8 e][column 64 half + 8 x + 2 t + j] of the tile, rows
-// of the row space past Nq G skipped.
+// staged float4 x of accumulator warp w's lane (g = lane / 4, t = lane % 4): its values (e, j)
+// are dQ[row 16 w + g + 8 e][column 64 half + 8 x + 2 t + j] of the tile, rows of the row space
+// past Nq G skipped.
 template <int D>
 __device__ __forceinline__ void bwd_dq_round(const float* __restrict__ dqacc, bf16* __restrict__ dq,
                                              const DotShape s) {
@@ -579,8 +582,8 @@ __device__ __forceinline__ void bwd_dq_round(const float* __restrict__ dqacc, bf
   const int inner = id % PER_TILE;
   const long long tile = id / PER_TILE;
   const int blk = tile % blocks, kv = (tile / blocks) % s.heads_kv, b = tile / blocks / s.heads_kv;
-  const int half = inner / (TQ * D / 8), l = inner % 128, x = inner % (TQ * D / 8) / 128;
-  const int w = l / 32, g = l % 32 / 4, t = l % 4;
+  const int half = inner / (TQ * D / 8), f = inner % (TQ * D / 8);  // float4 f of the half
+  const int w = f / 256, x = f / 32 % 8, lane = f % 32, g = lane / 4, t = lane % 4;
   const float4 v = reinterpret_cast<const float4*>(dqacc)[id];
   const RowSpace rs(s, b, kv);
   const int col = 64 * half + 8 * x + 2 * t;

@@ -234,6 +234,7 @@ fn the_fused_backward_matches_oracle() {
     // dS^T in every step (one without seen keys: zeros), dq tiles past Nq G, keys past Nk,
     // several blocks per CTA (the K tiles' hand-over between items)
     let (c, sl, bi) = (DotSpec::causal, DotSpec::sliding, DotSpec::bidirectional);
+    // (Auto takes it for these shapes; forced here so the test keeps covering it)
     let fused = |mut x: Case| {
         let k = Kernels {
             dot_backward: DotBackwardKernels::Fused,
@@ -254,6 +255,30 @@ fn the_fused_backward_matches_oracle() {
     ]
     .map(fused);
     check_all(&cases, 9000, &[DType::BF16]);
+}
+
+#[test]
+fn the_split_backward_at_d128_matches_oracle() {
+    // dq kernel + dk/dv kernel at D = 128, which Auto leaves for the fused backward where the
+    // GQA ratio divides 64: forced here (G = 3, 5 run it anyway, tested above)
+    let (c, sl) = (DotSpec::causal, DotSpec::sliding);
+    let split = |mut x: Case| {
+        let k = Kernels {
+            dot_backward: DotBackwardKernels::Split,
+            ..x.spec.kernels
+        };
+        x.spec = x.spec.with_kernels(k);
+        x
+    };
+    let cases = [
+        case(2, 77, 8, 1, 128, c()),
+        case(1, 257, 4, 2, 128, sl(130)),
+        case(1, 5, 4, 2, 128, sl(64)).keys(130),
+        case(1, 9, 64, 1, 128, DotSpec::bidirectional()),
+        case(2, 333, 4, 1, 128, c()),
+    ]
+    .map(split);
+    check_all(&cases, 9500, &[DType::BF16]);
 }
 
 #[test]
@@ -287,11 +312,17 @@ fn misaligned_views_run_the_cuda_core_kernels() {
 }
 
 #[test]
-fn results_are_deterministic() -> anyhow::Result<()> {
+fn results_are_deterministic_when_asked() -> anyhow::Result<()> {
+    // the split backward (D = 64 always; D = 128 with `deterministic`, where the fused one
+    // otherwise adds dq's sums in a varying order)
     let Some(dev) = cuda() else { return Ok(()) };
+    let det = Kernels {
+        deterministic: true,
+        ..Kernels::default()
+    };
     for c in [
         case(1, 200, 8, 1, 64, DotSpec::causal()),
-        case(1, 100, 4, 2, 128, DotSpec::sliding(40)),
+        case(1, 100, 4, 2, 128, DotSpec::sliding(40).with_kernels(det)),
     ] {
         let x = data(&c, 6, DType::BF16);
         let dout = common::random(c.b * c.nq * c.hq * c.dv, 1.0, &mut StdRng::seed_from_u64(7));

@@ -47,22 +47,10 @@ fn the_dot_product_choice() {
             "dot_bwd_dkv_wgmma_bf16_d64"
         ]
     );
+    // D = 128 with G dividing 64: the fused backward (pre-pass, dk/dv with dq's sums,
+    // rounding); the split kernels when deterministic
     assert_eq!(
         syms(&gqa, bf, true, &k),
-        [
-            "dot_fwd_wgmma_bf16_d128",
-            "dot_bwd_dq_wgmma_bf16_d128",
-            "dot_bwd_dkv_wgmma_bf16_d128"
-        ]
-    );
-    // the fused backward where asked for and covered (D = 128, G dividing 64, not
-    // deterministic): pre-pass, the fused kernel, dq's rounding
-    let fused = Kernels {
-        dot_backward: simplex_attn::kernels::DotBackwardKernels::Fused,
-        ..k
-    };
-    assert_eq!(
-        syms(&gqa, bf, true, &fused),
         [
             "dot_fwd_wgmma_bf16_d128",
             "dot_bwd_pairs_bf16_d128",
@@ -70,6 +58,28 @@ fn the_dot_product_choice() {
             "dot_bwd_dq_round_bf16_d128"
         ]
     );
+    let split = [
+        "dot_fwd_wgmma_bf16_d128",
+        "dot_bwd_dq_wgmma_bf16_d128",
+        "dot_bwd_dkv_wgmma_bf16_d128",
+    ];
+    let det = Kernels {
+        deterministic: true,
+        ..k
+    };
+    assert_eq!(syms(&gqa, bf, true, &det), split);
+    // forced: fused where covered (D = 128, G dividing 64, not deterministic), split otherwise
+    use simplex_attn::kernels::DotBackwardKernels;
+    let fused = Kernels {
+        dot_backward: DotBackwardKernels::Fused,
+        ..k
+    };
+    assert_eq!(syms(&gqa, bf, true, &fused), syms(&gqa, bf, true, &k));
+    let forced_split = Kernels {
+        dot_backward: DotBackwardKernels::Split,
+        ..k
+    };
+    assert_eq!(syms(&gqa, bf, true, &forced_split), split);
     let b = dot::backward(&gqa, bf, true, &fused, &HOPPER).unwrap();
     // a warp per row of the 4 * 8 * 4096 * 4 rows; a thread per float4 of the f32 sums
     assert_eq!(b.delta.unwrap().grid, ((4 * 8 * 4096 * 4 / 8) as u32, 1, 1));
@@ -78,14 +88,14 @@ fn the_dot_product_choice() {
         ((4 * 8 * 4096 * 4 * 128 / 4 / 256) as u32, 1, 1)
     );
     assert_eq!(b.dkv.grid, (132, 1, 1));
-    let det = Kernels {
+    let det_fused = Kernels {
         deterministic: true,
         ..fused
     };
-    assert_eq!(syms(&gqa, bf, true, &det), syms(&gqa, bf, true, &k));
+    assert_eq!(syms(&gqa, bf, true, &det_fused), split);
     assert_eq!(syms(&lm, bf, true, &fused), syms(&lm, bf, true, &k));
     let g3 = DotDims { heads_q: 24, ..gqa };
-    assert_eq!(syms(&g3, bf, true, &fused), syms(&g3, bf, true, &k));
+    assert_eq!(syms(&g3, bf, true, &fused), split);
     // misaligned, f32, other head dims, tensor cores off: the CUDA-core kernels
     let simple = |dt: &str, w| {
         vec![

@@ -25,10 +25,12 @@ pub struct Kernels {
     /// Use the tensor-core kernels where they cover the call (default on). Off: every call runs
     /// the CUDA-core kernels (tests compare the two).
     pub tensor_cores: bool,
-    /// Run the deterministic backward of 2-simplicial attention (the CUDA-core kernels: no
-    /// atomics, bitwise-equal results run to run) even where the tensor-core backward covers the
-    /// call (default off). The tensor-core backward adds dk1 and dv1 (the small window's set)
-    /// with f32 atomics, so their last bits may differ between runs.
+    /// Run the deterministic backward (no atomics, bitwise-equal results run to run) even where
+    /// a faster one covers the call (default off): for 2-simplicial attention the CUDA-core
+    /// kernels (the tensor-core backward adds dk1 and dv1, the small window's set, with f32
+    /// atomics), for dot-product attention the split wgmma kernels (the fused one at D = 128
+    /// adds dq's partial sums with the TMA's f32 bulk adds). With atomics the last bits of
+    /// those gradients may differ between runs.
     pub deterministic: bool,
     /// The layout of the 2-simplicial tensor-core forward; `None` (the default) picks
     /// [`ForwardVariant::fastest`] per call.
@@ -144,12 +146,15 @@ impl DotBackwardKernels {
         d == 128 && group > 0 && 64 % group == 0
     }
 
-    /// What runs a call with head dim `d` and GQA ratio `group`: `Auto` takes the split kernels
-    /// (the fused one is not yet measured faster); `deterministic` or a call the fused kernel
-    /// does not cover takes them too.
+    /// What runs a call with head dim `d` and GQA ratio `group`: `Auto` takes the fused
+    /// kernel where it covers the call (measured faster at D = 128: H100, 2026-12-07,
+    /// docs/kernels.md), unless `deterministic`; `Split`, `deterministic` or a call the fused
+    /// kernel does not cover take the split kernels.
     pub fn choose(self, d: usize, group: usize, deterministic: bool) -> DotBackwardKernels {
         match self {
-            DotBackwardKernels::Fused if Self::fused_covers(d, group) && !deterministic => {
+            DotBackwardKernels::Auto | DotBackwardKernels::Fused
+                if Self::fused_covers(d, group) && !deterministic =>
+            {
                 DotBackwardKernels::Fused
             }
             _ => DotBackwardKernels::Split,
@@ -460,8 +465,10 @@ mod tests {
     #[test]
     fn the_fused_dot_backward_runs_only_where_asked_and_covered() {
         use DotBackwardKernels::{Auto, Fused, Split};
-        // auto stays split until the fused kernel is measured faster
-        assert_eq!(Auto.choose(128, 4, false), Split);
+        assert_eq!(Auto.choose(128, 4, false), Fused);
+        assert_eq!(Auto.choose(128, 4, true), Split);
+        assert_eq!(Auto.choose(64, 8, false), Split);
+        assert_eq!(Auto.choose(128, 6, false), Split);
         assert_eq!(Fused.choose(128, 4, false), Fused);
         assert_eq!(Fused.choose(128, 1, false), Fused);
         assert_eq!(Fused.choose(128, 64, false), Fused);

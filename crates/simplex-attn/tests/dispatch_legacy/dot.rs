@@ -89,6 +89,33 @@ pub fn dot_forward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<L
 
 pub fn dot_backward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<L>, String> {
     let k = choose(s, tensor_cores)?;
+    let g = s.hq / s.hkv;
+    if k == K::Wgmma(128) && 64 % g == 0 {
+        // the fused backward (since 2026-12-07): a warp per row of the pairs pre-pass, the
+        // dk/dv kernel with dS^T tiles and dQ staging, a thread per float4 of dq's f32 sums
+        let rows = (s.nq * g).div_ceil(64) * 64;
+        let tile = 64 * 128 * 2;
+        return Ok(vec![
+            (
+                "dot_bwd_pairs_bf16_d128".into(),
+                (blocks(s.b * s.hkv * s.nq * g, 8), 1, 1),
+                256,
+                0,
+            ),
+            (
+                "dot_bwd_fused_wgmma_bf16_d128".into(),
+                persistent(key_items(s), sms),
+                384,
+                4 * tile + 3 * 2 * tile + 4 * 64 * 64 * 2 + 2 * 64 * 64 * 4 + 3 * 512 + 6 * 8 + 1024,
+            ),
+            (
+                "dot_bwd_dq_round_bf16_d128".into(),
+                (blocks(s.b * s.hkv * rows * 128 / 4, 256), 1, 1),
+                256,
+                0,
+            ),
+        ]);
+    }
     let mut out = vec![];
     if !matches!(k, K::Wgmma(_)) {
         out.push((
