@@ -1,13 +1,14 @@
-// Dot-product attention backward on Hopper tensor cores (wgmma): dq, and dk, dv.
+// Dot-product attention backward on Hopper tensor cores (wgmma): dq, and dk, dv (split: two
+// kernels, deterministic), or dk, dv and dq's f32 sums in one kernel (fused, D = 128).
 //
 //   P[i,j] = exp(scale q_i . k_j - lse_i),  dP[i,j] = dout_i . v_j,  dS = P (dP - delta_i),
 //   dq_i = scale sum_j dS[i,j] k_j,  dk_j = scale sum_i dS[i,j] q_i,  dv_j = sum_i P[i,j] dout_i
 // (delta = rowsum(o * dout), computed by the dq kernel, which also writes it for the dk/dv
 // kernel; the sums over i run over the G query heads of a K/V head too). bf16 inputs and
 // gradients, f32 accumulation; D = Dv in {64, 128}; any G, causal or bidirectional, sliding
-// windows, Nk >= Nq. Deterministic: every CTA owns the gradient rows it writes and sums in a
-// fixed order (no atomics). Reference: src/dot/reference.rs; tests: tests/cuda_dot.rs; when it
-// runs, speed: docs/kernels.md.
+// windows, Nk >= Nq. The split kernels are deterministic: every CTA owns the gradient rows it
+// writes and sums in a fixed order (no atomics). Reference: src/dot/reference.rs; tests:
+// tests/cuda_dot.rs; when each runs, speed: docs/kernels.md.
 //
 // Both kernels: persistent (one CTA per SM, work blocks in the snake order of
 // dot_attn_wgmma.cuh), 384 threads: a producer warpgroup (setmaxnreg 40) loading into a ring
@@ -18,7 +19,7 @@
 // overlaps the other's products. Results are stored straight from registers at the end of a
 // block. ptxas: no spills, but 32 bytes at D = 128 in the dk/dv kernel (its item prologue and
 // epilogue, and one reload per step after the products' wait: the EMPTY arrival's
-// mbarrier, which named barriers did not cost).
+// mbarrier, which named barriers did not cost) and 28 in the fused kernel.
 //
 // dq kernel: a block is 128 rows r = i G + hh of a (batch, K/V head) (the last block first),
 // 64 per consumer, Q and dO loaded into registers as wgmma A fragments, lse per row and delta =
@@ -45,6 +46,16 @@
 // Shared memory: D = 64: NS x (Q, dO) 64 x 64 tiles + pairs: 49.5 KB; D = 128: the
 // consumers' K, V 64 KB + NS x (Q, dO) 64 x 128 + pairs: 161.5 KB; and the mbarriers.
 // Registers (D = 128): dK 64 + dV 64 + S^T 32 + dP^T 32 + P^T, dS^T fragments 32.
+//
+// Fused kernel (D = 128, G dividing TQ): the dk/dv kernel with steps aligned to the row space's
+// blocks of TQ rows, which also computes dQ = scale dS K per step: each consumer stores dS^T
+// (its 64 keys x the step's rows, 128B-swizzled, two buffers) before issuing dV, dK; at a
+// named barrier (BAR_DS: both tiles written) it issues its half of dQ (64 rows x 64 columns
+// over both consumers' 128 keys: SS wgmma, dS and K read MN-major), waits for all three, and
+// each warp stages its 16 rows as f32 and adds them into dq's sums with one TMA bulk add
+// (cp.reduce.async.bulk). Five products per step where the split kernels run seven. Before the
+// pairs pre-pass (dot_bwd_pairs) and after the rounding pass (dot_bwd_dq_round). Registers:
+// the split D = 128 consumer's, the key products' P^T, dS^T fragments then dQ's 32.
 #include <type_traits>
 
 #include "dot_attn_wgmma.cuh"

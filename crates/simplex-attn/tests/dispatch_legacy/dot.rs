@@ -106,7 +106,13 @@ pub fn dot_backward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<
                 "dot_bwd_fused_wgmma_bf16_d128".into(),
                 persistent(key_items(s), sms),
                 384,
-                4 * tile + 3 * 2 * tile + 4 * 64 * 64 * 2 + 2 * 64 * 64 * 4 + 3 * 512 + 6 * 8 + 1024,
+                4 * tile
+                    + 3 * 2 * tile
+                    + 4 * 64 * 64 * 2
+                    + 2 * 64 * 64 * 4
+                    + 3 * 512
+                    + 6 * 8
+                    + 1024,
             ),
             (
                 "dot_bwd_dq_round_bf16_d128".into(),

@@ -7,7 +7,9 @@
 //! * `forward`: o and lse, one launch.
 //! * `backward`: delta (a pre-pass, or inside the wgmma dq kernel, which writes it with lse as
 //!   the rows' pairs for its dk/dv kernel), dq, dk/dv; deterministic (no atomics: every block
-//!   owns the gradient rows it writes).
+//!   owns the gradient rows it writes), except the fused D = 128 backward (pairs pre-pass,
+//!   dk/dv adding dq's f32 sums, rounding), which `Kernels::dot_backward` and `deterministic`
+//!   choose.
 
 mod backward;
 mod forward;
