@@ -227,6 +227,16 @@ fn bidirectional_scaled_and_longer_key_cases_match_oracle() {
     check_all(&cases, 8000, &[DType::BF16]);
 }
 
+/// The case with its dot-product backward forced to `b`.
+fn with_dot_backward(mut c: Case, b: DotBackwardKernels) -> Case {
+    let k = Kernels {
+        dot_backward: b,
+        ..c.spec.kernels
+    };
+    c.spec = c.spec.with_kernels(k);
+    c
+}
+
 #[test]
 fn the_fused_backward_matches_oracle() {
     // D = 128, G dividing 64: pairs pre-pass, dk/dv adding dq's f32 sums, rounding; steps of 64
@@ -235,14 +245,7 @@ fn the_fused_backward_matches_oracle() {
     // several blocks per CTA (the K tiles' hand-over between items)
     let (c, sl, bi) = (DotSpec::causal, DotSpec::sliding, DotSpec::bidirectional);
     // (Auto takes it for these shapes; forced here so the test keeps covering it)
-    let fused = |mut x: Case| {
-        let k = Kernels {
-            dot_backward: DotBackwardKernels::Fused,
-            ..x.spec.kernels
-        };
-        x.spec = x.spec.with_kernels(k);
-        x
-    };
+    let fused = |c| with_dot_backward(c, DotBackwardKernels::Fused);
     let cases = [
         case(2, 77, 8, 1, 128, c()),
         case(1, 1, 4, 4, 128, c()),
@@ -262,14 +265,7 @@ fn the_split_backward_at_d128_matches_oracle() {
     // dq kernel + dk/dv kernel at D = 128, which Auto leaves for the fused backward where the
     // GQA ratio divides 64: forced here (G = 3, 5 run it anyway, tested above)
     let (c, sl) = (DotSpec::causal, DotSpec::sliding);
-    let split = |mut x: Case| {
-        let k = Kernels {
-            dot_backward: DotBackwardKernels::Split,
-            ..x.spec.kernels
-        };
-        x.spec = x.spec.with_kernels(k);
-        x
-    };
+    let split = |c| with_dot_backward(c, DotBackwardKernels::Split);
     let cases = [
         case(2, 77, 8, 1, 128, c()),
         case(1, 257, 4, 2, 128, sl(130)),
