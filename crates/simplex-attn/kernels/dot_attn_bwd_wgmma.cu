@@ -223,11 +223,17 @@ struct KeyItem {
   int key0, b, kv;
   Span RU;
   int nsteps;
+  bool down;  // steps from the last rows down (the fused kernel)
+  // the first row of step `step`
+  __device__ __forceinline__ int row0(int step) const { return RU.lo + (down ? nsteps - 1 - step : step) * TQ; }
 };
 
 // The key blocks of the dk/dv kernel (within a group the first block, under a causal mask the
-// one seen by the most queries, first). `aligned`: the steps start at multiples of TQ (RU.lo
-// rounded down; the fused kernel's dQ tiles are the row space's blocks of TQ rows).
+// one seen by the most queries, first). `aligned` (the fused kernel): the steps start at
+// multiples of TQ (RU.lo rounded down: its dQ tiles are the row space's blocks of TQ rows) and
+// run from the last rows down, so the CTAs working on one (batch, K/V head) add into the same
+// few dQ tiles at a time (all start at the group's last rows; each stops at its own first),
+// which stay in L2.
 struct KeyBlocks {
   int G, nk;
   bool aligned;
@@ -247,6 +253,7 @@ struct KeyBlocks {
     it.RU = rows_of_keys(s, G, it.key0, min(it.key0 + CTA_ROWS, nk));
     if (aligned) it.RU.lo -= it.RU.lo % TQ;
     it.nsteps = (it.RU.hi - it.RU.lo + TQ - 1) / TQ;
+    it.down = aligned;
     return true;
   }
 };
@@ -267,7 +274,7 @@ __device__ __forceinline__ void produce_rows_tma(const DotShape& s, const KeyBlo
   int gs = 0, n = 0;
   for (KeyItem it; kb.next(s, n, it);) {
     for (int step = 0; step < it.nsteps; ++step, ++gs) {
-      const int st = gs % NS, r0 = it.RU.lo + step * TQ;  // r0 % G == 0: RU.lo and TQ are multiples
+      const int st = gs % NS, r0 = it.row0(step);  // r0 % G == 0: RU.lo and TQ are multiples
       const uint32_t qt = base + L::STAGE_OFF + st * L::STAGE, full = ring.full(st);
       ring.wait_empty(gs);
       mbar_arrive_expect_tx(full, L::STAGE + L::PAIRS);
@@ -300,7 +307,7 @@ __device__ __forceinline__ void produce_rows_cp_async(const DotShape& s, const K
   for (KeyItem it; kb.next(s, n, it);) {
     const RowSpace rs(s, it.b, it.kv);
     for (int step = 0; step < it.nsteps; ++step, ++gs) {
-      const int st = gs % NS, r0 = it.RU.lo + step * TQ;
+      const int st = gs % NS, r0 = it.row0(step);
       const uint32_t qt = base + L::STAGE_OFF + st * L::STAGE;
       ring.wait_empty(gs);
 #pragma unroll 2
@@ -433,7 +440,7 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
       for (int x = 0; x < 32; ++x) gk[a][x] = gv[a][x] = 0.0f;
 
     for (int step = 0; step < it.nsteps; ++step, ++gs) {
-      const int st = gs % NS, r0 = it.RU.lo + step * TQ;
+      const int st = gs % NS, r0 = it.row0(step);
       // warpgroup-uniform (RW empty: never); FUSED: every step (the dQ product needs both
       // consumers' dS^T, zero where a consumer's keys are not seen)
       const bool busy = FUSED || (r0 < RW.hi && r0 + TQ > RW.lo);
