@@ -8,7 +8,7 @@
 //! grouped-query attention (several query heads per K/V head).
 //!
 //! * [`simplicial_attn`]: the candle op (CPU; CUDA behind the `cuda` feature), with backward.
-//! * [`reference`]: the float64 oracle every kernel is tested against.
+//! * [`reference`](mod@reference): the float64 oracle every kernel is tested against.
 //! * [`cpu`]: the fast multi-threaded CPU kernels on plain slices.
 //! * [`AttnSpec`]: windows, variant, scale, biases and the kernel choice, validated with the
 //!   shapes in one place.

@@ -1,7 +1,7 @@
 //! The float64 oracle: 2-simplicial attention written as plainly as the math, one loop per
 //! index of the einsum. Every fast path (CPU, CUDA) is tested against these functions.
 //!
-//! Layouts are those of [`crate::spec`]: `q [B,N,Hq,D]`, `k1 k2 [B,N,Hkv,D]`, `v1 v2 [B,N,Hkv,Dv]`,
+//! Layouts are those of [`crate::AttnSpec`]: `q [B,N,Hq,D]`, `k1 k2 [B,N,Hkv,D]`, `v1 v2 [B,N,Hkv,Dv]`,
 //! `o [B,N,Hq,Dv]`, `lse [B,N,Hq]`, all row-major.
 //!
 //! ```text

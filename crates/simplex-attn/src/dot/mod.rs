@@ -8,7 +8,7 @@
 //!
 //! * [`dot_attn`]: the candle op (CPU; CUDA behind the `cuda` feature), backward through
 //!   autograd.
-//! * [`reference`]: the float64 oracle, forward and backward.
+//! * [`reference`](mod@reference): the float64 oracle, forward and backward.
 //! * [`cpu`]: the flash-style fused CPU kernels on plain slices.
 //! * [`slow`]: the twin built from candle tensor ops (tests; devices without a fused kernel).
 //! * [`DotSpec`]: causality, window, scale and the kernel choice, validated with the shapes in
@@ -16,7 +16,7 @@
 //! * [`has_fused_kernel`]: whether a device and dtype have a fused kernel; [`plan`]: the tile
 //!   arithmetic the CUDA kernels share with their tests. Which CUDA kernel runs a call is
 //!   [`crate::kernels::dispatch::dot`] ([`DotKernel`]); its launch code is `dot::cuda`.
-//! * [`bench`]: the `dot-*` rows of `simplex bench attn`.
+//! * [`bench`](mod@bench): the `dot-*` rows of `simplex bench attn`.
 
 pub mod bench;
 pub mod cpu;

@@ -3,7 +3,7 @@
 //! so it is tested on machines without a GPU; the CUDA side mirrors it in `kernels/dot_attn.cuh`.
 //! Which kernel runs a call is [`crate::kernels::dispatch::dot`].
 //!
-//! Shapes as in [`super::spec`]: `q [B,Nq,Hq,D]`, `k [B,Nk,Hkv,D]`, `v [B,Nk,Hkv,Dv]`.
+//! Shapes as in [`DotSpec`](super::DotSpec): `q [B,Nq,Hq,D]`, `k [B,Nk,Hkv,D]`, `v [B,Nk,Hkv,Dv]`.
 
 use std::ops::Range;
 

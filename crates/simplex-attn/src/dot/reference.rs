@@ -1,7 +1,7 @@
 //! The float64 oracle of dot-product attention, one loop per index of the math. The fast CPU
 //! kernels (and, later, CUDA) are tested against these functions.
 //!
-//! Layouts of [`super::spec`]: `q [B,Nq,Hq,D]`, `k [B,Nk,Hkv,D]`, `v [B,Nk,Hkv,Dv]`,
+//! Layouts of [`super::DotSpec`]: `q [B,Nq,Hq,D]`, `k [B,Nk,Hkv,D]`, `v [B,Nk,Hkv,Dv]`,
 //! `o [B,Nq,Hq,Dv]`, `lse [B,Nq,Hq]`, row-major.
 //!
 //! ```text

@@ -28,7 +28,7 @@ use crate::tasks::{self, SplitSizes, Splits, Task};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSettings {
-    /// Seed of [`generate_splits`].
+    /// Seed of [`crate::tasks::generate_splits`].
     pub seed: u64,
     /// Training examples.
     pub train: usize,

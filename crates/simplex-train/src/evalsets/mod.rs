@@ -10,7 +10,7 @@
 //! heldout     the run's held-out split, the trainer's val_loss windows     RUN_DIR/data/
 //! PATH.jsonl  any file of {"id", "context", "continuation"} lines, named by its stem
 //! ```
-//! * [`resolve`] turns names into [`EvalSource`]s; [`score`] scores a set on a model
+//! * [`resolve`] turns names into [`EvalSource`]s; [`score()`] scores a set on a model
 //!   ([`ScoreOptions`], [`EvalScore`]); [`score_text`] scores text files (loss, bits per
 //!   byte, perplexity); [`score_heldout`] the run's held-out split.
 //! * [`EvalRun`] loads a checkpoint and scores sources; [`append_record`] writes `evals.json`.
@@ -51,7 +51,7 @@ pub const DEFAULT_EVAL_DIR: &str = "evals";
 /// caller can reach: [`EvalRun::score`] and the trainer handle it).
 #[derive(Debug, Clone, PartialEq)]
 pub enum EvalSource {
-    /// Items scored by [`score`].
+    /// Items scored by [`score()`].
     Set(EvalSet),
     /// The run's held-out split.
     Heldout,

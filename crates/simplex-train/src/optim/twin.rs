@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor, Var};
 use super::AdamWParams;
 use crate::error::{Result, TrainError};
 
-/// AdamW over named f32 variables, in candle tensor ops (the reference of [`Optimizer`]).
+/// AdamW over named f32 variables, in candle tensor ops (the reference of [`super::Optimizer`]).
 pub struct AdamWTwin {
     params: Vec<(String, Var)>,
     m: Vec<Tensor>,
@@ -97,7 +97,7 @@ impl AdamWTwin {
         Ok(out)
     }
 
-    /// Restores the state written by [`AdamW::state`]; `path` names the file in errors.
+    /// Restores the state written by [`AdamW::state`](Self::state); `path` names the file in errors.
     pub fn load_state(&mut self, mut state: HashMap<String, Tensor>, path: &Path) -> Result<()> {
         let bad = |r: String| TrainError::checkpoint(path, r);
         let step = state

@@ -98,8 +98,8 @@ pub fn wgmma_key_items(dims: &DotDims) -> usize {
     dims.seq_k.div_ceil(128) * dims.heads_kv * dims.batch
 }
 
-/// The forward of a call (o and lse in one launch): [`DotKernel::choose`], then
-/// [`DotKernel::forward`]. `aligned`: q, k and v start on 16-byte boundaries.
+/// The forward of a call (o and lse in one launch): [`DotKernel::choose`], then the launch of
+/// the kernel it names. `aligned`: q, k and v start on 16-byte boundaries.
 pub fn forward(
     dims: &DotDims,
     dtype: DType,
