@@ -223,9 +223,6 @@ struct KeyItem {
   int key0, b, kv;
   Span RU;
   int nsteps;
-  bool down;  // steps from the last rows down (the fused kernel)
-  // the first row of step `step`
-  __device__ __forceinline__ int row0(int step) const { return RU.lo + (down ? nsteps - 1 - step : step) * TQ; }
 };
 
 // The key blocks of the dk/dv kernel (within a group the first block, under a causal mask the
@@ -253,8 +250,11 @@ struct KeyBlocks {
     it.RU = rows_of_keys(s, G, it.key0, min(it.key0 + CTA_ROWS, nk));
     if (aligned) it.RU.lo -= it.RU.lo % TQ;
     it.nsteps = (it.RU.hi - it.RU.lo + TQ - 1) / TQ;
-    it.down = aligned;
     return true;
+  }
+  // the first row of step `step` of item `it`
+  __device__ __forceinline__ int row0(const KeyItem& it, int step) const {
+    return it.RU.lo + (aligned ? it.nsteps - 1 - step : step) * TQ;
   }
 };
 
@@ -274,7 +274,7 @@ __device__ __forceinline__ void produce_rows_tma(const DotShape& s, const KeyBlo
   int gs = 0, n = 0;
   for (KeyItem it; kb.next(s, n, it);) {
     for (int step = 0; step < it.nsteps; ++step, ++gs) {
-      const int st = gs % NS, r0 = it.row0(step);  // r0 % G == 0: RU.lo and TQ are multiples
+      const int st = gs % NS, r0 = kb.row0(it, step);  // r0 % G == 0: RU.lo and TQ are multiples
       const uint32_t qt = base + L::STAGE_OFF + st * L::STAGE, full = ring.full(st);
       ring.wait_empty(gs);
       mbar_arrive_expect_tx(full, L::STAGE + L::PAIRS);
@@ -307,7 +307,7 @@ __device__ __forceinline__ void produce_rows_cp_async(const DotShape& s, const K
   for (KeyItem it; kb.next(s, n, it);) {
     const RowSpace rs(s, it.b, it.kv);
     for (int step = 0; step < it.nsteps; ++step, ++gs) {
-      const int st = gs % NS, r0 = it.row0(step);
+      const int st = gs % NS, r0 = kb.row0(it, step);
       const uint32_t qt = base + L::STAGE_OFF + st * L::STAGE;
       ring.wait_empty(gs);
 #pragma unroll 2
@@ -345,8 +345,7 @@ static_assert(offset_walk::BAR_WG + 2 < BAR_DS, "barrier ids overlap");
 // the half's start.
 template <int D>
 __device__ __forceinline__ float* dq_tile(float* dqacc, const RowSpace& rs, int r0, int half) {
-  const int blocks = (rs.nq * rs.G + TQ - 1) / TQ;
-  return dqacc + (((long long)(rs.b * rs.hkv + rs.kv) * blocks + r0 / TQ) * 2 + half) * (TQ * D / 2);
+  return dqacc + (((long long)(rs.b * rs.hkv + rs.kv) * rs.row_blocks() + r0 / TQ) * 2 + half) * (TQ * D / 2);
 }
 
 // dk, dv (and with FUSED, dq's f32 partial sums into dqacc: dot_bwd_fused_wgmma_bf16_d128).
@@ -440,7 +439,7 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
       for (int x = 0; x < 32; ++x) gk[a][x] = gv[a][x] = 0.0f;
 
     for (int step = 0; step < it.nsteps; ++step, ++gs) {
-      const int st = gs % NS, r0 = it.row0(step);
+      const int st = gs % NS, r0 = kb.row0(it, step);
       // warpgroup-uniform (RW empty: never); FUSED: every step (the dQ product needs both
       // consumers' dS^T, zero where a consumer's keys are not seen)
       const bool busy = FUSED || (r0 < RW.hi && r0 + TQ > RW.lo);
@@ -581,8 +580,7 @@ __device__ __forceinline__ void bwd_pairs(const bf16* __restrict__ o, const bf16
     const float2 d = bf2_float2(*reinterpret_cast<const uint32_t*>(dout + at + x));
     acc = fmaf(a.x, d.x, fmaf(a.y, d.y, acc));
   }
-#pragma unroll
-  for (int m = 16; m > 0; m /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+  acc = warp_sum(acc);
   if (lane == 0) *reinterpret_cast<float2*>(pairs + rs.pair(r)) = make_float2(lse[rs.stat(r)] * LOG2E, acc);
 }
 

@@ -41,7 +41,7 @@ constexpr int NS = 3;          // ring stages
 constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;
 static_assert(PRODUCER_REGS + 2 * CONSUMER_REGS <= 3 * 168, "the launch's registers");
 // Named barriers: ids 2, 3 (BAR_WG + warpgroup) are one consumer warpgroup's alone.
-constexpr int BAR_TURN = 4;  // + consumer (forward only)
+constexpr int BAR_TURN = 4;  // + consumer (forward; the fused backward's BAR_DS is id 4)
 static_assert(offset_walk::BAR_WG + 2 <= BAR_TURN, "barrier ids overlap");
 // Rows (lse, delta pairs) of a dk/dv step, and the row-space padding of the pairs' buffer.
 constexpr int TQ = 64;
@@ -118,10 +118,12 @@ struct RowSpace {
   __device__ __forceinline__ long long row(int r, int D) const { return stat(r) * D; }
   // first element of key j of k, v (head dim D)
   __device__ __forceinline__ long long key(int j, int D) const { return ((long long)(b * nk + j) * hkv + kv) * D; }
+  // blocks of TQ rows covering the row space (the backward's padding of its row buffers)
+  __device__ __forceinline__ int row_blocks() const { return (nq * G + TQ - 1) / TQ; }
   // first element of row r's (lse log2 e, delta) pair in the backward's row-space buffer
-  // [B, Hkv, rows padded to TQ, 2] (f32; src/kernels/tma.rs: StatsMap)
+  // [B, Hkv, rows padded to TQ, 2] (f32; src/kernels/tma.rs: PairsMap)
   __device__ __forceinline__ long long pair(int r) const {
-    const int padded = (nq * G + TQ - 1) / TQ * TQ;
+    const int padded = row_blocks() * TQ;
     return ((long long)(b * hkv + kv) * padded + r) * 2;
   }
 };
