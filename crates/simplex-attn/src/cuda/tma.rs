@@ -53,13 +53,11 @@ pub(crate) fn bf16_rows<T>(
         encode(
             CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
             ptr,
-            &m.dims,
-            &m.strides,
-            &m.boxes,
+            (&m.dims, &m.strides, &m.boxes),
             CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            &m,
         )
     }
-    .map_err(|e| candle_core::Error::Msg(format!("cuTensorMapEncodeTiled for {m:?}: {e}")))
 }
 
 /// The map of the backward's pairs buffer (f32 `[batch, heads_kv, pairs_rows, 2]`, see
@@ -86,17 +84,15 @@ pub(crate) fn f32_pairs(
         encode(
             CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
             ptr,
-            &m.dims,
-            &m.strides,
-            &m.boxes,
+            (&m.dims, &m.strides, &m.boxes),
             CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
+            &m,
         )
     }
-    .map_err(|e| candle_core::Error::Msg(format!("cuTensorMapEncodeTiled for {m:?}: {e}")))
 }
 
 /// Encodes a tiled map of rank `dims.len()` (`strides`: one fewer, in bytes; element strides
-/// 1), no interleave, zeros out of bounds.
+/// 1), no interleave, zeros out of bounds; an error names `layout` (the map's description).
 ///
 /// # Safety
 /// `ptr` is a device address, 16-byte aligned, of a tensor that holds every element the dims
@@ -104,11 +100,10 @@ pub(crate) fn f32_pairs(
 unsafe fn encode(
     dtype: CUtensorMapDataType,
     ptr: u64,
-    dims: &[u64],
-    strides: &[u64],
-    boxes: &[u32],
+    (dims, strides, boxes): (&[u64], &[u64], &[u32]),
     swizzle: CUtensorMapSwizzle,
-) -> std::result::Result<TensorMap, cudarc::driver::DriverError> {
+    layout: &dyn std::fmt::Debug,
+) -> Result<TensorMap> {
     debug_assert!(strides.len() + 1 == dims.len() && boxes.len() == dims.len());
     let elem_strides = [1u32; 5];
     let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::uninit();
@@ -129,7 +124,10 @@ unsafe fn encode(
             CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
             CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )
-        .result()?;
+        .result()
+        .map_err(|e| {
+            candle_core::Error::Msg(format!("cuTensorMapEncodeTiled for {layout:?}: {e}"))
+        })?;
         Ok(TensorMap(map.assume_init()))
     }
 }

@@ -143,7 +143,7 @@ pub enum DotBackwardKernels {
 impl DotBackwardKernels {
     /// Whether the fused backward covers a call with head dim `d` and GQA ratio `group`.
     pub fn fused_covers(d: usize, group: usize) -> bool {
-        d == 128 && group > 0 && 64 % group == 0
+        d == 128 && group > 0 && crate::kernels::tma::DKV_STEP_ROWS.is_multiple_of(group)
     }
 
     /// What runs a call with head dim `d` and GQA ratio `group`: `Auto` takes the fused
