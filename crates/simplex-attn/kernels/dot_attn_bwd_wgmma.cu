@@ -560,56 +560,78 @@ __device__ __forceinline__ void bwd_dkv(const bf16* __restrict__ q,      // [B,N
   if (FUSED && lane == 0) bulk_wait();  // the warp's last bulk adds, before the CTA's shared memory goes
 }
 
-// The fused backward's pre-pass: one warp per row r of the row space of (batch, K/V head):
-// delta = rowsum(o * dout) and the pair (lse log2 e, delta) at RowSpace::pair(r), rows in the
-// launch's order (b, kv, r).
+// The fused backward's pre-pass: D / 8 threads per row r of the (padded) row space of
+// (batch b, K/V head kv), rows in the launch's order (b, kv, r), r < pairs_rows (Nq G padded to
+// TQ): the row's D floats of dq's sums zeroed (the sums of (b, kv) are one run of padded x D
+// floats, dq_tile), and for r < Nq G, delta = rowsum(o * dout) (eight products a thread, 16-byte
+// loads) and the pair (lse log2 e, delta) at RowSpace::pair(r).
 template <int D>
 __device__ __forceinline__ void bwd_pairs(const bf16* __restrict__ o, const bf16* __restrict__ dout,
-                                          const float* __restrict__ lse, float* __restrict__ pairs, const DotShape s) {
+                                          const float* __restrict__ lse, float* __restrict__ pairs,
+                                          float* __restrict__ dqacc, const DotShape s) {
+  constexpr int LANES = D / 8;  // threads of a row
+  static_assert(LANES <= 32 && 32 % LANES == 0, "a row's threads are part of one warp");
   const int G = s.heads_q / s.heads_kv, nrows = s.seq_q * G;
-  const long long w = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (w >= (long long)s.batch * s.heads_kv * nrows) return;
-  const int r = w % nrows, kv = (w / nrows) % s.heads_kv, b = w / nrows / s.heads_kv;
+  const int padded = (nrows + TQ - 1) / TQ * TQ;
+  const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / LANES;
+  const int l = threadIdx.x % LANES;
+  if (w >= (long long)s.batch * s.heads_kv * padded) return;  // whole rows leave together
+  const int r = w % padded, kv = (w / padded) % s.heads_kv, b = w / padded / s.heads_kv;
+  float4* zero = reinterpret_cast<float4*>(dqacc + w * D) + l * (D / 4 / LANES);
+#pragma unroll
+  for (int x = 0; x < D / 4 / LANES; ++x) zero[x] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (r >= nrows) return;
   const RowSpace rs(s, b, kv);
-  const long long at = rs.row(r, D);
+  const long long at = rs.row(r, D) + 8 * l;
+  const uint4 a = *reinterpret_cast<const uint4*>(o + at), d = *reinterpret_cast<const uint4*>(dout + at);
+  const uint32_t av[4] = {a.x, a.y, a.z, a.w}, dv[4] = {d.x, d.y, d.z, d.w};
   float acc = 0.0f;
 #pragma unroll
-  for (int x = lane * 2; x < D; x += 64) {
-    const float2 a = bf2_float2(*reinterpret_cast<const uint32_t*>(o + at + x));
-    const float2 d = bf2_float2(*reinterpret_cast<const uint32_t*>(dout + at + x));
-    acc = fmaf(a.x, d.x, fmaf(a.y, d.y, acc));
+  for (int x = 0; x < 4; ++x) {
+    const float2 fa = bf2_float2(av[x]), fd = bf2_float2(dv[x]);
+    acc = fmaf(fa.x, fd.x, fmaf(fa.y, fd.y, acc));
   }
-  acc = warp_sum(acc);
-  if (lane == 0) *reinterpret_cast<float2*>(pairs + rs.pair(r)) = make_float2(lse[rs.stat(r)] * LOG2E, acc);
+  // the row's LANES threads are lanes LANES m .. of the warp, all present
+  const unsigned mask = (LANES == 32 ? 0xffffffffu : ((1u << LANES) - 1u)) << (threadIdx.x % 32 / LANES * LANES);
+#pragma unroll
+  for (int off = LANES / 2; off > 0; off /= 2) acc += __shfl_xor_sync(mask, acc, off);
+  if (l == 0) *reinterpret_cast<float2*>(pairs + rs.pair(r)) = make_float2(lse[rs.stat(r)] * LOG2E, acc);
 }
 
-// The fused backward's rounding pass: dq = scale * the f32 sums of dq_tile, one thread per
-// staged float4 x of accumulator warp w's lane (g = lane / 4, t = lane % 4): its values (e, j)
-// are dQ[row 16 w + g + 8 e][column 64 half + 8 x + 2 t + j] of the tile, rows of the row space
-// past Nq G skipped.
+// The fused backward's rounding pass: dq = scale * the f32 sums of dq_tile. A tile half is
+// staged warp by warp, accumulator warp w's float4 x of lane (g = lane / 4, t = lane % 4)
+// holding dQ[row 16 w + g + 8 e][column 64 half + 8 x + 2 t + j] as (e, j) = (0,0), (0,1),
+// (1,0), (1,1). One thread per four float4s, those of lanes 4 g .. 4 g + 3 at x (64 bytes in
+// a row): the eight columns from 8 x of rows 16 w + g and + 8, stored as 16 bytes each (rows of
+// the row space past Nq G skipped). Threads ordered (tile, half, w, x, g), so a warp reads 2 KB
+// in a row and writes 64 bytes of each of 16 rows.
 template <int D>
 __device__ __forceinline__ void bwd_dq_round(const float* __restrict__ dqacc, bf16* __restrict__ dq,
                                              const DotShape s) {
   const int G = s.heads_q / s.heads_kv, nrows = s.seq_q * G, blocks = (nrows + TQ - 1) / TQ;
-  constexpr int PER_TILE = TQ * D / 4;  // float4s of a tile (both halves)
+  constexpr int PER_HALF = TQ * D / 2 / 16;  // threads of a tile half (four float4s each)
   const long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (id >= (long long)s.batch * s.heads_kv * blocks * PER_TILE) return;
-  const int inner = id % PER_TILE;
-  const long long tile = id / PER_TILE;
+  if (id >= (long long)s.batch * s.heads_kv * blocks * 2 * PER_HALF) return;
+  const int i = id % PER_HALF, g = i % 8, x = i / 8 % 8, w = i / 64;
+  const long long halves = id / PER_HALF;  // (tile, half)
+  const int half = halves % 2;
+  const long long tile = halves / 2;
   const int blk = tile % blocks, kv = (tile / blocks) % s.heads_kv, b = tile / blocks / s.heads_kv;
-  const int half = inner / (TQ * D / 8), f = inner % (TQ * D / 8);  // float4 f of the half
-  const int w = f / 256, x = f / 32 % 8, lane = f % 32, g = lane / 4, t = lane % 4;
-  const float4 v = reinterpret_cast<const float4*>(dqacc)[id];
-  const RowSpace rs(s, b, kv);
-  const int col = 64 * half + 8 * x + 2 * t;
+  const float4* src = reinterpret_cast<const float4*>(dqacc) + halves * (PER_HALF * 4) + w * 256 + x * 32 + 4 * g;
+  float4 v[4];
 #pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int r = blk * TQ + 16 * w + g + 8 * e;
-    if (r < nrows)
-      *reinterpret_cast<uint32_t*>(dq + rs.row(r, D) + col) =
-          bf2_pack(s.scale * (e ? v.z : v.x), s.scale * (e ? v.w : v.y));
-  }
+  for (int t = 0; t < 4; ++t) v[t] = src[t];
+  const RowSpace rs(s, b, kv);
+  const float sc = s.scale;
+  const int r = blk * TQ + 16 * w + g, col = 64 * half + 8 * x;
+  if (r < nrows)
+    *reinterpret_cast<uint4*>(dq + rs.row(r, D) + col) =
+        make_uint4(bf2_pack(sc * v[0].x, sc * v[0].y), bf2_pack(sc * v[1].x, sc * v[1].y),
+                   bf2_pack(sc * v[2].x, sc * v[2].y), bf2_pack(sc * v[3].x, sc * v[3].y));
+  if (r + 8 < nrows)
+    *reinterpret_cast<uint4*>(dq + rs.row(r + 8, D) + col) =
+        make_uint4(bf2_pack(sc * v[0].z, sc * v[0].w), bf2_pack(sc * v[1].z, sc * v[1].w),
+                   bf2_pack(sc * v[2].z, sc * v[2].w), bf2_pack(sc * v[3].z, sc * v[3].w));
 }
 
 }  // namespace
@@ -637,14 +659,14 @@ DOT_BWD_WGMMA(64)
 DOT_BWD_WGMMA(128)
 
 // The fused backward at D = 128 (G dividing 64): dot_bwd_pairs_bf16_d128 (delta and the rows'
-// pairs; 256 threads, a warp per row), then dot_bwd_fused_wgmma_bf16_d128 (dk, dv, and dq's f32
-// sums added into dqacc, zeroed before), then dot_bwd_dq_round_bf16_d128 (256 threads, one per
-// staged float4).
+// pairs, dq's f32 sums zeroed; 256 threads, 16 a row), then dot_bwd_fused_wgmma_bf16_d128 (dk,
+// dv, and dq's f32 sums added into dqacc), then dot_bwd_dq_round_bf16_d128 (256 threads, one
+// per four staged float4s).
 extern "C" __global__ void __launch_bounds__(256) dot_bwd_pairs_bf16_d128(const __nv_bfloat16* o,
                                                                          const __nv_bfloat16* dout,
                                                                          const float* lse, float* pairs,
-                                                                         const dot::DotShape s) {
-  dot_wgmma::bwd_pairs<128>(o, dout, lse, pairs, s);
+                                                                         float* dqacc, const dot::DotShape s) {
+  dot_wgmma::bwd_pairs<128>(o, dout, lse, pairs, dqacc, s);
 }
 extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_bwd_fused_wgmma_bf16_d128(
     const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,

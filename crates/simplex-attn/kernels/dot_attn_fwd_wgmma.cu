@@ -14,22 +14,27 @@
 // computes. Block: 384 threads:
 //   WG0 producer (setmaxnreg 40): one thread loads the key tiles, TK = 128 keys of K and of V
 //     (128B-swizzled, D/64 atoms of 128 rows), with the TMA into a ring of NS = 3 stages
-//     (StageRing: FULL / EMPTY mbarriers; the tensor maps of k and v come as kernel parameters).
-//   WG1, WG2 consumers (setmaxnreg 232), 64 rows each, Q loaded into registers as wgmma A
-//     fragments per block. Per key tile, FlashAttention-3's schedule (as
-//     simplicial_fwd_producer.cu): in this consumer's turn (the two alternate through TURN
+//     (StageRing: FULL / EMPTY mbarriers; the tensor maps of k and v come as kernel parameters),
+//     and each block's Q tile (128 rows, D/64 atoms), one box of q's map per atom (G heads x
+//     128 / G positions), right after the block's first K / V stage: the consumers release the
+//     tile once their last logits product has read it, so the next block's Q lands while they
+//     finish this one (QTile: its own FULL / EMPTY mbarriers). Where G does not divide 128 a
+//     block's rows are no box of q's map: each consumer copies its 64 rows with cp.async at the
+//     block's start instead.
+//   WG1, WG2 consumers (setmaxnreg 232), 64 rows each. Per key tile, FlashAttention-3's schedule
+//     (as simplicial_fwd_producer.cu): in this consumer's turn (the two alternate through TURN
 //     barriers, so one's products run while the other's softmax does) issue S = Q K_tile^T (an
-//     m64n128k16 chain, RS) and the values product of the previous tile, O += P_prev V_prev
-//     (m64n128k16, RS, V MN-major); wait for S, mask (skipped where every row of the warp sees
-//     the whole tile), online softmax (exp2, the scale folded into the exp's FMA, the thread's
-//     own partial row sums); wait for the values product, release its stage, O *= alpha, keep
-//     P (the accumulator layout is the A layout of the k16 steps) in registers for the next
-//     turn. The quad's row sums are added, and O / l and lse stored straight from registers,
-//     at the end of a block.
+//     m64n128k16 chain, both operands in shared memory) and the values product of the previous
+//     tile, O += P_prev V_prev (m64n128k16, P from registers, V MN-major); wait for S, mask
+//     (skipped where every row of the warp sees the whole tile), online softmax (exp2, the scale
+//     folded into the exp's FMA, the thread's own partial row sums); wait for the values
+//     product, release its stage, O *= alpha, keep P (the accumulator layout is the A layout of
+//     the k16 steps) in registers for the next turn. The quad's row sums are added, and O / l
+//     and lse stored straight from registers, at the end of a block.
 // A consumer whose rows see none of a tile issues only its pending values product there.
-// Shared memory: NS x (K, V) tiles of 128 x D bf16: 192 KB (D = 128), and the ring's mbarriers.
-// Registers (consumer, D = 128): Q 32 + O 64 + S 64 + P 32; ptxas: no spills at 40 / 232 (at
-// 56 / 224 the D = 128 consumers spill 192 bytes).
+// Shared memory: NS x (K, V) tiles of 128 x D bf16 (192 KB at D = 128), the Q tile (32 KB), the
+// mbarriers: 230,464 bytes with the alignment slack.
+// Registers (consumer, D = 128): O 64 + S 64 + P 32; ptxas: no spills at 40 / 232.
 #include "dot_attn_wgmma.cuh"
 
 namespace dot_wgmma {
@@ -37,17 +42,81 @@ namespace {
 
 constexpr int TK = 128;  // keys per tile
 
-static_assert(RingSmem<TK, 128>::BYTES <= 227 * 1024, "one CTA per SM fits");
+// Shared memory: the ring (RingSmem's stages), the Q tile of CTA_ROWS x D, then the ring's
+// and the Q tile's mbarriers.
+template <int D>
+struct WgmmaFwdSmem {
+  static constexpr int Q = RingSmem<TK, D>::BARS;  // the Q tile (1024-aligned)
+  static constexpr int Q_BYTES = CTA_ROWS * D * 2;
+  static constexpr int BARS = Q + Q_BYTES;  // StageRing's 2 NS, then QTile's 2
+  static constexpr int BYTES = BARS + (2 * NS + 2) * 8 + 1024;  // + alignment slack (src/kernels/table.rs)
+};
+static_assert(WgmmaFwdSmem<128>::Q % 1024 == 0, "the Q tile's swizzle atoms start 1024-aligned");
+static_assert(WgmmaFwdSmem<128>::BYTES <= 227 * 1024, "one CTA per SM fits");
+
+// A block's Q tile: rows row0 .. row0 + 127 of the row space, D/64 128B-swizzled atoms of 128
+// rows (consumer c's rows from 64 c). With `tma` (G divides CTA_ROWS) the producer loads it
+// whole through q's map (box: 64 columns x G heads x CTA_ROWS / G positions, so the box's rows
+// are the row space's) onto FULL, and the eight consumer warps release it on EMPTY; without,
+// each consumer copies its own rows (copy_rows) and the barriers are unused.
+template <int D>
+struct QTile {
+  uint32_t tile, bars;  // bars: FULL, then EMPTY
+  const TensorMap* map;
+  int G;
+  bool tma;
+  __device__ __forceinline__ uint32_t full() const { return bars; }
+  __device__ __forceinline__ uint32_t empty() const { return bars + 8; }
+  __device__ __forceinline__ void init() const {
+    mbar_init(full(), 1);
+    mbar_init(empty(), StageRing::CONSUMER_WARPS);
+  }
+  // the producer thread: item it, the CTA's j-th, once the tile is free
+  __device__ __forceinline__ void load(const RowItem& it, int j) const {
+    if (!tma) return;
+    mbar_wait(empty(), (j & 1) ^ 1);
+    mbar_arrive_expect_tx(full(), WgmmaFwdSmem<D>::Q_BYTES);
+#pragma unroll
+    for (int a = 0; a < D / 64; ++a)
+      tma_load_4d(tile + a * CTA_ROWS * 128, *map, 64 * a, it.kv * G, it.row0 / G, it.b, full());
+  }
+  // a consumer warpgroup at the start of the CTA's j-th item (rows rbase .. rbase + 63, the
+  // tile's from lrow0): the tile holds its rows
+  __device__ __forceinline__ void acquire(int j, const bf16* q, const RowSpace& rs, int rbase, int lrow0,
+                                          int nrows) const {
+    if (tma) {
+      mbar_wait(full(), j & 1);
+      return;
+    }
+    constexpr int CHUNKS = ROWS * D / 8;  // 16-byte pieces of the warpgroup's rows
+    const int tid = threadIdx.x % 128;
+#pragma unroll
+    for (int x = 0; x < CHUNKS / 128; ++x) {
+      const int c = tid + 128 * x, rr = c / (D / 8), c16 = c % (D / 8), r = rbase + rr;
+      const bool ok = r < nrows;
+      cp_async16(tile + sw128_tile(CTA_ROWS, lrow0 + rr, 8 * c16), q + (ok ? rs.row(r, D) + 8 * c16 : 0), ok);
+    }
+    cp_async_wait_all();
+    fence_async_smem();  // the copies, seen by the wgmma's reads
+    bar_sync(offset_walk::BAR_WG + threadIdx.x / 128, 128);
+  }
+  // a consumer warp (all lanes), past the wait of its last logits product of the item
+  __device__ __forceinline__ void release() const {
+    if (tma && threadIdx.x % 32 == 0) mbar_arrive(empty());
+  }
+};
 
 // S (64 rows x the tile's 128 keys) = Q K_tile^T, issued: one m64n128k16 chain over the D/16
-// k-steps (sacc[0]: keys 0..63, sacc[1]: keys 64..127, the halves of the m64n128 accumulator).
+// k-steps, Q's rows at shared address qa (atoms CTA_ROWS * 128 bytes apart), K's at kt (TK * 128
+// apart) (sacc[0]: keys 0..63, sacc[1]: keys 64..127, the halves of the m64n128 accumulator).
 template <int KS>
-__device__ __forceinline__ void logits_tile(float (&sacc)[2][32], const uint32_t (&qf)[KS][4], uint32_t kt) {
+__device__ __forceinline__ void logits_tile(float (&sacc)[2][32], uint32_t qa, uint32_t kt) {
   float(&s128)[64] = *reinterpret_cast<float(*)[64]>(&sacc[0][0]);
-  const uint32_t lo = desc_lo(kt);
+  const uint32_t alo = desc_lo(qa), blo = desc_lo(kt);
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks)
-    wgmma_m64n128k16_rs<0>(s128, qf[ks], desc_at(lo, (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
+    wgmma_m64n128k16_ss(s128, desc_at(alo, (ks / 4) * (CTA_ROWS * 128) + (ks % 4) * 32),
+                        desc_at(blo, (ks / 4) * (TK * 128) + (ks % 4) * 32), ks > 0);
 }
 
 // O (64 rows x 128 columns) += P V_tile, issued: eight k16 steps over the tile's keys (pf[h][x]:
@@ -130,7 +199,8 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
                                     const bf16* __restrict__ v,  // [B,Nk,Hkv,D]
                                     bf16* __restrict__ o,        // [B,Nq,Hq,D]
                                     float* __restrict__ lse,     // [B,Nq,Hq]
-                                    const DotShape s, const TensorMap& tk, const TensorMap& tv) {
+                                    const DotShape s, const TensorMap& tk, const TensorMap& tv,
+                                    const TensorMap& tq) {
   static_assert(D == 128, "the values product is one m64n128 chain");
   using L = RingSmem<TK, D>;
   constexpr int KS = D / 16;  // k-steps of the logits
@@ -139,8 +209,9 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
 
   const RowBlocks rb(s);
   const int G = rb.G, nrows = rb.nrows;
-  const StageRing ring{base + L::BARS};
-  if (!consumer_warpgroup<TK, D>(s, rb, base, ring, tk, tv)) return;  // the producer
+  const StageRing ring{base + WgmmaFwdSmem<D>::BARS};
+  const QTile<D> qt{base + WgmmaFwdSmem<D>::Q, base + WgmmaFwdSmem<D>::BARS + 2 * NS * 8, &tq, G, CTA_ROWS % G == 0};
+  if (!consumer_warpgroup<TK, D>(s, rb, base, ring, tk, tv, qt)) return;  // the producer
 
   // ---------------- consumers ----------------
   const auto [tid, wg, warp, lane, g, t] = thread_place();
@@ -150,6 +221,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
   int gs = 0;  // steps consumed (the ring's stream)
   int n = 0;
   for (RowItem it; rb.next<TK>(s, n, it);) {
+    const int j = n - 1;  // the item's place in this CTA's walk
     const RowSpace rs(s, it.b, it.kv);
     const int rbase = it.row0 + ROWS * c;
     const bool any_rows = rbase < nrows;
@@ -163,8 +235,9 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
     }
     // the union of this warpgroup's keys (warpgroup-uniform: skips whole tiles)
     const Span KW = any_rows ? keys_of_rows(s, G, rbase, min(rbase + ROWS, nrows)) : Span{0, 0};
-    uint32_t qf[KS][4];
-    offset_walk::load_row_fragments<KS>(qf, q, q_off, rbase, nrows);
+    qt.acquire(j, q, rs, rbase, ROWS * c, nrows);
+    const uint32_t qa = qt.tile + ROWS * c * 128;  // this consumer's rows of the Q tile
+    bool q_held = true;                            // Q not yet released (QTile::release)
     float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.0f, 0.0f};
     float acc[NA][32];
 #pragma unroll
@@ -210,7 +283,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
 #pragma unroll
       for (int a = 0; a < NA; ++a) reg_fence(acc[a]);
       wg_fence();
-      logits_tile<KS>(sacc, qf, kt);
+      logits_tile<KS>(sacc, qa, kt);
       wg_commit();
       values_tile(acc, pf, vp);
       wg_commit();
@@ -218,6 +291,10 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       wg_wait1();  // S
       reg_fence(sacc[0]);
       reg_fence(sacc[1]);
+      if (q_held && k0 + TK >= KW.hi) {  // the item's last logits product has read Q
+        qt.release();
+        q_held = false;
+      }
       // mask and online softmax (base 2) of rows g (e = 0) and g + 8 (e = 1)
       float alpha[2];
       softmax_tile_partial(sacc, k0, kr, sl2, t, m_row, l_row, alpha);
@@ -242,6 +319,7 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
       ring.release(pend_st);
     }
 
+    if (q_held) qt.release();
     quad_row_sums(l_row);
     store_output_rows<D>(acc, m_row, l_row, rbase, nrows, rs, o, lse, q_off);
   }
@@ -259,8 +337,8 @@ __device__ __forceinline__ void fwd(const bf16* __restrict__ q,  // [B,Nq,Hq,D]
   extern "C" __global__ void __launch_bounds__(dot_wgmma::THREADS, 1) dot_fwd_wgmma_bf16_d##D(               \
       const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* o, float* lse, \
       const dot::DotShape s, const __grid_constant__ simplex::TensorMap tk,                                 \
-      const __grid_constant__ simplex::TensorMap tv) {                                                      \
-    dot_wgmma::fwd<D>(q, k, v, o, lse, s, tk, tv);                                                          \
+      const __grid_constant__ simplex::TensorMap tv, const __grid_constant__ simplex::TensorMap tq) {      \
+    dot_wgmma::fwd<D>(q, k, v, o, lse, s, tk, tv, tq);                                                      \
   }
 
 DOT_FWD_WGMMA(128)

@@ -215,18 +215,28 @@ struct StageRing {
   }
 };
 
+// Loads a kernel adds to the K / V stream, once per work item (the dq kernel: none).
+struct NoItemLoads {
+  // one thread, before the ring's barriers are set up (whose fence covers these)
+  __device__ __forceinline__ void init() const {}
+  // the producer thread, for the j-th item of its CTA, right after its first step's K and V
+  __device__ __forceinline__ void load(const RowItem&, int) const {}
+};
+
 // The producer of the forward and dq kernels (one thread): the K and V tiles of each of this
 // CTA's row blocks, TK keys a step, into the ring (stage st: K at base + st * STAGE, V KT bytes
 // later), each D/64-column atom one TMA box of the [D, Hkv, Nk, B] maps tk, tv (keys past Nk
-// land as zeros; keys past the block's last key are real keys, which every row masks).
-template <int TK, int D>
+// land as zeros; keys past the block's last key are real keys, which every row masks); and
+// each item's `extra` loads after its first step (the forward's Q tile).
+template <int TK, int D, typename Extra>
 __device__ __forceinline__ void produce_kv(const DotShape& s, const RowBlocks& rb, uint32_t base, const StageRing& ring,
-                                           const TensorMap& tk, const TensorMap& tv) {
+                                           const TensorMap& tk, const TensorMap& tv, const Extra& extra) {
   using L = RingSmem<TK, D>;
   tma_prefetch_map(tk);
   tma_prefetch_map(tv);
   int gs = 0, n = 0;
   for (RowItem it; rb.next<TK>(s, n, it);) {
+    if (it.nkt == 0) extra.load(it, n - 1);
     for (int step = 0; step < it.nkt; ++step, ++gs) {
       const int st = gs % NS, k0 = it.KU.lo + step * TK;
       const uint32_t kt = base + st * L::STAGE;
@@ -237,21 +247,26 @@ __device__ __forceinline__ void produce_kv(const DotShape& s, const RowBlocks& r
         tma_load_4d(kt + a * TK * 128, tk, 64 * a, it.kv, k0, it.b, ring.full(st));
         tma_load_4d(kt + L::KT + a * TK * 128, tv, 64 * a, it.kv, k0, it.b, ring.full(st));
       }
+      if (step == 0) extra.load(it, n - 1);
     }
   }
 }
 
-// The start of the forward and dq kernels: thread 0 sets up the ring's barriers; warpgroup 0
-// gives back its registers, its thread 0 runs the producer, and it is done (false); the two
-// consumer warpgroups take the registers it gave back (true).
-template <int TK, int D>
+// The start of the forward and dq kernels: thread 0 sets up the ring's barriers (and the
+// extra loads'); warpgroup 0 gives back its registers, its thread 0 runs the producer, and it
+// is done (false); the two consumer warpgroups take the registers it gave back (true).
+template <int TK, int D, typename Extra = NoItemLoads>
 __device__ __forceinline__ bool consumer_warpgroup(const DotShape& s, const RowBlocks& rb, uint32_t base,
-                                                   const StageRing& ring, const TensorMap& tk, const TensorMap& tv) {
-  if (threadIdx.x == 0) ring.init();
+                                                   const StageRing& ring, const TensorMap& tk, const TensorMap& tv,
+                                                   const Extra& extra = {}) {
+  if (threadIdx.x == 0) {
+    extra.init();
+    ring.init();
+  }
   __syncthreads();
   if (threadIdx.x / 128 == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS) : "memory");
-    if (threadIdx.x == 0) produce_kv<TK, D>(s, rb, base, ring, tk, tv);
+    if (threadIdx.x == 0) produce_kv<TK, D>(s, rb, base, ring, tk, tv, extra);
     return false;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(CONSUMER_REGS) : "memory");

@@ -81,11 +81,33 @@ fn the_dot_product_choice() {
     };
     assert_eq!(syms(&gqa, bf, true, &forced_split), split);
     let b = dot::backward(&gqa, bf, true, &fused, &HOPPER).unwrap();
-    // a warp per row of the 4 * 8 * 4096 * 4 rows; a thread per float4 of the f32 sums
-    assert_eq!(b.delta.unwrap().grid, ((4 * 8 * 4096 * 4 / 8) as u32, 1, 1));
+    // 16 threads per row of the 4 * 8 * 4096 * 4 rows (no padding: 4096 * 4 is a multiple of
+    // 64); a thread per four float4s of the f32 sums
+    assert_eq!(
+        b.delta.unwrap().grid,
+        ((4 * 8 * 4096 * 4 / 16) as u32, 1, 1)
+    );
     assert_eq!(
         b.dq_round.unwrap().grid,
-        ((4 * 8 * 4096 * 4 * 128 / 4 / 256) as u32, 1, 1)
+        ((4 * 8 * 4096 * 4 * 128 / 16 / 256) as u32, 1, 1)
+    );
+    // padded rows: Nq G = 5 * 4 = 20 -> 64 rows of sums per (batch, K/V head)
+    let odd = DotDims {
+        batch: 2,
+        seq_q: 5,
+        seq_k: 7,
+        heads_q: 4,
+        heads_kv: 1,
+        ..gqa
+    };
+    let padded = dot::backward(&odd, bf, true, &fused, &HOPPER).unwrap();
+    assert_eq!(
+        padded.delta.unwrap().grid,
+        ((2 * 64 * 16usize).div_ceil(256) as u32, 1, 1)
+    );
+    assert_eq!(
+        padded.dq_round.unwrap().grid,
+        ((2 * 64 * 128 / 16usize).div_ceil(256) as u32, 1, 1)
     );
     assert_eq!(b.dkv.grid, (132, 1, 1));
     let det_fused = Kernels {

@@ -91,7 +91,7 @@ fn layout(k: Kernel, src: &Source) -> Option<i64> {
         Kernel::BwdQMma { d } => src.eval(&format!("QSmem<{d}>::BYTES")),
         Kernel::BwdKMma { d, rows } => src.eval(&format!("KSmem<{d}, {rows}>::BYTES")),
         Kernel::BwdQWgmma { d } => src.eval(&format!("QLayout<{d}>::BYTES")),
-        Kernel::DotFwdWgmma { d } => src.eval(&format!("RingSmem<TK, {d}>::BYTES")),
+        Kernel::DotFwdWgmma { d } => src.eval(&format!("WgmmaFwdSmem<{d}>::BYTES")),
         Kernel::DotDqWgmma { d } => src.eval(&format!("RingSmem<TKQ, {d}>::BYTES")),
         Kernel::DotDkvWgmma { d } => src.eval(&format!("DkvSmem<{d}, false>::BYTES")),
         Kernel::DotBwdFused { d } => src.eval(&format!("DkvSmem<{d}, true>::BYTES")),
@@ -146,7 +146,7 @@ fn rows(k: Kernel, src: &Source) -> Option<i64> {
         | Kernel::DotDqWgmma { .. }
         | Kernel::DotDkvWgmma { .. }
         | Kernel::DotBwdFused { .. } => "dot_wgmma::CTA_ROWS",
-        // a warp per row, a thread per staged float4: launch choices, not tiles
+        // threads per row, float4s per thread: launch choices, not tiles
         Kernel::DotPairs { .. } | Kernel::DotDqRound { .. } => return None,
         // elements per block of a grid-stride loop: a launch choice, not a tile
         Kernel::BwdF32ToBf16 => return None,

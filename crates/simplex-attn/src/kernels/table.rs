@@ -296,14 +296,14 @@ pub static TABLE: [KernelInfo; 89] = [
     // dot_attn_fwd.cu: the forward at D = 64, one warpgroup per CTA (rows of a K/V head)
     e(DotFwd { d: 64 }, "dot_fwd_bf16_d64", DotForward, 128, 64, Fixed(41_984)),
     // dot_attn_fwd_wgmma.cu, dot_attn_bwd_wgmma.cu: persistent, rows (keys) per work item
-    e(DotFwdWgmma { d: 128 }, "dot_fwd_wgmma_bf16_d128", DotForwardWgmma, 384, 128, Fixed(197_680)),
+    e(DotFwdWgmma { d: 128 }, "dot_fwd_wgmma_bf16_d128", DotForwardWgmma, 384, 128, Fixed(230_464)),
     e(DotDqWgmma { d: 64 }, "dot_bwd_dq_wgmma_bf16_d64", DotBackwardWgmma, 384, 128, Fixed(50_224)),
     e(DotDkvWgmma { d: 64 }, "dot_bwd_dkv_wgmma_bf16_d64", DotBackwardWgmma, 384, 128, Fixed(51_760)),
     e(DotDqWgmma { d: 128 }, "dot_bwd_dq_wgmma_bf16_d128", DotBackwardWgmma, 384, 128, Fixed(99_376)),
     e(DotDkvWgmma { d: 128 }, "dot_bwd_dkv_wgmma_bf16_d128", DotBackwardWgmma, 384, 128, Fixed(166_448)),
     // the fused backward at D = 128: pre-pass (a warp per row), dk/dv + dq sums, rounding (a
     // thread per float4 of the sums)
-    e(DotPairs { d: 128 }, "dot_bwd_pairs_bf16_d128", DotBackwardWgmma, 256, 8, Zero),
+    e(DotPairs { d: 128 }, "dot_bwd_pairs_bf16_d128", DotBackwardWgmma, 256, 16, Zero),
     e(DotBwdFused { d: 128 }, "dot_bwd_fused_wgmma_bf16_d128", DotBackwardWgmma, 384, 128, Fixed(231_984)),
     e(DotDqRound { d: 128 }, "dot_bwd_dq_round_bf16_d128", DotBackwardWgmma, 256, 256, Zero),
     // dot_attn_simple.cu: CUDA cores, one warp per row

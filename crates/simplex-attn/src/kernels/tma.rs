@@ -1,6 +1,7 @@
 //! The TMA tensor maps the persistent dot-product kernels load through (`kernels/tma.cuh`):
 //! which kernels take them, and their layouts, as pure values tested without a GPU. The
-//! forward and dq kernels load K and V (`produce_kv` in `kernels/dot_attn_wgmma.cuh`); the
+//! forward and dq kernels load K and V (`produce_kv` in `kernels/dot_attn_wgmma.cuh`), the
+//! forward also its blocks of q's rows (`QTile` in `kernels/dot_attn_fwd_wgmma.cu`); the
 //! dk/dv kernel loads the rows of q and dout and their (lse log2 e, delta) pairs
 //! (`produce_rows_tma` in `kernels/dot_attn_bwd_wgmma.cu`). The CUDA side (`crate::cuda::tma`)
 //! hands a [`RowsMap`] or a [`PairsMap`] to the driver's `cuTensorMapEncodeTiled`.
@@ -133,6 +134,23 @@ pub fn kv_map_rows(kernel: Kernel) -> Option<usize> {
     }
 }
 
+/// Rows of the row space per work block of the persistent forward (`CTA_ROWS` in
+/// `kernels/dot_attn_wgmma.cuh`): the rows of its Q tile.
+pub const FWD_BLOCK_ROWS: usize = 128;
+
+/// The box (heads, positions) of q's map for the wgmma forward at GQA ratio `group`: a block's
+/// [`FWD_BLOCK_ROWS`] rows as `group` heads x `FWD_BLOCK_ROWS / group` positions, where `group`
+/// divides it; `None` (the consumers copy their rows with cp.async, and the map is not read)
+/// otherwise or for another kernel. The kernel makes the same test (`QTile::tma`).
+pub fn fwd_q_box(kernel: Kernel, group: usize) -> Option<(usize, usize)> {
+    match kernel {
+        Kernel::DotFwdWgmma { .. } if group > 0 && FWD_BLOCK_ROWS.is_multiple_of(group) => {
+            Some((group, FWD_BLOCK_ROWS / group))
+        }
+        _ => None,
+    }
+}
+
 /// The box (heads, positions) of q's and dout's maps for the dk/dv kernels (split and fused)
 /// at GQA ratio
 /// `group`: a step's [`DKV_STEP_ROWS`] rows as `group` heads x `DKV_STEP_ROWS / group`
@@ -222,6 +240,7 @@ mod tests {
             }
             assert_eq!(dkv_row_box(Kernel::DotDqWgmma { d }, 4), None);
             assert_eq!(dkv_row_box(Kernel::DotBwdFused { d }, 8), Some((8, 8)));
+            assert_eq!(fwd_q_box(Kernel::DotDqWgmma { d }, 4), None);
         }
     }
 
@@ -233,5 +252,20 @@ mod tests {
         }
         assert_eq!(kv_map_rows(Kernel::DotFwdWgmma { d: 128 }), Some(128));
         assert_eq!(kv_map_rows(Kernel::DotFwd { d: 64 }), None);
+    }
+
+    #[test]
+    fn the_forward_loads_q_blocks_through_its_map_where_the_group_divides_them() {
+        let k = Kernel::DotFwdWgmma { d: 128 };
+        assert_eq!(fwd_q_box(k, 1), Some((1, 128)));
+        assert_eq!(fwd_q_box(k, 4), Some((4, 32)));
+        assert_eq!(fwd_q_box(k, 128), Some((128, 1)));
+        for g in [0, 3, 5, 6, 96, 256] {
+            assert_eq!(fwd_q_box(k, g), None, "G = {g}");
+        }
+        // every box is a valid map of the benchmark's q
+        let (heads, rows) = fwd_q_box(k, 4).unwrap();
+        let m = RowsMap::new([4, 4096, 32, 128], heads, rows).unwrap();
+        assert_eq!(m.boxes, [64, 4, 32, 1]);
     }
 }

@@ -66,8 +66,9 @@ pub fn dot_forward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<L
             format!("dot_fwd_wgmma_bf16_d{d}"),
             persistent(row_items(s), sms),
             384,
-            // three stages of K, V tiles, the ring's six mbarriers (since the TMA loads)
-            3 * 2 * 128 * d * 2 + 6 * 8 + 1024,
+            // three stages of K, V tiles, the ring's six mbarriers (since the TMA loads), the
+            // block's Q tile and its two mbarriers (since 2026-12-08)
+            3 * 2 * 128 * d * 2 + 6 * 8 + 128 * d * 2 + 2 * 8 + 1024,
         ),
         // the one-warpgroup forward (since 2026-12-07; the mma.sync one it replaced is retired):
         // blocks of 64 of the Nq G rows of each (K/V head, batch); two stages of 64-key K, V
@@ -91,14 +92,15 @@ pub fn dot_backward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<
     let k = choose(s, tensor_cores)?;
     let g = s.hq / s.hkv;
     if k == K::Wgmma(128) && 64 % g == 0 {
-        // the fused backward (since 2026-12-07): a warp per row of the pairs pre-pass, the
-        // dk/dv kernel with dS^T tiles and dQ staging, a thread per float4 of dq's f32 sums
+        // the fused backward (since 2026-12-07): the pairs pre-pass (16 threads per padded
+        // row), the dk/dv kernel with dS^T tiles and dQ staging, the rounding pass (a thread
+        // per four float4s of dq's f32 sums)
         let rows = (s.nq * g).div_ceil(64) * 64;
         let tile = 64 * 128 * 2;
         return Ok(vec![
             (
                 "dot_bwd_pairs_bf16_d128".into(),
-                (blocks(s.b * s.hkv * s.nq * g, 8), 1, 1),
+                (blocks(s.b * s.hkv * rows, 16), 1, 1),
                 256,
                 0,
             ),
@@ -116,7 +118,7 @@ pub fn dot_backward(s: &DotShape, tensor_cores: bool, sms: usize) -> Result<Vec<
             ),
             (
                 "dot_bwd_dq_round_bf16_d128".into(),
-                (blocks(s.b * s.hkv * rows * 128 / 4, 256), 1, 1),
+                (blocks(s.b * s.hkv * rows * 128 / 16, 256), 1, 1),
                 256,
                 0,
             ),

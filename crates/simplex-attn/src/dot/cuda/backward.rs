@@ -22,7 +22,7 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use super::{aligned, kv_maps, DotCall, DotKernelShape};
 use crate::cuda::launch::{self, Planned};
 use crate::cuda::tma::{self as cuda_tma, TensorMap};
-use crate::cuda::{cuda_err, cuda_storages, output_poisoned, typed_views, wrap_tensor, Element};
+use crate::cuda::{cuda_storages, output_poisoned, typed_views, wrap_tensor, Element};
 use crate::kernels::dispatch::dot::{self as plan, DotBackward};
 use crate::kernels::{tma, Elem, Kernel};
 
@@ -95,33 +95,42 @@ fn backward_typed<T: Element>(
         Mode::Split | Mode::Fused => d.batch * d.heads_kv * tma::pairs_rows(d.seq_q, d.group()) * 2,
     };
     let mut delta: CudaSlice<f32> = output_poisoned(&stream, stats_len, "delta", poison)?;
+    // the fused backward's f32 sums of dq: zeroed by its pre-pass, added into by the fused
+    // kernel, rounded into dq by the last pass (poisoned first where asked: the pre-pass must
+    // zero every one)
+    let mut dq_sums = match mode {
+        Mode::Fused => Some(output_poisoned::<f32>(
+            &stream,
+            4 * plan::fused_dq_float4s(&d),
+            "dq sums",
+            poison,
+        )?),
+        _ => None,
+    };
     if let Some(pre) = &plan.delta {
         let planned = Planned::new(dev, pre)?;
         // SAFETY: (const T* o, const T* dout, float* delta, DotShape) as the CUDA-core pre-pass
-        // declares, (o, dout, lse, pairs, DotShape) as the fused one does; o and dout hold
-        // B*Nq*Hq*Dv elements, lse B*Nq*Hq, delta as sized above; one warp per row covers every
-        // row.
+        // declares, (o, dout, lse, pairs, dq sums, DotShape) as the fused one does; o and dout
+        // hold B*Nq*Hq*Dv elements, lse B*Nq*Hq, delta as sized above, the sums
+        // `fused_dq_float4s` float4s (D floats per padded row); the CUDA-core pre-pass runs a
+        // warp per row of every row, the fused one D / 8 threads per row of every padded row.
         unsafe {
             planned.run(&stream, |a| {
                 a.arg(&ov).arg(&dov);
                 if mode == Mode::Fused {
                     a.arg(&lsev);
                 }
-                a.arg(&mut delta).arg(&shape);
+                a.arg(&mut delta);
+                if let Some(sums) = dq_sums.as_mut() {
+                    a.arg(sums);
+                }
+                a.arg(&shape);
             })
         }?;
     }
 
-    // dq (the fused backward: its f32 sums, zeroed here, added by the dk/dv kernel)
+    // dq
     let mut dq = out(nqd, "dq")?;
-    let mut dq_sums = match mode {
-        Mode::Fused => Some(
-            stream
-                .alloc_zeros::<f32>(4 * plan::fused_dq_float4s(&d))
-                .map_err(|e| cuda_err("allocating dq's f32 sums", e))?,
-        ),
-        _ => None,
-    };
     if let Some(dq_launch) = &plan.dq {
         let planned = Planned::new(dev, dq_launch)?;
         let maps = kv_maps(
@@ -198,7 +207,7 @@ fn backward_typed<T: Element>(
         let planned = Planned::new(dev, round)?;
         // SAFETY: (const float* sums, T* dq, DotShape) as the kernel declares (T = bf16: the
         // fused backward runs only for bf16); sums holds `fused_dq_float4s` float4s, one thread
-        // each, and every row of dq is some float4's.
+        // per four, and every row of dq is some thread's.
         unsafe {
             planned.run(&stream, |a| {
                 a.arg(sums).arg(&mut dq).arg(&shape);

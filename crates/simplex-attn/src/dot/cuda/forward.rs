@@ -9,8 +9,9 @@ use candle_core::{Layout, Result, Shape, Tensor};
 
 use super::{aligned, kv_maps, DotCall, DotKernelShape};
 use crate::cuda::launch::{self, Planned};
+use crate::cuda::tma::{self as cuda_tma, TensorMap};
 use crate::cuda::{typed_views, Element};
-use crate::kernels::{dispatch, tma, Elem};
+use crate::kernels::{dispatch, tma, Elem, Kernel};
 
 /// The forward on CUDA: o in the input dtype, its shape, and lse (f32).
 pub(crate) fn forward(
@@ -21,17 +22,31 @@ pub(crate) fn forward(
     let all_aligned = inputs.iter().all(|(_, l)| aligned(l, dtype));
     let plan = dispatch::dot::forward(&call.dims, dtype, all_aligned, &call.kernels, &limits)?;
     let planned = Planned::new(dev, &plan)?;
-    let map_rows = tma::kv_map_rows(plan.kernel.kernel);
+    let kernel = plan.kernel.kernel;
+    let maps = MapBoxes {
+        kv_rows: tma::kv_map_rows(kernel),
+        // the wgmma forward takes q's map after K's and V's (read where a box fits)
+        q: matches!(kernel, Kernel::DotFwdWgmma { .. })
+            .then(|| tma::fwd_q_box(kernel, call.dims.group())),
+    };
     match Elem::of(dtype, "dot attention")? {
-        Elem::Bf16 => forward_typed::<half::bf16>(call, &planned, map_rows, inputs),
-        Elem::F32 => forward_typed::<f32>(call, &planned, map_rows, inputs),
+        Elem::Bf16 => forward_typed::<half::bf16>(call, &planned, maps, inputs),
+        Elem::F32 => forward_typed::<f32>(call, &planned, maps, inputs),
     }
+}
+
+/// The tensor maps a forward kernel takes: K's and V's (keys per box), then q's where the
+/// kernel takes one (`Some`), a map of that box or an unused one (`Some(None)`).
+#[derive(Clone, Copy)]
+struct MapBoxes {
+    kv_rows: Option<usize>,
+    q: Option<Option<(usize, usize)>>,
 }
 
 fn forward_typed<T: Element>(
     call: &DotCall,
     planned: &Planned,
-    map_rows: Option<usize>,
+    boxes: MapBoxes,
     inputs: [(&CudaStorage, &Layout); 3],
 ) -> Result<(CudaStorage, Shape, Tensor)> {
     let d = call.dims;
@@ -44,10 +59,22 @@ fn forward_typed<T: Element>(
         ["q", "k", "v"],
         [nq_d, nk_d, nk_dv],
     )?;
-    let maps = kv_maps(inputs[0].0.device(), &call.dims, map_rows, [&kv, &vv])?;
+    let dev = inputs[0].0.device();
+    let mut maps = kv_maps(dev, &call.dims, boxes.kv_rows, [&kv, &vv])?;
+    match boxes.q {
+        Some(Some(qbox)) => maps.push(cuda_tma::bf16_rows(
+            &dev.cuda_stream(),
+            &qv,
+            [b, nq, hq, d.d],
+            qbox,
+        )?),
+        Some(None) => maps.push(TensorMap::unused()),
+        None => {}
+    }
     // SAFETY: every dot-product forward takes (const T* q, const T* k, const T* v, T* o, float*
-    // lse, DotShape), then K's and V's tensor maps where it loads through them (`maps`, of
-    // the kernel's box); the dispatch picked a kernel of the inputs' dtype; the views hold the
+    // lse, DotShape), then K's and V's tensor maps where it loads through them, and q's for
+    // the wgmma forward (`maps`, of the kernel's boxes; q's unused where `fwd_q_box` gives no
+    // box: the kernel makes the same test); the dispatch picked a kernel of the inputs' dtype; the views hold the
     // element counts the kernel indexes (checked by `typed_views`), and the grid covers every (query,
     // head) row of o and lse (all Nq * G rows of every K/V head and batch: in blocks of 64 for the
     // one-warpgroup kernel at D = 64, walked by the persistent wgmma kernel's CTAs at D = 128;

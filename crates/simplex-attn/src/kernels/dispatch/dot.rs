@@ -182,14 +182,16 @@ pub fn backward(
                 == DotBackwardKernels::Fused =>
         {
             let (fused, fused_smem) = smem(Kernel::DotBwdFused { d }, 0)?;
-            let rows = nq * dims.group() * dims.heads_kv * b;
+            // the pre-pass: every padded row (it zeroes their dq sums); the rounding: one
+            // thread per four float4s of the sums
+            let rows = crate::kernels::tma::pairs_rows(nq, dims.group()) * dims.heads_kv * b;
             DotBackward {
                 delta: Some(launch(Kernel::DotPairs { d }.info()?, rows, (1, 1), 0)?),
                 dq: None,
                 dkv: persistent(fused, wgmma_key_items(dims), dev, fused_smem)?,
                 dq_round: Some(launch(
                     Kernel::DotDqRound { d }.info()?,
-                    fused_dq_float4s(dims),
+                    fused_dq_float4s(dims) / 4,
                     (1, 1),
                     0,
                 )?),
