@@ -58,7 +58,7 @@ static_assert(WgmmaFwdSmem<128>::BYTES <= 227 * 1024, "one CTA per SM fits");
 // rows (consumer c's rows from 64 c). With `tma` (G divides CTA_ROWS) the producer loads it
 // whole through q's map (box: 64 columns x G heads x CTA_ROWS / G positions, so the box's rows
 // are the row space's) onto FULL, and the eight consumer warps release it on EMPTY; without,
-// each consumer copies its own rows (copy_rows) and the barriers are unused.
+// each consumer copies its own rows (acquire) and the barriers are unused.
 template <int D>
 struct QTile {
   uint32_t tile, bars;  // bars: FULL, then EMPTY

@@ -142,7 +142,8 @@ pub enum Kernel {
     DotDkvWgmma { d: usize },
     /// Dot-product dk, dv and dq's f32 partial sums in one kernel, wgmma (persistent).
     DotBwdFused { d: usize },
-    /// The fused dot-product backward's pre-pass: delta and the rows' (lse, delta) pairs.
+    /// The fused dot-product backward's pre-pass: delta and the rows' (lse, delta) pairs, dq's
+    /// f32 sums zeroed.
     DotPairs { d: usize },
     /// The fused dot-product backward's last pass: dq rounded from its f32 sums.
     DotDqRound { d: usize },
@@ -301,8 +302,8 @@ pub static TABLE: [KernelInfo; 89] = [
     e(DotDkvWgmma { d: 64 }, "dot_bwd_dkv_wgmma_bf16_d64", DotBackwardWgmma, 384, 128, Fixed(51_760)),
     e(DotDqWgmma { d: 128 }, "dot_bwd_dq_wgmma_bf16_d128", DotBackwardWgmma, 384, 128, Fixed(99_376)),
     e(DotDkvWgmma { d: 128 }, "dot_bwd_dkv_wgmma_bf16_d128", DotBackwardWgmma, 384, 128, Fixed(166_448)),
-    // the fused backward at D = 128: pre-pass (a warp per row), dk/dv + dq sums, rounding (a
-    // thread per float4 of the sums)
+    // the fused backward at D = 128: pre-pass (16 threads per row of the padded row space; it
+    // zeroes the dq sums), dk/dv + dq sums, rounding (a thread per four float4s of the sums)
     e(DotPairs { d: 128 }, "dot_bwd_pairs_bf16_d128", DotBackwardWgmma, 256, 16, Zero),
     e(DotBwdFused { d: 128 }, "dot_bwd_fused_wgmma_bf16_d128", DotBackwardWgmma, 384, 128, Fixed(231_984)),
     e(DotDqRound { d: 128 }, "dot_bwd_dq_round_bf16_d128", DotBackwardWgmma, 256, 256, Zero),
