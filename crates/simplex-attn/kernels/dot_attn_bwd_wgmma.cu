@@ -571,8 +571,7 @@ __device__ __forceinline__ void bwd_pairs(const bf16* __restrict__ o, const bf16
                                           float* __restrict__ dqacc, const DotShape s) {
   constexpr int LANES = D / 8;  // threads of a row
   static_assert(LANES <= 32 && 32 % LANES == 0, "a row's threads are part of one warp");
-  const int G = s.heads_q / s.heads_kv, nrows = s.seq_q * G;
-  const int padded = (nrows + TQ - 1) / TQ * TQ;
+  const int G = s.heads_q / s.heads_kv, nrows = s.seq_q * G, padded = row_blocks(nrows) * TQ;
   const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / LANES;
   const int l = threadIdx.x % LANES;
   if (w >= (long long)s.batch * s.heads_kv * padded) return;  // whole rows leave together
@@ -608,7 +607,7 @@ __device__ __forceinline__ void bwd_pairs(const bf16* __restrict__ o, const bf16
 template <int D>
 __device__ __forceinline__ void bwd_dq_round(const float* __restrict__ dqacc, bf16* __restrict__ dq,
                                              const DotShape s) {
-  const int G = s.heads_q / s.heads_kv, nrows = s.seq_q * G, blocks = (nrows + TQ - 1) / TQ;
+  const int G = s.heads_q / s.heads_kv, nrows = s.seq_q * G, blocks = row_blocks(nrows);
   constexpr int PER_HALF = TQ * D / 2 / 16;  // threads of a tile half (four float4s each)
   const long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (id >= (long long)s.batch * s.heads_kv * blocks * 2 * PER_HALF) return;

@@ -103,6 +103,10 @@ __device__ __forceinline__ void load_kv(uint32_t kt, uint32_t vt, const bf16* k,
   }
 }
 
+// Blocks of TQ rows covering a row space of nrows rows (the backward's padding of its row
+// buffers: the pairs, dq's f32 sums).
+__device__ __forceinline__ int row_blocks(int nrows) { return (nrows + TQ - 1) / TQ; }
+
 // The rows of one (batch b, K/V head kv): offsets of q / o / dout rows, of lse / delta entries,
 // of k / v rows.
 struct RowSpace {
@@ -118,8 +122,8 @@ struct RowSpace {
   __device__ __forceinline__ long long row(int r, int D) const { return stat(r) * D; }
   // first element of key j of k, v (head dim D)
   __device__ __forceinline__ long long key(int j, int D) const { return ((long long)(b * nk + j) * hkv + kv) * D; }
-  // blocks of TQ rows covering the row space (the backward's padding of its row buffers)
-  __device__ __forceinline__ int row_blocks() const { return (nq * G + TQ - 1) / TQ; }
+  // blocks of TQ rows covering the row space
+  __device__ __forceinline__ int row_blocks() const { return dot_wgmma::row_blocks(nq * G); }
   // first element of row r's (lse log2 e, delta) pair in the backward's row-space buffer
   // [B, Hkv, rows padded to TQ, 2] (f32; src/kernels/tma.rs: PairsMap)
   __device__ __forceinline__ long long pair(int r) const {

@@ -144,9 +144,7 @@ pub const FWD_BLOCK_ROWS: usize = 128;
 /// otherwise or for another kernel. The kernel makes the same test (`QTile::tma`).
 pub fn fwd_q_box(kernel: Kernel, group: usize) -> Option<(usize, usize)> {
     match kernel {
-        Kernel::DotFwdWgmma { .. } if group > 0 && FWD_BLOCK_ROWS.is_multiple_of(group) => {
-            Some((group, FWD_BLOCK_ROWS / group))
-        }
+        Kernel::DotFwdWgmma { .. } => heads_by_positions(group, FWD_BLOCK_ROWS),
         _ => None,
     }
 }
@@ -159,13 +157,17 @@ pub fn fwd_q_box(kernel: Kernel, group: usize) -> Option<(usize, usize)> {
 /// (`TQ % G == 0` in `bwd_dkv`).
 pub fn dkv_row_box(kernel: Kernel, group: usize) -> Option<(usize, usize)> {
     match kernel {
-        Kernel::DotDkvWgmma { .. } | Kernel::DotBwdFused { .. }
-            if group > 0 && DKV_STEP_ROWS.is_multiple_of(group) =>
-        {
-            Some((group, DKV_STEP_ROWS / group))
+        Kernel::DotDkvWgmma { .. } | Kernel::DotBwdFused { .. } => {
+            heads_by_positions(group, DKV_STEP_ROWS)
         }
         _ => None,
     }
+}
+
+/// `rows` consecutive rows of the row space (r = i G + hh) from a multiple of `rows`, as one
+/// box of a rows map: `group` heads x `rows / group` positions, where `group` divides `rows`.
+fn heads_by_positions(group: usize, rows: usize) -> Option<(usize, usize)> {
+    (group > 0 && rows.is_multiple_of(group)).then(|| (group, rows / group))
 }
 
 #[cfg(test)]

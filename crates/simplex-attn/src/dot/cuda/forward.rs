@@ -23,30 +23,16 @@ pub(crate) fn forward(
     let plan = dispatch::dot::forward(&call.dims, dtype, all_aligned, &call.kernels, &limits)?;
     let planned = Planned::new(dev, &plan)?;
     let kernel = plan.kernel.kernel;
-    let maps = MapBoxes {
-        kv_rows: tma::kv_map_rows(kernel),
-        // the wgmma forward takes q's map after K's and V's (read where a box fits)
-        q: matches!(kernel, Kernel::DotFwdWgmma { .. })
-            .then(|| tma::fwd_q_box(kernel, call.dims.group())),
-    };
     match Elem::of(dtype, "dot attention")? {
-        Elem::Bf16 => forward_typed::<half::bf16>(call, &planned, maps, inputs),
-        Elem::F32 => forward_typed::<f32>(call, &planned, maps, inputs),
+        Elem::Bf16 => forward_typed::<half::bf16>(call, &planned, kernel, inputs),
+        Elem::F32 => forward_typed::<f32>(call, &planned, kernel, inputs),
     }
-}
-
-/// The tensor maps a forward kernel takes: K's and V's (keys per box), then q's where the
-/// kernel takes one (`Some`), a map of that box or an unused one (`Some(None)`).
-#[derive(Clone, Copy)]
-struct MapBoxes {
-    kv_rows: Option<usize>,
-    q: Option<Option<(usize, usize)>>,
 }
 
 fn forward_typed<T: Element>(
     call: &DotCall,
     planned: &Planned,
-    boxes: MapBoxes,
+    kernel: Kernel,
     inputs: [(&CudaStorage, &Layout); 3],
 ) -> Result<(CudaStorage, Shape, Tensor)> {
     let d = call.dims;
@@ -60,28 +46,25 @@ fn forward_typed<T: Element>(
         [nq_d, nk_d, nk_dv],
     )?;
     let dev = inputs[0].0.device();
-    let mut maps = kv_maps(dev, &call.dims, boxes.kv_rows, [&kv, &vv])?;
-    match boxes.q {
-        Some(Some(qbox)) => maps.push(cuda_tma::bf16_rows(
-            &dev.cuda_stream(),
-            &qv,
-            [b, nq, hq, d.d],
-            qbox,
-        )?),
-        Some(None) => maps.push(TensorMap::unused()),
-        None => {}
+    let mut maps = kv_maps(dev, &d, tma::kv_map_rows(kernel), [&kv, &vv])?;
+    if matches!(kernel, Kernel::DotFwdWgmma { .. }) {
+        // the wgmma forward takes q's map after K's and V's, read where a box fits
+        maps.push(match tma::fwd_q_box(kernel, d.group()) {
+            Some(qbox) => cuda_tma::bf16_rows(&dev.cuda_stream(), &qv, [b, nq, hq, d.d], qbox)?,
+            None => TensorMap::unused(),
+        });
     }
     // SAFETY: every dot-product forward takes (const T* q, const T* k, const T* v, T* o, float*
     // lse, DotShape), then K's and V's tensor maps where it loads through them, and q's for
     // the wgmma forward (`maps`, of the kernel's boxes; q's unused where `fwd_q_box` gives no
-    // box: the kernel makes the same test); the dispatch picked a kernel of the inputs' dtype; the views hold the
-    // element counts the kernel indexes (checked by `typed_views`), and the grid covers every (query,
-    // head) row of o and lse (all Nq * G rows of every K/V head and batch: in blocks of 64 for the
-    // one-warpgroup kernel at D = 64, walked by the persistent wgmma kernel's CTAs at D = 128;
-    // all B * Nq * Hq rows for the CUDA-core one).
+    // box: the kernel makes the same test); the dispatch picked a kernel of the inputs' dtype;
+    // the views hold the element counts the kernel indexes (checked by `typed_views`), and the
+    // grid covers every (query, head) row of o and lse (all Nq * G rows of every K/V head and
+    // batch: in blocks of 64 for the one-warpgroup kernel at D = 64, walked by the persistent
+    // wgmma kernel's CTAs at D = 128; all B * Nq * Hq rows for the CUDA-core one).
     unsafe {
         launch::forward(
-            inputs[0].0.device(),
+            dev,
             planned,
             call.kernels.poison_outputs,
             &[&qv, &kv, &vv],
